@@ -1,0 +1,50 @@
+//! `swiftdrop check`: proves every destination writable by writing, reading back and
+//! deleting a probe object outside `cur/`.
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::store::Destination;
+
+/// Folder of probe objects; never `cur/`, so no worker ever sees them.
+pub const PROBE_FOLDER: &str = "swiftdrop-check";
+
+/// Writes, reads back and deletes a probe object. `Err` holds a one-line reason.
+pub async fn probe(destination: &Destination) -> Result<(), String> {
+    let key = Path::from(format!(
+        "{PROBE_FOLDER}/{}.P{}",
+        chrono::Utc::now().timestamp_micros(),
+        std::process::id()
+    ));
+    let body = format!("swiftdrop check {key}\r\n").into_bytes();
+    destination
+        .store
+        .put(&key, PutPayload::from(body.clone()))
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    let read = async {
+        destination
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| format!("read back failed: {e}"))?
+            .bytes()
+            .await
+            .map_err(|e| format!("read back failed: {e}"))
+    };
+    let result = match read.await {
+        Ok(got) if got.as_ref() == body.as_slice() => Ok(()),
+        Ok(got) => Err(format!(
+            "read back {} bytes that differ from the {} written",
+            got.len(),
+            body.len()
+        )),
+        Err(e) => Err(e),
+    };
+    let deleted = destination
+        .store
+        .delete(&key)
+        .await
+        .map_err(|e| format!("delete failed: {e}"));
+    result.and(deleted)
+}

@@ -1,0 +1,55 @@
+//! The envelope of one transaction, owned and converted once from smtp-proto's types.
+
+use std::net::SocketAddr;
+
+use crate::xforward::ClientAttributes;
+
+/// Who is talking to us, and who they say the original client was.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The TCP peer (Postfix, behind a proxy filter).
+    pub peer: SocketAddr,
+    /// The EHLO/HELO name the peer gave.
+    pub helo: Option<String>,
+    /// Attributes of the original client from XFORWARD, for this transaction.
+    pub forwarded: ClientAttributes,
+}
+
+impl Client {
+    /// The original client for logs: XFORWARD's `name[addr]:port` when given, else the peer.
+    pub fn display(&self) -> String {
+        match &self.forwarded.addr {
+            Some(addr) => format!(
+                "{}[{}]{}",
+                self.forwarded.name.as_deref().unwrap_or("unknown"),
+                addr,
+                self.forwarded
+                    .port
+                    .as_ref()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            ),
+            None => self.peer.to_string(),
+        }
+    }
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as the client sent it.
+    pub address: String,
+    /// Index of the destination that stores this recipient's mail.
+    pub destination: usize,
+}
+
+/// Sender and recipients of one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    /// `SIZE=` announced by the client, 0 when absent.
+    pub declared_size: usize,
+    /// Accepted recipients, in the order given.
+    pub recipients: Vec<Recipient>,
+}

@@ -1,0 +1,19 @@
+//! swiftdrop: a before-queue SMTP filter for Postfix that turns mail into durable objects.
+//!
+//! Postfix's `smtpd_proxy_filter` hands each transaction to [`server`]; a [`session`] speaks
+//! ESMTP over any byte stream, [`route`] maps recipients to destinations, and [`deliver`]
+//! writes the message into every destination's [`store`] before the session answers `250`.
+//! [`config`] is the only place configuration (environment and ini file) is read.
+//!
+//! See `ARCHITECTURE.md` for the data flow and the invariants that hold it together.
+
+pub mod check;
+pub mod config;
+pub mod deliver;
+pub mod envelope;
+pub mod reply;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod xforward;

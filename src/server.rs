@@ -1,0 +1,113 @@
+//! The listener: accepts connections, enforces the connection limit and drains on shutdown.
+//! The only place sockets live; each connection becomes a [`Session`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::ServerSettings;
+use crate::deliver::Deliverer;
+use crate::reply;
+use crate::session::Session;
+
+/// A bound, not yet running, SMTP server.
+pub struct Server {
+    listener: TcpListener,
+    settings: Arc<ServerSettings>,
+    deliverer: Arc<Deliverer>,
+}
+
+impl Server {
+    /// Binds `settings.listen`.
+    pub async fn bind(settings: ServerSettings, deliverer: Deliverer) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.listen).await?;
+        Ok(Server {
+            listener,
+            settings: Arc::new(settings),
+            deliverer: Arc::new(deliverer),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, tells idle sessions to go
+    /// (421), lets transactions in flight finish for up to `drain_timeout`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(self.settings.max_connections));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::error!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let permit = Arc::clone(&limit).try_acquire_owned();
+                    let settings = Arc::clone(&self.settings);
+                    let deliverer = Arc::clone(&self.deliverer);
+                    let stop = stop_rx.clone();
+                    sessions.spawn(async move {
+                        match permit {
+                            Ok(_permit) => serve(stream, peer, settings, deliverer, stop).await,
+                            Err(_) => refuse(stream, peer).await,
+                        }
+                    });
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let in_flight = sessions.len();
+        tracing::info!(sessions = in_flight, "shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        let drain = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.drain_timeout, drain).await.is_err() {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "drain timeout: closing sessions still in a transaction (their clients will retry)"
+            );
+            sessions.shutdown().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<ServerSettings>,
+    deliverer: Arc<Deliverer>,
+    stop: watch::Receiver<bool>,
+) {
+    // Replies are small and the client waits for each one: do not let Nagle hold them.
+    let _ = stream.set_nodelay(true);
+    tracing::debug!(%peer, "connected");
+    if let Err(e) = Session::new(stream, peer, settings, deliverer, stop).run().await {
+        tracing::info!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn refuse(mut stream: TcpStream, peer: SocketAddr) {
+    tracing::warn!(%peer, "connection limit reached, refusing");
+    let refusal = reply::too_many_connections().to_wire();
+    let write = stream.write_all(&refusal);
+    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    let _ = stream.shutdown().await;
+}

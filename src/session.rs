@@ -1,0 +1,623 @@
+//! One SMTP session: a state machine over smtp-proto's receivers, generic over any byte
+//! stream, so tests drive it without sockets.
+//!
+//! The session frames command lines itself (smtp-proto enforces its 4096-byte limit only on
+//! lines that span reads), handles XFORWARD (which smtp-proto does not know) and hands every
+//! other line to `smtp_proto::Request::parse`. Message bytes go through `DataReceiver`
+//! (dot-unstuffing) or `BdatReceiver`. Protocol errors are replies, never Rust errors; the
+//! final `250` is written only after [`Deliverer::deliver`] confirmed every write.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
+use smtp_proto::Request;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::config::ServerSettings;
+use crate::deliver::Deliverer;
+use crate::envelope::{Client, Envelope, Recipient};
+use crate::reply::{self, Reply};
+use crate::xforward::{self, ClientAttributes};
+
+/// Longest command line accepted, CRLF included.
+pub const MAX_LINE: usize = 4096;
+
+/// How much to ask the socket for per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What the session is reading now.
+enum State {
+    /// Command lines.
+    Command,
+    /// The rest of a command line that was too long: discard it, then reply 500.
+    SkipLine,
+    /// DATA content, collected into the transaction's body.
+    Data(DataReceiver),
+    /// DATA content that will not be stored (over the size limit): discard, then reply.
+    DiscardData(DummyDataReceiver, Reply),
+    /// A BDAT chunk, collected into the transaction's body.
+    Bdat(BdatReceiver),
+    /// A BDAT chunk that will not be stored: discard, then reply.
+    DiscardBdat(DummyDataReceiver, Reply),
+}
+
+/// What the loop does next.
+enum Step {
+    /// More buffered input may be processed.
+    Continue,
+    /// The buffer holds no complete unit: flush replies and read.
+    NeedInput,
+    /// The message is complete: store it, then reply.
+    Deliver,
+    /// Flush replies and close the connection.
+    Close,
+}
+
+/// Result of waiting for input.
+enum Input {
+    Data,
+    Eof,
+    IdleTimeout,
+    Shutdown,
+}
+
+/// A mail transaction between MAIL and the final reply.
+struct Transaction {
+    envelope: Envelope,
+    /// Message bytes; for DATA the first `body_start` bytes are the CRLF that primes
+    /// smtp-proto's receiver so that a first line starting with `.` is unstuffed too.
+    body: Vec<u8>,
+    body_start: usize,
+    /// BDAT was used: DATA is no longer allowed, nor are more recipients.
+    chunking: bool,
+}
+
+impl Transaction {
+    fn message_len(&self) -> usize {
+        self.body.len() - self.body_start
+    }
+}
+
+/// One client connection.
+pub struct Session<S> {
+    io: S,
+    settings: Arc<ServerSettings>,
+    deliverer: Arc<Deliverer>,
+    shutdown: watch::Receiver<bool>,
+    xforward_allowed: bool,
+    client: Client,
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    state: State,
+    transaction: Option<Transaction>,
+    errors: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// A session with a client at `peer`. `shutdown` turning true asks idle sessions to end.
+    pub fn new(
+        io: S,
+        peer: SocketAddr,
+        settings: Arc<ServerSettings>,
+        deliverer: Arc<Deliverer>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let ip = peer.ip().to_canonical();
+        let xforward_allowed = settings.xforward_networks.iter().any(|n| n.contains(&ip));
+        Session {
+            io,
+            settings,
+            deliverer,
+            shutdown,
+            xforward_allowed,
+            client: Client {
+                peer,
+                helo: None,
+                forwarded: ClientAttributes::default(),
+            },
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            state: State::Command,
+            transaction: None,
+            errors: 0,
+        }
+    }
+
+    /// Runs the session to its end. I/O errors (the client vanished) end it early; nothing
+    /// is stored for a transaction that did not reach its end of data.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        self.push(reply::greeting(&self.settings.hostname));
+        loop {
+            match self.step() {
+                Step::Continue => {}
+                Step::Deliver => {
+                    let reply = self.deliver().await;
+                    self.push(reply);
+                }
+                Step::Close => return self.flush().await,
+                Step::NeedInput => {
+                    self.flush().await?;
+                    match self.read().await? {
+                        Input::Data => {}
+                        Input::Eof => {
+                            self.log_disconnect();
+                            return Ok(());
+                        }
+                        Input::IdleTimeout => {
+                            tracing::info!(client = %self.client.display(), "idle timeout");
+                            self.push(reply::idle_timeout());
+                            return self.flush().await;
+                        }
+                        Input::Shutdown => {
+                            self.push(reply::shutting_down());
+                            return self.flush().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, reply: Reply) {
+        self.out.extend_from_slice(&reply.to_wire());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.settings.idle_timeout, write).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client does not read its replies",
+                ));
+            }
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Waits for more bytes. Only a session between transactions gives way to shutdown.
+    async fn read(&mut self) -> std::io::Result<Input> {
+        let idle = self.transaction.is_none() && matches!(self.state, State::Command);
+        self.inbuf.reserve(READ_CHUNK);
+        let read = tokio::time::timeout(
+            self.settings.idle_timeout,
+            self.io.read_buf(&mut self.inbuf),
+        );
+        let shutdown = self.shutdown.wait_for(|stop| *stop);
+        tokio::select! {
+            biased;
+            _ = shutdown, if idle => Ok(Input::Shutdown),
+            result = read => match result {
+                Err(_) => Ok(Input::IdleTimeout),
+                Ok(Ok(0)) => Ok(Input::Eof),
+                Ok(Ok(_)) => Ok(Input::Data),
+                Ok(Err(e)) => Err(e),
+            },
+        }
+    }
+
+    fn log_disconnect(&self) {
+        match (&self.state, &self.transaction) {
+            (State::Data(_) | State::Bdat(_) | State::DiscardData(..) | State::DiscardBdat(..), _) => {
+                tracing::warn!(client = %self.client.display(), "client disconnected during message data; nothing stored")
+            }
+            (_, Some(tx)) => tracing::info!(
+                client = %self.client.display(),
+                from = %tx.envelope.sender,
+                "client disconnected before the end of the transaction; nothing stored"
+            ),
+            _ => tracing::debug!(client = %self.client.display(), "client disconnected"),
+        }
+    }
+
+    /// Processes buffered input up to one unit of work.
+    fn step(&mut self) -> Step {
+        match &mut self.state {
+            State::Command => self.command_step(),
+            State::SkipLine => match memchr::memchr(b'\n', &self.inbuf) {
+                Some(pos) => {
+                    self.inbuf.advance(pos + 1);
+                    self.state = State::Command;
+                    self.protocol_error(reply::line_too_long())
+                }
+                None => {
+                    self.inbuf.clear();
+                    Step::NeedInput
+                }
+            },
+            State::Data(receiver) => {
+                let tx = self.transaction.as_mut().expect("DATA has a transaction");
+                let mut it = self.inbuf.iter();
+                let done = receiver.ingest(&mut it, &mut tx.body);
+                let consumed = self.inbuf.len() - it.as_slice().len();
+                self.inbuf.advance(consumed);
+                if tx.message_len() > self.settings.max_message_size {
+                    let discard = DummyDataReceiver::new_data(receiver);
+                    tx.body = Vec::new();
+                    if done {
+                        return self.end_discarded(reply::too_big());
+                    }
+                    self.state = State::DiscardData(discard, reply::too_big());
+                    return Step::NeedInput;
+                }
+                if done { Step::Deliver } else { Step::NeedInput }
+            }
+            State::DiscardData(receiver, _) | State::DiscardBdat(receiver, _) => {
+                let mut it = self.inbuf.iter();
+                let done = receiver.ingest(&mut it);
+                let consumed = self.inbuf.len() - it.as_slice().len();
+                self.inbuf.advance(consumed);
+                if !done {
+                    return Step::NeedInput;
+                }
+                let reply = match std::mem::replace(&mut self.state, State::Command) {
+                    State::DiscardData(_, reply) | State::DiscardBdat(_, reply) => reply,
+                    _ => unreachable!(),
+                };
+                self.end_discarded(reply)
+            }
+            State::Bdat(receiver) => {
+                let tx = self.transaction.as_mut().expect("BDAT has a transaction");
+                let mut it = self.inbuf.iter();
+                let done = receiver.ingest(&mut it, &mut tx.body);
+                let consumed = self.inbuf.len() - it.as_slice().len();
+                self.inbuf.advance(consumed);
+                if !done {
+                    return Step::NeedInput;
+                }
+                let last = receiver.is_last;
+                self.state = State::Command;
+                if last {
+                    Step::Deliver
+                } else {
+                    let len = tx.message_len();
+                    self.push(reply::chunk_ok(len));
+                    Step::Continue
+                }
+            }
+        }
+    }
+
+    /// Ends a transaction whose data was discarded, with `reply`.
+    fn end_discarded(&mut self, reply: Reply) -> Step {
+        if let Some(tx) = self.transaction.take() {
+            tracing::info!(
+                client = %self.client.display(),
+                from = %tx.envelope.sender,
+                reply = %reply.to_string().trim_end(),
+                "message refused"
+            );
+        }
+        self.client.forwarded = ClientAttributes::default();
+        self.state = State::Command;
+        self.push(reply);
+        Step::Continue
+    }
+
+    /// Counts an error reply; too many end the session.
+    fn protocol_error(&mut self, reply: Reply) -> Step {
+        self.push(reply);
+        self.errors += 1;
+        if self.errors >= self.settings.error_limit {
+            tracing::warn!(client = %self.client.display(), errors = self.errors, "too many errors, disconnecting");
+            self.push(reply::too_many_errors());
+            return Step::Close;
+        }
+        Step::Continue
+    }
+
+    fn command_step(&mut self) -> Step {
+        let Some(pos) = memchr::memchr(b'\n', &self.inbuf) else {
+            if self.inbuf.len() >= MAX_LINE {
+                self.inbuf.clear();
+                self.state = State::SkipLine;
+                return Step::Continue;
+            }
+            return Step::NeedInput;
+        };
+        let line = self.inbuf.split_to(pos + 1).freeze();
+        if line.len() > MAX_LINE {
+            return self.protocol_error(reply::line_too_long());
+        }
+        self.command(line)
+    }
+
+    fn command(&mut self, line: Bytes) -> Step {
+        if xforward::is_xforward(&line) {
+            return self.xforward(&line);
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request,
+            Err(e) => return self.protocol_error(reply::for_parse_error(&e)),
+        };
+        match request {
+            Request::Ehlo { host } => {
+                self.reset();
+                self.client.helo = Some(host.into_owned());
+                self.out.extend_from_slice(&self.ehlo_response());
+                Step::Continue
+            }
+            Request::Helo { host } => {
+                self.reset();
+                self.client.helo = Some(host.into_owned());
+                self.push(reply::helo(&self.settings.hostname));
+                Step::Continue
+            }
+            Request::Mail { from } => {
+                if self.transaction.is_some() {
+                    return self.protocol_error(reply::bad_sequence("nested MAIL command"));
+                }
+                if from.size > self.settings.max_message_size {
+                    self.push(reply::too_big());
+                    return Step::Continue;
+                }
+                self.transaction = Some(Transaction {
+                    envelope: Envelope {
+                        sender: from.address.into_owned(),
+                        declared_size: from.size,
+                        recipients: Vec::new(),
+                    },
+                    body: Vec::new(),
+                    body_start: 0,
+                    chunking: false,
+                });
+                self.push(reply::sender_ok());
+                Step::Continue
+            }
+            Request::Rcpt { to } => self.rcpt(&to.address),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.reset();
+                self.push(reply::ok());
+                Step::Continue
+            }
+            Request::Noop { .. } => {
+                self.push(reply::ok());
+                Step::Continue
+            }
+            Request::Quit => {
+                self.push(reply::bye());
+                Step::Close
+            }
+            Request::Vrfy { .. } => {
+                self.push(reply::cannot_vrfy());
+                Step::Continue
+            }
+            Request::Help { .. } => {
+                self.push(reply::help());
+                Step::Continue
+            }
+            Request::Lhlo { .. }
+            | Request::Auth { .. }
+            | Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. }
+            | Request::StartTls => self.protocol_error(reply::not_implemented()),
+        }
+    }
+
+    /// Ends any transaction and forgets XFORWARD attributes (EHLO, HELO, RSET).
+    fn reset(&mut self) {
+        self.transaction = None;
+        self.client.forwarded = ClientAttributes::default();
+    }
+
+    fn ehlo_response(&self) -> Vec<u8> {
+        use smtp_proto::*;
+        let mut ehlo = EhloResponse::new(self.settings.hostname.as_str());
+        ehlo.capabilities = EXT_PIPELINING
+            | EXT_SIZE
+            | EXT_8BIT_MIME
+            | EXT_ENHANCED_STATUS_CODES
+            | EXT_SMTP_UTF8
+            | EXT_DSN
+            | EXT_CHUNKING;
+        ehlo.size = self.settings.max_message_size;
+        let mut buf = Vec::with_capacity(256);
+        ehlo.write(&mut buf).expect("writing to a Vec cannot fail");
+        if self.xforward_allowed {
+            // smtp-proto has no XFORWARD capability: continue its last line and add ours.
+            let last_line = buf[..buf.len() - 2]
+                .windows(2)
+                .rposition(|w| w == b"\r\n")
+                .map_or(0, |p| p + 2);
+            buf[last_line + 3] = b'-';
+            buf.extend_from_slice(format!("250 XFORWARD {}\r\n", xforward::ATTRIBUTES).as_bytes());
+        }
+        buf
+    }
+
+    fn xforward(&mut self, line: &[u8]) -> Step {
+        if !self.xforward_allowed {
+            tracing::warn!(client = %self.client.display(), "XFORWARD refused: client not in xforward_networks");
+            return self.protocol_error(reply::xforward_denied());
+        }
+        if self.transaction.is_some() {
+            return self.protocol_error(reply::bad_sequence("MAIL transaction in progress"));
+        }
+        let Ok(text) = std::str::from_utf8(&line[8..]) else {
+            return self.protocol_error(reply::syntax("XFORWARD attribute=value..."));
+        };
+        match self.client.forwarded.apply(text.trim()) {
+            Ok(()) => {
+                self.push(reply::ok());
+                Step::Continue
+            }
+            Err(e) => self.protocol_error(reply::syntax(&e.to_string())),
+        }
+    }
+
+    fn rcpt(&mut self, address: &str) -> Step {
+        let Some(tx) = self.transaction.as_mut() else {
+            return self.protocol_error(reply::bad_sequence("need MAIL command"));
+        };
+        if tx.chunking {
+            return self.protocol_error(reply::bad_sequence("RCPT after BDAT"));
+        }
+        if address.is_empty() {
+            return self.protocol_error(reply::bad_recipient());
+        }
+        if tx.envelope.recipients.len() >= self.settings.max_recipients {
+            self.push(reply::too_many_recipients());
+            return Step::Continue;
+        }
+        match self.deliverer.route(address) {
+            Some(destination) => {
+                tx.envelope.recipients.push(Recipient {
+                    address: address.to_string(),
+                    destination,
+                });
+                self.push(reply::recipient_ok());
+            }
+            None => {
+                tracing::info!(client = %self.client.display(), rcpt = address, "recipient rejected: no destination");
+                self.push(reply::unknown_recipient(address));
+            }
+        }
+        Step::Continue
+    }
+
+    /// Room for the message: the announced SIZE, if any, within the limit.
+    fn initial_capacity(&self, tx: &Transaction) -> usize {
+        tx.envelope
+            .declared_size
+            .min(self.settings.max_message_size)
+            .saturating_add(64)
+    }
+
+    fn data(&mut self) -> Step {
+        let Some(tx) = self.transaction.as_ref() else {
+            return self.protocol_error(reply::bad_sequence("need MAIL command"));
+        };
+        if tx.chunking {
+            return self.protocol_error(reply::bad_sequence("DATA after BDAT"));
+        }
+        if tx.envelope.recipients.is_empty() {
+            return self.protocol_error(reply::no_valid_recipients());
+        }
+        let capacity = self.initial_capacity(tx);
+        let tx = self.transaction.as_mut().expect("checked above");
+        tx.body = Vec::with_capacity(capacity);
+        let mut receiver = DataReceiver::new();
+        // A fresh DataReceiver does not treat the start of data as the start of a line;
+        // feeding it a CRLF first makes `.` handling on the first line correct.
+        receiver.ingest(&mut b"\r\n".iter(), &mut tx.body);
+        tx.body_start = tx.body.len();
+        self.state = State::Data(receiver);
+        self.push(reply::start_data());
+        Step::Continue
+    }
+
+    fn bdat(&mut self, chunk_size: usize, is_last: bool) -> Step {
+        let refusal = match self.transaction.as_ref() {
+            None => Some(reply::bad_sequence("need MAIL command")),
+            Some(tx) if tx.envelope.recipients.is_empty() => Some(reply::no_valid_recipients()),
+            Some(tx) if tx.message_len().saturating_add(chunk_size) > self.settings.max_message_size => {
+                Some(reply::too_big())
+            }
+            Some(_) => None,
+        };
+        if let Some(reply) = refusal {
+            // The chunk's bytes follow the command whatever the reply: read past them.
+            if reply.code != 552 {
+                self.errors += 1;
+            }
+            self.state = State::DiscardBdat(DummyDataReceiver::new_bdat(chunk_size), reply);
+            return Step::Continue;
+        }
+        let capacity = self.initial_capacity(self.transaction.as_ref().expect("checked"));
+        let tx = self.transaction.as_mut().expect("checked above");
+        if !tx.chunking {
+            tx.chunking = true;
+            tx.body = Vec::with_capacity(capacity.max(chunk_size));
+        }
+        self.state = State::Bdat(BdatReceiver::new(chunk_size, is_last));
+        Step::Continue
+    }
+
+    /// Stores the finished message and returns the final reply.
+    async fn deliver(&mut self) -> Reply {
+        self.state = State::Command;
+        let tx = self.transaction.take().expect("a finished message has a transaction");
+        let client = std::mem::take(&mut self.client.forwarded);
+        let message = Bytes::from(tx.body).slice(tx.body_start..);
+        warn_about_line_endings(&message);
+        let started = Instant::now();
+        let result = self.deliverer.deliver(&tx.envelope, message.clone()).await;
+        let store_ms = started.elapsed().as_millis() as u64;
+        let shown_client = Client {
+            forwarded: client,
+            ..self.client.clone()
+        }
+        .display();
+        let recipients: Vec<&str> = tx
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        match result {
+            Ok(objects) => {
+                let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+                let reply = reply::stored(&keys);
+                tracing::info!(
+                    client = %shown_client,
+                    helo = self.client.helo.as_deref().unwrap_or(""),
+                    from = %tx.envelope.sender,
+                    to = ?recipients,
+                    size = message.len(),
+                    keys = ?keys,
+                    store_ms,
+                    reply = %reply.to_string().trim_end(),
+                    "stored"
+                );
+                reply
+            }
+            Err(e) => {
+                let reply = reply::store_failed(e.client_reason());
+                tracing::error!(
+                    client = %shown_client,
+                    helo = self.client.helo.as_deref().unwrap_or(""),
+                    from = %tx.envelope.sender,
+                    to = ?recipients,
+                    size = message.len(),
+                    store_ms,
+                    error = %e,
+                    reply = %reply.to_string().trim_end(),
+                    "not stored"
+                );
+                reply
+            }
+        }
+    }
+}
+
+/// Bare LF and NUL are stored unchanged (the bytes are the client's), but an operator
+/// should know that such a message may confuse later readers.
+fn warn_about_line_endings(message: &[u8]) {
+    let lf = memchr::memchr_iter(b'\n', message).count();
+    let crlf = memchr::memmem::find_iter(message, b"\r\n").count();
+    if lf != crlf {
+        tracing::warn!(bare_lf = lf - crlf, "message has bare LF line endings; stored unchanged");
+    }
+    if memchr::memchr(0, message).is_some() {
+        tracing::warn!("message contains NUL bytes; stored unchanged");
+    }
+}

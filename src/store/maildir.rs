@@ -1,0 +1,319 @@
+//! The embedded default backend: a local Maildir, as an [`ObjectStore`].
+//!
+//! Writes follow the Maildir delivery protocol so that a reader never sees a partial file:
+//! the bytes go to a fresh file under `tmp/`, which is fsynced, then renamed (or hard-linked,
+//! for [`PutMode::Create`]) to its key, and the target directory is fsynced before the put
+//! returns. Every other operation is delegated to object_store's [`LocalFileSystem`].
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// Counter that makes staging file names unique within this process.
+static STAGED: AtomicU64 = AtomicU64::new(0);
+
+/// A Maildir-shaped directory tree served through the [`ObjectStore`] interface.
+#[derive(Debug)]
+pub struct MaildirStore {
+    root: PathBuf,
+    local: LocalFileSystem,
+}
+
+impl MaildirStore {
+    /// Opens (creating when missing) the Maildir at `root` with its `tmp/`, `new/` and `cur/`.
+    pub fn open(root: impl AsRef<FsPath>) -> io::Result<Self> {
+        let root = root.as_ref();
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        let root = fs::canonicalize(root)?;
+        let local = LocalFileSystem::new_with_prefix(&root)
+            .map_err(io::Error::other)?
+            .with_fsync(true);
+        Ok(MaildirStore { root, local })
+    }
+
+    /// The directory this store writes to.
+    pub fn root(&self) -> &FsPath {
+        &self.root
+    }
+}
+
+impl fmt::Display for MaildirStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Maildir({})", self.root.display())
+    }
+}
+
+/// Tells the blocking writer that nobody waits for its result any more (the caller's deadline
+/// passed and the future was dropped), so it must not publish, or must take back, the file.
+struct AbandonOnDrop {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn generic(err: io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "Maildir",
+        source: Box::new(err),
+    }
+}
+
+/// Writes `payload` to `staged`, fsyncs it and publishes it at `target`.
+fn write_durably(
+    staged: &FsPath,
+    target: &FsPath,
+    location: &Path,
+    payload: &PutPayload,
+    mode: &PutMode,
+    abandoned: &AtomicBool,
+) -> Result<PutResult> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(staged)
+        .map_err(generic)?;
+    let written = payload
+        .iter()
+        .try_for_each(|chunk| file.write_all(chunk))
+        .and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(err) = written {
+        let _ = fs::remove_file(staged);
+        return Err(generic(err));
+    }
+    let published = publish(staged, target, location, mode, abandoned);
+    let _ = fs::remove_file(staged);
+    published?;
+    // Raced with the deadline while publishing: take the file back so that a 4xx reply
+    // never leaves a visible object behind.
+    if abandoned.load(Ordering::SeqCst) {
+        let _ = fs::remove_file(target);
+        let _ = sync_parent(target);
+        return Err(generic(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "write abandoned by its caller",
+        )));
+    }
+    let meta = fs::metadata(target).map_err(generic)?;
+    Ok(PutResult {
+        e_tag: Some(etag(&meta)),
+        version: None,
+        extensions: Default::default(),
+    })
+}
+
+fn publish(
+    staged: &FsPath,
+    target: &FsPath,
+    location: &Path,
+    mode: &PutMode,
+    abandoned: &AtomicBool,
+) -> Result<()> {
+    if abandoned.load(Ordering::SeqCst) {
+        return Err(generic(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "write abandoned by its caller",
+        )));
+    }
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(generic)?;
+    }
+    match mode {
+        PutMode::Overwrite => fs::rename(staged, target).map_err(generic)?,
+        PutMode::Create => match fs::hard_link(staged, target) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(object_store::Error::AlreadyExists {
+                    path: location.to_string(),
+                    source: Box::new(e),
+                });
+            }
+            other => other.map_err(generic)?,
+        },
+        PutMode::Update(_) => unreachable!("rejected before writing"),
+    }
+    sync_parent(target).map_err(generic)
+}
+
+fn sync_parent(path: &FsPath) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// The same ETag scheme as [`LocalFileSystem`] (inode, mtime, size), so that a put's ETag
+/// matches what a later head or get reports.
+fn etag(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    format!("\"{:x}-{:x}-{:x}\"", meta.ino(), mtime, meta.len())
+}
+
+#[async_trait]
+impl ObjectStore for MaildirStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        if matches!(opts.mode, PutMode::Update(_)) {
+            return Err(object_store::Error::NotImplemented {
+                operation: "`put_opts` with mode `PutMode::Update`".into(),
+                implementer: self.to_string(),
+            });
+        }
+        if !opts.attributes.is_empty() {
+            return Err(object_store::Error::NotImplemented {
+                operation: "`put_opts` with attributes".into(),
+                implementer: self.to_string(),
+            });
+        }
+        let target = self.local.path_to_filesystem(location)?;
+        let staged = self.root.join("tmp").join(format!(
+            "{}.P{}S{}",
+            chrono::Utc::now().timestamp_micros(),
+            std::process::id(),
+            STAGED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let location = location.clone();
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut guard = AbandonOnDrop {
+            flag: Arc::clone(&flag),
+            armed: true,
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            write_durably(&staged, &target, &location, &payload, &opts.mode, &flag)
+        })
+        .await;
+        guard.armed = false;
+        result?
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.local.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.local.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.local.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.local.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.local.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.local.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    #[tokio::test]
+    async fn put_publishes_whole_file_and_leaves_tmp_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MaildirStore::open(dir.path().join("m")).unwrap();
+        let key = Path::from("cur/1.M2P3Q4.host,S=5");
+        let put = store.put(&key, PutPayload::from_static(b"hello")).await.unwrap();
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(got.meta.e_tag, put.e_tag);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn create_mode_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MaildirStore::open(dir.path()).unwrap();
+        let key = Path::from("cur/x");
+        let create = PutOptions::from(PutMode::Create);
+        store
+            .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
+            .await
+            .unwrap();
+        let again = store
+            .put_opts(&key, PutPayload::from_static(b"2"), create)
+            .await;
+        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })));
+        let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(kept.as_ref(), b"1");
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MaildirStore::open(dir.path()).unwrap();
+        // `cur` turned into a plain file: the rename into it must fail (even for root).
+        fs::remove_dir(dir.path().join("cur")).unwrap();
+        fs::write(dir.path().join("cur"), b"not a directory").unwrap();
+        let err = store
+            .put(&Path::from("cur/y"), PutPayload::from_static(b"data"))
+            .await;
+        assert!(err.is_err());
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn abandoned_writes_are_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MaildirStore::open(dir.path()).unwrap();
+        let target = store.root().join("cur/z");
+        let staged = store.root().join("tmp/z");
+        let abandoned = AtomicBool::new(true);
+        let result = write_durably(
+            &staged,
+            &target,
+            &Path::from("cur/z"),
+            &PutPayload::from_static(b"late"),
+            &PutMode::Overwrite,
+            &abandoned,
+        );
+        assert!(result.is_err());
+        assert!(!target.exists());
+        assert!(!staged.exists());
+    }
+}
