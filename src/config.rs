@@ -310,13 +310,14 @@ fn read_file(path: &Path, raw: &mut RawConfig) -> Result<(), String> {
 
 /// Line (1-based) of the `[section]` header.
 fn find_section_line(text: &str, section: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        l.trim()
-            .strip_prefix('[')
-            .and_then(|l| l.strip_suffix(']'))
-            .is_some_and(|name| name.trim().eq_ignore_ascii_case(section))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            l.trim()
+                .strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case(section))
+        })
+        .map(|i| i + 1)
 }
 
 /// Line (1-based) where `option` is set inside `section` (`None`: before any section).
@@ -387,11 +388,15 @@ fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
 
     let mut destinations = Vec::new();
     if defaults.contains_key("recipients") {
-        destinations.push(validate_destination(DEFAULT_SECTION, defaults, &empty, problems));
+        destinations.push(validate_destination(
+            DEFAULT_SECTION,
+            defaults,
+            &empty,
+            problems,
+        ));
     }
     for (name, section) in &raw.sections {
-        if name.eq_ignore_ascii_case(SERVER_SECTION) || name.eq_ignore_ascii_case(DEFAULT_SECTION)
-        {
+        if name.eq_ignore_ascii_case(SERVER_SECTION) || name.eq_ignore_ascii_case(DEFAULT_SECTION) {
             continue;
         }
         destinations.push(validate_destination(name, section, defaults, problems));
@@ -406,7 +411,12 @@ fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
                 origin: Origin::Env("(embedded default)".into()),
             },
         );
-        destinations.push(validate_destination(DEFAULT_SECTION, &catch_all, defaults, problems));
+        destinations.push(validate_destination(
+            DEFAULT_SECTION,
+            &catch_all,
+            defaults,
+            problems,
+        ));
     }
     let destinations: Vec<DestinationConfig> = destinations.into_iter().flatten().collect();
     check_overlaps(&destinations, problems);
@@ -427,12 +437,17 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         if !SERVER_OPTIONS.contains(&option.as_str()) {
             problems.push(problem(
                 &value.origin,
-                format!("unknown option; [SERVER] knows {}", SERVER_OPTIONS.join(", ")),
+                format!(
+                    "unknown option; [SERVER] knows {}",
+                    SERVER_OPTIONS.join(", ")
+                ),
             ));
         }
     }
-    let mut get = |option: &str, default: &str, parse: &dyn Fn(&str) -> Result<(), String>| {
-        match section.get(option) {
+    let mut get =
+        |option: &str, default: &str, parse: &dyn Fn(&str) -> Result<(), String>| match section
+            .get(option)
+        {
             Some(v) => match parse(v.value.trim()) {
                 Ok(()) => v.value.trim().to_string(),
                 Err(e) => {
@@ -441,8 +456,7 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
                 }
             },
             None => default.to_string(),
-        }
-    };
+        };
     let listen = get("listen", "127.0.0.1:10025", &|s| {
         s.parse::<SocketAddr>()
             .map(drop)
@@ -545,9 +559,10 @@ fn validate_destination(
         .unwrap_or_else(|| implied.to_string());
     let backend = match backend_name.as_str() {
         "maildir" => {
-            if let Some(v) = options.iter().find(|(k, _)| {
-                OBJECT_STORE_OPTIONS.contains(k) || k.starts_with("os_options_")
-            }) {
+            if let Some(v) = options
+                .iter()
+                .find(|(k, _)| OBJECT_STORE_OPTIONS.contains(k) || k.starts_with("os_options_"))
+            {
                 problems.push(problem(
                     &v.1.origin,
                     "is an object-store option, but this destination's backend is maildir",
@@ -752,7 +767,10 @@ mod tests {
             &[
                 ("SWIFTDROP_DEFAULT_PATH", "/srv/mail"),
                 ("SWIFTDROP_DEFAULT_RECIPIENTS", "ops@example.com"),
-                ("SWIFTDROP_ALERTS_RECIPIENTS", "Alerts@Example.com, @alerts.example.com"),
+                (
+                    "SWIFTDROP_ALERTS_RECIPIENTS",
+                    "Alerts@Example.com, @alerts.example.com",
+                ),
                 ("SWIFTDROP_SERVER_MAX_MESSAGE_SIZE", "10M"),
             ],
         )
@@ -786,8 +804,14 @@ mod tests {
         .unwrap();
         let names: Vec<_> = c.destinations.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
-        assert_eq!(c.destinations[0].backend, Backend::Maildir { path: "/a".into() });
-        assert_eq!(c.destinations[1].backend, Backend::Maildir { path: "/c".into() });
+        assert_eq!(
+            c.destinations[0].backend,
+            Backend::Maildir { path: "/a".into() }
+        );
+        assert_eq!(
+            c.destinations[1].backend,
+            Backend::Maildir { path: "/c".into() }
+        );
     }
 
     #[test]
@@ -798,11 +822,20 @@ mod tests {
             ["SWIFTDROP_SERVER_MAX_RECIPIENTS: \"lots\" is not a positive whole number"]
         );
         let err = load(None, &[("SWIFTDROP_SERVER_LISTEN", "nowhere")]).unwrap_err();
-        assert!(err.problems[0].starts_with("SWIFTDROP_SERVER_LISTEN: "), "{err}");
+        assert!(
+            err.problems[0].starts_with("SWIFTDROP_SERVER_LISTEN: "),
+            "{err}"
+        );
         let err = load(None, &[("SWIFTDROP_X_RECIPIENTS", "not an address")]).unwrap_err();
-        assert!(err.problems[0].starts_with("SWIFTDROP_X_RECIPIENTS: "), "{err}");
+        assert!(
+            err.problems[0].starts_with("SWIFTDROP_X_RECIPIENTS: "),
+            "{err}"
+        );
         let err = load(None, &[("SWIFTDROP_NOSECTION", "1")]).unwrap_err();
-        assert!(err.problems[0].contains("expected SWIFTDROP_<SECTION>_<OPTION>"), "{err}");
+        assert!(
+            err.problems[0].contains("expected SWIFTDROP_<SECTION>_<OPTION>"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -814,8 +847,14 @@ mod tests {
         .unwrap_err();
         let path_end = "swiftdrop.ini:";
         assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(err.problems[0].contains(&format!("{path_end}4: [server] idle_timeout: ")), "{err}");
-        assert!(err.problems[1].contains(&format!("{path_end}8: [box] flavour: unknown option")), "{err}");
+        assert!(
+            err.problems[0].contains(&format!("{path_end}4: [server] idle_timeout: ")),
+            "{err}"
+        );
+        assert!(
+            err.problems[1].contains(&format!("{path_end}8: [box] flavour: unknown option")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -830,8 +869,16 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 2, "{err}");
-        assert!(err.problems.iter().any(|p| p.contains("[C]: destination has no recipients")));
-        assert!(err.problems.iter().any(|p| p.contains("listed by both [A] and [B]")));
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.contains("[C]: destination has no recipients"))
+        );
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.contains("listed by both [A] and [B]"))
+        );
     }
 
     #[test]
@@ -840,11 +887,17 @@ mod tests {
             None,
             &[
                 ("SWIFTDROP_DEFAULT_RECIPIENTS", "a@example.com"),
-                ("SWIFTDROP_DEFAULT_AUTHURL", "http://127.0.0.1:8080/auth/v1.0"),
+                (
+                    "SWIFTDROP_DEFAULT_AUTHURL",
+                    "http://127.0.0.1:8080/auth/v1.0",
+                ),
             ],
         )
         .unwrap_err();
-        assert!(err.problems[0].contains("backend \"swift\" is not available"), "{err}");
+        assert!(
+            err.problems[0].contains("backend \"swift\" is not available"),
+            "{err}"
+        );
     }
 
     #[test]

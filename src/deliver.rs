@@ -128,7 +128,8 @@ impl Deliverer {
             let payload = PutPayload::from_iter([header, message.clone()]);
             async move {
                 let path = Path::from(key.as_str());
-                let result = tokio::time::timeout_at(deadline, dest.store.put(&path, payload)).await;
+                let result =
+                    tokio::time::timeout_at(deadline, dest.store.put(&path, payload)).await;
                 (dest, key, result)
             }
         });
@@ -175,9 +176,15 @@ async fn rollback(stored: &[(&Destination, String)]) {
         let path = Path::from(key.as_str());
         let left = ROLLBACK_TIMEOUT.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, dest.store.delete(&path)).await {
-            Ok(Ok(())) => tracing::info!(destination = %dest.name, key, "removed object of a failed delivery"),
-            Ok(Err(e)) => tracing::warn!(destination = %dest.name, key, error = %e, "could not remove object of a failed delivery; a duplicate will follow the retry"),
-            Err(_) => tracing::warn!(destination = %dest.name, key, "timed out removing object of a failed delivery; a duplicate will follow the retry"),
+            Ok(Ok(())) => {
+                tracing::info!(destination = %dest.name, key, "removed object of a failed delivery")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %dest.name, key, error = %e, "could not remove object of a failed delivery; a duplicate will follow the retry")
+            }
+            Err(_) => {
+                tracing::warn!(destination = %dest.name, key, "timed out removing object of a failed delivery; a duplicate will follow the retry")
+            }
         }
     }
 }
@@ -204,6 +211,9 @@ mod tests {
             h,
             b"Return-Path: <a@example.org>\r\nDelivered-To: b@example.com\r\nDelivered-To: c@example.com\r\n"
         );
-        assert_eq!(trace_headers("", &["x\r\nBcc: y"]), b"Return-Path: <>\r\nDelivered-To: xBcc: y\r\n");
+        assert_eq!(
+            trace_headers("", &["x\r\nBcc: y"]),
+            b"Return-Path: <>\r\nDelivered-To: xBcc: y\r\n"
+        );
     }
 }

@@ -49,7 +49,10 @@ enum LogFormatArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("swiftdrop: cannot start the runtime: {e}");
@@ -145,7 +148,7 @@ async fn serve(
         &config.server.hostname,
         config.server.store_timeout,
     );
-    let server = match Server::bind(config.server.clone(), deliverer).await {
+    let server = match Server::bind(config.server.clone(), std::sync::Arc::new(deliverer)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(listen = %config.server.listen, error = %e, "cannot listen");
@@ -153,7 +156,9 @@ async fn serve(
         }
     };
     match server.local_addr() {
-        Ok(addr) => tracing::info!(listen = %addr, hostname = %config.server.hostname, "swiftdrop serving"),
+        Ok(addr) => {
+            tracing::info!(listen = %addr, hostname = %config.server.hostname, "swiftdrop serving")
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
     }
     server.run(shutdown_signal()).await;

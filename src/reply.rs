@@ -98,7 +98,11 @@ pub fn bye() -> Reply {
 }
 /// VRFY is answered without verifying (RFC 5321 3.5.3).
 pub fn cannot_vrfy() -> Reply {
-    Reply::new(252, [2, 0, 0], "Cannot VRFY user, but will accept message and attempt delivery")
+    Reply::new(
+        252,
+        [2, 0, 0],
+        "Cannot VRFY user, but will accept message and attempt delivery",
+    )
 }
 /// HELP.
 pub fn help() -> Reply {
@@ -114,7 +118,11 @@ pub fn store_failed(reason: &str) -> Reply {
 }
 /// The connection limit is reached.
 pub fn too_many_connections() -> Reply {
-    Reply::new(421, [4, 7, 0], "Error: too many connections, try again later")
+    Reply::new(
+        421,
+        [4, 7, 0],
+        "Error: too many connections, try again later",
+    )
 }
 /// The client was silent for too long.
 pub fn idle_timeout() -> Reply {
@@ -146,7 +154,11 @@ pub fn unknown_recipient(address: &str) -> Reply {
 }
 /// XFORWARD from a client outside the configured networks.
 pub fn xforward_denied() -> Reply {
-    Reply::new(550, [5, 7, 0], "Error: insufficient authorization for XFORWARD")
+    Reply::new(
+        550,
+        [5, 7, 0],
+        "Error: insufficient authorization for XFORWARD",
+    )
 }
 /// A command line over the limit.
 pub fn line_too_long() -> Reply {
@@ -206,8 +218,14 @@ mod tests {
 
     #[test]
     fn wire_form_has_codes_and_crlf() {
-        assert_eq!(store_failed("store failed").to_string(), "451 4.3.0 store failed\r\n");
-        assert_eq!(Reply::new(250, [2, 0, 0], "a\r\nb").to_string(), "250 2.0.0 ab\r\n");
+        assert_eq!(
+            store_failed("store failed").to_string(),
+            "451 4.3.0 store failed\r\n"
+        );
+        assert_eq!(
+            Reply::new(250, [2, 0, 0], "a\r\nb").to_string(),
+            "250 2.0.0 ab\r\n"
+        );
     }
 
     #[test]

@@ -25,12 +25,15 @@ pub struct Server {
 
 impl Server {
     /// Binds `settings.listen`.
-    pub async fn bind(settings: ServerSettings, deliverer: Deliverer) -> std::io::Result<Self> {
+    pub async fn bind(
+        settings: ServerSettings,
+        deliverer: Arc<Deliverer>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         Ok(Server {
             listener,
             settings: Arc::new(settings),
-            deliverer: Arc::new(deliverer),
+            deliverer,
         })
     }
 
@@ -78,7 +81,10 @@ impl Server {
         tracing::info!(sessions = in_flight, "shutting down: no new connections");
         let _ = stop_tx.send(true);
         let drain = async { while sessions.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.drain_timeout, drain).await.is_err() {
+        if tokio::time::timeout(self.settings.drain_timeout, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 sessions = sessions.len(),
                 "drain timeout: closing sessions still in a transaction (their clients will retry)"
@@ -99,7 +105,10 @@ async fn serve(
     // Replies are small and the client waits for each one: do not let Nagle hold them.
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connected");
-    if let Err(e) = Session::new(stream, peer, settings, deliverer, stop).run().await {
+    if let Err(e) = Session::new(stream, peer, settings, deliverer, stop)
+        .run()
+        .await
+    {
         tracing::info!(%peer, error = %e, "connection ended with an error");
     }
 }

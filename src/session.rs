@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use smtp_proto::Request;
+use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -41,8 +41,13 @@ enum State {
     DiscardData(DummyDataReceiver, Reply),
     /// A BDAT chunk, collected into the transaction's body.
     Bdat(BdatReceiver),
-    /// A BDAT chunk that will not be stored: discard, then reply.
-    DiscardBdat(DummyDataReceiver, Reply),
+    /// A BDAT chunk that will not be stored: discard, then reply; `abort` ends the
+    /// transaction (over the size limit), otherwise it stays open (e.g. no recipient yet).
+    DiscardBdat {
+        receiver: DummyDataReceiver,
+        reply: Reply,
+        abort: bool,
+    },
 }
 
 /// What the loop does next.
@@ -210,7 +215,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn log_disconnect(&self) {
         match (&self.state, &self.transaction) {
-            (State::Data(_) | State::Bdat(_) | State::DiscardData(..) | State::DiscardBdat(..), _) => {
+            (
+                State::Data(_)
+                | State::Bdat(_)
+                | State::DiscardData(..)
+                | State::DiscardBdat { .. },
+                _,
+            ) => {
                 tracing::warn!(client = %self.client.display(), "client disconnected during message data; nothing stored")
             }
             (_, Some(tx)) => tracing::info!(
@@ -254,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 if done { Step::Deliver } else { Step::NeedInput }
             }
-            State::DiscardData(receiver, _) | State::DiscardBdat(receiver, _) => {
+            State::DiscardData(receiver, _) | State::DiscardBdat { receiver, .. } => {
                 let mut it = self.inbuf.iter();
                 let done = receiver.ingest(&mut it);
                 let consumed = self.inbuf.len() - it.as_slice().len();
@@ -262,11 +273,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if !done {
                     return Step::NeedInput;
                 }
-                let reply = match std::mem::replace(&mut self.state, State::Command) {
-                    State::DiscardData(_, reply) | State::DiscardBdat(_, reply) => reply,
-                    _ => unreachable!(),
-                };
-                self.end_discarded(reply)
+                match std::mem::replace(&mut self.state, State::Command) {
+                    State::DiscardData(_, reply) => self.end_discarded(reply),
+                    State::DiscardBdat {
+                        reply, abort: true, ..
+                    } => self.end_discarded(reply),
+                    State::DiscardBdat { reply, .. } => {
+                        self.push(reply);
+                        Step::Continue
+                    }
+                    _ => unreachable!("matched above"),
+                }
             }
             State::Bdat(receiver) => {
                 let tx = self.transaction.as_mut().expect("BDAT has a transaction");
@@ -529,17 +546,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let refusal = match self.transaction.as_ref() {
             None => Some(reply::bad_sequence("need MAIL command")),
             Some(tx) if tx.envelope.recipients.is_empty() => Some(reply::no_valid_recipients()),
-            Some(tx) if tx.message_len().saturating_add(chunk_size) > self.settings.max_message_size => {
+            Some(tx)
+                if tx.message_len().saturating_add(chunk_size) > self.settings.max_message_size =>
+            {
                 Some(reply::too_big())
             }
             Some(_) => None,
         };
         if let Some(reply) = refusal {
             // The chunk's bytes follow the command whatever the reply: read past them.
-            if reply.code != 552 {
+            let abort = reply.code == 552;
+            if !abort {
                 self.errors += 1;
             }
-            self.state = State::DiscardBdat(DummyDataReceiver::new_bdat(chunk_size), reply);
+            self.state = State::DiscardBdat {
+                receiver: DummyDataReceiver::new_bdat(chunk_size),
+                reply,
+                abort,
+            };
             return Step::Continue;
         }
         let capacity = self.initial_capacity(self.transaction.as_ref().expect("checked"));
@@ -555,7 +579,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Stores the finished message and returns the final reply.
     async fn deliver(&mut self) -> Reply {
         self.state = State::Command;
-        let tx = self.transaction.take().expect("a finished message has a transaction");
+        let tx = self
+            .transaction
+            .take()
+            .expect("a finished message has a transaction");
         let client = std::mem::take(&mut self.client.forwarded);
         let message = Bytes::from(tx.body).slice(tx.body_start..);
         warn_about_line_endings(&message);
@@ -615,7 +642,10 @@ fn warn_about_line_endings(message: &[u8]) {
     let lf = memchr::memchr_iter(b'\n', message).count();
     let crlf = memchr::memmem::find_iter(message, b"\r\n").count();
     if lf != crlf {
-        tracing::warn!(bare_lf = lf - crlf, "message has bare LF line endings; stored unchanged");
+        tracing::warn!(
+            bare_lf = lf - crlf,
+            "message has bare LF line endings; stored unchanged"
+        );
     }
     if memchr::memchr(0, message).is_some() {
         tracing::warn!("message contains NUL bytes; stored unchanged");

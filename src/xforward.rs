@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn split_over_several_commands_and_xtext() {
         let mut a = ClientAttributes::default();
-        a.apply("NAME=mail.example.com ADDR=IPV6:2001:db8::1").unwrap();
+        a.apply("NAME=mail.example.com ADDR=IPV6:2001:db8::1")
+            .unwrap();
         a.apply("HELO=odd+2Bname+3Dx").unwrap();
         assert_eq!(a.name.as_deref(), Some("mail.example.com"));
         assert_eq!(a.addr.as_deref(), Some("2001:db8::1"));
@@ -161,9 +162,18 @@ mod tests {
     fn bad_input_changes_nothing() {
         let mut a = ClientAttributes::default();
         assert_eq!(a.apply(""), Err(XForwardError::Empty));
-        assert!(matches!(a.apply("ADDR=1.2.3.4 COLOR=red"), Err(XForwardError::BadAttribute(_))));
-        assert!(matches!(a.apply("HELO=bad+G1"), Err(XForwardError::BadValue(_))));
-        assert!(matches!(a.apply("HELO"), Err(XForwardError::BadAttribute(_))));
+        assert!(matches!(
+            a.apply("ADDR=1.2.3.4 COLOR=red"),
+            Err(XForwardError::BadAttribute(_))
+        ));
+        assert!(matches!(
+            a.apply("HELO=bad+G1"),
+            Err(XForwardError::BadValue(_))
+        ));
+        assert!(matches!(
+            a.apply("HELO"),
+            Err(XForwardError::BadAttribute(_))
+        ));
         let long = format!("HELO={}", "x".repeat(256));
         assert!(matches!(a.apply(&long), Err(XForwardError::BadValue(_))));
         assert!(a.is_empty());

@@ -139,7 +139,10 @@ mod tests {
 
     #[test]
     fn foreign_names_do_not_parse() {
-        assert_eq!(MessageKey::parse("1567067375.M6337175P228.f87ce1e3553a,S=241"), None);
+        assert_eq!(
+            MessageKey::parse("1567067375.M6337175P228.f87ce1e3553a,S=241"),
+            None
+        );
         assert_eq!(MessageKey::parse("README"), None);
     }
 }

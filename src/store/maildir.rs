@@ -258,7 +258,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MaildirStore::open(dir.path().join("m")).unwrap();
         let key = Path::from("cur/1.M2P3Q4.host,S=5");
-        let put = store.put(&key, PutPayload::from_static(b"hello")).await.unwrap();
+        let put = store
+            .put(&key, PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
         let got = store.get(&key).await.unwrap();
         assert_eq!(got.meta.e_tag, put.e_tag);
         assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
@@ -278,7 +281,10 @@ mod tests {
         let again = store
             .put_opts(&key, PutPayload::from_static(b"2"), create)
             .await;
-        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })));
+        assert!(matches!(
+            again,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
         let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(kept.as_ref(), b"1");
     }

@@ -1,0 +1,13 @@
+//! Integration tests: one binary, grouped by what they drive.
+//!
+//! `session` feeds bytes to a session without sockets; `server` runs the listener on an
+//! ephemeral port with mail-send as an independent client; `cli` runs the built binary;
+//! `postfix` goes through a real Postfix (`smtpd_proxy_filter`) started from a temporary
+//! directory. `support` holds the shared helpers.
+
+mod cli;
+mod postfix;
+mod server;
+mod session;
+mod store_failures;
+mod support;

@@ -1,0 +1,428 @@
+//! Session behaviour over an in-memory pipe: protocol, limits, byte-exact storage.
+
+use crate::support::*;
+
+const LOOPBACK: &str = "127.0.0.1:40000";
+const OUTSIDE: &str = "192.0.2.10:40000";
+
+fn stored_body(setup: &Setup) -> Vec<u8> {
+    let files = setup.cur("maildir");
+    assert_eq!(files.len(), 1, "exactly one stored file");
+    assert_size_in_name(&files[0].0, &files[0].1);
+    files[0].1.clone()
+}
+
+#[tokio::test]
+async fn dot_stuffed_lines_are_stored_byte_exact() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("sender@example.org", &["rcpt@example.com"])
+        .await;
+    d.command("DATA", "354").await;
+    // First line stuffed, a lone-dot line, a double-dot line, trailing empty line.
+    d.send("..first\r\nSubject: x\r\n\r\n..\r\n...two\r\n.x\r\n\r\n.\r\n")
+        .await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    d.command("QUIT", "221").await;
+    assert_eq!(
+        stored_body(&setup),
+        b"Return-Path: <sender@example.org>\r\nDelivered-To: rcpt@example.com\r\n.first\r\nSubject: x\r\n\r\n.\r\n..two\r\nx\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn empty_message_and_missing_final_crlf_cases() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("", &["rcpt@example.com"]).await;
+    d.command("DATA", "354").await;
+    d.send(".\r\n").await;
+    assert!(d.reply().await.starts_with("250 2.0.0"));
+    assert_eq!(
+        stored_body(&setup),
+        b"Return-Path: <>\r\nDelivered-To: rcpt@example.com\r\n"
+    );
+}
+
+#[tokio::test]
+async fn eight_bit_utf8_and_binary_bytes_are_kept() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    d.command(
+        "MAIL FROM:<jürgen@exämple.org> SMTPUTF8 BODY=8BITMIME",
+        "250",
+    )
+    .await;
+    d.command("RCPT TO:<δοκιμή@example.com>", "250").await;
+    d.command("DATA", "354").await;
+    let mut body = "Subject: Grüße ✓\r\n\r\n".as_bytes().to_vec();
+    body.extend_from_slice(&[0xff, 0xfe, 0x80, b'\r', b'\n']);
+    let mut wire = body.clone();
+    wire.extend_from_slice(b".\r\n");
+    d.send(&wire).await;
+    assert!(d.reply().await.starts_with("250"));
+    let stored = stored_body(&setup);
+    let header = "Return-Path: <jürgen@exämple.org>\r\nDelivered-To: δοκιμή@example.com\r\n";
+    assert_eq!(&stored[..header.len()], header.as_bytes());
+    assert_eq!(&stored[header.len()..], body.as_slice());
+}
+
+#[tokio::test]
+async fn pipelined_commands_get_replies_in_order() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    let ehlo = d.command("EHLO client.test", "250-filter.test").await;
+    for cap in [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "DSN",
+        "CHUNKING",
+        "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE",
+    ] {
+        assert!(ehlo.contains(cap), "EHLO lacks {cap}: {ehlo}");
+    }
+    d.send("MAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=abc\r\nRCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com\r\nRCPT TO:<c@example.com> NOTIFY=NEVER\r\nDATA\r\nhi\r\n.\r\nNOOP\r\n").await;
+    assert!(d.reply().await.starts_with("250 2.1.0"));
+    assert!(d.reply().await.starts_with("250 2.1.5"));
+    assert!(d.reply().await.starts_with("250 2.1.5"));
+    assert!(d.reply().await.starts_with("354"));
+    assert!(d.reply().await.starts_with("250 2.0.0 Ok: stored as"));
+    assert!(d.reply().await.starts_with("250 2.0.0 Ok"));
+    let body = stored_body(&setup);
+    assert!(body.starts_with(b"Return-Path: <a@example.org>\r\nDelivered-To: b@example.com\r\nDelivered-To: c@example.com\r\nhi\r\n"));
+}
+
+#[tokio::test]
+async fn several_transactions_per_connection() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    for i in 0..5 {
+        d.command(&format!("MAIL FROM:<s{i}@example.org>"), "250")
+            .await;
+        d.command(&format!("RCPT TO:<r{i}@example.com>"), "250")
+            .await;
+        d.command("DATA", "354").await;
+        d.send(format!("Subject: {i}\r\n\r\nbody {i}\r\n.\r\n"))
+            .await;
+        assert!(d.reply().await.starts_with("250 2.0.0"));
+    }
+    // An aborted transaction in between leaves nothing.
+    d.command("MAIL FROM:<x@example.org>", "250").await;
+    d.command("RCPT TO:<y@example.com>", "250").await;
+    d.command("RSET", "250").await;
+    d.command("QUIT", "221").await;
+    let files = setup.cur("maildir");
+    assert_eq!(files.len(), 5);
+    let names: std::collections::HashSet<_> = files.iter().map(|f| &f.0).collect();
+    assert_eq!(names.len(), 5);
+    for i in 0..5 {
+        let wanted = format!(
+            "Return-Path: <s{i}@example.org>\r\nDelivered-To: r{i}@example.com\r\nSubject: {i}\r\n\r\nbody {i}\r\n"
+        );
+        assert!(
+            files.iter().any(|f| f.1 == wanted.as_bytes()),
+            "message {i} stored exactly"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bdat_chunks_are_joined_without_unstuffing() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("a@example.org", &["b@example.com"]).await;
+    d.send("BDAT 12\r\n..line one\r\n").await;
+    assert_eq!(d.reply().await, "250 2.0.0 12 octets received");
+    d.send("BDAT 8 LAST\r\n.\r\nend\r\n").await;
+    assert!(d.reply().await.starts_with("250 2.0.0 Ok: stored as"));
+    // BDAT 0 LAST ends an (empty) message too.
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.command("BDAT 0 LAST", "250 2.0.0 Ok: stored").await;
+    let files = setup.cur("maildir");
+    assert_eq!(files.len(), 2);
+    let prefix = b"Return-Path: <a@example.org>\r\nDelivered-To: b@example.com\r\n".to_vec();
+    let mut full = prefix.clone();
+    full.extend_from_slice(b"..line one\r\n.\r\nend\r\n");
+    assert!(files.iter().any(|f| f.1 == full));
+    assert!(files.iter().any(|f| f.1 == prefix));
+}
+
+#[tokio::test]
+async fn bdat_out_of_sequence_consumes_its_chunk() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    // The chunk text looks like commands: it must be skipped, not executed.
+    d.send("BDAT 19 LAST\r\nMAIL FROM:<x@y>\r\n\r\n").await;
+    assert!(d.reply().await.starts_with("503 5.5.1"));
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.send("BDAT 4 LAST\r\nQUIT").await;
+    assert!(d.reply().await.starts_with("554 5.5.1"));
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.command("BDAT 0", "250 2.0.0 0 octets").await;
+    d.command("DATA", "503 5.5.1").await;
+    d.command("RCPT TO:<c@example.com>", "503 5.5.1").await;
+    d.command("NOOP", "250").await;
+    assert!(setup.cur("maildir").is_empty());
+}
+
+#[tokio::test]
+async fn sequence_and_syntax_errors() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("RCPT TO:<b@example.com>", "503 5.5.1").await;
+    d.command("DATA", "503 5.5.1").await;
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("MAIL FROM:<a@example.org>", "503 5.5.1").await;
+    d.command("DATA", "554 5.5.1").await;
+    d.command("FROBNICATE now", "500 5.5.1").await;
+    d.command("MAIL FROM:<a@example.org> XYZ=1", "555 5.5.4")
+        .await;
+    d.command("RCPT TO:<>", "501").await;
+    d.command("RCPT TO:<b@example.com> BOGUS=1", "555 5.5.4")
+        .await;
+    d.command("RCPT TO:b@example.com", "501 5.5.4").await;
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.command("VRFY root", "252").await;
+    d.command("HELP", "214").await;
+    d.command("STARTTLS", "502 5.5.1").await;
+    d.command("AUTH PLAIN AGFhAGI=", "502 5.5.1").await;
+    d.command("NOOP", "250 2.0.0").await;
+    d.command("RSET", "250 2.0.0").await;
+    d.command("HELO old.client", "250 2.0.0 filter.test").await;
+    d.command("QUIT", "221 2.0.0").await;
+    assert_eq!(d.until_closed().await, "");
+}
+
+#[tokio::test]
+async fn garbage_nul_and_bare_lf_commands_get_replies() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.send(b"\x00\x01\x02\xff\xfe\r\n").await;
+    assert!(d.reply().await.starts_with("500 5.5.1"));
+    d.send("NO\0OP\r\n").await;
+    assert!(d.reply().await.starts_with("50"));
+    d.send("NOOP\n").await;
+    assert!(d.reply().await.starts_with("250"));
+    d.send("\r\n").await;
+    assert!(d.reply().await.starts_with("500"));
+    d.command("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn too_many_errors_disconnect() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_ERROR_LIMIT", "3")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("BAD1", "500").await;
+    d.command("BAD2", "500").await;
+    d.send("BAD3\r\n").await;
+    assert!(d.reply().await.starts_with("500"));
+    assert!(d.reply().await.starts_with("421 4.7.0"));
+    assert_eq!(d.until_closed().await, "");
+}
+
+#[tokio::test]
+async fn overlong_lines_get_500_and_the_session_goes_on() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    // In one write.
+    d.send(format!("NOOP {}\r\n", "x".repeat(5000))).await;
+    assert!(d.reply().await.starts_with("500 5.5.2"));
+    // Spread over several writes, with the end in a later one.
+    for _ in 0..3 {
+        d.send("y".repeat(3000)).await;
+    }
+    d.send("\r\nNOOP\r\n").await;
+    assert!(d.reply().await.starts_with("500 5.5.2"));
+    assert!(d.reply().await.starts_with("250"));
+    // A long XFORWARD line (Postfix sends up to ~515 bytes) is fine.
+    d.command(&format!("XFORWARD HELO={}", "h".repeat(255)), "250")
+        .await;
+    d.command(&format!("NOOP {}", "z".repeat(4000)), "250")
+        .await;
+    d.command("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn size_limit_at_mail_and_in_data() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_MAX_MESSAGE_SIZE", "1K")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    d.command("MAIL FROM:<a@example.org> SIZE=2000", "552 5.3.4")
+        .await;
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.command("DATA", "354").await;
+    for _ in 0..20 {
+        d.send(format!("{}\r\n", "a".repeat(500))).await;
+    }
+    d.send(".\r\n").await;
+    assert!(d.reply().await.starts_with("552 5.3.4"));
+    // The connection stays usable: a message at the limit is stored.
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.command("DATA", "354").await;
+    d.send(format!("{}\r\n.\r\n", "c".repeat(1022))).await;
+    assert!(d.reply().await.starts_with("250 2.0.0"));
+    // BDAT over the limit is refused and its bytes skipped.
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<b@example.com>", "250").await;
+    d.send(format!("BDAT 1500 LAST\r\n{}", "NOOP\r\n".repeat(250)))
+        .await;
+    assert!(d.reply().await.starts_with("552 5.3.4"));
+    d.command("NOOP", "250").await;
+    assert_eq!(setup.cur("maildir").len(), 1);
+}
+
+#[tokio::test]
+async fn recipient_limit() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_MAX_RECIPIENTS", "3")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope(
+        "a@example.org",
+        &["r1@example.com", "r2@example.com", "r3@example.com"],
+    )
+    .await;
+    d.command("RCPT TO:<r4@example.com>", "452 4.5.3").await;
+    d.command("DATA", "354").await;
+    d.send("x\r\n.\r\n").await;
+    assert!(d.reply().await.starts_with("250"));
+    let body = stored_body(&setup);
+    assert_eq!(
+        body.windows(13).filter(|w| w == b"Delivered-To:").count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn unknown_recipients_are_refused_and_routing_splits_destinations() {
+    let setup = Setup::new(&[
+        (
+            "SWIFTDROP_ALERTS_RECIPIENTS",
+            "alerts@example.com,@alerts.example.com",
+        ),
+        ("SWIFTDROP_ALERTS_PATH", "{dir}/alerts"),
+        ("SWIFTDROP_TICKETS_RECIPIENTS", "Tickets@Example.com"),
+        ("SWIFTDROP_TICKETS_PATH", "{dir}/tickets"),
+    ]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<nobody@example.com>", "550 5.1.1").await;
+    d.command("RCPT TO:<ALERTS@example.com>", "250").await;
+    d.command("RCPT TO:<disk@alerts.example.com>", "250").await;
+    d.command("RCPT TO:<tickets@example.com>", "250").await;
+    d.command("DATA", "354").await;
+    d.send("Subject: both\r\n\r\nx\r\n.\r\n").await;
+    let reply = d.reply().await;
+    assert_eq!(reply.matches("cur/").count(), 2, "{reply}");
+    let alerts = setup.cur("alerts");
+    let tickets = setup.cur("tickets");
+    assert_eq!((alerts.len(), tickets.len()), (1, 1));
+    assert_eq!(
+        alerts[0].1,
+        b"Return-Path: <a@example.org>\r\nDelivered-To: ALERTS@example.com\r\nDelivered-To: disk@alerts.example.com\r\nSubject: both\r\n\r\nx\r\n"
+    );
+    assert_eq!(
+        tickets[0].1,
+        b"Return-Path: <a@example.org>\r\nDelivered-To: tickets@example.com\r\nSubject: both\r\n\r\nx\r\n"
+    );
+    assert_size_in_name(&alerts[0].0, &alerts[0].1);
+    assert_size_in_name(&tickets[0].0, &tickets[0].1);
+}
+
+#[tokio::test]
+async fn xforward_from_trusted_network_only() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, OUTSIDE).await;
+    let ehlo = d.command("EHLO client.test", "250").await;
+    assert!(
+        !ehlo.contains("XFORWARD"),
+        "not advertised to untrusted clients"
+    );
+    d.command("XFORWARD ADDR=192.0.2.7", "550 5.7.0").await;
+    d.command("QUIT", "221").await;
+
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    d.command(
+        "XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PORT=58772",
+        "250 2.0.0",
+    )
+    .await;
+    d.command(
+        "XFORWARD HELO=client+2Bx.example IDENT=[UNAVAILABLE] PROTO=ESMTP SOURCE=REMOTE",
+        "250",
+    )
+    .await;
+    d.command("XFORWARD COLOR=red", "501 5.5.4").await;
+    d.command("XFORWARD", "501 5.5.4").await;
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("XFORWARD ADDR=10.0.0.1", "503 5.5.1").await;
+    d.command("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn xforward_networks_setting_is_honoured() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_XFORWARD_NETWORKS", "192.0.2.0/24")]);
+    let mut d = Dialog::start(&setup, OUTSIDE).await;
+    d.command("XFORWARD ADDR=198.51.100.1", "250").await;
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("XFORWARD ADDR=198.51.100.1", "550 5.7.0").await;
+}
+
+#[tokio::test]
+async fn client_gone_mid_data_stores_nothing() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("a@example.org", &["b@example.com"]).await;
+    d.command("DATA", "354").await;
+    d.send("Subject: cut\r\n\r\nhalf a message\r\n").await;
+    d.close().await;
+    assert!(setup.cur("maildir").is_empty());
+    assert_eq!(count_entries(&setup.path("maildir/tmp")), 0);
+}
+
+#[tokio::test]
+async fn quit_inside_data_is_data_and_eof_discards() {
+    // Postfix without speed_adjust writes QUIT into the data stream when its client drops.
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("a@example.org", &["b@example.com"]).await;
+    d.command("DATA", "354").await;
+    d.send("partial\r\nQUIT\r\n").await;
+    assert_eq!(d.close().await, "");
+    assert!(setup.cur("maildir").is_empty());
+}
+
+#[tokio::test]
+async fn idle_clients_get_421_and_are_closed() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_IDLE_TIMEOUT", "200ms")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    assert!(d.reply().await.starts_with("421 4.4.2"));
+    assert_eq!(d.until_closed().await, "");
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_transaction_finish_then_says_421() {
+    let setup = Setup::default_catch_all();
+    let mut busy = Dialog::start(&setup, LOOPBACK).await;
+    let mut idle = Dialog::start(&setup, LOOPBACK).await;
+    busy.envelope("a@example.org", &["b@example.com"]).await;
+    busy.command("DATA", "354").await;
+    busy.stop.send(true).unwrap();
+    idle.stop.send(true).unwrap();
+    assert!(idle.reply().await.starts_with("421 4.3.2"));
+    busy.send("late but complete\r\n.\r\n").await;
+    assert!(busy.reply().await.starts_with("250 2.0.0 Ok: stored"));
+    assert!(busy.reply().await.starts_with("421 4.3.2"));
+    assert_eq!(setup.cur("maildir").len(), 1);
+}

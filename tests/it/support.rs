@@ -1,0 +1,381 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use swiftdrop::config::{Config, ServerSettings};
+use swiftdrop::deliver::Deliverer;
+use swiftdrop::route::Router;
+use swiftdrop::session::Session;
+use swiftdrop::store::Destination;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Upper bound on waiting for a reply, so that a broken server fails a test instead of
+/// hanging it. Not a timing assertion: a healthy server answers in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A configuration rooted in a fresh temporary directory.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl Setup {
+    /// Configuration from `SWIFTDROP_*` pairs; `{dir}` in a value becomes the temporary
+    /// directory. Without destinations it is the embedded catch-all at `{dir}/maildir`.
+    pub fn new(vars: &[(&str, &str)]) -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("swiftdrop-it")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().to_str().unwrap().to_string();
+        let mut all: Vec<(String, String)> = vec![
+            ("SWIFTDROP_DEFAULT_PATH".into(), format!("{root}/maildir")),
+            ("SWIFTDROP_SERVER_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SWIFTDROP_SERVER_HOSTNAME".into(), "filter.test".into()),
+        ];
+        all.extend(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.replace("{dir}", &root))),
+        );
+        let config = Config::from_sources(None, all).expect("test configuration is valid");
+        Setup { dir, config }
+    }
+
+    /// The catch-all default with these server settings.
+    pub fn default_catch_all() -> Setup {
+        Setup::new(&[])
+    }
+
+    pub fn settings(&self) -> Arc<ServerSettings> {
+        Arc::new(self.config.server.clone())
+    }
+
+    pub fn destinations(&self) -> Vec<Destination> {
+        Destination::open_all(&self.config.destinations).expect("destinations open")
+    }
+
+    pub fn deliverer(&self) -> Arc<Deliverer> {
+        Arc::new(self.deliverer_with(self.destinations()))
+    }
+
+    pub fn deliverer_with(&self, destinations: Vec<Destination>) -> Deliverer {
+        Deliverer::new(
+            Router::new(&self.config.destinations),
+            destinations,
+            &self.config.server.hostname,
+            self.config.server.store_timeout,
+        )
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Files under `<maildir>/cur`, sorted by name, with their bytes.
+    pub fn cur(&self, maildir: &str) -> Vec<(String, Vec<u8>)> {
+        cur_files(&self.path(maildir))
+    }
+}
+
+/// Files under `<maildir>/cur`, sorted by name, with their bytes.
+pub fn cur_files(maildir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = match std::fs::read_dir(maildir.join("cur")) {
+        Ok(entries) => entries
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// Number of entries in a directory (0 when it does not exist).
+pub fn count_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Asserts that a stored file's name states its exact size and returns the size.
+pub fn assert_size_in_name(name: &str, bytes: &[u8]) {
+    let size: usize = name.rsplit_once(",S=").unwrap().1.parse().unwrap();
+    assert_eq!(size, bytes.len(), "S= of {name}");
+}
+
+/// An SMTP conversation with a session over an in-memory pipe (no sockets).
+pub struct Dialog {
+    io: DuplexStream,
+    buf: Vec<u8>,
+    pub task: JoinHandle<std::io::Result<()>>,
+    pub stop: watch::Sender<bool>,
+}
+
+impl Dialog {
+    /// Starts a session for a client at `peer` and reads the greeting.
+    pub async fn start(setup: &Setup, peer: &str) -> Dialog {
+        Dialog::start_with(setup.settings(), setup.deliverer(), peer).await
+    }
+
+    pub async fn start_with(
+        settings: Arc<ServerSettings>,
+        deliverer: Arc<Deliverer>,
+        peer: &str,
+    ) -> Dialog {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (stop, stop_rx) = watch::channel(false);
+        let peer: SocketAddr = peer.parse().unwrap();
+        let task = tokio::spawn(Session::new(server, peer, settings, deliverer, stop_rx).run());
+        let mut dialog = Dialog {
+            io: client,
+            buf: Vec::new(),
+            task,
+            stop,
+        };
+        let greeting = dialog.reply().await;
+        assert!(greeting.starts_with("220 filter.test"), "{greeting}");
+        dialog
+    }
+
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.io.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// Reads one complete reply; lines of a multi-line reply are joined with `\n`.
+    /// Returns an empty string when the server closed the connection.
+    pub async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let line = match self.line().await {
+                Some(line) => line,
+                None => return lines.join("\n"),
+            };
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(PATIENCE, self.io.read(&mut chunk))
+                .await
+                .expect("the server answered in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends a command and asserts that the reply starts with `expected`.
+    pub async fn command(&mut self, line: &str, expected: &str) -> String {
+        self.send(format!("{line}\r\n")).await;
+        let reply = self.reply().await;
+        assert!(
+            reply.starts_with(expected),
+            "{line:?}: expected {expected:?}, got {reply:?}"
+        );
+        reply
+    }
+
+    /// EHLO, MAIL and one RCPT, each asserted positive.
+    pub async fn envelope(&mut self, from: &str, to: &[&str]) {
+        self.command("EHLO client.test", "250").await;
+        self.command(&format!("MAIL FROM:<{from}>"), "250 2.1.0")
+            .await;
+        for rcpt in to {
+            self.command(&format!("RCPT TO:<{rcpt}>"), "250 2.1.5")
+                .await;
+        }
+    }
+
+    /// Closes our side and waits for the session to end; returns what it still wrote.
+    pub async fn close(mut self) -> String {
+        self.io.shutdown().await.ok();
+        let mut rest = String::new();
+        while let Some(line) = self.line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        let _ = tokio::time::timeout(PATIENCE, self.task).await;
+        rest
+    }
+
+    /// Waits for the server to close the connection; returns what it still wrote.
+    pub async fn until_closed(mut self) -> String {
+        let mut rest = String::new();
+        while let Some(line) = self.line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store that waits before every write: stands in for a store that hangs, to test the
+/// deadline. Everything else goes straight to the real store inside.
+#[derive(Debug)]
+pub struct HangingStore {
+    pub inner: Arc<dyn object_store::ObjectStore>,
+    pub delay: Duration,
+}
+
+impl std::fmt::Display for HangingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hanging({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for HangingStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A mount made for one test, unmounted when dropped.
+pub struct Mount {
+    pub target: PathBuf,
+}
+
+impl Mount {
+    /// Runs `mount ARGS... TARGET` (ARGS ends with the source); panics with the reason when mounting is not permitted
+    /// (the test suite runs as root, as CI does).
+    pub fn new(args: &[&str], target: &Path) -> Mount {
+        std::fs::create_dir_all(target).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(target)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mount {args:?} {} failed (tests need root): {}",
+            target.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount {
+            target: target.to_path_buf(),
+        }
+    }
+
+    pub fn remount(&self, options: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", options])
+            .arg(&self.target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.target)
+            .status();
+    }
+}
