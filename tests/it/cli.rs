@@ -1,1 +1,234 @@
-//! placeholder
+//! The built `swiftdrop` binary: `check`, configuration errors, signals, JSON logs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn swiftdrop() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
+    // Only what a test sets: no SWIFTDROP_* from the developer's shell.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_passes_for_writable_destinations_and_leaves_no_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(swiftdrop()
+        .arg("check")
+        .env("SWIFTDROP_A_RECIPIENTS", "a@example.com")
+        .env("SWIFTDROP_A_PATH", dir.path().join("a"))
+        .env("SWIFTDROP_B_RECIPIENTS", "@example.org")
+        .env("SWIFTDROP_B_PATH", dir.path().join("b")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok: ")).count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(count_entries(&dir.path().join("a/swiftdrop-check")), 0);
+    assert_eq!(count_entries(&dir.path().join("a/cur")), 0);
+}
+
+#[test]
+fn check_names_each_failing_destination_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"a file, not a folder").unwrap();
+    let (code, out, _) = run(swiftdrop()
+        .arg("check")
+        .env("SWIFTDROP_GOOD_RECIPIENTS", "a@example.com")
+        .env("SWIFTDROP_GOOD_PATH", dir.path().join("good"))
+        .env("SWIFTDROP_BAD_RECIPIENTS", "b@example.com")
+        .env("SWIFTDROP_BAD_PATH", blocker.join("maildir")));
+    assert_eq!(code, 1);
+    let failed: Vec<&str> = out.lines().filter(|l| l.starts_with("FAILED: ")).collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].starts_with("FAILED: [BAD] cannot open Maildir"),
+        "{out}"
+    );
+    assert!(out.contains("ok: [GOOD]"), "{out}");
+}
+
+#[test]
+fn invalid_configuration_stops_startup_naming_the_variable_or_line() {
+    let (code, _, err) = run(swiftdrop()
+        .arg("serve")
+        .env("SWIFTDROP_SERVER_MAX_MESSAGE_SIZE", "huge"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("SWIFTDROP_SERVER_MAX_MESSAGE_SIZE: \"huge\" is not a size"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("swiftdrop.ini");
+    std::fs::write(
+        &ini,
+        "[DEFAULT]\npath = /tmp/x\n\n[ops]\nrecipients = ops@\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(swiftdrop().arg("check").arg("--config").arg(&ini));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("swiftdrop.ini:5: [ops] recipients: \"ops@\""),
+        "{err}"
+    );
+
+    let (code, _, err) = run(swiftdrop()
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("missing.ini")));
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.ini: cannot read"), "{err}");
+}
+
+/// A running `swiftdrop serve`, killed if a test fails before stopping it.
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Serve {
+        let port = free_port();
+        let child = swiftdrop()
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "swiftdrop serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Serve { child, port }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> (i32, String) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "swiftdrop did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp(port: u16, script: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(script.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = BufReader::new(s).read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn embedded_default_stores_in_dot_maildir_and_sigterm_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let out = smtp(
+        serve.port,
+        "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<anyone@anywhere.example>\r\nDATA\r\nSubject: t\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    );
+    assert!(out.contains("250 2.0.0 Ok: stored as cur/"), "{out}");
+    serve.signal("TERM");
+    let (code, log) = serve.wait();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("no destination configured"), "{log}");
+    assert!(log.contains("maildir"), "{log}");
+    let files = cur_files(&dir.path().join("maildir"));
+    assert_eq!(files.len(), 1);
+    assert!(files[0].1.ends_with(b"Subject: t\r\n\r\nhello\r\n"));
+}
+
+#[test]
+fn sigint_answers_421_to_idle_sessions_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let mut idle = BufReader::new(TcpStream::connect(("127.0.0.1", serve.port)).unwrap());
+    idle.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut line = String::new();
+    idle.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220"));
+    serve.signal("INT");
+    line.clear();
+    idle.read_line(&mut line).unwrap();
+    assert!(line.starts_with("421 4.3.2"), "{line}");
+    let (code, _) = serve.wait();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn json_log_has_one_line_per_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--log-format", "json"]);
+    let out = smtp(
+        serve.port,
+        "EHLO c\r\nXFORWARD ADDR=192.0.2.7 NAME=mx.example.net PORT=4242 HELO=origin.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+    );
+    assert!(out.contains("250 2.0.0 Ok: stored"), "{out}");
+    serve.signal("TERM");
+    let (code, log) = serve.wait();
+    assert_eq!(code, 0);
+    let stored: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "stored")
+        .collect();
+    assert_eq!(stored.len(), 1, "{log}");
+    let f = &stored[0]["fields"];
+    assert_eq!(f["client"], "mx.example.net[192.0.2.7]:4242");
+    assert_eq!(f["from"], "a@example.org");
+    assert_eq!(f["to"], "[\"b@example.com\", \"c@example.com\"]");
+    assert_eq!(f["size"], 3);
+    assert!(f["keys"].as_str().unwrap().contains("cur/"));
+    assert!(f["store_ms"].is_u64());
+    assert!(f["reply"].as_str().unwrap().starts_with("250 2.0.0"));
+}

@@ -7,6 +7,7 @@
 
 mod cli;
 mod postfix;
+mod private_postfix;
 mod server;
 mod session;
 mod store_failures;
