@@ -93,18 +93,24 @@ fn write_durably(
         .create_new(true)
         .open(staged)
         .map_err(generic)?;
+    // The ETag comes from the open file: renaming keeps inode, mtime and size.
     let written = payload
         .iter()
         .try_for_each(|chunk| file.write_all(chunk))
-        .and_then(|()| file.sync_all());
+        .and_then(|()| file.sync_all())
+        .and_then(|()| file.metadata());
     drop(file);
-    if let Err(err) = written {
+    let meta = match written {
+        Ok(meta) => meta,
+        Err(err) => {
+            let _ = fs::remove_file(staged);
+            return Err(generic(err));
+        }
+    };
+    if let Err(err) = publish(staged, target, location, mode, abandoned) {
         let _ = fs::remove_file(staged);
-        return Err(generic(err));
+        return Err(err);
     }
-    let published = publish(staged, target, location, mode, abandoned);
-    let _ = fs::remove_file(staged);
-    published?;
     // Raced with the deadline while publishing: take the file back so that a 4xx reply
     // never leaves a visible object behind.
     if abandoned.load(Ordering::SeqCst) {
@@ -115,7 +121,6 @@ fn write_durably(
             "write abandoned by its caller",
         )));
     }
-    let meta = fs::metadata(target).map_err(generic)?;
     Ok(PutResult {
         e_tag: Some(etag(&meta)),
         version: None,
@@ -123,6 +128,8 @@ fn write_durably(
     })
 }
 
+/// Moves the staged file to `target` (creating missing parent folders) and fsyncs the
+/// target's folder. The staged name is gone afterwards.
 fn publish(
     staged: &FsPath,
     target: &FsPath,
@@ -136,22 +143,28 @@ fn publish(
             "write abandoned by its caller",
         )));
     }
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(generic)?;
-    }
-    match mode {
-        PutMode::Overwrite => fs::rename(staged, target).map_err(generic)?,
-        PutMode::Create => match fs::hard_link(staged, target) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(object_store::Error::AlreadyExists {
-                    path: location.to_string(),
-                    source: Box::new(e),
-                });
-            }
-            other => other.map_err(generic)?,
-        },
+    let place = || match mode {
+        PutMode::Overwrite => fs::rename(staged, target),
+        PutMode::Create => fs::hard_link(staged, target).and_then(|()| fs::remove_file(staged)),
         PutMode::Update(_) => unreachable!("rejected before writing"),
-    }
+    };
+    // Folders are created only when missing: one syscall fewer on every message.
+    let placed = match place() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && staged.exists() => match target.parent() {
+            Some(parent) => fs::create_dir_all(parent).and_then(|()| place()),
+            None => Err(e),
+        },
+        other => other,
+    };
+    match placed {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: Box::new(e),
+            })
+        }
+        other => other.map_err(generic),
+    }?;
     sync_parent(target).map_err(generic)
 }
 

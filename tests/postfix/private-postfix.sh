@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# A private Postfix on loopback for tests and benchmarks: configuration and queue in DIR,
+# no systemd, no syslog, nothing in /etc/postfix changed. Needs root and Debian's postfix.
+#
+#   private-postfix.sh start DIR FRONT:FILTER [FRONT:FILTER ...] [--lock-step]
+#       One front smtpd per FRONT port (127.0.0.1), each handing its transactions to the
+#       before-queue filter on 127.0.0.1:FILTER (smtpd_proxy_filter, speed_adjust unless
+#       --lock-step). Mail for example.com the filter accepted is then discarded (the filter
+#       stored it); nothing else leaves the machine. Returns when every front port listens.
+#   private-postfix.sh stop DIR
+#       Stops it and waits for the master process (by PID) to exit.
+set -euo pipefail
+
+usage() { echo "usage: $0 start DIR FRONT:FILTER... [--lock-step] | stop DIR" >&2; exit 2; }
+
+wait_port() { # port
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "private-postfix: nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+start() {
+    local dir=$1; shift
+    local options=speed_adjust pairs=()
+    for arg in "$@"; do
+        case $arg in
+            --lock-step) options= ;;
+            *:*) pairs+=("$arg") ;;
+            *) usage ;;
+        esac
+    done
+    [ ${#pairs[@]} -gt 0 ] || usage
+    # Postfix's own processes (user postfix) must be able to read the whole path.
+    mkdir -p "$dir"/{etc,log,data,queue}
+    chmod 755 "$dir" "$dir"/{etc,log,data,queue}
+    # master.lock lives in the data directory and is created by the postfix user.
+    chown postfix "$dir/data"
+    cat > "$dir/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $dir/queue
+data_directory = $dir/data
+maillog_file = $dir/log/maillog
+maillog_file_prefixes = $dir/log
+mail_owner = postfix
+myhostname = pfxtest.localdomain
+mydomain = localdomain
+myorigin = \$myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains = example.com
+relay_transport = discard:stored by the filter
+default_transport = error:nothing leaves this test
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+alias_maps =
+alias_database =
+smtputf8_enable = yes
+message_size_limit = 60000000
+CF
+    : > "$dir/etc/master.cf"
+    local pair
+    for pair in "${pairs[@]}"; do
+        cat >> "$dir/etc/master.cf" <<CF
+127.0.0.1:${pair%%:*} inet n - n - - smtpd
+  -o smtpd_proxy_filter=127.0.0.1:${pair##*:}
+  -o smtpd_proxy_options=$options
+  -o smtpd_proxy_timeout=100s
+CF
+    done
+    cat >> "$dir/etc/master.cf" <<'CF'
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+CF
+    postfix -c "$dir/etc" check
+    postfix -c "$dir/etc" start
+    for pair in "${pairs[@]}"; do wait_port "${pair%%:*}"; done
+}
+
+stop() {
+    local dir=$1 pid=
+    [ -f "$dir/queue/pid/master.pid" ] && pid=$(tr -d ' ' < "$dir/queue/pid/master.pid")
+    postfix -c "$dir/etc" stop >/dev/null 2>&1 || true
+    # `postfix stop` returns before master exits: wait on its pid, then insist.
+    if [ -n "$pid" ]; then
+        for _ in $(seq 1 200); do
+            kill -0 "$pid" 2>/dev/null || return 0
+            sleep 0.05
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+}
+
+case ${1:-} in
+    start) [ $# -ge 3 ] || usage; shift; start "$@" ;;
+    stop) [ $# -eq 2 ] || usage; stop "$2" ;;
+    *) usage ;;
+esac

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine and runs the whole suite.
+# Run as root: the tests start a private Postfix and mount tmpfs/read-only stores; every
+# server a test starts is stopped by the test itself (by PID).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (the tests start Postfix and mount file systems)" >&2
+    exit 1
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (cargo)" >&2; exit 1; }
+
+# Postfix (with smtp-sink/smtp-source): the real MTA in front of the filter.
+missing=()
+[ -x /usr/sbin/postfix ] || missing+=(postfix)
+command -v mount >/dev/null || missing+=(mount)
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    # "No configuration": the package must not configure or start a system Postfix.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cargo test --all-targets
