@@ -188,3 +188,50 @@ async fn shutdown_drains_transactions_and_closes_idle_sessions() {
     running.done.await.unwrap();
     assert_eq!(setup.cur("maildir").len(), 1);
 }
+
+#[tokio::test]
+async fn several_utf8_transactions_on_one_connection() {
+    let setup = Setup::default_catch_all();
+    let running = start(&setup).await;
+    let mut c = client(running.addr).await;
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let mut b =
+                format!("Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= {i}\r\n\r\nGrüße, Ωμέγα {i} ✓\r\n")
+                    .into_bytes();
+            b.extend_from_slice(&[0x80, 0xfe, b'\r', b'\n']);
+            b
+        })
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        let mut params = Parameters::new();
+        params.add("SMTPUTF8").add(("BODY", "8BITMIME"));
+        let reply = c
+            .send(Message {
+                mail_from: Address::new("jürgen@exämple.org", params),
+                rcpt_to: vec![Address::new(
+                    format!("δοκιμή{i}@example.com"),
+                    Parameters::new(),
+                )],
+                body: body.strip_suffix(b"\r\n").unwrap().into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.code, 250);
+    }
+    c.quit().await.unwrap();
+    let files = setup.cur("maildir");
+    assert_eq!(files.len(), 3);
+    for (i, body) in bodies.iter().enumerate() {
+        let mut expected =
+            format!("Return-Path: <jürgen@exämple.org>\r\nDelivered-To: δοκιμή{i}@example.com\r\n")
+                .into_bytes();
+        expected.extend_from_slice(body);
+        assert!(
+            files.iter().any(|f| f.1 == expected),
+            "message {i} stored exactly"
+        );
+    }
+    running.stop.send(()).unwrap();
+    running.done.await.unwrap();
+}
