@@ -278,10 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     State::DiscardBdat {
                         reply, abort: true, ..
                     } => self.end_discarded(reply),
-                    State::DiscardBdat { reply, .. } => {
-                        self.push(reply);
-                        Step::Continue
-                    }
+                    State::DiscardBdat { reply, .. } => self.protocol_error(reply),
                     _ => unreachable!("matched above"),
                 }
             }
@@ -556,9 +553,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(reply) = refusal {
             // The chunk's bytes follow the command whatever the reply: read past them.
             let abort = reply.code == 552;
-            if !abort {
-                self.errors += 1;
-            }
             self.state = State::DiscardBdat {
                 receiver: DummyDataReceiver::new_bdat(chunk_size),
                 reply,

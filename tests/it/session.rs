@@ -229,6 +229,18 @@ async fn too_many_errors_disconnect() {
 }
 
 #[tokio::test]
+async fn refused_bdat_chunks_count_towards_the_error_limit() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_ERROR_LIMIT", "2")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.send("BDAT 4\r\nabcd").await;
+    assert!(d.reply().await.starts_with("503 5.5.1"));
+    d.send("BDAT 4 LAST\r\nefgh").await;
+    assert!(d.reply().await.starts_with("503 5.5.1"));
+    assert!(d.reply().await.starts_with("421 4.7.0"));
+    assert_eq!(d.until_closed().await, "");
+}
+
+#[tokio::test]
 async fn overlong_lines_get_500_and_the_session_goes_on() {
     let setup = Setup::default_catch_all();
     let mut d = Dialog::start(&setup, LOOPBACK).await;
