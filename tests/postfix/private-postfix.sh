@@ -5,8 +5,9 @@
 #   private-postfix.sh start DIR FRONT:FILTER [FRONT:FILTER ...] [--lock-step]
 #       One front smtpd per FRONT port (127.0.0.1), each handing its transactions to the
 #       before-queue filter on 127.0.0.1:FILTER (smtpd_proxy_filter, speed_adjust unless
-#       --lock-step). Mail for example.com the filter accepted is then discarded (the filter
-#       stored it); nothing else leaves the machine. Returns when every front port listens.
+#       --lock-step). A before-queue filter's 250 ends the transaction: the front smtpd writes
+#       no queue file. Anything queued by other paths is discarded (example.com) or bounced
+#       (elsewhere): nothing leaves the machine. Returns when every front port listens.
 #   private-postfix.sh stop DIR
 #       Stops it and waits for the master process (by PID) to exit.
 set -euo pipefail
