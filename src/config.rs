@@ -37,6 +37,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "store_timeout",
     "drain_timeout",
     "xforward_networks",
+    "relay",
     "log_format",
 ];
 
@@ -95,6 +96,9 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Clients allowed to send XFORWARD (`xforward_networks`, default loopback).
     pub xforward_networks: Vec<IpNet>,
+    /// Where recipients that no destination takes are relayed (`relay`, default
+    /// `127.0.0.1:10026`, Postfix's after-queue smtpd); `None` (`relay = off`) refuses them.
+    pub relay: Option<SocketAddr>,
     /// Log line format (`log_format`: `text` or `json`).
     pub log_format: LogFormat,
 }
@@ -480,6 +484,7 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     let xforward = get("xforward_networks", "127.0.0.0/8, ::1/128", &|s| {
         parse_networks(s).map(drop)
     });
+    let relay = get("relay", "127.0.0.1:10026", &|s| parse_relay(s).map(drop));
     let log_format = get("log_format", "text", &|s| parse_log_format(s).map(drop));
     if problems.len() > before {
         return None;
@@ -496,6 +501,7 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         store_timeout: parse_duration(&store_timeout).ok()?,
         drain_timeout: parse_duration(&drain_timeout).ok()?,
         xforward_networks: parse_networks(&xforward).ok()?,
+        relay: parse_relay(&relay).ok()?,
         log_format: parse_log_format(&log_format).ok()?,
     })
 }
@@ -714,6 +720,18 @@ pub fn parse_networks(s: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// Parses the `relay` setting: `address:port`, or `off`/`no`/`none` to refuse recipients no
+/// destination takes.
+pub fn parse_relay(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "no" | "none" | "false" => Ok(None),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{s:?} is not an address:port such as 127.0.0.1:10026, nor off")),
+    }
+}
+
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "text" => Ok(LogFormat::Text),
@@ -758,6 +776,7 @@ mod tests {
         assert_eq!(c.server.max_recipients, 1000);
         assert_eq!(c.server.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.server.store_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.relay, Some("127.0.0.1:10026".parse().unwrap()));
     }
 
     #[test]
@@ -911,5 +930,7 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_networks("10.0.0.0/8, ::1").unwrap().len(), 2);
         assert!(parse_networks("10.0.0.0/33").is_err());
+        assert_eq!(parse_relay("OFF"), Ok(None));
+        assert!(parse_relay("somewhere").is_err());
     }
 }

@@ -1,9 +1,11 @@
-//! Delivery: writes one message into every destination its recipients route to, and says
-//! whether all of those writes were confirmed within the deadline.
+//! Delivery: writes one message into every destination its recipients route to, relays it
+//! to the downstream server for recipients no destination takes, and says whether all of
+//! that was confirmed within the deadline.
 //!
 //! Each destination gets its own object: `Return-Path:`, one `Delivered-To:` per recipient of
-//! that destination, then the message bytes exactly as received. If any write fails or the
-//! deadline passes, the writes that did succeed are deleted again, so that a `451` leaves no
+//! that destination, then the message bytes exactly as received. Stores go first; the relay
+//! follows only when every store succeeded. If a write or the relay fails, or the deadline
+//! passes, the objects that were written are deleted again, so that a refusal leaves no
 //! object under `cur/` and the client's retry does not produce duplicates.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,9 @@ use futures::future::join_all;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Client, Envelope};
+use crate::relay::{Relay, RelayError};
+use crate::reply::{self, Reply};
 use crate::route::Router;
 use crate::store::Destination;
 use crate::store::key::MessageKey;
@@ -22,13 +26,42 @@ use crate::store::key::MessageKey;
 /// Bound on the clean-up of a failed delivery; the client gets its 451 after at most this.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Routes recipients and stores messages.
+/// Routes recipients, stores messages and relays the rest.
 #[derive(Debug)]
 pub struct Deliverer {
     router: Router,
     destinations: Vec<Destination>,
+    relay: Option<Relay>,
     hostname: String,
     timeout: Duration,
+}
+
+/// What happens to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Stored in the destination with this index.
+    Store(usize),
+    /// Relayed to the downstream server.
+    Relay,
+    /// Refused: no destination, and pass-through is off.
+    Reject,
+}
+
+/// A message that was stored and/or relayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Objects written, one per destination.
+    pub stored: Vec<StoredObject>,
+    /// The downstream's final reply text when recipients were relayed.
+    pub relayed: Option<String>,
+}
+
+impl Delivered {
+    /// The client's final reply.
+    pub fn reply(&self) -> Reply {
+        let keys: Vec<String> = self.stored.iter().map(|o| o.key.clone()).collect();
+        reply::delivered(&keys, self.relayed.as_deref())
+    }
 }
 
 /// One object written for a message.
@@ -55,14 +88,30 @@ pub enum DeliveryError {
         /// The store's error text (for the log, never for the client).
         error: String,
     },
+    /// The relay of the other recipients did not succeed.
+    Relay(RelayError),
+    /// The relay did not finish before the deadline.
+    RelayTimeout,
 }
 
 impl DeliveryError {
-    /// The short reason for the client's `451 4.3.0` reply.
-    pub fn client_reason(&self) -> &'static str {
+    /// The client's final reply: the downstream's own 5xx when it refused for good, else
+    /// `451 4.3.0` so that the client retries.
+    pub fn reply(&self) -> Reply {
         match self {
-            DeliveryError::Timeout { .. } => "Error: store timed out, try again later",
-            DeliveryError::Store { .. } => "Error: store failed, try again later",
+            DeliveryError::Timeout { .. } => {
+                reply::store_failed("Error: store timed out, try again later")
+            }
+            DeliveryError::Store { .. } => {
+                reply::store_failed("Error: store failed, try again later")
+            }
+            DeliveryError::Relay(RelayError::Rejected(r)) => r.clone(),
+            DeliveryError::Relay(RelayError::Failed(_)) => {
+                reply::store_failed("Error: relay failed, try again later")
+            }
+            DeliveryError::RelayTimeout => {
+                reply::store_failed("Error: relay timed out, try again later")
+            }
         }
     }
 }
@@ -74,30 +123,39 @@ impl std::fmt::Display for DeliveryError {
                 write!(f, "[{destination}]: no confirmation within the deadline")
             }
             DeliveryError::Store { destination, error } => write!(f, "[{destination}]: {error}"),
+            DeliveryError::Relay(e) => e.fmt(f),
+            DeliveryError::RelayTimeout => f.write_str("relay: no answer within the deadline"),
         }
     }
 }
 
 impl Deliverer {
-    /// A deliverer for `destinations`, routed by `router`; `hostname` goes into keys and
-    /// `timeout` bounds each message's writes.
+    /// A deliverer for `destinations`, routed by `router`, relaying other recipients to
+    /// `relay` when given; `hostname` goes into keys and `timeout` bounds each message's
+    /// writes and relay together.
     pub fn new(
         router: Router,
         destinations: Vec<Destination>,
+        relay: Option<Relay>,
         hostname: &str,
         timeout: Duration,
     ) -> Self {
         Deliverer {
             router,
             destinations,
+            relay,
             hostname: hostname.to_string(),
             timeout,
         }
     }
 
-    /// The destination index for a recipient, or `None` when no destination takes it.
-    pub fn route(&self, address: &str) -> Option<usize> {
-        self.router.route(address)
+    /// What happens to a recipient.
+    pub fn route(&self, address: &str) -> Route {
+        match self.router.route(address) {
+            Some(idx) => Route::Store(idx),
+            None if self.relay.is_some() => Route::Relay,
+            None => Route::Reject,
+        }
     }
 
     /// The destinations, by index.
@@ -105,20 +163,54 @@ impl Deliverer {
         &self.destinations
     }
 
-    /// Stores `message` for every recipient of `envelope`. `Ok` only when every destination
-    /// confirmed its object before the deadline.
+    /// Stores `message` for every stored recipient of `envelope` and relays it for the
+    /// others. `Ok` only when every destination confirmed its object and the downstream
+    /// accepted the relayed recipients, all before the deadline.
     pub async fn deliver(
         &self,
         envelope: &Envelope,
+        client: &Client,
         message: Bytes,
-    ) -> Result<Vec<StoredObject>, DeliveryError> {
+    ) -> Result<Delivered, DeliveryError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let stored = self.store(envelope, &message, deadline).await?;
+        let relay = match (&self.relay, envelope.relayed().next()) {
+            (Some(relay), Some(_)) => relay,
+            _ => {
+                return Ok(Delivered {
+                    stored: into_objects(stored),
+                    relayed: None,
+                });
+            }
+        };
+        let relayed =
+            tokio::time::timeout_at(deadline, relay.send(envelope, client, &message)).await;
+        let failure = match relayed {
+            Ok(Ok(text)) => {
+                return Ok(Delivered {
+                    stored: into_objects(stored),
+                    relayed: Some(text),
+                });
+            }
+            Ok(Err(e)) => DeliveryError::Relay(e),
+            Err(_) => DeliveryError::RelayTimeout,
+        };
+        rollback(&stored).await;
+        Err(failure)
+    }
+
+    /// Writes one object per destination; on any failure deletes what was written.
+    async fn store(
+        &self,
+        envelope: &Envelope,
+        message: &Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<(&Destination, String)>, DeliveryError> {
         let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
         for rcpt in &envelope.recipients {
-            groups
-                .entry(rcpt.destination)
-                .or_default()
-                .push(&rcpt.address);
+            if let Some(idx) = rcpt.destination {
+                groups.entry(idx).or_default().push(&rcpt.address);
+            }
         }
         let writes = groups.into_iter().map(|(idx, rcpts)| {
             let dest = &self.destinations[idx];
@@ -154,19 +246,23 @@ impl Deliverer {
             }
         }
         match failure {
-            None => Ok(stored
-                .into_iter()
-                .map(|(dest, key)| StoredObject {
-                    destination: dest.name.clone(),
-                    key,
-                })
-                .collect()),
+            None => Ok(stored),
             Some(err) => {
                 rollback(&stored).await;
                 Err(err)
             }
         }
     }
+}
+
+fn into_objects(stored: Vec<(&Destination, String)>) -> Vec<StoredObject> {
+    stored
+        .into_iter()
+        .map(|(dest, key)| StoredObject {
+            destination: dest.name.clone(),
+            key,
+        })
+        .collect()
 }
 
 /// Deletes objects written for a message that, as a whole, failed.

@@ -39,8 +39,13 @@ impl Client {
 pub struct Recipient {
     /// The address as the client sent it.
     pub address: String,
-    /// Index of the destination that stores this recipient's mail.
-    pub destination: usize,
+    /// Index of the destination that stores this recipient's mail; `None` when the
+    /// recipient is relayed downstream instead.
+    pub destination: Option<usize>,
+    /// DSN `NOTIFY` flags (smtp-proto's `RCPT_NOTIFY_*`), 0 when absent.
+    pub notify: u64,
+    /// DSN `ORCPT` address (decoded, without its `rfc822;` type), if given.
+    pub orcpt: Option<String>,
 }
 
 /// Sender and recipients of one transaction.
@@ -50,6 +55,17 @@ pub struct Envelope {
     pub sender: String,
     /// `SIZE=` announced by the client, 0 when absent.
     pub declared_size: usize,
+    /// MAIL flags (smtp-proto's `MAIL_*`: BODY=, RET=, SMTPUTF8).
+    pub mail_flags: u64,
+    /// DSN `ENVID`, if given.
+    pub env_id: Option<String>,
     /// Accepted recipients, in the order given.
     pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// Recipients that no destination stores, to be relayed downstream.
+    pub fn relayed(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| r.destination.is_none())
+    }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use swiftdrop::config::{Backend, Config, LogFormat};
 use swiftdrop::deliver::Deliverer;
+use swiftdrop::relay::Relay;
 use swiftdrop::route::Router;
 use swiftdrop::server::Server;
 use swiftdrop::store::Destination;
@@ -142,9 +143,14 @@ async fn serve(
         tracing::info!(destination = %describe(dest, &config), "destination ready");
     }
     let router = Router::new(&config.destinations);
+    let relay = config.server.relay.map(|addr| {
+        tracing::info!(relay = %addr, "recipients no destination takes are relayed");
+        Relay::new(addr, &config.server.hostname, config.server.store_timeout)
+    });
     let deliverer = Deliverer::new(
         router,
         destinations,
+        relay,
         &config.server.hostname,
         config.server.store_timeout,
     );

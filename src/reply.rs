@@ -76,12 +76,12 @@ pub fn start_data() -> Reply {
 pub fn chunk_ok(size: usize) -> Reply {
     Reply::new(250, [2, 0, 0], format!("{size} octets received"))
 }
-/// The message is in every store.
-pub fn stored(keys: &[String]) -> Reply {
+/// The message is in every store and, where recipients were relayed, with the downstream.
+pub fn delivered(keys: &[String], relayed: Option<&str>) -> Reply {
     // Keep the line well under the 512-byte reply limit with many destinations.
     let mut listed = String::new();
     for (i, key) in keys.iter().enumerate() {
-        if listed.len() + key.len() > 400 {
+        if listed.len() + key.len() > 300 {
             listed.push_str(&format!(" (+{} more)", keys.len() - i));
             break;
         }
@@ -90,7 +90,14 @@ pub fn stored(keys: &[String]) -> Reply {
         }
         listed.push_str(key);
     }
-    Reply::new(250, [2, 0, 0], format!("Ok: stored as {listed}"))
+    let relayed: Option<String> = relayed.map(|r| r.chars().take(100).collect());
+    let text = match (keys.is_empty(), relayed) {
+        (false, None) => format!("Ok: stored as {listed}"),
+        (false, Some(r)) => format!("Ok: stored as {listed}; relayed: {r}"),
+        (true, Some(r)) => format!("Ok: relayed: {r}"),
+        (true, None) => "Ok".to_string(),
+    };
+    Reply::new(250, [2, 0, 0], text)
 }
 /// QUIT.
 pub fn bye() -> Reply {
@@ -231,7 +238,7 @@ mod tests {
     #[test]
     fn many_keys_stay_short() {
         let keys: Vec<String> = (0..40).map(|i| format!("cur/{i:0>60}")).collect();
-        let reply = stored(&keys);
+        let reply = delivered(&keys, Some(&"q".repeat(300)));
         assert!(reply.to_string().len() < 512);
         assert!(reply.text.contains("more)"));
     }

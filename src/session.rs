@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::ServerSettings;
-use crate::deliver::Deliverer;
+use crate::deliver::{Deliverer, Route};
 use crate::envelope::{Client, Envelope, Recipient};
 use crate::reply::{self, Reply};
 use crate::xforward::{self, ClientAttributes};
@@ -381,6 +381,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     envelope: Envelope {
                         sender: from.address.into_owned(),
                         declared_size: from.size,
+                        mail_flags: from.flags,
+                        env_id: from.env_id.map(|e| e.into_owned()),
                         recipients: Vec::new(),
                     },
                     body: Vec::new(),
@@ -390,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.push(reply::sender_ok());
                 Step::Continue
             }
-            Request::Rcpt { to } => self.rcpt(&to.address),
+            Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,
@@ -478,7 +480,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn rcpt(&mut self, address: &str) -> Step {
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Step {
+        let address: &str = &to.address;
         let Some(tx) = self.transaction.as_mut() else {
             return self.protocol_error(reply::bad_sequence("need MAIL command"));
         };
@@ -492,19 +495,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.push(reply::too_many_recipients());
             return Step::Continue;
         }
-        match self.deliverer.route(address) {
-            Some(destination) => {
-                tx.envelope.recipients.push(Recipient {
-                    address: address.to_string(),
-                    destination,
-                });
-                self.push(reply::recipient_ok());
-            }
-            None => {
+        let destination = match self.deliverer.route(address) {
+            Route::Store(idx) => Some(idx),
+            Route::Relay => None,
+            Route::Reject => {
                 tracing::info!(client = %self.client.display(), rcpt = address, "recipient rejected: no destination");
                 self.push(reply::unknown_recipient(address));
+                return Step::Continue;
             }
-        }
+        };
+        tx.envelope.recipients.push(Recipient {
+            address: address.to_string(),
+            destination,
+            notify: to.flags,
+            orcpt: to.orcpt.as_ref().map(|o| o.to_string()),
+        });
+        self.push(reply::recipient_ok());
         Step::Continue
     }
 
@@ -570,24 +576,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Step::Continue
     }
 
-    /// Stores the finished message and returns the final reply.
+    /// Stores (and relays) the finished message and returns the final reply.
     async fn deliver(&mut self) -> Reply {
         self.state = State::Command;
         let tx = self
             .transaction
             .take()
             .expect("a finished message has a transaction");
-        let client = std::mem::take(&mut self.client.forwarded);
+        // XFORWARD attributes belong to this transaction only.
+        let client = Client {
+            forwarded: std::mem::take(&mut self.client.forwarded),
+            ..self.client.clone()
+        };
         let message = Bytes::from(tx.body).slice(tx.body_start..);
         warn_about_line_endings(&message);
         let started = Instant::now();
-        let result = self.deliverer.deliver(&tx.envelope, message.clone()).await;
-        let store_ms = started.elapsed().as_millis() as u64;
-        let shown_client = Client {
-            forwarded: client,
-            ..self.client.clone()
-        }
-        .display();
+        let result = self
+            .deliverer
+            .deliver(&tx.envelope, &client, message.clone())
+            .await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
         let recipients: Vec<&str> = tx
             .envelope
             .recipients
@@ -595,31 +603,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .map(|r| r.address.as_str())
             .collect();
         match result {
-            Ok(objects) => {
-                let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
-                let reply = reply::stored(&keys);
+            Ok(delivered) => {
+                let reply = delivered.reply();
+                let keys: Vec<&str> = delivered.stored.iter().map(|o| o.key.as_str()).collect();
                 tracing::info!(
-                    client = %shown_client,
-                    helo = self.client.helo.as_deref().unwrap_or(""),
+                    client = %client.display(),
+                    helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
                     to = ?recipients,
                     size = message.len(),
                     keys = ?keys,
-                    store_ms,
+                    relayed = delivered.relayed.as_deref().unwrap_or(""),
+                    store_ms = elapsed_ms,
                     reply = %reply.to_string().trim_end(),
                     "stored"
                 );
                 reply
             }
             Err(e) => {
-                let reply = reply::store_failed(e.client_reason());
+                let reply = e.reply();
                 tracing::error!(
-                    client = %shown_client,
-                    helo = self.client.helo.as_deref().unwrap_or(""),
+                    client = %client.display(),
+                    helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
                     to = ?recipients,
                     size = message.len(),
-                    store_ms,
+                    store_ms = elapsed_ms,
                     error = %e,
                     reply = %reply.to_string().trim_end(),
                     "not stored"

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::xtext::xtext_decode;
+
 /// Attribute names a client may send, as advertised in EHLO.
 pub const ATTRIBUTES: &str = "NAME ADDR PORT PROTO HELO IDENT SOURCE";
 
@@ -109,25 +111,6 @@ fn strip_ipv6_prefix(v: String) -> String {
         Some(p) if p.eq_ignore_ascii_case("IPV6:") => v[5..].to_string(),
         _ => v,
     }
-}
-
-/// Decodes RFC 3461 xtext (`+` followed by two upper-case hex digits). Returns `None` on a
-/// malformed escape or a result that is not UTF-8.
-pub fn xtext_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

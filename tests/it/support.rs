@@ -35,15 +35,17 @@ impl Setup {
             .tempdir_in("/tmp")
             .unwrap();
         let root = dir.path().to_str().unwrap().to_string();
+        // Defaults for tests; pass-through is off unless a test sets SWIFTDROP_SERVER_RELAY.
         let mut all: Vec<(String, String)> = vec![
             ("SWIFTDROP_DEFAULT_PATH".into(), format!("{root}/maildir")),
             ("SWIFTDROP_SERVER_LISTEN".into(), "127.0.0.1:0".into()),
             ("SWIFTDROP_SERVER_HOSTNAME".into(), "filter.test".into()),
+            ("SWIFTDROP_SERVER_RELAY".into(), "off".into()),
         ];
-        all.extend(
-            vars.iter()
-                .map(|(k, v)| (k.to_string(), v.replace("{dir}", &root))),
-        );
+        for (k, v) in vars {
+            all.retain(|(name, _)| name != k);
+            all.push((k.to_string(), v.replace("{dir}", &root)));
+        }
         let config = Config::from_sources(None, all).expect("test configuration is valid");
         Setup { dir, config }
     }
@@ -66,9 +68,17 @@ impl Setup {
     }
 
     pub fn deliverer_with(&self, destinations: Vec<Destination>) -> Deliverer {
+        let relay = self.config.server.relay.map(|addr| {
+            swiftdrop::relay::Relay::new(
+                addr,
+                &self.config.server.hostname,
+                self.config.server.store_timeout,
+            )
+        });
         Deliverer::new(
             Router::new(&self.config.destinations),
             destinations,
+            relay,
             &self.config.server.hostname,
             self.config.server.store_timeout,
         )
