@@ -8,6 +8,7 @@
 mod cli;
 mod postfix;
 mod private_postfix;
+mod relay;
 mod server;
 mod session;
 mod store_failures;

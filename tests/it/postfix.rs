@@ -8,7 +8,7 @@ use mail_send::smtp::message::{Address, Message, Parameters};
 use swiftdrop::server::Server;
 use tokio::sync::oneshot;
 
-use crate::private_postfix::PrivatePostfix;
+use crate::private_postfix::{Options, PrivatePostfix};
 use crate::support::*;
 
 /// swiftdrop on an ephemeral port, running until `stop` is sent.
@@ -120,6 +120,164 @@ async fn failing_store_gives_451_through_postfix_and_postfix_queues_nothing() {
     postfix.wait_for_log("proxy-reject: END-OF-MESSAGE: 451 4.3.0");
     assert_eq!(postfix.queued_files(), 0, "Postfix queued nothing");
     assert_eq!(count_entries(&setup.path("maildir/tmp")), 0);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// swiftdrop with destination OURS (ours@example.com) relaying other recipients to the
+/// after-queue smtpd on `after_queue`.
+fn relaying_setup(after_queue: u16) -> Setup {
+    Setup::new(&[
+        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
+        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
+        (
+            "SWIFTDROP_SERVER_RELAY",
+            &format!("127.0.0.1:{after_queue}"),
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward() {
+    let sink = SmtpSink::start(&[]);
+    let after_queue = free_port();
+    let setup = relaying_setup(after_queue);
+    let (port, stop, task) = start_filter(&setup).await;
+    let sink_port = sink.port;
+    let postfix = tokio::task::spawn_blocking(move || {
+        PrivatePostfix::start_with(
+            port,
+            Options {
+                after_queue: Some(after_queue),
+                deliver_to: Some(sink_port),
+                ..Options::default()
+            },
+        )
+    })
+    .await
+    .unwrap();
+    // Connect from 127.0.0.2 so that the original client differs from swiftdrop's address.
+    let front: SocketAddr = ([127, 0, 0, 1], postfix.front_port).into();
+    let mut c = SmtpClient::connect_using("127.0.0.2".parse().unwrap(), front, PATIENCE)
+        .await
+        .unwrap();
+    c.read().await.unwrap();
+    c.ehlo("client.test").await.unwrap();
+    let reply = c
+        .send(Message {
+            mail_from: Address::new("sender@example.org", Parameters::new()),
+            rcpt_to: vec![
+                Address::new("ours@example.com", Parameters::new()),
+                Address::new("postmaster@example.com", Parameters::new()),
+            ],
+            body: b"Subject: mixed via postfix\r\n\r\nhello".as_slice().into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", postfix.maillog()));
+    let _ = c.quit().await;
+    assert!(reply.message.contains("stored as cur/"), "{reply:?}");
+    assert!(reply.message.contains("relayed: "), "{reply:?}");
+    let stored = setup.cur("ours");
+    assert_eq!(stored.len(), 1);
+    let text = String::from_utf8_lossy(&stored[0].1);
+    assert!(text.starts_with("Return-Path: <sender@example.org>\r\nDelivered-To: ours@example.com\r\nReceived: from client.test ("), "{text}");
+    assert!(
+        text.contains("[127.0.0.2])"),
+        "the original client is in the stored copy: {text}"
+    );
+    // The after-queue smtpd logs the original client that swiftdrop passed on with XFORWARD.
+    let log = postfix.wait_for_log("orig_client=");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("orig_client=") && l.contains("[127.0.0.2]")),
+        "{log}"
+    );
+    // Postfix queued the relayed copy and delivered it to the sink, for postmaster only.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sink.dumps().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relayed mail never arrived\n{}",
+            postfix.maillog()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let dump = &sink.dumps()[0];
+    assert!(
+        dump.contains("X-Rcpt-Args: <postmaster@example.com>"),
+        "{dump}"
+    );
+    assert!(!dump.contains("<ours@example.com>"), "{dump}");
+    assert!(
+        dump.contains("Subject: mixed via postfix\n\nhello\n"),
+        "{dump}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn client_vanishing_mid_data_in_lock_step_stores_and_relays_nothing() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let sink = SmtpSink::start(&[]);
+    let after_queue = free_port();
+    let setup = relaying_setup(after_queue);
+    let (port, stop, task) = start_filter(&setup).await;
+    let sink_port = sink.port;
+    let postfix = tokio::task::spawn_blocking(move || {
+        PrivatePostfix::start_with(
+            port,
+            Options {
+                lock_step: true,
+                after_queue: Some(after_queue),
+                deliver_to: Some(sink_port),
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", postfix.front_port))
+        .await
+        .unwrap();
+    let mut client = BufReader::new(stream);
+    let mut line = String::new();
+    for command in [
+        None,
+        Some("EHLO client.test\r\n"),
+        Some("MAIL FROM:<sender@example.org>\r\n"),
+        Some("RCPT TO:<ours@example.com>\r\n"),
+        Some("RCPT TO:<postmaster@example.com>\r\n"),
+        Some("DATA\r\n"),
+    ] {
+        if let Some(command) = command {
+            client
+                .get_mut()
+                .write_all(command.as_bytes())
+                .await
+                .unwrap();
+        }
+        // Read one (possibly multi-line) reply.
+        loop {
+            line.clear();
+            client.read_line(&mut line).await.unwrap();
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        assert!(line.starts_with('2') || line.starts_with('3'), "{line}");
+    }
+    client
+        .get_mut()
+        .write_all(b"Subject: cut off\r\n\r\nhalf of it\r\n")
+        .await
+        .unwrap();
+    drop(client);
+    postfix.wait_for_log("lost connection after DATA");
+    // Give anything that would wrongly follow (a store, a relay, a queue run) time to happen.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(setup.cur("ours").is_empty(), "nothing stored");
+    assert!(sink.dumps().is_empty(), "nothing relayed");
+    assert_eq!(postfix.queued_files(), 0, "nothing queued");
     stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -12,6 +12,17 @@ pub struct PrivatePostfix {
     pub front_port: u16,
 }
 
+/// How the private Postfix is set up.
+#[derive(Default)]
+pub struct Options {
+    /// Talk to the filter in lock-step with the client (no speed_adjust).
+    pub lock_step: bool,
+    /// Start an after-queue smtpd on this port (XFORWARD trusted from loopback).
+    pub after_queue: Option<u16>,
+    /// Deliver queued mail to this SMTP port instead of discarding it.
+    pub deliver_to: Option<u16>,
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postfix/private-postfix.sh")
 }
@@ -20,6 +31,17 @@ impl PrivatePostfix {
     /// Starts Postfix with a front smtpd in front of the filter on `filter_port`;
     /// `speed_adjust` false makes Postfix talk to the filter in lock-step with its client.
     pub fn start(filter_port: u16, speed_adjust: bool) -> PrivatePostfix {
+        PrivatePostfix::start_with(
+            filter_port,
+            Options {
+                lock_step: !speed_adjust,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Starts Postfix in front of the filter on `filter_port`, as `options` say.
+    pub fn start_with(filter_port: u16, options: Options) -> PrivatePostfix {
         assert!(
             Path::new("/usr/sbin/postfix").exists(),
             "Postfix is not installed: run the test command from README.rst, which installs it"
@@ -35,8 +57,14 @@ impl PrivatePostfix {
             .arg("start")
             .arg(pf.dir.path())
             .arg(format!("{front_port}:{filter_port}"));
-        if !speed_adjust {
+        if options.lock_step {
             cmd.arg("--lock-step");
+        }
+        if let Some(port) = options.after_queue {
+            cmd.arg("--after-queue").arg(port.to_string());
+        }
+        if let Some(port) = options.deliver_to {
+            cmd.arg("--deliver-to").arg(port.to_string());
         }
         let out = cmd.output().unwrap();
         assert!(

@@ -389,3 +389,62 @@ impl Drop for Mount {
             .status();
     }
 }
+
+/// Postfix's `smtp-sink` as a downstream SMTP server, dumping each transaction to a file in
+/// its own directory. Killed (by PID) when dropped.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SmtpSink {
+    /// Starts smtp-sink with extra options (`-f .` rejects end of data with 5xx, `-r .`
+    /// with 4xx, ...).
+    pub fn start(options: &[&str]) -> SmtpSink {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("swiftdrop-sink")
+            .tempdir_in("/tmp")
+            .unwrap();
+        // smtp-sink drops to user nobody before it writes its dumps.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("smtp-sink")
+            .args(["-u", "nobody", "-d"])
+            .arg(dir.path().join("msg."))
+            .args(options)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("64")
+            .spawn()
+            .expect("smtp-sink runs (Debian's postfix package)");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "smtp-sink did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SmtpSink { port, dir, child }
+    }
+
+    /// The dumped transactions, as text.
+    pub fn dumps(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| {
+                String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

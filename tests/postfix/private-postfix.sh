@@ -3,11 +3,15 @@
 # no systemd, no syslog, nothing in /etc/postfix changed. Needs root and Debian's postfix.
 #
 #   private-postfix.sh start DIR FRONT:FILTER [FRONT:FILTER ...] [--lock-step]
+#                            [--after-queue PORT] [--deliver-to PORT]
 #       One front smtpd per FRONT port (127.0.0.1), each handing its transactions to the
 #       before-queue filter on 127.0.0.1:FILTER (smtpd_proxy_filter, speed_adjust unless
 #       --lock-step). A before-queue filter's 250 ends the transaction: the front smtpd writes
 #       no queue file. Anything queued by other paths is discarded (example.com) or bounced
 #       (elsewhere): nothing leaves the machine. Returns when every front port listens.
+#       --after-queue PORT adds the after-queue smtpd a filter relays to (127.0.0.1:PORT,
+#       XFORWARD trusted from loopback); --deliver-to PORT sends queued mail to an SMTP
+#       server on 127.0.0.1:PORT (e.g. smtp-sink) instead of discarding or bouncing it.
 #   private-postfix.sh stop DIR
 #       Stops it and waits for the master process (by PID) to exit.
 set -euo pipefail
@@ -25,14 +29,22 @@ wait_port() { # port
 
 start() {
     local dir=$1; shift
-    local options=speed_adjust pairs=()
-    for arg in "$@"; do
-        case $arg in
+    local options=speed_adjust pairs=() after_queue= deliver_to=
+    while [ $# -gt 0 ]; do
+        case $1 in
             --lock-step) options= ;;
-            *:*) pairs+=("$arg") ;;
+            --after-queue) after_queue=$2; shift ;;
+            --deliver-to) deliver_to=$2; shift ;;
+            *:*) pairs+=("$1") ;;
             *) usage ;;
         esac
+        shift
     done
+    local relay_transport="discard:stored by the filter" default_transport="error:nothing leaves this test"
+    if [ -n "$deliver_to" ]; then
+        relay_transport="smtp:[127.0.0.1]:$deliver_to"
+        default_transport=$relay_transport
+    fi
     [ ${#pairs[@]} -gt 0 ] || usage
     # Postfix's own processes (user postfix) must be able to read the whole path.
     mkdir -p "$dir"/{etc,log,data,queue}
@@ -54,8 +66,8 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 relay_domains = example.com
-relay_transport = discard:stored by the filter
-default_transport = error:nothing leaves this test
+relay_transport = $relay_transport
+default_transport = $default_transport
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 alias_maps =
 alias_database =
@@ -72,6 +84,15 @@ CF
   -o smtpd_proxy_timeout=100s
 CF
     done
+    if [ -n "$after_queue" ]; then
+        cat >> "$dir/etc/master.cf" <<CF
+127.0.0.1:$after_queue inet n - n - - smtpd
+  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+  -o smtpd_client_restrictions= -o smtpd_helo_restrictions= -o smtpd_sender_restrictions=
+  -o smtpd_relay_restrictions= -o smtpd_recipient_restrictions=permit_mynetworks,reject
+  -o mynetworks=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks
+CF
+    fi
     cat >> "$dir/etc/master.cf" <<'CF'
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -97,6 +118,7 @@ CF
     postfix -c "$dir/etc" check
     postfix -c "$dir/etc" start
     for pair in "${pairs[@]}"; do wait_port "${pair%%:*}"; done
+    if [ -n "$after_queue" ]; then wait_port "$after_queue"; fi
 }
 
 stop() {

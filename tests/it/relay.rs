@@ -1,0 +1,157 @@
+//! Pass-through: recipients that no destination takes are relayed downstream (smtp-sink as
+//! the real SMTP peer); the final reply is 250 only when store and relay both succeeded.
+
+use crate::support::*;
+
+const PEER: &str = "127.0.0.1:40002";
+
+fn setup_with_relay(port: u16) -> Setup {
+    Setup::new(&[
+        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
+        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
+        ("SWIFTDROP_SERVER_RELAY", &format!("127.0.0.1:{port}")),
+    ])
+}
+
+async fn mixed_transaction(d: &mut Dialog) -> String {
+    d.command("EHLO postfix.test", "250").await;
+    d.command(
+        "XFORWARD NAME=mx.example.net ADDR=192.0.2.7 PORT=4711 HELO=origin.example PROTO=ESMTP",
+        "250",
+    )
+    .await;
+    d.command(
+        "MAIL FROM:<sender@example.org> BODY=8BITMIME ENVID=env+2B1 RET=HDRS",
+        "250",
+    )
+    .await;
+    d.command("RCPT TO:<ours@example.com>", "250").await;
+    d.command(
+        "RCPT TO:<postmaster@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;pm@example.com",
+        "250",
+    )
+    .await;
+    d.command("RCPT TO:<other@elsewhere.example>", "250").await;
+    d.command("DATA", "354").await;
+    d.send("Subject: mixed\r\n\r\n..dotted\r\nbody\r\n.\r\n")
+        .await;
+    d.reply().await
+}
+
+#[tokio::test]
+async fn mixed_transaction_is_stored_and_relayed() {
+    let sink = SmtpSink::start(&[]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    assert!(reply.contains("; relayed: "), "{reply}");
+    let stored = setup.cur("ours");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].1,
+        b"Return-Path: <sender@example.org>\r\nDelivered-To: ours@example.com\r\nSubject: mixed\r\n\r\n.dotted\r\nbody\r\n"
+    );
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let dump = &dumps[0];
+    // smtp-sink does not offer SIZE, so none is sent.
+    assert!(
+        dump.contains("X-Mail-Args: <sender@example.org> BODY=8BITMIME RET=HDRS ENVID=env+2B1\n"),
+        "{dump}"
+    );
+    assert!(dump.contains("X-Rcpt-Args: <postmaster@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;pm@example.com\n"), "{dump}");
+    assert!(
+        dump.contains("X-Rcpt-Args: <other@elsewhere.example>\n"),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("ours@example.com"),
+        "stored recipient is not relayed: {dump}"
+    );
+    assert!(dump.contains("X-Helo-Args: filter.test\n"), "{dump}");
+    // The message arrives as received (smtp-sink writes LF line ends in its dump).
+    assert!(dump.contains("Subject: mixed\n\n.dotted\nbody\n"), "{dump}");
+}
+
+#[tokio::test]
+async fn relay_only_transaction() {
+    let sink = SmtpSink::start(&[]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.envelope("sender@example.org", &["someone@elsewhere.example"])
+        .await;
+    d.command("DATA", "354").await;
+    d.send("Subject: relay only\r\n\r\nx\r\n.\r\n").await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: relayed: "), "{reply}");
+    assert!(setup.cur("ours").is_empty());
+    assert_eq!(sink.dumps().len(), 1);
+}
+
+#[tokio::test]
+async fn relay_5xx_is_passed_on_and_the_stored_copy_removed() {
+    let sink = SmtpSink::start(&["-f", "."]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert!(reply.starts_with("500 5.3.0"), "{reply}");
+    assert!(setup.cur("ours").is_empty(), "stored copy rolled back");
+    // The session goes on.
+    d.command("NOOP", "250").await;
+}
+
+#[tokio::test]
+async fn relay_4xx_gives_451_and_the_stored_copy_removed() {
+    let sink = SmtpSink::start(&["-r", "rcpt"]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert_eq!(reply, "451 4.3.0 Error: relay failed, try again later");
+    assert!(setup.cur("ours").is_empty());
+    assert!(sink.dumps().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_relay_gives_451() {
+    let port = free_port(); // nothing listens there
+    let setup = setup_with_relay(port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert_eq!(reply, "451 4.3.0 Error: relay failed, try again later");
+    assert!(setup.cur("ours").is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_store_is_not_relayed() {
+    let sink = SmtpSink::start(&[]);
+    let setup = setup_with_relay(sink.port);
+    let deliverer = setup.deliverer();
+    let cur = setup.path("ours/cur");
+    std::fs::remove_dir(&cur).unwrap();
+    std::fs::write(&cur, b"").unwrap();
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert!(
+        reply.starts_with("451 4.3.0 Error: store failed"),
+        "{reply}"
+    );
+    assert!(
+        sink.dumps().is_empty(),
+        "nothing relayed when the store failed"
+    );
+}
+
+#[tokio::test]
+async fn relay_off_refuses_unknown_recipients() {
+    let setup = Setup::new(&[
+        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
+        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
+        ("SWIFTDROP_SERVER_RELAY", "off"),
+    ]);
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.command("MAIL FROM:<a@example.org>", "250").await;
+    d.command("RCPT TO:<other@elsewhere.example>", "550 5.1.1")
+        .await;
+    d.command("RCPT TO:<ours@example.com>", "250").await;
+}
