@@ -243,7 +243,7 @@ impl RawConfig {
 impl Config {
     /// Loads the configuration from the process environment and, if given, an ini file.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Config::from_sources(file, std::env::vars())
+        Config::from_sources(file, process_environment())
     }
 
     /// Loads the configuration from the given variables (only `SWIFTDROP_*` ones are read)
@@ -266,6 +266,11 @@ impl Config {
             _ => Err(ConfigError { problems }),
         }
     }
+}
+
+/// The process environment: every other module gets its variables from here.
+pub fn process_environment() -> Vec<(String, String)> {
+    std::env::vars().collect()
 }
 
 /// Reads the ini file into `raw` with the `config` crate; values keep their file line.

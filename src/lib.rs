@@ -11,6 +11,7 @@ pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod envelope;
+pub mod postfix_config;
 pub mod relay;
 pub mod reply;
 pub mod route;

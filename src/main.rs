@@ -40,6 +40,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Write Postfix's configuration (main.cf, master.cf, maps) for this gateway into DIR,
+    /// from MYHOSTNAME, MYDOMAIN, RELAY_DOMAINS, FORWARDS and swiftdrop's own settings.
+    PostfixConfig {
+        /// Directory to write main.cf, master.cf, relay_recipients and virtual into.
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Ini file with [SERVER], [DEFAULT] and destination sections.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address of the public smtpd.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:25")]
+        public: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +80,11 @@ fn main() -> ExitCode {
             log_format,
         } => runtime.block_on(serve(config, listen, log_format)),
         Command::Check { config } => runtime.block_on(check(config)),
+        Command::PostfixConfig {
+            output,
+            config,
+            public,
+        } => postfix_config(&output, config.as_ref(), public),
     }
 }
 
@@ -185,6 +203,54 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn postfix_config(output: &std::path::Path, file: Option<&PathBuf>, public: String) -> ExitCode {
+    use swiftdrop::postfix_config::{PostfixEnvironment, Services, render};
+    let Some(config) = load(file) else {
+        return ExitCode::FAILURE;
+    };
+    let env = match PostfixEnvironment::from_vars(swiftdrop::config::process_environment()) {
+        Ok(env) => env,
+        Err(err) => {
+            for problem in &err.problems {
+                eprintln!("swiftdrop: configuration error: {problem}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(after_queue) = config.server.relay else {
+        eprintln!(
+            "swiftdrop: configuration error: SWIFTDROP_SERVER_RELAY is off, but the gateway needs Postfix's after-queue smtpd for postmaster@ and forwards"
+        );
+        return ExitCode::FAILURE;
+    };
+    let written = std::fs::create_dir_all(output)
+        .and_then(|()| std::fs::canonicalize(output))
+        .and_then(|dir| {
+            let services = Services {
+                public,
+                filter: config.server.listen,
+                after_queue,
+            };
+            for (name, contents) in render(&env, &config, &services, &dir.to_string_lossy()) {
+                std::fs::write(dir.join(name), contents)?;
+            }
+            Ok(dir)
+        });
+    match written {
+        Ok(dir) => {
+            println!(
+                "wrote main.cf, master.cf, relay_recipients, virtual to {}",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swiftdrop: cannot write {}: {e}", output.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

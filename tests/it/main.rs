@@ -6,6 +6,7 @@
 //! directory. `support` holds the shared helpers.
 
 mod cli;
+mod gateway;
 mod postfix;
 mod private_postfix;
 mod relay;

@@ -77,6 +77,34 @@ impl PrivatePostfix {
         pf
     }
 
+    /// Starts the configuration that `dir/etc` already holds, with `settings` (main.cf
+    /// `name = value` lines) applied; waits until every port in `ports` listens.
+    pub fn start_from(
+        dir: tempfile::TempDir,
+        front_port: u16,
+        ports: &[u16],
+        settings: &[String],
+    ) -> PrivatePostfix {
+        let pf = PrivatePostfix { dir, front_port };
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start-from")
+            .arg(pf.dir.path())
+            .args(ports.iter().map(u16::to_string))
+            .arg("--")
+            .args(settings)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "private-postfix.sh start-from: {}{}\nmaillog:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            pf.maillog()
+        );
+        pf
+    }
+
     pub fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log/maillog")).unwrap_or_default()
     }

@@ -12,11 +12,15 @@
 #       --after-queue PORT adds the after-queue smtpd a filter relays to (127.0.0.1:PORT,
 #       XFORWARD trusted from loopback); --deliver-to PORT sends queued mail to an SMTP
 #       server on 127.0.0.1:PORT (e.g. smtp-sink) instead of discarding or bouncing it.
+#   private-postfix.sh start-from DIR PORT... [-- postconf-setting...]
+#       Starts the configuration already in DIR/etc (e.g. from `swiftdrop postfix-config`),
+#       with its queue, data and log moved into DIR and the extra main.cf settings applied;
+#       returns when every PORT listens.
 #   private-postfix.sh stop DIR
 #       Stops it and waits for the master process (by PID) to exit.
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR FRONT:FILTER... [--lock-step] | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR FRONT:FILTER... [options] | start-from DIR PORT... [-- setting...] | stop DIR" >&2; exit 2; }
 
 wait_port() { # port
     for _ in $(seq 1 200); do
@@ -25,6 +29,28 @@ wait_port() { # port
     done
     echo "private-postfix: nothing listens on 127.0.0.1:$1" >&2
     return 1
+}
+
+prepare() { # dir
+    # Postfix's own processes (user postfix) must be able to read the whole path.
+    mkdir -p "$1"/{etc,log,data,queue}
+    chmod 755 "$1" "$1"/{etc,log,data,queue}
+    # master.lock lives in the data directory and is created by the postfix user.
+    chown postfix "$1/data"
+}
+
+start_from() {
+    local dir=$1; shift
+    local ports=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do ports+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    prepare "$dir"
+    postconf -c "$dir/etc" -e "queue_directory = $dir/queue" "data_directory = $dir/data" \
+        "maillog_file = $dir/log/maillog" "maillog_file_prefixes = $dir/log" "$@"
+    postfix -c "$dir/etc" check
+    postfix -c "$dir/etc" start
+    local port
+    for port in "${ports[@]}"; do wait_port "$port"; done
 }
 
 start() {
@@ -46,11 +72,7 @@ start() {
         default_transport=$relay_transport
     fi
     [ ${#pairs[@]} -gt 0 ] || usage
-    # Postfix's own processes (user postfix) must be able to read the whole path.
-    mkdir -p "$dir"/{etc,log,data,queue}
-    chmod 755 "$dir" "$dir"/{etc,log,data,queue}
-    # master.lock lives in the data directory and is created by the postfix user.
-    chown postfix "$dir/data"
+    prepare "$dir"
     cat > "$dir/etc/main.cf" <<CF
 compatibility_level = 3.6
 queue_directory = $dir/queue
@@ -137,6 +159,7 @@ stop() {
 
 case ${1:-} in
     start) [ $# -ge 3 ] || usage; shift; start "$@" ;;
+    start-from) [ $# -ge 3 ] || usage; shift; start_from "$@" ;;
     stop) [ $# -eq 2 ] || usage; stop "$2" ;;
     *) usage ;;
 esac

@@ -1,0 +1,161 @@
+//! The gateway as a whole: Postfix configured by `swiftdrop postfix-config` from the
+//! environment (as the container entrypoint does), in front of swiftdrop.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use mail_send::SmtpClient;
+use mail_send::smtp::message::{Address, Message, Parameters};
+use swiftdrop::server::Server;
+
+use crate::private_postfix::PrivatePostfix;
+use crate::support::*;
+
+struct Gateway {
+    setup: Setup,
+    postfix: PrivatePostfix,
+    sink: SmtpSink,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// swiftdrop storing ours@example.com; Postfix generated with FORWARDS
+/// fwd@example.com -> target@elsewhere.example; outbound mail goes to an smtp-sink.
+async fn gateway() -> Gateway {
+    let sink = SmtpSink::start(&[]);
+    let after_queue = free_port();
+    let front = free_port();
+    let relay = format!("127.0.0.1:{after_queue}");
+    let setup = Setup::new(&[
+        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
+        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
+        ("SWIFTDROP_SERVER_RELAY", &relay),
+    ]);
+    let server = Server::bind(setup.config.server.clone(), setup.deliverer())
+        .await
+        .unwrap();
+    let filter = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let dir = tempfile::Builder::new()
+        .prefix("swiftdrop-gateway")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
+        .env_clear()
+        .env("MYHOSTNAME", "mx.example.com")
+        .env(
+            "FORWARDS",
+            r#"{"fwd@example.com": "target@elsewhere.example"}"#,
+        )
+        .env("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com")
+        .env("SWIFTDROP_OURS_PATH", setup.path("ours"))
+        .env("SWIFTDROP_SERVER_LISTEN", filter.to_string())
+        .env("SWIFTDROP_SERVER_RELAY", &relay)
+        .arg("postfix-config")
+        .arg("--output")
+        .arg(dir.path().join("etc"))
+        .arg("--public")
+        .arg(format!("127.0.0.1:{front}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only for the test: deliver what Postfix queues to the sink instead of the Internet.
+    let outbound = format!("smtp:[127.0.0.1]:{}", sink.port);
+    let settings = vec![
+        format!("default_transport = {outbound}"),
+        format!("relay_transport = {outbound}"),
+    ];
+    let postfix = tokio::task::spawn_blocking(move || {
+        PrivatePostfix::start_from(dir, front, &[front, after_queue], &settings)
+    })
+    .await
+    .unwrap();
+    Gateway {
+        setup,
+        postfix,
+        sink,
+        stop,
+        task,
+    }
+}
+
+impl Gateway {
+    async fn send(&self, to: &str) -> mail_send::Result<smtp_proto::Response<String>> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.postfix.front_port).into();
+        let mut c = SmtpClient::connect(addr, PATIENCE).await?;
+        c.read().await?;
+        c.ehlo("client.test").await?;
+        let result = c
+            .send(Message {
+                mail_from: Address::new("sender@example.org", Parameters::new()),
+                rcpt_to: vec![Address::new(to, Parameters::new())],
+                body: format!("Subject: to {to}\r\n\r\nhello").into_bytes().into(),
+            })
+            .await;
+        let _ = c.quit().await;
+        result
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+fn rejected_with(result: mail_send::Result<smtp_proto::Response<String>>) -> (u16, String) {
+    match result {
+        Err(mail_send::Error::UnexpectedReply(r)) => (r.code, r.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn generated_postfix_stores_forwards_and_refuses_the_rest() {
+    let gw = gateway().await;
+
+    // A configured recipient is stored.
+    let reply = gw.send("ours@example.com").await.unwrap();
+    assert!(reply.message.contains("stored as cur/"), "{reply:?}");
+    assert_eq!(gw.setup.cur("ours").len(), 1);
+
+    // A forwarded address goes through swiftdrop's relay and Postfix's virtual map to its target.
+    let reply = gw.send("fwd@example.com").await.unwrap();
+    assert!(reply.message.contains("relayed: "), "{reply:?}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while gw.sink.dumps().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "forward never arrived\n{}",
+            gw.postfix.maillog()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let dump = &gw.sink.dumps()[0];
+    assert!(
+        dump.contains("X-Rcpt-Args: <target@elsewhere.example>"),
+        "{dump}"
+    );
+    assert!(dump.contains("Subject: to fwd@example.com\n"), "{dump}");
+
+    // An unknown recipient of our domain is refused by Postfix at RCPT time.
+    let (code, text) = rejected_with(gw.send("nobody@example.com").await);
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("User unknown"), "{text}");
+
+    // Relaying to an outside domain is refused, even from loopback: not an open relay.
+    let (code, text) = rejected_with(gw.send("victim@outside.example").await);
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("Relay access denied"), "{text}");
+
+    assert_eq!(gw.setup.cur("ours").len(), 1, "nothing else stored");
+    assert_eq!(gw.sink.dumps().len(), 1, "nothing else relayed");
+    gw.stop().await;
+}
