@@ -159,3 +159,97 @@ async fn generated_postfix_stores_forwards_and_refuses_the_rest() {
     assert_eq!(gw.sink.dumps().len(), 1, "nothing else relayed");
     gw.stop().await;
 }
+
+/// The container entrypoint, run outside a container: it configures Postfix, checks the
+/// stores, runs both, and on SIGTERM stops both and exits.
+#[tokio::test]
+async fn entrypoint_runs_both_and_sigterm_stops_both() {
+    let dir = tempfile::Builder::new()
+        .prefix("swiftdrop-entrypoint")
+        .tempdir_in("/tmp")
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let public = free_port();
+    let filter = free_port();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_swiftdrop"))
+        .parent()
+        .unwrap();
+    let mut child = Command::new("sh")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/entrypoint.sh"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("POSTFIX_CONFIG_DIR", dir.path().join("etc"))
+        .env("SMTP_LISTEN", format!("127.0.0.1:{public}"))
+        .env("MYHOSTNAME", "mx.example.com")
+        .env("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com")
+        .env("SWIFTDROP_OURS_PATH", dir.path().join("maildir"))
+        .env("SWIFTDROP_SERVER_LISTEN", format!("127.0.0.1:{filter}"))
+        .env(
+            "SWIFTDROP_SERVER_RELAY",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(public).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], public).into();
+    let mut c = SmtpClient::connect(addr, PATIENCE).await.unwrap();
+    c.read().await.unwrap();
+    c.ehlo("client.test").await.unwrap();
+    let reply = c
+        .send(Message {
+            mail_from: Address::new("sender@example.org", Parameters::new()),
+            rcpt_to: vec![Address::new("ours@example.com", Parameters::new())],
+            body: b"Subject: via entrypoint\r\n\r\nhi".as_slice().into(),
+        })
+        .await
+        .unwrap();
+    let _ = c.quit().await;
+    assert!(reply.message.contains("stored as cur/"), "{reply:?}");
+    let files = cur_files(&dir.path().join("maildir"));
+    assert_eq!(files.len(), 1);
+    assert!(
+        files[0].0.contains(".mx.example.com,S="),
+        "host name from MYHOSTNAME: {}",
+        files[0].0
+    );
+
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entrypoint did not exit on SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // Nothing listens any more: Postfix and swiftdrop are both gone.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "Postfix still listens"
+    );
+    let filter_addr: SocketAddr = ([127, 0, 0, 1], filter).into();
+    assert!(
+        tokio::net::TcpStream::connect(filter_addr).await.is_err(),
+        "swiftdrop still listens"
+    );
+}
