@@ -40,10 +40,7 @@ async fn gateway() -> Gateway {
         let _ = stopped.await;
     }));
 
-    let dir = tempfile::Builder::new()
-        .prefix("swiftdrop-gateway")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = tempdir_with_mode("swiftdrop-gateway", 0o755);
     let out = Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
         .env_clear()
         .env("MYHOSTNAME", "mx.example.com")
@@ -164,14 +161,7 @@ async fn generated_postfix_stores_forwards_and_refuses_the_rest() {
 /// stores, runs both, and on SIGTERM stops both and exits.
 #[tokio::test]
 async fn entrypoint_runs_both_and_sigterm_stops_both() {
-    let dir = tempfile::Builder::new()
-        .prefix("swiftdrop-entrypoint")
-        .tempdir_in("/tmp")
-        .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let dir = tempdir_with_mode("swiftdrop-entrypoint", 0o755);
     let public = free_port();
     let filter = free_port();
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_swiftdrop"))

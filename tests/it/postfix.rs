@@ -137,8 +137,17 @@ fn relaying_setup(after_queue: u16) -> Setup {
     ])
 }
 
-#[tokio::test]
-async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward() {
+/// swiftdrop (see `relaying_setup`) behind a Postfix with an after-queue smtpd that
+/// delivers what it queues to an smtp-sink.
+async fn relaying_postfix(
+    lock_step: bool,
+) -> (
+    SmtpSink,
+    Setup,
+    PrivatePostfix,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let sink = SmtpSink::start(&[]);
     let after_queue = free_port();
     let setup = relaying_setup(after_queue);
@@ -148,14 +157,20 @@ async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward()
         PrivatePostfix::start_with(
             port,
             Options {
+                lock_step,
                 after_queue: Some(after_queue),
                 deliver_to: Some(sink_port),
-                ..Options::default()
             },
         )
     })
     .await
     .unwrap();
+    (sink, setup, postfix, stop, task)
+}
+
+#[tokio::test]
+async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward() {
+    let (sink, setup, postfix, stop, task) = relaying_postfix(false).await;
     // Connect from 127.0.0.2 so that the original client differs from swiftdrop's address.
     let front: SocketAddr = ([127, 0, 0, 1], postfix.front_port).into();
     let mut c = SmtpClient::connect_using("127.0.0.2".parse().unwrap(), front, PATIENCE)
@@ -219,23 +234,7 @@ async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward()
 #[tokio::test]
 async fn client_vanishing_mid_data_in_lock_step_stores_and_relays_nothing() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let sink = SmtpSink::start(&[]);
-    let after_queue = free_port();
-    let setup = relaying_setup(after_queue);
-    let (port, stop, task) = start_filter(&setup).await;
-    let sink_port = sink.port;
-    let postfix = tokio::task::spawn_blocking(move || {
-        PrivatePostfix::start_with(
-            port,
-            Options {
-                lock_step: true,
-                after_queue: Some(after_queue),
-                deliver_to: Some(sink_port),
-            },
-        )
-    })
-    .await
-    .unwrap();
+    let (sink, setup, postfix, stop, task) = relaying_postfix(true).await;
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", postfix.front_port))
         .await
         .unwrap();

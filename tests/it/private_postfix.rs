@@ -46,10 +46,7 @@ impl PrivatePostfix {
             Path::new("/usr/sbin/postfix").exists(),
             "Postfix is not installed: run the test command from README.rst, which installs it"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("swiftdrop-postfix")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let dir = crate::support::tempdir_with_mode("swiftdrop-postfix", 0o755);
         let front_port = free_port();
         let pf = PrivatePostfix { dir, front_port };
         let mut cmd = Command::new("bash");

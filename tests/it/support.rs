@@ -241,6 +241,18 @@ impl Dialog {
     }
 }
 
+/// A temporary directory under /tmp with `mode`, for servers that run as other users
+/// (Postfix needs to read its tree, smtp-sink writes as nobody).
+pub fn tempdir_with_mode(prefix: &str, mode: u32) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -402,13 +414,8 @@ impl SmtpSink {
     /// Starts smtp-sink with extra options (`-f .` rejects end of data with 5xx, `-r .`
     /// with 4xx, ...).
     pub fn start(options: &[&str]) -> SmtpSink {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new()
-            .prefix("swiftdrop-sink")
-            .tempdir_in("/tmp")
-            .unwrap();
         // smtp-sink drops to user nobody before it writes its dumps.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = tempdir_with_mode("swiftdrop-sink", 0o777);
         let port = free_port();
         let child = std::process::Command::new("smtp-sink")
             .args(["-u", "nobody", "-d"])

@@ -115,28 +115,7 @@ CF
   -o mynetworks=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks
 CF
     fi
-    cat >> "$dir/etc/master.cf" <<'CF'
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-CF
+    cat "$(dirname "$0")/../../src/postfix_services.cf" >> "$dir/etc/master.cf"
     postfix -c "$dir/etc" check
     postfix -c "$dir/etc" start
     for pair in "${pairs[@]}"; do wait_port "${pair%%:*}"; done
