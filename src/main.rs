@@ -113,16 +113,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn describe(dest: &Destination, config: &Config) -> String {
-    let backend = config
-        .destinations
-        .iter()
-        .find(|d| d.name == dest.name)
-        .map(|d| match &d.backend {
-            Backend::Maildir { path } => format!("maildir {}", path.display()),
-        })
-        .unwrap_or_default();
-    format!("[{}] {backend}", dest.name)
+/// `[NAME] <store>`: the store says itself where it writes, e.g. `Maildir(/srv/mail)`.
+fn describe(dest: &Destination) -> String {
+    format!("[{}] {}", dest.name, dest.store)
 }
 
 async fn serve(
@@ -158,7 +151,7 @@ async fn serve(
         }
     }
     for dest in &destinations {
-        tracing::info!(destination = %describe(dest, &config), "destination ready");
+        tracing::info!(destination = %describe(dest), "destination ready");
     }
     let router = Router::new(&config.destinations);
     let relay = config.server.relay.map(|addr| {
@@ -263,7 +256,7 @@ async fn check(file: Option<PathBuf>) -> ExitCode {
         let result = match Destination::open(dest_config) {
             Ok(dest) => swiftdrop::check::probe(&dest)
                 .await
-                .map(|()| describe(&dest, &config)),
+                .map(|()| describe(&dest)),
             Err(e) => Err(e.reason),
         };
         match result {
