@@ -39,27 +39,52 @@ const SERVER_OPTIONS: &[&str] = &[
     "xforward_networks",
     "relay",
     "log_format",
+    "startup_check",
+    "stream_threshold",
 ];
 
-/// Options a destination section understands.
-const DESTINATION_OPTIONS: &[&str] = &["recipients", "backend", "path"];
-
-/// Options of the original SwiftDrop's Swift accounts: recognised, so that such a
-/// configuration gets a precise error instead of "unknown option".
-const OBJECT_STORE_OPTIONS: &[&str] = &[
+/// Options every destination understands.
+const COMMON_OPTIONS: &[&str] = &["recipients", "backend"];
+/// Options of a Maildir destination.
+const MAILDIR_OPTIONS: &[&str] = &["path"];
+/// Options of a Swift destination (the original SwiftDrop's names), besides `os_options_*`.
+const SWIFT_OPTIONS: &[&str] = &[
     "container",
-    "bucket",
     "auth_version",
     "authurl",
     "user",
     "key",
     "tenant_name",
     "timeout",
+    "create_container",
+];
+/// The `os_options_*` a Swift destination understands (Keystone v3 settings).
+const SWIFT_OS_OPTIONS: &[&str] = &[
+    "user_domain_name",
+    "project_name",
+    "project_domain_name",
+    "project_id",
+    "region_name",
+    "interface",
+    "endpoint_type",
+    "service_type",
+    "object_storage_url",
+];
+/// Options of an S3 destination.
+const S3_OPTIONS: &[&str] = &[
+    "bucket",
+    "container",
     "endpoint",
     "region",
     "access_key_id",
     "secret_access_key",
+    "path_style",
+    "allow_http",
+    "timeout",
+    "create_container",
 ];
+/// Timeout of one HTTP request to an object store when `timeout` is not set.
+const DEFAULT_REQUEST_TIMEOUT: &str = "20s";
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -101,6 +126,12 @@ pub struct ServerSettings {
     pub relay: Option<SocketAddr>,
     /// Log line format (`log_format`: `text` or `json`).
     pub log_format: LogFormat,
+    /// Whether `serve` checks every destination before it listens (`startup_check`,
+    /// default yes).
+    pub startup_check: bool,
+    /// Messages larger than this are streamed to the stores in parts while DATA arrives
+    /// (`stream_threshold`, default 8 MiB).
+    pub stream_threshold: usize,
 }
 
 /// How log lines are written.
@@ -152,6 +183,125 @@ pub enum Backend {
         /// Root of the Maildir (holds `tmp/`, `new/`, `cur/`).
         path: PathBuf,
     },
+    /// An OpenStack Swift container (native API).
+    Swift(SwiftConfig),
+    /// An S3 bucket (AWS or any S3-compatible store).
+    S3(S3Config),
+}
+
+/// A password, key or token: never shown by `Debug` or `Display`, so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A Swift destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwiftConfig {
+    /// Container that holds the objects (`container`).
+    pub container: String,
+    /// How to get a token (`auth_version`, `authurl`, `user`, `key`, ...).
+    pub auth: SwiftAuth,
+    /// Timeout of one HTTP request (`timeout`, default 20 s).
+    pub timeout: Duration,
+    /// Create the container at start when it is missing (`create_container`, default no).
+    pub create_container: bool,
+}
+
+/// Swift credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwiftAuth {
+    /// Auth v1 (tempauth, swauth): `GET authurl` with `X-Auth-User`/`X-Auth-Key`.
+    V1 {
+        /// Auth endpoint, such as `http://127.0.0.1:8080/auth/v1.0`.
+        authurl: String,
+        /// User, `account:user` for tempauth.
+        user: String,
+        /// Key (password).
+        key: Secret,
+        /// Joined to `user` as `tenant:user` when `user` has no account part.
+        tenant_name: Option<String>,
+    },
+    /// Keystone v3 password authentication.
+    V3(KeystoneV3),
+}
+
+impl SwiftAuth {
+    /// The identity endpoint.
+    pub fn authurl(&self) -> &str {
+        match self {
+            SwiftAuth::V1 { authurl, .. } => authurl,
+            SwiftAuth::V3(v3) => &v3.authurl,
+        }
+    }
+}
+
+/// Keystone v3 settings (`os_options_*` as in python-swiftclient).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoneV3 {
+    /// Identity endpoint, such as `https://keystone.example:5000/v3`.
+    pub authurl: String,
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub key: Secret,
+    /// Domain of the user (`os_options_user_domain_name`, default `Default`).
+    pub user_domain_name: String,
+    /// Project to scope the token to (`os_options_project_name`, or `tenant_name`).
+    pub project_name: Option<String>,
+    /// Project by id instead of name (`os_options_project_id`).
+    pub project_id: Option<String>,
+    /// Domain of the project (`os_options_project_domain_name`, default `Default`).
+    pub project_domain_name: String,
+    /// Region of the object-store endpoint (`os_options_region_name`; any when unset).
+    pub region_name: Option<String>,
+    /// Endpoint interface: `public` (default), `internal` or `admin`
+    /// (`os_options_interface` or `os_options_endpoint_type`).
+    pub interface: String,
+    /// Catalog service type (`os_options_service_type`, default `object-store`).
+    pub service_type: String,
+    /// Storage URL to use instead of the catalog's (`os_options_object_storage_url`).
+    pub object_storage_url: Option<String>,
+}
+
+/// An S3 destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// Bucket (`bucket`, or `container` as for Swift).
+    pub bucket: String,
+    /// Endpoint of an S3-compatible store (`endpoint`); AWS when unset.
+    pub endpoint: Option<String>,
+    /// Region used for signing (`region`, default `us-east-1`).
+    pub region: String,
+    /// Access key id (`access_key_id`).
+    pub access_key_id: String,
+    /// Secret access key (`secret_access_key`).
+    pub secret_access_key: Secret,
+    /// Path-style requests, `endpoint/bucket/key` (`path_style`, default yes with an
+    /// `endpoint`, no for AWS).
+    pub path_style: bool,
+    /// Allow a plain `http://` endpoint (`allow_http`, default no).
+    pub allow_http: bool,
+    /// Timeout of one HTTP request (`timeout`, default 20 s).
+    pub timeout: Duration,
+    /// Create the bucket at start when it is missing (`create_container`, default no).
+    pub create_container: bool,
 }
 
 /// Everything wrong with a configuration, one line per problem.
@@ -491,6 +641,8 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     });
     let relay = get("relay", "127.0.0.1:10026", &|s| parse_relay(s).map(drop));
     let log_format = get("log_format", "text", &|s| parse_log_format(s).map(drop));
+    let startup_check = get("startup_check", "yes", &|s| parse_bool(s).map(drop));
+    let stream_threshold = get("stream_threshold", "8MiB", &|s| parse_size(s).map(drop));
     if problems.len() > before {
         return None;
     }
@@ -508,6 +660,8 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         xforward_networks: parse_networks(&xforward).ok()?,
         relay: parse_relay(&relay).ok()?,
         log_format: parse_log_format(&log_format).ok()?,
+        startup_check: parse_bool(&startup_check).ok()?,
+        stream_threshold: parse_size(&stream_threshold).ok()?,
     })
 }
 
@@ -527,21 +681,6 @@ fn validate_destination(
         .collect();
     options.extend(own.iter().map(|(k, v)| (k.as_str(), v)));
 
-    for (option, value) in &options {
-        let known = DESTINATION_OPTIONS.contains(option)
-            || OBJECT_STORE_OPTIONS.contains(option)
-            || option.starts_with("os_options_");
-        if !known {
-            problems.push(problem(
-                &value.origin,
-                format!(
-                    "unknown option for destination [{name}]; known: {}",
-                    DESTINATION_OPTIONS.join(", ")
-                ),
-            ));
-        }
-    }
-
     let recipients = match options.get("recipients") {
         None => {
             problems.push(format!(
@@ -559,6 +698,7 @@ fn validate_destination(
         },
     };
 
+    // As in the original SwiftDrop, `authurl` alone makes a destination a Swift one.
     let implied = if options.contains_key("authurl") {
         "swift"
     } else {
@@ -568,38 +708,65 @@ fn validate_destination(
         .get("backend")
         .map(|v| v.value.trim().to_ascii_lowercase())
         .unwrap_or_else(|| implied.to_string());
+    let own_options: &[&str] = match backend_name.as_str() {
+        "maildir" => MAILDIR_OPTIONS,
+        "swift" => SWIFT_OPTIONS,
+        "s3" => S3_OPTIONS,
+        other => {
+            let origin = &options["backend"].origin;
+            problems.push(problem(
+                origin,
+                format!("{other:?} is not a backend: use maildir, swift or s3"),
+            ));
+            return None;
+        }
+    };
+    for (option, value) in &options {
+        let os_option = option.strip_prefix("os_options_");
+        let known = COMMON_OPTIONS.contains(option)
+            || own_options.contains(option)
+            || (backend_name == "swift"
+                && os_option.is_some_and(|o| SWIFT_OS_OPTIONS.contains(&o)));
+        if known {
+            continue;
+        }
+        let message = if backend_name == "swift" && os_option.is_some() {
+            format!(
+                "unknown Keystone option; known: {}",
+                SWIFT_OS_OPTIONS
+                    .iter()
+                    .map(|o| format!("os_options_{o}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!(
+                "not an option of a {backend_name} destination [{name}]; known: {}",
+                COMMON_OPTIONS
+                    .iter()
+                    .chain(own_options)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        problems.push(problem(&value.origin, message));
+    }
+
+    let options = DestinationOptions {
+        name,
+        options: &options,
+    };
     let backend = match backend_name.as_str() {
         "maildir" => {
-            if let Some(v) = options
-                .iter()
-                .find(|(k, _)| OBJECT_STORE_OPTIONS.contains(k) || k.starts_with("os_options_"))
-            {
-                problems.push(problem(
-                    &v.1.origin,
-                    "is an object-store option, but this destination's backend is maildir",
-                ));
-            }
-            let path = options
-                .get("path")
-                .map(|v| v.value.trim().to_string())
-                .unwrap_or_else(|| "./maildir".to_string());
+            let path = options.text("path").unwrap_or("./maildir");
             if path.is_empty() {
-                let origin = &options["path"].origin;
-                problems.push(problem(origin, "must not be empty"));
+                problems.push(options.problem("path", "must not be empty"));
             }
             Some(Backend::Maildir { path: path.into() })
         }
-        other => {
-            let origin = options
-                .get("backend")
-                .or_else(|| options.get("authurl"))
-                .map(|v| v.origin.to_string())
-                .unwrap_or_else(|| format!("[{name}]"));
-            problems.push(format!(
-                "{origin}: backend {other:?} is not available in this version (known: maildir)"
-            ));
-            None
-        }
+        "swift" => swift_backend(&options, problems).map(Backend::Swift),
+        _ => s3_backend(&options, problems).map(Backend::S3),
     };
     if problems.len() > before {
         return None;
@@ -609,6 +776,237 @@ fn validate_destination(
         recipients,
         backend: backend?,
     })
+}
+
+/// A destination's effective options, with helpers that report problems by origin.
+struct DestinationOptions<'a> {
+    name: &'a str,
+    options: &'a BTreeMap<&'a str, &'a RawValue>,
+}
+
+impl DestinationOptions<'_> {
+    /// The trimmed value of `option`, if set.
+    fn text(&self, option: &str) -> Option<&str> {
+        self.options.get(option).map(|v| v.value.trim())
+    }
+
+    /// The value of `option`, which must be set and not empty.
+    fn required(&self, option: &str, what: &str, problems: &mut Vec<String>) -> Option<String> {
+        match self.text(option) {
+            Some(v) if !v.is_empty() => Some(v.to_string()),
+            Some(_) => {
+                problems.push(self.problem(option, format!("must not be empty: {what}")));
+                None
+            }
+            None => {
+                problems.push(format!(
+                    "[{}]: {option} is missing: {what} (set {ENV_PREFIX}{}_{} or `{option}` in its section)",
+                    self.name,
+                    self.name.to_ascii_uppercase(),
+                    option.to_ascii_uppercase()
+                ));
+                None
+            }
+        }
+    }
+
+    /// `option` parsed by `parse`, or `default` when unset.
+    fn parsed<T>(
+        &self,
+        option: &str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+        problems: &mut Vec<String>,
+    ) -> Option<T> {
+        match self.text(option) {
+            None => Some(default),
+            Some(v) => match parse(v) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(self.problem(option, e));
+                    None
+                }
+            },
+        }
+    }
+
+    /// A problem with `option`, naming where it was set.
+    fn problem(&self, option: &str, message: impl fmt::Display) -> String {
+        match self.options.get(option) {
+            Some(v) => problem(&v.origin, message),
+            None => format!("[{}]: {option}: {message}", self.name),
+        }
+    }
+}
+
+/// An `http://` or `https://` URL.
+fn parse_url(s: &str) -> Result<String, String> {
+    match s.split_once("://") {
+        Some(("http" | "https", rest))
+            if !rest.is_empty() && !rest.contains(char::is_whitespace) =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
+    }
+}
+
+fn swift_backend(options: &DestinationOptions, problems: &mut Vec<String>) -> Option<SwiftConfig> {
+    let before = problems.len();
+    let container = options.required("container", "the Swift container to store into", problems);
+    let authurl = options.required("authurl", "the identity endpoint", problems);
+    let authurl = authurl.and_then(|u| match parse_url(&u) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            problems.push(options.problem("authurl", e));
+            None
+        }
+    });
+    let user = options.required("user", "the Swift user", problems);
+    let key = options.required("key", "the Swift user's key or password", problems);
+    // Without auth_version, an authurl ending in /v3 means Keystone v3, anything else v1.
+    let implied = match &authurl {
+        Some(u) if u.trim_end_matches('/').ends_with("/v3") => "3",
+        _ => "1",
+    };
+    let version = options.parsed(
+        "auth_version",
+        implied.to_string(),
+        |s| match s.trim_start_matches('v') {
+            "1" | "1.0" => Ok("1".to_string()),
+            "3" | "3.0" => Ok("3".to_string()),
+            _ => Err(format!("{s:?} is not an auth version: use 1 or 3")),
+        },
+        problems,
+    );
+    let timeout = options.parsed(
+        "timeout",
+        parse_duration(DEFAULT_REQUEST_TIMEOUT).ok()?,
+        parse_duration,
+        problems,
+    );
+    let create_container = options.parsed("create_container", false, parse_bool, problems);
+    let tenant_name = options.text("tenant_name").filter(|s| !s.is_empty());
+    let os = |o: &str| {
+        options
+            .text(&format!("os_options_{o}"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let auth = match version.as_deref() {
+        Some("3") => {
+            let project_name = os("project_name").or(tenant_name.map(str::to_string));
+            let project_id = os("project_id");
+            if project_name.is_none() && project_id.is_none() {
+                problems.push(format!(
+                    "[{}]: Keystone v3 needs a project: set os_options_project_name (or tenant_name, or os_options_project_id)",
+                    options.name
+                ));
+            }
+            let interface = os("interface")
+                .or(os("endpoint_type"))
+                .unwrap_or_else(|| "public".into());
+            let interface = interface.trim_end_matches("URL").to_ascii_lowercase();
+            if !["public", "internal", "admin"].contains(&interface.as_str()) {
+                problems.push(options.problem(
+                    "os_options_interface",
+                    format!("{interface:?} is not an interface: use public, internal or admin"),
+                ));
+            }
+            if let Some(url) = os("object_storage_url") {
+                if let Err(e) = parse_url(&url) {
+                    problems.push(options.problem("os_options_object_storage_url", e));
+                }
+            }
+            SwiftAuth::V3(KeystoneV3 {
+                authurl: authurl.clone().unwrap_or_default(),
+                user: user.clone().unwrap_or_default(),
+                key: Secret::new(key.clone().unwrap_or_default()),
+                user_domain_name: os("user_domain_name").unwrap_or_else(|| "Default".into()),
+                project_name,
+                project_id,
+                project_domain_name: os("project_domain_name").unwrap_or_else(|| "Default".into()),
+                region_name: os("region_name"),
+                interface,
+                service_type: os("service_type").unwrap_or_else(|| "object-store".into()),
+                object_storage_url: os("object_storage_url"),
+            })
+        }
+        _ => SwiftAuth::V1 {
+            authurl: authurl.clone().unwrap_or_default(),
+            user: user.clone().unwrap_or_default(),
+            key: Secret::new(key.clone().unwrap_or_default()),
+            tenant_name: tenant_name.map(str::to_string),
+        },
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(SwiftConfig {
+        container: container?,
+        auth,
+        timeout: timeout?,
+        create_container: create_container?,
+    })
+}
+
+fn s3_backend(options: &DestinationOptions, problems: &mut Vec<String>) -> Option<S3Config> {
+    let before = problems.len();
+    let bucket = if options.text("bucket").is_some() {
+        options.required("bucket", "the S3 bucket to store into", problems)
+    } else if options.text("container").is_some() {
+        options.required("container", "the S3 bucket to store into", problems)
+    } else {
+        options.required("bucket", "the S3 bucket to store into", problems)
+    };
+    let endpoint = options.text("endpoint").filter(|s| !s.is_empty());
+    if let Some(e) = endpoint {
+        if let Err(msg) = parse_url(e) {
+            problems.push(options.problem("endpoint", msg));
+        }
+    }
+    let access_key_id = options.required("access_key_id", "the S3 access key id", problems);
+    let secret = options.required("secret_access_key", "the S3 secret access key", problems);
+    let path_style = options.parsed("path_style", endpoint.is_some(), parse_bool, problems);
+    let allow_http = options.parsed("allow_http", false, parse_bool, problems);
+    if let (Some(e), Some(false)) = (endpoint, allow_http) {
+        if e.starts_with("http://") {
+            problems.push(options.problem(
+                "endpoint",
+                "is plain http://: set allow_http = yes to allow it, or use https://",
+            ));
+        }
+    }
+    let timeout = options.parsed(
+        "timeout",
+        parse_duration(DEFAULT_REQUEST_TIMEOUT).ok()?,
+        parse_duration,
+        problems,
+    );
+    let create_container = options.parsed("create_container", false, parse_bool, problems);
+    if problems.len() > before {
+        return None;
+    }
+    Some(S3Config {
+        bucket: bucket?,
+        endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
+        region: options.text("region").unwrap_or("us-east-1").to_string(),
+        access_key_id: access_key_id?,
+        secret_access_key: Secret::new(secret?),
+        path_style: path_style?,
+        allow_http: allow_http?,
+        timeout: timeout?,
+        create_container: create_container?,
+    })
+}
+
+/// Parses yes/no, true/false, on/off, 1/0.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{s:?} is not yes or no")),
+    }
 }
 
 /// Two destinations claiming the same address, domain or `*` is ambiguous: refuse it.
@@ -906,22 +1304,117 @@ mod tests {
     }
 
     #[test]
-    fn swift_options_get_a_precise_error_for_now() {
+    fn original_swiftdrop_environment_is_understood() {
+        let config = load(
+            None,
+            &[
+                ("SWIFTDROP_DEFAULT_AUTH_VERSION", "3"),
+                (
+                    "SWIFTDROP_DEFAULT_AUTHURL",
+                    "https://keystone.example:5000/v3",
+                ),
+                ("SWIFTDROP_DEFAULT_USER", "mailer"),
+                ("SWIFTDROP_DEFAULT_KEY", "s3cret"),
+                ("SWIFTDROP_DEFAULT_OS_OPTIONS_USER_DOMAIN_NAME", "users"),
+                ("SWIFTDROP_DEFAULT_OS_OPTIONS_PROJECT_NAME", "mail"),
+                ("SWIFTDROP_DEFAULT_OS_OPTIONS_REGION_NAME", "RegionTwo"),
+                ("SWIFTDROP_DEFAULT_TIMEOUT", "15"),
+                ("SWIFTDROP_OPS_RECIPIENTS", "ops@example.com"),
+                ("SWIFTDROP_OPS_CONTAINER", "ops-mail"),
+                ("SWIFTDROP_LEGACY_RECIPIENTS", "@legacy.example"),
+                ("SWIFTDROP_LEGACY_CONTAINER", "old"),
+                ("SWIFTDROP_LEGACY_AUTH_VERSION", "1"),
+                (
+                    "SWIFTDROP_LEGACY_AUTHURL",
+                    "http://127.0.0.1:8080/auth/v1.0",
+                ),
+                ("SWIFTDROP_LEGACY_TENANT_NAME", "test"),
+            ],
+        )
+        .unwrap();
+        let ops = config
+            .destinations
+            .iter()
+            .find(|d| d.name == "OPS")
+            .unwrap();
+        let Backend::Swift(swift) = &ops.backend else {
+            panic!("{:?}", ops.backend)
+        };
+        assert_eq!(swift.container, "ops-mail");
+        assert_eq!(swift.timeout, Duration::from_secs(15));
+        let SwiftAuth::V3(v3) = &swift.auth else {
+            panic!("{:?}", swift.auth)
+        };
+        assert_eq!(v3.user_domain_name, "users");
+        assert_eq!(v3.project_name.as_deref(), Some("mail"));
+        assert_eq!(v3.project_domain_name, "Default");
+        assert_eq!(v3.region_name.as_deref(), Some("RegionTwo"));
+        assert_eq!(v3.interface, "public");
+        assert_eq!(v3.key.expose(), "s3cret");
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "secrets never show in Debug"
+        );
+        let legacy = config
+            .destinations
+            .iter()
+            .find(|d| d.name == "LEGACY")
+            .unwrap();
+        let Backend::Swift(SwiftConfig {
+            auth: SwiftAuth::V1 { tenant_name, .. },
+            ..
+        }) = &legacy.backend
+        else {
+            panic!("{:?}", legacy.backend)
+        };
+        assert_eq!(tenant_name.as_deref(), Some("test"));
+    }
+
+    #[test]
+    fn object_store_problems_are_precise() {
         let err = load(
             None,
             &[
-                ("SWIFTDROP_DEFAULT_RECIPIENTS", "a@example.com"),
-                (
-                    "SWIFTDROP_DEFAULT_AUTHURL",
-                    "http://127.0.0.1:8080/auth/v1.0",
-                ),
+                ("SWIFTDROP_A_RECIPIENTS", "a@example.com"),
+                ("SWIFTDROP_A_AUTHURL", "ftp://x"),
+                ("SWIFTDROP_A_USER", "u"),
+                ("SWIFTDROP_A_OS_OPTIONS_FLAVOUR", "x"),
+                ("SWIFTDROP_B_RECIPIENTS", "b@example.com"),
+                ("SWIFTDROP_B_BACKEND", "s3"),
+                ("SWIFTDROP_B_BUCKET", "mail"),
+                ("SWIFTDROP_B_ENDPOINT", "http://127.0.0.1:8080"),
+                ("SWIFTDROP_B_ACCESS_KEY_ID", "k"),
+                ("SWIFTDROP_B_SECRET_ACCESS_KEY", "s"),
+                ("SWIFTDROP_B_PATH", "/tmp"),
             ],
         )
         .unwrap_err();
-        assert!(
-            err.problems[0].contains("backend \"swift\" is not available"),
-            "{err}"
-        );
+        let all = err.to_string();
+        for expected in [
+            "SWIFTDROP_A_AUTHURL: \"ftp://x\" is not an http:// or https:// URL",
+            "[A]: container is missing",
+            "[A]: key is missing",
+            "SWIFTDROP_A_OS_OPTIONS_FLAVOUR: unknown Keystone option",
+            "SWIFTDROP_B_ENDPOINT: is plain http://: set allow_http = yes",
+            "SWIFTDROP_B_PATH: not an option of a s3 destination [B]",
+        ] {
+            assert!(all.contains(expected), "{expected:?} not in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn s3_destination_defaults() {
+        let config = load(
+            Some("[mail]\nrecipients = *\nbackend = s3\ncontainer = box\nendpoint = http://127.0.0.1:8080\nallow_http = yes\naccess_key_id = test:tester\nsecret_access_key = testing\n"),
+            &[],
+        )
+        .unwrap();
+        let Backend::S3(s3) = &config.destinations[0].backend else {
+            panic!()
+        };
+        assert_eq!(s3.bucket, "box");
+        assert_eq!(s3.region, "us-east-1");
+        assert!(s3.path_style && s3.allow_http && !s3.create_container);
     }
 
     #[test]

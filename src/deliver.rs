@@ -14,17 +14,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
 
 use crate::envelope::{Client, Envelope};
 use crate::relay::{Relay, RelayError};
 use crate::reply::{self, Reply};
 use crate::route::Router;
-use crate::store::Destination;
 use crate::store::key::MessageKey;
+use crate::store::swift::hex;
+use crate::store::{Destination, metadata};
 
 /// Bound on the clean-up of a failed delivery; the client gets its 451 after at most this.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before the first retry of a failed remote write; doubled for each next one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Routes recipients, stores messages and relays the rest.
 #[derive(Debug)]
@@ -173,7 +179,7 @@ impl Deliverer {
         message: Bytes,
     ) -> Result<Delivered, DeliveryError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let stored = self.store(envelope, &message, deadline).await?;
+        let stored = self.store(envelope, client, &message, deadline).await?;
         let relay = match (&self.relay, envelope.relayed().next()) {
             (Some(relay), Some(_)) => relay,
             _ => {
@@ -203,6 +209,7 @@ impl Deliverer {
     async fn store(
         &self,
         envelope: &Envelope,
+        client: &Client,
         message: &Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<Vec<(&Destination, String)>, DeliveryError> {
@@ -212,46 +219,107 @@ impl Deliverer {
                 groups.entry(idx).or_default().push(&rcpt.address);
             }
         }
+        let received = chrono::Utc::now();
+        let message_id = groups
+            .keys()
+            .any(|&idx| self.destinations[idx].remote)
+            .then(|| metadata::message_id(message))
+            .flatten();
         let writes = groups.into_iter().map(|(idx, rcpts)| {
             let dest = &self.destinations[idx];
             let header = Bytes::from(trace_headers(&envelope.sender, &rcpts));
             let size = (header.len() + message.len()) as u64;
             let key = MessageKey::new(&self.hostname, size).cur_path();
+            let mut options = PutOptions::default();
+            if dest.remote {
+                let mut sha = Sha256::new();
+                sha.update(&header);
+                sha.update(message);
+                options.attributes = metadata::attributes(&metadata::Envelope {
+                    sender: &envelope.sender,
+                    recipients: &rcpts,
+                    client,
+                    received,
+                    sha256: Some(hex(&sha.finalize())),
+                    message_id: message_id.clone(),
+                });
+            }
             let payload = PutPayload::from_iter([header, message.clone()]);
             async move {
-                let path = Path::from(key.as_str());
-                let result =
-                    tokio::time::timeout_at(deadline, dest.store.put(&path, payload)).await;
+                let result = put_until_deadline(dest, &key, payload, options, deadline).await;
                 (dest, key, result)
             }
         });
         let results = join_all(writes).await;
 
-        let mut stored = Vec::new();
+        let mut written = Vec::new();
+        let mut uncertain = Vec::new();
         let mut failure = None;
         for (dest, key, result) in results {
             match result {
-                Ok(Ok(_)) => stored.push((dest, key)),
-                Ok(Err(e)) => {
-                    failure.get_or_insert(DeliveryError::Store {
-                        destination: dest.name.clone(),
-                        error: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    failure.get_or_insert(DeliveryError::Timeout {
-                        destination: dest.name.clone(),
-                    });
+                Ok(()) => written.push((dest, key)),
+                Err(err) => {
+                    // A remote write that failed or timed out may still have landed: take
+                    // it back as well (deleting a missing object is not an error).
+                    if dest.remote {
+                        uncertain.push((dest, key));
+                    }
+                    failure.get_or_insert(err);
                 }
             }
         }
         match failure {
-            None => Ok(stored),
+            None => Ok(written),
             Some(err) => {
-                rollback(&stored).await;
+                written.extend(uncertain);
+                rollback(&written).await;
                 Err(err)
             }
         }
+    }
+}
+
+/// Puts one object, retrying a remote store's failures with backoff until `deadline`.
+/// The same key is written every time, so a retry replaces, never duplicates.
+async fn put_until_deadline(
+    dest: &Destination,
+    key: &str,
+    payload: PutPayload,
+    options: PutOptions,
+    deadline: tokio::time::Instant,
+) -> Result<(), DeliveryError> {
+    let path = Path::from(key);
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let put = dest.store.put_opts(&path, payload.clone(), options.clone());
+        let error = match tokio::time::timeout_at(deadline, put).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(DeliveryError::Timeout {
+                    destination: dest.name.clone(),
+                });
+            }
+        };
+        let retry = dest.remote
+            && !matches!(
+                error,
+                object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::InvalidPath { .. }
+            )
+            && tokio::time::Instant::now() + backoff < deadline;
+        if !retry {
+            return Err(DeliveryError::Store {
+                destination: dest.name.clone(),
+                error: error.to_string(),
+            });
+        }
+        tracing::warn!(destination = %dest.name, key, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        attempt += 1;
     }
 }
 

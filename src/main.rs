@@ -150,6 +150,18 @@ async fn serve(
             );
         }
     }
+    if config.server.startup_check {
+        let failures = swiftdrop::check::containers(&destinations).await;
+        if !failures.is_empty() {
+            for failure in &failures {
+                tracing::error!("destination check failed: {failure}");
+            }
+            tracing::error!(
+                "not serving: fix the destinations, or set SWIFTDROP_SERVER_STARTUP_CHECK=no to serve anyway (mail for them then gets 451)"
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     for dest in &destinations {
         tracing::info!(destination = %describe(dest), "destination ready");
     }

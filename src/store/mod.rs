@@ -1,15 +1,21 @@
 //! Destinations: a named [`ObjectStore`] that message objects are written to.
 //!
 //! Every backend is an `object_store::ObjectStore`, so the filter, the queue and workers use
-//! one interface. [`key`] makes the object names; [`maildir`] is the embedded default backend.
+//! one interface. [`key`] makes the object names and [`metadata`] the envelope metadata;
+//! [`maildir`] is the embedded default backend, [`swift`] speaks Swift's native API and
+//! [`s3`] sets up object_store's S3 client.
 
 pub mod key;
 pub mod maildir;
+pub mod metadata;
+pub mod s3;
+pub mod swift;
 
 use std::fmt;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::aws::AmazonS3;
 
 use crate::config::{Backend, DestinationConfig};
 
@@ -20,6 +26,19 @@ pub struct Destination {
     pub name: String,
     /// Where the objects go.
     pub store: Arc<dyn ObjectStore>,
+    /// True for object stores reached over the network: their objects carry envelope
+    /// metadata (a Maildir file has no place for it) and failed writes are retried.
+    pub remote: bool,
+    container: Container,
+}
+
+/// The container or bucket behind a destination, for the startup check.
+#[derive(Debug, Clone)]
+enum Container {
+    /// A Maildir: its directories are made when it is opened.
+    Directory,
+    Swift(swift::SwiftStore, bool),
+    S3(Arc<s3::Md5Verified<AmazonS3>>, bool),
 }
 
 /// A destination that could not be opened.
@@ -40,24 +59,53 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 impl Destination {
-    /// Opens the backend a destination's configuration describes.
+    /// Opens the backend a destination's configuration describes. Object stores are not
+    /// contacted yet: see [`Destination::ensure_container`].
     pub fn open(config: &DestinationConfig) -> Result<Destination, OpenError> {
-        let store: Arc<dyn ObjectStore> = match &config.backend {
-            Backend::Maildir { path } => {
-                Arc::new(maildir::MaildirStore::open(path).map_err(|e| OpenError {
-                    destination: config.name.clone(),
-                    reason: format!("cannot open Maildir {}: {e}", path.display()),
-                })?)
-            }
+        let fail = |reason: String| OpenError {
+            destination: config.name.clone(),
+            reason,
         };
+        let (store, container): (Arc<dyn ObjectStore>, Container) =
+            match &config.backend {
+                Backend::Maildir { path } => (
+                    Arc::new(maildir::MaildirStore::open(path).map_err(|e| {
+                        fail(format!("cannot open Maildir {}: {e}", path.display()))
+                    })?),
+                    Container::Directory,
+                ),
+                Backend::Swift(swift) => {
+                    let store = swift::SwiftStore::new(swift).map_err(fail)?;
+                    (
+                        Arc::new(store.clone()),
+                        Container::Swift(store, swift.create_container),
+                    )
+                }
+                Backend::S3(config) => {
+                    let store = Arc::new(s3::open(config).map_err(fail)?);
+                    (store.clone(), Container::S3(store, config.create_container))
+                }
+            };
         Ok(Destination {
             name: config.name.clone(),
+            remote: !matches!(container, Container::Directory),
             store,
+            container,
         })
     }
 
     /// Opens every destination, in order, stopping at the first that fails.
     pub fn open_all(configs: &[DestinationConfig]) -> Result<Vec<Destination>, OpenError> {
         configs.iter().map(Destination::open).collect()
+    }
+
+    /// Authenticates and confirms that the container or bucket exists, creating it when
+    /// the destination says `create_container = yes`. `Err` holds a one-line reason.
+    pub async fn ensure_container(&self) -> Result<(), String> {
+        match &self.container {
+            Container::Directory => Ok(()),
+            Container::Swift(store, create) => store.ensure_container(*create).await,
+            Container::S3(store, create) => store.ensure_bucket(*create).await,
+        }
     }
 }

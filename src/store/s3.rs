@@ -1,0 +1,248 @@
+//! S3 destinations: object_store's [`AmazonS3`], set up for S3-compatible stores (Swift's
+//! s3api, Ceph, MinIO), behind [`Md5Verified`] so that a put counts only when the store's
+//! ETag is the MD5 of the bytes sent.
+//!
+//! object_store signs each payload (`x-amz-content-sha256`), which the store checks, but it
+//! does not compare the ETag that comes back; [`Md5Verified`] does. Conditional puts are
+//! switched off ([`S3ConditionalPut::Disabled`]): Swift's s3api answers them 501, and
+//! object_store would retry that as a server error.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use md5::{Digest, Md5};
+use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result, RetryConfig,
+};
+
+use crate::config::S3Config;
+use crate::store::swift::hex;
+
+/// Builds the S3 store a destination describes.
+pub fn open(config: &S3Config) -> std::result::Result<Md5Verified<AmazonS3>, String> {
+    // Client options first: with_client_options replaces them all, allow_http included.
+    let mut builder = AmazonS3Builder::new()
+        .with_client_options(ClientOptions::new().with_timeout(config.timeout))
+        .with_bucket_name(&config.bucket)
+        .with_region(&config.region)
+        .with_access_key_id(&config.access_key_id)
+        .with_secret_access_key(config.secret_access_key.expose())
+        .with_virtual_hosted_style_request(!config.path_style)
+        .with_allow_http(config.allow_http)
+        .with_conditional_put(S3ConditionalPut::Disabled)
+        // swiftdrop retries a failed message itself within store_timeout; object_store's
+        // own retries are kept short so that one attempt cannot use the whole deadline.
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+        });
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let store = builder.build().map_err(|e| e.to_string())?;
+    Ok(Md5Verified {
+        inner: Arc::new(store),
+        bucket: config.bucket.clone(),
+        endpoint: config.endpoint.clone().unwrap_or_else(|| "AWS".into()),
+    })
+}
+
+/// Wraps a store whose single-part ETag is the MD5 of the object (S3 and its clones) and
+/// fails a put whose ETag is anything else.
+#[derive(Debug)]
+pub struct Md5Verified<T> {
+    inner: Arc<T>,
+    bucket: String,
+    endpoint: String,
+}
+
+impl<T> fmt::Display for Md5Verified<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3(bucket {} at {})", self.bucket, self.endpoint)
+    }
+}
+
+#[async_trait]
+impl<T: ObjectStore> ObjectStore for Md5Verified<T> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let mut md5 = Md5::new();
+        for chunk in payload.iter() {
+            md5.update(chunk);
+        }
+        let expected = hex(&md5.finalize());
+        let result = self
+            .inner
+            .put_opts(location, payload, opts)
+            .await
+            .map_err(shorten)?;
+        let confirmed = result.e_tag.as_deref().map(|e| e.trim_matches('"'));
+        if confirmed != Some(expected.as_str()) {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!(
+                    "PUT {location}: the store confirmed ETag {:?}, but the bytes sent have MD5 {expected}",
+                    result.e_tag
+                )
+                .into(),
+            });
+        }
+        Ok(result)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        // A multipart ETag is the MD5 of the part MD5s; each part is signed and checked.
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+impl Md5Verified<AmazonS3> {
+    /// Makes sure the bucket exists: creates it when `create` is set, otherwise says that it
+    /// is missing. Listing a prefix that holds nothing proves both the credentials and
+    /// the bucket.
+    pub async fn ensure_bucket(&self, create: bool) -> std::result::Result<(), String> {
+        let probe = Path::from(crate::check::PROBE_FOLDER);
+        match self.inner.list_with_delimiter(Some(&probe)).await {
+            Ok(_) => Ok(()),
+            Err(e) if summary(&e.to_string()).contains("NoSuchBucket") => {
+                if create {
+                    self.create_bucket().await
+                } else {
+                    Err(format!(
+                        "bucket {:?} does not exist (set create_container = yes to create it)",
+                        self.bucket
+                    ))
+                }
+            }
+            Err(e) => Err(summary(&e.to_string())),
+        }
+    }
+
+    /// object_store cannot create buckets; a presigned PUT of the bucket's URL can.
+    async fn create_bucket(&self) -> std::result::Result<(), String> {
+        use object_store::signer::Signer;
+        let url = self
+            .inner
+            .signed_url(
+                reqwest::Method::PUT,
+                &Path::from(""),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| format!("cannot sign the bucket creation: {e}"))?;
+        let response = reqwest::Client::new()
+            .put(url)
+            .send()
+            .await
+            .map_err(|e| format!("cannot create bucket {:?}: {e}", self.bucket))?;
+        if response.status().is_success() {
+            tracing::info!(bucket = %self.bucket, "created S3 bucket");
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot create bucket {:?}: the store answered {}",
+                self.bucket,
+                response.status()
+            ))
+        }
+    }
+}
+
+/// object_store's S3 errors carry the whole XML body; keep the status, code and message.
+fn summary(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(&text[start..end])
+    };
+    let (Some(code), Some(status)) = (between("<Code>", "</Code>"), between("status code: ", ":"))
+    else {
+        return text.to_string();
+    };
+    let head = text.split(" - ").next().unwrap_or(text);
+    let message = between("<Message>", "</Message>").unwrap_or("");
+    format!("{head} - {status} {code}: {message}")
+}
+
+/// A Generic error with its text shortened by [`summary`]; other variants as they are.
+fn shorten(error: object_store::Error) -> object_store::Error {
+    match error {
+        object_store::Error::Generic { store, source } => object_store::Error::Generic {
+            store,
+            source: summary(&source.to_string()).into(),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_errors_are_summarised() {
+        let text = "Error performing GET http://h/b?x in 9ms - Server returned non-2xx status code: 403 Forbidden: <?xml version='1.0'?><Error><Code>SignatureDoesNotMatch</Code><Message>Check your key.</Message><StringToSign>long</StringToSign></Error>";
+        assert_eq!(
+            summary(text),
+            "Error performing GET http://h/b?x in 9ms - 403 Forbidden SignatureDoesNotMatch: Check your key."
+        );
+        assert_eq!(summary("connection refused"), "connection refused");
+    }
+}

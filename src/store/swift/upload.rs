@@ -1,0 +1,160 @@
+//! Multipart uploads as Swift static large objects (SLO).
+//!
+//! Each part is a verified PUT into `<container>_segments` under
+//! `<key>/<upload id>/<part number>`; `complete` PUTs the manifest at the key, which is when
+//! the object appears, whole. `abort` deletes the segments. Swift checks each segment's
+//! Etag against the manifest, and the manifest's Etag (the MD5 of the segment MD5s) is
+//! compared with the one computed here.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use md5::{Digest, Md5};
+use object_store::path::Path;
+use object_store::{MultipartUpload, PutPayload, PutResult, Result, UploadPart};
+use reqwest::Method;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+use super::{Inner, Request, generic, hex, response_etag, status_error};
+
+/// A segment that Swift confirmed.
+#[derive(Debug, Clone)]
+struct Segment {
+    name: String,
+    md5: String,
+    size: usize,
+}
+
+/// An SLO being uploaded.
+#[derive(Debug)]
+pub struct SloUpload {
+    inner: Arc<Inner>,
+    location: Path,
+    segments_container: String,
+    prefix: String,
+    headers: HeaderMap,
+    parts: Arc<Mutex<Vec<Option<Segment>>>>,
+}
+
+impl SloUpload {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        location: Path,
+        segments_container: String,
+        headers: HeaderMap,
+    ) -> Self {
+        let prefix = format!("{}/{}", location.as_ref(), uuid::Uuid::new_v4().simple());
+        SloUpload {
+            inner,
+            location,
+            segments_container,
+            prefix,
+            headers,
+            parts: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn segments(&self) -> Vec<Option<Segment>> {
+        self.parts.lock().expect("parts lock").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for SloUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let index = {
+            let mut parts = self.parts.lock().expect("parts lock");
+            parts.push(None);
+            parts.len() - 1
+        };
+        let name = format!("{}/{index:08}", self.prefix);
+        let inner = self.inner.clone();
+        let container = self.segments_container.clone();
+        let parts = self.parts.clone();
+        Box::pin(async move {
+            let body = Bytes::from(data);
+            let size = body.len();
+            let md5 = inner
+                .put_verified(&container, &name, body, HeaderMap::new())
+                .await?;
+            parts.lock().expect("parts lock")[index] = Some(Segment { name, md5, size });
+            Ok(())
+        })
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let parts = self.segments();
+        if parts.is_empty() {
+            // An SLO needs at least one segment; an empty upload is an empty object.
+            let md5 = self
+                .inner
+                .put_verified(
+                    &self.inner.container,
+                    self.location.as_ref(),
+                    Bytes::new(),
+                    self.headers.clone(),
+                )
+                .await?;
+            return Ok(PutResult {
+                e_tag: Some(md5),
+                version: None,
+                extensions: Default::default(),
+            });
+        }
+        let mut manifest = Vec::with_capacity(parts.len());
+        let mut etags = Md5::new();
+        for (i, part) in parts.iter().enumerate() {
+            let part = part.as_ref().ok_or_else(|| {
+                generic(format!("part {i} of {} was not uploaded", self.location))
+            })?;
+            etags.update(part.md5.as_bytes());
+            manifest.push(serde_json::json!({
+                "path": format!("/{}/{}", self.segments_container, part.name),
+                "etag": part.md5,
+                "size_bytes": part.size,
+            }));
+        }
+        let expected = hex(&etags.finalize());
+        let mut request =
+            Request::object(Method::PUT, &self.inner.container, self.location.as_ref())
+                .query("multipart-manifest", "put")
+                .body(Bytes::from(serde_json::to_vec(&manifest).expect("JSON")));
+        request.headers.extend(self.headers.clone());
+        let response = self.inner.send(request).await?;
+        let status = response.status();
+        if status != StatusCode::CREATED {
+            return Err(status_error(status, self.location.as_ref(), response).await);
+        }
+        let etag = response_etag(&response);
+        if etag.as_deref() != Some(expected.as_str()) {
+            return Err(generic(format!(
+                "PUT manifest {}: Swift confirmed Etag {etag:?}, expected {expected}",
+                self.location
+            )));
+        }
+        Ok(PutResult {
+            e_tag: Some(format!("\"{expected}\"")),
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        let deletes = self.segments().into_iter().flatten().map(|segment| {
+            let inner = self.inner.clone();
+            let container = self.segments_container.clone();
+            async move {
+                let response = inner
+                    .send(Request::object(Method::DELETE, &container, &segment.name))
+                    .await?;
+                match response.status() {
+                    s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+                    s => Err(status_error(s, &segment.name, response).await),
+                }
+            }
+        });
+        join_all(deletes).await.into_iter().collect()
+    }
+}
