@@ -727,7 +727,14 @@ fn validate_destination(
             || own_options.contains(option)
             || (backend_name == "swift"
                 && os_option.is_some_and(|o| SWIFT_OS_OPTIONS.contains(&o)));
-        if known {
+        // DEFAULT serves destinations of every backend: an inherited option that belongs
+        // to another backend is not this destination's concern.
+        let inherited = !own.contains_key(*option);
+        let known_anywhere = MAILDIR_OPTIONS.contains(option)
+            || SWIFT_OPTIONS.contains(option)
+            || S3_OPTIONS.contains(option)
+            || os_option.is_some_and(|o| SWIFT_OS_OPTIONS.contains(&o));
+        if known || (inherited && known_anywhere) {
             continue;
         }
         let message = if backend_name == "swift" && os_option.is_some() {
@@ -1274,7 +1281,9 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.problems[1].contains(&format!("{path_end}8: [box] flavour: unknown option")),
+            err.problems[1].contains(&format!(
+                "{path_end}8: [box] flavour: not an option of a maildir destination"
+            )),
             "{err}"
         );
     }

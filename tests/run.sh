@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine and runs the whole suite.
-# Run as root: the tests start a private Postfix and mount tmpfs/read-only stores; every
-# server a test starts is stopped by the test itself (by PID).
+# Run as root: the tests start a private Postfix and a Swift all-in-one, and mount
+# tmpfs/read-only stores; every server started is stopped again (by PID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +22,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# OpenStack Swift (native API + S3 API) on loopback for the object-store tests; stopped on
+# exit, whatever the outcome.
+bash tests/swift/swift-aio.sh install
+export SWIFTDROP_TEST_SWIFT_DIR="$PWD/target/test-swift"
+export SWIFTDROP_TEST_SWIFT_PORT="${SWIFTDROP_TEST_SWIFT_PORT:-18080}"
+bash tests/swift/swift-aio.sh stop "$SWIFTDROP_TEST_SWIFT_DIR"
+rm -rf "$SWIFTDROP_TEST_SWIFT_DIR"
+trap 'bash tests/swift/swift-aio.sh stop "$SWIFTDROP_TEST_SWIFT_DIR"' EXIT
+bash tests/swift/swift-aio.sh start "$SWIFTDROP_TEST_SWIFT_DIR" "$SWIFTDROP_TEST_SWIFT_PORT"
 
 cargo test --all-targets

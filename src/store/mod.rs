@@ -94,6 +94,12 @@ impl Destination {
         })
     }
 
+    /// The same destination writing through `store` instead, e.g. a wrapper around its
+    /// own store that adds instrumentation or, in tests, faults.
+    pub fn with_store(self, store: Arc<dyn ObjectStore>) -> Destination {
+        Destination { store, ..self }
+    }
+
     /// Opens every destination, in order, stopping at the first that fails.
     pub fn open_all(configs: &[DestinationConfig]) -> Result<Vec<Destination>, OpenError> {
         configs.iter().map(Destination::open).collect()

@@ -3,7 +3,8 @@
 //! `session` feeds bytes to a session without sockets; `server` runs the listener on an
 //! ephemeral port with mail-send as an independent client; `cli` runs the built binary;
 //! `postfix` goes through a real Postfix (`smtpd_proxy_filter`) started from a temporary
-//! directory. `support` holds the shared helpers.
+//! directory; `swift` stores into the real Swift that tests/run.sh starts. `support` and
+//! `swift_support` hold the shared helpers.
 
 mod cli;
 mod gateway;
@@ -14,3 +15,5 @@ mod server;
 mod session;
 mod store_failures;
 mod support;
+mod swift;
+mod swift_support;

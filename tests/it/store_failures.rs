@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use swiftdrop::store::Destination;
-
 use crate::support::*;
 
 const PEER: &str = "127.0.0.1:40001";
@@ -78,13 +76,11 @@ async fn read_only_store_gives_451() {
 async fn hanging_store_gives_451_at_the_deadline_and_writes_nothing() {
     let setup = Setup::new(&[("SWIFTDROP_SERVER_STORE_TIMEOUT", "300ms")]);
     let real = setup.destinations().remove(0);
-    let hanging = Destination {
-        name: real.name.clone(),
-        store: Arc::new(HangingStore {
-            inner: real.store,
-            delay: Duration::from_secs(2),
-        }),
-    };
+    let inner = real.store.clone();
+    let hanging = real.with_store(Arc::new(HangingStore {
+        inner,
+        delay: Duration::from_secs(2),
+    }));
     let deliverer = Arc::new(setup.deliverer_with(vec![hanging]));
     let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
     d.command("EHLO client.test", "250").await;

@@ -18,11 +18,13 @@
 #       tests stop it or restart its memcached without disturbing others.
 #   swift-aio.sh stop-proxy DIR NAME | start-proxy DIR NAME | restart-memcached DIR NAME
 #       NAME is `main` for the proxy started by `start`.
+#   swift-aio.sh remove-proxy DIR NAME
+#       Stops a proxy added with add-proxy and its memcached.
 #   swift-aio.sh stop DIR
 #       Stops every process started in DIR (by PID) and unmounts the storage.
 set -euo pipefail
 
-PACKAGES="swift swift-proxy swift-account swift-container swift-object python3-swiftclient memcached xfsprogs"
+PACKAGES="curl swift swift-proxy swift-account swift-container swift-object python3-swiftclient memcached xfsprogs"
 PY=/usr/bin/python3
 export EVENTLET_NO_GREENDNS=yes
 
@@ -257,6 +259,7 @@ case $cmd in
     stop-proxy) [ $# -eq 2 ] || usage; kill_pid "$1" "proxy-$2" ;;
     start-proxy) [ $# -eq 2 ] || usage; start_proxy "$@" ;;
     restart-memcached) [ $# -eq 2 ] || usage; restart_memcached "$@" ;;
+    remove-proxy) [ $# -eq 2 ] || usage; kill_pid "$1" "proxy-$2"; kill_pid "$1" "memcached-$2" ;;
     stop) [ $# -eq 1 ] || usage; stop "$@" ;;
     *) usage ;;
 esac

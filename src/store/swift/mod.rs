@@ -275,9 +275,12 @@ impl Inner {
         headers: HeaderMap,
     ) -> Result<String> {
         let md5 = md5_hex(&body);
+        // Swift answers 411 to a PUT without Content-Length, which reqwest omits when empty.
+        let length = body.len().to_string();
         let mut request = Request::object(Method::PUT, container, object)
             .body(body)
-            .header("etag", &md5)?;
+            .header("etag", &md5)?
+            .header("content-length", &length)?;
         request.headers.extend(headers);
         let response = self.send(request).await?;
         let status = response.status();
@@ -485,6 +488,14 @@ fn attribute_headers(attributes: &Attributes) -> Result<HeaderMap> {
             Attribute::ContentDisposition => "content-disposition".to_string(),
             Attribute::ContentLanguage => "content-language".to_string(),
             Attribute::CacheControl => "cache-control".to_string(),
+            Attribute::Metadata(key) if key.contains('_') => {
+                // Swift's WSGI server turns `_` into `-` in header names: such a key would
+                // come back under another name.
+                return Err(object_store::Error::NotImplemented {
+                    operation: format!("metadata key {key:?} (Swift cannot keep `_` in names)"),
+                    implementer: STORE.to_string(),
+                });
+            }
             Attribute::Metadata(key) => format!("{META_PREFIX}{key}"),
             other => {
                 return Err(object_store::Error::NotImplemented {
@@ -736,6 +747,9 @@ impl ObjectStore for SwiftStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         if !matches!(options.mode, CopyMode::Overwrite) {
+            // A missing source is still NotFound, as for every other store.
+            self.get_opts(from, GetOptions::new().with_head(true))
+                .await?;
             return Err(object_store::Error::NotImplemented {
                 operation: "copy if not exists (Swift has no atomic conditional write)".into(),
                 implementer: STORE.to_string(),

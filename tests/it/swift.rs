@@ -1,0 +1,330 @@
+//! Swift and S3 destinations against the real OpenStack Swift of this test run (native API
+//! with tempauth, and its s3api): byte-exact objects with envelope metadata, two
+//! destinations in one transaction, wrong credentials, Swift stopped and back, tokens
+//! invalidated, Keystone v3, and object_store's own conformance tests.
+
+use md5::{Digest, Md5};
+use object_store::ObjectStoreExt;
+use sha2::Sha256;
+use swiftdrop::config::{Backend, Config};
+use swiftdrop::store::swift::SwiftStore;
+
+use crate::support::*;
+use crate::swift_support::*;
+
+const PEER: &str = "127.0.0.1:40100";
+
+async fn send(d: &mut Dialog, from: &str, to: &[&str], body: &str) -> String {
+    d.command(&format!("MAIL FROM:<{from}>"), "250").await;
+    for rcpt in to {
+        d.command(&format!("RCPT TO:<{rcpt}>"), "250").await;
+    }
+    d.command("DATA", "354").await;
+    d.send(format!("{body}\r\n.\r\n")).await;
+    d.reply().await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+/// Stores one message through `vars`' destination `[OPS]` and checks the object read back
+/// with the native API: bytes, ETag, content type and every metadata key.
+async fn round_trip(vars: Vec<(String, String)>, container: &str) {
+    let swift = swift();
+    let setup = setup_with(&vars);
+    let deliverer = std::sync::Arc::new(setup.deliverer_with(ready_destinations(&setup).await));
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    d.command(
+        "XFORWARD ADDR=192.0.2.7 NAME=mx.example.org HELO=mx.example.org",
+        "250",
+    )
+    .await;
+    // 8-bit bytes, a stuffed dot and a folded Message-ID.
+    let body = "Received: from mx.example.org\r\nMessage-ID:\r\n <42@example.org>\r\nSubject: disk full\r\n\r\nCaf\u{e9} \u{2603}\r\n..dot\r\nend";
+    let reply = send(&mut d, "alerts@example.org", &["ops@example.com"], body).await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+
+    let names = native_list(swift.port, container, "cur/").await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let (headers, bytes) = native_get(swift.port, container, &names[0]).await;
+    let expected = format!(
+        "Return-Path: <alerts@example.org>\r\nDelivered-To: ops@example.com\r\n{}\r\n",
+        body.replace("\r\n..dot", "\r\n.dot")
+    );
+    assert_eq!(String::from_utf8(bytes.clone()).unwrap(), expected);
+    assert!(
+        reply.contains(&names[0]),
+        "the reply names the key: {reply}"
+    );
+    assert!(
+        names[0].ends_with(&format!(",S={}", bytes.len())),
+        "{}",
+        names[0]
+    );
+    assert_eq!(header(&headers, "etag"), hex(&Md5::digest(&bytes)));
+    assert_eq!(header(&headers, "content-type"), "message/rfc822");
+    let meta = |k: &str| header(&headers, &format!("x-object-meta-{k}")).to_string();
+    assert_eq!(meta("sender"), "alerts@example.org");
+    assert_eq!(meta("recipients"), "ops@example.com");
+    assert_eq!(meta("client-addr"), "192.0.2.7");
+    assert_eq!(meta("client-helo"), "mx.example.org");
+    assert_eq!(meta("message-id"), "<42@example.org>");
+    assert_eq!(meta("sha256"), hex(&Sha256::digest(&bytes)));
+    let received = chrono::DateTime::parse_from_rfc3339(&meta("received")).unwrap();
+    assert!((chrono::Utc::now() - received.to_utc()).num_seconds().abs() < 600);
+}
+
+#[tokio::test]
+async fn native_swift_stores_exact_bytes_with_metadata() {
+    let container = unique_container("native");
+    round_trip(
+        swift_vars("OPS", "ops@example.com", swift().port, &container),
+        &container,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn s3_api_stores_exact_bytes_with_metadata() {
+    let bucket = unique_container("s3");
+    round_trip(
+        s3_vars("OPS", "ops@example.com", swift().port, &bucket),
+        &bucket,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn one_transaction_stores_into_two_destinations() {
+    let swift = swift();
+    let (c1, c2) = (unique_container("two-a"), unique_container("two-b"));
+    let mut vars = swift_vars("OPS", "ops@example.com", swift.port, &c1);
+    vars.extend(s3_vars("DEV", "@dev.example.com", swift.port, &c2));
+    let setup = setup_with(&vars);
+    let deliverer = std::sync::Arc::new(setup.deliverer_with(ready_destinations(&setup).await));
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    let reply = send(
+        &mut d,
+        "ci@example.org",
+        &["ops@example.com", "a@dev.example.com", "b@dev.example.com"],
+        "Subject: build failed\r\n\r\nred",
+    )
+    .await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    for (container, delivered) in [
+        (&c1, "Delivered-To: ops@example.com\r\n"),
+        (
+            &c2,
+            "Delivered-To: a@dev.example.com\r\nDelivered-To: b@dev.example.com\r\n",
+        ),
+    ] {
+        let names = native_list(swift.port, container, "cur/").await;
+        assert_eq!(names.len(), 1, "{container}: {names:?}");
+        let (headers, bytes) = native_get(swift.port, container, &names[0]).await;
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            format!(
+                "Return-Path: <ci@example.org>\r\n{delivered}Subject: build failed\r\n\r\nred\r\n"
+            )
+        );
+        assert_eq!(
+            header(&headers, "x-object-meta-recipients"),
+            delivered
+                .lines()
+                .map(|l| l.trim_start_matches("Delivered-To: "))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_fails_check_and_never_gets_250() {
+    let swift = swift();
+    let container = unique_container("wrongkey");
+    // `swiftdrop check` names the destination and the refusal on one line.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
+    cmd.env_clear().arg("check");
+    for (k, v) in swift_vars("OPS", "ops@example.com", swift.port, &container) {
+        cmd.env(k, v);
+    }
+    cmd.env("SWIFTDROP_OPS_KEY", "not-the-key");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: [OPS] authentication refused:")
+            && stdout.contains("401 Unauthorized"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not-the-key"), "the key is never shown");
+
+    // A filter serving anyway answers 451 within store_timeout.
+    let mut vars = swift_vars("OPS", "ops@example.com", swift.port, &container);
+    vars.push(("SWIFTDROP_OPS_KEY".into(), "not-the-key".into()));
+    vars.push(("SWIFTDROP_SERVER_STORE_TIMEOUT".into(), "2s".into()));
+    let setup = setup_with(&vars);
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: x").await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+}
+
+#[tokio::test]
+async fn swift_stopped_gives_451_and_the_next_message_after_it_is_back_is_stored() {
+    let proxy = PrivateProxy::start("stopped");
+    let container = unique_container("stopped");
+    let mut vars = swift_vars("OPS", "ops@example.com", proxy.port, &container);
+    vars.push(("SWIFTDROP_SERVER_STORE_TIMEOUT".into(), "3s".into()));
+    let setup = setup_with(&vars);
+    let deliverer = std::sync::Arc::new(setup.deliverer_with(ready_destinations(&setup).await));
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: 1").await;
+    assert!(reply.starts_with("250"), "{reply}");
+
+    proxy.stop();
+    let started = std::time::Instant::now();
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: 2").await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    println!("451 after {:?} (store_timeout 3s)", started.elapsed());
+
+    proxy.restart();
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: 3").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let names = native_list(swift().port, &container, "cur/").await;
+    assert_eq!(names.len(), 2, "messages 1 and 3 only: {names:?}");
+}
+
+#[tokio::test]
+async fn invalidated_tokens_are_renewed_without_451() {
+    let proxy = PrivateProxy::start("tokens");
+    let container = unique_container("tokens");
+    let vars = swift_vars("OPS", "ops@example.com", proxy.port, &container);
+    let config = Config::from_sources(None, vars.clone()).unwrap();
+    let Backend::Swift(swift_config) = &config.destinations[0].backend else {
+        panic!()
+    };
+
+    // The store itself: one authentication for many requests, one more after the flush.
+    let store = SwiftStore::new(swift_config).unwrap();
+    store.ensure_container(true).await.unwrap();
+    for i in 0..3 {
+        let path = object_store::path::Path::from(format!("t/{i}"));
+        store.put(&path, "x".into()).await.unwrap();
+    }
+    assert_eq!(store.authentications(), 1);
+    proxy.restart_memcached();
+    store
+        .put(&"t/after".into(), "y".into())
+        .await
+        .expect("a 401 renews the token and the put succeeds");
+    assert_eq!(store.authentications(), 2);
+
+    // Through the filter: the message after the flush gets 250 at once.
+    let setup = setup_with(&vars);
+    let deliverer = std::sync::Arc::new(setup.deliverer_with(ready_destinations(&setup).await));
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: 1").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    proxy.restart_memcached();
+    let reply = send(&mut d, "a@example.org", &["ops@example.com"], "Subject: 2").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(native_list(swift().port, &container, "cur/").await.len(), 2);
+}
+
+#[tokio::test]
+async fn keystone_v3_token_from_the_catalog_is_cached() {
+    let keystone = Keystone::start().await;
+    let container = unique_container("keystone");
+    let v = |o: &str, val: &str| (format!("SWIFTDROP_OPS_{o}"), val.to_string());
+    let vars = vec![
+        v("RECIPIENTS", "ops@example.com"),
+        v("AUTH_VERSION", "3"),
+        v("AUTHURL", &format!("http://127.0.0.1:{}/v3", keystone.port)),
+        v("USER", "mailer"),
+        v("KEY", "secret"),
+        v("OS_OPTIONS_USER_DOMAIN_NAME", "Default"),
+        v("OS_OPTIONS_PROJECT_NAME", "mail"),
+        v("OS_OPTIONS_PROJECT_DOMAIN_NAME", "Default"),
+        v("OS_OPTIONS_REGION_NAME", "RegionOne"),
+        v("OS_OPTIONS_INTERFACE", "internal"),
+        v("CONTAINER", &container),
+        v("CREATE_CONTAINER", "yes"),
+    ];
+    let setup = setup_with(&vars);
+    let deliverer = std::sync::Arc::new(setup.deliverer_with(ready_destinations(&setup).await));
+    let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
+    d.command("EHLO postfix.test", "250").await;
+    for i in 0..3 {
+        let reply = send(
+            &mut d,
+            "a@example.org",
+            &["ops@example.com"],
+            &format!("Subject: {i}"),
+        )
+        .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    assert_eq!(native_list(swift().port, &container, "cur/").await.len(), 3);
+    assert_eq!(
+        keystone.issued().await,
+        1,
+        "one token for the check and three messages"
+    );
+
+    // A wrong password is refused by the identity service and named by `check`.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
+    cmd.env_clear().arg("check");
+    for (k, val) in &vars {
+        cmd.env(k, val);
+    }
+    cmd.env("SWIFTDROP_OPS_KEY", "wrong");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout.contains("FAILED: [OPS] authentication refused:") && stdout.contains("401"),
+        "{stdout}"
+    );
+}
+
+/// object_store's conformance tests that apply to Swift (no conditional writes, no
+/// versions, no tags), each in a fresh container.
+#[tokio::test]
+async fn object_store_conformance() {
+    use object_store::integration::*;
+    let swift = swift();
+    let store = || async {
+        let container = unique_container("conformance");
+        let vars = swift_vars("OPS", "*", swift.port, &container);
+        let config = Config::from_sources(None, vars).unwrap();
+        let Backend::Swift(c) = &config.destinations[0].backend else {
+            panic!()
+        };
+        let store = SwiftStore::new(c).unwrap();
+        store.ensure_container(true).await.unwrap();
+        store
+    };
+    put_get_delete_list(&store().await).await;
+    get_opts(&store().await).await;
+    put_get_attributes(&store().await).await;
+    list_uses_directories_correctly(&store().await).await;
+    list_with_delimiter(&store().await).await;
+    rename_and_copy(&store().await).await;
+    copy_rename_nonexistent_object(&store().await).await;
+    stream_get(&store().await).await;
+    get_nonexistent_object(&store().await, None)
+        .await
+        .unwrap_err();
+    list_with_offset_exclusivity(&store().await).await;
+    multipart_out_of_order(&store().await).await;
+}
