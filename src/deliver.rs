@@ -164,6 +164,16 @@ impl Deliverer {
         }
     }
 
+    /// Deadline for confirming one message's writes and relay.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Host name used in object keys.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     /// The destinations, by index.
     pub fn destinations(&self) -> &[Destination] {
         &self.destinations
@@ -334,7 +344,7 @@ fn into_objects(stored: Vec<(&Destination, String)>) -> Vec<StoredObject> {
 }
 
 /// Deletes objects written for a message that, as a whole, failed.
-async fn rollback(stored: &[(&Destination, String)]) {
+pub(crate) async fn rollback(stored: &[(&Destination, String)]) {
     let started = Instant::now();
     for (dest, key) in stored {
         let path = Path::from(key.as_str());

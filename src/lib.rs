@@ -18,5 +18,6 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod streaming;
 pub mod xforward;
 pub mod xtext;

@@ -18,9 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::ServerSettings;
-use crate::deliver::{Deliverer, Route};
+use crate::deliver::{Deliverer, DeliveryError, Route};
 use crate::envelope::{Client, Envelope, Recipient};
 use crate::reply::{self, Reply};
+use crate::streaming::MessageStream;
 use crate::xforward::{self, ClientAttributes};
 
 /// Longest command line accepted, CRLF included.
@@ -58,6 +59,9 @@ enum Step {
     NeedInput,
     /// The message is complete: store it, then reply.
     Deliver,
+    /// The buffered message is past `stream_threshold`: send it on to the stores, then
+    /// deliver (`true`, the message is complete) or read on.
+    Stream(bool),
     /// Flush replies and close the connection.
     Close,
 }
@@ -79,11 +83,26 @@ struct Transaction {
     body_start: usize,
     /// BDAT was used: DATA is no longer allowed, nor are more recipients.
     chunking: bool,
+    /// Uploads of a message past `stream_threshold`; `body` then holds only bytes not yet
+    /// sent on.
+    stream: Option<MessageStream>,
+    /// Message bytes already sent to `stream`.
+    streamed: usize,
+    /// Why streaming failed: the rest of the data is read and dropped, and the final
+    /// reply is this error's.
+    stream_failed: Option<DeliveryError>,
 }
 
 impl Transaction {
     fn message_len(&self) -> usize {
-        self.body.len() - self.body_start
+        self.streamed + self.body.len() - self.body_start
+    }
+
+    /// Streaming is for stored recipients only: the relay needs the whole message.
+    fn streams(&self, threshold: usize) -> bool {
+        self.stream.is_some()
+            || self.stream_failed.is_some()
+            || (self.message_len() > threshold && self.envelope.relayed().next().is_none())
     }
 }
 
@@ -142,6 +161,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Step::Deliver => {
                     let reply = self.deliver().await;
                     self.push(reply);
+                }
+                Step::Stream(done) => {
+                    self.stream_out().await;
+                    if done {
+                        let reply = self.deliver().await;
+                        self.push(reply);
+                    }
                 }
                 Step::Close => return self.flush().await,
                 Step::NeedInput => {
@@ -257,13 +283,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if tx.message_len() > self.settings.max_message_size {
                     let discard = DummyDataReceiver::new_data(receiver);
                     tx.body = Vec::new();
+                    // Dropping a stream aborts its uploads.
+                    tx.stream = None;
                     if done {
                         return self.end_discarded(reply::too_big());
                     }
                     self.state = State::DiscardData(discard, reply::too_big());
                     return Step::NeedInput;
                 }
-                if done { Step::Deliver } else { Step::NeedInput }
+                let fresh = tx.body.len() > tx.body_start;
+                if tx.streams(self.settings.stream_threshold) && (fresh || done) {
+                    Step::Stream(done)
+                } else if done {
+                    Step::Deliver
+                } else {
+                    Step::NeedInput
+                }
             }
             State::DiscardData(receiver, _) | State::DiscardBdat { receiver, .. } => {
                 let mut it = self.inbuf.iter();
@@ -293,7 +328,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 let last = receiver.is_last;
                 self.state = State::Command;
-                if last {
+                if tx.streams(self.settings.stream_threshold) {
+                    if !last {
+                        let len = tx.message_len();
+                        self.push(reply::chunk_ok(len));
+                    }
+                    Step::Stream(last)
+                } else if last {
                     Step::Deliver
                 } else {
                     let len = tx.message_len();
@@ -388,6 +429,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     body: Vec::new(),
                     body_start: 0,
                     chunking: false,
+                    stream: None,
+                    streamed: 0,
+                    stream_failed: None,
                 });
                 self.push(reply::sender_ok());
                 Step::Continue
@@ -516,9 +560,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Room for the message: the announced SIZE, if any, within the limit.
     fn initial_capacity(&self, tx: &Transaction) -> usize {
+        // Past stream_threshold the bytes go on to the stores: never reserve more.
         tx.envelope
             .declared_size
             .min(self.settings.max_message_size)
+            .min(self.settings.stream_threshold)
             .saturating_add(64)
     }
 
@@ -576,6 +622,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Step::Continue
     }
 
+    /// Sends the buffered message bytes on to the stores, starting the uploads the first
+    /// time. A failure is kept for the final reply; the rest of the data is then dropped.
+    async fn stream_out(&mut self) {
+        let client = self.client.clone();
+        let tx = self
+            .transaction
+            .as_mut()
+            .expect("streaming has a transaction");
+        // Take the buffer rather than copy it: the next reads start a small one.
+        let body = std::mem::take(&mut tx.body);
+        let bytes = &body[std::mem::take(&mut tx.body_start)..];
+        tx.streamed += bytes.len();
+        if tx.stream_failed.is_some() {
+            return;
+        }
+        if tx.stream.is_none() {
+            match self
+                .deliverer
+                .start_stream(&tx.envelope, &client, bytes)
+                .await
+            {
+                Ok(stream) => tx.stream = Some(stream),
+                Err(e) => {
+                    tracing::warn!(client = %client.display(), error = %e, "cannot stream the message to the store; the rest of its data is dropped");
+                    tx.stream_failed = Some(e);
+                    return;
+                }
+            }
+        }
+        let stream = tx.stream.as_mut().expect("started above");
+        if let Err(e) = stream.write(bytes).await {
+            tracing::warn!(client = %client.display(), error = %e, "streaming the message to the store failed; the rest of its data is dropped");
+            tx.stream = None;
+            tx.stream_failed = Some(e);
+        }
+    }
+
     /// Stores (and relays) the finished message and returns the final reply.
     async fn deliver(&mut self) -> Reply {
         self.state = State::Command;
@@ -588,13 +671,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             forwarded: std::mem::take(&mut self.client.forwarded),
             ..self.client.clone()
         };
-        let message = Bytes::from(tx.body).slice(tx.body_start..);
-        warn_about_line_endings(&message);
         let started = Instant::now();
-        let result = self
-            .deliverer
-            .deliver(&tx.envelope, &client, message.clone())
-            .await;
+        let (result, size) = match (tx.stream, tx.stream_failed) {
+            (_, Some(failure)) => (Err(failure), tx.streamed),
+            (Some(stream), None) => {
+                let size = stream.size();
+                (stream.finish(&self.deliverer).await, size)
+            }
+            (None, None) => {
+                let message = Bytes::from(tx.body).slice(tx.body_start..);
+                warn_about_line_endings(&message);
+                let result = self
+                    .deliverer
+                    .deliver(&tx.envelope, &client, message.clone())
+                    .await;
+                (result, message.len())
+            }
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let recipients: Vec<&str> = tx
             .envelope
@@ -611,7 +704,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
                     to = ?recipients,
-                    size = message.len(),
+                    size,
                     keys = ?keys,
                     relayed = delivered.relayed.as_deref().unwrap_or(""),
                     store_ms = elapsed_ms,
@@ -627,7 +720,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
                     to = ?recipients,
-                    size = message.len(),
+                    size,
                     store_ms = elapsed_ms,
                     error = %e,
                     reply = %reply.to_string().trim_end(),

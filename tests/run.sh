@@ -26,11 +26,11 @@ fi
 # OpenStack Swift (native API + S3 API) on loopback for the object-store tests; stopped on
 # exit, whatever the outcome.
 bash tests/swift/swift-aio.sh install
-export SWIFTDROP_TEST_SWIFT_DIR="$PWD/target/test-swift"
-export SWIFTDROP_TEST_SWIFT_PORT="${SWIFTDROP_TEST_SWIFT_PORT:-18080}"
-bash tests/swift/swift-aio.sh stop "$SWIFTDROP_TEST_SWIFT_DIR"
-rm -rf "$SWIFTDROP_TEST_SWIFT_DIR"
-trap 'bash tests/swift/swift-aio.sh stop "$SWIFTDROP_TEST_SWIFT_DIR"' EXIT
-bash tests/swift/swift-aio.sh start "$SWIFTDROP_TEST_SWIFT_DIR" "$SWIFTDROP_TEST_SWIFT_PORT"
+export TEST_SWIFT_DIR="$PWD/target/test-swift"
+export TEST_SWIFT_PORT="${TEST_SWIFT_PORT:-18080}"
+bash tests/swift/swift-aio.sh stop "$TEST_SWIFT_DIR"
+rm -rf "$TEST_SWIFT_DIR"
+trap 'bash tests/swift/swift-aio.sh stop "$TEST_SWIFT_DIR"' EXIT
+bash tests/swift/swift-aio.sh start "$TEST_SWIFT_DIR" "$TEST_SWIFT_PORT"
 
 cargo test --all-targets

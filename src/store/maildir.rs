@@ -18,7 +18,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 /// Counter that makes staging file names unique within this process.
@@ -258,6 +258,24 @@ impl ObjectStore for MaildirStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.local.copy_opts(from, to, options).await
+    }
+
+    /// A rename within one file system: atomic, so a streamed message staged under `tmp/`
+    /// appears under `cur/` whole. The directory is fsynced, as for a put.
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.local.rename_opts(from, to, options).await?;
+        let dir = self
+            .root
+            .join(to.as_ref())
+            .parent()
+            .map(FsPath::to_path_buf);
+        if let Some(dir) = dir {
+            tokio::task::spawn_blocking(move || File::open(&dir).and_then(|d| d.sync_all()))
+                .await
+                .map_err(|e| generic(io::Error::other(e)))?
+                .map_err(generic)?;
+        }
+        Ok(())
     }
 }
 

@@ -173,9 +173,11 @@ mod tests {
     use crate::xforward::ClientAttributes;
 
     fn client() -> Client {
-        let mut forwarded = ClientAttributes::default();
-        forwarded.addr = Some("192.0.2.7".into());
-        forwarded.helo = Some("mx.example.org".into());
+        let forwarded = ClientAttributes {
+            addr: Some("192.0.2.7".into()),
+            helo: Some("mx.example.org".into()),
+            ..Default::default()
+        };
         Client {
             peer: "127.0.0.1:4000".parse().unwrap(),
             helo: Some("postfix.local".into()),

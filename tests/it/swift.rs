@@ -328,3 +328,144 @@ async fn object_store_conformance() {
     list_with_offset_exclusivity(&store().await).await;
     multipart_out_of_order(&store().await).await;
 }
+
+/// Talks SMTP over a blocking socket: sends a message of `lines` lines of 998 bytes, or
+/// (with `vanish`) stops half-way and closes the connection. Returns the final reply.
+fn send_big(port: u16, rcpt: &str, lines: usize, vanish: bool) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, stream);
+    let mut reply = || {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    assert!(reply().starts_with("220"));
+    for (cmd, code) in [
+        ("EHLO big.test".to_string(), "250"),
+        ("MAIL FROM:<big@example.org>".into(), "250"),
+        (format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA".into(), "354"),
+    ] {
+        writer.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        writer.flush().unwrap();
+        let r = reply();
+        assert!(r.starts_with(code), "{cmd}: {r}");
+    }
+    writer
+        .write_all(b"Message-ID: <big@example.org>\r\nSubject: big\r\n\r\n")
+        .unwrap();
+    let line = format!("{}\r\n", "x".repeat(998));
+    for i in 0..lines {
+        if vanish && i == lines / 2 {
+            writer.flush().unwrap();
+            return String::new();
+        }
+        writer.write_all(line.as_bytes()).unwrap();
+    }
+    writer.write_all(b".\r\n").unwrap();
+    writer.flush().unwrap();
+    reply()
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A 50 MiB message is streamed to Swift in parts while it arrives: swiftdrop's peak RSS
+/// stays under 64 MiB, the object is byte-exact under cur/, and no staging object or
+/// segment is left. A client that vanishes half-way leaves nothing at all.
+#[tokio::test]
+async fn fifty_mib_message_is_streamed_within_64_mib_of_memory() {
+    let swift = swift();
+    let container = unique_container("big");
+    let port = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
+    cmd.env_clear()
+        .arg("serve")
+        .env("SWIFTDROP_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWIFTDROP_SERVER_RELAY", "off")
+        .env("SWIFTDROP_SERVER_MAX_MESSAGE_SIZE", "60M")
+        .stderr(std::process::Stdio::null());
+    for (k, v) in swift_vars("OPS", "ops@example.com", swift.port, &container) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_for_port(port).await;
+
+    let lines = 50 * 1024 * 1024 / 1000;
+    let reply =
+        tokio::task::spawn_blocking(move || send_big(port, "ops@example.com", lines, false))
+            .await
+            .unwrap();
+    let peak = peak_rss_kib(child.id());
+    println!("peak RSS after a {lines}-line message: {} KiB", peak);
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+
+    let names = native_list(swift.port, &container, "").await;
+    assert_eq!(
+        names.len(),
+        1,
+        "only the final object, no staging: {names:?}"
+    );
+    assert!(names[0].starts_with("cur/"));
+    let (headers, bytes) = native_get(swift.port, &container, &names[0]).await;
+    let header = "Return-Path: <big@example.org>\r\nDelivered-To: ops@example.com\r\nMessage-ID: <big@example.org>\r\nSubject: big\r\n\r\n";
+    assert_eq!(bytes.len(), header.len() + lines * 1000);
+    assert!(bytes.starts_with(header.as_bytes()));
+    assert!(
+        bytes[header.len()..]
+            .chunks(1000)
+            .all(|l| l[..998].iter().all(|&b| b == b'x') && &l[998..] == b"\r\n")
+    );
+    assert!(names[0].ends_with(&format!(",S={}", bytes.len())));
+    assert_eq!(
+        header_value(&headers, "x-object-meta-message-id"),
+        "<big@example.org>"
+    );
+    assert!(
+        native_list(swift.port, &format!("{container}_segments"), "")
+            .await
+            .is_empty(),
+        "segments of the staged upload are deleted"
+    );
+
+    // Half a message, then the client is gone: nothing under cur/, staged parts aborted.
+    tokio::task::spawn_blocking(move || send_big(port, "ops@example.com", lines, true))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let objects = native_list(swift.port, &container, "").await;
+        let segments = native_list(swift.port, &format!("{container}_segments"), "").await;
+        if objects.len() == 1 && segments.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {objects:?} {segments:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn header_value(h: &reqwest::header::HeaderMap, name: &str) -> String {
+    header(h, name).to_string()
+}

@@ -22,21 +22,22 @@ pub struct Swift {
     pub port: u16,
 }
 
-/// The shared Swift, from `SWIFTDROP_TEST_SWIFT_DIR`/`_PORT` (set by tests/run.sh).
+/// The shared Swift, from `TEST_SWIFT_DIR` and `TEST_SWIFT_PORT` (set by tests/run.sh;
+/// not `SWIFTDROP_*`, which would be read as configuration).
 pub fn swift() -> Swift {
     let (Ok(dir), Ok(port)) = (
-        std::env::var("SWIFTDROP_TEST_SWIFT_DIR"),
-        std::env::var("SWIFTDROP_TEST_SWIFT_PORT"),
+        std::env::var("TEST_SWIFT_DIR"),
+        std::env::var("TEST_SWIFT_PORT"),
     ) else {
         panic!(
             "no test Swift: run the suite with tests/run.sh, or start one with \
-             `tests/swift/swift-aio.sh start DIR PORT` and set SWIFTDROP_TEST_SWIFT_DIR and \
-             SWIFTDROP_TEST_SWIFT_PORT"
+             `tests/swift/swift-aio.sh start DIR PORT` and set TEST_SWIFT_DIR and \
+             TEST_SWIFT_PORT"
         );
     };
     Swift {
         dir: dir.into(),
-        port: port.parse().expect("SWIFTDROP_TEST_SWIFT_PORT is a port"),
+        port: port.parse().expect("TEST_SWIFT_PORT is a port"),
     }
 }
 
