@@ -142,16 +142,20 @@ impl MultipartUpload for SloUpload {
     }
 
     async fn abort(&mut self) -> Result<()> {
-        let deletes = self.segments().into_iter().flatten().map(|segment| {
+        // Every part ever started, confirmed or not: a PUT cancelled on our side may still
+        // land, and Swift lets the later DELETE win over it (newer timestamp).
+        let started = self.segments().len();
+        let deletes = (0..started).map(|index| {
             let inner = self.inner.clone();
             let container = self.segments_container.clone();
+            let name = format!("{}/{index:08}", self.prefix);
             async move {
                 let response = inner
-                    .send(Request::object(Method::DELETE, &container, &segment.name))
+                    .send(Request::object(Method::DELETE, &container, &name))
                     .await?;
                 match response.status() {
                     s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
-                    s => Err(status_error(s, &segment.name, response).await),
+                    s => Err(status_error(s, &name, response).await),
                 }
             }
         });
