@@ -8,7 +8,6 @@
 //! passes, the objects that were written are deleted again, so that a refusal leaves no
 //! object under `cur/` and the client's retry does not produce duplicates.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -223,12 +222,7 @@ impl Deliverer {
         message: &Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<Vec<(&Destination, String)>, DeliveryError> {
-        let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-        for rcpt in &envelope.recipients {
-            if let Some(idx) = rcpt.destination {
-                groups.entry(idx).or_default().push(&rcpt.address);
-            }
-        }
+        let groups = envelope.by_destination();
         let received = chrono::Utc::now();
         let message_id = groups
             .keys()

@@ -1,5 +1,6 @@
 //! The envelope of one transaction, owned and converted once from smtp-proto's types.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::xforward::ClientAttributes;
@@ -64,6 +65,17 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Stored recipients grouped by destination index, in index order: one object each.
+    pub fn by_destination(&self) -> BTreeMap<usize, Vec<&str>> {
+        let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for rcpt in &self.recipients {
+            if let Some(idx) = rcpt.destination {
+                groups.entry(idx).or_default().push(&rcpt.address);
+            }
+        }
+        groups
+    }
+
     /// Recipients that no destination stores, to be relayed downstream.
     pub fn relayed(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients.iter().filter(|r| r.destination.is_none())

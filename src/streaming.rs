@@ -9,8 +9,6 @@
 //! Memory stays bounded: a part being filled and at most [`PARTS_IN_FLIGHT`] being sent,
 //! per destination.
 
-use std::collections::BTreeMap;
-
 use futures::future::join_all;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMultipartOptions, WriteMultipart};
@@ -64,12 +62,7 @@ impl Deliverer {
         client: &Client,
         head: &[u8],
     ) -> Result<MessageStream, DeliveryError> {
-        let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-        for rcpt in &envelope.recipients {
-            if let Some(idx) = rcpt.destination {
-                groups.entry(idx).or_default().push(&rcpt.address);
-            }
-        }
+        let groups = envelope.by_destination();
         let received = chrono::Utc::now();
         let message_id = metadata::message_id(head);
         let mut stream = MessageStream {
