@@ -17,6 +17,7 @@ use object_store::{ObjectStoreExt, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{Client, Envelope};
+use crate::queue::Announcer;
 use crate::relay::{Relay, RelayError};
 use crate::reply::{self, Reply};
 use crate::route::Router;
@@ -39,6 +40,8 @@ pub struct Deliverer {
     relay: Option<Relay>,
     hostname: String,
     timeout: Duration,
+    /// Per destination: who tells waiting workers about new messages.
+    announcers: Vec<Option<Announcer>>,
 }
 
 /// What happens to a recipient.
@@ -151,6 +154,30 @@ impl Deliverer {
             relay,
             hostname: hostname.to_string(),
             timeout,
+            announcers: Vec::new(),
+        }
+    }
+
+    /// Announces every stored message to the workers of its destination through
+    /// `announcers` (one per destination, by index).
+    pub fn with_announcers(mut self, announcers: Vec<Option<Announcer>>) -> Self {
+        self.announcers = announcers;
+        self
+    }
+
+    /// Tells waiting workers about the objects of a delivered message (never waits).
+    pub fn announce(&self, delivered: &Delivered) {
+        for object in &delivered.stored {
+            let index = self
+                .destinations
+                .iter()
+                .position(|d| d.name == object.destination);
+            let announcer = index
+                .and_then(|i| self.announcers.get(i))
+                .and_then(Option::as_ref);
+            if let (Some(announcer), Some(name)) = (announcer, object.key.rsplit('/').next()) {
+                announcer.announce(name);
+            }
         }
     }
 

@@ -3,7 +3,8 @@
 //! Postfix's `smtpd_proxy_filter` hands each transaction to [`server`]; a [`session`] speaks
 //! ESMTP over any byte stream, [`route`] maps recipients to destinations, and [`deliver`]
 //! writes the message into every destination's [`store`] before the session answers `250`.
-//! [`config`] is the only place configuration (environment and ini file) is read.
+//! [`config`] is the only place configuration (environment and ini file) is read. Workers
+//! claim stored mail with [`queue`].
 //!
 //! See `ARCHITECTURE.md` for the data flow and the invariants that hold it together.
 
@@ -11,7 +12,10 @@ pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod envelope;
+pub mod failpoint;
+pub mod message;
 pub mod postfix_config;
+pub mod queue;
 pub mod relay;
 pub mod reply;
 pub mod route;

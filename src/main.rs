@@ -1,12 +1,16 @@
-//! The `swiftdrop` command: `serve` runs the filter, `check` proves the configuration.
+//! The `swiftdrop` command: `serve` runs the filter, `check` proves the configuration,
+//! `queue` claims and inspects stored mail ([`queue_command`]).
+
+mod queue_command;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use swiftdrop::config::{Backend, Config, LogFormat};
+use swiftdrop::config::{Backend, Config, LOCK_VARIABLE, LockSetting, LogFormat};
 use swiftdrop::deliver::Deliverer;
+use swiftdrop::queue;
 use swiftdrop::relay::Relay;
 use swiftdrop::route::Router;
 use swiftdrop::server::Server;
@@ -40,6 +44,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Claim, finish and inspect stored mail (the queue of one destination).
+    Queue(queue_command::QueueArgs),
     /// Write Postfix's configuration (main.cf, master.cf, maps) for this gateway into DIR,
     /// from MYHOSTNAME, MYDOMAIN, RELAY_DOMAINS, FORWARDS and swiftdrop's own settings.
     PostfixConfig {
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
             log_format,
         } => runtime.block_on(serve(config, listen, log_format)),
         Command::Check { config } => runtime.block_on(check(config)),
+        Command::Queue(args) => runtime.block_on(queue(args)),
         Command::PostfixConfig {
             output,
             config,
@@ -170,13 +177,15 @@ async fn serve(
         tracing::info!(relay = %addr, "recipients no destination takes are relayed");
         Relay::new(addr, &config.server.hostname, config.server.store_timeout)
     });
+    let announcers = announcers(&config, &destinations);
     let deliverer = Deliverer::new(
         router,
         destinations,
         relay,
         &config.server.hostname,
         config.server.store_timeout,
-    );
+    )
+    .with_announcers(announcers);
     let server = match Server::bind(config.server.clone(), std::sync::Arc::new(deliverer)).await {
         Ok(s) => s,
         Err(e) => {
@@ -192,6 +201,29 @@ async fn serve(
     }
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// One announcer per destination when the queue's lock engine carries announcements (Redis),
+/// so that waiting workers claim new mail at once.
+fn announcers(config: &Config, destinations: &[Destination]) -> Vec<Option<queue::Announcer>> {
+    let Some(LockSetting::Redis(url)) = &config.queue.lock else {
+        return vec![None; destinations.len()];
+    };
+    destinations
+        .iter()
+        .map(|dest| {
+            match queue::lock::redis::RedisEngine::new(url, &queue::queue_id(dest)) {
+                Ok(engine) => {
+                    tracing::info!(destination = %dest.name, redis = %url, "announcing new mail to workers");
+                    Some(queue::Announcer::spawn(std::sync::Arc::new(engine)))
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %dest.name, error = %e, "cannot announce new mail; workers find it by listing");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -279,9 +311,52 @@ async fn check(file: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    // The queue's lock engine, when one is configured: a filter alone needs none.
+    if config.queue.lock.is_some() {
+        for dest_config in &config.destinations {
+            let checked = match Destination::open(dest_config) {
+                Ok(dest) => match queue::open_lock(&dest, &config.queue) {
+                    Ok(lock) => lock.check().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.reason),
+            };
+            match checked {
+                Ok(shown) => println!("ok: [{}] queue lock: {shown}", dest_config.name),
+                Err(reason) => {
+                    failed = true;
+                    println!(
+                        "FAILED: [{}] queue lock ({LOCK_VARIABLE}): {reason}",
+                        dest_config.name
+                    );
+                }
+            }
+        }
+    }
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+async fn queue(args: queue_command::QueueArgs) -> ExitCode {
+    let Some(config) = load(args.config.as_ref()) else {
+        return ExitCode::FAILURE;
+    };
+    // Warnings and errors of the library go to stderr; stdout is the command's answer.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let queue = match queue::Queue::open(&config, &args.destination) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("swiftdrop queue: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    queue_command::run(&queue, args.command).await
 }

@@ -711,6 +711,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     reply = %reply.to_string().trim_end(),
                     "stored"
                 );
+                self.deliverer.announce(&delivered);
                 reply
             }
             Err(e) => {

@@ -4,6 +4,12 @@
 //! the bytes go to a fresh file under `tmp/`, which is fsynced, then renamed (or hard-linked,
 //! for [`PutMode::Create`]) to its key, and the target directory is fsynced before the put
 //! returns. Every other operation is delegated to object_store's [`LocalFileSystem`].
+//!
+//! Metadata (the queue's record of a message) lives in extended attributes named
+//! `user.swiftdrop.<key>`, which travel with the file through renames; reads return them as
+//! [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename without
+//! replacing (`renameat2(RENAME_NOREPLACE)`), set the file's time to the move's and fsync both
+//! folders.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -17,9 +23,16 @@ use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    Attribute, Attributes, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, Result,
 };
+
+use crate::failpoint;
+use crate::store::mover::{MetadataUpdate, Mover};
+
+/// Prefix of the extended attributes that hold an object's metadata.
+const XATTR_PREFIX: &str = "user.swiftdrop.";
 
 /// Counter that makes staging file names unique within this process.
 static STAGED: AtomicU64 = AtomicU64::new(0);
@@ -238,7 +251,11 @@ impl ObjectStore for MaildirStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.local.get_opts(location, options).await
+        let mut result = self.local.get_opts(location, options).await?;
+        let path = self.local.path_to_filesystem(location)?;
+        // A file renamed away since it was opened has no attributes to offer: none is right.
+        result.attributes = read_metadata(&path).unwrap_or_default();
+        Ok(result)
     }
 
     fn delete_stream(
@@ -276,6 +293,138 @@ impl ObjectStore for MaildirStore {
                 .map_err(generic)?;
         }
         Ok(())
+    }
+}
+
+/// The `user.swiftdrop.*` extended attributes of `path` as metadata.
+fn read_metadata(path: &FsPath) -> io::Result<Attributes> {
+    let mut attributes = Attributes::new();
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        match rustix::fs::listxattr(path, &mut names[..]) {
+            Ok(len) => break len,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut value = vec![0u8; 4096];
+    for name in names[..len].split(|&b| b == 0) {
+        let Some(key) = name.strip_prefix(XATTR_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let n = rustix::fs::getxattr(path, name, &mut value[..])?;
+        attributes.insert(
+            Attribute::Metadata(String::from_utf8_lossy(key).into_owned().into()),
+            String::from_utf8_lossy(&value[..n]).into_owned().into(),
+        );
+    }
+    Ok(attributes)
+}
+
+/// Writes `update` as extended attributes of `path`.
+fn write_metadata(path: &FsPath, update: &MetadataUpdate) -> io::Result<()> {
+    for (key, value) in update {
+        rustix::fs::setxattr(
+            path,
+            format!("{XATTR_PREFIX}{key}").as_str(),
+            value.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to` unless `to` exists, creating `to`'s folder when missing. Where the
+/// file system has no `RENAME_NOREPLACE`, a hard link and an unlink do the same in two steps.
+fn rename_no_replace(from: &FsPath, to: &FsPath) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let attempt = || match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            fs::hard_link(from, to).and_then(|()| fs::remove_file(from))
+        }
+        other => other.map_err(io::Error::from),
+    };
+    match attempt() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => match to.parent() {
+            Some(parent) => fs::create_dir_all(parent).and_then(|()| attempt()),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+fn not_found(location: &Path, err: io::Error) -> object_store::Error {
+    if err.kind() == io::ErrorKind::NotFound {
+        object_store::Error::NotFound {
+            path: location.to_string(),
+            source: Box::new(err),
+        }
+    } else {
+        generic(err)
+    }
+}
+
+/// The queue move of a Maildir file: attributes, rename, time, folder fsyncs.
+fn move_file(
+    from: &FsPath,
+    to: &FsPath,
+    location: &Path,
+    target: &Path,
+    update: &MetadataUpdate,
+) -> Result<()> {
+    write_metadata(from, update).map_err(|e| not_found(location, e))?;
+    match rename_no_replace(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(object_store::Error::AlreadyExists {
+                path: target.to_string(),
+                source: Box::new(e),
+            });
+        }
+        other => other.map_err(|e| not_found(location, e))?,
+    }
+    failpoint::hit("move.copied");
+    // The file's time says when it entered its state: `purge --older-than` reads it.
+    File::open(to)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .map_err(generic)?;
+    sync_parent(to)
+        .and_then(|()| sync_parent(from))
+        .map_err(generic)?;
+    failpoint::hit("move.verified");
+    Ok(())
+}
+
+#[async_trait]
+impl Mover for MaildirStore {
+    async fn move_object(
+        &self,
+        from: &ObjectMeta,
+        to: &Path,
+        update: &MetadataUpdate,
+    ) -> Result<()> {
+        let source = self.local.path_to_filesystem(&from.location)?;
+        let target = self.local.path_to_filesystem(to)?;
+        let (location, to, update) = (from.location.clone(), to.clone(), update.to_vec());
+        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &to, &update))
+            .await
+            .map_err(|e| generic(io::Error::other(e)))?
+    }
+
+    async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
+        let path = self.local.path_to_filesystem(&at.location)?;
+        let (location, update) = (at.location.clone(), update.to_vec());
+        tokio::task::spawn_blocking(move || {
+            // The file's time says when the queue last wrote it, as after a move.
+            write_metadata(&path, &update)
+                .and_then(|()| {
+                    let file = File::open(&path)?;
+                    file.set_modified(std::time::SystemTime::now())?;
+                    file.sync_all()
+                })
+                .map_err(|e| not_found(&location, e))
+        })
+        .await
+        .map_err(|e| generic(io::Error::other(e)))?
     }
 }
 

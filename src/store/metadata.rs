@@ -105,6 +105,18 @@ pub fn encode(value: &str) -> String {
     utf8_percent_encode(value, ENCODED).to_string()
 }
 
+/// Percent-encodes `value` and cuts it to at most `max` bytes, never inside an escape.
+pub fn encode_cut(value: &str, max: usize) -> String {
+    cut(&encode(value), max)
+}
+
+/// Undoes [`encode`] (a cut value decodes to its beginning).
+pub fn decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The recipients, comma-separated, cut at a whole address with `,...` when too long.
 fn recipient_list(recipients: &[&str]) -> String {
     let mut out = String::new();

@@ -8,6 +8,7 @@
 pub mod key;
 pub mod maildir;
 pub mod metadata;
+pub mod mover;
 pub mod s3;
 pub mod swift;
 
@@ -32,11 +33,11 @@ pub struct Destination {
     container: Container,
 }
 
-/// The container or bucket behind a destination, for the startup check.
+/// The container or bucket behind a destination, for the startup check and queue moves.
 #[derive(Debug, Clone)]
 enum Container {
     /// A Maildir: its directories are made when it is opened.
-    Directory,
+    Directory(Arc<maildir::MaildirStore>),
     Swift(swift::SwiftStore, bool),
     S3(Arc<s3::Md5Verified<AmazonS3>>, bool),
 }
@@ -66,29 +67,29 @@ impl Destination {
             destination: config.name.clone(),
             reason,
         };
-        let (store, container): (Arc<dyn ObjectStore>, Container) =
-            match &config.backend {
-                Backend::Maildir { path } => (
+        let (store, container): (Arc<dyn ObjectStore>, Container) = match &config.backend {
+            Backend::Maildir { path } => {
+                let store =
                     Arc::new(maildir::MaildirStore::open(path).map_err(|e| {
                         fail(format!("cannot open Maildir {}: {e}", path.display()))
-                    })?),
-                    Container::Directory,
-                ),
-                Backend::Swift(swift) => {
-                    let store = swift::SwiftStore::new(swift).map_err(fail)?;
-                    (
-                        Arc::new(store.clone()),
-                        Container::Swift(store, swift.create_container),
-                    )
-                }
-                Backend::S3(config) => {
-                    let store = Arc::new(s3::open(config).map_err(fail)?);
-                    (store.clone(), Container::S3(store, config.create_container))
-                }
-            };
+                    })?);
+                (store.clone(), Container::Directory(store))
+            }
+            Backend::Swift(swift) => {
+                let store = swift::SwiftStore::new(swift).map_err(fail)?;
+                (
+                    Arc::new(store.clone()),
+                    Container::Swift(store, swift.create_container),
+                )
+            }
+            Backend::S3(config) => {
+                let store = Arc::new(s3::open(config).map_err(fail)?);
+                (store.clone(), Container::S3(store, config.create_container))
+            }
+        };
         Ok(Destination {
             name: config.name.clone(),
-            remote: !matches!(container, Container::Directory),
+            remote: !matches!(container, Container::Directory(_)),
             store,
             container,
         })
@@ -100,6 +101,23 @@ impl Destination {
         Destination { store, ..self }
     }
 
+    /// The destination's queue moves ([`mover::Mover`]), made the way its backend allows.
+    pub fn mover(&self) -> Arc<dyn mover::Mover> {
+        match &self.container {
+            Container::Directory(store) => store.clone(),
+            Container::Swift(store, _) => Arc::new(store.clone()),
+            Container::S3(store, _) => store.clone(),
+        }
+    }
+
+    /// The root of a Maildir destination.
+    pub fn maildir_root(&self) -> Option<&std::path::Path> {
+        match &self.container {
+            Container::Directory(store) => Some(store.root()),
+            _ => None,
+        }
+    }
+
     /// Opens every destination, in order, stopping at the first that fails.
     pub fn open_all(configs: &[DestinationConfig]) -> Result<Vec<Destination>, OpenError> {
         configs.iter().map(Destination::open).collect()
@@ -109,7 +127,7 @@ impl Destination {
     /// the destination says `create_container = yes`. `Err` holds a one-line reason.
     pub async fn ensure_container(&self) -> Result<(), String> {
         match &self.container {
-            Container::Directory => Ok(()),
+            Container::Directory(_) => Ok(()),
             Container::Swift(store, create) => store.ensure_container(*create).await,
             Container::S3(store, create) => store.ensure_bucket(*create).await,
         }

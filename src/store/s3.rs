@@ -6,6 +6,9 @@
 //! does not compare the ETag that comes back; [`Md5Verified`] does. Conditional puts are
 //! switched off ([`S3ConditionalPut::Disabled`]): Swift's s3api answers them 501, and
 //! object_store would retry that as a server error.
+//!
+//! Queue moves ([`Mover`]) need a copy that replaces metadata, which object_store's copy does
+//! not offer: it is one signed `CopyObject` request made here with object_store's signer.
 
 use std::fmt;
 use std::ops::Range;
@@ -20,11 +23,13 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    Result, RetryConfig,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RenameOptions, Result, RetryConfig,
 };
 
 use crate::config::S3Config;
+use crate::failpoint;
+use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, is_plain_md5};
 use crate::store::swift::hex;
 
 /// Builds the S3 store a destination describes.
@@ -50,10 +55,16 @@ pub fn open(config: &S3Config) -> std::result::Result<Md5Verified<AmazonS3>, Str
         builder = builder.with_endpoint(endpoint);
     }
     let store = builder.build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(Md5Verified {
         inner: Arc::new(store),
         bucket: config.bucket.clone(),
         endpoint: config.endpoint.clone().unwrap_or_else(|| "AWS".into()),
+        region: config.region.clone(),
+        client,
     })
 }
 
@@ -64,6 +75,9 @@ pub struct Md5Verified<T> {
     inner: Arc<T>,
     bucket: String,
     endpoint: String,
+    /// For the requests object_store cannot make (a copy that replaces metadata).
+    region: String,
+    client: reqwest::Client,
 }
 
 impl<T> fmt::Display for Md5Verified<T> {
@@ -203,6 +217,179 @@ impl Md5Verified<AmazonS3> {
             ))
         }
     }
+}
+
+/// The part of a CopyObject answer between `<tag>` and `</tag>`.
+fn xml_value<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{tag}>"))? + start;
+    Some(&text[start..end])
+}
+
+impl Md5Verified<AmazonS3> {
+    /// A server-side CopyObject that replaces the metadata with `metadata` (object_store's
+    /// copy keeps the source's). Returns the new object's ETag, unquoted.
+    async fn copy_replacing_metadata(
+        &self,
+        from: &Path,
+        to: &Path,
+        content_type: Option<&str>,
+        metadata: &[(String, String)],
+    ) -> Result<String> {
+        use object_store::aws::AwsAuthorizer;
+        use object_store::client::{HttpRequest, HttpRequestBody};
+        use object_store::signer::Signer;
+        let fail = |message: String| object_store::Error::Generic {
+            store: "S3",
+            source: message.into(),
+        };
+        // object_store builds the object's URL (style, encoding); the query of a presigned
+        // URL is dropped and the request is signed with its headers instead.
+        let mut url = self
+            .inner
+            .signed_url(reqwest::Method::PUT, to, Duration::from_secs(60))
+            .await?;
+        url.set_query(None);
+        let source_url = self
+            .inner
+            .signed_url(reqwest::Method::GET, from, Duration::from_secs(60))
+            .await?;
+        // `/bucket/key` as it appears in a path-style URL, already percent-encoded.
+        let key_path = source_url.path();
+        let copy_source = if key_path.starts_with(&format!("/{}/", self.bucket)) {
+            key_path.to_string()
+        } else {
+            format!("/{}{key_path}", self.bucket)
+        };
+        let mut builder = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url.as_str())
+            .header("x-amz-copy-source", copy_source)
+            .header("x-amz-metadata-directive", "REPLACE");
+        if let Some(content_type) = content_type {
+            builder = builder.header("content-type", content_type);
+        }
+        for (key, value) in metadata {
+            builder = builder.header(format!("x-amz-meta-{key}"), value);
+        }
+        let mut request: HttpRequest = builder
+            .body(HttpRequestBody::empty())
+            .map_err(|e| fail(format!("copy {from} to {to}: {e}")))?;
+        let credential = self.inner.credentials().get_credential().await?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)?;
+        let mut send = self.client.put(url.as_str());
+        for (name, value) in request.headers() {
+            send = send.header(name.as_str(), value.as_bytes());
+        }
+        let response = send
+            .send()
+            .await
+            .map_err(|e| fail(format!("copy {from} to {to}: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        // S3 can answer 200 and still report an error in the body.
+        if !status.is_success() || text.contains("<Error>") {
+            let code = xml_value(&text, "Code").unwrap_or("");
+            let message = format!(
+                "copy {from} to {to}: {status} {code}: {}",
+                xml_value(&text, "Message").unwrap_or("")
+            );
+            return Err(match (status.as_u16(), code) {
+                (404, _) | (_, "NoSuchKey") => object_store::Error::NotFound {
+                    path: from.to_string(),
+                    source: message.into(),
+                },
+                _ => fail(message),
+            });
+        }
+        xml_value(&text, "ETag")
+            .map(|e| e.replace("&quot;", "").trim_matches('"').to_string())
+            .ok_or_else(|| fail(format!("copy {from} to {to}: no ETag in the answer")))
+    }
+}
+
+#[async_trait]
+impl Mover for Md5Verified<AmazonS3> {
+    async fn move_object(
+        &self,
+        from: &ObjectMeta,
+        to: &Path,
+        update: &MetadataUpdate,
+    ) -> Result<()> {
+        // Swift's s3api and many S3 clones refuse conditional writes: the move runs under
+        // the message's lease, so a HEAD of the target is enough to never overwrite.
+        match self.head(to).await {
+            Ok(_) => {
+                return Err(object_store::Error::AlreadyExists {
+                    path: to.to_string(),
+                    source: "the target of the move exists".into(),
+                });
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let source = self
+            .get_opts(&from.location, GetOptions::new().with_head(true))
+            .await?;
+        let (content_type, metadata) = merged_metadata(&source.attributes, update);
+        let copied = self
+            .copy_replacing_metadata(&from.location, to, content_type.as_deref(), &metadata)
+            .await?;
+        failpoint::hit("move.copied");
+        let source_etag = source.meta.e_tag.as_deref().map(|e| e.trim_matches('"'));
+        let verified = match source_etag {
+            Some(etag) if is_plain_md5(etag) => copied == etag,
+            // A multipart ETag is not the MD5 of the bytes: compare sizes.
+            _ => self.head(to).await?.size == source.meta.size,
+        };
+        if !verified {
+            self.inner.delete(to).await?;
+            return Err(copy_mismatch(
+                "S3",
+                &from.location,
+                format!("ETag {copied}, source {source_etag:?}"),
+            ));
+        }
+        failpoint::hit("move.verified");
+        self.inner.delete(&from.location).await
+    }
+
+    async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
+        let current = self
+            .get_opts(&at.location, GetOptions::new().with_head(true))
+            .await?;
+        let (content_type, metadata) = merged_metadata(&current.attributes, update);
+        self.copy_replacing_metadata(
+            &at.location,
+            &at.location,
+            content_type.as_deref(),
+            &metadata,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The content type and user metadata of an object, with `update` over them.
+fn merged_metadata(
+    attributes: &object_store::Attributes,
+    update: &MetadataUpdate,
+) -> (Option<String>, Vec<(String, String)>) {
+    use object_store::Attribute;
+    let mut content_type = None;
+    let mut metadata: Vec<(String, String)> = Vec::new();
+    for (attribute, value) in attributes {
+        match attribute {
+            Attribute::ContentType => content_type = Some(value.to_string()),
+            Attribute::Metadata(key) if !update.iter().any(|(k, _)| k == key.as_ref()) => {
+                metadata.push((key.to_string(), value.to_string()));
+            }
+            _ => {}
+        }
+    }
+    metadata.extend(update.iter().cloned());
+    (content_type, metadata)
 }
 
 /// object_store's S3 errors carry the whole XML body; keep the status, code and message.

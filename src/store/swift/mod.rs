@@ -6,6 +6,8 @@
 //! - multipart: segments in `<container>_segments`, then a static large object (SLO)
 //!   manifest at the key ([`upload`]); deleting an SLO deletes its segments.
 //! - copy: server-side (`X-Copy-From`); an SLO is copied as one plain object.
+//! - queue moves ([`Mover`]): a copy with `If-None-Match: *` and the new metadata, checked
+//!   against the source's Etag, then a plain `DELETE` (an SLO-aware one for an SLO source).
 //! - conditional writes (`PutMode::Create`/`Update`, `CopyMode::Create`) are
 //!   `NotImplemented`: Swift's `If-None-Match: *` is not atomic between concurrent writers,
 //!   and `If-Match` on PUT is ignored.
@@ -39,6 +41,8 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::config::SwiftConfig;
+use crate::failpoint;
+use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, is_plain_md5};
 use auth::{TokenCache, error_chain};
 
 /// Name of this store in `object_store` errors.
@@ -355,6 +359,18 @@ impl Inner {
             "DELETE {object}: Swift reported {:?}",
             report.errors
         )))
+    }
+
+    /// Deletes an object that is known not to be an SLO manifest, in one request. A
+    /// missing object is `Ok`.
+    async fn delete_plain(&self, object: &str) -> Result<()> {
+        let response = self
+            .send(Request::object(Method::DELETE, &self.container, object))
+            .await?;
+        match response.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            s => Err(status_error(s, object, response).await),
+        }
     }
 
     /// One page of a container listing.
@@ -763,6 +779,108 @@ impl ObjectStore for SwiftStore {
         match response.status() {
             StatusCode::CREATED => Ok(()),
             s => Err(status_error(s, from.as_ref(), response).await),
+        }
+    }
+}
+
+/// `X-Object-Meta-<key>` headers for a metadata update.
+fn update_headers(update: &MetadataUpdate) -> Result<HeaderMap> {
+    let mut attributes = Attributes::new();
+    for (key, value) in update {
+        attributes.insert(
+            Attribute::Metadata(key.clone().into()),
+            value.clone().into(),
+        );
+    }
+    attribute_headers(&attributes)
+}
+
+#[async_trait]
+impl Mover for SwiftStore {
+    async fn move_object(
+        &self,
+        from: &ObjectMeta,
+        to: &Path,
+        update: &MetadataUpdate,
+    ) -> Result<()> {
+        let container = &self.inner.container;
+        let source = encoded_path(container, Some(from.location.as_ref()));
+        // If-None-Match is not atomic between concurrent writers, but a queue move runs
+        // under the message's lease: the only other writer is a crashed earlier move.
+        let mut request = Request::object(Method::PUT, container, to.as_ref())
+            .header("x-copy-from", &source)?
+            .header("if-none-match", "*")?
+            .header("content-length", "0")?;
+        request.headers.extend(update_headers(update)?);
+        let response = self.inner.send(request).await?;
+        match response.status() {
+            StatusCode::CREATED => {}
+            StatusCode::PRECONDITION_FAILED => {
+                return Err(object_store::Error::AlreadyExists {
+                    path: to.to_string(),
+                    source: "the target of the move exists".into(),
+                });
+            }
+            s => return Err(status_error(s, from.location.as_ref(), response).await),
+        }
+        let copied = response_etag(&response);
+        failpoint::hit("move.copied");
+        // Swift quotes the Etag of a large object (its manifest's), never a plain one's.
+        let source_etag = from.e_tag.as_deref();
+        let plain = source_etag.is_some_and(|e| !e.starts_with('"') && is_plain_md5(e));
+        if plain {
+            if copied.as_deref() != source_etag {
+                self.inner.delete_plain(to.as_ref()).await?;
+                return Err(copy_mismatch(
+                    STORE,
+                    &from.location,
+                    format!("Etag {copied:?}, source {source_etag:?}"),
+                ));
+            }
+        } else {
+            // An SLO is copied into one plain object: its Etag differs, its size must not.
+            let head = self.get_opts(to, GetOptions::new().with_head(true)).await?;
+            if head.meta.size != from.size {
+                self.inner.delete_plain(to.as_ref()).await?;
+                return Err(copy_mismatch(
+                    STORE,
+                    &from.location,
+                    format!("{} bytes, source {}", head.meta.size, from.size),
+                ));
+            }
+        }
+        failpoint::hit("move.verified");
+        if plain {
+            self.inner.delete_plain(from.location.as_ref()).await
+        } else {
+            self.inner.delete_one(&from.location).await
+        }
+    }
+
+    async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
+        // A POST replaces all user metadata: send the current set with the update over it.
+        let head = self
+            .get_opts(&at.location, GetOptions::new().with_head(true))
+            .await?;
+        let mut attributes = Attributes::new();
+        for (attribute, value) in head.attributes.iter() {
+            if let Attribute::Metadata(_) = attribute {
+                attributes.insert(attribute.clone(), value.clone());
+            }
+        }
+        for (key, value) in update {
+            attributes.insert(
+                Attribute::Metadata(key.clone().into()),
+                value.clone().into(),
+            );
+        }
+        let mut request =
+            Request::object(Method::POST, &self.inner.container, at.location.as_ref());
+        request.headers = attribute_headers(&attributes)?;
+        let response = self.inner.send(request).await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(status_error(s, at.location.as_ref(), response).await),
         }
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! Sections: `[SERVER]` holds the global settings; `[DEFAULT]` holds options that every
 //! destination inherits (except `recipients`, which each destination owns) and is itself a
-//! destination when it has `recipients`; every other section is a destination.
+//! destination when it has `recipients`; `[QUEUE]` holds the queue's settings ([`queue`]);
+//! every other section is a destination.
+
+pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -17,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use queue::{LOCK_VARIABLE, LockSetting, QueueSettings, RedisUrl};
+use queue::{QUEUE_SECTION, validate_queue};
 
 /// The section that holds global settings.
 pub const SERVER_SECTION: &str = "SERVER";
@@ -96,6 +102,8 @@ pub struct Config {
     /// True when no destination was configured and every recipient goes to the catch-all
     /// destination built from `[DEFAULT]` (by default the Maildir `./maildir`).
     pub embedded_default: bool,
+    /// How workers claim stored mail (`[QUEUE]`).
+    pub queue: QueueSettings,
 }
 
 /// Global settings of the filter.
@@ -418,6 +426,17 @@ impl Config {
     }
 }
 
+/// The variable that names a fail-point for crash tests (see [`crate::failpoint`]); it is
+/// not a configuration option.
+pub const FAILPOINT_VARIABLE: &str = "SWIFTDROP_FAILPOINT";
+
+/// The fail-point named by `SWIFTDROP_FAILPOINT`, if any.
+pub fn failpoint() -> Option<String> {
+    std::env::var(FAILPOINT_VARIABLE)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 /// The process environment: every other module gets its variables from here.
 pub fn process_environment() -> Vec<(String, String)> {
     std::env::vars().collect()
@@ -509,7 +528,7 @@ fn read_env(
 ) {
     let vars: Vec<(String, String)> = vars
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != FAILPOINT_VARIABLE)
         .collect();
     let map: HashMap<String, String> = match envy::prefixed(ENV_PREFIX).from_iter(vars) {
         Ok(map) => map,
@@ -543,6 +562,7 @@ fn read_env(
 fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
     let empty = RawSection::new();
     let server = validate_server(raw.section(SERVER_SECTION).unwrap_or(&empty), problems);
+    let queue = validate_queue(raw.section(QUEUE_SECTION).unwrap_or(&empty), problems);
     let defaults = raw.section(DEFAULT_SECTION).unwrap_or(&empty);
 
     let mut destinations = Vec::new();
@@ -555,7 +575,10 @@ fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
         ));
     }
     for (name, section) in &raw.sections {
-        if name.eq_ignore_ascii_case(SERVER_SECTION) || name.eq_ignore_ascii_case(DEFAULT_SECTION) {
+        if [SERVER_SECTION, DEFAULT_SECTION, QUEUE_SECTION]
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s))
+        {
             continue;
         }
         destinations.push(validate_destination(name, section, defaults, problems));
@@ -583,6 +606,7 @@ fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
         server: server?,
         destinations,
         embedded_default,
+        queue,
     })
 }
 

@@ -1,0 +1,509 @@
+//! A claim: the lease on one message in `processing/`, renewed in the background while the
+//! claim lives, and the fenced moves that end it ([`Claim::finish`], [`Claim::release`]).
+//!
+//! Every move first renews the lease in the lock engine (compare-and-expire on the token):
+//! a claim whose token no longer holds the lease gets [`QueueError::LeaseLost`] and moves
+//! nothing. The move itself must end within half the lease it just renewed, so that nobody
+//! else can have taken the message over meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::{Attributes, ObjectMeta, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::lock::{FinishedRef, Token};
+use super::record::{Record, State};
+use super::{Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS};
+use crate::failpoint;
+use crate::store::swift::hex;
+
+/// How a worker ends a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: to `done/`.
+    Done {
+        /// Why, for the record (e.g. "duplicate of ...").
+        reason: Option<String>,
+    },
+    /// Failed for good: to `failed/`.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Failed for now: to `retry/`, claimable again after `not_before` (default: the
+    /// backoff for this attempt). At `max_attempts`, to `failed/` instead.
+    Retry {
+        /// Why.
+        reason: Option<String>,
+        /// How long to wait before the next attempt.
+        not_before: Option<Duration>,
+    },
+}
+
+/// Where a message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Its new key, `<state>/<name>`.
+    pub key: String,
+    /// Its new state.
+    pub state: State,
+}
+
+/// Lease state shared with the renewal task.
+#[derive(Debug)]
+struct LeaseState {
+    lost: AtomicBool,
+    lost_notify: Notify,
+    until: Mutex<DateTime<Utc>>,
+}
+
+impl LeaseState {
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.lost_notify.notify_waiters();
+    }
+}
+
+/// A claimed message. Dropping it stops the renewals and leaves the lease to expire.
+#[derive(Debug)]
+pub struct Claim {
+    queue: Queue,
+    name: String,
+    token: Token,
+    record: Record,
+    /// The object under `processing/`.
+    meta: ObjectMeta,
+    lease: Duration,
+    state: Arc<LeaseState>,
+    renewer: Option<JoinHandle<()>>,
+    sha256: Mutex<Option<String>>,
+}
+
+impl Claim {
+    /// A claim just taken: renews itself every third of `lease`.
+    pub(super) fn new(
+        queue: Queue,
+        name: String,
+        token: Token,
+        record: Record,
+        meta: ObjectMeta,
+        lease: Duration,
+    ) -> Claim {
+        let mut claim = Claim::resumed_with(queue, name, token, record, meta, lease);
+        let state = Arc::downgrade(&claim.state);
+        let lock = claim.queue.inner().lock().clone();
+        let (name, token) = (claim.name.clone(), claim.token.clone());
+        claim.renewer = Some(tokio::spawn(async move {
+            let every = lease / 3;
+            let mut wait = every;
+            loop {
+                tokio::time::sleep(wait).await;
+                let Some(state) = state.upgrade() else { return };
+                match lock.renew(&name, &token, lease).await {
+                    Ok(true) => {
+                        *state.until.lock().unwrap() = Utc::now() + lease;
+                        wait = every;
+                    }
+                    Ok(false) => {
+                        tracing::warn!(
+                            name,
+                            "lease lost: another worker may take the message; this claim can move nothing"
+                        );
+                        state.mark_lost();
+                        return;
+                    }
+                    Err(e) => {
+                        if Utc::now() >= *state.until.lock().unwrap() {
+                            tracing::warn!(name, error = %e, "lease expired while the lock engine was unreachable");
+                            state.mark_lost();
+                            return;
+                        }
+                        tracing::warn!(name, error = %e, "cannot renew the lease; trying again");
+                        wait = (every / 4).max(Duration::from_millis(50));
+                    }
+                }
+            }
+        }));
+        claim
+    }
+
+    /// A claim on a message claimed by another process, which handed the token over; it
+    /// does not renew itself.
+    pub(super) fn resumed(
+        queue: Queue,
+        name: String,
+        token: Token,
+        copy: StoredCopy,
+        lease: Duration,
+    ) -> Claim {
+        let claim = Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease);
+        if let Some(sha) = copy
+            .attributes
+            .get(&object_store::Attribute::Metadata("sha256".into()))
+            .filter(|v| v.len() == 64)
+        {
+            *claim.sha256.lock().unwrap() = Some(sha.to_string());
+        }
+        claim
+    }
+
+    fn resumed_with(
+        queue: Queue,
+        name: String,
+        token: Token,
+        record: Record,
+        meta: ObjectMeta,
+        lease: Duration,
+    ) -> Claim {
+        Claim {
+            queue,
+            name,
+            token,
+            record,
+            meta,
+            lease,
+            state: Arc::new(LeaseState {
+                lost: AtomicBool::new(false),
+                lost_notify: Notify::new(),
+                until: Mutex::new(Utc::now() + lease),
+            }),
+            renewer: None,
+            sha256: Mutex::new(None),
+        }
+    }
+
+    /// The message's Maildir name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its key, `processing/<name>`.
+    pub fn key(&self) -> String {
+        format!("processing/{}", self.name)
+    }
+
+    /// The token that holds the lease.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// Which claim of the message this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.record.attempt
+    }
+
+    /// The reason the message was last given (e.g. by the previous attempt).
+    pub fn previous_reason(&self) -> Option<&str> {
+        self.record.reason.as_deref()
+    }
+
+    /// Size of the message in bytes.
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// When the lease ends unless renewed.
+    pub fn lease_until(&self) -> DateTime<Utc> {
+        *self.state.until.lock().unwrap()
+    }
+
+    /// Whether the lease is known to be lost (then every move is refused).
+    pub fn is_lost(&self) -> bool {
+        self.state.lost.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the lease is found lost, at the next renewal at the latest.
+    pub async fn lost(&self) {
+        loop {
+            let notified = self.state.lost_notify.notified();
+            if self.is_lost() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The message's bytes and metadata. Remembers the SHA-256 for the dedup index.
+    pub async fn read(&self) -> Result<(Bytes, Attributes), QueueError> {
+        let result = self.queue.inner().store().get(&self.meta.location).await?;
+        let attributes = result.attributes.clone();
+        let bytes = result.bytes().await?;
+        let mut sha = self.sha256.lock().unwrap();
+        if sha.is_none() {
+            *sha = Some(hex(&Sha256::digest(&bytes)));
+        }
+        Ok((bytes, attributes))
+    }
+
+    /// The SHA-256 of the message's bytes (its `sha256` metadata, else computed).
+    pub async fn sha256(&self) -> Result<String, QueueError> {
+        if let Some(sha) = self.sha256.lock().unwrap().clone() {
+            return Ok(sha);
+        }
+        let copy = self
+            .queue
+            .head(State::Processing, &self.name)
+            .await?
+            .ok_or_else(|| QueueError::LeaseLost {
+                name: self.name.clone(),
+            })?;
+        let sha = self.queue.sha256(&copy).await?;
+        *self.sha256.lock().unwrap() = Some(sha.clone());
+        Ok(sha)
+    }
+
+    /// A message with the same bytes finished within `dedup_window`, if any.
+    pub async fn duplicate_of(&self) -> Result<Option<FinishedRef>, QueueError> {
+        let sha = self.sha256().await?;
+        self.queue.duplicate_of(&self.name, &sha).await
+    }
+
+    /// Extends the lease to `lease` (default: the claim's) from now.
+    pub async fn renew(&self, lease: Option<Duration>) -> Result<DateTime<Utc>, QueueError> {
+        let lease = lease.unwrap_or(self.lease);
+        let lock = self.queue.inner().lock();
+        if self.is_lost() || !lock.renew(&self.name, &self.token, lease).await? {
+            self.state.mark_lost();
+            return Err(self.lost_error());
+        }
+        let until = Utc::now() + lease;
+        *self.state.until.lock().unwrap() = until;
+        Ok(until)
+    }
+
+    /// Moves the message on: `done/`, `failed/` or `retry/`.
+    pub async fn finish(mut self, outcome: Outcome) -> Result<Finished, QueueError> {
+        self.stop_renewing();
+        let settings = self.queue.inner().settings();
+        let now = Utc::now();
+        let (state, reason, not_before) = match outcome {
+            Outcome::Done { reason } => (State::Done, reason, None),
+            Outcome::Failed { reason } => (State::Failed, Some(reason), None),
+            Outcome::Retry { reason, .. } if self.record.attempt >= settings.max_attempts => {
+                tracing::warn!(
+                    name = self.name,
+                    attempts = self.record.attempt,
+                    last_reason = reason.as_deref().unwrap_or(""),
+                    "message failed: {TOO_MANY_ATTEMPTS}"
+                );
+                (State::Failed, Some(TOO_MANY_ATTEMPTS.to_string()), None)
+            }
+            Outcome::Retry { reason, not_before } => {
+                let wait = not_before.unwrap_or_else(|| {
+                    backoff(
+                        self.record.attempt,
+                        settings.retry_backoff,
+                        settings.retry_backoff_max,
+                    )
+                });
+                let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                (State::Retry, reason, Some(at))
+            }
+        };
+        // The dedup index needs the SHA-256; read it while the object is still here.
+        let sha = match state {
+            State::Done | State::Failed => match self.sha256().await {
+                Ok(sha) => Some(sha),
+                Err(e) => {
+                    tracing::warn!(name = self.name, error = %e, "cannot read the SHA-256; the message stays out of the dedup index");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let record = Record {
+            attempt: self.record.attempt,
+            fence: self.token.fence(),
+            lease: None,
+            not_before,
+            reason,
+        };
+        let finished = self.fenced_move(state, record).await?;
+        if let Some(sha) = sha {
+            let remembered = FinishedRef {
+                key: finished.key.clone(),
+                at: now,
+            };
+            let lock = self.queue.inner().lock();
+            if let Err(e) = lock
+                .remember_finished(&sha, &remembered, settings.dedup_window)
+                .await
+            {
+                tracing::warn!(name = self.name, error = %e, "cannot record the message in the dedup index");
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Gives the message back at once, counting no attempt: to `cur/` after a first claim,
+    /// else to `retry/`, due now, with the attempt count it had before this claim.
+    pub async fn release(mut self) -> Result<Finished, QueueError> {
+        self.stop_renewing();
+        let (state, record) = if self.record.attempt <= 1 {
+            let record = Record {
+                attempt: 0,
+                fence: self.token.fence(),
+                lease: None,
+                not_before: None,
+                reason: Some("released".into()),
+            };
+            (State::Cur, record)
+        } else {
+            let record = Record {
+                attempt: self.record.attempt - 1,
+                fence: self.token.fence(),
+                lease: None,
+                not_before: Some(Utc::now()),
+                reason: self.record.reason.clone(),
+            };
+            (State::Retry, record)
+        };
+        let finished = self.fenced_move(state, record).await?;
+        if state == State::Cur {
+            self.queue.announce(&self.name).await;
+        }
+        Ok(finished)
+    }
+
+    /// Stops renewing without giving the lease back (for a token handed to another
+    /// process, which renews or finishes with [`Queue::resume`]).
+    pub fn detach(mut self) {
+        self.stop_renewing();
+    }
+
+    fn stop_renewing(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+
+    fn lost_error(&self) -> QueueError {
+        QueueError::LeaseLost {
+            name: self.name.clone(),
+        }
+    }
+
+    /// Checks the lease in the lock engine, then moves `processing/<name>` to `state` with
+    /// `record`, then gives the lease up.
+    async fn fenced_move(&self, state: State, record: Record) -> Result<Finished, QueueError> {
+        let inner = self.queue.inner();
+        if self.is_lost()
+            || !inner
+                .lock()
+                .renew(&self.name, &self.token, self.lease)
+                .await?
+        {
+            self.state.mark_lost();
+            return Err(self.lost_error());
+        }
+        failpoint::hit("finish.checked");
+        let budget = self.lease / 2;
+        let moved = tokio::time::timeout(budget, self.move_to(state, &record)).await;
+        match moved {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(QueueError::Store(format!(
+                    "moving {} to {state}/ took longer than half the lease ({budget:?}); the next claim or finish that meets it resolves where it is",
+                    self.name
+                )));
+            }
+        }
+        failpoint::hit("finish.moved");
+        match inner.lock().release(&self.name, &self.token).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(name = self.name, "the lease ended during the move"),
+            Err(e) => {
+                tracing::warn!(name = self.name, error = %e, "cannot release the lease; it expires by itself")
+            }
+        }
+        Ok(Finished {
+            key: format!("{state}/{}", self.name),
+            state,
+        })
+    }
+
+    /// The move of a fenced finish or release, with what an interrupted earlier move of
+    /// this message may have left at the target.
+    async fn move_to(&self, state: State, record: &Record) -> Result<(), QueueError> {
+        let inner = self.queue.inner();
+        let target = state.path(&self.name);
+        let update = record.to_update();
+        match inner
+            .mover()
+            .move_object(&self.meta, &target, &update)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // An older copy at the target (this lease's fence is newer than any other)
+                // gives way; a copy written under this very lease is this move, landed
+                // earlier: only the source is left to delete.
+                let existing = self.queue.head(state, &self.name).await?;
+                match existing {
+                    Some(copy) if copy.record.fence == self.token.fence() => {
+                        inner.store().delete(&self.meta.location).await?;
+                        Ok(())
+                    }
+                    Some(copy) => {
+                        tracing::warn!(name = self.name, state = %state, "an older copy is in the way (an interrupted move): replacing it");
+                        inner.store().delete(&copy.meta.location).await?;
+                        inner
+                            .mover()
+                            .move_object(&self.meta, &target, &update)
+                            .await
+                            .map_err(QueueError::from)
+                    }
+                    None => inner
+                        .mover()
+                        .move_object(&self.meta, &target, &update)
+                        .await
+                        .map_err(QueueError::from),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                // Gone from processing/: fine only if an earlier try of this move landed.
+                match self.queue.head(state, &self.name).await? {
+                    Some(copy) if copy.record.fence == self.token.fence() => Ok(()),
+                    _ => Err(self.lost_error()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.stop_renewing();
+    }
+}
+
+/// The wait before the next attempt after attempt `attempt` (1-based): `first`, doubled
+/// for each attempt after the first, at most `max`.
+pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(30);
+    first.saturating_mul(1u32 << doublings).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap() {
+        let m = Duration::from_secs(60);
+        let h = Duration::from_secs(3600);
+        assert_eq!(backoff(1, m, h), m);
+        assert_eq!(backoff(2, m, h), 2 * m);
+        assert_eq!(backoff(4, m, h), 8 * m);
+        assert_eq!(backoff(7, m, h), h);
+        assert_eq!(backoff(100, m, h), h);
+        assert_eq!(backoff(0, m, h), m);
+    }
+}

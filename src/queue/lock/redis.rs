@@ -1,0 +1,405 @@
+//! The Redis lock engine, for workers on many machines.
+//!
+//! Keys of one queue share the hash tag `{<queue id>}` (one Redis Cluster slot):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `swiftdrop:{id}:lease:<name>` | the holder's token, with the lease as its expiry (`SET NX PX`) |
+//! | `swiftdrop:{id}:fence` | the last fencing number given |
+//! | `swiftdrop:{id}:epoch` | when this Redis's data for the queue began (Unix ms, server clock) |
+//! | `swiftdrop:{id}:finished:<sha256>` | `<key> <unix ms>` of a finished message, expiring after the dedup window |
+//! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
+//!
+//! Renew, release and the finish check are Lua scripts that compare the token and act in
+//! one step. A fencing number is one more than the last, but at least the Redis server's
+//! clock in microseconds (`TIME`), so numbers keep growing when Redis restarts without
+//! data. The connection is re-established after errors by redis-rs's `ConnectionManager`;
+//! a call that fails meanwhile returns a [`LockError`].
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::broadcast;
+
+use super::{FinishedRef, Holder, LockEngine, LockError, Token};
+use crate::config::RedisUrl;
+
+/// Oldest Redis with everything the engine uses (`SET ... GET`-era scripts, `PX`).
+pub const MIN_VERSION: (u32, u32) = (6, 2);
+/// Bound on connecting and on each answer, so that a hung Redis cannot hang a worker.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('SET', KEYS[3], string.format('%d', math.floor(now / 1000)), 'NX')
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+if now > fence then fence = now end
+redis.call('SET', KEYS[2], string.format('%d', fence))
+local token = string.format('%d', fence) .. ':' .. ARGV[1] .. ':' .. ARGV[2]
+if redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[3]) then return token end
+return false
+";
+
+const EPOCH: &str = r"
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('SET', KEYS[1], now, 'NX')
+return redis.call('GET', KEYS[1])
+";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Leases in a Redis server shared by every worker of a queue.
+pub struct RedisEngine {
+    client: redis::Client,
+    connection: ConnectionManager,
+    namespace: String,
+    url: RedisUrl,
+    scripts: Scripts,
+    announcements: OnceLock<broadcast::Sender<String>>,
+}
+
+struct Scripts {
+    acquire: Script,
+    epoch: Script,
+    renew: Script,
+    release: Script,
+}
+
+impl fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisEngine({} {})", self.url, self.namespace)
+    }
+}
+
+impl RedisEngine {
+    /// An engine for the queue `queue_id` at `url`. Connects lazily: nothing is sent until
+    /// the first call.
+    pub fn new(url: &RedisUrl, queue_id: &str) -> Result<RedisEngine, LockError> {
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| LockError(format!("{url}: {}", redact(&e.to_string(), url))))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| LockError(format!("{url}: {}", redact(&e.to_string(), url))))?;
+        Ok(RedisEngine {
+            client,
+            connection,
+            namespace: format!("swiftdrop:{{{queue_id}}}"),
+            url: url.clone(),
+            scripts: Scripts {
+                acquire: Script::new(ACQUIRE),
+                epoch: Script::new(EPOCH),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+            },
+            announcements: OnceLock::new(),
+        })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.namespace)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:new", self.namespace)
+    }
+
+    fn error(&self, e: redis::RedisError) -> LockError {
+        LockError(format!(
+            "Redis {}: {}",
+            self.url,
+            redact(&e.to_string(), &self.url)
+        ))
+    }
+}
+
+/// Subscribes to `channel` and forwards every message into `tx`, reconnecting with backoff,
+/// until nobody listens any more.
+async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    url: RedisUrl,
+    tx: broadcast::Sender<String>,
+) {
+    let mut delay = Duration::from_millis(100);
+    while tx.receiver_count() > 0 {
+        let subscribed = async {
+            let mut pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| "connection timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            pubsub
+                .subscribe(&channel)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub)
+        }
+        .await;
+        match subscribed {
+            Ok(mut pubsub) => {
+                delay = Duration::from_millis(100);
+                tracing::debug!(channel, "subscribed to new-mail announcements");
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(name) = message.get_payload::<String>() {
+                        if tx.send(name).is_err() {
+                            return;
+                        }
+                    }
+                }
+                tracing::warn!(redis = %url, "announcement subscription ended; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(redis = %url, error = %redact(&e, &url), "cannot subscribe to announcements; retrying (claims poll meanwhile)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// An error text without the URL's password, should the client have quoted it.
+fn redact(text: &str, url: &RedisUrl) -> String {
+    let full = url.expose();
+    match full
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+    {
+        Some((userinfo, _)) if !userinfo.is_empty() => {
+            let password = userinfo.rsplit(':').next().unwrap_or(userinfo);
+            if password.is_empty() {
+                text.to_string()
+            } else {
+                text.replace(password, "***")
+            }
+        }
+        _ => text.to_string(),
+    }
+}
+
+#[async_trait]
+impl LockEngine for RedisEngine {
+    async fn acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Token>, LockError> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let token: Option<String> = self
+            .scripts
+            .acquire
+            .key(self.key("lease", name))
+            .key(format!("{}:fence", self.namespace))
+            .key(format!("{}:epoch", self.namespace))
+            .arg(owner)
+            .arg(&nonce[..16])
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        token
+            .map(|t| Token::parse(&t).map_err(LockError))
+            .transpose()
+    }
+
+    async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError> {
+        let renewed: i64 = self
+            .scripts
+            .renew
+            .key(self.key("lease", name))
+            .arg(token.as_str())
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {
+        let released: i64 = self
+            .scripts
+            .release
+            .key(self.key("lease", name))
+            .arg(token.as_str())
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(released == 1)
+    }
+
+    async fn holders(&self, names: &[String]) -> Result<Vec<Option<Holder>>, LockError> {
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(500) {
+            let mut pipe = redis::pipe();
+            for name in chunk {
+                let key = self.key("lease", name);
+                pipe.get(&key).pttl(&key);
+            }
+            let answers: Vec<(Option<String>, i64)> = pipe
+                .query_async(&mut self.connection.clone())
+                .await
+                .map_err(|e| self.error(e))?;
+            out.extend(answers.into_iter().map(|(token, pttl)| {
+                let token = Token::parse(&token?).ok()?;
+                Some(Holder {
+                    token,
+                    remaining: Duration::from_millis(pttl.max(0) as u64),
+                })
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn remember_finished(
+        &self,
+        sha256: &str,
+        finished: &FinishedRef,
+        window: Duration,
+    ) -> Result<(), LockError> {
+        let value = format!("{} {}", finished.key, finished.at.timestamp_millis());
+        let _: () = self
+            .connection
+            .clone()
+            .pset_ex(
+                self.key("finished", sha256),
+                value,
+                window.as_millis() as u64,
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError> {
+        let value: Option<String> = self
+            .connection
+            .clone()
+            .get(self.key("finished", sha256))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(value.and_then(|v| parse_finished(&v)))
+    }
+
+    async fn announce(&self, name: &str) -> Result<(), LockError> {
+        let _: i64 = self
+            .connection
+            .clone()
+            .publish(self.channel(), name)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Names announced on the queue's channel, from a subscriber task started at the first
+    /// call. The task reconnects after errors; names published meanwhile are missed (the
+    /// periodic listing finds them).
+    fn announcements(&self) -> Option<broadcast::Receiver<String>> {
+        let sender = self.announcements.get_or_init(|| {
+            let (tx, _) = broadcast::channel(1024);
+            tokio::spawn(subscribe(
+                self.client.clone(),
+                self.channel(),
+                self.url.clone(),
+                tx.clone(),
+            ));
+            tx
+        });
+        Some(sender.subscribe())
+    }
+
+    async fn epoch(&self) -> Result<DateTime<Utc>, LockError> {
+        let ms: String = self
+            .scripts
+            .epoch
+            .key(format!("{}:epoch", self.namespace))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        ms.parse::<i64>()
+            .ok()
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .ok_or_else(|| LockError(format!("Redis {}: epoch {ms:?} is not a time", self.url)))
+    }
+
+    async fn check(&self) -> Result<String, LockError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("unknown")
+            .to_string();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < MIN_VERSION {
+            return Err(LockError(format!(
+                "Redis {} is version {version}; the queue needs {}.{} or later",
+                self.url, MIN_VERSION.0, MIN_VERSION.1
+            )));
+        }
+        Ok(format!("Redis {version} at {}", self.url))
+    }
+}
+
+/// `<key> <unix ms>` → a [`FinishedRef`].
+pub(super) fn parse_finished(value: &str) -> Option<FinishedRef> {
+    let (key, ms) = value.trim().rsplit_once(' ')?;
+    Some(FinishedRef {
+        key: key.to_string(),
+        at: DateTime::<Utc>::from_timestamp_millis(ms.parse().ok()?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_errors() {
+        let url = RedisUrl::parse("redis://:sekrit@127.0.0.1:1/0").unwrap();
+        assert_eq!(
+            redact("auth failed for sekrit at 127.0.0.1", &url),
+            "auth failed for *** at 127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn finished_values_parse() {
+        let f = parse_finished("done/1.M2P3Q4.h,S=5 1700000000123").unwrap();
+        assert_eq!(f.key, "done/1.M2P3Q4.h,S=5");
+        assert_eq!(f.at.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(parse_finished("nonsense"), None);
+    }
+}

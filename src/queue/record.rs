@@ -1,0 +1,299 @@
+//! The states a stored message goes through, the keys that name it in each, and the record
+//! the queue keeps with the object (its metadata).
+//!
+//! A message keeps its Maildir name in every state; only the folder changes:
+//! `cur/<name>` → `processing/<name>` → `done/<name>` | `failed/<name>` | `retry/<name>`.
+//!
+//! The record travels with the object, so it survives the loss of the lock engine's data:
+//!
+//! | metadata key | value |
+//! |---|---|
+//! | `queue-attempt` | claims so far (0 under `cur/`, which holds only never-claimed mail) |
+//! | `queue-fence` | fencing number of the lease under which this copy was written |
+//! | `queue-lease` | under `processing/`: the claim's lease length in milliseconds |
+//! | `queue-not-before` | RFC 3339 time before which a `retry/` message is not claimed, or `-` |
+//! | `queue-reason` | why the message is where it is (percent-encoded), or `-` |
+//!
+//! When a crash leaves one message in two folders, the copy with the higher fencing number
+//! is the later one; for equal numbers (two moves under one lease) the later folder in
+//! `cur < processing < retry < failed < done` wins.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use object_store::path::Path;
+use object_store::{Attribute, Attributes};
+
+use crate::store::key::MessageKey;
+use crate::store::metadata;
+
+/// Longest reason kept, in bytes of its encoded form (Swift allows 256 per value).
+const MAX_REASON: usize = 200;
+
+/// Where a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Stored by the filter (or requeued), never claimed since.
+    Cur,
+    /// Claimed by a worker.
+    Processing,
+    /// Waiting for another attempt, not before a given time.
+    Retry,
+    /// Given up on.
+    Failed,
+    /// Handled.
+    Done,
+}
+
+impl State {
+    /// Every state, in the order of a message's life.
+    pub const ALL: [State; 5] = [
+        State::Cur,
+        State::Processing,
+        State::Retry,
+        State::Failed,
+        State::Done,
+    ];
+
+    /// The folder name, e.g. `processing`.
+    pub fn folder(self) -> &'static str {
+        match self {
+            State::Cur => "cur",
+            State::Processing => "processing",
+            State::Retry => "retry",
+            State::Failed => "failed",
+            State::Done => "done",
+        }
+    }
+
+    /// The object key of `name` in this state.
+    pub fn path(self, name: &str) -> Path {
+        Path::from_iter([self.folder(), name])
+    }
+
+    /// The folder as an object_store prefix.
+    pub fn prefix(self) -> Path {
+        Path::from(self.folder())
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.folder())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<State, String> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.folder() == s)
+            .ok_or_else(|| {
+                format!("{s:?} is not a state: use cur, processing, retry, failed or done")
+            })
+    }
+}
+
+/// A KEY as users give it: a Maildir name, with or without a state folder in front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef {
+    /// The state named in the key, if any.
+    pub state: Option<State>,
+    /// The Maildir name.
+    pub name: String,
+}
+
+impl FromStr for MessageRef {
+    type Err = String;
+
+    fn from_str(key: &str) -> Result<MessageRef, String> {
+        let (state, name) = match key.split_once('/') {
+            Some((folder, name)) => (Some(folder.parse::<State>()?), name),
+            None => (None, key),
+        };
+        if !is_message_name(name) {
+            return Err(format!(
+                "{key:?} is not a message key such as cur/<name> or <name>"
+            ));
+        }
+        Ok(MessageRef {
+            state,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Whether `name` can be a message's name: one path segment, printable, not `.` or `..`.
+pub fn is_message_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// When the filter received a message, from its Maildir name (seconds and microseconds).
+pub fn received(name: &str) -> Option<DateTime<Utc>> {
+    let key = MessageKey::parse(name)?;
+    DateTime::from_timestamp(i64::try_from(key.secs).ok()?, key.usec.saturating_mul(1000))
+}
+
+/// What the queue knows about one copy of a message, kept as its metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Claims so far.
+    pub attempt: u32,
+    /// Fencing number of the lease this copy was written under (0: written by the filter).
+    pub fence: u64,
+    /// The claim's lease length (under `processing/`).
+    pub lease: Option<Duration>,
+    /// Not claimable before this time (in `retry/`).
+    pub not_before: Option<DateTime<Utc>>,
+    /// Why the message is where it is.
+    pub reason: Option<String>,
+}
+
+const ATTEMPT: &str = "queue-attempt";
+const FENCE: &str = "queue-fence";
+const LEASE: &str = "queue-lease";
+const NOT_BEFORE: &str = "queue-not-before";
+const REASON: &str = "queue-reason";
+/// Written for "no value": some stores drop metadata with an empty value.
+const NONE: &str = "-";
+
+impl Record {
+    /// The record in an object's attributes; missing keys read as their defaults.
+    pub fn from_attributes(attributes: &Attributes) -> Record {
+        let get = |key: &'static str| {
+            attributes
+                .get(&Attribute::Metadata(key.into()))
+                .map(|v| v.as_ref().to_string())
+                .filter(|v| v != NONE && !v.is_empty())
+        };
+        Record {
+            attempt: get(ATTEMPT).and_then(|v| v.parse().ok()).unwrap_or(0),
+            fence: get(FENCE).and_then(|v| v.parse().ok()).unwrap_or(0),
+            lease: get(LEASE)
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis),
+            not_before: get(NOT_BEFORE)
+                .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            reason: get(REASON).map(|v| metadata::decode(&v)),
+        }
+    }
+
+    /// Every key of the record, for a move or an update (absent values as `-`).
+    pub fn to_update(&self) -> Vec<(String, String)> {
+        vec![
+            (ATTEMPT.into(), self.attempt.to_string()),
+            (FENCE.into(), self.fence.to_string()),
+            (
+                LEASE.into(),
+                self.lease
+                    .map(|l| l.as_millis().to_string())
+                    .unwrap_or_else(|| NONE.into()),
+            ),
+            (
+                NOT_BEFORE.into(),
+                self.not_before
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+                    .unwrap_or_else(|| NONE.into()),
+            ),
+            (
+                REASON.into(),
+                self.reason
+                    .as_deref()
+                    .map(|r| metadata::encode_cut(r, MAX_REASON))
+                    .unwrap_or_else(|| NONE.into()),
+            ),
+        ]
+    }
+
+    /// Whether this copy was written after `other` (see the module docs).
+    pub fn is_later_than(&self, state: State, other: &Record, other_state: State) -> bool {
+        (self.fence, state) > (other.fence, other_state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_with_and_without_a_state() {
+        let name = "1700000000.M5P6Q7.mx,S=10";
+        assert_eq!(
+            format!("processing/{name}").parse::<MessageRef>().unwrap(),
+            MessageRef {
+                state: Some(State::Processing),
+                name: name.into()
+            }
+        );
+        assert_eq!(name.parse::<MessageRef>().unwrap().state, None);
+        for bad in [
+            "", "new/x", "cur/", "cur/../x", "..", ".hidden", "a b", "cur/a/b",
+        ] {
+            assert!(bad.parse::<MessageRef>().is_err(), "{bad:?}");
+        }
+        assert_eq!(State::Retry.path(name).as_ref(), format!("retry/{name}"));
+    }
+
+    #[test]
+    fn record_round_trips_through_metadata() {
+        let record = Record {
+            attempt: 3,
+            fence: 1_764_000_000_123_456,
+            lease: Some(Duration::from_millis(1500)),
+            not_before: DateTime::from_timestamp(1_800_000_000, 123_000_000),
+            reason: Some("SMTP 451 4.3.0 try later; 100% sure\r\nnext line".into()),
+        };
+        let mut attributes = Attributes::new();
+        for (k, v) in record.to_update() {
+            assert!(v.bytes().all(|b| (0x20..0x7f).contains(&b)), "{k}: {v}");
+            attributes.insert(Attribute::Metadata(k.into()), v.into());
+        }
+        assert_eq!(Record::from_attributes(&attributes), record);
+        assert_eq!(
+            Record::from_attributes(&Attributes::new()),
+            Record::default()
+        );
+        let cleared = Record {
+            attempt: 1,
+            ..Record::default()
+        };
+        let mut attributes = Attributes::new();
+        for (k, v) in cleared.to_update() {
+            attributes.insert(Attribute::Metadata(k.into()), v.into());
+        }
+        assert_eq!(Record::from_attributes(&attributes), cleared);
+    }
+
+    #[test]
+    fn later_copies_win_by_fence_then_state() {
+        let old = Record {
+            fence: 5,
+            ..Record::default()
+        };
+        let new = Record {
+            fence: 9,
+            ..Record::default()
+        };
+        assert!(new.is_later_than(State::Cur, &old, State::Done));
+        assert!(old.is_later_than(State::Done, &old, State::Processing));
+        assert!(!old.is_later_than(State::Processing, &old, State::Retry));
+    }
+
+    #[test]
+    fn received_time_comes_from_the_name() {
+        let t = received("1700000000.M250P1Q2.h,S=3").unwrap();
+        assert_eq!(t.timestamp(), 1_700_000_000);
+        assert_eq!(t.timestamp_subsec_micros(), 250);
+        assert_eq!(received("foreign-name"), None);
+    }
+}

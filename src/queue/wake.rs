@@ -1,0 +1,161 @@
+//! Waking waiting claims when new mail arrives, instead of listing the store in a loop.
+//!
+//! The filter announces every new `cur/` name ([`Announcer`], Redis pub/sub when the lock
+//! engine is Redis); on a local Maildir, the `cur/` folder itself is watched with inotify.
+//! Announced names join the claim candidates at once and wake every waiting claim. What an
+//! announcement misses (a subscriber reconnecting, a full channel) the periodic listing
+//! (`poll_interval`) finds.
+
+use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use chrono::Utc;
+use futures::StreamExt;
+use object_store::ObjectMeta;
+use tokio::sync::{Notify, mpsc};
+
+use super::Inner;
+use super::lock::LockEngine;
+use super::record::{self, State};
+use crate::store::key::MessageKey;
+
+/// Announcements waiting to be published before new ones are dropped.
+const ANNOUNCE_BACKLOG: usize = 4096;
+
+/// What waiting claims wait on.
+#[derive(Debug, Default)]
+pub(super) struct Wake {
+    /// Notified when a name was announced.
+    pub(super) notify: Notify,
+    started: AtomicBool,
+}
+
+/// Starts listening for announcements, once per queue.
+pub(super) fn start(inner: &Arc<Inner>) {
+    if inner.wake.started.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    if let Some(mut announcements) = inner.lock.announcements() {
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match announcements.recv().await {
+                    Ok(name) => {
+                        if !arrived(&weak, &name).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "announcements overflowed; listing instead");
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.candidates.lock().await.cur_listed = None;
+                        inner.wake.notify.notify_waiters();
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    } else if let Some(root) = inner.destination.maildir_root() {
+        let cur = root.join(State::Cur.folder());
+        match watch(&cur) {
+            Ok(mut events) => {
+                tokio::spawn(async move {
+                    while let Some(name) = events.recv().await {
+                        if !arrived(&weak, &name).await {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(dir = %cur.display(), error = %e, "cannot watch for new mail; waiting claims poll")
+            }
+        }
+    }
+}
+
+/// Adds an announced name to the candidates and wakes the waiting claims; `false` when the
+/// queue is gone.
+async fn arrived(queue: &Weak<Inner>, name: &str) -> bool {
+    let Some(inner) = queue.upgrade() else {
+        return false;
+    };
+    if !record::is_message_name(name) {
+        return true;
+    }
+    {
+        let mut candidates = inner.candidates.lock().await;
+        if candidates.queued.insert(name.to_string()) {
+            candidates.cur.push_back(ObjectMeta {
+                location: State::Cur.path(name),
+                last_modified: Utc::now(),
+                size: MessageKey::parse(name).map_or(0, |k| k.size),
+                e_tag: None,
+                version: None,
+            });
+        }
+    }
+    inner.wake.notify.notify_waiters();
+    true
+}
+
+/// Names of files that appear in `dir`, from inotify.
+fn watch(dir: &FsPath) -> std::io::Result<mpsc::Receiver<String>> {
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init()?;
+    inotify
+        .watches()
+        .add(dir, WatchMask::MOVED_TO | WatchMask::CREATE)?;
+    let mut events = inotify.into_event_stream([0u8; 4096])?;
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            if let Some(name) = event.name.and_then(|n| n.into_string().ok()) {
+                if tx.send(name).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Announces the filter's new `cur/` messages to waiting claims, in the background, so that
+/// a reply never waits for it; announcements beyond a backlog are dropped (claims list).
+#[derive(Debug, Clone)]
+pub struct Announcer {
+    tx: mpsc::Sender<String>,
+}
+
+impl Announcer {
+    /// An announcer publishing through `lock`, with its own task.
+    pub fn spawn(lock: Arc<dyn LockEngine>) -> Announcer {
+        let (tx, mut rx) = mpsc::channel::<String>(ANNOUNCE_BACKLOG);
+        tokio::spawn(async move {
+            let mut failing = false;
+            while let Some(name) = rx.recv().await {
+                match lock.announce(&name).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("announcing new mail works again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "cannot announce new mail; workers find it by listing");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Announcer { tx }
+    }
+
+    /// Queues the announcement of `name`.
+    pub fn announce(&self, name: &str) {
+        let _ = self.tx.try_send(name.to_string());
+    }
+}
