@@ -2,16 +2,47 @@
 //! process, as SIGKILL would at that instant.
 //!
 //! `SWIFTDROP_FAILPOINT=<name>` makes the process send itself SIGKILL the first time it
-//! reaches [`hit`] with that name. Without the variable, [`hit`] is one comparison with a
-//! cached `None`. The names are listed where they are hit; tests name them one by one.
+//! reaches [`hit`] with that name; `<name>@<n>` the n-th time. Without the variable, [`hit`]
+//! is one comparison with a cached `None`.
+//!
+//! | name | where |
+//! |---|---|
+//! | `claim.leased` | a claim holds the lease, nothing is moved yet |
+//! | `move.copied` | a move's copy exists beside its source (Maildir: renamed, not yet fsynced) |
+//! | `move.verified` | a move's copy is verified, the source not yet deleted (Maildir: fsynced) |
+//! | `finish.checked` | a finish or release checked its lease, nothing is moved yet |
+//! | `finish.moved` | a finish or release moved the message, its lease is not yet given up |
+//! | `requeue.half` | a requeue moved the message to `processing/`, not yet on to `cur/` |
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The configured fail-point: its name and the hit that kills.
+struct Configured {
+    name: String,
+    at: u32,
+    hits: AtomicU32,
+}
 
 /// Kills the process with SIGKILL when `name` is the configured fail-point.
 pub fn hit(name: &str) {
-    static CONFIGURED: OnceLock<Option<String>> = OnceLock::new();
-    let configured = CONFIGURED.get_or_init(crate::config::failpoint);
-    if configured.as_deref() == Some(name) {
+    static CONFIGURED: OnceLock<Option<Configured>> = OnceLock::new();
+    let configured = CONFIGURED.get_or_init(|| {
+        let value = crate::config::failpoint()?;
+        let (name, at) = match value.split_once('@') {
+            Some((name, at)) => (name.to_string(), at.parse().unwrap_or(1)),
+            None => (value, 1),
+        };
+        Some(Configured {
+            name,
+            at,
+            hits: AtomicU32::new(0),
+        })
+    });
+    let Some(configured) = configured else { return };
+    if configured.name == name
+        && configured.hits.fetch_add(1, Ordering::SeqCst) + 1 == configured.at
+    {
         eprintln!("swiftdrop: fail-point {name}: killing the process");
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine and runs the whole suite.
-# Run as root: the tests start a private Postfix and a Swift all-in-one, and mount
-# tmpfs/read-only stores; every server started is stopped again (by PID).
+# Run as root: the tests start a private Postfix, a Swift all-in-one and private Redis
+# servers, and mount tmpfs/read-only stores; every server started is stopped again (by PID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,8 @@ command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (car
 # Postfix (with smtp-sink/smtp-source): the real MTA in front of the filter.
 missing=()
 [ -x /usr/sbin/postfix ] || missing+=(postfix)
+# Redis: the queue tests' lock engine (each test starts and stops its own redis-server).
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v mount >/dev/null || missing+=(mount)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

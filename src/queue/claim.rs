@@ -3,8 +3,8 @@
 //!
 //! Every move first renews the lease in the lock engine (compare-and-expire on the token):
 //! a claim whose token no longer holds the lease gets [`QueueError::LeaseLost`] and moves
-//! nothing. The move itself must end within half the lease it just renewed, so that nobody
-//! else can have taken the message over meanwhile.
+//! nothing. The lease keeps being renewed while the move runs, so a slow store cannot let
+//! it expire under the move.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,10 +96,21 @@ impl Claim {
         lease: Duration,
     ) -> Claim {
         let mut claim = Claim::resumed_with(queue, name, token, record, meta, lease);
-        let state = Arc::downgrade(&claim.state);
-        let lock = claim.queue.inner().lock().clone();
-        let (name, token) = (claim.name.clone(), claim.token.clone());
-        claim.renewer = Some(tokio::spawn(async move {
+        claim.start_renewing();
+        claim
+    }
+
+    /// Renews the lease every third of its length in the background, until stopped; marks
+    /// the claim lost when the lock engine refuses, or cannot be reached before the lease
+    /// ends.
+    fn start_renewing(&mut self) {
+        if self.renewer.is_some() {
+            return;
+        }
+        let state = Arc::downgrade(&self.state);
+        let lock = self.queue.inner().lock().clone();
+        let (name, token, lease) = (self.name.clone(), self.token.clone(), self.lease);
+        self.renewer = Some(tokio::spawn(async move {
             let every = lease / 3;
             let mut wait = every;
             loop {
@@ -130,7 +141,6 @@ impl Claim {
                 }
             }
         }));
-        claim
     }
 
     /// A claim on a message claimed by another process, which handed the token over; it
@@ -279,8 +289,7 @@ impl Claim {
 
     /// Moves the message on: `done/`, `failed/` or `retry/`.
     pub async fn finish(mut self, outcome: Outcome) -> Result<Finished, QueueError> {
-        self.stop_renewing();
-        let settings = self.queue.inner().settings();
+        let settings = self.queue.inner().settings().clone();
         let now = Utc::now();
         let (state, reason, not_before) = match outcome {
             Outcome::Done { reason } => (State::Done, reason, None),
@@ -344,7 +353,6 @@ impl Claim {
     /// Gives the message back at once, counting no attempt: to `cur/` after a first claim,
     /// else to `retry/`, due now, with the attempt count it had before this claim.
     pub async fn release(mut self) -> Result<Finished, QueueError> {
-        self.stop_renewing();
         let (state, record) = if self.record.attempt <= 1 {
             let record = Record {
                 attempt: 0,
@@ -390,34 +398,30 @@ impl Claim {
     }
 
     /// Checks the lease in the lock engine, then moves `processing/<name>` to `state` with
-    /// `record`, then gives the lease up.
-    async fn fenced_move(&self, state: State, record: Record) -> Result<Finished, QueueError> {
-        let inner = self.queue.inner();
-        if self.is_lost()
-            || !inner
-                .lock()
-                .renew(&self.name, &self.token, self.lease)
-                .await?
-        {
+    /// `record` while the lease keeps being renewed, then gives the lease up.
+    ///
+    /// A lease lost during the move (the lock engine restarted without its data, or this
+    /// process paused past the lease) cannot stop a copy already sent; the copy carries this
+    /// lease's fencing number, so the newer holder's copy supersedes it.
+    async fn fenced_move(&mut self, state: State, record: Record) -> Result<Finished, QueueError> {
+        let lock = self.queue.inner().lock().clone();
+        if self.is_lost() || !lock.renew(&self.name, &self.token, self.lease).await? {
+            self.stop_renewing();
             self.state.mark_lost();
             return Err(self.lost_error());
         }
         failpoint::hit("finish.checked");
-        let budget = self.lease / 2;
-        let moved = tokio::time::timeout(budget, self.move_to(state, &record)).await;
-        match moved {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(QueueError::Store(format!(
-                    "moving {} to {state}/ took longer than half the lease ({budget:?}); the next claim or finish that meets it resolves where it is",
-                    self.name
-                )));
-            }
-        }
+        self.start_renewing();
+        let moved = self.move_to(state, &record).await;
+        self.stop_renewing();
+        moved?;
         failpoint::hit("finish.moved");
-        match inner.lock().release(&self.name, &self.token).await {
+        match lock.release(&self.name, &self.token).await {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(name = self.name, "the lease ended during the move"),
+            Ok(false) => tracing::warn!(
+                name = self.name,
+                "the lease ended during the move: a newer claim's copy supersedes this one"
+            ),
             Err(e) => {
                 tracing::warn!(name = self.name, error = %e, "cannot release the lease; it expires by itself")
             }
@@ -428,46 +432,18 @@ impl Claim {
         })
     }
 
-    /// The move of a fenced finish or release, with what an interrupted earlier move of
-    /// this message may have left at the target.
+    /// The move of a fenced finish or release. A source already gone is fine only when an
+    /// earlier try of this very move (same lease) landed.
     async fn move_to(&self, state: State, record: &Record) -> Result<(), QueueError> {
         let inner = self.queue.inner();
         let target = state.path(&self.name);
-        let update = record.to_update();
         match inner
             .mover()
-            .move_object(&self.meta, &target, &update)
+            .move_object(&self.meta, &target, &record.to_update())
             .await
         {
             Ok(()) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // An older copy at the target (this lease's fence is newer than any other)
-                // gives way; a copy written under this very lease is this move, landed
-                // earlier: only the source is left to delete.
-                let existing = self.queue.head(state, &self.name).await?;
-                match existing {
-                    Some(copy) if copy.record.fence == self.token.fence() => {
-                        inner.store().delete(&self.meta.location).await?;
-                        Ok(())
-                    }
-                    Some(copy) => {
-                        tracing::warn!(name = self.name, state = %state, "an older copy is in the way (an interrupted move): replacing it");
-                        inner.store().delete(&copy.meta.location).await?;
-                        inner
-                            .mover()
-                            .move_object(&self.meta, &target, &update)
-                            .await
-                            .map_err(QueueError::from)
-                    }
-                    None => inner
-                        .mover()
-                        .move_object(&self.meta, &target, &update)
-                        .await
-                        .map_err(QueueError::from),
-                }
-            }
             Err(object_store::Error::NotFound { .. }) => {
-                // Gone from processing/: fine only if an earlier try of this move landed.
                 match self.queue.head(state, &self.name).await? {
                     Some(copy) if copy.record.fence == self.token.fence() => Ok(()),
                     _ => Err(self.lost_error()),

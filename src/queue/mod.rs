@@ -381,15 +381,16 @@ impl Queue {
         Ok(None)
     }
 
-    /// The next message of `state` to try, from the candidates; lists the folder again when
-    /// its listing is older than `poll_interval` (or there has been none).
+    /// The next message of `state` to try, from the candidates. `cur/` is listed again when
+    /// its candidates ran out and the last listing is older than `poll_interval` (new mail
+    /// in between comes by announcement); the other folders whenever their listing is older.
     async fn next_candidate(&self, state: State) -> Result<Option<ObjectMeta>, QueueError> {
         let poll = self.inner.settings.poll_interval;
         let mut candidates = self.inner.candidates.lock().await;
         let stale = |listed: Option<Instant>| listed.is_none_or(|t| t.elapsed() >= poll);
         match state {
             State::Cur => {
-                if stale(candidates.cur_listed) {
+                if candidates.cur.is_empty() && stale(candidates.cur_listed) {
                     let listed = self.list_folder(State::Cur).await?;
                     candidates.queued = listed.iter().map(name_of).collect();
                     candidates.cur = listed.into();
@@ -519,7 +520,10 @@ impl Queue {
         }
     }
 
-    /// Moves a never-claimed message from `cur/` to `processing/` as attempt 1.
+    /// Moves a never-claimed message from `cur/` to `processing/` as attempt 1. A leftover
+    /// under `processing/` (a claim, release or requeue of this message interrupted after its
+    /// copy) is replaced: nobody holds it, since this claim holds the lease, and it
+    /// describes the same never-finished message.
     async fn take_from_cur(
         &self,
         name: &str,
@@ -544,10 +548,6 @@ impl Queue {
             Ok(()) => Ok(Some(self.new_claim(name, token, record, meta, lease))),
             // Claimed and moved on by another worker since it was listed.
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            // A leftover of a crashed move is in the way.
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                self.take_resolved(name, token, lease).await
-            }
             Err(e) => Err(e.into()),
         }
     }
@@ -923,36 +923,52 @@ impl Queue {
         Ok(finished)
     }
 
+    /// The requeue under the lease: through `processing/`, so that a crash halfway leaves
+    /// a copy there, which claims resolve, and never a second copy beside `cur/`, which
+    /// they would not meet.
     async fn requeue_leased(&self, name: &str, token: &Token) -> Result<Finished, QueueError> {
         let newest = self
             .resolve(name)
             .await?
             .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
-        match newest.state {
-            State::Cur => Err(QueueError::Refused(format!("{name} is already in cur/"))),
-            State::Processing => Err(QueueError::Refused(format!(
-                "{name} is in processing/: finish or release its claim, or wait until its lease expires"
-            ))),
-            state => {
-                let record = Record {
-                    attempt: 0,
-                    fence: token.fence(),
-                    lease: None,
-                    not_before: None,
-                    reason: Some(format!("requeued from {state}/")),
-                };
-                self.inner
-                    .mover
-                    .move_object(&newest.meta, &State::Cur.path(name), &record.to_update())
-                    .await?;
-                failpoint::hit("requeue.moved");
-                tracing::info!(name, from = %state, "requeued");
-                Ok(Finished {
-                    key: format!("cur/{name}"),
-                    state: State::Cur,
-                })
+        let from = newest.state;
+        match from {
+            State::Cur => return Err(QueueError::Refused(format!("{name} is already in cur/"))),
+            State::Processing => {
+                return Err(QueueError::Refused(format!(
+                    "{name} is in processing/: finish or release its claim, or wait until its lease expires"
+                )));
             }
+            _ => {}
         }
+        let mut record = Record {
+            attempt: 0,
+            fence: token.fence(),
+            lease: Some(self.inner.settings.lease),
+            not_before: None,
+            reason: Some(format!("requeued from {from}/")),
+        };
+        let processing = State::Processing.path(name);
+        self.inner
+            .mover
+            .move_object(&newest.meta, &processing, &record.to_update())
+            .await?;
+        failpoint::hit("requeue.half");
+        let moved = ObjectMeta {
+            location: processing,
+            last_modified: Utc::now(),
+            ..newest.meta
+        };
+        record.lease = None;
+        self.inner
+            .mover
+            .move_object(&moved, &State::Cur.path(name), &record.to_update())
+            .await?;
+        tracing::info!(name, %from, "requeued");
+        Ok(Finished {
+            key: format!("cur/{name}"),
+            state: State::Cur,
+        })
     }
 
     /// Says that `name` is new under `cur/` (best effort: the periodic listing finds what
@@ -997,6 +1013,9 @@ impl Queue {
         };
         if dry_run {
             return Ok(report);
+        }
+        if let Err(e) = self.inner.lock.forget_expired().await {
+            tracing::warn!(error = %e, "cannot clean the dedup index");
         }
         let total = report.matched;
         let store = self.inner.destination.store.clone();

@@ -7,9 +7,9 @@
 //!
 //! Metadata (the queue's record of a message) lives in extended attributes named
 //! `user.swiftdrop.<key>`, which travel with the file through renames; reads return them as
-//! [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename without
-//! replacing (`renameat2(RENAME_NOREPLACE)`), set the file's time to the move's and fsync both
-//! folders.
+//! [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename (one
+//! atomic step: a crash leaves the file in one folder or the other), set the file's time to
+//! the move's and fsync both folders.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -334,23 +334,32 @@ fn write_metadata(path: &FsPath, update: &MetadataUpdate) -> io::Result<()> {
     Ok(())
 }
 
-/// Renames `from` to `to` unless `to` exists, creating `to`'s folder when missing. Where the
-/// file system has no `RENAME_NOREPLACE`, a hard link and an unlink do the same in two steps.
-fn rename_no_replace(from: &FsPath, to: &FsPath) -> io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    let attempt = || match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
-            fs::hard_link(from, to).and_then(|()| fs::remove_file(from))
-        }
-        other => other.map_err(io::Error::from),
-    };
-    match attempt() {
+/// Renames `from` to `to` (replacing a leftover there), creating `to`'s folder when missing.
+fn rename_creating_folder(from: &FsPath, to: &FsPath) -> io::Result<()> {
+    match fs::rename(from, to) {
         Err(e) if e.kind() == io::ErrorKind::NotFound && from.exists() => match to.parent() {
-            Some(parent) => fs::create_dir_all(parent).and_then(|()| attempt()),
+            Some(parent) => fs::create_dir_all(parent).and_then(|()| fs::rename(from, to)),
             None => Err(e),
         },
         other => other,
     }
+}
+
+/// Sets a file's modification time to now: it tells when the queue last moved or updated the
+/// message, which `purge --older-than` and the take-over of abandoned claims read.
+fn touch(path: &FsPath) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT, utimensat};
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+    };
+    Ok(utimensat(CWD, path, &times, AtFlags::empty())?)
 }
 
 fn not_found(location: &Path, err: io::Error) -> object_store::Error {
@@ -365,28 +374,11 @@ fn not_found(location: &Path, err: io::Error) -> object_store::Error {
 }
 
 /// The queue move of a Maildir file: attributes, rename, time, folder fsyncs.
-fn move_file(
-    from: &FsPath,
-    to: &FsPath,
-    location: &Path,
-    target: &Path,
-    update: &MetadataUpdate,
-) -> Result<()> {
+fn move_file(from: &FsPath, to: &FsPath, location: &Path, update: &MetadataUpdate) -> Result<()> {
     write_metadata(from, update).map_err(|e| not_found(location, e))?;
-    match rename_no_replace(from, to) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(object_store::Error::AlreadyExists {
-                path: target.to_string(),
-                source: Box::new(e),
-            });
-        }
-        other => other.map_err(|e| not_found(location, e))?,
-    }
+    rename_creating_folder(from, to).map_err(|e| not_found(location, e))?;
     failpoint::hit("move.copied");
-    // The file's time says when it entered its state: `purge --older-than` reads it.
-    File::open(to)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-        .map_err(generic)?;
+    touch(to).map_err(generic)?;
     sync_parent(to)
         .and_then(|()| sync_parent(from))
         .map_err(generic)?;
@@ -404,8 +396,8 @@ impl Mover for MaildirStore {
     ) -> Result<()> {
         let source = self.local.path_to_filesystem(&from.location)?;
         let target = self.local.path_to_filesystem(to)?;
-        let (location, to, update) = (from.location.clone(), to.clone(), update.to_vec());
-        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &to, &update))
+        let (location, update) = (from.location.clone(), update.to_vec());
+        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &update))
             .await
             .map_err(|e| generic(io::Error::other(e)))?
     }
@@ -414,13 +406,9 @@ impl Mover for MaildirStore {
         let path = self.local.path_to_filesystem(&at.location)?;
         let (location, update) = (at.location.clone(), update.to_vec());
         tokio::task::spawn_blocking(move || {
-            // The file's time says when the queue last wrote it, as after a move.
             write_metadata(&path, &update)
-                .and_then(|()| {
-                    let file = File::open(&path)?;
-                    file.set_modified(std::time::SystemTime::now())?;
-                    file.sync_all()
-                })
+                .and_then(|()| touch(&path))
+                .and_then(|()| File::open(&path)?.sync_all())
                 .map_err(|e| not_found(&location, e))
         })
         .await

@@ -7,14 +7,16 @@
 //!
 //! | backend | copy | verify | delete |
 //! |---|---|---|---|
-//! | Maildir | extended attributes on the file, then `rename` (no-replace) | the rename itself | (the rename) |
-//! | Swift | `PUT` + `X-Copy-From` + `If-None-Match: *` + `X-Object-Meta-*` | Etag = the source's MD5, else size | `DELETE` |
-//! | S3 | `HEAD` target, then `CopyObject` with `x-amz-metadata-directive: REPLACE` | ETag, else size | `DELETE` |
+//! | Maildir | extended attributes on the file, then `rename` | the rename itself | (the rename) |
+//! | Swift | `PUT` + `X-Copy-From` + `X-Object-Meta-*` | Etag = the source's MD5, else size | `DELETE` |
+//! | S3 | `CopyObject` with `x-amz-metadata-directive: REPLACE` | ETag, else size | `DELETE` |
 //!
-//! A move never overwrites: an existing target is [`object_store::Error::AlreadyExists`] with
-//! nothing changed, so the caller decides which copy wins. A missing source is
-//! [`object_store::Error::NotFound`]. Fail-points (see [`crate::failpoint`]) named
-//! `move.copied` and `move.verified` sit between the steps.
+//! A copy replaces what is at the target. Moves run under the message's lease, so the only
+//! thing that can be there is the leftover of an earlier interrupted move of the same
+//! message, which the new copy supersedes. (Swift applies `If-None-Match` of a copy to its
+//! source, and Swift's S3 API refuses conditional writes: neither could refuse it anyway.)
+//! A missing source is [`object_store::Error::NotFound`]. Fail-points (see
+//! [`crate::failpoint`]) named `move.copied` and `move.verified` sit between the steps.
 
 use std::fmt::Debug;
 
@@ -29,7 +31,7 @@ pub type MetadataUpdate = [(String, String)];
 #[async_trait]
 pub trait Mover: Send + Sync + Debug {
     /// Moves `from` (as listed or headed: its size and ETag are used to verify the copy) to
-    /// `to`, setting `update` on the way. Never overwrites `to`.
+    /// `to`, setting `update` on the way.
     async fn move_object(
         &self,
         from: &ObjectMeta,

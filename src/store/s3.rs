@@ -317,18 +317,7 @@ impl Mover for Md5Verified<AmazonS3> {
         to: &Path,
         update: &MetadataUpdate,
     ) -> Result<()> {
-        // Swift's s3api and many S3 clones refuse conditional writes: the move runs under
-        // the message's lease, so a HEAD of the target is enough to never overwrite.
-        match self.head(to).await {
-            Ok(_) => {
-                return Err(object_store::Error::AlreadyExists {
-                    path: to.to_string(),
-                    source: "the target of the move exists".into(),
-                });
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        // A copy that replaces metadata must send all of it: read the source's first.
         let source = self
             .get_opts(&from.location, GetOptions::new().with_head(true))
             .await?;

@@ -10,6 +10,8 @@ mod cli;
 mod gateway;
 mod postfix;
 mod private_postfix;
+mod queue;
+mod queue_support;
 mod relay;
 mod server;
 mod session;

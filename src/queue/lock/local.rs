@@ -1,23 +1,27 @@
-//! The local lock engine: leases in files on this machine, for workers that share it.
+//! The local lock engine: leases in a file on this machine, for workers that share it.
 //!
 //! Everything lives in the state directory (by default `<maildir>/.swiftdrop-queue`):
 //!
 //! | file | holds |
 //! |---|---|
-//! | `lock` | the `flock` that every operation below holds while it reads and writes |
-//! | `fence` | the last fencing number given |
-//! | `epoch` | when the directory's data began (Unix ms) |
-//! | `leases/<name>` | `<token> <expiry, Unix ms>` of the lease on a message |
+//! | `leases` | the lease table, read and rewritten in place under its `flock` by every operation |
 //! | `finished/<sha256>` | `<key> <finished, Unix ms> <forget after, Unix ms>` |
 //!
-//! Leases expire by the clock like Redis leases do, so a stopped worker loses its claim
-//! after the lease; the `flock` is held only for the microseconds of one operation and is
-//! released by the kernel when a process dies. Writes replace whole files (write, rename),
-//! so a crash never leaves half a lease. This protects nothing beyond one machine: the queue
-//! refuses `local` for a remote store unless it is chosen explicitly.
+//! The table's first line holds the last fencing number and the epoch (when the table's
+//! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease; a last line
+//! `end <checksum>` proves the table whole. A table that is not whole (a crash in the middle
+//! of a write) counts as lost data, like a Redis restart: its leases are gone and the epoch
+//! starts again. Leases expire by the clock like Redis leases do, so a stopped worker loses
+//! its claim after the lease; the `flock` is held only for the microseconds of one operation
+//! and the kernel releases it when a process dies. No operation creates a file except a
+//! finish (its dedup entry). This protects nothing beyond one machine: the queue refuses
+//! `local` for a remote store unless it is chosen explicitly.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -26,48 +30,150 @@ use chrono::{DateTime, Utc};
 
 use super::{FinishedRef, Holder, LockEngine, LockError, Token, next_fence, now_micros};
 
-/// Leases in files under one directory.
+/// First word of the table's first line, with the format's version.
+const TABLE_HEADER: &str = "swiftdrop-leases 1";
+
+/// Leases in a table file under one directory.
 #[derive(Debug, Clone)]
 pub struct LocalEngine {
     dir: PathBuf,
 }
 
+/// The lease table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Table {
+    fence: u64,
+    epoch_ms: i64,
+    /// By name: the holder's token and the lease's expiry (Unix ms).
+    leases: BTreeMap<String, (Token, u64)>,
+}
+
+impl Table {
+    /// A table whose data begins now.
+    fn fresh(fence: u64) -> Table {
+        Table {
+            fence,
+            epoch_ms: now_ms() as i64,
+            leases: BTreeMap::new(),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Table> {
+        let body_end = text.rfind("end ")?;
+        let (body, end) = text.split_at(body_end);
+        if end.trim_end() != format!("end {:016x}", checksum(body)) {
+            return None;
+        }
+        let mut lines = body.lines();
+        let header = lines.next()?.strip_prefix(TABLE_HEADER)?;
+        let mut fence = None;
+        let mut epoch_ms = None;
+        for field in header.split_whitespace() {
+            match field.split_once('=') {
+                Some(("fence", v)) => fence = v.parse().ok(),
+                Some(("epoch", v)) => epoch_ms = v.parse().ok(),
+                _ => {}
+            }
+        }
+        let mut leases = BTreeMap::new();
+        for line in lines {
+            let mut parts = line.splitn(3, ' ');
+            let (Some(token), Some(expiry), Some(name)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            leases.insert(
+                name.to_string(),
+                (Token::parse(token).ok()?, expiry.parse().ok()?),
+            );
+        }
+        Some(Table {
+            fence: fence?,
+            epoch_ms: epoch_ms?,
+            leases,
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut body = format!(
+            "{TABLE_HEADER} fence={} epoch={}\n",
+            self.fence, self.epoch_ms
+        );
+        for (name, (token, expiry)) in &self.leases {
+            let _ = writeln!(body, "{token} {expiry} {name}");
+        }
+        let sum = checksum(&body);
+        let _ = writeln!(body, "end {sum:016x}");
+        body
+    }
+
+    /// The live lease on `name`.
+    fn live(&self, name: &str) -> Option<&(Token, u64)> {
+        self.leases
+            .get(name)
+            .filter(|(_, expiry)| *expiry > now_ms())
+    }
+}
+
+/// FNV-1a over the table's text: enough to tell a torn write from a whole one.
+fn checksum(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl LocalEngine {
     /// An engine keeping its files in `dir`, created when missing.
     pub fn open(dir: &Path) -> Result<LocalEngine, LockError> {
-        for sub in ["leases", "finished"] {
-            fs::create_dir_all(dir.join(sub)).map_err(|e| {
-                LockError(format!(
-                    "cannot create the state directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        fs::create_dir_all(dir.join("finished")).map_err(|e| {
+            LockError(format!(
+                "cannot create the state directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         Ok(LocalEngine {
             dir: dir.to_path_buf(),
         })
     }
 
-    /// Runs `op` holding the engine's `flock`, on a blocking thread.
-    async fn locked<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
-    ) -> Result<T, LockError> {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let file = OpenOptions::new()
+    /// Runs `op` on the lease table under its `flock` and writes the table back when `op`
+    /// (or the expiry of a lease) changed it. Inline, not on a blocking thread: the table is
+    /// small and the lock is held for microseconds, less than a thread hand-off costs.
+    async fn with_table<T>(&self, op: impl FnOnce(&mut Table) -> T) -> Result<T, LockError> {
+        let path = self.dir.join("leases");
+        let run = || -> io::Result<T> {
+            let mut file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
+                .read(true)
                 .write(true)
-                .open(dir.join("lock"))?;
+                .open(&path)?;
             rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
-            let result = op(&dir);
-            drop(file); // closing releases the flock
-            result
-        })
-        .await
-        .map_err(|e| LockError(format!("local lock: {e}")))?
-        .map_err(|e| LockError(format!("local lock in {}: {e}", self.dir.display())))
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            let mut table = match Table::parse(&text) {
+                Some(table) => table,
+                None => {
+                    if !text.is_empty() {
+                        tracing::warn!(file = %path.display(), "the lease table is damaged (a crash during a write?): its leases are lost");
+                    }
+                    Table::fresh(0)
+                }
+            };
+            let now = now_ms();
+            table.leases.retain(|_, (_, expiry)| *expiry > now);
+            let result = op(&mut table);
+            let rendered = table.render();
+            if rendered != text {
+                // In place: no new inode per operation. A crash in the middle leaves a table
+                // whose checksum fails, read as lost data.
+                file.write_all_at(rendered.as_bytes(), 0)?;
+                file.set_len(rendered.len() as u64)?;
+            }
+            Ok(result) // closing the file releases the flock
+        };
+        run().map_err(|e| LockError(format!("local lock in {}: {e}", self.dir.display())))
     }
 }
 
@@ -76,16 +182,6 @@ fn now_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Replaces `path` with `contents` atomically: written to `<dir>/.staged`, renamed over.
-/// Only called under the flock, so one staging file serves every write.
-fn replace(dir: &Path, path: &Path, contents: &str) -> io::Result<()> {
-    let staged = dir.join(".staged");
-    let mut file = File::create(&staged)?;
-    file.write_all(contents.as_bytes())?;
-    drop(file);
-    fs::rename(&staged, path)
 }
 
 fn read(path: &Path) -> io::Result<Option<String>> {
@@ -103,23 +199,17 @@ fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The live lease in `leases/<name>`: its token and expiry.
-fn live_lease(dir: &Path, name: &str) -> io::Result<Option<(Token, u64)>> {
-    let Some(text) = read(&dir.join("leases").join(name))? else {
-        return Ok(None);
-    };
-    let mut parts = text.split_whitespace();
-    let (Some(token), Some(expiry)) = (parts.next(), parts.next()) else {
-        return Ok(None);
-    };
-    let (Ok(token), Ok(expiry)) = (Token::parse(token), expiry.parse::<u64>()) else {
-        return Ok(None);
-    };
-    Ok((expiry > now_ms()).then_some((token, expiry)))
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn lease_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join("leases").join(name)
+/// `<key> <at ms> <forget ms>` → the entry, if it is still remembered.
+fn parse_finished(text: &str) -> Option<FinishedRef> {
+    let (entry, forget) = text.trim().rsplit_once(' ')?;
+    if forget.parse::<u64>().ok()? <= now_ms() {
+        return None;
+    }
+    super::redis::parse_finished(entry)
 }
 
 #[async_trait]
@@ -131,59 +221,54 @@ impl LockEngine for LocalEngine {
         ttl: Duration,
     ) -> Result<Option<Token>, LockError> {
         let (name, owner) = (name.to_string(), owner.to_string());
-        self.locked(move |dir| {
-            if live_lease(dir, &name)?.is_some() {
-                return Ok(None);
+        self.with_table(move |table| {
+            if table.live(&name).is_some() {
+                return None;
             }
-            let last = read(&dir.join("fence"))?
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            let fence = next_fence(last, now_micros());
-            replace(dir, &dir.join("fence"), &fence.to_string())?;
-            let token = Token::new(fence, &owner);
+            table.fence = next_fence(table.fence, now_micros());
+            let token = Token::new(table.fence, &owner);
             let expiry = now_ms() + ttl.as_millis() as u64;
-            replace(dir, &lease_path(dir, &name), &format!("{token} {expiry}\n"))?;
-            Ok(Some(token))
+            table.leases.insert(name, (token.clone(), expiry));
+            Some(token)
         })
         .await
     }
 
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError> {
         let (name, token) = (name.to_string(), token.clone());
-        self.locked(move |dir| match live_lease(dir, &name)? {
-            Some((held, _)) if held == token => {
-                let expiry = now_ms() + ttl.as_millis() as u64;
-                replace(dir, &lease_path(dir, &name), &format!("{token} {expiry}\n"))?;
-                Ok(true)
+        self.with_table(move |table| match table.leases.get_mut(&name) {
+            Some((held, expiry)) if *held == token => {
+                *expiry = now_ms() + ttl.as_millis() as u64;
+                true
             }
-            _ => Ok(false),
+            _ => false,
         })
         .await
     }
 
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {
         let (name, token) = (name.to_string(), token.clone());
-        self.locked(move |dir| match live_lease(dir, &name)? {
-            Some((held, _)) if held == token => {
-                remove(&lease_path(dir, &name))?;
-                Ok(true)
+        self.with_table(move |table| match table.leases.get(&name) {
+            Some((held, _)) if *held == token => {
+                table.leases.remove(&name);
+                true
             }
-            _ => Ok(false),
+            _ => false,
         })
         .await
     }
 
     async fn holders(&self, names: &[String]) -> Result<Vec<Option<Holder>>, LockError> {
         let names = names.to_vec();
-        self.locked(move |dir| {
+        self.with_table(move |table| {
             let now = now_ms();
             names
                 .iter()
                 .map(|name| {
-                    Ok(live_lease(dir, name)?.map(|(token, expiry)| Holder {
-                        token,
+                    table.live(name).map(|(token, expiry)| Holder {
+                        token: token.clone(),
                         remaining: Duration::from_millis(expiry.saturating_sub(now)),
-                    }))
+                    })
                 })
                 .collect()
         })
@@ -196,7 +281,7 @@ impl LockEngine for LocalEngine {
         finished: &FinishedRef,
         window: Duration,
     ) -> Result<(), LockError> {
-        if !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(sha256) {
             return Err(LockError(format!("{sha256:?} is not a SHA-256")));
         }
         let path = self.dir.join("finished").join(sha256);
@@ -206,28 +291,22 @@ impl LockEngine for LocalEngine {
             finished.key,
             finished.at.timestamp_millis()
         );
-        self.locked(move |dir| replace(dir, &path, &line)).await
+        // A torn write reads as "not remembered": the index is a hint, never the record.
+        tokio::task::spawn_blocking(move || File::create(&path)?.write_all(line.as_bytes()))
+            .await
+            .map_err(|e| LockError(format!("local dedup index: {e}")))?
+            .map_err(|e| LockError(format!("local dedup index: {e}")))
     }
 
     async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError> {
-        if !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_sha256(sha256) {
             return Ok(None);
         }
         let path = self.dir.join("finished").join(sha256);
-        self.locked(move |_| {
-            let Some(text) = read(&path)? else {
-                return Ok(None);
-            };
-            let Some((entry, forget)) = text.trim().rsplit_once(' ') else {
-                return Ok(None);
-            };
-            if forget.parse::<u64>().map_or(true, |f| f <= now_ms()) {
-                remove(&path)?;
-                return Ok(None);
-            }
-            Ok(super::redis::parse_finished(entry))
-        })
-        .await
+        tokio::task::spawn_blocking(move || Ok(read(&path)?.and_then(|t| parse_finished(&t))))
+            .await
+            .map_err(|e| LockError(format!("local dedup index: {e}")))?
+            .map_err(|e: io::Error| LockError(format!("local dedup index: {e}")))
     }
 
     async fn announce(&self, _name: &str) -> Result<(), LockError> {
@@ -236,42 +315,23 @@ impl LockEngine for LocalEngine {
     }
 
     async fn epoch(&self) -> Result<DateTime<Utc>, LockError> {
-        let ms = self
-            .locked(|dir| {
-                let path = dir.join("epoch");
-                match read(&path)?.and_then(|s| s.trim().parse::<i64>().ok()) {
-                    Some(ms) => Ok(ms),
-                    None => {
-                        let now = now_ms() as i64;
-                        replace(dir, &path, &now.to_string())?;
-                        Ok(now)
-                    }
-                }
-            })
-            .await?;
+        let ms = self.with_table(|table| table.epoch_ms).await?;
         DateTime::<Utc>::from_timestamp_millis(ms)
             .ok_or_else(|| LockError(format!("epoch {ms} is not a time")))
     }
 
     async fn check(&self) -> Result<String, LockError> {
-        let dir = self.dir.display().to_string();
-        self.locked(|_| Ok(())).await?;
-        Ok(format!("local lock in {dir}"))
+        self.with_table(|_| ()).await?;
+        Ok(format!("local lock in {}", self.dir.display()))
     }
-}
 
-impl LocalEngine {
-    /// Forgets finished messages whose window has passed; returns how many.
-    pub async fn forget_expired(&self) -> Result<usize, LockError> {
-        self.locked(|dir| {
+    async fn forget_expired(&self) -> Result<usize, LockError> {
+        let dir = self.dir.join("finished");
+        tokio::task::spawn_blocking(move || -> io::Result<usize> {
             let mut forgotten = 0;
-            for entry in fs::read_dir(dir.join("finished"))? {
+            for entry in fs::read_dir(dir)? {
                 let path = entry?.path();
-                let expired = read(&path)?
-                    .and_then(|t| t.trim().rsplit_once(' ').map(|(_, f)| f.to_string()))
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .is_none_or(|f| f <= now_ms());
-                if expired {
+                if read(&path)?.and_then(|t| parse_finished(&t)).is_none() {
                     remove(&path)?;
                     forgotten += 1;
                 }
@@ -279,6 +339,8 @@ impl LocalEngine {
             Ok(forgotten)
         })
         .await
+        .map_err(|e| LockError(format!("local dedup index: {e}")))?
+        .map_err(|e| LockError(format!("local dedup index: {e}")))
     }
 }
 
@@ -303,10 +365,21 @@ mod tests {
         assert!(!engine.renew("m", &a, ttl).await.unwrap());
         assert!(!engine.release("m", &a).await.unwrap());
         assert!(engine.release("m", &b).await.unwrap());
-        // Fences keep growing after the state is lost.
-        fs::remove_file(dir.path().join("fence")).unwrap();
-        let c = engine.acquire("m", "c", ttl).await.unwrap().unwrap();
-        assert!(c.fence() > b.fence());
+        // A torn table is lost data: leases gone, epoch new, fences still growing.
+        let epoch = engine.epoch().await.unwrap();
+        let held = engine
+            .acquire("n", "c", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let table = dir.path().join("leases");
+        let text = fs::read_to_string(&table).unwrap();
+        fs::write(&table, &text[..text.len() - 5]).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(engine.holders(&["n".into()]).await.unwrap()[0].is_none());
+        assert!(engine.epoch().await.unwrap() > epoch);
+        let c = engine.acquire("n", "c", ttl).await.unwrap().unwrap();
+        assert!(c.fence() > held.fence());
     }
 
     #[tokio::test]

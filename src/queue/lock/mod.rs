@@ -163,6 +163,12 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// announcements do nothing).
     async fn announce(&self, name: &str) -> Result<(), LockError>;
 
+    /// Forgets finished messages whose window has passed, where the engine does not expire
+    /// them by itself; returns how many.
+    async fn forget_expired(&self) -> Result<usize, LockError> {
+        Ok(0)
+    }
+
     /// Names announced as new under `cur/` by any process, if the engine carries
     /// announcements.
     fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {

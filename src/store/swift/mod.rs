@@ -6,8 +6,8 @@
 //! - multipart: segments in `<container>_segments`, then a static large object (SLO)
 //!   manifest at the key ([`upload`]); deleting an SLO deletes its segments.
 //! - copy: server-side (`X-Copy-From`); an SLO is copied as one plain object.
-//! - queue moves ([`Mover`]): a copy with `If-None-Match: *` and the new metadata, checked
-//!   against the source's Etag, then a plain `DELETE` (an SLO-aware one for an SLO source).
+//! - queue moves ([`Mover`]): a copy with the new metadata, checked against the source's
+//!   Etag, then a plain `DELETE` (an SLO-aware one for an SLO source).
 //! - conditional writes (`PutMode::Create`/`Update`, `CopyMode::Create`) are
 //!   `NotImplemented`: Swift's `If-None-Match: *` is not atomic between concurrent writers,
 //!   and `If-Match` on PUT is ignored.
@@ -805,23 +805,13 @@ impl Mover for SwiftStore {
     ) -> Result<()> {
         let container = &self.inner.container;
         let source = encoded_path(container, Some(from.location.as_ref()));
-        // If-None-Match is not atomic between concurrent writers, but a queue move runs
-        // under the message's lease: the only other writer is a crashed earlier move.
         let mut request = Request::object(Method::PUT, container, to.as_ref())
             .header("x-copy-from", &source)?
-            .header("if-none-match", "*")?
             .header("content-length", "0")?;
         request.headers.extend(update_headers(update)?);
         let response = self.inner.send(request).await?;
-        match response.status() {
-            StatusCode::CREATED => {}
-            StatusCode::PRECONDITION_FAILED => {
-                return Err(object_store::Error::AlreadyExists {
-                    path: to.to_string(),
-                    source: "the target of the move exists".into(),
-                });
-            }
-            s => return Err(status_error(s, from.location.as_ref(), response).await),
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error(response.status(), from.location.as_ref(), response).await);
         }
         let copied = response_etag(&response);
         failpoint::hit("move.copied");

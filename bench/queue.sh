@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The queue's throughput and wake-up latency, each beside a reference measured in the same run.
+#
+#   bench/queue.sh            (root, Debian; installs Swift and Redis when missing)
+#
+# Throughput: claims + finishes per second with 1, 4 and 8 worker processes
+# (examples/queue_worker.rs, each claiming, reading and finishing one message at a time) on a
+# Maildir (local lock) and on Swift (Redis lock), beside the bare move rate of the same store:
+# examples/queue_bench.rs listing cur/ once and then doing GET + copy + DELETE for every
+# message at the same concurrency, with no lease, metadata or checks.
+#
+# Latency: the time from swiftdrop serve's 250 to a waiting worker's claim, p50 and p99, over
+# LAT_COUNT messages sent one at a time (Maildir: inotify; Swift: Redis announcements).
+#
+# Environment: MAILDIR_COUNT (default 2000), SWIFT_COUNT (default 400), WORKERS (default
+# "1 4 8"), LAT_COUNT (default 200), BENCH_PORT (Swift proxy port, default 28080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAILDIR_COUNT=${MAILDIR_COUNT:-2000}
+SWIFT_COUNT=${SWIFT_COUNT:-400}
+WORKERS=${WORKERS:-"1 4 8"}
+LAT_COUNT=${LAT_COUNT:-200}
+PORT=${BENCH_PORT:-28080}
+
+bash tests/swift/swift-aio.sh install
+command -v redis-server >/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+}
+cargo build --release --quiet --bin swiftdrop --example queue_worker --example queue_bench
+bin=$PWD/target/release/swiftdrop
+worker=$PWD/target/release/examples/queue_worker
+helper=$PWD/target/release/examples/queue_bench
+work=$(mktemp -d "$PWD/target/queue-bench.XXXXXX")
+chmod 755 "$work" # Swift's servers run as the swift user
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    bash tests/swift/swift-aio.sh stop "$work/swift" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bash tests/swift/swift-aio.sh start "$work/swift" "$PORT"
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$work" \
+    --logfile "$work/redis.log" --daemonize no &
+pids+=($!)
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+
+common=(RUST_LOG=warn SWIFTDROP_SERVER_RELAY=off SWIFTDROP_QUEUE_LEASE=60s
+    SWIFTDROP_QUEUE_POLL_INTERVAL=5s SWIFTDROP_DEFAULT_RECIPIENTS='*')
+# queue_env STORE NAME: the SWIFTDROP_* variables of a fresh destination called NAME.
+queue_env() {
+    case $1 in
+        maildir) echo "SWIFTDROP_DEFAULT_PATH=$work/$2" ;;
+        swift) echo "SWIFTDROP_DEFAULT_AUTHURL=http://127.0.0.1:$PORT/auth/v1.0 SWIFTDROP_DEFAULT_USER=test:tester" \
+            "SWIFTDROP_DEFAULT_KEY=testing SWIFTDROP_DEFAULT_CONTAINER=$2 SWIFTDROP_DEFAULT_CREATE_CONTAINER=yes" \
+            "SWIFTDROP_QUEUE_LOCK=redis://127.0.0.1:$redis_port/0" ;;
+    esac
+}
+
+# Throughput of W workers over COUNT messages: prints messages per second.
+workers_rate() { # store count workers
+    local store=$1 count=$2 n=$3 name env start last
+    name="w$n-$RANDOM"
+    read -ra env <<<"$(queue_env "$store" "$name")"
+    env "${common[@]}" "${env[@]}" "$helper" load "$count" 1024 16
+    start=$(date +%s%3N)
+    local outs=()
+    for i in $(seq 1 "$n"); do
+        env "${common[@]}" "${env[@]}" "$worker" --read --stamp --idle-exit 2s >"$work/$name.$i" &
+        outs+=($!)
+    done
+    for pid in "${outs[@]}"; do wait "$pid"; done
+    local finished
+    finished=$(cat "$work/$name".* | grep -c '^finished ' || true)
+    [ "$finished" = "$count" ] || { echo "workers finished $finished of $count" >&2; exit 1; }
+    last=$(cat "$work/$name".* | grep '^finished ' | sed 's/.*@//' | sort -n | tail -1)
+    python3 -c "print(f'{$count / (($last - $start) / 1000):.0f}')"
+}
+
+# The bare move rate at concurrency N over COUNT messages: prints moves per second.
+bare_rate() { # store count concurrency
+    local store=$1 count=$2 n=$3 name env
+    name="b$n-$RANDOM"
+    read -ra env <<<"$(queue_env "$store" "$name")"
+    env "${common[@]}" "${env[@]}" "$helper" load "$count" 1024 16
+    env "${common[@]}" "${env[@]}" "$helper" bare "$n" | python3 -c 'import sys; m, s = sys.stdin.read().split(); print(f"{int(m) / float(s):.0f}")'
+}
+
+echo "== claims + finishes per second (1 KiB messages; worker reads each message) =="
+printf "%-8s %7s %10s %12s %6s\n" store workers "bare mv/s" "queue msg/s" ratio
+for store in maildir swift; do
+    count=$MAILDIR_COUNT
+    [ "$store" = swift ] && count=$SWIFT_COUNT
+    for n in $WORKERS; do
+        bare=$(bare_rate "$store" "$count" "$n")
+        queue=$(workers_rate "$store" "$count" "$n")
+        printf "%-8s %7s %10s %12s %6s\n" "$store" "$n" "$bare" "$queue" \
+            "$(python3 -c "print(f'{$queue / $bare:.2f}')")"
+    done
+done
+
+# Latency: one waiting worker, messages sent through swiftdrop serve one at a time.
+echo "== from the filter's 250 to a waiting worker's claim ($LAT_COUNT messages) =="
+for store in maildir swift; do
+    read -ra env <<<"$(queue_env "$store" "lat-$RANDOM")"
+    port=$(free_port)
+    env "${common[@]}" "${env[@]}" "$bin" serve --listen "127.0.0.1:$port" 2>"$work/serve-$store.log" &
+    serve=$!; pids+=("$serve")
+    env "${common[@]}" "${env[@]}" "$worker" --stamp --idle-exit 10s >"$work/lat-$store.out" &
+    w=$!; pids+=("$w")
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.05; done
+    sleep 1 # the worker is waiting
+    python3 - "$port" "$LAT_COUNT" >"$work/sent-$store" <<'PY'
+import random, smtplib, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = smtplib.SMTP("127.0.0.1", port)
+for i in range(count):
+    s.mail("bench@example.org")
+    s.rcpt("ops@example.com")
+    code, msg = s.data(f"Subject: latency {i}\r\n\r\nbody\r\n")
+    at = time.time() * 1000
+    assert code == 250, (code, msg)
+    name = msg.decode().split("stored as cur/")[1].split()[0].rstrip(";")
+    print(name, int(at))
+    time.sleep(random.uniform(0.02, 0.08))
+s.quit()
+PY
+    wait "$w" || true
+    kill "$serve"; wait "$serve" 2>/dev/null || true
+    python3 - "$work/sent-$store" "$work/lat-$store.out" "$store" <<'PY'
+import sys
+sent = dict(l.split() for l in open(sys.argv[1]))
+claimed = {}
+for l in open(sys.argv[2]):
+    parts = l.split()
+    if parts[0] == "claimed":
+        claimed[parts[1]] = int(parts[-1].lstrip("@"))
+lat = sorted(claimed[n] - int(t) for n, t in sent.items() if n in claimed)
+missing = len(sent) - len(lat)
+p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"{sys.argv[3]:<8} p50 {p(0.5)} ms  p99 {p(0.99)} ms  max {lat[-1]} ms  (claimed {len(lat)} of {len(sent)})")
+if missing:
+    sys.exit(f"{missing} messages were never claimed")
+PY
+done

@@ -1,0 +1,214 @@
+//! Helpers of `bench/queue.sh`, on the destination the `SWIFTDROP_*` settings describe:
+//!
+//! ```text
+//! queue_bench load COUNT [SIZE] [CONCURRENCY]
+//!     stores COUNT messages of SIZE bytes under cur/ as the filter names them (on object
+//!     stores with their sha256 metadata); prints nothing
+//! queue_bench bare [CONCURRENCY]
+//!     the reference: lists cur/ once, then for every message GET, copy to done/, DELETE,
+//!     CONCURRENCY at a time, with nothing around it (no lease, no metadata, no checks);
+//!     prints "<moves> <seconds>"
+//! ```
+//!
+//! The bare moves use plain HTTP for Swift (one `PUT` with `X-Copy-From`, one `DELETE`) and
+//! plain file operations for a Maildir (read, write the copy, unlink), not swiftdrop's code.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+use swiftdrop::config::{Backend, Config};
+use swiftdrop::store::Destination;
+use swiftdrop::store::key::MessageKey;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = Config::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dest_config = config
+        .destinations
+        .first()
+        .context("no destination")?
+        .clone();
+    let destination = Destination::open(&dest_config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    destination
+        .ensure_container()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let number = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i)
+            .map(|s| s.parse().context("a number"))
+            .unwrap_or(Ok(default))
+    };
+    match args.first().map(String::as_str) {
+        Some("load") => {
+            load(
+                &destination,
+                number(1, 100)?,
+                number(2, 1024)?,
+                number(3, 16)?,
+            )
+            .await
+        }
+        Some("bare") => {
+            let (moves, seconds) = bare(&dest_config.backend, &destination, number(1, 8)?).await?;
+            println!("{moves} {seconds:.3}");
+            Ok(())
+        }
+        _ => bail!("usage: queue_bench load COUNT [SIZE] [CONCURRENCY] | bare [CONCURRENCY]"),
+    }
+}
+
+/// A message of about `size` bytes that differs from every other.
+fn message(i: usize, size: usize) -> Vec<u8> {
+    let mut body = format!(
+        "Return-Path: <bench@example.org>\r\nDelivered-To: ops@example.com\r\nSubject: bench {i}\r\nMessage-ID: <{i}.{}@example.org>\r\n\r\n",
+        uuid::Uuid::new_v4().simple()
+    )
+    .into_bytes();
+    while body.len() + 2 < size {
+        body.extend_from_slice(b"x");
+    }
+    body.extend_from_slice(b"\r\n");
+    body
+}
+
+async fn load(
+    destination: &Destination,
+    count: usize,
+    size: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    stream::iter(0..count)
+        .map(|i| async move {
+            let body = message(i, size);
+            let key = MessageKey::new("bench.test", body.len() as u64);
+            let mut options = PutOptions::default();
+            if destination.remote {
+                let sha: String = Sha256::digest(&body)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let mut attributes = Attributes::new();
+                attributes.insert(Attribute::Metadata("sha256".into()), sha.into());
+                options.attributes = attributes;
+            }
+            destination
+                .store
+                .put_opts(&Path::from(key.cur_path()), PutPayload::from(body), options)
+                .await
+                .map(drop)
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn bare(
+    backend: &Backend,
+    destination: &Destination,
+    concurrency: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let started = Instant::now();
+    let moves = match backend {
+        Backend::Maildir { .. } => {
+            let root = destination
+                .maildir_root()
+                .context("a Maildir")?
+                .to_path_buf();
+            std::fs::create_dir_all(root.join("done"))?;
+            let names: Vec<_> = std::fs::read_dir(root.join("cur"))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()?;
+            let root = Arc::new(root);
+            stream::iter(names.iter().cloned())
+                .map(|name| {
+                    let root = root.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let from = root.join("cur").join(&name);
+                        let bytes = std::fs::read(&from)?;
+                        std::fs::write(root.join("done").join(&name), bytes)?;
+                        std::fs::remove_file(from)
+                    })
+                })
+                .buffer_unordered(concurrency)
+                .map(|r| anyhow::Ok(r??))
+                .try_collect::<Vec<()>>()
+                .await?;
+            names.len()
+        }
+        Backend::Swift(swift) => {
+            let swiftdrop::config::SwiftAuth::V1 {
+                authurl, user, key, ..
+            } = &swift.auth
+            else {
+                bail!("the bare reference speaks auth v1 only");
+            };
+            let client = reqwest::Client::new();
+            let auth = client
+                .get(authurl)
+                .header("X-Auth-User", user)
+                .header("X-Auth-Key", key.expose())
+                .send()
+                .await?
+                .error_for_status()?;
+            let token = auth.headers()["x-auth-token"].to_str()?.to_string();
+            let url = auth.headers()["x-storage-url"].to_str()?.to_string();
+            let container = swift.container.clone();
+            let listing: Vec<serde_json::Value> = client
+                .get(format!("{url}/{container}?prefix=cur/&format=json"))
+                .header("X-Auth-Token", &token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let names: Vec<String> = listing
+                .iter()
+                .filter_map(|e| e["name"].as_str())
+                .filter_map(|n| n.strip_prefix("cur/"))
+                .map(|n| n.replace(',', "%2C").replace('=', "%3D"))
+                .collect();
+            let (client, token) = (&client, &token);
+            let (url, container) = (&url, &container);
+            stream::iter(names.iter())
+                .map(|name| async move {
+                    let object = format!("{url}/{container}/cur/{name}");
+                    client
+                        .get(&object)
+                        .header("X-Auth-Token", token)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .bytes()
+                        .await?;
+                    client
+                        .put(format!("{url}/{container}/done/{name}"))
+                        .header("X-Auth-Token", token)
+                        .header("X-Copy-From", format!("/{container}/cur/{name}"))
+                        .header("Content-Length", "0")
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    client
+                        .delete(&object)
+                        .header("X-Auth-Token", token)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    anyhow::Ok(())
+                })
+                .buffer_unordered(concurrency)
+                .try_collect::<Vec<()>>()
+                .await?;
+            names.len()
+        }
+        Backend::S3(_) => bail!("the bare reference covers Maildir and Swift"),
+    };
+    Ok((moves, started.elapsed().as_secs_f64()))
+}

@@ -1,0 +1,167 @@
+//! A minimal worker over `swiftdrop::queue`, for the tests and `bench/queue.sh`: claims
+//! (waiting for mail), optionally reads the message and works on it for a while, then
+//! finishes it. One line per event on stdout:
+//!
+//! ```text
+//! claimed <name> <attempt>
+//! finished <name> <attempt> <new key>
+//! lost <name> <attempt>            (the lease was lost: nothing moved)
+//! error <name> <attempt> <error>
+//! ```
+//!
+//! With `--stamp`, each line ends with ` @<Unix time in ms>`. It exits 0 after `--idle-exit`
+//! without anything to claim, or after `--count` finishes.
+//! The queue comes from the same `SWIFTDROP_*` settings as `swiftdrop queue`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use swiftdrop::config::{Config, parse_duration};
+use swiftdrop::queue::{ClaimOptions, Outcome, Queue, QueueError};
+
+#[derive(Parser)]
+struct Args {
+    /// Ini file, as for `swiftdrop queue`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Destination (section name).
+    #[arg(long, default_value = "DEFAULT")]
+    destination: String,
+    /// Jobs at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Lease of each claim (default: the `lease` setting).
+    #[arg(long, value_parser = parse_duration)]
+    lease: Option<Duration>,
+    /// How long each job works before it finishes.
+    #[arg(long, value_parser = parse_duration)]
+    job: Option<Duration>,
+    /// Exit after this long with nothing to claim.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    idle_exit: Duration,
+    /// Where finished messages go.
+    #[arg(long, value_enum, default_value = "done")]
+    to: To,
+    /// Read each message (its bytes and metadata) before finishing it.
+    #[arg(long)]
+    read: bool,
+    /// Stop after this many finishes.
+    #[arg(long)]
+    count: Option<u64>,
+    /// End every line with ` @<Unix time in ms>`.
+    #[arg(long)]
+    stamp: bool,
+}
+
+/// Prints one event line, stamped when asked.
+fn say(args: &Args, line: String) {
+    if args.stamp {
+        println!("{line} @{}", chrono::Utc::now().timestamp_millis());
+    } else {
+        println!("{line}");
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum To {
+    Done,
+    Retry,
+    Failed,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("queue_worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let queue = match Queue::open(&config, &args.destination) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("queue_worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = Arc::new(args);
+    let finished = Arc::new(AtomicU64::new(0));
+    let jobs: Vec<_> = (0..args.concurrency)
+        .map(|_| tokio::spawn(work(queue.clone(), args.clone(), finished.clone())))
+        .collect();
+    let mut ok = true;
+    for job in jobs {
+        ok &= matches!(job.await, Ok(Ok(())));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result<(), QueueError> {
+    let options = ClaimOptions {
+        lease: args.lease,
+        wait: Some(args.idle_exit),
+    };
+    loop {
+        if args
+            .count
+            .is_some_and(|n| finished.load(Ordering::SeqCst) >= n)
+        {
+            return Ok(());
+        }
+        let claim = match queue.claim(&options).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                eprintln!("queue_worker: claim: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (name, attempt) = (claim.name().to_string(), claim.attempt());
+        say(&args, format!("claimed {name} {attempt}"));
+        if args.read {
+            if let Err(e) = claim.read().await {
+                say(&args, format!("error {name} {attempt} {e}"));
+                continue;
+            }
+        }
+        if let Some(job) = args.job {
+            tokio::time::sleep(job).await;
+        }
+        let outcome = match args.to {
+            To::Done => Outcome::Done { reason: None },
+            To::Retry => Outcome::Retry {
+                reason: Some("worker asked for a retry".into()),
+                not_before: Some(Duration::ZERO),
+            },
+            To::Failed => Outcome::Failed {
+                reason: "worker failed it".into(),
+            },
+        };
+        match claim.finish(outcome).await {
+            Ok(done) => {
+                finished.fetch_add(1, Ordering::SeqCst);
+                say(&args, format!("finished {name} {attempt} {}", done.key));
+            }
+            Err(QueueError::LeaseLost { .. }) => say(&args, format!("lost {name} {attempt}")),
+            Err(e) => say(&args, format!("error {name} {attempt} {e}")),
+        }
+    }
+}

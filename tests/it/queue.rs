@@ -1,0 +1,816 @@
+//! The queue against real backends: a Maildir with the local lock, Swift's native API and
+//! Swift's S3 API with a real Redis. Workers are real processes (`queue_worker`, the
+//! `swiftdrop queue` command); crashes are real SIGKILLs, at fail-points or from outside.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use swiftdrop::queue::State;
+
+use crate::queue_support::*;
+
+const BACKENDS: [Backend; 3] = [Backend::Maildir, Backend::Swift, Backend::S3];
+
+/// Tests that drive the shared Swift hard with many processes take turns, so that one does
+/// not starve another's requests into timeouts on a 2-core machine.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where a message is: every state that holds a copy.
+async fn states_of(setup: &QueueSetup, name: &str) -> Vec<State> {
+    let queue = setup.queue().await;
+    let mut states: Vec<State> = queue
+        .copies(name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
+    states.sort();
+    states
+}
+
+fn empty_except(all: &BTreeMap<State, Vec<String>>, state: State) {
+    for (s, names) in all {
+        if *s != state {
+            assert!(names.is_empty(), "{s}/ should be empty, holds {names:?}");
+        }
+    }
+}
+
+async fn four_workers_finish_each_message_once(backend: Backend, messages: usize) {
+    let _turn = HEAVY.lock().await;
+    let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", "30s")]);
+    let stored: HashSet<String> = setup.store(messages).await.into_iter().collect();
+    let workers: Vec<Worker> = (0..4)
+        .map(|_| setup.worker(&["--concurrency", "2", "--read", "--idle-exit", "3s"]))
+        .collect();
+    let mut finished = Vec::new();
+    for worker in workers {
+        let (status, lines, err) = worker.finish(Duration::from_secs(300));
+        assert!(status.success(), "worker failed: {err}");
+        assert!(events(&lines, "lost").is_empty(), "{lines:?}");
+        assert!(events(&lines, "error").is_empty(), "{lines:?}");
+        finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
+    }
+    assert_finished_once(&setup, &finished, &stored).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maildir_four_workers_finish_each_message_once() {
+    four_workers_finish_each_message_once(Backend::Maildir, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swift_four_workers_finish_each_message_once() {
+    four_workers_finish_each_message_once(Backend::Swift, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_four_workers_finish_each_message_once() {
+    // Swift's S3 API costs about three times the native API's CPU per request (SigV4 in
+    // Python, and a move needs HEAD + CopyObject + DELETE): fewer messages, same check.
+    four_workers_finish_each_message_once(Backend::S3, 300).await;
+}
+
+/// A worker killed while it holds a claim: another finishes the message once the lease
+/// has expired, as attempt 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_s_message_is_finished_by_another_as_attempt_2() {
+    for backend in [Backend::Maildir, Backend::Swift] {
+        let setup = QueueSetup::new(backend, &[]);
+        let name = setup.store(1).await.remove(0);
+        let first = setup.worker(&["--job", "60s", "--lease", "1s"]);
+        assert_eq!(first.wait_for("claimed "), format!("claimed {name} 1"));
+        first.signal("KILL");
+        let (_, lines, _) = first.finish(Duration::ZERO);
+        assert!(events(&lines, "finished").is_empty());
+        let second = setup.worker(&["--idle-exit", "4s"]);
+        let (status, lines, err) = second.finish(Duration::from_secs(5));
+        assert!(status.success(), "{err}");
+        assert_eq!(
+            lines,
+            vec![
+                format!("claimed {name} 2"),
+                format!("finished {name} 2 done/{name}")
+            ],
+            "{backend:?}"
+        );
+        assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
+    }
+}
+
+/// What a crash at one fail-point must end in.
+struct Crash {
+    /// The command that crashes: claim, finish or requeue.
+    during: &'static str,
+    failpoint: &'static str,
+    /// How many finishes the recovering worker makes (0: the crashed finish had moved it).
+    recovered_finishes: usize,
+}
+
+const CRASHES: &[Crash] = &[
+    Crash {
+        during: "claim",
+        failpoint: "claim.leased",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "claim",
+        failpoint: "move.copied",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "claim",
+        failpoint: "move.verified",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "finish",
+        failpoint: "finish.checked",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "finish",
+        failpoint: "move.copied",
+        recovered_finishes: 0,
+    },
+    Crash {
+        during: "finish",
+        failpoint: "move.verified",
+        recovered_finishes: 0,
+    },
+    Crash {
+        during: "finish",
+        failpoint: "finish.moved",
+        recovered_finishes: 0,
+    },
+    Crash {
+        during: "requeue",
+        failpoint: "move.copied",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "requeue",
+        failpoint: "move.verified",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "requeue",
+        failpoint: "requeue.half",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "requeue",
+        failpoint: "move.copied@2",
+        recovered_finishes: 1,
+    },
+    Crash {
+        during: "requeue",
+        failpoint: "move.verified@2",
+        recovered_finishes: 1,
+    },
+];
+
+/// Runs one crash on a fresh queue; returns a description of what went wrong, if anything.
+async fn crash_and_recover(backend: Backend, crash: &Crash) -> Result<(), String> {
+    // Long enough for a claim and a finish by separate processes on a busy Swift.
+    let lease = match backend {
+        Backend::Maildir => "1s",
+        _ => "4s",
+    };
+    let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", lease)]);
+    let name = setup.store(1).await.remove(0);
+    let original = setup.queue().await.copies(&name).await.unwrap()[0]
+        .meta
+        .size;
+    let failpoint = [("SWIFTDROP_FAILPOINT", crash.failpoint)];
+    let crashed = match crash.during {
+        "claim" => setup.cli(&["claim", "--json"], &failpoint),
+        "finish" => {
+            let claim = setup.claim(&[]).ok_or("nothing to claim")?;
+            let token = claim["token"].as_str().unwrap();
+            setup.cli(
+                &["finish", &name, "--token", token, "--to", "done"],
+                &failpoint,
+            )
+        }
+        _ => {
+            let claim = setup.claim(&[]).ok_or("nothing to claim")?;
+            let token = claim["token"].as_str().unwrap();
+            let (code, _, err) =
+                setup.cli(&["finish", &name, "--token", token, "--to", "failed"], &[]);
+            if code != Some(0) {
+                return Err(format!("finish to failed: {err}"));
+            }
+            setup.cli(&["requeue", &name], &failpoint)
+        }
+    };
+    if crashed.0.is_some() {
+        return Err(format!("the command was not killed: {crashed:?}"));
+    }
+    // The crashed process's lease, if any, expires; then a worker takes over.
+    let lease_time = swiftdrop::config::parse_duration(lease).unwrap();
+    tokio::time::sleep(lease_time + Duration::from_millis(100)).await;
+    let worker = setup.worker(&["--idle-exit", "3s", "--lease", lease]);
+    let (status, lines, err) = worker.finish(Duration::from_secs(5));
+    if !status.success() {
+        return Err(format!("recovering worker failed: {err}"));
+    }
+    let finishes = events(&lines, "finished").len();
+    if finishes != crash.recovered_finishes || !events(&lines, "lost").is_empty() {
+        return Err(format!(
+            "expected {} finishes by the recovering worker, it printed {lines:?}",
+            crash.recovered_finishes
+        ));
+    }
+    let states = states_of(&setup, &name).await;
+    if states != vec![State::Done] {
+        return Err(format!(
+            "the message ends in {states:?}, not in done/ alone"
+        ));
+    }
+    let copy = setup.queue().await.copies(&name).await.unwrap().remove(0);
+    if copy.meta.size != original {
+        return Err(format!(
+            "size {} after recovery, {original} before",
+            copy.meta.size
+        ));
+    }
+    Ok(())
+}
+
+async fn crashes_lose_nothing_and_finish_once(backend: Backend) {
+    let _turn = match backend {
+        Backend::Maildir => None,
+        _ => Some(HEAVY.lock().await),
+    };
+    let runs = CRASHES.iter().map(|crash| async move {
+        let result = crash_and_recover(backend, crash).await;
+        (crash.during, crash.failpoint, result)
+    });
+    // A few at a time: each runs several processes against the one shared Swift.
+    let results: Vec<_> = futures::stream::iter(runs)
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|(during, fp, r)| r.err().map(|e| format!("{during} at {fp}: {e}")))
+        .collect();
+    assert!(failures.is_empty(), "{backend:?}:\n{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maildir_crashes_lose_nothing_and_finish_once() {
+    crashes_lose_nothing_and_finish_once(Backend::Maildir).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swift_crashes_lose_nothing_and_finish_once() {
+    crashes_lose_nothing_and_finish_once(Backend::Swift).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_crashes_lose_nothing_and_finish_once() {
+    crashes_lose_nothing_and_finish_once(Backend::S3).await;
+}
+
+/// A worker stopped past its lease: after SIGCONT its finish is refused (lease lost) and
+/// the worker that took the message over finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_paused_past_its_lease_cannot_finish() {
+    for backend in [Backend::Maildir, Backend::Swift] {
+        let setup = QueueSetup::new(backend, &[]);
+        let name = setup.store(1).await.remove(0);
+        let paused = setup.worker(&["--job", "3s", "--lease", "1s", "--idle-exit", "1s"]);
+        paused.wait_for("claimed ");
+        paused.signal("STOP");
+        let taker = setup.worker(&["--idle-exit", "3s", "--lease", "5s"]);
+        let (status, taken, err) = taker.finish(Duration::from_secs(5));
+        assert!(status.success(), "{err}");
+        assert_eq!(
+            taken,
+            vec![
+                format!("claimed {name} 2"),
+                format!("finished {name} 2 done/{name}")
+            ]
+        );
+        paused.signal("CONT");
+        let (_, lines, _) = paused.finish(Duration::from_secs(5));
+        assert_eq!(
+            lines,
+            vec![format!("claimed {name} 1"), format!("lost {name} 1")],
+            "{backend:?}"
+        );
+        assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
+    }
+}
+
+/// Redis restarted without its data in the middle of a run: workers carry on, nothing is
+/// lost and nothing is finished twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
+    let _turn = HEAVY.lock().await;
+    let mut setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "2s")]);
+    let stored: HashSet<String> = setup.store(300).await.into_iter().collect();
+    let args = [
+        "--concurrency",
+        "4",
+        "--read",
+        "--job",
+        "30ms",
+        "--idle-exit",
+        "6s",
+    ];
+    let workers: Vec<Worker> = (0..2).map(|_| setup.worker(&args)).collect();
+    // Restart once a third is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while workers
+        .iter()
+        .map(|w| events(&w.lines(), "finished").len())
+        .sum::<usize>()
+        < 100
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers do not progress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.redis.as_mut().unwrap().restart();
+    let mut finished = Vec::new();
+    for worker in workers {
+        let (status, lines, err) = worker.finish(Duration::from_secs(120));
+        assert!(status.success(), "{err}");
+        finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
+    }
+    assert_finished_once(&setup, &finished, &stored).await;
+}
+
+/// Every stored message finished exactly once, and all of them in done/ alone.
+async fn assert_finished_once(setup: &QueueSetup, finished: &[String], stored: &HashSet<String>) {
+    let unique: HashSet<String> = finished.iter().cloned().collect();
+    let all = setup.everything().await;
+    let counts: Vec<(State, usize)> = all.iter().map(|(s, n)| (*s, n.len())).collect();
+    let never: Vec<&String> = stored.difference(&unique).take(5).collect();
+    assert!(
+        never.is_empty(),
+        "never finished, e.g. {never:?}; states: {counts:?}"
+    );
+    assert_eq!(finished.len(), unique.len(), "a message was finished twice");
+    assert_eq!(&unique, stored);
+    assert_eq!(all[&State::Done].len(), stored.len(), "{counts:?}");
+    empty_except(&all, State::Done);
+}
+
+/// A job three times as long as the lease keeps its claim: nobody else takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_three_times_the_lease_keeps_its_claim() {
+    for backend in [Backend::Maildir, Backend::Swift] {
+        let setup = QueueSetup::new(backend, &[]);
+        let name = setup.store(1).await.remove(0);
+        let slow = setup.worker(&["--job", "6s", "--lease", "2s", "--idle-exit", "1s"]);
+        slow.wait_for("claimed ");
+        let other = setup.worker(&["--idle-exit", "7s"]);
+        let (_, other_lines, _) = other.finish(Duration::from_secs(5));
+        assert!(other_lines.is_empty(), "{other_lines:?}");
+        let (status, lines, err) = slow.finish(Duration::from_secs(5));
+        assert!(status.success(), "{err}");
+        assert_eq!(
+            lines,
+            vec![
+                format!("claimed {name} 1"),
+                format!("finished {name} 1 done/{name}")
+            ],
+            "{backend:?}"
+        );
+    }
+}
+
+/// A message that keeps failing ends in failed/ with "too many attempts": by retries, and
+/// by claims abandoned again and again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_stops_after_max_attempts() {
+    for backend in BACKENDS {
+        let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_MAX_ATTEMPTS", "3")]);
+        let mut names = setup.store(1).await;
+        // Retried at once, every time.
+        let worker = setup.worker(&["--to", "retry", "--idle-exit", "2s"]);
+        let (_, lines, _) = worker.finish(Duration::from_secs(5));
+        let expected: Vec<String> = (1..=3)
+            .flat_map(|n| {
+                let to = if n < 3 { "retry" } else { "failed" };
+                [
+                    format!("claimed {} {n}", names[0]),
+                    format!("finished {} {n} {to}/{}", names[0], names[0]),
+                ]
+            })
+            .collect();
+        assert_eq!(lines, expected, "{backend:?}");
+        let (code, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
+        assert_eq!(code, Some(0));
+        let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(shown["state"], "failed", "{backend:?}: {shown}");
+        assert_eq!(shown["reason"], "too many attempts");
+        assert_eq!(shown["attempt"], 3);
+        // Claimed and abandoned: the claim that would be the 4th fails it.
+        names.extend(setup.store(1).await);
+        for attempt in 1..=3 {
+            let claim = setup.claim(&["--lease", "300ms", "--wait", "5s"]).unwrap();
+            assert_eq!(claim["name"], names[1].as_str());
+            assert_eq!(claim["attempt"], attempt);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert_eq!(setup.claim(&["--lease", "300ms"]), None);
+        assert_eq!(states_of(&setup, &names[1]).await, vec![State::Failed]);
+        let (_, out, _) = setup.cli(&["show", &names[1], "--json"], &[]);
+        let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(shown["reason"], "too many attempts");
+    }
+}
+
+fn rfc3339(v: &serde_json::Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+/// Every command, its output field by field, on every backend.
+async fn cli_commands(backend: Backend) {
+    let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", "1m")]);
+    let names = setup.store(3).await;
+    let size = setup.queue().await.copies(&names[0]).await.unwrap()[0]
+        .meta
+        .size;
+
+    let (code, out, _) = setup.cli(&["stats", "--json"], &[]);
+    assert_eq!(code, Some(0));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["cur"]["count"], 3);
+    assert!(rfc3339(&stats["cur"]["oldest"]) <= Utc::now());
+    for state in ["processing", "retry", "failed", "done"] {
+        assert_eq!(stats[state]["count"], 0, "{state}");
+        assert!(stats[state]["oldest"].is_null());
+    }
+    let (_, table, _) = setup.cli(&["stats"], &[]);
+    assert!(
+        table.lines().next().unwrap().starts_with("state"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("cur") && l.contains(" 3 ")),
+        "{table}"
+    );
+
+    let (_, out, _) = setup.cli(&["list", "--json"], &[]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        listed[0]["name"],
+        names[0].as_str(),
+        "first in, first listed"
+    );
+    assert_eq!(listed[0]["key"], format!("cur/{}", names[0]));
+    assert_eq!(listed[0]["state"], "cur");
+    assert_eq!(listed[0]["size"], size);
+    assert_eq!(listed[0]["attempt"], 0);
+    assert!(rfc3339(&listed[0]["received"]) <= Utc::now());
+    let (_, out, _) = setup.cli(&["list", "cur", "--limit", "1", "--json"], &[]);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&out)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // claim: the oldest, as JSON.
+    let before = Utc::now();
+    let claim = setup.claim(&["--lease", "30s"]).unwrap();
+    assert_eq!(claim["key"], format!("processing/{}", names[0]));
+    assert_eq!(claim["name"], names[0].as_str());
+    assert_eq!(claim["attempt"], 1);
+    assert_eq!(claim["size"], size);
+    let until = rfc3339(&claim["lease_until"]);
+    assert!(
+        until >= before + chrono::Duration::seconds(29)
+            && until <= Utc::now() + chrono::Duration::seconds(30)
+    );
+    let token = claim["token"].as_str().unwrap().to_string();
+
+    // A token that does not hold the lease moves nothing: exit 4.
+    let forged = format!(
+        "{}:someone:0000000000000000",
+        token.split(':').next().unwrap()
+    );
+    let (code, _, err) = setup.cli(
+        &["finish", &names[0], "--token", &forged, "--to", "done"],
+        &[],
+    );
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(states_of(&setup, &names[0]).await, vec![State::Processing]);
+    assert_eq!(
+        setup.cli(&["renew", &names[0], "--token", &forged], &[]).0,
+        Some(4)
+    );
+    assert_eq!(
+        setup
+            .cli(&["release", &names[0], "--token", &forged], &[])
+            .0,
+        Some(4)
+    );
+
+    // renew, then release: back to cur/, and the next claim is attempt 1 again.
+    let (code, out, err) = setup.cli(
+        &[
+            "renew",
+            &format!("processing/{}", names[0]),
+            "--token",
+            &token,
+            "--lease",
+            "45s",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with(&format!("renewed processing/{}", names[0])),
+        "{out}"
+    );
+    let (code, out, err) = setup.cli(&["release", &names[0], "--token", &token], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("released to cur/{}", names[0]));
+    let claim = setup.claim(&[]).unwrap();
+    assert_eq!(
+        (claim["name"].as_str().unwrap(), claim["attempt"].as_u64()),
+        (names[0].as_str(), Some(1))
+    );
+    let token = claim["token"].as_str().unwrap().to_string();
+
+    // finish --to retry with a not-before in the future: not claimable, shown with it.
+    let (code, out, _) = setup.cli(
+        &[
+            "finish",
+            &names[0],
+            "--token",
+            &token,
+            "--to",
+            "retry",
+            "--reason",
+            "sink down",
+            "--not-before",
+            "1h",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), format!("moved to retry/{}", names[0]));
+    let (_, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["state"], "retry");
+    assert_eq!(shown["reason"], "sink down");
+    assert_eq!(shown["attempt"], 1);
+    assert!(rfc3339(&shown["not_before"]) > Utc::now() + chrono::Duration::minutes(59));
+    assert!(shown["lease"].is_null());
+    assert_eq!(shown["envelope"]["sender"], "alerts@example.org");
+    assert_eq!(shown["envelope"]["recipients"][0], "ops@example.com");
+    let headers = shown["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "Subject" && h[1] == "alert 0"),
+        "{shown}"
+    );
+    assert_eq!(shown["sha256"].as_str().unwrap().len(), 64);
+    assert!(shown["duplicate_of"].is_null());
+
+    // The other two are claimed and finished; the retry waits.
+    for name in &names[1..] {
+        let claim = setup.claim(&[]).unwrap();
+        assert_eq!(claim["name"], name.as_str());
+        let token = claim["token"].as_str().unwrap();
+        let to = if name == &names[1] { "failed" } else { "done" };
+        let (code, _, _) = setup.cli(
+            &[
+                "finish", name, "--token", token, "--to", to, "--reason", "bad",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0));
+    }
+    assert_eq!(setup.claim(&[]), None, "a retry not yet due is not claimed");
+    let (_, out, _) = setup.cli(&["show", &format!("failed/{}", names[1]), "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["state"].as_str(), shown["reason"].as_str()),
+        (Some("failed"), Some("bad"))
+    );
+
+    // requeue: failed/ and retry/ back to cur/, attempts reset.
+    let (code, out, err) = setup.cli(&["requeue", &format!("failed/{}", names[1])], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("requeued to cur/{}", names[1]));
+    assert_eq!(setup.cli(&["requeue", &names[0]], &[]).0, Some(0));
+    let (code, _, err) = setup.cli(&["requeue", &names[0]], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already in cur/"), "{err}");
+    let (_, out, _) = setup.cli(&["list", "cur", "--json"], &[]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let listed: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["attempt"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![(names[0].as_str(), 0), (names[1].as_str(), 0)]);
+
+    // A message with the same bytes as a finished one: show names it.
+    let queue = setup.queue().await;
+    let done = queue.copies(&names[2]).await.unwrap().remove(0);
+    let bytes = {
+        use object_store::ObjectStoreExt;
+        queue
+            .destination()
+            .store
+            .get(&done.meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    };
+    let twin = swiftdrop::store::key::MessageKey::new("filter.test", bytes.len() as u64);
+    let mut options = object_store::PutOptions::default();
+    if queue.destination().remote {
+        let sha = object_store::Attribute::Metadata("sha256".into());
+        options
+            .attributes
+            .insert(sha.clone(), done.attributes.get(&sha).unwrap().clone());
+    }
+    queue
+        .destination()
+        .store
+        .put_opts(
+            &object_store::path::Path::from(twin.cur_path()),
+            bytes.into(),
+            options,
+        )
+        .await
+        .unwrap();
+    let (_, out, _) = setup.cli(&["show", &twin.file_name(), "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        shown["duplicate_of"]["key"],
+        format!("done/{}", names[2]),
+        "{shown}"
+    );
+    let (_, text, _) = setup.cli(&["show", &twin.file_name()], &[]);
+    assert!(
+        text.contains(&format!("duplicate-of:  done/{}", names[2])),
+        "{text}"
+    );
+
+    // purge: nothing is that old; then everything in done/ is.
+    let (code, out, _) = setup.cli(&["purge", "done", "--older-than", "1h", "--dry-run"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("would delete 0 messages"), "{out}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, out, _) = setup.cli(&["purge", "done", "--older-than", "1s", "--dry-run"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("would delete 1 messages"), "{out}");
+    assert_eq!(setup.names(State::Done).await, vec![names[2].clone()]);
+    let (code, out, _) = setup.cli(&["purge", "done", "--older-than", "1s"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("deleted 1 of 1 messages"), "{out}");
+    assert!(setup.names(State::Done).await.is_empty());
+    let all = setup.everything().await;
+    assert_eq!(all[&State::Cur].len(), 3);
+
+    // Bad keys and states are refused with one line.
+    let (code, _, err) = setup.cli(&["show", "cur/../etc/passwd"], &[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, _) = setup.cli(&["list", "new"], &[]);
+    assert_eq!(code, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maildir_cli_commands() {
+    cli_commands(Backend::Maildir).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swift_cli_commands() {
+    cli_commands(Backend::Swift).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_cli_commands() {
+    cli_commands(Backend::S3).await;
+}
+
+/// A remote store needs a lock engine named in the configuration; `check` checks it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_store_needs_an_explicit_lock_and_check_tests_it() {
+    let mut setup = QueueSetup::new(Backend::Swift, &[]);
+    setup.vars.retain(|(k, _)| k != "SWIFTDROP_QUEUE_LOCK");
+    let (code, _, err) = setup.cli(&["stats"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("SWIFTDROP_QUEUE_LOCK"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let closed = crate::support::free_port();
+    setup.vars.push((
+        "SWIFTDROP_QUEUE_LOCK".into(),
+        format!("redis://:hunter2@127.0.0.1:{closed}/0"),
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
+        .arg("check")
+        .env_clear()
+        .envs(setup.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: [DEFAULT] queue lock (SWIFTDROP_QUEUE_LOCK)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter2") && !String::from_utf8_lossy(&out.stderr).contains("hunter2")
+    );
+
+    let redis = Redis::start();
+    setup.vars.retain(|(k, _)| k != "SWIFTDROP_QUEUE_LOCK");
+    setup
+        .vars
+        .push(("SWIFTDROP_QUEUE_LOCK".into(), redis.url()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
+        .arg("check")
+        .env_clear()
+        .envs(setup.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ok: [DEFAULT] queue lock: Redis 7."),
+        "{stdout}"
+    );
+}
+
+/// A waiting claim wakes on the filter's announcement (Redis pub/sub; inotify on a Maildir):
+/// with a poll interval far longer than the wait, nothing else could make it claim in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_claim_wakes_when_the_filter_stores_mail() {
+    use std::io::{BufRead, BufReader, Write};
+    for backend in [Backend::Maildir, Backend::Swift] {
+        let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_POLL_INTERVAL", "10m")]);
+        setup.queue().await;
+        let port = crate::support::free_port();
+        let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env_clear()
+            .envs(setup.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::wait_for_port(port).await;
+        let waiting = {
+            let vars = setup.vars.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"))
+                    .args(["queue", "claim", "--wait", "30s", "--json"])
+                    .env_clear()
+                    .envs(vars)
+                    .output()
+                    .unwrap()
+            })
+        };
+        // The claim has listed the empty queue and waits.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut smtp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        smtp.write_all(
+            b"EHLO client.test\r\nMAIL FROM:<alerts@example.org>\r\nRCPT TO:<ops@example.com>\r\nDATA\r\nSubject: wake up\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+        )
+        .unwrap();
+        let stored = BufReader::new(smtp)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("250 2.0.0 Ok: stored as cur/"))
+            .expect("the filter stores the message");
+        let name = stored.split("cur/").nth(1).unwrap().trim().to_string();
+        let out = waiting.join().unwrap();
+        let _ = serve.kill();
+        let _ = serve.wait();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let claim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(claim["name"], name.as_str(), "{backend:?}");
+    }
+}
