@@ -113,6 +113,9 @@ async fn main() -> ExitCode {
     }
 }
 
+/// How often a finish that failed on a store or lock-engine error is tried again.
+const FINISH_TRIES: u32 = 40;
+
 async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result<(), QueueError> {
     let options = ClaimOptions {
         lease: args.lease,
@@ -125,7 +128,7 @@ async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result
         {
             return Ok(());
         }
-        let claim = match queue.claim(&options).await {
+        let mut claim = match queue.claim(&options).await {
             Ok(Some(claim)) => claim,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -155,7 +158,19 @@ async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result
                 reason: "worker failed it".into(),
             },
         };
-        match claim.finish(outcome).await {
+        // A store or lock-engine error leaves the claim holding its lease: try again, as a
+        // worker should, for a while.
+        let mut tries = 0;
+        let result = loop {
+            match claim.finish(outcome.clone()).await {
+                Err(QueueError::Store(_) | QueueError::Lock(_)) if tries < FINISH_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(done) => {
                 finished.fetch_add(1, Ordering::SeqCst);
                 say(&args, format!("finished {name} {attempt} {}", done.key));

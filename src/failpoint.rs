@@ -3,7 +3,8 @@
 //!
 //! `SWIFTDROP_FAILPOINT=<name>` makes the process send itself SIGKILL the first time it
 //! reaches [`hit`] with that name; `<name>@<n>` the n-th time. Without the variable, [`hit`]
-//! is one comparison with a cached `None`.
+//! is one comparison with a cached `None`. Only debug builds (the tests') have fail-points:
+//! in a release build [`hit`] does nothing, so a stray variable cannot kill a server.
 //!
 //! | name | where |
 //! |---|---|
@@ -14,10 +15,13 @@
 //! | `finish.moved` | a finish or release moved the message, its lease is not yet given up |
 //! | `requeue.half` | a requeue moved the message to `processing/`, not yet on to `cur/` |
 
+#[cfg(debug_assertions)]
 use std::sync::OnceLock;
+#[cfg(debug_assertions)]
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The configured fail-point: its name and the hit that kills.
+#[cfg(debug_assertions)]
 struct Configured {
     name: String,
     at: u32,
@@ -25,6 +29,11 @@ struct Configured {
 }
 
 /// Kills the process with SIGKILL when `name` is the configured fail-point.
+#[cfg(not(debug_assertions))]
+pub fn hit(_name: &str) {}
+
+/// Kills the process with SIGKILL when `name` is the configured fail-point.
+#[cfg(debug_assertions)]
 pub fn hit(name: &str) {
     static CONFIGURED: OnceLock<Option<Configured>> = OnceLock::new();
     let configured = CONFIGURED.get_or_init(|| {

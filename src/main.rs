@@ -316,7 +316,11 @@ async fn check(file: Option<PathBuf>) -> ExitCode {
         for dest_config in &config.destinations {
             let checked = match Destination::open(dest_config) {
                 Ok(dest) => match queue::open_lock(&dest, &config.queue) {
-                    Ok(lock) => lock.check().await.map_err(|e| e.to_string()),
+                    Ok(lock) => lock
+                        .check()
+                        .await
+                        .map(|shown| format!("{shown}, queue id {}", queue::queue_id(&dest)))
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 },
                 Err(e) => Err(e.reason),

@@ -13,6 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use swiftdrop::config::parse_duration;
+use swiftdrop::config::queue::parse_lease;
 use swiftdrop::queue::{ClaimOptions, Outcome, Queue, QueueError, State, StoredCopy, Token};
 
 /// Exit status when nothing is claimable.
@@ -65,7 +66,7 @@ pub enum QueueCommand {
     /// Claim the next due message (exit status 3 when there is none).
     Claim {
         /// Lease length (default: the `lease` setting).
-        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
         lease: Option<Duration>,
         /// Wait up to DURATION for a message to become claimable.
         #[arg(long, value_name = "DURATION", value_parser = duration)]
@@ -82,7 +83,7 @@ pub enum QueueCommand {
         #[arg(long, value_parser = Token::parse)]
         token: Token,
         /// New lease length from now (default: the `lease` setting).
-        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
         lease: Option<Duration>,
     },
     /// Move a claimed message to done/, failed/ or retry/.
@@ -329,7 +330,7 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         field(
             "also in:",
             format!(
-                "{} (leftover of an interrupted move; the next claim removes it)",
+                "{} (leftover of an interrupted move; a claim, requeue or purge that meets it removes it)",
                 leftovers.join(", ")
             ),
         );
@@ -494,14 +495,14 @@ async fn finish(
         },
         Target::Retry => Outcome::Retry { reason, not_before },
     };
-    let claim = queue.resume(key, token).await?;
+    let mut claim = queue.resume(key, token).await?;
     let finished = claim.finish(outcome).await?;
     println!("moved to {}", finished.key);
     Ok(())
 }
 
 async fn release(queue: &Queue, key: &str, token: &Token) -> Result<(), QueueError> {
-    let claim = queue.resume(key, token).await?;
+    let mut claim = queue.resume(key, token).await?;
     let finished = claim.release().await?;
     println!("released to {}", finished.key);
     Ok(())

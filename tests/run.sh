@@ -35,4 +35,7 @@ rm -rf "$TEST_SWIFT_DIR"
 trap 'bash tests/swift/swift-aio.sh stop "$TEST_SWIFT_DIR"' EXIT
 bash tests/swift/swift-aio.sh start "$TEST_SWIFT_DIR" "$TEST_SWIFT_PORT"
 
+# The queue tests run the example workers as separate processes: `cargo test --all-targets`
+# builds examples only as test harnesses, so build the runnable ones first.
+cargo build --examples
 cargo test --all-targets

@@ -1138,8 +1138,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("{s:?} must be longer than zero"));
     }
+    // Durations are added to clocks; a century is beyond any sensible setting and keeps
+    // every such sum far from overflowing.
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 100 years"));
+    }
     Ok(d)
 }
+
+/// The longest duration any setting or option accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Parses a comma- or space-separated list of networks (`10.0.0.0/8`) or single addresses.
 pub fn parse_networks(s: &str) -> Result<Vec<IpNet>, String> {
@@ -1459,6 +1467,9 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("99y").is_ok());
+        assert!(parse_duration("101y").is_err());
         assert_eq!(parse_networks("10.0.0.0/8, ::1").unwrap().len(), 2);
         assert!(parse_networks("10.0.0.0/33").is_err());
         assert_eq!(parse_relay("OFF"), Ok(None));

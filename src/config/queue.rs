@@ -16,12 +16,28 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Origin, RawSection, Secret, parse_count, parse_duration, problem};
+use super::{RawSection, Secret, parse_count, parse_duration, problem};
 
 /// The section that holds the queue settings.
 pub const QUEUE_SECTION: &str = "QUEUE";
 /// The variable that chooses the lock engine, named in errors about it.
 pub const LOCK_VARIABLE: &str = "SWIFTDROP_QUEUE_LOCK";
+
+/// The shortest lease: a claim renews itself at a third of it, which must leave a
+/// round trip to the lock engine some room.
+pub const MIN_LEASE: Duration = Duration::from_millis(300);
+
+/// Parses a lease length, refusing one shorter than [`MIN_LEASE`].
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    let lease = super::parse_duration(s)?;
+    if lease < MIN_LEASE {
+        return Err(format!(
+            "a lease must be at least {}ms: a claim renews itself at a third of it",
+            MIN_LEASE.as_millis()
+        ));
+    }
+    Ok(lease)
+}
 
 /// Options of the `[QUEUE]` section.
 const QUEUE_OPTIONS: &[&str] = &[
@@ -165,7 +181,7 @@ pub(super) fn validate_queue(section: &RawSection, problems: &mut Vec<String>) -
     for (option, value) in section {
         let ok = match option.as_str() {
             "lock" => parse_lock(&value.value).map(|l| settings.lock = Some(l)),
-            "lease" => parse_duration(&value.value).map(|d| settings.lease = d),
+            "lease" => parse_lease(&value.value).map(|d| settings.lease = d),
             "max_attempts" => parse_count(&value.value).and_then(|n| {
                 u32::try_from(n)
                     .map(|n| settings.max_attempts = n)
@@ -192,16 +208,6 @@ pub(super) fn validate_queue(section: &RawSection, problems: &mut Vec<String>) -
         if let Err(e) = ok {
             problems.push(problem(&value.origin, e));
         }
-    }
-    if settings.lease < Duration::from_millis(300) {
-        let origin = section
-            .get("lease")
-            .map(|v| v.origin.clone())
-            .unwrap_or_else(|| Origin::Env("SWIFTDROP_QUEUE_LEASE".into()));
-        problems.push(problem(
-            &origin,
-            "must be at least 300ms: a claim renews itself at a third of it",
-        ));
     }
     settings
 }

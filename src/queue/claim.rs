@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::lock::{FinishedRef, Token};
 use super::record::{Record, State};
-use super::{Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS};
+use super::{Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, later};
 use crate::failpoint;
 use crate::store::swift::hex;
 
@@ -61,6 +61,8 @@ struct LeaseState {
     lost: AtomicBool,
     lost_notify: Notify,
     until: Mutex<DateTime<Utc>>,
+    /// The lease's length, which every renewal asks for ([`Claim::renew`] may change it).
+    length: Mutex<Duration>,
 }
 
 impl LeaseState {
@@ -70,7 +72,8 @@ impl LeaseState {
     }
 }
 
-/// A claimed message. Dropping it stops the renewals and leaves the lease to expire.
+/// A claimed message. Dropping it stops the renewals and leaves the lease to expire (the
+/// message is claimable again a lease later); [`Claim::release`] gives it back at once.
 #[derive(Debug)]
 pub struct Claim {
     queue: Queue,
@@ -79,10 +82,13 @@ pub struct Claim {
     record: Record,
     /// The object under `processing/`.
     meta: ObjectMeta,
-    lease: Duration,
     state: Arc<LeaseState>,
     renewer: Option<JoinHandle<()>>,
     sha256: Mutex<Option<String>>,
+    /// Finished or released: nothing more to do.
+    spent: bool,
+    /// The folder an earlier finish or release that failed midway may have copied to.
+    attempted: Option<State>,
 }
 
 impl Claim {
@@ -109,16 +115,17 @@ impl Claim {
         }
         let state = Arc::downgrade(&self.state);
         let lock = self.queue.inner().lock().clone();
-        let (name, token, lease) = (self.name.clone(), self.token.clone(), self.lease);
+        let (name, token) = (self.name.clone(), self.token.clone());
+        let mut wait = self.lease() / 3;
         self.renewer = Some(tokio::spawn(async move {
-            let every = lease / 3;
-            let mut wait = every;
             loop {
                 tokio::time::sleep(wait).await;
                 let Some(state) = state.upgrade() else { return };
+                let lease = *state.length.lock().unwrap();
+                let every = lease / 3;
                 match lock.renew(&name, &token, lease).await {
                     Ok(true) => {
-                        *state.until.lock().unwrap() = Utc::now() + lease;
+                        *state.until.lock().unwrap() = later(Utc::now(), lease);
                         wait = every;
                     }
                     Ok(false) => {
@@ -177,14 +184,16 @@ impl Claim {
             token,
             record,
             meta,
-            lease,
             state: Arc::new(LeaseState {
                 lost: AtomicBool::new(false),
                 lost_notify: Notify::new(),
-                until: Mutex::new(Utc::now() + lease),
+                until: Mutex::new(later(Utc::now(), lease)),
+                length: Mutex::new(lease),
             }),
             renewer: None,
             sha256: Mutex::new(None),
+            spent: false,
+            attempted: None,
         }
     }
 
@@ -216,6 +225,11 @@ impl Claim {
     /// Size of the message in bytes.
     pub fn size(&self) -> u64 {
         self.meta.size
+    }
+
+    /// The lease's length.
+    pub fn lease(&self) -> Duration {
+        *self.state.length.lock().unwrap()
     }
 
     /// When the lease ends unless renewed.
@@ -274,21 +288,24 @@ impl Claim {
         self.queue.duplicate_of(&self.name, &sha).await
     }
 
-    /// Extends the lease to `lease` (default: the claim's) from now.
+    /// Extends the lease to `lease` (default: the claim's) from now; a new length also
+    /// applies to the background renewals that follow.
     pub async fn renew(&self, lease: Option<Duration>) -> Result<DateTime<Utc>, QueueError> {
-        let lease = lease.unwrap_or(self.lease);
+        let lease = lease.unwrap_or(self.lease());
         let lock = self.queue.inner().lock();
         if self.is_lost() || !lock.renew(&self.name, &self.token, lease).await? {
             self.state.mark_lost();
             return Err(self.lost_error());
         }
-        let until = Utc::now() + lease;
+        let until = later(Utc::now(), lease);
         *self.state.until.lock().unwrap() = until;
+        *self.state.length.lock().unwrap() = lease;
         Ok(until)
     }
 
-    /// Moves the message on: `done/`, `failed/` or `retry/`.
-    pub async fn finish(mut self, outcome: Outcome) -> Result<Finished, QueueError> {
+    /// Moves the message on: `done/`, `failed/` or `retry/`. After a store error the claim
+    /// keeps its lease (still renewed) and the finish can be tried again.
+    pub async fn finish(&mut self, outcome: Outcome) -> Result<Finished, QueueError> {
         let settings = self.queue.inner().settings().clone();
         let now = Utc::now();
         let (state, reason, not_before) = match outcome {
@@ -311,13 +328,14 @@ impl Claim {
                         settings.retry_backoff_max,
                     )
                 });
-                let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                let at = later(now, wait);
                 (State::Retry, reason, Some(at))
             }
         };
-        // The dedup index needs the SHA-256; read it while the object is still here.
+        // The dedup index needs the SHA-256; read it while the object is still here. Only
+        // handled mail is remembered: the twin of a failed message deserves its own try.
         let sha = match state {
-            State::Done | State::Failed => match self.sha256().await {
+            State::Done => match self.sha256().await {
                 Ok(sha) => Some(sha),
                 Err(e) => {
                     tracing::warn!(name = self.name, error = %e, "cannot read the SHA-256; the message stays out of the dedup index");
@@ -350,33 +368,17 @@ impl Claim {
         Ok(finished)
     }
 
-    /// Gives the message back at once, counting no attempt: to `cur/` after a first claim,
-    /// else to `retry/`, due now, with the attempt count it had before this claim.
-    pub async fn release(mut self) -> Result<Finished, QueueError> {
-        let (state, record) = if self.record.attempt <= 1 {
-            let record = Record {
-                attempt: 0,
-                fence: self.token.fence(),
-                lease: None,
-                not_before: None,
-                reason: Some("released".into()),
-            };
-            (State::Cur, record)
-        } else {
-            let record = Record {
-                attempt: self.record.attempt - 1,
-                fence: self.token.fence(),
-                lease: None,
-                not_before: Some(Utc::now()),
-                reason: self.record.reason.clone(),
-            };
-            (State::Retry, record)
+    /// Gives the message back at once, counting no attempt: to `retry/`, due now, with the
+    /// attempt count it had before this claim, so the next claim has this claim's number.
+    pub async fn release(&mut self) -> Result<Finished, QueueError> {
+        let record = Record {
+            attempt: self.record.attempt.saturating_sub(1),
+            fence: self.token.fence(),
+            lease: None,
+            not_before: Some(Utc::now()),
+            reason: self.record.reason.clone(),
         };
-        let finished = self.fenced_move(state, record).await?;
-        if state == State::Cur {
-            self.queue.announce(&self.name).await;
-        }
-        Ok(finished)
+        self.fenced_move(State::Retry, record).await
     }
 
     /// Stops renewing without giving the lease back (for a token handed to another
@@ -399,24 +401,45 @@ impl Claim {
 
     /// Checks the lease in the lock engine, then moves `processing/<name>` to `state` with
     /// `record` while the lease keeps being renewed, then gives the lease up.
-    ///
-    /// A lease lost during the move (the lock engine restarted without its data, or this
-    /// process paused past the lease) cannot stop a copy already sent; the copy carries this
-    /// lease's fencing number, so the newer holder's copy supersedes it.
     async fn fenced_move(&mut self, state: State, record: Record) -> Result<Finished, QueueError> {
+        if self.spent {
+            return Err(QueueError::Refused(format!(
+                "the claim on {} has already ended",
+                self.name
+            )));
+        }
         let lock = self.queue.inner().lock().clone();
-        if self.is_lost() || !lock.renew(&self.name, &self.token, self.lease).await? {
+        if self.is_lost() || !lock.renew(&self.name, &self.token, self.lease()).await? {
             self.stop_renewing();
             self.state.mark_lost();
             return Err(self.lost_error());
         }
         failpoint::hit("finish.checked");
         self.start_renewing();
-        let moved = self.move_to(state, &record).await;
+        // A failed try may have left its copy in another folder: it goes first, so that the
+        // message is never in two end states written under one lease.
+        if let Some(earlier) = self.attempted.filter(|s| *s != state) {
+            self.withdraw(earlier).await?;
+        }
+        self.attempted = Some(state);
+        match self.move_to(state, &record).await {
+            Ok(()) => {}
+            Err(e @ QueueError::LeaseLost { .. }) => {
+                self.stop_renewing();
+                self.state.mark_lost();
+                return Err(e);
+            }
+            // The claim still holds its lease, renewed: the caller may try again.
+            Err(e) => return Err(e),
+        }
         self.stop_renewing();
-        moved?;
+        self.spent = true;
+        if let (State::Retry, Some(at)) = (state, record.not_before) {
+            // This process's waiting claims need not wait for a listing to see it.
+            self.queue.retry_due_at(at).await;
+        }
         failpoint::hit("finish.moved");
-        match lock.release(&self.name, &self.token).await {
+        match lock.retire(&self.name, &self.token, RETIRED_MARK).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 name = self.name,
@@ -432,24 +455,51 @@ impl Claim {
         })
     }
 
+    /// Handles the copy an earlier, failed finish or release of this claim left in `state`:
+    /// deleted while the source under `processing/` is still there; otherwise it is the
+    /// message (a Maildir rename moved it), and becomes the source of this move.
+    async fn withdraw(&mut self, state: State) -> Result<(), QueueError> {
+        let Some(copy) = self.queue.head(state, &self.name).await? else {
+            return Ok(());
+        };
+        if copy.record.fence != self.token.fence() {
+            return Ok(());
+        }
+        if self
+            .queue
+            .head(State::Processing, &self.name)
+            .await?
+            .is_none()
+        {
+            self.meta = copy.meta;
+            return Ok(());
+        }
+        match self.queue.inner().store().delete(&copy.meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The move of a fenced finish or release. A source already gone is fine only when an
     /// earlier try of this very move (same lease) landed.
     async fn move_to(&self, state: State, record: &Record) -> Result<(), QueueError> {
-        let inner = self.queue.inner();
-        let target = state.path(&self.name);
-        match inner
-            .mover()
-            .move_object(&self.meta, &target, &record.to_update())
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => {
-                match self.queue.head(state, &self.name).await? {
-                    Some(copy) if copy.record.fence == self.token.fence() => Ok(()),
-                    _ => Err(self.lost_error()),
-                }
-            }
-            Err(e) => Err(e.into()),
+        let moved = self
+            .queue
+            .transfer(
+                &self.name,
+                &self.meta,
+                state,
+                record,
+                &self.token,
+                self.lease(),
+            )
+            .await;
+        match moved {
+            Err(QueueError::NotFound(_)) => match self.queue.head(state, &self.name).await? {
+                Some(copy) if copy.record.fence == self.token.fence() => Ok(()),
+                _ => Err(self.lost_error()),
+            },
+            other => other,
         }
     }
 }
@@ -459,6 +509,10 @@ impl Drop for Claim {
         self.stop_renewing();
     }
 }
+
+/// How long a finished or released message stays marked in the lock engine, so that other
+/// workers' older listings of `cur/` skip it without asking the store.
+const RETIRED_MARK: Duration = Duration::from_secs(120);
 
 /// The wait before the next attempt after attempt `attempt` (1-based): `first`, doubled
 /// for each attempt after the first, at most `max`.

@@ -28,13 +28,14 @@
 
 pub mod claim;
 pub mod lock;
+mod operator;
 pub mod record;
+mod take;
 mod wake;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -167,26 +168,12 @@ pub struct PurgeReport {
     pub matched: u64,
     /// Of those, deleted (0 with `dry_run`).
     pub deleted: u64,
+    /// Of those, left alone: held by a worker, or a newer copy is elsewhere.
+    pub skipped: u64,
     /// Deletions that failed.
     pub failed: u64,
     /// Bytes of the matched messages.
     pub bytes: u64,
-}
-
-/// Messages a claim may take next, listed or announced; refreshed every `poll_interval`.
-#[derive(Debug, Default)]
-struct Candidates {
-    cur: VecDeque<ObjectMeta>,
-    queued: HashSet<String>,
-    cur_listed: Option<Instant>,
-    retry: VecDeque<ObjectMeta>,
-    retry_listed: Option<Instant>,
-    /// Records of `retry/` messages by name, with the object time they were read at.
-    retry_records: HashMap<String, (DateTime<Utc>, Record)>,
-    /// The earliest not-before time among `retry/` messages that are not due yet.
-    next_due: Option<DateTime<Utc>>,
-    processing: VecDeque<ObjectMeta>,
-    processing_listed: Option<Instant>,
 }
 
 /// A queue over one destination; cheap to clone, shared by its claims.
@@ -201,7 +188,7 @@ pub(crate) struct Inner {
     lock: Arc<dyn LockEngine>,
     settings: QueueSettings,
     owner: String,
-    candidates: tokio::sync::Mutex<Candidates>,
+    candidates: tokio::sync::Mutex<take::Candidates>,
     wake: wake::Wake,
 }
 
@@ -219,9 +206,11 @@ impl fmt::Debug for Queue {
 }
 
 /// A stable id of a destination's store, shared by the filter and every worker: it names the
-/// queue's keys in a shared lock engine.
+/// queue's keys in a shared lock engine. It is derived from [`Destination::identity`], so
+/// every machine that reaches the same container or bucket by the same address agrees on it
+/// (`swiftdrop check` prints it, to compare across machines).
 pub fn queue_id(destination: &Destination) -> String {
-    let digest = Sha256::digest(destination.store.to_string().as_bytes());
+    let digest = Sha256::digest(destination.identity().as_bytes());
     format!("q{}", &hex(&digest)[..12])
 }
 
@@ -303,7 +292,7 @@ impl Queue {
                 lock,
                 settings: settings.clone(),
                 owner: lock::new_owner_id(hostname),
-                candidates: tokio::sync::Mutex::new(Candidates::default()),
+                candidates: tokio::sync::Mutex::new(take::Candidates::new()),
                 wake: wake::Wake::default(),
             }),
         }
@@ -332,367 +321,6 @@ impl Queue {
     /// Checks the lock engine (reachable; Redis recent enough).
     pub async fn check(&self) -> Result<String, QueueError> {
         Ok(self.inner.lock.check().await?)
-    }
-
-    /// Claims the next due message: `cur/` first in first out, then due `retry/`, then
-    /// `processing/` without a live lease. With `wait`, blocks until one is due or the wait
-    /// is over. `None`: nothing claimable.
-    pub async fn claim(&self, options: &ClaimOptions) -> Result<Option<Claim>, QueueError> {
-        let lease = options.lease.unwrap_or(self.inner.settings.lease);
-        let deadline = options.wait.map(|w| tokio::time::Instant::now() + w);
-        if deadline.is_some() {
-            wake::start(&self.inner);
-        }
-        loop {
-            // Registered before looking, so that an announcement in between is not missed.
-            let notified = self.inner.wake.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(claim) = self.claim_once(lease).await? {
-                return Ok(Some(claim));
-            }
-            let Some(deadline) = deadline else {
-                return Ok(None);
-            };
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let mut next = now + self.inner.settings.poll_interval;
-            if let Some(due) = self.inner.candidates.lock().await.next_due {
-                let until = (due - Utc::now()).to_std().unwrap_or_default();
-                next = next.min(now + until + Duration::from_millis(1));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(next.min(deadline)) => {}
-            }
-        }
-    }
-
-    async fn claim_once(&self, lease: Duration) -> Result<Option<Claim>, QueueError> {
-        for state in [State::Cur, State::Retry, State::Processing] {
-            while let Some(meta) = self.next_candidate(state).await? {
-                if let Some(claim) = self.claim_candidate(state, &meta, lease).await? {
-                    return Ok(Some(claim));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// The next message of `state` to try, from the candidates. `cur/` is listed again when
-    /// its candidates ran out and the last listing is older than `poll_interval` (new mail
-    /// in between comes by announcement); the other folders whenever their listing is older.
-    async fn next_candidate(&self, state: State) -> Result<Option<ObjectMeta>, QueueError> {
-        let poll = self.inner.settings.poll_interval;
-        let mut candidates = self.inner.candidates.lock().await;
-        let stale = |listed: Option<Instant>| listed.is_none_or(|t| t.elapsed() >= poll);
-        match state {
-            State::Cur => {
-                if candidates.cur.is_empty() && stale(candidates.cur_listed) {
-                    let listed = self.list_folder(State::Cur).await?;
-                    candidates.queued = listed.iter().map(name_of).collect();
-                    candidates.cur = listed.into();
-                    candidates.cur_listed = Some(Instant::now());
-                }
-                let next = candidates.cur.pop_front();
-                if let Some(meta) = &next {
-                    candidates.queued.remove(&name_of(meta));
-                }
-                Ok(next)
-            }
-            State::Retry => {
-                if stale(candidates.retry_listed) {
-                    let listed = self.list_folder(State::Retry).await?;
-                    let (due, next_due) = self.due_retries(&mut candidates, listed).await?;
-                    candidates.retry = due.into();
-                    candidates.next_due = next_due;
-                    candidates.retry_listed = Some(Instant::now());
-                }
-                Ok(candidates.retry.pop_front())
-            }
-            State::Processing => {
-                if stale(candidates.processing_listed) {
-                    let listed = self.list_folder(State::Processing).await?;
-                    let names: Vec<String> = listed.iter().map(name_of).collect();
-                    let holders = self.inner.lock.holders(&names).await?;
-                    candidates.processing = listed
-                        .into_iter()
-                        .zip(holders)
-                        .filter(|(_, holder)| holder.is_none())
-                        .map(|(meta, _)| meta)
-                        .collect();
-                    candidates.processing_listed = Some(Instant::now());
-                }
-                Ok(candidates.processing.pop_front())
-            }
-            State::Failed | State::Done => Ok(None),
-        }
-    }
-
-    /// The `retry/` messages that are due, oldest due first, and the earliest time one that
-    /// is not due yet becomes due. Records are read once per object version.
-    async fn due_retries(
-        &self,
-        candidates: &mut Candidates,
-        listed: Vec<ObjectMeta>,
-    ) -> Result<(Vec<ObjectMeta>, Option<DateTime<Utc>>), QueueError> {
-        let unknown: Vec<ObjectMeta> = listed
-            .iter()
-            .filter(|m| {
-                candidates
-                    .retry_records
-                    .get(&name_of(m))
-                    .is_none_or(|(at, _)| *at != m.last_modified)
-            })
-            .cloned()
-            .collect();
-        let read: Vec<(ObjectMeta, Option<StoredCopy>)> = futures::stream::iter(unknown)
-            .map(|meta| async move {
-                let copy = self.head(State::Retry, &name_of(&meta)).await;
-                copy.map(|c| (meta, c))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        for (meta, copy) in read {
-            if let Some(copy) = copy {
-                candidates
-                    .retry_records
-                    .insert(name_of(&meta), (meta.last_modified, copy.record));
-            }
-        }
-        let names: HashSet<String> = listed.iter().map(name_of).collect();
-        candidates
-            .retry_records
-            .retain(|name, _| names.contains(name));
-        let now = Utc::now();
-        let mut due = Vec::new();
-        let mut next_due: Option<DateTime<Utc>> = None;
-        for meta in listed {
-            let not_before = candidates
-                .retry_records
-                .get(&name_of(&meta))
-                .and_then(|(_, r)| r.not_before);
-            match not_before {
-                Some(t) if t > now => next_due = Some(next_due.map_or(t, |n| n.min(t))),
-                t => due.push((t, meta)),
-            }
-        }
-        due.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.last_modified.cmp(&b.1.last_modified))
-        });
-        Ok((due.into_iter().map(|(_, m)| m).collect(), next_due))
-    }
-
-    /// Tries to claim one candidate: takes its lease, then moves it to `processing/`.
-    /// `None` when somebody else holds or took it.
-    async fn claim_candidate(
-        &self,
-        state: State,
-        meta: &ObjectMeta,
-        lease: Duration,
-    ) -> Result<Option<Claim>, QueueError> {
-        let name = name_of(meta);
-        let Some(token) = self
-            .inner
-            .lock
-            .acquire(&name, &self.inner.owner, lease)
-            .await?
-        else {
-            return Ok(None);
-        };
-        failpoint::hit("claim.leased");
-        let taken = match state {
-            State::Cur => self.take_from_cur(&name, meta, &token, lease).await,
-            _ => self.take_resolved(&name, &token, lease).await,
-        };
-        match taken {
-            Ok(Some(claim)) => Ok(Some(claim)),
-            other => {
-                if let Err(e) = self.inner.lock.release(&name, &token).await {
-                    tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
-                }
-                other
-            }
-        }
-    }
-
-    /// Moves a never-claimed message from `cur/` to `processing/` as attempt 1. A leftover
-    /// under `processing/` (a claim, release or requeue of this message interrupted after its
-    /// copy) is replaced: nobody holds it, since this claim holds the lease, and it
-    /// describes the same never-finished message.
-    async fn take_from_cur(
-        &self,
-        name: &str,
-        meta: &ObjectMeta,
-        token: &Token,
-        lease: Duration,
-    ) -> Result<Option<Claim>, QueueError> {
-        let record = Record {
-            attempt: 1,
-            fence: token.fence(),
-            lease: Some(lease),
-            not_before: None,
-            reason: None,
-        };
-        let target = State::Processing.path(name);
-        match self
-            .inner
-            .mover
-            .move_object(meta, &target, &record.to_update())
-            .await
-        {
-            Ok(()) => Ok(Some(self.new_claim(name, token, record, meta, lease))),
-            // Claimed and moved on by another worker since it was listed.
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Claims `name` from whichever folder holds its newest copy, after deleting the
-    /// leftovers of interrupted moves. The caller holds the lease.
-    async fn take_resolved(
-        &self,
-        name: &str,
-        token: &Token,
-        lease: Duration,
-    ) -> Result<Option<Claim>, QueueError> {
-        let Some(newest) = self.resolve(name).await? else {
-            return Ok(None);
-        };
-        let due = newest.record.not_before.is_none_or(|t| t <= Utc::now());
-        match newest.state {
-            State::Cur => {
-                let record = Record {
-                    attempt: 1,
-                    fence: token.fence(),
-                    lease: Some(lease),
-                    not_before: None,
-                    reason: None,
-                };
-                self.inner
-                    .mover
-                    .move_object(
-                        &newest.meta,
-                        &State::Processing.path(name),
-                        &record.to_update(),
-                    )
-                    .await?;
-                Ok(Some(self.new_claim(
-                    name,
-                    token,
-                    record,
-                    &newest.meta,
-                    lease,
-                )))
-            }
-            State::Retry if due => self.take_again(name, newest, token, lease).await,
-            State::Processing if self.abandoned(&newest).await? => {
-                self.take_again(name, newest, token, lease).await
-            }
-            State::Processing => Ok(None),
-            State::Retry | State::Failed | State::Done => Ok(None),
-        }
-    }
-
-    /// Whether a claim under `processing/` may be taken over: its recorded lease has passed
-    /// since the copy was written, and since the lock engine's data began (a lease lost
-    /// with the engine's data was renewed at most then).
-    async fn abandoned(&self, copy: &StoredCopy) -> Result<bool, QueueError> {
-        let lease = copy.record.lease.unwrap_or(self.inner.settings.lease);
-        let epoch = self.inner.lock.epoch().await?;
-        let since = copy.meta.last_modified.max(epoch);
-        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        Ok(Utc::now() >= since + lease)
-    }
-
-    /// Claims a message that was claimed before: a new attempt, or `failed/` when that
-    /// would pass `max_attempts`.
-    async fn take_again(
-        &self,
-        name: &str,
-        copy: StoredCopy,
-        token: &Token,
-        lease: Duration,
-    ) -> Result<Option<Claim>, QueueError> {
-        let attempt = copy.record.attempt + 1;
-        if attempt > self.inner.settings.max_attempts {
-            let record = Record {
-                attempt: copy.record.attempt,
-                fence: token.fence(),
-                lease: None,
-                not_before: None,
-                reason: Some(TOO_MANY_ATTEMPTS.to_string()),
-            };
-            self.inner
-                .mover
-                .move_object(&copy.meta, &State::Failed.path(name), &record.to_update())
-                .await?;
-            tracing::warn!(
-                name,
-                attempts = copy.record.attempt,
-                last_reason = copy.record.reason.as_deref().unwrap_or(""),
-                "message failed: {TOO_MANY_ATTEMPTS}"
-            );
-            return Ok(None);
-        }
-        let record = Record {
-            attempt,
-            fence: token.fence(),
-            lease: Some(lease),
-            not_before: None,
-            reason: copy.record.reason.clone(),
-        };
-        match copy.state {
-            // An abandoned claim is taken over where it is.
-            State::Processing => {
-                self.inner
-                    .mover
-                    .update_metadata(&copy.meta, &record.to_update())
-                    .await?
-            }
-            _ => {
-                self.inner
-                    .mover
-                    .move_object(
-                        &copy.meta,
-                        &State::Processing.path(name),
-                        &record.to_update(),
-                    )
-                    .await?
-            }
-        }
-        Ok(Some(self.new_claim(name, token, record, &copy.meta, lease)))
-    }
-
-    /// The claim on `name`, now under `processing/`, moved there from `source` (whose size
-    /// and ETag it keeps: a verified copy has both).
-    fn new_claim(
-        &self,
-        name: &str,
-        token: &Token,
-        record: Record,
-        source: &ObjectMeta,
-        lease: Duration,
-    ) -> Claim {
-        let meta = ObjectMeta {
-            location: State::Processing.path(name),
-            last_modified: Utc::now(),
-            size: source.size,
-            e_tag: source.e_tag.clone(),
-            version: None,
-        };
-        Claim::new(
-            self.clone(),
-            name.to_string(),
-            token.clone(),
-            record,
-            meta,
-            lease,
-        )
     }
 
     /// Every copy of `name`, one per folder that holds it.
@@ -823,7 +451,7 @@ impl Queue {
         if copies.is_empty() {
             return Err(QueueError::NotFound(key.to_string()));
         }
-        copies.sort_by_key(|c| std::cmp::Reverse((c.record.fence, c.state)));
+        copies.sort_by_key(|c| std::cmp::Reverse(recency(c)));
         Ok(copies)
     }
 
@@ -874,103 +502,6 @@ impl Queue {
             .flatten())
     }
 
-    /// The claim that `token` holds on the message `key` (for a token handed to another
-    /// process, as the CLI does): [`QueueError::LeaseLost`] when the message in
-    /// `processing/` was written under another lease, or is not there.
-    pub async fn resume(&self, key: &str, token: &Token) -> Result<Claim, QueueError> {
-        let reference: MessageRef = key.parse().map_err(QueueError::Refused)?;
-        let name = reference.name;
-        let lost = || QueueError::LeaseLost { name: name.clone() };
-        let copy = self
-            .head(State::Processing, &name)
-            .await?
-            .ok_or_else(lost)?;
-        if copy.record.fence != token.fence() {
-            return Err(lost());
-        }
-        let lease = self.inner.settings.lease;
-        let claim = Claim::resumed(self.clone(), name.clone(), token.clone(), copy, lease);
-        Ok(claim)
-    }
-
-    /// Moves a `failed/`, `retry/` or `done/` message back to `cur/`, as never claimed.
-    pub async fn requeue(&self, key: &str) -> Result<Finished, QueueError> {
-        let reference: MessageRef = key.parse().map_err(QueueError::Refused)?;
-        let name = reference.name;
-        let lease = self.inner.settings.lease;
-        let Some(token) = self
-            .inner
-            .lock
-            .acquire(&name, &self.inner.owner, lease)
-            .await?
-        else {
-            let holder = self.holder(&name).await?;
-            return Err(QueueError::Refused(match holder {
-                Some(h) => format!(
-                    "{name} is claimed by {} for another {}s",
-                    h.token.owner(),
-                    h.remaining.as_secs()
-                ),
-                None => format!("{name} is claimed; try again"),
-            }));
-        };
-        let result = self.requeue_leased(&name, &token).await;
-        if let Err(e) = self.inner.lock.release(&name, &token).await {
-            tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
-        }
-        let finished = result?;
-        self.announce(&name).await;
-        Ok(finished)
-    }
-
-    /// The requeue under the lease: through `processing/`, so that a crash halfway leaves
-    /// a copy there, which claims resolve, and never a second copy beside `cur/`, which
-    /// they would not meet.
-    async fn requeue_leased(&self, name: &str, token: &Token) -> Result<Finished, QueueError> {
-        let newest = self
-            .resolve(name)
-            .await?
-            .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
-        let from = newest.state;
-        match from {
-            State::Cur => return Err(QueueError::Refused(format!("{name} is already in cur/"))),
-            State::Processing => {
-                return Err(QueueError::Refused(format!(
-                    "{name} is in processing/: finish or release its claim, or wait until its lease expires"
-                )));
-            }
-            _ => {}
-        }
-        let mut record = Record {
-            attempt: 0,
-            fence: token.fence(),
-            lease: Some(self.inner.settings.lease),
-            not_before: None,
-            reason: Some(format!("requeued from {from}/")),
-        };
-        let processing = State::Processing.path(name);
-        self.inner
-            .mover
-            .move_object(&newest.meta, &processing, &record.to_update())
-            .await?;
-        failpoint::hit("requeue.half");
-        let moved = ObjectMeta {
-            location: processing,
-            last_modified: Utc::now(),
-            ..newest.meta
-        };
-        record.lease = None;
-        self.inner
-            .mover
-            .move_object(&moved, &State::Cur.path(name), &record.to_update())
-            .await?;
-        tracing::info!(name, %from, "requeued");
-        Ok(Finished {
-            key: format!("cur/{name}"),
-            state: State::Cur,
-        })
-    }
-
     /// Says that `name` is new under `cur/` (best effort: the periodic listing finds what
     /// an announcement misses).
     async fn announce(&self, name: &str) {
@@ -979,66 +510,80 @@ impl Queue {
         }
     }
 
-    /// Deletes the messages of `state` that entered it more than `older_than` ago (in
-    /// `processing/`, only those without a live lease). `progress` is called after each.
-    pub async fn purge(
+    /// Moves `name` from `from` to `state` with `record`, under the lease `token` holds: a
+    /// verified copy, then the lease checked again in the lock engine, then the delete of
+    /// the source. A holder that lost its lease since its last check (paused, partitioned)
+    /// gets [`QueueError::LeaseLost`] and deletes nothing: its copy, written under an older
+    /// fencing number, gives way to the newer holder's when the two meet.
+    pub(crate) async fn transfer(
         &self,
+        name: &str,
+        from: &ObjectMeta,
         state: State,
-        older_than: Duration,
-        dry_run: bool,
-        progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<PurgeReport, QueueError> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        let mut old: Vec<ObjectMeta> = self
-            .list_folder(state)
-            .await?
-            .into_iter()
-            .filter(|m| m.last_modified < cutoff)
-            .collect();
-        if state == State::Processing {
-            let names: Vec<String> = old.iter().map(name_of).collect();
-            let holders = self.inner.lock.holders(&names).await?;
-            old = old
-                .into_iter()
-                .zip(holders)
-                .filter(|(_, h)| h.is_none())
-                .map(|(m, _)| m)
-                .collect();
-        }
-        let mut report = PurgeReport {
-            matched: old.len() as u64,
-            bytes: old.iter().map(|m| m.size).sum(),
-            ..PurgeReport::default()
-        };
-        if dry_run {
-            return Ok(report);
-        }
-        if let Err(e) = self.inner.lock.forget_expired().await {
-            tracing::warn!(error = %e, "cannot clean the dedup index");
-        }
-        let total = report.matched;
-        let store = self.inner.destination.store.clone();
-        let mut deletions = futures::stream::iter(old)
-            .map(|meta| {
-                let store = store.clone();
-                async move {
-                    let result = store.delete(&meta.location).await;
-                    (meta, result)
-                }
+        record: &Record,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        let mover = &self.inner.mover;
+        mover
+            .copy_verified(from, &state.path(name), &record.to_update())
+            .await
+            .map_err(|e| fenced_error(name, e))?;
+        failpoint::hit("move.verified");
+        self.check_lease(name, token, lease).await?;
+        mover.delete_source(from).await?;
+        Ok(())
+    }
+
+    /// Sets `record` on the copy at `at` in place (the take-over of an abandoned claim),
+    /// under the lease `token` holds, checked again afterwards: a holder paused during the
+    /// update must not go on as if it held the claim.
+    pub(crate) async fn update_in_place(
+        &self,
+        name: &str,
+        at: &ObjectMeta,
+        record: &Record,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        self.inner
+            .mover
+            .update_metadata(at, &record.to_update())
+            .await
+            .map_err(|e| fenced_error(name, e))?;
+        self.check_lease(name, token, lease).await
+    }
+
+    /// Takes the lease on `name` for this queue's owner; `None` when somebody holds it (or,
+    /// `from_cur`, when it is marked as having left `cur/`).
+    pub(crate) async fn acquire(
+        &self,
+        name: &str,
+        lease: Duration,
+        from_cur: bool,
+    ) -> Result<Option<Token>, QueueError> {
+        let (lock, owner) = (&self.inner.lock, &self.inner.owner);
+        Ok(if from_cur {
+            lock.acquire_from_cur(name, owner, lease).await?
+        } else {
+            lock.acquire(name, owner, lease).await?
+        })
+    }
+
+    /// Renews the lease `token` holds, or says that it is lost.
+    async fn check_lease(
+        &self,
+        name: &str,
+        token: &Token,
+        lease: Duration,
+    ) -> Result<(), QueueError> {
+        if self.inner.lock.renew(name, token, lease).await? {
+            Ok(())
+        } else {
+            Err(QueueError::LeaseLost {
+                name: name.to_string(),
             })
-            .buffer_unordered(8);
-        while let Some((meta, result)) = deletions.next().await {
-            match result {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => report.deleted += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    tracing::warn!(key = %meta.location, error = %e, "could not purge");
-                }
-            }
-            progress(report.deleted + report.failed, total);
         }
-        Ok(report)
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -1051,10 +596,6 @@ impl Inner {
         &self.lock
     }
 
-    pub(crate) fn mover(&self) -> &Arc<dyn Mover> {
-        &self.mover
-    }
-
     pub(crate) fn settings(&self) -> &QueueSettings {
         &self.settings
     }
@@ -1064,12 +605,89 @@ impl Inner {
     }
 }
 
-/// The newest of several copies of one message: highest fencing number, then latest state.
+/// `t` plus `d`, at most the latest time chrono knows (a library caller may pass any
+/// duration; a sum must not panic).
+pub(crate) fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t` minus `d`, at least the earliest time chrono knows.
+pub(crate) fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A store error of a move: a refusal by the fence a newer holder wrote means this holder's
+/// lease is gone.
+fn fenced_error(name: &str, e: object_store::Error) -> QueueError {
+    match e {
+        object_store::Error::Precondition { .. } => QueueError::LeaseLost {
+            name: name.to_string(),
+        },
+        e => e.into(),
+    }
+}
+
+/// How recent a copy of a message is: the later of two copies has the higher fencing
+/// number, or (two moves under one lease) the later state.
+fn recency(copy: &StoredCopy) -> (u64, State) {
+    (copy.record.fence, copy.state)
+}
+
+/// The newest of several copies of one message.
 pub fn newest_copy(copies: &[StoredCopy]) -> Option<&StoredCopy> {
-    copies.iter().max_by_key(|c| (c.record.fence, c.state))
+    copies.iter().max_by_key(|c| recency(c))
 }
 
 /// The Maildir name of a listed object (its last path segment).
 fn name_of(meta: &ObjectMeta) -> String {
     meta.location.filename().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(state: State, fence: u64) -> StoredCopy {
+        StoredCopy {
+            state,
+            meta: ObjectMeta {
+                location: state.path("m"),
+                last_modified: Utc::now(),
+                size: 1,
+                e_tag: None,
+                version: None,
+            },
+            record: Record {
+                fence,
+                ..Record::default()
+            },
+            attributes: object_store::Attributes::new(),
+        }
+    }
+
+    #[test]
+    fn the_later_copy_wins_by_fence_then_state() {
+        let newest = |copies: &[StoredCopy]| newest_copy(copies).map(|c| (c.state, c.record.fence));
+        // A newer lease's copy wins whatever its folder (a requeue's cur/ over done/).
+        assert_eq!(
+            newest(&[copy(State::Done, 5), copy(State::Cur, 9)]),
+            Some((State::Cur, 9))
+        );
+        // Two moves under one lease: the later folder.
+        assert_eq!(
+            newest(&[copy(State::Processing, 5), copy(State::Done, 5)]),
+            Some((State::Done, 5))
+        );
+        assert_eq!(
+            newest(&[copy(State::Retry, 5), copy(State::Processing, 5)]),
+            Some((State::Retry, 5))
+        );
+        assert_eq!(newest(&[]), None);
+    }
 }

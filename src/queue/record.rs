@@ -159,7 +159,7 @@ pub struct Record {
 }
 
 const ATTEMPT: &str = "queue-attempt";
-const FENCE: &str = "queue-fence";
+const FENCE: &str = crate::store::mover::FENCE_KEY;
 const LEASE: &str = "queue-lease";
 const NOT_BEFORE: &str = "queue-not-before";
 const REASON: &str = "queue-reason";
@@ -214,11 +214,6 @@ impl Record {
             ),
         ]
     }
-
-    /// Whether this copy was written after `other` (see the module docs).
-    pub fn is_later_than(&self, state: State, other: &Record, other_state: State) -> bool {
-        (self.fence, state) > (other.fence, other_state)
-    }
 }
 
 #[cfg(test)]
@@ -272,21 +267,6 @@ mod tests {
             attributes.insert(Attribute::Metadata(k.into()), v.into());
         }
         assert_eq!(Record::from_attributes(&attributes), cleared);
-    }
-
-    #[test]
-    fn later_copies_win_by_fence_then_state() {
-        let old = Record {
-            fence: 5,
-            ..Record::default()
-        };
-        let new = Record {
-            fence: 9,
-            ..Record::default()
-        };
-        assert!(new.is_later_than(State::Cur, &old, State::Done));
-        assert!(old.is_later_than(State::Done, &old, State::Processing));
-        assert!(!old.is_later_than(State::Processing, &old, State::Retry));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use object_store::ObjectMeta;
 use tokio::sync::{Notify, mpsc};
 
 use super::Inner;
-use super::lock::LockEngine;
+use super::lock::{Announcement, LockEngine};
 use super::record::{self, State};
 use crate::store::key::MessageKey;
 
@@ -41,19 +41,17 @@ pub(super) fn start(inner: &Arc<Inner>) {
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
-                match announcements.recv().await {
-                    Ok(name) => {
-                        if !arrived(&weak, &name).await {
-                            return;
-                        }
-                    }
+                let alive = match announcements.recv().await {
+                    Ok(Announcement::New(name)) => arrived(&weak, &name).await,
+                    Ok(Announcement::Gap) => relist(&weak).await,
                     Err(RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "announcements overflowed; listing instead");
-                        let Some(inner) = weak.upgrade() else { return };
-                        inner.candidates.lock().await.cur_listed = None;
-                        inner.wake.notify.notify_waiters();
+                        relist(&weak).await
                     }
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => false,
+                };
+                if !alive {
+                    return;
                 }
             }
         });
@@ -82,21 +80,34 @@ async fn arrived(queue: &Weak<Inner>, name: &str) -> bool {
     let Some(inner) = queue.upgrade() else {
         return false;
     };
-    if !record::is_message_name(name) {
+    // Only names the filter makes: their size is in the name, which verifies the move of a
+    // candidate that was never listed.
+    let Some(key) = MessageKey::parse(name).filter(|_| record::is_message_name(name)) else {
         return true;
-    }
+    };
     {
         let mut candidates = inner.candidates.lock().await;
         if candidates.queued.insert(name.to_string()) {
             candidates.cur.push_back(ObjectMeta {
                 location: State::Cur.path(name),
                 last_modified: Utc::now(),
-                size: MessageKey::parse(name).map_or(0, |k| k.size),
+                size: key.size,
                 e_tag: None,
                 version: None,
             });
         }
     }
+    inner.wake.notify.notify_waiters();
+    true
+}
+
+/// Makes the next claim list `cur/` and wakes the waiting ones, after announcements may have
+/// been missed; `false` when the queue is gone.
+async fn relist(queue: &Weak<Inner>) -> bool {
+    let Some(inner) = queue.upgrade() else {
+        return false;
+    };
+    inner.candidates.lock().await.cur_listed = None;
     inner.wake.notify.notify_waiters();
     true
 }

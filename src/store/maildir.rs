@@ -5,9 +5,9 @@
 //! for [`PutMode::Create`]) to its key, and the target directory is fsynced before the put
 //! returns. Every other operation is delegated to object_store's [`LocalFileSystem`].
 //!
-//! Metadata (the queue's record of a message) lives in extended attributes named
-//! `user.swiftdrop.<key>`, which travel with the file through renames; reads return them as
-//! [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename (one
+//! Metadata (the queue's record of a message) lives in one extended attribute,
+//! `user.swiftdrop` (`key=value` lines), which travels with the file through renames; reads
+//! return it as [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename (one
 //! atomic step: a crash leaves the file in one folder or the other), set the file's time to
 //! the move's and fsync both folders.
 
@@ -29,10 +29,11 @@ use object_store::{
 };
 
 use crate::failpoint;
-use crate::store::mover::{MetadataUpdate, Mover};
+use crate::store::mover::{self, MetadataUpdate, Mover};
 
-/// Prefix of the extended attributes that hold an object's metadata.
-const XATTR_PREFIX: &str = "user.swiftdrop.";
+/// The extended attribute that holds an object's metadata: `key=value` lines, written in
+/// one call so that a crash never leaves half a record.
+const METADATA_XATTR: &str = "user.swiftdrop";
 
 /// Counter that makes staging file names unique within this process.
 static STAGED: AtomicU64 = AtomicU64::new(0);
@@ -253,8 +254,11 @@ impl ObjectStore for MaildirStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let mut result = self.local.get_opts(location, options).await?;
         let path = self.local.path_to_filesystem(location)?;
-        // A file renamed away since it was opened has no attributes to offer: none is right.
-        result.attributes = read_metadata(&path).unwrap_or_default();
+        result.attributes = match read_metadata(&path) {
+            Ok(attributes) => attributes,
+            // Renamed away since it was opened: the caller meets it where it went.
+            Err(e) => return Err(not_found(location, e)),
+        };
         Ok(result)
     }
 
@@ -296,41 +300,52 @@ impl ObjectStore for MaildirStore {
     }
 }
 
-/// The `user.swiftdrop.*` extended attributes of `path` as metadata.
+/// The metadata in `path`'s extended attribute (none when the attribute is missing or the
+/// file system keeps no extended attributes).
 fn read_metadata(path: &FsPath) -> io::Result<Attributes> {
     let mut attributes = Attributes::new();
-    let mut names = vec![0u8; 1024];
-    let len = loop {
-        match rustix::fs::listxattr(path, &mut names[..]) {
-            Ok(len) => break len,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(e) => return Err(e.into()),
+    for line in read_record(path)?.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            attributes.insert(
+                Attribute::Metadata(key.to_string().into()),
+                value.to_string().into(),
+            );
         }
-    };
-    let mut value = vec![0u8; 4096];
-    for name in names[..len].split(|&b| b == 0) {
-        let Some(key) = name.strip_prefix(XATTR_PREFIX.as_bytes()) else {
-            continue;
-        };
-        let n = rustix::fs::getxattr(path, name, &mut value[..])?;
-        attributes.insert(
-            Attribute::Metadata(String::from_utf8_lossy(key).into_owned().into()),
-            String::from_utf8_lossy(&value[..n]).into_owned().into(),
-        );
     }
     Ok(attributes)
 }
 
-/// Writes `update` as extended attributes of `path`.
-fn write_metadata(path: &FsPath, update: &MetadataUpdate) -> io::Result<()> {
-    for (key, value) in update {
-        rustix::fs::setxattr(
-            path,
-            format!("{XATTR_PREFIX}{key}").as_str(),
-            value.as_bytes(),
-            rustix::fs::XattrFlags::empty(),
-        )?;
+/// The raw record attribute of `path`, empty when there is none.
+fn read_record(path: &FsPath) -> io::Result<String> {
+    let mut value = vec![0u8; 4096];
+    loop {
+        match rustix::fs::getxattr(path, METADATA_XATTR, &mut value[..]) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&value[..n]).into_owned()),
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => {
+                return Ok(String::new());
+            }
+            Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
     }
+}
+
+/// Merges `update` into `path`'s metadata attribute, in one write.
+fn write_metadata(path: &FsPath, update: &MetadataUpdate) -> io::Result<()> {
+    let mut record: Vec<(String, String)> = read_record(path)?
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !update.iter().any(|(u, _)| u == k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    record.extend(update.iter().cloned());
+    let text: String = record.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    rustix::fs::setxattr(
+        path,
+        METADATA_XATTR,
+        text.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )?;
     Ok(())
 }
 
@@ -373,22 +388,53 @@ fn not_found(location: &Path, err: io::Error) -> object_store::Error {
     }
 }
 
-/// The queue move of a Maildir file: attributes, rename, time, folder fsyncs.
-fn move_file(from: &FsPath, to: &FsPath, location: &Path, update: &MetadataUpdate) -> Result<()> {
+/// Refuses to touch `path` when a newer holder wrote it: its fencing number is above the
+/// one `update` sets. A missing file passes (the caller's own step reports it).
+fn check_fence(path: &FsPath, location: &Path, update: &MetadataUpdate) -> Result<()> {
+    let Some(wanted) = mover::fence_of(update) else {
+        return Ok(());
+    };
+    let record = match read_record(path) {
+        Ok(record) => record,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(generic(e)),
+    };
+    let found = record
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == mover::FENCE_KEY)
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if found > wanted {
+        return Err(mover::superseded(location, found, wanted));
+    }
+    Ok(())
+}
+
+/// The queue move of a Maildir file: the fence checks, the record, rename, time, folder
+/// fsyncs.
+fn move_file(
+    from: &FsPath,
+    to: &FsPath,
+    location: &Path,
+    target: &Path,
+    update: &MetadataUpdate,
+) -> Result<()> {
+    check_fence(from, location, update)?;
+    check_fence(to, target, update)?;
     write_metadata(from, update).map_err(|e| not_found(location, e))?;
     rename_creating_folder(from, to).map_err(|e| not_found(location, e))?;
     failpoint::hit("move.copied");
     touch(to).map_err(generic)?;
     sync_parent(to)
         .and_then(|()| sync_parent(from))
-        .map_err(generic)?;
-    failpoint::hit("move.verified");
-    Ok(())
+        .map_err(generic)
 }
 
 #[async_trait]
 impl Mover for MaildirStore {
-    async fn move_object(
+    /// A rename: one atomic step, so the source is gone when it returns.
+    async fn copy_verified(
         &self,
         from: &ObjectMeta,
         to: &Path,
@@ -396,16 +442,21 @@ impl Mover for MaildirStore {
     ) -> Result<()> {
         let source = self.local.path_to_filesystem(&from.location)?;
         let target = self.local.path_to_filesystem(to)?;
-        let (location, update) = (from.location.clone(), update.to_vec());
-        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &update))
+        let (location, to, update) = (from.location.clone(), to.clone(), update.to_vec());
+        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &to, &update))
             .await
             .map_err(|e| generic(io::Error::other(e)))?
+    }
+
+    async fn delete_source(&self, _from: &ObjectMeta) -> Result<()> {
+        Ok(())
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
         let path = self.local.path_to_filesystem(&at.location)?;
         let (location, update) = (at.location.clone(), update.to_vec());
         tokio::task::spawn_blocking(move || {
+            check_fence(&path, &location, &update)?;
             write_metadata(&path, &update)
                 .and_then(|()| touch(&path))
                 .and_then(|()| File::open(&path)?.sync_all())
@@ -420,6 +471,41 @@ impl Mover for MaildirStore {
 mod tests {
     use super::*;
     use object_store::ObjectStoreExt;
+
+    #[tokio::test]
+    async fn a_move_under_an_older_fence_than_the_file_s_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MaildirStore::open(dir.path()).unwrap();
+        let from = Path::from("processing/1.M2P3Q4.host,S=5");
+        store
+            .put(&from, PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
+        let meta = store.head(&from).await.unwrap();
+        let fence = |n: u64| vec![(mover::FENCE_KEY.to_string(), n.to_string())];
+        // A newer holder took the claim over in place.
+        store.update_metadata(&meta, &fence(200)).await.unwrap();
+        // The old holder, paused past its lease, can neither update nor move it.
+        let refused = store.update_metadata(&meta, &fence(100)).await;
+        assert!(
+            matches!(refused, Err(object_store::Error::Precondition { .. })),
+            "{refused:?}"
+        );
+        let to = Path::from("done/1.M2P3Q4.host,S=5");
+        let refused = store.copy_verified(&meta, &to, &fence(100)).await;
+        assert!(
+            matches!(refused, Err(object_store::Error::Precondition { .. })),
+            "{refused:?}"
+        );
+        assert!(store.head(&to).await.is_err());
+        assert_eq!(
+            read_record(&store.root().join("processing/1.M2P3Q4.host,S=5")).unwrap(),
+            "queue-fence=200\n"
+        );
+        // The holder itself moves it.
+        store.copy_verified(&meta, &to, &fence(200)).await.unwrap();
+        assert!(store.head(&to).await.is_ok());
+    }
 
     #[tokio::test]
     async fn put_publishes_whole_file_and_leaves_tmp_empty() {

@@ -118,6 +118,27 @@ impl Destination {
         }
     }
 
+    /// Names this destination's store the same way on every machine that reaches it, however
+    /// its address is spelled (case of scheme and host, trailing `/`, a relative Maildir
+    /// path): the queue's keys in a shared lock engine are named after it.
+    pub fn identity(&self) -> String {
+        match &self.container {
+            Container::Directory(store) => {
+                let root = std::fs::canonicalize(store.root())
+                    .unwrap_or_else(|_| store.root().to_path_buf());
+                format!("maildir {}", root.display())
+            }
+            Container::Swift(store, _) => {
+                let (authurl, container) = store.address();
+                format!("swift {} {container}", normalized_url(authurl))
+            }
+            Container::S3(store, _) => {
+                let (endpoint, bucket) = store.address();
+                format!("s3 {} {bucket}", normalized_url(endpoint))
+            }
+        }
+    }
+
     /// Opens every destination, in order, stopping at the first that fails.
     pub fn open_all(configs: &[DestinationConfig]) -> Result<Vec<Destination>, OpenError> {
         configs.iter().map(Destination::open).collect()
@@ -131,5 +152,64 @@ impl Destination {
             Container::Swift(store, create) => store.ensure_container(*create).await,
             Container::S3(store, create) => store.ensure_bucket(*create).await,
         }
+    }
+}
+
+/// The HTTP header of an object's content attribute (`Content-Type` and the like), the same
+/// for Swift and S3; `None` for metadata and other attributes.
+pub(crate) fn content_header(attribute: &object_store::Attribute) -> Option<&'static str> {
+    use object_store::Attribute;
+    match attribute {
+        Attribute::ContentType => Some("content-type"),
+        Attribute::ContentEncoding => Some("content-encoding"),
+        Attribute::ContentDisposition => Some("content-disposition"),
+        Attribute::ContentLanguage => Some("content-language"),
+        Attribute::CacheControl => Some("cache-control"),
+        _ => None,
+    }
+}
+
+/// `url` with its scheme and host in lower case and no trailing `/` (a name without a scheme,
+/// such as `AWS`, as it is).
+fn normalized_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let host_end = url
+        .find("://")
+        .map(|scheme| {
+            scheme
+                + 3
+                + url[scheme + 3..]
+                    .find('/')
+                    .unwrap_or(url.len() - scheme - 3)
+        })
+        .unwrap_or(0);
+    format!(
+        "{}{}",
+        url[..host_end].to_ascii_lowercase(),
+        &url[host_end..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalized_url;
+
+    #[test]
+    fn addresses_spelled_differently_normalize_alike() {
+        let same = [
+            "http://Swift.Example:8080/auth/v1.0",
+            "HTTP://swift.example:8080/auth/v1.0/",
+            " http://swift.example:8080/auth/v1.0// ",
+        ];
+        for url in same {
+            assert_eq!(normalized_url(url), "http://swift.example:8080/auth/v1.0");
+        }
+        // The path keeps its case: it may matter to the server.
+        assert_eq!(
+            normalized_url("https://S3.example/Tenant"),
+            "https://s3.example/Tenant"
+        );
+        assert_eq!(normalized_url("http://S3.example/"), "http://s3.example");
+        assert_eq!(normalized_url("AWS"), "AWS");
     }
 }

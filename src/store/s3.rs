@@ -80,6 +80,13 @@ pub struct Md5Verified<T> {
     client: reqwest::Client,
 }
 
+impl<T> Md5Verified<T> {
+    /// The endpoint (`AWS` for Amazon's) and bucket this store writes to.
+    pub fn address(&self) -> (&str, &str) {
+        (&self.endpoint, &self.bucket)
+    }
+}
+
 impl<T> fmt::Display for Md5Verified<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "S3(bucket {} at {})", self.bucket, self.endpoint)
@@ -227,57 +234,96 @@ fn xml_value<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     Some(&text[start..end])
 }
 
+/// Key characters kept as they are in `x-amz-copy-source`: RFC 3986 unreserved.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Tries of a CopyObject that failed with a 5xx or on the connection.
+const COPY_TRIES: u32 = 3;
+
 impl Md5Verified<AmazonS3> {
-    /// A server-side CopyObject that replaces the metadata with `metadata` (object_store's
-    /// copy keeps the source's). Returns the new object's ETag, unquoted.
+    /// A server-side CopyObject that replaces the metadata with `headers` (object_store's
+    /// copy keeps the source's), tried again after a 5xx or a connection failure. Returns the
+    /// new object's ETag, unquoted.
     async fn copy_replacing_metadata(
         &self,
         from: &Path,
         to: &Path,
-        content_type: Option<&str>,
-        metadata: &[(String, String)],
+        headers: &[(String, String)],
     ) -> Result<String> {
+        let mut tries = 1;
+        loop {
+            match self.copy_once(from, to, headers).await {
+                Err(CopyError::Transient(message)) if tries < COPY_TRIES => {
+                    tracing::debug!(%from, %to, message, "copy failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
+                    tries += 1;
+                }
+                Err(CopyError::Transient(message) | CopyError::Final(message)) => {
+                    return Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: message.into(),
+                    });
+                }
+                Err(CopyError::NoSource(message)) => {
+                    return Err(object_store::Error::NotFound {
+                        path: from.to_string(),
+                        source: message.into(),
+                    });
+                }
+                Ok(etag) => return Ok(etag),
+            }
+        }
+    }
+
+    async fn copy_once(
+        &self,
+        from: &Path,
+        to: &Path,
+        headers: &[(String, String)],
+    ) -> std::result::Result<String, CopyError> {
         use object_store::aws::AwsAuthorizer;
         use object_store::client::{HttpRequest, HttpRequestBody};
         use object_store::signer::Signer;
-        let fail = |message: String| object_store::Error::Generic {
-            store: "S3",
-            source: message.into(),
-        };
-        // object_store builds the object's URL (style, encoding); the query of a presigned
+        let context = |e: &dyn fmt::Display| format!("copy {from} to {to}: {e}");
+        // object_store builds the target's URL (style, encoding); the query of a presigned
         // URL is dropped and the request is signed with its headers instead.
         let mut url = self
             .inner
             .signed_url(reqwest::Method::PUT, to, Duration::from_secs(60))
-            .await?;
+            .await
+            .map_err(|e| CopyError::Final(context(&e)))?;
         url.set_query(None);
-        let source_url = self
-            .inner
-            .signed_url(reqwest::Method::GET, from, Duration::from_secs(60))
-            .await?;
-        // `/bucket/key` as it appears in a path-style URL, already percent-encoded.
-        let key_path = source_url.path();
-        let copy_source = if key_path.starts_with(&format!("/{}/", self.bucket)) {
-            key_path.to_string()
-        } else {
-            format!("/{}{key_path}", self.bucket)
-        };
+        // The source is named by bucket and key, whatever the URL style or endpoint path.
+        let key: Vec<String> = from
+            .as_ref()
+            .split('/')
+            .map(|segment| percent_encoding::utf8_percent_encode(segment, COPY_SOURCE).to_string())
+            .collect();
+        let copy_source = format!("{}/{}", self.bucket, key.join("/"));
         let mut builder = http::Request::builder()
             .method(http::Method::PUT)
             .uri(url.as_str())
             .header("x-amz-copy-source", copy_source)
             .header("x-amz-metadata-directive", "REPLACE");
-        if let Some(content_type) = content_type {
-            builder = builder.header("content-type", content_type);
-        }
-        for (key, value) in metadata {
-            builder = builder.header(format!("x-amz-meta-{key}"), value);
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
         let mut request: HttpRequest = builder
             .body(HttpRequestBody::empty())
-            .map_err(|e| fail(format!("copy {from} to {to}: {e}")))?;
-        let credential = self.inner.credentials().get_credential().await?;
-        AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)?;
+            .map_err(|e| CopyError::Final(context(&e)))?;
+        let credential = self
+            .inner
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| CopyError::Transient(context(&e)))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| CopyError::Final(context(&e)))?;
         let mut send = self.client.put(url.as_str());
         for (name, value) in request.headers() {
             send = send.header(name.as_str(), value.as_bytes());
@@ -285,33 +331,45 @@ impl Md5Verified<AmazonS3> {
         let response = send
             .send()
             .await
-            .map_err(|e| fail(format!("copy {from} to {to}: {e}")))?;
+            .map_err(|e| CopyError::Transient(context(&e)))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         // S3 can answer 200 and still report an error in the body.
         if !status.is_success() || text.contains("<Error>") {
             let code = xml_value(&text, "Code").unwrap_or("");
-            let message = format!(
-                "copy {from} to {to}: {status} {code}: {}",
+            let message = context(&format!(
+                "{status} {code}: {}",
                 xml_value(&text, "Message").unwrap_or("")
-            );
+            ));
             return Err(match (status.as_u16(), code) {
-                (404, _) | (_, "NoSuchKey") => object_store::Error::NotFound {
-                    path: from.to_string(),
-                    source: message.into(),
-                },
-                _ => fail(message),
+                // A missing bucket is not a message moved on by another worker.
+                (_, "NoSuchBucket") => CopyError::Final(message),
+                (404, _) | (_, "NoSuchKey") => CopyError::NoSource(message),
+                (500..=599, _) | (_, "InternalError" | "SlowDown" | "ServiceUnavailable") => {
+                    CopyError::Transient(message)
+                }
+                _ => CopyError::Final(message),
             });
         }
         xml_value(&text, "ETag")
             .map(|e| e.replace("&quot;", "").trim_matches('"').to_string())
-            .ok_or_else(|| fail(format!("copy {from} to {to}: no ETag in the answer")))
+            .ok_or_else(|| CopyError::Final(context(&"no ETag in the answer")))
     }
+}
+
+/// How a CopyObject failed.
+enum CopyError {
+    /// Worth another try (5xx, connection).
+    Transient(String),
+    /// The source does not exist.
+    NoSource(String),
+    /// Anything else.
+    Final(String),
 }
 
 #[async_trait]
 impl Mover for Md5Verified<AmazonS3> {
-    async fn move_object(
+    async fn copy_verified(
         &self,
         from: &ObjectMeta,
         to: &Path,
@@ -321,9 +379,9 @@ impl Mover for Md5Verified<AmazonS3> {
         let source = self
             .get_opts(&from.location, GetOptions::new().with_head(true))
             .await?;
-        let (content_type, metadata) = merged_metadata(&source.attributes, update);
+        let headers = replacement_headers(&source.attributes, update);
         let copied = self
-            .copy_replacing_metadata(&from.location, to, content_type.as_deref(), &metadata)
+            .copy_replacing_metadata(&from.location, to, &headers)
             .await?;
         failpoint::hit("move.copied");
         let source_etag = source.meta.e_tag.as_deref().map(|e| e.trim_matches('"'));
@@ -340,7 +398,10 @@ impl Mover for Md5Verified<AmazonS3> {
                 format!("ETag {copied}, source {source_etag:?}"),
             ));
         }
-        failpoint::hit("move.verified");
+        Ok(())
+    }
+
+    async fn delete_source(&self, from: &ObjectMeta) -> Result<()> {
         self.inner.delete(&from.location).await
     }
 
@@ -348,37 +409,37 @@ impl Mover for Md5Verified<AmazonS3> {
         let current = self
             .get_opts(&at.location, GetOptions::new().with_head(true))
             .await?;
-        let (content_type, metadata) = merged_metadata(&current.attributes, update);
-        self.copy_replacing_metadata(
-            &at.location,
-            &at.location,
-            content_type.as_deref(),
-            &metadata,
-        )
-        .await
-        .map(drop)
+        let headers = replacement_headers(&current.attributes, update);
+        self.copy_replacing_metadata(&at.location, &at.location, &headers)
+            .await
+            .map(drop)
     }
 }
 
-/// The content type and user metadata of an object, with `update` over them.
-fn merged_metadata(
+/// The headers a metadata-replacing copy sends: the object's content headers and user
+/// metadata, with `update` over the metadata.
+fn replacement_headers(
     attributes: &object_store::Attributes,
     update: &MetadataUpdate,
-) -> (Option<String>, Vec<(String, String)>) {
+) -> Vec<(String, String)> {
     use object_store::Attribute;
-    let mut content_type = None;
-    let mut metadata: Vec<(String, String)> = Vec::new();
+    let mut headers: Vec<(String, String)> = Vec::new();
     for (attribute, value) in attributes {
-        match attribute {
-            Attribute::ContentType => content_type = Some(value.to_string()),
-            Attribute::Metadata(key) if !update.iter().any(|(k, _)| k == key.as_ref()) => {
-                metadata.push((key.to_string(), value.to_string()));
+        let name = match (super::content_header(attribute), attribute) {
+            (Some(header), _) => header.to_string(),
+            (None, Attribute::Metadata(key)) if !update.iter().any(|(k, _)| k == key.as_ref()) => {
+                format!("x-amz-meta-{key}")
             }
-            _ => {}
-        }
+            _ => continue,
+        };
+        headers.push((name, value.to_string()));
     }
-    metadata.extend(update.iter().cloned());
-    (content_type, metadata)
+    headers.extend(
+        update
+            .iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone())),
+    );
+    headers
 }
 
 /// object_store's S3 errors carry the whole XML body; keep the status, code and message.

@@ -50,6 +50,8 @@ async fn four_workers_finish_each_message_once(backend: Backend, messages: usize
     for worker in workers {
         let (status, lines, err) = worker.finish(Duration::from_secs(300));
         assert!(status.success(), "worker failed: {err}");
+        // Contention between workers is not an error: a claim never fails for it.
+        assert!(!err.contains("claim:"), "{err}");
         assert!(events(&lines, "lost").is_empty(), "{lines:?}");
         assert!(events(&lines, "error").is_empty(), "{lines:?}");
         finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
@@ -81,13 +83,14 @@ async fn a_killed_worker_s_message_is_finished_by_another_as_attempt_2() {
     for backend in [Backend::Maildir, Backend::Swift] {
         let setup = QueueSetup::new(backend, &[]);
         let name = setup.store(1).await.remove(0);
-        let first = setup.worker(&["--job", "60s", "--lease", "1s"]);
+        // Leases of a few seconds: a copy on this slow, shared VM's Swift can take one.
+        let first = setup.worker(&["--job", "60s", "--lease", "3s"]);
         assert_eq!(first.wait_for("claimed "), format!("claimed {name} 1"));
         first.signal("KILL");
         let (_, lines, _) = first.finish(Duration::ZERO);
         assert!(events(&lines, "finished").is_empty());
-        let second = setup.worker(&["--idle-exit", "4s"]);
-        let (status, lines, err) = second.finish(Duration::from_secs(5));
+        let second = setup.worker(&["--idle-exit", "8s"]);
+        let (status, lines, err) = second.finish(Duration::from_secs(10));
         assert!(status.success(), "{err}");
         assert_eq!(
             lines,
@@ -284,10 +287,10 @@ async fn a_worker_paused_past_its_lease_cannot_finish() {
     for backend in [Backend::Maildir, Backend::Swift] {
         let setup = QueueSetup::new(backend, &[]);
         let name = setup.store(1).await.remove(0);
-        let paused = setup.worker(&["--job", "3s", "--lease", "1s", "--idle-exit", "1s"]);
+        let paused = setup.worker(&["--job", "8s", "--lease", "3s", "--idle-exit", "1s"]);
         paused.wait_for("claimed ");
         paused.signal("STOP");
-        let taker = setup.worker(&["--idle-exit", "3s", "--lease", "5s"]);
+        let taker = setup.worker(&["--idle-exit", "8s", "--lease", "10s"]);
         let (status, taken, err) = taker.finish(Duration::from_secs(5));
         assert!(status.success(), "{err}");
         assert_eq!(
@@ -418,12 +421,12 @@ async fn a_poison_message_stops_after_max_attempts() {
         // Claimed and abandoned: the claim that would be the 4th fails it.
         names.extend(setup.store(1).await);
         for attempt in 1..=3 {
-            let claim = setup.claim(&["--lease", "300ms", "--wait", "5s"]).unwrap();
+            let claim = setup.claim(&["--lease", "1s", "--wait", "10s"]).unwrap();
             assert_eq!(claim["name"], names[1].as_str());
             assert_eq!(claim["attempt"], attempt);
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
         }
-        assert_eq!(setup.claim(&["--lease", "300ms"]), None);
+        assert_eq!(setup.claim(&["--lease", "1s"]), None);
         assert_eq!(states_of(&setup, &names[1]).await, vec![State::Failed]);
         let (_, out, _) = setup.cli(&["show", &names[1], "--json"], &[]);
         let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -523,7 +526,15 @@ async fn cli_commands(backend: Backend) {
         Some(4)
     );
 
-    // renew, then release: back to cur/, and the next claim is attempt 1 again.
+    // A lease too short to renew itself is refused before anything is asked of the lock.
+    let (code, _, err) = setup.cli(
+        &["renew", &names[0], "--token", &token, "--lease", "100ms"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("at least 300ms"), "{err}");
+
+    // renew, then release: to retry/, due at once, counting no attempt.
     let (code, out, err) = setup.cli(
         &[
             "renew",
@@ -542,7 +553,31 @@ async fn cli_commands(backend: Backend) {
     );
     let (code, out, err) = setup.cli(&["release", &names[0], "--token", &token], &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out.trim(), format!("released to cur/{}", names[0]));
+    assert_eq!(out.trim(), format!("released to retry/{}", names[0]));
+    let (_, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (shown["state"].as_str(), shown["attempt"].as_u64()),
+        (Some("retry"), Some(0))
+    );
+    assert!(rfc3339(&shown["not_before"]) <= Utc::now());
+    assert!(shown["lease"].is_null(), "{shown}");
+
+    // cur/ comes first: the other two are claimed and finished.
+    for name in &names[1..] {
+        let claim = setup.claim(&[]).unwrap();
+        assert_eq!(claim["name"], name.as_str());
+        let token = claim["token"].as_str().unwrap();
+        let to = if name == &names[1] { "failed" } else { "done" };
+        let (code, _, _) = setup.cli(
+            &[
+                "finish", name, "--token", token, "--to", to, "--reason", "bad",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0));
+    }
+    // Then the released one, due now, with the attempt number it had.
     let claim = setup.claim(&[]).unwrap();
     assert_eq!(
         (claim["name"].as_str().unwrap(), claim["attempt"].as_u64()),
@@ -587,20 +622,6 @@ async fn cli_commands(backend: Backend) {
     assert_eq!(shown["sha256"].as_str().unwrap().len(), 64);
     assert!(shown["duplicate_of"].is_null());
 
-    // The other two are claimed and finished; the retry waits.
-    for name in &names[1..] {
-        let claim = setup.claim(&[]).unwrap();
-        assert_eq!(claim["name"], name.as_str());
-        let token = claim["token"].as_str().unwrap();
-        let to = if name == &names[1] { "failed" } else { "done" };
-        let (code, _, _) = setup.cli(
-            &[
-                "finish", name, "--token", token, "--to", to, "--reason", "bad",
-            ],
-            &[],
-        );
-        assert_eq!(code, Some(0));
-    }
     assert_eq!(setup.claim(&[]), None, "a retry not yet due is not claimed");
     let (_, out, _) = setup.cli(&["show", &format!("failed/{}", names[1]), "--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -788,8 +809,8 @@ async fn a_waiting_claim_wakes_when_the_filter_stores_mail() {
                     .unwrap()
             })
         };
-        // The claim has listed the empty queue and waits.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Mail may come before the claim subscribed or listed, or after: both wake it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut smtp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         smtp.write_all(
             b"EHLO client.test\r\nMAIL FROM:<alerts@example.org>\r\nRCPT TO:<ops@example.com>\r\nDATA\r\nSubject: wake up\r\n\r\nbody\r\n.\r\nQUIT\r\n",

@@ -277,10 +277,18 @@ impl QueueSetup {
                 collected.lock().unwrap().push(line);
             }
         });
+        // Read stderr as it comes, so a chatty worker never blocks on a full pipe.
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+            err
+        });
         Worker {
             child,
             lines,
             reader: Some(reader),
+            errors: Some(errors),
         }
     }
 }
@@ -312,6 +320,7 @@ pub struct Worker {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    errors: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Worker {
@@ -364,11 +373,11 @@ impl Worker {
         if let Some(reader) = self.reader.take() {
             reader.join().unwrap();
         }
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = stderr.read_to_string(&mut err);
-        }
+        let err = self
+            .errors
+            .take()
+            .map(|errors| errors.join().unwrap())
+            .unwrap_or_default();
         let lines = self.lines();
         (status, lines, err)
     }

@@ -10,7 +10,7 @@
 #       apt-get installs the packages when they are missing.
 #   swift-aio.sh start DIR PORT
 #       Proxy on 127.0.0.1:PORT; storage servers on PORT+1..PORT+3; memcached on PORT+4.
-#       Storage is a loop-mounted XFS image when possible (Swift keeps metadata in xattrs and
+#       Storage is a loop-mounted XFS image (kept in /dev/shm when writable) when possible (Swift keeps metadata in xattrs and
 #       ext4 holds only ~4 KB of them per file), else a plain directory. Returns when
 #       auth v1 works and the account answers.
 #   swift-aio.sh add-proxy DIR NAME PORT
@@ -186,11 +186,18 @@ healthy() { # port
 
 mount_storage() { # dir
     mkdir -p "$1/srv/d1"
-    if command -v mkfs.xfs >/dev/null && truncate -s 1G "$1/xfs.img" && mkfs.xfs -q "$1/xfs.img" 2>/dev/null \
-        && mount -o loop "$1/xfs.img" "$1/srv/d1" 2>/dev/null; then
+    # The image goes to RAM (/dev/shm) when it can: on this VM's disk some fsyncs stall for up
+    # to a second, which made a Swift request take 10 ms or 1 s at random.
+    local image="$1/xfs.img"
+    if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+        image=$(mktemp /dev/shm/swift-aio.XXXXXX.img)
+    fi
+    echo "$image" >"$1/image"
+    if command -v mkfs.xfs >/dev/null && truncate -s 1G "$image" && mkfs.xfs -q -f "$image" 2>/dev/null \
+        && mount -o loop "$image" "$1/srv/d1" 2>/dev/null; then
         echo "$1/srv/d1" >"$1/mounted"
     else
-        rm -f "$1/xfs.img"
+        rm -f "$image" "$1/image"
         echo "swift-aio: storage on a plain directory (no XFS loop mount); large metadata may fail" >&2
     fi
 }
@@ -251,7 +258,10 @@ stop() {
     for f in "$dir"/pids/*; do [ -e "$f" ] && kill_pid "$dir" "$(basename "$f")"; done
     if [ -f "$dir/mounted" ]; then
         umount "$(cat "$dir/mounted")" 2>/dev/null || umount -l "$(cat "$dir/mounted")" || true
-        rm -f "$dir/mounted" "$dir/xfs.img"
+        rm -f "$dir/mounted"
+    fi
+    if [ -f "$dir/image" ]; then
+        rm -f "$(cat "$dir/image")" "$dir/image"
     fi
 }
 

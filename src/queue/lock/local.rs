@@ -8,10 +8,10 @@
 //! | `finished/<sha256>` | `<key> <finished, Unix ms> <forget after, Unix ms>` |
 //!
 //! The table's first line holds the last fencing number and the epoch (when the table's
-//! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease; a last line
-//! `end <checksum>` proves the table whole. A table that is not whole (a crash in the middle
-//! of a write) counts as lost data, like a Redis restart: its leases are gone and the epoch
-//! starts again. Leases expire by the clock like Redis leases do, so a stopped worker loses
+//! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease; a line
+//! `end <checksum>` proves the table whole (anything after it is ignored). A table that is
+//! not whole (a power loss in the middle of a write) counts as lost data, like a Redis
+//! restart: its leases are gone and the epoch starts again. Leases expire by the clock like Redis leases do, so a stopped worker loses
 //! its claim after the lease; the `flock` is held only for the microseconds of one operation
 //! and the kernel releases it when a process dies. No operation creates a file except a
 //! finish (its dedup entry). This protects nothing beyond one machine: the queue refuses
@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use super::{FinishedRef, Holder, LockEngine, LockError, Token, next_fence, now_micros};
 
@@ -59,11 +58,19 @@ impl Table {
     }
 
     fn parse(text: &str) -> Option<Table> {
-        let body_end = text.rfind("end ")?;
-        let (body, end) = text.split_at(body_end);
-        if end.trim_end() != format!("end {:016x}", checksum(body)) {
-            return None;
-        }
+        // The first `end` line whose checksum matches ends the table: what follows is the
+        // tail of a longer table that was being cut short.
+        let mut offset = 0;
+        let body = loop {
+            let line_end = text[offset..].find('\n').map(|i| offset + i + 1)?;
+            let line = &text[offset..line_end];
+            if let Some(sum) = line.strip_prefix("end ") {
+                if sum.trim_end() == format!("{:016x}", checksum(&text[..offset])) {
+                    break &text[..offset];
+                }
+            }
+            offset = line_end;
+        };
         let mut lines = body.lines();
         let header = lines.next()?.strip_prefix(TABLE_HEADER)?;
         let mut fence = None;
@@ -139,43 +146,65 @@ impl LocalEngine {
 
     /// Runs `op` on the lease table under its `flock` and writes the table back when `op`
     /// (or the expiry of a lease) changed it. Inline, not on a blocking thread: the table is
-    /// small and the lock is held for microseconds, less than a thread hand-off costs.
+    /// small and the lock is held for microseconds, less than a thread hand-off costs. The
+    /// lock is taken without blocking and tried again after a short sleep, so that a holder
+    /// stopped while holding it (SIGSTOP) cannot freeze this process's other tasks.
     async fn with_table<T>(&self, op: impl FnOnce(&mut Table) -> T) -> Result<T, LockError> {
         let path = self.dir.join("leases");
-        let run = || -> io::Result<T> {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)?;
-            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            let mut table = match Table::parse(&text) {
-                Some(table) => table,
-                None => {
-                    if !text.is_empty() {
-                        tracing::warn!(file = %path.display(), "the lease table is damaged (a crash during a write?): its leases are lost");
-                    }
-                    Table::fresh(0)
+        let fail = |e: io::Error| LockError(format!("local lock in {}: {e}", self.dir.display()));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(fail)?;
+        let started = std::time::Instant::now();
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < LOCK_PATIENCE => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            };
-            let now = now_ms();
-            table.leases.retain(|_, (_, expiry)| *expiry > now);
-            let result = op(&mut table);
-            let rendered = table.render();
-            if rendered != text {
-                // In place: no new inode per operation. A crash in the middle leaves a table
-                // whose checksum fails, read as lost data.
-                file.write_all_at(rendered.as_bytes(), 0)?;
-                file.set_len(rendered.len() as u64)?;
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(LockError(format!(
+                        "the lease table {} stayed locked for {LOCK_PATIENCE:?} (a process stopped while holding it?)",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(fail(e.into())),
             }
-            Ok(result) // closing the file releases the flock
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(fail)?;
+        // Junk that is not UTF-8 (a torn write on a damaged disk) fails the checksum like
+        // any other damage.
+        let text = String::from_utf8_lossy(&bytes);
+        let mut table = match Table::parse(&text) {
+            Some(table) => table,
+            None => {
+                if !text.is_empty() {
+                    tracing::warn!(file = %path.display(), "the lease table is damaged: its leases are lost");
+                }
+                Table::fresh(0)
+            }
         };
-        run().map_err(|e| LockError(format!("local lock in {}: {e}", self.dir.display())))
+        let now = now_ms();
+        table.leases.retain(|_, (_, expiry)| *expiry > now);
+        let result = op(&mut table);
+        let rendered = table.render();
+        if rendered.as_bytes() != bytes.as_slice() {
+            // In place: no new inode per operation. A process killed between the two calls
+            // leaves the new table followed by the old one's tail, which parsing ignores.
+            file.write_all_at(rendered.as_bytes(), 0).map_err(fail)?;
+            file.set_len(rendered.len() as u64).map_err(fail)?;
+        }
+        Ok(result) // closing the file releases the flock
     }
 }
+
+/// How long an operation waits for the lease table's lock before it fails.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -314,10 +343,11 @@ impl LockEngine for LocalEngine {
         Ok(())
     }
 
-    async fn epoch(&self) -> Result<DateTime<Utc>, LockError> {
-        let ms = self.with_table(|table| table.epoch_ms).await?;
-        DateTime::<Utc>::from_timestamp_millis(ms)
-            .ok_or_else(|| LockError(format!("epoch {ms} is not a time")))
+    async fn data_age(&self) -> Result<Duration, LockError> {
+        let epoch_ms = self.with_table(|table| table.epoch_ms).await?;
+        Ok(Duration::from_millis(
+            (now_ms() as i64 - epoch_ms).max(0) as u64
+        ))
     }
 
     async fn check(&self) -> Result<String, LockError> {
@@ -366,7 +396,7 @@ mod tests {
         assert!(!engine.release("m", &a).await.unwrap());
         assert!(engine.release("m", &b).await.unwrap());
         // A torn table is lost data: leases gone, epoch new, fences still growing.
-        let epoch = engine.epoch().await.unwrap();
+        let age = engine.data_age().await.unwrap();
         let held = engine
             .acquire("n", "c", Duration::from_secs(60))
             .await
@@ -377,9 +407,24 @@ mod tests {
         fs::write(&table, &text[..text.len() - 5]).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(engine.holders(&["n".into()]).await.unwrap()[0].is_none());
-        assert!(engine.epoch().await.unwrap() > epoch);
+        assert!(engine.data_age().await.unwrap() < age);
         let c = engine.acquire("n", "c", ttl).await.unwrap().unwrap();
         assert!(c.fence() > held.fence());
+    }
+
+    #[test]
+    fn a_table_cut_short_in_place_keeps_its_leases() {
+        let mut table = Table::fresh(7);
+        table
+            .leases
+            .insert("a".into(), (Token::new(7, "o"), u64::MAX / 2));
+        let long = table.render();
+        table.leases.clear();
+        let short = table.render();
+        // Killed between the write and the truncation: the old table's tail follows.
+        let mixed = format!("{short}{}", &long[short.len()..]);
+        assert_eq!(Table::parse(&mixed), Some(table));
+        assert_eq!(Table::parse(&long[..long.len() - 3]), None);
     }
 
     #[tokio::test]

@@ -128,6 +128,16 @@ impl fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
+/// What an engine's announcement subscriber passes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// This name is new under `cur/`.
+    New(String),
+    /// Announcements may have been missed (the subscription began or began again): what
+    /// arrived meanwhile is found only by listing.
+    Gap,
+}
+
 /// Leases, fencing numbers and the finished-message index of one queue.
 #[async_trait]
 pub trait LockEngine: Send + Sync + fmt::Debug {
@@ -138,6 +148,27 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Token>, LockError>;
+
+    /// Takes the lease for a claim from `cur/`: as [`LockEngine::acquire`], and also `None`
+    /// while the name carries the mark of [`LockEngine::retire`]. Workers walk listings of
+    /// `cur/` that may be older than the moves of other workers; the mark spares them a
+    /// store request per message that already left.
+    async fn acquire_from_cur(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Token>, LockError> {
+        self.acquire(name, owner, ttl).await
+    }
+
+    /// Gives the lease up, if `token` still holds it, after the message left `cur/` and
+    /// `processing/` (finished or released), marking the name for `keep` (engines without
+    /// marks just release); `false` if the token did not hold it.
+    async fn retire(&self, name: &str, token: &Token, keep: Duration) -> Result<bool, LockError> {
+        let _ = keep;
+        self.release(name, token).await
+    }
 
     /// Extends the lease to `ttl` from now if `token` still holds it; `false` if not.
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError>;
@@ -171,14 +202,14 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
 
     /// Names announced as new under `cur/` by any process, if the engine carries
     /// announcements.
-    fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+    fn announcements(&self) -> Option<tokio::sync::broadcast::Receiver<Announcement>> {
         None
     }
 
-    /// When the engine's data began: leases taken before then may have been lost (a Redis
-    /// restart without persistence), so a claim abandoned then is not taken over before one
-    /// lease length after this time.
-    async fn epoch(&self) -> Result<DateTime<Utc>, LockError>;
+    /// How long the engine's data has existed, by the engine's own clock: leases taken
+    /// before it began may have been lost (a Redis restart without persistence), so a claim
+    /// found without a lease is taken over only once this age reaches that claim's lease.
+    async fn data_age(&self) -> Result<Duration, LockError>;
 
     /// Checks that the engine is reachable and fit; `Ok` describes it.
     async fn check(&self) -> Result<String, LockError>;

@@ -4,9 +4,10 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `swiftdrop:{id}:lease:<name>` | the holder's token, with the lease as its expiry (`SET NX PX`) |
+//! | `swiftdrop:{id}:lease:<name>` | the holder's token, with the lease as its expiry (`SET PX` after a check); after a finish or release `retired` for a while, which stops claims from `cur/` only |
 //! | `swiftdrop:{id}:fence` | the last fencing number given |
 //! | `swiftdrop:{id}:epoch` | when this Redis's data for the queue began (Unix ms, server clock) |
+//! | `swiftdrop:{id}:epoch-server` | the `run_id` of the server that began it: another server (restarted from a snapshot, a promoted replica) begins it again |
 //! | `swiftdrop:{id}:finished:<sha256>` | `<key> <unix ms>` of a finished message, expiring after the dedup window |
 //! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
 //!
@@ -27,7 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
-use super::{FinishedRef, Holder, LockEngine, LockError, Token};
+use super::{Announcement, FinishedRef, Holder, LockEngine, LockError, Token};
 use crate::config::RedisUrl;
 
 /// Oldest Redis with everything the engine uses (`SET ... GET`-era scripts, `PX`).
@@ -35,8 +36,11 @@ pub const MIN_VERSION: (u32, u32) = (6, 2);
 /// Bound on connecting and on each answer, so that a hung Redis cannot hang a worker.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `ARGV[4]` is `cur` for a claim from `cur/`, which the mark of a retired lease also
+/// stops; other takers replace the mark.
 const ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local held = redis.call('GET', KEYS[1])
+if held and (held ~= 'retired' or ARGV[4] == 'cur') then return false end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('SET', KEYS[3], string.format('%d', math.floor(now / 1000)), 'NX')
@@ -44,15 +48,39 @@ local fence = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
 if now > fence then fence = now end
 redis.call('SET', KEYS[2], string.format('%d', fence))
 local token = string.format('%d', fence) .. ':' .. ARGV[1] .. ':' .. ARGV[2]
-if redis.call('SET', KEYS[1], token, 'NX', 'PX', ARGV[3]) then return token end
-return false
+redis.call('SET', KEYS[1], token, 'PX', ARGV[3])
+return token
 ";
 
-const EPOCH: &str = r"
+const RETIRE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'retired', 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// The age of the queue's data: since the epoch key was set, by a server with the run id
+/// `ARGV[1]`. Another server (a restart, which may have restored an older snapshot, or a
+/// promoted replica, which may lag) starts the epoch again: leases may be missing.
+const DATA_AGE: &str = r"
 local t = redis.call('TIME')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-redis.call('SET', KEYS[1], now, 'NX')
-return redis.call('GET', KEYS[1])
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', KEYS[1])
+local server = redis.call('GET', KEYS[2])
+if not server then
+  -- The first look since the data began (ACQUIRE sets the epoch): this server began it.
+  redis.call('SET', KEYS[2], ARGV[1])
+  if not epoch then
+    epoch = string.format('%d', now)
+    redis.call('SET', KEYS[1], epoch)
+  end
+elseif server ~= ARGV[1] or not epoch then
+  redis.call('SET', KEYS[1], string.format('%d', now))
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 0
+end
+return now - tonumber(epoch)
 ";
 
 const RENEW: &str = r"
@@ -78,14 +106,15 @@ pub struct RedisEngine {
     namespace: String,
     url: RedisUrl,
     scripts: Scripts,
-    announcements: OnceLock<broadcast::Sender<String>>,
+    announcements: OnceLock<broadcast::Sender<Announcement>>,
 }
 
 struct Scripts {
     acquire: Script,
-    epoch: Script,
+    data_age: Script,
     renew: Script,
     release: Script,
+    retire: Script,
 }
 
 impl fmt::Debug for RedisEngine {
@@ -95,6 +124,33 @@ impl fmt::Debug for RedisEngine {
 }
 
 impl RedisEngine {
+    /// Runs the ACQUIRE script; `mode` is `cur` (a retired mark stops it) or `any`.
+    async fn take(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+        mode: &str,
+    ) -> Result<Option<Token>, LockError> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let token: Option<String> = self
+            .scripts
+            .acquire
+            .key(self.key("lease", name))
+            .key(format!("{}:fence", self.namespace))
+            .key(format!("{}:epoch", self.namespace))
+            .arg(owner)
+            .arg(&nonce[..16])
+            .arg(ttl.as_millis() as u64)
+            .arg(mode)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        token
+            .map(|t| Token::parse(&t).map_err(LockError))
+            .transpose()
+    }
+
     /// An engine for the queue `queue_id` at `url`. Connects lazily: nothing is sent until
     /// the first call.
     pub fn new(url: &RedisUrl, queue_id: &str) -> Result<RedisEngine, LockError> {
@@ -115,9 +171,10 @@ impl RedisEngine {
             url: url.clone(),
             scripts: Scripts {
                 acquire: Script::new(ACQUIRE),
-                epoch: Script::new(EPOCH),
+                data_age: Script::new(DATA_AGE),
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
+                retire: Script::new(RETIRE),
             },
             announcements: OnceLock::new(),
         })
@@ -141,15 +198,15 @@ impl RedisEngine {
 }
 
 /// Subscribes to `channel` and forwards every message into `tx`, reconnecting with backoff,
-/// until nobody listens any more.
+/// for as long as the process lives (a send without receivers is simply dropped).
 async fn subscribe(
     client: redis::Client,
     channel: String,
     url: RedisUrl,
-    tx: broadcast::Sender<String>,
+    tx: broadcast::Sender<Announcement>,
 ) {
     let mut delay = Duration::from_millis(100);
-    while tx.receiver_count() > 0 {
+    loop {
         let subscribed = async {
             let mut pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
                 .await
@@ -166,12 +223,12 @@ async fn subscribe(
             Ok(mut pubsub) => {
                 delay = Duration::from_millis(100);
                 tracing::debug!(channel, "subscribed to new-mail announcements");
+                // Whatever was published before this moment was missed.
+                let _ = tx.send(Announcement::Gap);
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
                     if let Ok(name) = message.get_payload::<String>() {
-                        if tx.send(name).is_err() {
-                            return;
-                        }
+                        let _ = tx.send(Announcement::New(name));
                     }
                 }
                 tracing::warn!(redis = %url, "announcement subscription ended; reconnecting");
@@ -212,22 +269,29 @@ impl LockEngine for RedisEngine {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Token>, LockError> {
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let token: Option<String> = self
+        self.take(name, owner, ttl, "any").await
+    }
+
+    async fn acquire_from_cur(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Token>, LockError> {
+        self.take(name, owner, ttl, "cur").await
+    }
+
+    async fn retire(&self, name: &str, token: &Token, keep: Duration) -> Result<bool, LockError> {
+        let retired: i64 = self
             .scripts
-            .acquire
+            .retire
             .key(self.key("lease", name))
-            .key(format!("{}:fence", self.namespace))
-            .key(format!("{}:epoch", self.namespace))
-            .arg(owner)
-            .arg(&nonce[..16])
-            .arg(ttl.as_millis() as u64)
+            .arg(token.as_str())
+            .arg(keep.as_millis().max(1) as u64)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
-        token
-            .map(|t| Token::parse(&t).map_err(LockError))
-            .transpose()
+        Ok(retired == 1)
     }
 
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError> {
@@ -321,7 +385,7 @@ impl LockEngine for RedisEngine {
     /// Names announced on the queue's channel, from a subscriber task started at the first
     /// call. The task reconnects after errors; names published meanwhile are missed (the
     /// periodic listing finds them).
-    fn announcements(&self) -> Option<broadcast::Receiver<String>> {
+    fn announcements(&self) -> Option<broadcast::Receiver<Announcement>> {
         let sender = self.announcements.get_or_init(|| {
             let (tx, _) = broadcast::channel(1024);
             tokio::spawn(subscribe(
@@ -335,18 +399,23 @@ impl LockEngine for RedisEngine {
         Some(sender.subscribe())
     }
 
-    async fn epoch(&self) -> Result<DateTime<Utc>, LockError> {
-        let ms: String = self
+    async fn data_age(&self) -> Result<Duration, LockError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        let run_id = info_field(&info, "run_id").unwrap_or_default();
+        let ms: i64 = self
             .scripts
-            .epoch
+            .data_age
             .key(format!("{}:epoch", self.namespace))
+            .key(format!("{}:epoch-server", self.namespace))
+            .arg(run_id)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
-        ms.parse::<i64>()
-            .ok()
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .ok_or_else(|| LockError(format!("Redis {}: epoch {ms:?} is not a time", self.url)))
+        Ok(Duration::from_millis(ms.max(0) as u64))
     }
 
     async fn check(&self) -> Result<String, LockError> {
@@ -355,12 +424,7 @@ impl LockEngine for RedisEngine {
             .query_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_string();
+        let version = info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into());
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if (major, minor) < MIN_VERSION {
@@ -371,6 +435,13 @@ impl LockEngine for RedisEngine {
         }
         Ok(format!("Redis {version} at {}", self.url))
     }
+}
+
+/// The value of `field` in an `INFO` answer.
+fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
 }
 
 /// `<key> <unix ms>` → a [`FinishedRef`].

@@ -147,6 +147,13 @@ impl SwiftStore {
     }
 }
 
+impl SwiftStore {
+    /// The auth URL and container this store writes to.
+    pub fn address(&self) -> (&str, &str) {
+        (&self.inner.authurl, &self.inner.container)
+    }
+}
+
 impl fmt::Display for SwiftStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -498,13 +505,9 @@ fn response_etag(response: &reqwest::Response) -> Option<String> {
 fn attribute_headers(attributes: &Attributes) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     for (attribute, value) in attributes {
-        let name = match attribute {
-            Attribute::ContentType => "content-type".to_string(),
-            Attribute::ContentEncoding => "content-encoding".to_string(),
-            Attribute::ContentDisposition => "content-disposition".to_string(),
-            Attribute::ContentLanguage => "content-language".to_string(),
-            Attribute::CacheControl => "cache-control".to_string(),
-            Attribute::Metadata(key) if key.contains('_') => {
+        let name = match (super::content_header(attribute), attribute) {
+            (Some(header), _) => header.to_string(),
+            (None, Attribute::Metadata(key)) if key.contains('_') => {
                 // Swift's WSGI server turns `_` into `-` in header names: such a key would
                 // come back under another name.
                 return Err(object_store::Error::NotImplemented {
@@ -512,8 +515,8 @@ fn attribute_headers(attributes: &Attributes) -> Result<HeaderMap> {
                     implementer: STORE.to_string(),
                 });
             }
-            Attribute::Metadata(key) => format!("{META_PREFIX}{key}"),
-            other => {
+            (None, Attribute::Metadata(key)) => format!("{META_PREFIX}{key}"),
+            (None, other) => {
                 return Err(object_store::Error::NotImplemented {
                     operation: format!("attribute {other:?}"),
                     implementer: STORE.to_string(),
@@ -783,6 +786,14 @@ impl ObjectStore for SwiftStore {
     }
 }
 
+/// The MD5 of a plain object from its listed or headed Etag; `None` for a large object
+/// (Swift quotes the Etag of an SLO, its manifest's, never a plain one's) or an unknown one.
+fn plain_etag(meta: &ObjectMeta) -> Option<&str> {
+    meta.e_tag
+        .as_deref()
+        .filter(|e| !e.starts_with('"') && is_plain_md5(e))
+}
+
 /// `X-Object-Meta-<key>` headers for a metadata update.
 fn update_headers(update: &MetadataUpdate) -> Result<HeaderMap> {
     let mut attributes = Attributes::new();
@@ -797,7 +808,7 @@ fn update_headers(update: &MetadataUpdate) -> Result<HeaderMap> {
 
 #[async_trait]
 impl Mover for SwiftStore {
-    async fn move_object(
+    async fn copy_verified(
         &self,
         from: &ObjectMeta,
         to: &Path,
@@ -815,35 +826,36 @@ impl Mover for SwiftStore {
         }
         let copied = response_etag(&response);
         failpoint::hit("move.copied");
-        // Swift quotes the Etag of a large object (its manifest's), never a plain one's.
-        let source_etag = from.e_tag.as_deref();
-        let plain = source_etag.is_some_and(|e| !e.starts_with('"') && is_plain_md5(e));
-        if plain {
-            if copied.as_deref() != source_etag {
+        match plain_etag(from) {
+            Some(etag) if copied.as_deref() == Some(etag) => Ok(()),
+            Some(etag) => {
                 self.inner.delete_plain(to.as_ref()).await?;
-                return Err(copy_mismatch(
+                Err(copy_mismatch(
                     STORE,
                     &from.location,
-                    format!("Etag {copied:?}, source {source_etag:?}"),
-                ));
+                    format!("Etag {copied:?}, source {etag}"),
+                ))
             }
-        } else {
-            // An SLO is copied into one plain object: its Etag differs, its size must not.
-            let head = self.get_opts(to, GetOptions::new().with_head(true)).await?;
-            if head.meta.size != from.size {
+            None => {
+                // An SLO is copied into one plain object: its Etag differs, its size must not.
+                let head = self.get_opts(to, GetOptions::new().with_head(true)).await?;
+                if head.meta.size == from.size {
+                    return Ok(());
+                }
                 self.inner.delete_plain(to.as_ref()).await?;
-                return Err(copy_mismatch(
+                Err(copy_mismatch(
                     STORE,
                     &from.location,
                     format!("{} bytes, source {}", head.meta.size, from.size),
-                ));
+                ))
             }
         }
-        failpoint::hit("move.verified");
-        if plain {
-            self.inner.delete_plain(from.location.as_ref()).await
-        } else {
-            self.inner.delete_one(&from.location).await
+    }
+
+    async fn delete_source(&self, from: &ObjectMeta) -> Result<()> {
+        match plain_etag(from) {
+            Some(_) => self.inner.delete_plain(from.location.as_ref()).await,
+            None => self.inner.delete_one(&from.location).await,
         }
     }
 
