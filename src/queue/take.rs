@@ -300,7 +300,10 @@ impl Queue {
         let taken = match taken {
             // Moved on by another worker since it was listed, or this lease ran out
             // during the move (a pause): either way, not ours.
-            Err(QueueError::NotFound(_) | QueueError::LeaseLost { .. }) => Ok(None),
+            Err(e @ (QueueError::NotFound(_) | QueueError::LeaseLost { .. })) => {
+                tracing::debug!(name, error = %e, "not taken: moved on, or the lease ran out during the move");
+                Ok(None)
+            }
             other => other,
         };
         if !matches!(taken, Ok(Some(_))) {
