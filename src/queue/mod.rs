@@ -530,32 +530,9 @@ impl Queue {
             .await
             .map_err(|e| fenced_error(name, e))?;
         failpoint::hit("move.verified");
-        if let Err(lost) = self.check_lease(name, token, lease).await {
-            self.take_back(name, from, state, token).await;
-            return Err(lost);
-        }
+        self.check_lease(name, token, lease).await?;
         mover.delete_source(from).await?;
         Ok(())
-    }
-
-    /// After a copy whose lease was found lost (or could not be checked), deletes that copy
-    /// again while its source is still there and it still carries this lease's fencing
-    /// number: the message stays where it was, for the holder of the lease (or, after a
-    /// lock engine restart, the next claim) to move once, instead of ending in `state`
-    /// without anybody's finish. Best effort: a copy left behind loses to newer copies.
-    async fn take_back(&self, name: &str, from: &ObjectMeta, state: State, token: &Token) {
-        let store = &self.inner.destination.store;
-        if store.head(&from.location).await.is_err() {
-            return; // a rename (Maildir) moved the only copy: it stays where it went
-        }
-        match self.head(state, name).await {
-            Ok(Some(copy)) if copy.record.fence == token.fence() => {
-                if let Err(e) = store.delete(&copy.meta.location).await {
-                    tracing::warn!(name, error = %e, "cannot take back the copy of a move whose lease was lost");
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Sets `record` on the copy at `at` in place (the take-over of an abandoned claim),
