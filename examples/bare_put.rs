@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let started;
     match args[0].as_str() {
         "native" => {
-            let client = reqwest::Client::new();
+            let client = swiftdrop::store::http_client().build().unwrap();
             let auth = client
                 .get(&args[1])
                 .header("X-Auth-User", &args[2])

@@ -149,7 +149,7 @@ async fn bare(
             else {
                 bail!("the bare reference speaks auth v1 only");
             };
-            let client = reqwest::Client::new();
+            let client = swiftdrop::store::http_client().build().unwrap();
             let auth = client
                 .get(authurl)
                 .header("X-Auth-User", user)

@@ -38,4 +38,6 @@ bash tests/swift/swift-aio.sh start "$TEST_SWIFT_DIR" "$TEST_SWIFT_PORT"
 # The queue tests run the example workers as separate processes: `cargo test --all-targets`
 # builds examples only as test harnesses, so build the runnable ones first.
 cargo build --examples
-cargo test --all-targets
+# Four at a time on two cores: most tests wait on servers, leases and timeouts, not the CPU;
+# those that load the shared Swift hardest take turns among themselves (tests/it/queue.rs).
+cargo test --all-targets -- --test-threads 4

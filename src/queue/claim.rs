@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::lock::{FinishedRef, Token};
 use super::record::{Record, State};
-use super::{Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, later};
+use super::{Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, later};
 use crate::failpoint;
 use crate::store::swift::hex;
 
@@ -63,6 +63,23 @@ struct LeaseState {
     until: Mutex<DateTime<Utc>>,
     /// The lease's length, which every renewal asks for ([`Claim::renew`] may change it).
     length: Mutex<Duration>,
+    /// For a claim taken by this process (not one resumed from a token handed over, whose
+    /// lease may have run out long ago): the lease its record holds, within which a lease
+    /// lost with the lock engine's data may be taken back.
+    restorable: Option<Duration>,
+}
+
+impl LeaseState {
+    /// What a renewal presents: `restorable` only while the lease has not run out by this
+    /// process's clock (a paused worker's lease has, and another may have taken over).
+    fn held<'a>(&self, token: &'a Token, lease: Duration) -> Held<'a> {
+        let live = Utc::now() < *self.until.lock().unwrap();
+        Held {
+            token,
+            lease,
+            restorable: self.restorable.filter(|_| live),
+        }
+    }
 }
 
 impl LeaseState {
@@ -101,7 +118,7 @@ impl Claim {
         meta: ObjectMeta,
         lease: Duration,
     ) -> Claim {
-        let mut claim = Claim::resumed_with(queue, name, token, record, meta, lease);
+        let mut claim = Claim::resumed_with(queue, name, token, record, meta, lease, true);
         claim.start_renewing();
         claim
     }
@@ -114,7 +131,7 @@ impl Claim {
             return;
         }
         let state = Arc::downgrade(&self.state);
-        let lock = self.queue.inner().lock().clone();
+        let queue = self.queue.clone();
         let (name, token) = (self.name.clone(), self.token.clone());
         let mut wait = self.lease() / 3;
         self.renewer = Some(tokio::spawn(async move {
@@ -123,7 +140,7 @@ impl Claim {
                 let Some(state) = state.upgrade() else { return };
                 let lease = *state.length.lock().unwrap();
                 let every = lease / 3;
-                match lock.renew(&name, &token, lease).await {
+                match queue.hold(&name, state.held(&token, lease)).await {
                     Ok(true) => {
                         *state.until.lock().unwrap() = later(Utc::now(), lease);
                         wait = every;
@@ -159,7 +176,7 @@ impl Claim {
         copy: StoredCopy,
         lease: Duration,
     ) -> Claim {
-        let claim = Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease);
+        let claim = Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease, false);
         if let Some(sha) = copy
             .attributes
             .get(&object_store::Attribute::Metadata("sha256".into()))
@@ -170,6 +187,9 @@ impl Claim {
         claim
     }
 
+    /// `ours`: taken by this process, so that a lease lost with the lock engine's data may
+    /// be taken back.
+    #[allow(clippy::too_many_arguments)]
     fn resumed_with(
         queue: Queue,
         name: String,
@@ -177,7 +197,9 @@ impl Claim {
         record: Record,
         meta: ObjectMeta,
         lease: Duration,
+        ours: bool,
     ) -> Claim {
+        let restorable = ours.then(|| queue.recorded_lease(&record));
         Claim {
             queue,
             name,
@@ -189,6 +211,7 @@ impl Claim {
                 lost_notify: Notify::new(),
                 until: Mutex::new(later(Utc::now(), lease)),
                 length: Mutex::new(lease),
+                restorable,
             }),
             renewer: None,
             sha256: Mutex::new(None),
@@ -292,8 +315,7 @@ impl Claim {
     /// applies to the background renewals that follow.
     pub async fn renew(&self, lease: Option<Duration>) -> Result<DateTime<Utc>, QueueError> {
         let lease = lease.unwrap_or(self.lease());
-        let lock = self.queue.inner().lock();
-        if self.is_lost() || !lock.renew(&self.name, &self.token, lease).await? {
+        if self.is_lost() || !self.queue.hold(&self.name, self.held(lease)).await? {
             self.state.mark_lost();
             return Err(self.lost_error());
         }
@@ -393,6 +415,11 @@ impl Claim {
         }
     }
 
+    /// This claim's lease, renewed to `lease`.
+    fn held(&self, lease: Duration) -> Held<'_> {
+        self.state.held(&self.token, lease)
+    }
+
     fn lost_error(&self) -> QueueError {
         QueueError::LeaseLost {
             name: self.name.clone(),
@@ -408,8 +435,7 @@ impl Claim {
                 self.name
             )));
         }
-        let lock = self.queue.inner().lock().clone();
-        if self.is_lost() || !lock.renew(&self.name, &self.token, self.lease()).await? {
+        if self.is_lost() || !self.queue.hold(&self.name, self.held(self.lease())).await? {
             self.stop_renewing();
             self.state.mark_lost();
             return Err(self.lost_error());
@@ -439,6 +465,7 @@ impl Claim {
             self.queue.retry_due_at(at).await;
         }
         failpoint::hit("finish.moved");
+        let lock = self.queue.inner().lock();
         match lock.retire(&self.name, &self.token, RETIRED_MARK).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -490,8 +517,7 @@ impl Claim {
                 &self.meta,
                 state,
                 record,
-                &self.token,
-                self.lease(),
+                self.held(self.lease()),
             )
             .await;
         match moved {

@@ -510,10 +510,10 @@ impl Queue {
         }
     }
 
-    /// Moves `name` from `from` to `state` with `record`, under the lease `token` holds: a
-    /// verified copy, then the lease checked again in the lock engine, then the delete of
-    /// the source. A holder that lost its lease since its last check (paused, partitioned)
-    /// gets [`QueueError::LeaseLost`] and deletes nothing: its copy, written under an older
+    /// Moves `name` from `from` to `state` with `record`, under the lease `held`: a verified
+    /// copy, then the lease checked again in the lock engine, then the delete of the source.
+    /// A holder that lost its lease since its last check (paused, partitioned) gets
+    /// [`QueueError::LeaseLost`] and deletes nothing: its copy, written under an older
     /// fencing number, gives way to the newer holder's when the two meet.
     pub(crate) async fn transfer(
         &self,
@@ -521,8 +521,7 @@ impl Queue {
         from: &ObjectMeta,
         state: State,
         record: &Record,
-        token: &Token,
-        lease: Duration,
+        held: Held<'_>,
     ) -> Result<(), QueueError> {
         let mover = &self.inner.mover;
         mover
@@ -530,28 +529,27 @@ impl Queue {
             .await
             .map_err(|e| fenced_error(name, e))?;
         failpoint::hit("move.verified");
-        self.check_lease(name, token, lease).await?;
+        self.check_lease(name, held).await?;
         mover.delete_source(from).await?;
         Ok(())
     }
 
     /// Sets `record` on the copy at `at` in place (the take-over of an abandoned claim),
-    /// under the lease `token` holds, checked again afterwards: a holder paused during the
-    /// update must not go on as if it held the claim.
+    /// under the lease `held`, checked again afterwards: a holder paused during the update
+    /// must not go on as if it held the claim.
     pub(crate) async fn update_in_place(
         &self,
         name: &str,
         at: &ObjectMeta,
         record: &Record,
-        token: &Token,
-        lease: Duration,
+        held: Held<'_>,
     ) -> Result<(), QueueError> {
         self.inner
             .mover
             .update_metadata(at, &record.to_update())
             .await
             .map_err(|e| fenced_error(name, e))?;
-        self.check_lease(name, token, lease).await
+        self.check_lease(name, held).await
     }
 
     /// Takes the lease on `name` for this queue's owner; `None` when somebody holds it (or,
@@ -570,20 +568,59 @@ impl Queue {
         })
     }
 
-    /// Renews the lease `token` holds, or says that it is lost.
-    async fn check_lease(
-        &self,
-        name: &str,
-        token: &Token,
-        lease: Duration,
-    ) -> Result<(), QueueError> {
-        if self.inner.lock.renew(name, token, lease).await? {
+    /// Renews the lease `held`; `false` when it is lost. A live claim's lease that the lock
+    /// engine lost with its data (a Redis restart without persistence) is taken back when
+    /// nobody holds it and the engine's new data is younger than the lease the claim
+    /// recorded ([`LockEngine::restore`]): before then nobody takes a `processing/` message
+    /// over. It is kept only if the copy under `processing/`, looked at once the lease is
+    /// held again (so that nobody can take the message meanwhile), is still the claim's:
+    /// its fence and recorded lease. Any doubt gives the lease up: the claim is lost.
+    pub(crate) async fn hold(&self, name: &str, held: Held<'_>) -> Result<bool, QueueError> {
+        let lock = &self.inner.lock;
+        if lock.renew(name, held.token, held.lease).await? {
+            return Ok(true);
+        }
+        let Some(recorded) = held.restorable else {
+            return Ok(false);
+        };
+        if !lock.restore(name, held.token, held.lease, recorded).await? {
+            return Ok(false);
+        }
+        let ours = match self.head(State::Processing, name).await {
+            Ok(copy) => copy.is_some_and(|c| {
+                c.record.fence == held.token.fence() && self.recorded_lease(&c.record) == recorded
+            }),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot check the copy of a lease taken back; giving it up");
+                false
+            }
+        };
+        if !ours {
+            if let Err(e) = lock.release(name, held.token).await {
+                tracing::warn!(name, error = %e, "could not give a lease back; it expires by itself");
+            }
+            return Ok(false);
+        }
+        // An incident for the operator: the lock engine lost its data.
+        tracing::warn!(name, "lease taken back after the lock engine lost its data");
+        Ok(true)
+    }
+
+    /// [`Queue::hold`], or [`QueueError::LeaseLost`].
+    async fn check_lease(&self, name: &str, held: Held<'_>) -> Result<(), QueueError> {
+        if self.hold(name, held).await? {
             Ok(())
         } else {
             Err(QueueError::LeaseLost {
                 name: name.to_string(),
             })
         }
+    }
+
+    /// The lease a claim's record names (the queue's default for records without one):
+    /// the time a claim without a live lease waits before it is taken over.
+    pub(crate) fn recorded_lease(&self, record: &Record) -> Duration {
+        record.lease.unwrap_or(self.inner.settings.lease)
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -637,6 +674,31 @@ fn fenced_error(name: &str, e: object_store::Error) -> QueueError {
 /// number, or (two moves under one lease) the later state.
 fn recency(copy: &StoredCopy) -> (u64, State) {
     (copy.record.fence, copy.state)
+}
+
+/// A lease as a move or a renewal presents it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held<'a> {
+    /// The token that holds it.
+    pub token: &'a Token,
+    /// The length each renewal asks for.
+    pub lease: Duration,
+    /// For a live claim of this process whose lease has not run out by its own clock: the
+    /// lease its copy under `processing/` records, within which a lease lost with the lock
+    /// engine's data may be taken back ([`Queue::hold`]).
+    pub restorable: Option<Duration>,
+}
+
+impl<'a> Held<'a> {
+    /// The lease of a take, never taken back: the message may still be in the folder it
+    /// is taken from, where others may take it without waiting.
+    pub(crate) fn taking(token: &'a Token, lease: Duration) -> Held<'a> {
+        Held {
+            token,
+            lease,
+            restorable: None,
+        }
+    }
 }
 
 /// The newest of several copies of one message.

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::record::{MessageRef, Record, State};
-use super::{Claim, Finished, PurgeReport, Queue, QueueError, Token, earlier, name_of};
+use super::{Claim, Finished, Held, PurgeReport, Queue, QueueError, Token, earlier, name_of};
 use crate::failpoint;
 
 impl Queue {
@@ -28,7 +28,7 @@ impl Queue {
         if copy.record.fence != token.fence() {
             return Err(lost());
         }
-        let lease = copy.record.lease.unwrap_or(self.inner.settings.lease);
+        let lease = self.recorded_lease(&copy.record);
         Ok(Claim::resumed(
             self.clone(),
             name.clone(),
@@ -93,8 +93,14 @@ impl Queue {
             not_before: None,
             reason: Some(format!("requeued from {from}/")),
         };
-        self.transfer(name, &newest.meta, State::Processing, &record, token, lease)
-            .await?;
+        self.transfer(
+            name,
+            &newest.meta,
+            State::Processing,
+            &record,
+            Held::taking(token, lease),
+        )
+        .await?;
         failpoint::hit("requeue.half");
         let moved = ObjectMeta {
             location: State::Processing.path(name),
@@ -102,8 +108,14 @@ impl Queue {
             ..newest.meta
         };
         record.lease = None;
-        self.transfer(name, &moved, State::Cur, &record, token, lease)
-            .await?;
+        self.transfer(
+            name,
+            &moved,
+            State::Cur,
+            &record,
+            Held::taking(token, lease),
+        )
+        .await?;
         tracing::info!(name, %from, "requeued");
         Ok(Finished {
             key: format!("cur/{name}"),

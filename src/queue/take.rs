@@ -19,7 +19,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 
 use super::record::{Record, State};
-use super::{Claim, ClaimOptions, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, name_of, wake};
+use super::{
+    Claim, ClaimOptions, Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, name_of, wake,
+};
 use crate::failpoint;
 
 /// Messages a claim may take next, listed or announced.
@@ -332,8 +334,14 @@ impl Queue {
             not_before: None,
             reason: None,
         };
-        self.transfer(name, meta, State::Processing, &record, token, lease)
-            .await?;
+        self.transfer(
+            name,
+            meta,
+            State::Processing,
+            &record,
+            Held::taking(token, lease),
+        )
+        .await?;
         Ok(Some(self.new_claim(name, token, record, meta, lease)))
     }
 
@@ -370,7 +378,7 @@ impl Queue {
     /// began) has run out. Both durations come from the engine's clock, none from the
     /// store's timestamps or this machine's.
     async fn abandoned(&self, copy: &StoredCopy) -> Result<Option<Duration>, QueueError> {
-        let lease = copy.record.lease.unwrap_or(self.inner.settings.lease);
+        let lease = self.recorded_lease(&copy.record);
         let age = self.inner.lock.data_age().await?;
         Ok(lease.checked_sub(age).filter(|wait| !wait.is_zero()))
     }
@@ -393,8 +401,14 @@ impl Queue {
                 not_before: None,
                 reason: Some(TOO_MANY_ATTEMPTS.to_string()),
             };
-            self.transfer(name, &copy.meta, State::Failed, &record, token, lease)
-                .await?;
+            self.transfer(
+                name,
+                &copy.meta,
+                State::Failed,
+                &record,
+                Held::taking(token, lease),
+            )
+            .await?;
             tracing::warn!(
                 name,
                 attempts = copy.record.attempt,
@@ -413,12 +427,18 @@ impl Queue {
         match copy.state {
             // An abandoned claim is taken over where it is.
             State::Processing => {
-                self.update_in_place(name, &copy.meta, &record, token, lease)
+                self.update_in_place(name, &copy.meta, &record, Held::taking(token, lease))
                     .await?
             }
             _ => {
-                self.transfer(name, &copy.meta, State::Processing, &record, token, lease)
-                    .await?
+                self.transfer(
+                    name,
+                    &copy.meta,
+                    State::Processing,
+                    &record,
+                    Held::taking(token, lease),
+                )
+                .await?
             }
         }
         Ok(Some(self.new_claim(name, token, record, &copy.meta, lease)))

@@ -54,11 +54,12 @@ pub fn open(config: &S3Config) -> std::result::Result<Md5Verified<AmazonS3>, Str
     if let Some(endpoint) = &config.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
-    let store = builder.build().map_err(|e| e.to_string())?;
-    let client = reqwest::Client::builder()
+    // object_store builds its reqwest client with the process's TLS provider.
+    let client = super::http_client()
         .timeout(config.timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let store = builder.build().map_err(|e| e.to_string())?;
     Ok(Md5Verified {
         inner: Arc::new(store),
         bucket: config.bucket.clone(),
@@ -208,7 +209,8 @@ impl Md5Verified<AmazonS3> {
             )
             .await
             .map_err(|e| format!("cannot sign the bucket creation: {e}"))?;
-        let response = reqwest::Client::new()
+        let response = self
+            .client
             .put(url)
             .send()
             .await

@@ -216,7 +216,11 @@ impl QueueSetup {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
+            // RUST_LOG of the test run, to debug one: warnings by default.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.dir.path());
         cmd

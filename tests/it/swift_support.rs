@@ -163,7 +163,9 @@ fn free_port_pair() -> u16 {
 
 /// A tempauth token and storage URL, fetched by plain HTTP (not through swiftdrop).
 pub async fn native_token(port: u16) -> (String, String) {
-    let response = reqwest::Client::new()
+    let response = swiftdrop::store::http_client()
+        .build()
+        .unwrap()
         .get(format!("http://127.0.0.1:{port}/auth/v1.0"))
         .header("X-Auth-User", "test:tester")
         .header("X-Auth-Key", "testing")
@@ -181,7 +183,9 @@ pub async fn native_token(port: u16) -> (String, String) {
 /// Names of the objects under `prefix` in `container`, read with the native API.
 pub async fn native_list(port: u16, container: &str, prefix: &str) -> Vec<String> {
     let (token, url) = native_token(port).await;
-    let response = reqwest::Client::new()
+    let response = swiftdrop::store::http_client()
+        .build()
+        .unwrap()
         .get(format!("{url}/{container}?format=json&prefix={prefix}"))
         .header("X-Auth-Token", token)
         .send()
@@ -204,7 +208,9 @@ pub async fn native_get(port: u16, container: &str, name: &str) -> (HeaderMap, V
         })
         .collect::<Vec<_>>()
         .join("/");
-    let response = reqwest::Client::new()
+    let response = swiftdrop::store::http_client()
+        .build()
+        .unwrap()
         .get(format!("{url}/{container}/{encoded}"))
         .header("X-Auth-Token", token)
         .send()
@@ -239,7 +245,11 @@ impl Keystone {
 
     /// Tokens issued so far.
     pub async fn issued(&self) -> u64 {
-        let body: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{}/count", self.port))
+        let body: serde_json::Value = swiftdrop::store::http_client()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/count", self.port))
+            .send()
             .await
             .unwrap()
             .json()

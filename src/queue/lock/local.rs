@@ -275,6 +275,29 @@ impl LockEngine for LocalEngine {
         .await
     }
 
+    /// A torn table begins a new epoch without its leases: see [`LockEngine::restore`].
+    async fn restore(
+        &self,
+        name: &str,
+        token: &Token,
+        ttl: Duration,
+        within: Duration,
+    ) -> Result<bool, LockError> {
+        let (name, token) = (name.to_string(), token.clone());
+        self.with_table(move |table| {
+            let now = now_ms();
+            let young = now as i64 - table.epoch_ms < within.as_millis() as i64;
+            if !young || table.live(&name).is_some() {
+                return false;
+            }
+            table
+                .leases
+                .insert(name, (token, now + ttl.as_millis() as u64));
+            true
+        })
+        .await
+    }
+
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {
         let (name, token) = (name.to_string(), token.clone());
         self.with_table(move |table| match table.leases.get(&name) {

@@ -173,6 +173,22 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// Extends the lease to `ttl` from now if `token` still holds it; `false` if not.
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError>;
 
+    /// Takes the lease back for `token` after the engine lost its data (a restart without
+    /// persistence): only while nobody holds `name` and the data is younger than `within`,
+    /// the lease recorded with the claim, before which nobody takes the claim over (see
+    /// [`LockEngine::data_age`]). `false` otherwise, and from engines that never lose
+    /// leases this way.
+    async fn restore(
+        &self,
+        name: &str,
+        token: &Token,
+        ttl: Duration,
+        within: Duration,
+    ) -> Result<bool, LockError> {
+        let _ = (name, token, ttl, within);
+        Ok(false)
+    }
+
     /// Gives the lease up if `token` still holds it; `false` if it did not.
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError>;
 

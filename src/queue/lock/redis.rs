@@ -12,7 +12,9 @@
 //! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
 //!
 //! Renew, release and the finish check are Lua scripts that compare the token and act in
-//! one step. A fencing number is one more than the last, but at least the Redis server's
+//! one step. Restore sets a lease lost with the data back for its token, only while the
+//! epoch is younger than the lease the claim recorded (takers of `processing/` messages
+//! wait that long). A fencing number is one more than the last, but at least the Redis server's
 //! clock in microseconds (`TIME`), so numbers keep growing when Redis restarts without
 //! data. The connection is re-established after errors by redis-rs's `ConnectionManager`;
 //! a call that fails meanwhile returns a [`LockError`].
@@ -60,27 +62,41 @@ end
 return 0
 ";
 
-/// The age of the queue's data: since the epoch key was set, by a server with the run id
-/// `ARGV[1]`. Another server (a restart, which may have restored an older snapshot, or a
-/// promoted replica, which may lag) starts the epoch again: leases may be missing.
-const DATA_AGE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local epoch = redis.call('GET', KEYS[1])
-local server = redis.call('GET', KEYS[2])
-if not server then
-  -- The first look since the data began (ACQUIRE sets the epoch): this server began it.
-  redis.call('SET', KEYS[2], ARGV[1])
-  if not epoch then
-    epoch = string.format('%d', now)
-    redis.call('SET', KEYS[1], epoch)
+/// `data_age(epoch_key, server_key, run_id)`: the age in ms of the queue's data, since
+/// the epoch key was set by the server with the run id `run_id`. Another server (a restart,
+/// which may have restored an older snapshot, or a promoted replica, which may lag) begins
+/// the epoch again: leases may be missing. Prefixed to the scripts that need it.
+const DATA_AGE_FUNCTION: &str = r"
+local function data_age(epoch_key, server_key, run_id)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local epoch = redis.call('GET', epoch_key)
+  local server = redis.call('GET', server_key)
+  if not server then
+    -- The first look since the data began (ACQUIRE sets the epoch): this server began it.
+    redis.call('SET', server_key, run_id)
+    if not epoch then
+      epoch = string.format('%d', now)
+      redis.call('SET', epoch_key, epoch)
+    end
+  elseif server ~= run_id or not epoch then
+    redis.call('SET', epoch_key, string.format('%d', now))
+    redis.call('SET', server_key, run_id)
+    return 0
   end
-elseif server ~= ARGV[1] or not epoch then
-  redis.call('SET', KEYS[1], string.format('%d', now))
-  redis.call('SET', KEYS[2], ARGV[1])
-  return 0
+  return now - tonumber(epoch)
 end
-return now - tonumber(epoch)
+";
+
+const DATA_AGE: &str = "return data_age(KEYS[1], KEYS[2], ARGV[1])";
+
+/// Takes a lease back for its token (`ARGV[1]`) while nobody holds the name and the data
+/// is younger than `ARGV[3]` ms: before then nobody may take the claim over.
+const RESTORE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if data_age(KEYS[2], KEYS[3], ARGV[4]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 ";
 
 const RENEW: &str = r"
@@ -113,6 +129,7 @@ struct Scripts {
     acquire: Script,
     data_age: Script,
     renew: Script,
+    restore: Script,
     release: Script,
     retire: Script,
 }
@@ -171,8 +188,9 @@ impl RedisEngine {
             url: url.clone(),
             scripts: Scripts {
                 acquire: Script::new(ACQUIRE),
-                data_age: Script::new(DATA_AGE),
+                data_age: Script::new(&format!("{DATA_AGE_FUNCTION}{DATA_AGE}")),
                 renew: Script::new(RENEW),
+                restore: Script::new(&format!("{DATA_AGE_FUNCTION}{RESTORE}")),
                 release: Script::new(RELEASE),
                 retire: Script::new(RETIRE),
             },
@@ -186,6 +204,16 @@ impl RedisEngine {
 
     fn channel(&self) -> String {
         format!("{}:new", self.namespace)
+    }
+
+    /// The `run_id` of the server answering now: it changes with every restart.
+    async fn run_id(&self) -> Result<String, LockError> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(info_field(&info, "run_id").unwrap_or_default())
     }
 
     fn error(&self, e: redis::RedisError) -> LockError {
@@ -307,6 +335,30 @@ impl LockEngine for RedisEngine {
         Ok(renewed == 1)
     }
 
+    async fn restore(
+        &self,
+        name: &str,
+        token: &Token,
+        ttl: Duration,
+        within: Duration,
+    ) -> Result<bool, LockError> {
+        let run_id = self.run_id().await?;
+        let restored: i64 = self
+            .scripts
+            .restore
+            .key(self.key("lease", name))
+            .key(format!("{}:epoch", self.namespace))
+            .key(format!("{}:epoch-server", self.namespace))
+            .arg(token.as_str())
+            .arg(ttl.as_millis() as u64)
+            .arg(within.as_millis() as u64)
+            .arg(run_id)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(restored == 1)
+    }
+
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {
         let released: i64 = self
             .scripts
@@ -400,12 +452,7 @@ impl LockEngine for RedisEngine {
     }
 
     async fn data_age(&self) -> Result<Duration, LockError> {
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        let run_id = info_field(&info, "run_id").unwrap_or_default();
+        let run_id = self.run_id().await?;
         let ms: i64 = self
             .scripts
             .data_age

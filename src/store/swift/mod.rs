@@ -81,7 +81,7 @@ struct Inner {
 impl SwiftStore {
     /// A store for the container of `config`. Nothing is sent until the first request.
     pub fn new(config: &SwiftConfig) -> std::result::Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let client = crate::store::http_client()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(50))
@@ -931,6 +931,16 @@ fn folder_prefix(prefix: Option<&Path>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_clients_have_a_tls_provider() {
+        // reqwest is built without a provider of its own: one must be installed.
+        let client = crate::store::http_client().build().expect("an HTTP client");
+        let request = client.get("https://swift.example/v1/AUTH_x").build();
+        assert!(request.is_ok());
+        // What redis and mail-send use: rustls's default, from its ring feature.
+        let _ = rustls::ClientConfig::builder();
+    }
 
     #[test]
     fn paths_are_encoded_per_segment() {
