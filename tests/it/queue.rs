@@ -459,7 +459,8 @@ async fn a_poison_message_stops_after_max_attempts() {
         let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_MAX_ATTEMPTS", "3")]);
         let mut names = setup.store(1).await;
         // Retried at once, every time.
-        let worker = setup.worker(&["--to", "retry", "--idle-exit", "2s"]);
+        // Idle long enough to outlast this VM's stalls between a retry and the next claim.
+        let worker = setup.worker(&["--to", "retry", "--idle-exit", "6s"]);
         let (_, lines, _) = worker.finish(Duration::from_secs(5));
         let expected: Vec<String> = (1..=3)
             .flat_map(|n| {
@@ -480,12 +481,13 @@ async fn a_poison_message_stops_after_max_attempts() {
         // Claimed and abandoned: the claim that would be the 4th fails it.
         names.extend(setup.store(1).await);
         for attempt in 1..=3 {
-            let claim = setup.claim(&["--lease", "3s", "--wait", "15s"]).unwrap();
+            // Leases above this VM's stalls: a take slower than its lease leaves its copy.
+            let claim = setup.claim(&["--lease", "6s", "--wait", "20s"]).unwrap();
             assert_eq!(claim["name"], names[1].as_str());
             assert_eq!(claim["attempt"], attempt, "{backend:?}");
-            tokio::time::sleep(Duration::from_millis(3500)).await;
+            tokio::time::sleep(Duration::from_millis(6500)).await;
         }
-        assert_eq!(setup.claim(&["--lease", "3s"]), None);
+        assert_eq!(setup.claim(&["--lease", "6s"]), None);
         let copies = setup.queue().await.copies(&names[1]).await.unwrap();
         assert_eq!(
             copies.iter().map(|c| c.state).collect::<Vec<_>>(),

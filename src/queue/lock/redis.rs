@@ -206,13 +206,18 @@ impl RedisEngine {
         format!("{}:new", self.namespace)
     }
 
-    /// The `run_id` of the server answering now: it changes with every restart.
-    async fn run_id(&self) -> Result<String, LockError> {
-        let info: String = redis::cmd("INFO")
+    /// `INFO server` of the server answering now.
+    async fn server_info(&self) -> Result<String, LockError> {
+        redis::cmd("INFO")
             .arg("server")
             .query_async(&mut self.connection.clone())
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e))
+    }
+
+    /// The `run_id` of the server answering now: it changes with every restart.
+    async fn run_id(&self) -> Result<String, LockError> {
+        let info = self.server_info().await?;
         Ok(info_field(&info, "run_id").unwrap_or_default())
     }
 
@@ -466,11 +471,7 @@ impl LockEngine for RedisEngine {
     }
 
     async fn check(&self) -> Result<String, LockError> {
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
+        let info = self.server_info().await?;
         let version = info_field(&info, "redis_version").unwrap_or_else(|| "unknown".into());
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
