@@ -35,9 +35,10 @@ rm -rf "$TEST_SWIFT_DIR"
 trap 'bash tests/swift/swift-aio.sh stop "$TEST_SWIFT_DIR"' EXIT
 bash tests/swift/swift-aio.sh start "$TEST_SWIFT_DIR" "$TEST_SWIFT_PORT"
 
-# The queue tests run the example workers as separate processes: `cargo test --all-targets`
-# builds examples only as test harnesses, so build the runnable ones first.
+# The queue tests run the example workers as separate processes: build the runnable
+# examples, then the tests of everything else (examples have no tests of their own, and
+# building each again as a test harness costs minutes).
 cargo build --examples
 # Two at a time (the default on two cores): with four, the shared Swift all-in-one stalls
 # for many seconds under the load and tests fail for it.
-cargo test --all-targets
+cargo test --lib --bins --tests

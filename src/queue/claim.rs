@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::lock::{FinishedRef, Token};
 use super::record::{Record, State};
-use super::{Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, later};
+use super::{Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later};
 use crate::failpoint;
 use crate::store::swift::hex;
 
@@ -70,14 +70,16 @@ struct LeaseState {
 }
 
 impl LeaseState {
-    /// What a renewal presents: `restorable` only while the lease has not run out by this
-    /// process's clock (a paused worker's lease has, and another may have taken over).
+    /// What a renewal presents: a claim of this process may take back a lease lost with
+    /// the lock engine's data until its lease runs out by this process's clock.
     fn held<'a>(&self, token: &'a Token, lease: Duration) -> Held<'a> {
-        let live = Utc::now() < *self.until.lock().unwrap();
         Held {
             token,
             lease,
-            restorable: self.restorable.filter(|_| live),
+            restorable: self.restorable.map(|recorded| Restorable {
+                recorded,
+                until: *self.until.lock().unwrap(),
+            }),
         }
     }
 }
@@ -435,25 +437,44 @@ impl Claim {
                 self.name
             )));
         }
-        if self.is_lost() || !self.queue.hold(&self.name, self.held(self.lease())).await? {
-            self.stop_renewing();
-            self.state.mark_lost();
-            return Err(self.lost_error());
-        }
-        failpoint::hit("finish.checked");
-        self.start_renewing();
-        // A failed try may have left its copy in another folder: it goes first, so that the
-        // message is never in two end states written under one lease.
-        if let Some(earlier) = self.attempted.filter(|s| *s != state) {
-            self.withdraw(earlier).await?;
-        }
-        self.attempted = Some(state);
-        match self.move_to(state, &record).await {
+        let checked = if self.is_lost() {
+            Err(self.lost_error())
+        } else {
+            let held = self.held(self.lease());
+            self.queue.check_lease(&self.name, held).await
+        };
+        let moved = match checked {
+            Ok(()) => {
+                failpoint::hit("finish.checked");
+                self.start_renewing();
+                // A failed try may have left its copy in another folder: it goes first, so
+                // that the message is never in two end states written under one lease.
+                if let Some(earlier) = self.attempted.filter(|s| *s != state) {
+                    self.withdraw(earlier).await?;
+                }
+                self.attempted = Some(state);
+                self.move_to(state, &record).await
+            }
+            Err(e) => Err(e),
+        };
+        let mut holds_lease = true;
+        match moved {
             Ok(()) => {}
             Err(e @ QueueError::LeaseLost { .. }) => {
                 self.stop_renewing();
                 self.state.mark_lost();
-                return Err(e);
+                holds_lease = false;
+                // The move may have landed all the same: a Maildir rename before the lease
+                // check after it, or an earlier try of this move whose source a worker that
+                // met both copies deleted (the later state wins). Then the message is
+                // finished, by this claim.
+                if self.attempted != Some(state) || !self.landed(state).await? {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    name = self.name,
+                    "the lease was lost, but the move had landed: finished"
+                );
             }
             // The claim still holds its lease, renewed: the caller may try again.
             Err(e) => return Err(e),
@@ -465,15 +486,17 @@ impl Claim {
             self.queue.retry_due_at(at).await;
         }
         failpoint::hit("finish.moved");
-        let lock = self.queue.inner().lock();
-        match lock.retire(&self.name, &self.token, RETIRED_MARK).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                name = self.name,
-                "the lease ended during the move: a newer claim's copy supersedes this one"
-            ),
-            Err(e) => {
-                tracing::warn!(name = self.name, error = %e, "cannot release the lease; it expires by itself")
+        if holds_lease {
+            let lock = self.queue.inner().lock();
+            match lock.retire(&self.name, &self.token, RETIRED_MARK).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    name = self.name,
+                    "the lease ended during the move: a newer claim's copy supersedes this one"
+                ),
+                Err(e) => {
+                    tracing::warn!(name = self.name, error = %e, "cannot release the lease; it expires by itself")
+                }
             }
         }
         Ok(Finished {
@@ -521,12 +544,27 @@ impl Claim {
             )
             .await;
         match moved {
-            Err(QueueError::NotFound(_)) => match self.queue.head(state, &self.name).await? {
-                Some(copy) if copy.record.fence == self.token.fence() => Ok(()),
-                _ => Err(self.lost_error()),
-            },
+            Err(QueueError::NotFound(_)) if self.landed(state).await? => Ok(()),
+            Err(QueueError::NotFound(_)) => Err(self.lost_error()),
             other => other,
         }
+    }
+
+    /// Whether this claim's move to `state` is the message's last: the source under
+    /// `processing/` is gone and the copy in `state` has this claim's fence. Nobody takes
+    /// the message over then (takers start from the newest copy, and a newer claim's copy
+    /// would have a higher fence).
+    async fn landed(&self, state: State) -> Result<bool, QueueError> {
+        if self
+            .queue
+            .head(State::Processing, &self.name)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let copy = self.queue.head(state, &self.name).await?;
+        Ok(copy.is_some_and(|c| c.record.fence == self.token.fence()))
     }
 }
 

@@ -35,7 +35,7 @@ mod wake;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -580,9 +580,10 @@ impl Queue {
         if lock.renew(name, held.token, held.lease).await? {
             return Ok(true);
         }
-        let Some(recorded) = held.restorable else {
+        let Some(recorded) = held.restorable.filter(|r| Utc::now() < r.until) else {
             return Ok(false);
         };
+        let recorded = recorded.recorded;
         if !lock.restore(name, held.token, held.lease, recorded).await? {
             return Ok(false);
         }
@@ -606,14 +607,28 @@ impl Queue {
         Ok(true)
     }
 
-    /// [`Queue::hold`], or [`QueueError::LeaseLost`].
-    async fn check_lease(&self, name: &str, held: Held<'_>) -> Result<(), QueueError> {
-        if self.hold(name, held).await? {
-            Ok(())
-        } else {
-            Err(QueueError::LeaseLost {
-                name: name.to_string(),
-            })
+    /// [`Queue::hold`], or [`QueueError::LeaseLost`]. A lock engine that cannot be reached
+    /// (restarting) is asked again for up to one lease before the error is returned: this
+    /// check stands between a landed copy and the delete of its source, and a move left
+    /// half done there is one its caller believes failed.
+    pub(crate) async fn check_lease(&self, name: &str, held: Held<'_>) -> Result<(), QueueError> {
+        let give_up = Instant::now().checked_add(held.lease);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.hold(name, held).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    return Err(QueueError::LeaseLost {
+                        name: name.to_string(),
+                    });
+                }
+                Err(QueueError::Lock(e)) if give_up.is_none_or(|g| Instant::now() + pause < g) => {
+                    tracing::warn!(name, error = %e, "cannot check the lease; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -683,10 +698,19 @@ pub(crate) struct Held<'a> {
     pub token: &'a Token,
     /// The length each renewal asks for.
     pub lease: Duration,
-    /// For a live claim of this process whose lease has not run out by its own clock: the
-    /// lease its copy under `processing/` records, within which a lease lost with the lock
-    /// engine's data may be taken back ([`Queue::hold`]).
-    pub restorable: Option<Duration>,
+    /// For a live claim of this process: the lease lost with the lock engine's data that
+    /// it may take back ([`Queue::hold`]).
+    pub restorable: Option<Restorable>,
+}
+
+/// What a live claim of this process may take back after the lock engine lost its data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restorable {
+    /// The lease its copy under `processing/` records.
+    pub recorded: Duration,
+    /// When its lease runs out by this process's clock: never taken back after that (a
+    /// worker paused past its lease may have been taken over).
+    pub until: DateTime<Utc>,
 }
 
 impl<'a> Held<'a> {
