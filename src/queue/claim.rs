@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 
 use super::lock::{FinishedRef, Token};
 use super::record::{Record, State};
-use super::{Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later};
+use super::{
+    Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later, newest_copy,
+};
 use crate::failpoint;
 use crate::store::swift::hex;
 
@@ -447,13 +449,17 @@ impl Claim {
             Ok(()) => {
                 failpoint::hit("finish.checked");
                 self.start_renewing();
-                // A failed try may have left its copy in another folder: it goes first, so
-                // that the message is never in two end states written under one lease.
-                if let Some(earlier) = self.attempted.filter(|s| *s != state) {
-                    self.withdraw(earlier).await?;
+                match self.earlier_copy(state).await {
+                    Ok(earlier) => {
+                        self.attempted = Some(state);
+                        let moved = self.move_to(state, &record).await;
+                        if let (Ok(()), Some(earlier)) = (&moved, earlier) {
+                            self.delete_earlier(&earlier).await;
+                        }
+                        moved
+                    }
+                    Err(e) => Err(e),
                 }
-                self.attempted = Some(state);
-                self.move_to(state, &record).await
             }
             Err(e) => Err(e),
         };
@@ -505,15 +511,25 @@ impl Claim {
         })
     }
 
-    /// Handles the copy an earlier, failed finish or release of this claim left in `state`:
-    /// deleted while the source under `processing/` is still there; otherwise it is the
-    /// message (a Maildir rename moved it), and becomes the source of this move.
-    async fn withdraw(&mut self, state: State) -> Result<(), QueueError> {
-        let Some(copy) = self.queue.head(state, &self.name).await? else {
-            return Ok(());
+    /// The copy an earlier, failed finish or release of this claim left in another folder
+    /// than `state`, which must not stay beside this move's (a message in two end states):
+    /// - with `processing/` gone, that move landed (a Maildir rename): its copy is the
+    ///   message and becomes this move's source;
+    /// - if it outranks `state` (the later state wins), the move is refused: deleting it
+    ///   is unsafe, as a worker that met both copies while this one was paused may have
+    ///   kept it and deleted `processing/`. Finish to its state again, or drop the claim
+    ///   (that copy then wins);
+    /// - otherwise it is returned, to be deleted once this move's copy, which outranks
+    ///   it, has landed.
+    async fn earlier_copy(&mut self, state: State) -> Result<Option<ObjectMeta>, QueueError> {
+        let Some(earlier) = self.attempted.filter(|s| *s != state) else {
+            return Ok(None);
+        };
+        let Some(copy) = self.queue.head(earlier, &self.name).await? else {
+            return Ok(None);
         };
         if copy.record.fence != self.token.fence() {
-            return Ok(());
+            return Ok(None);
         }
         if self
             .queue
@@ -522,11 +538,28 @@ impl Claim {
             .is_none()
         {
             self.meta = copy.meta;
-            return Ok(());
+            return Ok(None);
         }
-        match self.queue.inner().store().delete(&copy.meta.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        if earlier > state {
+            return Err(QueueError::Refused(format!(
+                "an earlier move of {} to {earlier}/ may have landed: finish to {earlier}/ again, or drop the claim",
+                self.name
+            )));
+        }
+        Ok(Some(copy.meta))
+    }
+
+    /// Deletes the outranked copy an earlier try of this claim left (best effort: the
+    /// next claim that meets both copies deletes it too).
+    async fn delete_earlier(&self, earlier: &ObjectMeta) {
+        match self.queue.inner().store().delete(&earlier.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(
+                name = self.name,
+                key = %earlier.location,
+                error = %e,
+                "cannot delete the copy of an earlier try; it is outranked by this move's"
+            ),
         }
     }
 
@@ -550,21 +583,17 @@ impl Claim {
         }
     }
 
-    /// Whether this claim's move to `state` is the message's last: the source under
-    /// `processing/` is gone and the copy in `state` has this claim's fence. Nobody takes
-    /// the message over then (takers start from the newest copy, and a newer claim's copy
-    /// would have a higher fence).
+    /// Whether this claim's move to `state` is the message's last: no copy is left under
+    /// `processing/`, and the newest copy is this claim's in `state` (a newer holder's
+    /// copies carry a higher fence, and it copies before it deletes). Nobody takes the
+    /// message over then: takers start from the newest copy.
     async fn landed(&self, state: State) -> Result<bool, QueueError> {
-        if self
-            .queue
-            .head(State::Processing, &self.name)
-            .await?
-            .is_some()
-        {
+        let copies = self.queue.copies(&self.name).await?;
+        if copies.iter().any(|c| c.state == State::Processing) {
             return Ok(false);
         }
-        let copy = self.queue.head(state, &self.name).await?;
-        Ok(copy.is_some_and(|c| c.record.fence == self.token.fence()))
+        Ok(newest_copy(&copies)
+            .is_some_and(|c| c.state == state && c.record.fence == self.token.fence()))
     }
 }
 

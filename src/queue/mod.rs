@@ -61,7 +61,8 @@ pub const STATE_DIR_IN_MAILDIR: &str = ".swiftdrop-queue";
 /// What went wrong with a queue operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueError {
-    /// The token no longer holds the message's lease: nothing was moved.
+    /// The token no longer holds the message's lease: the claim moves nothing more (a copy
+    /// it made before it learnt so may remain, outranked by a newer holder's).
     LeaseLost {
         /// The message's name.
         name: String,
@@ -83,7 +84,7 @@ impl fmt::Display for QueueError {
         match self {
             QueueError::LeaseLost { name } => write!(
                 f,
-                "lease lost: the token no longer holds the claim on {name}; nothing was moved"
+                "lease lost: the token no longer holds the claim on {name}; the claim can move nothing more"
             ),
             QueueError::NotFound(key) => write!(f, "no message {key}"),
             QueueError::Refused(why)

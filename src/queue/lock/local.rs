@@ -287,8 +287,11 @@ impl LockEngine for LocalEngine {
         self.with_table(move |table| {
             let now = now_ms();
             let young = now as i64 - table.epoch_ms < within.as_millis() as i64;
-            if !young || table.live(&name).is_some() {
-                return false;
+            match table.live(&name) {
+                Some((held, _)) if *held == token => {}
+                Some(_) => return false,
+                None if !young => return false,
+                None => {}
             }
             table
                 .leases

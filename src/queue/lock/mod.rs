@@ -176,8 +176,9 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// Takes the lease back for `token` after the engine lost its data (a restart without
     /// persistence): only while nobody holds `name` and the data is younger than `within`,
     /// the lease recorded with the claim, before which nobody takes the claim over (see
-    /// [`LockEngine::data_age`]). `false` otherwise, and from engines that never lose
-    /// leases this way.
+    /// [`LockEngine::data_age`]). `token` holding it already (a restore that raced
+    /// another for the same claim) is renewed and `true`. `false` otherwise, and from
+    /// engines that never lose leases this way.
     async fn restore(
         &self,
         name: &str,

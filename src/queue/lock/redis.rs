@@ -93,7 +93,12 @@ const DATA_AGE: &str = "return data_age(KEYS[1], KEYS[2], ARGV[1])";
 /// Takes a lease back for its token (`ARGV[1]`) while nobody holds the name and the data
 /// is younger than `ARGV[3]` ms: before then nobody may take the claim over.
 const RESTORE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if held then return 0 end
 if data_age(KEYS[2], KEYS[3], ARGV[4]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
