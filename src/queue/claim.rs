@@ -513,12 +513,12 @@ impl Claim {
 
     /// The copy an earlier, failed finish or release of this claim left in another folder
     /// than `state`, which must not stay beside this move's (a message in two end states):
+    /// - if it outranks `state` (the later state wins), the move is refused: deleting or
+    ///   moving it down is unsafe, as a worker that met both copies while this one was
+    ///   paused may have kept it and deleted `processing/`. Finish to its state again, or
+    ///   drop the claim (that copy then wins);
     /// - with `processing/` gone, that move landed (a Maildir rename): its copy is the
     ///   message and becomes this move's source;
-    /// - if it outranks `state` (the later state wins), the move is refused: deleting it
-    ///   is unsafe, as a worker that met both copies while this one was paused may have
-    ///   kept it and deleted `processing/`. Finish to its state again, or drop the claim
-    ///   (that copy then wins);
     /// - otherwise it is returned, to be deleted once this move's copy, which outranks
     ///   it, has landed.
     async fn earlier_copy(&mut self, state: State) -> Result<Option<ObjectMeta>, QueueError> {
@@ -531,6 +531,12 @@ impl Claim {
         if copy.record.fence != self.token.fence() {
             return Ok(None);
         }
+        if earlier > state {
+            return Err(QueueError::Refused(format!(
+                "an earlier move of {} to {earlier}/ may have landed: finish to {earlier}/ again, or drop the claim",
+                self.name
+            )));
+        }
         if self
             .queue
             .head(State::Processing, &self.name)
@@ -539,12 +545,6 @@ impl Claim {
         {
             self.meta = copy.meta;
             return Ok(None);
-        }
-        if earlier > state {
-            return Err(QueueError::Refused(format!(
-                "an earlier move of {} to {earlier}/ may have landed: finish to {earlier}/ again, or drop the claim",
-                self.name
-            )));
         }
         Ok(Some(copy.meta))
     }
