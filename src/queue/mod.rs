@@ -581,10 +581,10 @@ impl Queue {
         if lock.renew(name, held.token, held.lease).await? {
             return Ok(true);
         }
-        let Some(recorded) = held.restorable.filter(|r| Utc::now() < r.until) else {
+        let Some(Restorable { recorded, .. }) = held.restorable.filter(|r| Utc::now() < r.until)
+        else {
             return Ok(false);
         };
-        let recorded = recorded.recorded;
         if !lock.restore(name, held.token, held.lease, recorded).await? {
             return Ok(false);
         }
