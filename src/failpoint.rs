@@ -1,14 +1,18 @@
 //! Fail-points: named places in multi-step operations where a crash test can kill the
-//! process, as SIGKILL would at that instant.
+//! process, as SIGKILL would at that instant, or pause it there.
 //!
 //! `SWIFTDROP_FAILPOINT=<name>` makes the process send itself SIGKILL the first time it
-//! reaches [`hit`] with that name; `<name>@<n>` the n-th time. Without the variable, [`hit`]
-//! is one comparison with a cached `None`. Only debug builds (the tests') have fail-points:
-//! in a release build [`hit`] does nothing, so a stray variable cannot kill a server.
+//! reaches [`hit`] with that name; `<name>@<n>` the n-th time. A `:stop` suffix
+//! (`<name>[@<n>]:stop`) sends SIGSTOP instead: the process pauses there until a SIGCONT, as a
+//! worker does that a long GC-like stall or a frozen VM catches mid-operation. Without the
+//! variable, [`hit`] is one comparison with a cached `None`. Only debug builds (the tests')
+//! have fail-points: in a release build [`hit`] does nothing, so a stray variable cannot
+//! kill a server.
 //!
 //! | name | where |
 //! |---|---|
 //! | `claim.leased` | a claim holds the lease, nothing is moved yet |
+//! | `resolve.looked` | a claim or operator command under a lease has looked at every copy of a message, before it deletes the outranked ones |
 //! | `move.copied` | a move's copy exists beside its source (Maildir: renamed, not yet fsynced) |
 //! | `move.verified` | a move's copy is verified, the source not yet deleted (Maildir: fsynced) |
 //! | `finish.checked` | a finish or release checked its lease, nothing is moved yet |
@@ -25,19 +29,26 @@ use std::sync::atomic::{AtomicU32, Ordering};
 struct Configured {
     name: String,
     at: u32,
+    /// SIGSTOP instead of SIGKILL.
+    stop: bool,
     hits: AtomicU32,
 }
 
-/// Kills the process with SIGKILL when `name` is the configured fail-point.
+/// Kills (or stops) the process when `name` is the configured fail-point.
 #[cfg(not(debug_assertions))]
 pub fn hit(_name: &str) {}
 
-/// Kills the process with SIGKILL when `name` is the configured fail-point.
+/// Kills (or stops) the process when `name` is the configured fail-point.
 #[cfg(debug_assertions)]
 pub fn hit(name: &str) {
+    use rustix::process::{Signal, getpid, kill_process};
     static CONFIGURED: OnceLock<Option<Configured>> = OnceLock::new();
     let configured = CONFIGURED.get_or_init(|| {
         let value = crate::config::failpoint()?;
+        let (value, stop) = match value.strip_suffix(":stop") {
+            Some(value) => (value.to_string(), true),
+            None => (value, false),
+        };
         let (name, at) = match value.split_once('@') {
             Some((name, at)) => (name.to_string(), at.parse().unwrap_or(1)),
             None => (value, 1),
@@ -45,17 +56,26 @@ pub fn hit(name: &str) {
         Some(Configured {
             name,
             at,
+            stop,
             hits: AtomicU32::new(0),
         })
     });
     let Some(configured) = configured else { return };
-    if configured.name == name
-        && configured.hits.fetch_add(1, Ordering::SeqCst) + 1 == configured.at
+    if configured.name != name
+        || configured.hits.fetch_add(1, Ordering::SeqCst) + 1 != configured.at
     {
-        eprintln!("swiftdrop: fail-point {name}: killing the process");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL cannot be caught: this line is never reached.
-        std::process::abort();
+        return;
     }
+    if configured.stop {
+        eprintln!("swiftdrop: fail-point {name}: stopping the process");
+        let _ = kill_process(getpid(), Signal::STOP);
+        // Another thread may take the signal, and this one would run on until its next
+        // system call: wait in one, so that it stops here.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        return;
+    }
+    eprintln!("swiftdrop: fail-point {name}: killing the process");
+    let _ = kill_process(getpid(), Signal::KILL);
+    // SIGKILL cannot be caught: this line is never reached.
+    std::process::abort();
 }

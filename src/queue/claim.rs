@@ -443,7 +443,7 @@ impl Claim {
             Err(self.lost_error())
         } else {
             let held = self.held(self.lease());
-            self.queue.check_lease(&self.name, held).await
+            self.queue.check_lease(&self.name, held).await.map(drop)
         };
         let moved = match checked {
             Ok(()) => {

@@ -348,13 +348,15 @@ impl Queue {
         }
     }
 
-    /// The newest copy of `name`; older copies (leftovers of interrupted moves) are deleted.
-    /// Only called under the message's lease.
-    async fn resolve(&self, name: &str) -> Result<Option<StoredCopy>, QueueError> {
+    /// The newest copy of `name`; older copies (leftovers of interrupted moves) are deleted,
+    /// each under the lease `held` ([`Queue::delete_under_lease`]).
+    async fn resolve(&self, name: &str, held: Held<'_>) -> Result<Option<StoredCopy>, QueueError> {
         let copies = self.copies(name).await?;
+        failpoint::hit("resolve.looked");
         let Some(newest) = newest_copy(&copies).cloned() else {
             return Ok(None);
         };
+        let mut confirmed = None;
         for stale in copies.iter().filter(|c| c.state != newest.state) {
             tracing::warn!(
                 name,
@@ -362,18 +364,30 @@ impl Queue {
                 deleted = %stale.state,
                 "message found in two states (an interrupted move): keeping the later copy"
             );
-            match self
-                .inner
-                .destination
-                .store
-                .delete(&stale.meta.location)
-                .await
-            {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_under_lease(name, &stale.meta.location, held, &mut confirmed)
+                .await?;
         }
         Ok(Some(newest))
+    }
+
+    /// Deletes `at` under the lease `held`, confirmed in the lock engine unless `confirmed`
+    /// (when the last confirmation began) leaves at least half the lease. The copies were
+    /// looked at earlier: a worker paused past its lease since then must not delete what a
+    /// newer holder has written at the same key meanwhile.
+    pub(crate) async fn delete_under_lease(
+        &self,
+        name: &str,
+        at: &object_store::path::Path,
+        held: Held<'_>,
+        confirmed: &mut Option<Instant>,
+    ) -> Result<(), QueueError> {
+        if confirmed.is_none_or(|c| c.elapsed() >= held.lease / 2) {
+            *confirmed = Some(self.check_lease(name, held).await?);
+        }
+        match self.inner.destination.store.delete(at).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Lists the messages directly under a state folder, in the order claims take them:
@@ -550,7 +564,7 @@ impl Queue {
             .update_metadata(at, &record.to_update())
             .await
             .map_err(|e| fenced_error(name, e))?;
-        self.check_lease(name, held).await
+        self.check_lease(name, held).await.map(drop)
     }
 
     /// Takes the lease on `name` for this queue's owner; `None` when somebody holds it (or,
@@ -611,19 +625,31 @@ impl Queue {
     /// [`Queue::hold`], or [`QueueError::LeaseLost`]. A lock engine that cannot be reached
     /// (restarting) is asked again for up to one lease before the error is returned: this
     /// check stands between a landed copy and the delete of its source, and a move left
-    /// half done there is one its caller believes failed.
-    pub(crate) async fn check_lease(&self, name: &str, held: Held<'_>) -> Result<(), QueueError> {
+    /// half done there is one its caller believes failed. Returns when the confirming check
+    /// began; a check that took half a lease or more is made again, so that what follows
+    /// has at least half a lease left.
+    pub(crate) async fn check_lease(
+        &self,
+        name: &str,
+        held: Held<'_>,
+    ) -> Result<Instant, QueueError> {
         let give_up = Instant::now().checked_add(held.lease);
         let mut pause = Duration::from_millis(100);
         loop {
+            let started = Instant::now();
+            let past = |wait: Duration| give_up.is_some_and(|g| Instant::now() + wait >= g);
             match self.hold(name, held).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
+                // What follows a check (a delete) relies on most of the lease being left.
+                Ok(true) if started.elapsed() < held.lease / 2 => return Ok(started),
+                Ok(true) if !past(Duration::ZERO) => {
+                    tracing::warn!(name, "the lease check took half a lease; checking again");
+                }
+                Ok(_) => {
                     return Err(QueueError::LeaseLost {
                         name: name.to_string(),
                     });
                 }
-                Err(QueueError::Lock(e)) if give_up.is_none_or(|g| Instant::now() + pause < g) => {
+                Err(QueueError::Lock(e)) if !past(pause) => {
                     tracing::warn!(name, error = %e, "cannot check the lease; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

@@ -73,7 +73,7 @@ impl Queue {
         lease: Duration,
     ) -> Result<Finished, QueueError> {
         let newest = self
-            .resolve(name)
+            .resolve(name, Held::taking(token, lease))
             .await?
             .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
         let from = newest.state;
@@ -207,22 +207,16 @@ impl Queue {
             return Ok(false);
         };
         let purged = async {
-            let Some(newest) = self.resolve(name).await? else {
+            let held = Held::taking(&token, lease);
+            let Some(newest) = self.resolve(name, held).await? else {
                 return Ok(true);
             };
             if newest.state != state || newest.meta.last_modified >= cutoff {
                 return Ok(false);
             }
-            match self
-                .inner
-                .destination
-                .store
-                .delete(&newest.meta.location)
-                .await
-            {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-                Err(e) => Err(QueueError::from(e)),
-            }
+            self.delete_under_lease(name, &newest.meta.location, held, &mut None)
+                .await?;
+            Ok(true)
         }
         .await;
         if let Err(e) = self.inner.lock.release(name, &token).await {

@@ -353,7 +353,7 @@ impl Queue {
         token: &super::Token,
         lease: Duration,
     ) -> Result<Option<Claim>, QueueError> {
-        let Some(newest) = self.resolve(name).await? else {
+        let Some(newest) = self.resolve(name, Held::taking(token, lease)).await? else {
             return Ok(None);
         };
         let due = newest.record.not_before.is_none_or(|t| t <= Utc::now());

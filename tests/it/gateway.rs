@@ -126,16 +126,9 @@ async fn generated_postfix_stores_forwards_and_refuses_the_rest() {
     // A forwarded address goes through swiftdrop's relay and Postfix's virtual map to its target.
     let reply = gw.send("fwd@example.com").await.unwrap();
     assert!(reply.message.contains("relayed: "), "{reply:?}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while gw.sink.dumps().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "forward never arrived\n{}",
-            gw.postfix.maillog()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let dump = &gw.sink.dumps()[0];
+    let Some(dump) = gw.sink.wait_for_dump_ending("hello").await else {
+        panic!("forward never arrived\n{}", gw.postfix.maillog());
+    };
     assert!(
         dump.contains("X-Rcpt-Args: <target@elsewhere.example>"),
         "{dump}"

@@ -208,16 +208,9 @@ async fn mixed_transaction_through_postfix_is_stored_and_relayed_with_xforward()
         "{log}"
     );
     // Postfix queued the relayed copy and delivered it to the sink, for postmaster only.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while sink.dumps().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relayed mail never arrived\n{}",
-            postfix.maillog()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let dump = &sink.dumps()[0];
+    let Some(dump) = sink.wait_for_dump_ending("hello").await else {
+        panic!("relayed mail never arrived\n{}", postfix.maillog());
+    };
     assert!(
         dump.contains("X-Rcpt-Args: <postmaster@example.com>"),
         "{dump}"

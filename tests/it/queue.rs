@@ -3,6 +3,7 @@
 //! `swiftdrop queue` command); crashes are real SIGKILLs, at fail-points or from outside.
 
 use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use swiftdrop::queue::{ClaimOptions, Outcome, QueueError, State};
 
 use crate::queue_support::*;
+use crate::support::PATIENCE;
 
 const BACKENDS: [Backend; 3] = [Backend::Maildir, Backend::Swift, Backend::S3];
 
@@ -323,6 +325,74 @@ async fn a_worker_paused_past_its_lease_cannot_finish() {
         );
         assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
     }
+}
+
+/// A claim paused (SIGSTOP at a fail-point) after it looked at a message's two copies and
+/// before it deleted the outranked one: meanwhile its lease ran out and another claim took the
+/// message, writing its own copy under that very key. After SIGCONT the paused claim finds its
+/// lease gone and deletes nothing: the other claim's copy, the message's only one, stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_paused_before_deleting_a_leftover_deletes_nothing() {
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_LEASE", "3s")]);
+    let name = setup.store(1).await.remove(0);
+    // The leftover of a release interrupted after its copy: the message in retry/ (due at
+    // once) and the same copy still in processing/.
+    let claim = setup.claim(&[]).unwrap();
+    let token = claim["token"].as_str().unwrap();
+    let (code, _, err) = setup.cli(&["release", &name, "--token", token], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let maildir = setup.dir.path().join("maildir");
+    let status = Command::new("cp")
+        .arg("--preserve=xattr")
+        .arg(maildir.join("retry").join(&name))
+        .arg(maildir.join("processing").join(&name))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        states_of(&setup, &name).await,
+        vec![State::Processing, State::Retry]
+    );
+
+    let paused = setup.worker_with(
+        &["--idle-exit", "2s"],
+        &[("SWIFTDROP_FAILPOINT", "resolve.looked:stop")],
+    );
+    let stat = format!("/proc/{}/stat", paused.pid());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    // The state field follows the command name in parentheses: `T` when stopped.
+    while !std::fs::read_to_string(&stat)
+        .unwrap()
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (code, out, err) = setup.cli(&["claim", "--json"], &[("SWIFTDROP_QUEUE_LEASE", "60s")]);
+    assert_eq!(code, Some(0), "{err}");
+    let taken: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(taken["name"], name.as_str());
+    assert_eq!(states_of(&setup, &name).await, vec![State::Processing]);
+
+    paused.signal("CONT");
+    let (status, lines, err) = paused.finish(Duration::from_secs(5));
+    assert!(status.success(), "{err}");
+    assert!(events(&lines, "claimed").is_empty(), "{lines:?}");
+    assert_eq!(
+        states_of(&setup, &name).await,
+        vec![State::Processing],
+        "the paused claim deleted the other claim's copy: {err}"
+    );
+    // The claim that took it finishes it.
+    let token = taken["token"].as_str().unwrap();
+    let (code, _, err) = setup.cli(&["finish", &name, "--token", token, "--to", "done"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
 }
 
 /// Redis restarted without its data in the middle of a run: workers carry on, nothing is

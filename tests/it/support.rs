@@ -447,6 +447,26 @@ impl SmtpSink {
         out.sort();
         out
     }
+
+    /// Waits up to `PATIENCE` for a dump whose message ends with `last_line`. smtp-sink creates
+    /// a dump file when the transaction starts and writes it out at the end of data, so a dump
+    /// that merely exists may still be empty.
+    pub async fn wait_for_dump_ending(&self, last_line: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(dump) = self
+                .dumps()
+                .into_iter()
+                .find(|d| d.trim_end().ends_with(last_line))
+            {
+                return Some(dump);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for SmtpSink {
