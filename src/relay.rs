@@ -121,8 +121,19 @@ impl Relay {
         // mail-send ends the data with CRLF.CRLF itself: hand it the message without its
         // final CRLF so that the bytes arrive unchanged.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-        let reply = smtp.data(body).await.map_err(classify)?;
+        let reply = smtp.data(stuff_first_line(body)).await.map_err(classify)?;
         Ok(reply.message)
+    }
+}
+
+/// The message with a dot added before a dot that begins it. mail-send dot-stuffs the dots
+/// that follow a line break but not the message's first byte, and a lone dot there would end
+/// the data early: the downstream would read the rest as commands (SMTP smuggling).
+fn stuff_first_line(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if body.starts_with(b".") {
+        [b".", body].concat().into()
+    } else {
+        body.into()
     }
 }
 

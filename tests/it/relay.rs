@@ -89,6 +89,41 @@ async fn relay_only_transaction() {
     assert_eq!(sink.dumps().len(), 1);
 }
 
+/// A message whose first line is a dot (sent as `..`) is relayed with that dot stuffed
+/// again: otherwise the downstream reads the end of the data there and the rest as commands
+/// (SMTP smuggling into the after-queue smtpd, which trusts loopback).
+#[tokio::test]
+async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
+    let sink = SmtpSink::start(&[]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.envelope("sender@example.org", &["someone@elsewhere.example"])
+        .await;
+    d.command("DATA", "354").await;
+    d.send(concat!(
+        "..\r\n",
+        "MAIL FROM:<smuggler@example.org>\r\n",
+        "RCPT TO:<victim@elsewhere.example>\r\n",
+        "DATA\r\n",
+        "Subject: smuggled\r\n",
+        "\r\n",
+        "smuggled body\r\n",
+        ".\r\n",
+    ))
+    .await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: relayed: "), "{reply}");
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 1, "one transaction downstream: {dumps:?}");
+    let dump = &dumps[0];
+    assert!(!dump.contains("X-Rcpt-Args: <victim@"), "{dump}");
+    // The whole message arrives as its body, its first line a single dot.
+    assert!(
+        dump.contains("\n.\nMAIL FROM:<smuggler@example.org>\nRCPT TO:<victim@elsewhere.example>\nDATA\nSubject: smuggled\n\nsmuggled body\n"),
+        "{dump}"
+    );
+}
+
 #[tokio::test]
 async fn relay_5xx_is_passed_on_and_the_stored_copy_removed() {
     let sink = SmtpSink::start(&["-f", "."]);
