@@ -14,10 +14,20 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply with the given codes and text (CR and LF are removed from the text).
+    /// A reply with the given codes and text (CR and LF are removed from the text, and a
+    /// text that would make the line longer than RFC 5321's 512 octets is cut, ending in
+    /// `...`: replies echo addresses and downstream texts).
     pub fn new(code: u16, status: [u8; 3], text: impl Into<String>) -> Self {
         let mut text = text.into();
         text.retain(|c| c != '\r' && c != '\n');
+        if text.len() > MAX_TEXT {
+            let mut end = MAX_TEXT - 3;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
         Reply {
             code,
             status: Some(status),
@@ -44,6 +54,9 @@ impl fmt::Display for Reply {
         }
     }
 }
+
+/// The longest reply text: a line is at most 512 octets with `250 2.0.0 ` and CRLF.
+const MAX_TEXT: usize = 512 - "250 2.0.0 ".len() - 2;
 
 /// `220` greeting.
 pub fn greeting(hostname: &str) -> Reply {
@@ -159,6 +172,10 @@ pub fn unknown_recipient(address: &str) -> Reply {
         format!("<{address}>: Recipient address rejected: no destination for this address"),
     )
 }
+/// A recipient that would be relayed, from a client outside `relay_networks`.
+pub fn relay_denied(address: &str) -> Reply {
+    Reply::new(550, [5, 7, 1], format!("<{address}>: Relay access denied"))
+}
 /// XFORWARD from a client outside the configured networks.
 pub fn xforward_denied() -> Reply {
     Reply::new(
@@ -241,5 +258,19 @@ mod tests {
         let reply = delivered(&keys, Some(&"q".repeat(300)));
         assert!(reply.to_string().len() < 512);
         assert!(reply.text.contains("more)"));
+    }
+
+    #[test]
+    fn replies_stay_within_512_octets() {
+        let long = "x".repeat(2000) + "@example.com";
+        for reply in [unknown_recipient(&long), relay_denied(&long)] {
+            let wire = reply.to_wire();
+            assert_eq!(wire.len(), 512, "{reply}");
+            assert!(wire.ends_with(b"...\r\n"), "{reply}");
+        }
+        // Multi-byte characters are cut whole.
+        let wide = relay_denied(&"é".repeat(400)).to_wire();
+        assert!(wide.len() <= 512 && std::str::from_utf8(&wide).is_ok());
+        assert_eq!(ok().to_wire(), b"250 2.0.0 Ok\r\n");
     }
 }

@@ -113,6 +113,8 @@ pub struct Session<S> {
     deliverer: Arc<Deliverer>,
     shutdown: watch::Receiver<bool>,
     xforward_allowed: bool,
+    /// Whether recipients no destination takes may be relayed for this client.
+    relay_allowed: bool,
     client: Client,
     inbuf: BytesMut,
     out: Vec<u8>,
@@ -132,12 +134,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Self {
         let ip = peer.ip().to_canonical();
         let xforward_allowed = settings.xforward_networks.iter().any(|n| n.contains(&ip));
+        let relay_allowed = settings.relay_networks.iter().any(|n| n.contains(&ip));
         Session {
             io,
             settings,
             deliverer,
             shutdown,
             xforward_allowed,
+            relay_allowed,
             client: Client {
                 peer,
                 helo: None,
@@ -541,7 +545,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let destination = match self.deliverer.route(address) {
             Route::Store(idx) => Some(idx),
-            Route::Relay => None,
+            Route::Relay if self.relay_allowed => None,
+            Route::Relay => {
+                tracing::warn!(client = %self.client.display(), rcpt = address, "relay refused: client not in relay_networks");
+                self.push(reply::relay_denied(address));
+                return Step::Continue;
+            }
             Route::Reject => {
                 tracing::info!(client = %self.client.display(), rcpt = address, "recipient rejected: no destination");
                 self.push(reply::unknown_recipient(address));

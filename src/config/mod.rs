@@ -44,6 +44,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "drain_timeout",
     "xforward_networks",
     "relay",
+    "relay_networks",
     "log_format",
     "startup_check",
     "stream_threshold",
@@ -132,6 +133,9 @@ pub struct ServerSettings {
     /// Where recipients that no destination takes are relayed (`relay`, default
     /// `127.0.0.1:10026`, Postfix's after-queue smtpd); `None` (`relay = off`) refuses them.
     pub relay: Option<SocketAddr>,
+    /// Clients whose recipients that no destination takes may be relayed (`relay_networks`,
+    /// default loopback, where Postfix connects from); others get `550 5.7.1` for them.
+    pub relay_networks: Vec<IpNet>,
     /// Log line format (`log_format`: `text` or `json`).
     pub log_format: LogFormat,
     /// Whether `serve` checks every destination before it listens (`startup_check`,
@@ -664,6 +668,9 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         parse_networks(s).map(drop)
     });
     let relay = get("relay", "127.0.0.1:10026", &|s| parse_relay(s).map(drop));
+    let relay_networks = get("relay_networks", "127.0.0.0/8, ::1/128", &|s| {
+        parse_networks(s).map(drop)
+    });
     let log_format = get("log_format", "text", &|s| parse_log_format(s).map(drop));
     let startup_check = get("startup_check", "yes", &|s| parse_bool(s).map(drop));
     let stream_threshold = get("stream_threshold", "8MiB", &|s| parse_size(s).map(drop));
@@ -683,6 +690,7 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         drain_timeout: parse_duration(&drain_timeout).ok()?,
         xforward_networks: parse_networks(&xforward).ok()?,
         relay: parse_relay(&relay).ok()?,
+        relay_networks: parse_networks(&relay_networks).ok()?,
         log_format: parse_log_format(&log_format).ok()?,
         startup_check: parse_bool(&startup_check).ok()?,
         stream_threshold: parse_size(&stream_threshold).ok()?,

@@ -390,6 +390,66 @@ async fn xforward_networks_setting_is_honoured() {
     d.command("XFORWARD ADDR=198.51.100.1", "550 5.7.0").await;
 }
 
+/// Not an open relay: a recipient no destination takes is accepted for the relay only from
+/// clients in `relay_networks` (default loopback, where Postfix connects from), whatever
+/// `relay` and `listen` say; the filter's own recipients are taken from anyone.
+#[tokio::test]
+async fn recipients_are_relayed_only_for_clients_in_relay_networks() {
+    let cases: &[(&str, Option<&str>, &str, &str)] = &[
+        ("127.0.0.1:10026", None, LOOPBACK, "250 2.1.5"),
+        ("127.0.0.1:10026", None, OUTSIDE, "550 5.7.1"),
+        ("127.0.0.1:10026", None, "[::1]:40000", "250 2.1.5"),
+        (
+            "127.0.0.1:10026",
+            None,
+            "[::ffff:192.0.2.10]:40000",
+            "550 5.7.1",
+        ),
+        (
+            "127.0.0.1:10026",
+            Some("192.0.2.0/24"),
+            OUTSIDE,
+            "250 2.1.5",
+        ),
+        (
+            "127.0.0.1:10026",
+            Some("192.0.2.0/24"),
+            LOOPBACK,
+            "550 5.7.1",
+        ),
+        (
+            "127.0.0.1:10026",
+            Some("198.51.100.0/24"),
+            OUTSIDE,
+            "550 5.7.1",
+        ),
+        ("off", None, LOOPBACK, "550 5.1.1"),
+        ("off", Some("0.0.0.0/0"), OUTSIDE, "550 5.1.1"),
+    ];
+    for &(relay, networks, peer, expected) in cases {
+        let mut vars = vec![
+            ("SWIFTDROP_DEFAULT_RECIPIENTS", "ours@example.com"),
+            ("SWIFTDROP_SERVER_RELAY", relay),
+            // Listening everywhere changes nothing: the client's address decides.
+            ("SWIFTDROP_SERVER_LISTEN", "0.0.0.0:0"),
+        ];
+        if let Some(n) = networks {
+            vars.push(("SWIFTDROP_SERVER_RELAY_NETWORKS", n));
+        }
+        let setup = Setup::new(&vars);
+        let mut d = Dialog::start(&setup, peer).await;
+        d.command("EHLO client.test", "250").await;
+        d.command("MAIL FROM:<a@example.org>", "250").await;
+        d.command("RCPT TO:<ours@example.com>", "250 2.1.5").await;
+        d.send("RCPT TO:<victim@elsewhere.example>\r\n").await;
+        let reply = d.reply().await;
+        assert!(
+            reply.starts_with(expected),
+            "relay={relay} relay_networks={networks:?} peer={peer}: {reply}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn client_gone_mid_data_stores_nothing() {
     let setup = Setup::default_catch_all();
