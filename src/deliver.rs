@@ -8,7 +8,8 @@
 //! passes, the objects that were written are deleted again, so that a refusal leaves no
 //! object under `cur/` and the client's retry does not produce duplicates.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -27,6 +28,8 @@ use crate::store::{Destination, metadata};
 
 /// Bound on the clean-up of a failed delivery; the client gets its 451 after at most this.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+// Shutdown's budget for a delivery past its deadline must cover the rollback.
+const _: () = assert!(ROLLBACK_TIMEOUT.as_secs() < crate::config::DELIVERY_GRACE.as_secs());
 /// Wait before the first retry of a failed remote write; doubled for each next one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
@@ -42,6 +45,8 @@ pub struct Deliverer {
     timeout: Duration,
     /// Per destination: who tells waiting workers about new messages.
     announcers: Vec<Option<Announcer>>,
+    /// Set by shutdown once a delivery begun now might not end before the drain does.
+    closed: AtomicBool,
 }
 
 /// What happens to a recipient.
@@ -100,6 +105,8 @@ pub enum DeliveryError {
     Relay(RelayError),
     /// The relay did not finish before the deadline.
     RelayTimeout,
+    /// The server is shutting down and began no delivery (nothing was written).
+    ShuttingDown,
 }
 
 impl DeliveryError {
@@ -120,6 +127,7 @@ impl DeliveryError {
             DeliveryError::RelayTimeout => {
                 reply::store_failed("Error: relay timed out, try again later")
             }
+            DeliveryError::ShuttingDown => reply::not_now_shutting_down(),
         }
     }
 }
@@ -133,6 +141,7 @@ impl std::fmt::Display for DeliveryError {
             DeliveryError::Store { destination, error } => write!(f, "[{destination}]: {error}"),
             DeliveryError::Relay(e) => e.fmt(f),
             DeliveryError::RelayTimeout => f.write_str("relay: no answer within the deadline"),
+            DeliveryError::ShuttingDown => f.write_str("shutting down: not delivered"),
         }
     }
 }
@@ -155,7 +164,18 @@ impl Deliverer {
             hostname: hostname.to_string(),
             timeout,
             announcers: Vec::new(),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Begins no more deliveries: [`Deliverer::is_closed`] turns true for good.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has closed delivery: a message that ends now gets `451 4.3.2`.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Announces every stored message to the workers of its destination through
@@ -290,11 +310,10 @@ impl Deliverer {
             match result {
                 Ok(()) => written.push((dest, key)),
                 Err(err) => {
-                    // A remote write that failed or timed out may still have landed: take
-                    // it back as well (deleting a missing object is not an error).
-                    if dest.remote {
-                        uncertain.push((dest, key));
-                    }
+                    // A write that failed or timed out may still have landed (a remote PUT
+                    // the store completed, a Maildir rename before a failed fsync): take it
+                    // back as well (deleting a missing object is not an error).
+                    uncertain.push((dest, key));
                     failure.get_or_insert(err);
                 }
             }
@@ -364,25 +383,53 @@ fn into_objects(stored: Vec<(&Destination, String)>) -> Vec<StoredObject> {
         .collect()
 }
 
-/// Deletes objects written for a message that, as a whole, failed.
+/// Deletes objects written (or perhaps written) for a message that, as a whole, failed:
+/// all at once, each within [`ROLLBACK_TIMEOUT`]. What still fails is retried in the
+/// background ([`crate::cleanup`]) and logged with its key, so that an operator can find it.
 pub(crate) async fn rollback(stored: &[(&Destination, String)]) {
-    let started = Instant::now();
-    for (dest, key) in stored {
+    let deletes = stored.iter().map(|(dest, key)| async move {
         let path = Path::from(key.as_str());
-        let left = ROLLBACK_TIMEOUT.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, dest.store.delete(&path)).await {
-            Ok(Ok(())) => {
-                tracing::info!(destination = %dest.name, key, "removed object of a failed delivery")
+        match tokio::time::timeout(ROLLBACK_TIMEOUT, dest.store.delete(&path)).await {
+            Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => {
+                tracing::info!(destination = %dest.name, key, "removed object of a failed delivery");
             }
             Ok(Err(e)) => {
-                tracing::warn!(destination = %dest.name, key, error = %e, "could not remove object of a failed delivery; a duplicate will follow the retry")
+                tracing::warn!(destination = %dest.name, key, error = %e, "could not remove object of a failed delivery; trying again in the background");
+                crate::cleanup::spawn(retry_delete((*dest).clone(), path));
             }
             Err(_) => {
-                tracing::warn!(destination = %dest.name, key, "timed out removing object of a failed delivery; a duplicate will follow the retry")
+                tracing::warn!(destination = %dest.name, key, "timed out removing object of a failed delivery; trying again in the background");
+                crate::cleanup::spawn(retry_delete((*dest).clone(), path));
+            }
+        }
+    });
+    join_all(deletes).await;
+}
+
+/// Tries a rollback delete again with backoff, for about ten minutes.
+async fn retry_delete(dest: Destination, path: Path) {
+    let mut pause = Duration::from_secs(1);
+    for attempt in 2..=RETRY_DELETES {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(120));
+        match tokio::time::timeout(ROLLBACK_TIMEOUT, dest.store.delete(&path)).await {
+            Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => {
+                tracing::info!(destination = %dest.name, key = %path, attempt, "removed object of a failed delivery");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %dest.name, key = %path, attempt, error = %e, "could not remove object of a failed delivery");
+            }
+            Err(_) => {
+                tracing::warn!(destination = %dest.name, key = %path, attempt, "timed out removing object of a failed delivery");
             }
         }
     }
+    tracing::error!(destination = %dest.name, key = %path, "gave up removing the object of a failed delivery: delete it by hand, or a duplicate follows the sender's retry");
 }
+
+/// Tries of one rollback delete in all (1 s, doubling to 2 min between them: ~10 min).
+const RETRY_DELETES: u32 = 10;
 
 /// `Return-Path:` and `Delivered-To:` lines for one destination's copy. CR and LF are
 /// dropped from addresses so that an address can never add a header of its own.

@@ -12,6 +12,7 @@
 //! | name | where |
 //! |---|---|
 //! | `claim.leased` | a claim holds the lease, nothing is moved yet |
+//! | `delete.checked` | the delete of an outranked copy has its lease confirmed, before it looks at the copy again |
 //! | `resolve.looked` | a claim or operator command under a lease has looked at every copy of a message, before it deletes the outranked ones |
 //! | `move.copied` | a move's copy exists beside its source (Maildir: renamed, not yet fsynced) |
 //! | `move.verified` | a move's copy is verified, the source not yet deleted (Maildir: fsynced) |
@@ -68,10 +69,10 @@ pub fn hit(name: &str) {
     }
     if configured.stop {
         eprintln!("swiftdrop: fail-point {name}: stopping the process");
-        let _ = kill_process(getpid(), Signal::STOP);
-        // Another thread may take the signal, and this one would run on until its next
-        // system call: wait in one, so that it stops here.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // To this thread, not the process: a process-directed signal may be taken by another
+        // thread while this one runs on past the fail-point.
+        // SAFETY: raise(3) has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGSTOP) };
         return;
     }
     eprintln!("swiftdrop: fail-point {name}: killing the process");

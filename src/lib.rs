@@ -9,6 +9,7 @@
 //! See `ARCHITECTURE.md` for the data flow and the invariants that hold it together.
 
 pub mod check;
+pub mod cleanup;
 pub mod config;
 pub mod deliver;
 pub mod envelope;

@@ -24,6 +24,9 @@ use crate::xtext::xtext_encode;
 /// Longest XFORWARD line we send (RFC 5321 command lines are 512 octets with CRLF).
 const MAX_XFORWARD_LINE: usize = 510;
 
+/// How long a relay connection waits for the reply to its QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where relayed recipients go.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -82,8 +85,12 @@ impl Relay {
         let result = self
             .converse(&mut smtp, envelope, &recipients, client, message)
             .await;
-        // Closing politely is best effort: the outcome is already known.
-        let _ = smtp.quit().await;
+        // The transaction ended with the DATA reply: closing politely is best effort, in
+        // the background, so that a downstream slow to answer QUIT cannot turn a relayed
+        // message into a 451 (and a duplicate for its recipients).
+        crate::cleanup::spawn(async move {
+            let _ = tokio::time::timeout(QUIT_TIMEOUT, smtp.quit()).await;
+        });
         result
     }
 

@@ -172,6 +172,10 @@ pub fn unknown_recipient(address: &str) -> Reply {
         format!("<{address}>: Recipient address rejected: no destination for this address"),
     )
 }
+/// End of data while shutting down, too late to begin a delivery that could finish.
+pub fn not_now_shutting_down() -> Reply {
+    Reply::new(451, [4, 3, 2], "Error: shutting down, try again later")
+}
 /// A recipient that would be relayed, from a client outside `relay_networks`.
 pub fn relay_denied(address: &str) -> Reply {
     Reply::new(550, [5, 7, 1], format!("<{address}>: Relay access denied"))

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::ServerSettings;
+use crate::config::{DELIVERY_GRACE, ServerSettings};
 use crate::deliver::Deliverer;
 use crate::reply;
 use crate::session::Session;
@@ -80,20 +80,51 @@ impl Server {
         let in_flight = sessions.len();
         tracing::info!(sessions = in_flight, "shutting down: no new connections");
         let _ = stop_tx.send(true);
-        let drain = async { while sessions.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.drain_timeout, drain)
+        // Deliveries may begin while one can still end (reply or rollback) within the
+        // drain; after that a message that ends gets 451 4.3.2, and those begun finish.
+        let open_for = self
+            .settings
+            .drain_timeout
+            .saturating_sub(self.settings.store_timeout + DELIVERY_GRACE);
+        let ending = self.settings.drain_timeout - open_for;
+        if tokio::time::timeout(open_for, drain(&mut sessions))
             .await
             .is_err()
         {
-            tracing::warn!(
+            self.deliverer.close();
+            tracing::info!(
                 sessions = sessions.len(),
-                "drain timeout: closing sessions still in a transaction (their clients will retry)"
+                "shutting down: no new deliveries; those in flight finish"
             );
-            sessions.shutdown().await;
+            if tokio::time::timeout(ending, drain(&mut sessions))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    sessions = sessions.len(),
+                    "drain timeout: closing sessions still receiving (their clients will retry)"
+                );
+                sessions.shutdown().await;
+            }
+        }
+        let left = crate::cleanup::wait(CLEANUP_PATIENCE).await;
+        if left > 0 {
+            tracing::warn!(
+                tasks = left,
+                "shutting down with clean-up unfinished (rollback deletes, upload aborts): see the warnings above for their keys"
+            );
         }
         tracing::info!("stopped");
     }
 }
+
+/// Waits until every session has ended.
+async fn drain(sessions: &mut JoinSet<()>) {
+    while sessions.join_next().await.is_some() {}
+}
+
+/// How long shutdown waits for background clean-up after the sessions ended.
+const CLEANUP_PATIENCE: Duration = Duration::from_secs(15);
 
 async fn serve(
     stream: TcpStream,

@@ -683,6 +683,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let started = Instant::now();
         let (result, size) = match (tx.stream, tx.stream_failed) {
             (_, Some(failure)) => (Err(failure), tx.streamed),
+            // A streamed upload dropped here is aborted in the background.
+            (stream, None) if self.deliverer.is_closed() => (
+                Err(DeliveryError::ShuttingDown),
+                stream.map_or(tx.body.len(), |s| s.size()),
+            ),
             (Some(stream), None) => {
                 let size = stream.size();
                 (stream.finish(&self.deliverer).await, size)

@@ -222,14 +222,12 @@ impl Drop for MessageStream {
         if writers.is_empty() {
             return;
         }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                for (name, writer) in writers {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(destination = %name, error = %e, "could not abort a streamed upload; its parts stay in the store");
-                    }
+        crate::cleanup::spawn(async move {
+            for (name, writer) in writers {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(destination = %name, error = %e, "could not abort a streamed upload; its parts stay in the store");
                 }
-            });
-        }
+            }
+        });
     }
 }

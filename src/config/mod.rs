@@ -32,6 +32,11 @@ pub const DEFAULT_SECTION: &str = "DEFAULT";
 pub const ENV_PREFIX: &str = "SWIFTDROP_";
 
 /// Options of the `[SERVER]` section, with their defaults, as documented in README.rst.
+/// What a delivery may take beyond `store_timeout`: its rollback (5 s) and its reply.
+/// Shutdown stops starting deliveries this long plus `store_timeout` before `drain_timeout`
+/// ends, so that none is cut off halfway.
+pub const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
 const SERVER_OPTIONS: &[&str] = &[
     "listen",
     "hostname",
@@ -126,7 +131,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Deadline for confirming every write of one message (`store_timeout`, default 60 s).
     pub store_timeout: Duration,
-    /// How long shutdown waits for transactions in flight (`drain_timeout`, default 30 s).
+    /// How long shutdown waits for transactions in flight (`drain_timeout`, default
+    /// `store_timeout` + [`DELIVERY_GRACE`], at least 75 s; never less than that sum).
     pub drain_timeout: Duration,
     /// Clients allowed to send XFORWARD (`xforward_networks`, default loopback).
     pub xforward_networks: Vec<IpNet>,
@@ -663,7 +669,7 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     let error_limit = get("error_limit", "20", &|s| parse_count(s).map(drop));
     let idle_timeout = get("idle_timeout", "300s", &|s| parse_duration(s).map(drop));
     let store_timeout = get("store_timeout", "60s", &|s| parse_duration(s).map(drop));
-    let drain_timeout = get("drain_timeout", "30s", &|s| parse_duration(s).map(drop));
+    let drain_timeout = get("drain_timeout", "", &|s| parse_duration(s).map(drop));
     let xforward = get("xforward_networks", "127.0.0.0/8, ::1/128", &|s| {
         parse_networks(s).map(drop)
     });
@@ -677,6 +683,25 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     if problems.len() > before {
         return None;
     }
+    // Shutdown lets every delivery that began end with its reply or its rollback.
+    let store_timeout = parse_duration(&store_timeout).ok()?;
+    let needed = store_timeout + DELIVERY_GRACE;
+    let drain_timeout = match section.get("drain_timeout") {
+        None => needed.max(Duration::from_secs(75)),
+        Some(set) => {
+            let drain = parse_duration(&drain_timeout).ok()?;
+            if drain < needed {
+                problems.push(problem(
+                    &set.origin,
+                    format!(
+                        "drain_timeout {drain:?} cannot cover store_timeout {store_timeout:?} plus {DELIVERY_GRACE:?} of rollback: raise drain_timeout to at least {needed:?} or lower store_timeout"
+                    ),
+                ));
+                return None;
+            }
+            drain
+        }
+    };
     // Every value below was checked by its parser above.
     Some(ServerSettings {
         listen: listen.parse().ok()?,
@@ -686,8 +711,8 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         max_connections: parse_count(&max_connections).ok()?,
         error_limit: parse_count(&error_limit).ok()?,
         idle_timeout: parse_duration(&idle_timeout).ok()?,
-        store_timeout: parse_duration(&store_timeout).ok()?,
-        drain_timeout: parse_duration(&drain_timeout).ok()?,
+        store_timeout,
+        drain_timeout,
         xforward_networks: parse_networks(&xforward).ok()?,
         relay: parse_relay(&relay).ok()?,
         relay_networks: parse_networks(&relay_networks).ok()?,
@@ -1281,6 +1306,36 @@ mod tests {
             c.destinations[1].backend,
             Backend::Maildir { path: "/c".into() }
         );
+    }
+
+    #[test]
+    fn drain_timeout_covers_a_delivery_and_its_rollback() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(75));
+        // Unset, it grows with store_timeout.
+        let c = load(None, &[("SWIFTDROP_SERVER_STORE_TIMEOUT", "120s")]).unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(130));
+        // Set too short, it is refused, naming the settings to change.
+        let err = load(None, &[("SWIFTDROP_SERVER_DRAIN_TIMEOUT", "30s")]).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let text = &err.problems[0];
+        assert!(
+            text.starts_with("SWIFTDROP_SERVER_DRAIN_TIMEOUT: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("at least 70s") && text.contains("store_timeout"),
+            "{text}"
+        );
+        let c = load(
+            None,
+            &[
+                ("SWIFTDROP_SERVER_STORE_TIMEOUT", "5s"),
+                ("SWIFTDROP_SERVER_DRAIN_TIMEOUT", "15s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(15));
     }
 
     #[test]

@@ -521,7 +521,7 @@ impl Claim {
     ///   message and becomes this move's source;
     /// - otherwise it is returned, to be deleted once this move's copy, which outranks
     ///   it, has landed.
-    async fn earlier_copy(&mut self, state: State) -> Result<Option<ObjectMeta>, QueueError> {
+    async fn earlier_copy(&mut self, state: State) -> Result<Option<StoredCopy>, QueueError> {
         let Some(earlier) = self.attempted.filter(|s| *s != state) else {
             return Ok(None);
         };
@@ -546,20 +546,24 @@ impl Claim {
             self.meta = copy.meta;
             return Ok(None);
         }
-        Ok(Some(copy.meta))
+        Ok(Some(copy))
     }
 
-    /// Deletes the outranked copy an earlier try of this claim left (best effort: the
-    /// next claim that meets both copies deletes it too).
-    async fn delete_earlier(&self, earlier: &ObjectMeta) {
-        match self.queue.inner().store().delete(&earlier.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(
+    /// Deletes the outranked copy an earlier try of this claim left, under the lease (best
+    /// effort: the next claim that meets both copies deletes it too).
+    async fn delete_earlier(&self, earlier: &StoredCopy) {
+        let held = self.held(self.lease());
+        if let Err(e) = self
+            .queue
+            .delete_under_lease(&self.name, earlier, held, &mut None)
+            .await
+        {
+            tracing::warn!(
                 name = self.name,
-                key = %earlier.location,
+                key = %earlier.meta.location,
                 error = %e,
-                "cannot delete the copy of an earlier try; it is outranked by this move's"
-            ),
+                "the copy of an earlier try is left; it is outranked by this move's"
+            );
         }
     }
 

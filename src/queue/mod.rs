@@ -364,27 +364,48 @@ impl Queue {
                 deleted = %stale.state,
                 "message found in two states (an interrupted move): keeping the later copy"
             );
-            self.delete_under_lease(name, &stale.meta.location, held, &mut confirmed)
+            self.delete_under_lease(name, stale, held, &mut confirmed)
                 .await?;
         }
         Ok(Some(newest))
     }
 
-    /// Deletes `at` under the lease `held`, confirmed in the lock engine unless `confirmed`
-    /// (when the last confirmation began) leaves at least half the lease. The copies were
-    /// looked at earlier: a worker paused past its lease since then must not delete what a
-    /// newer holder has written at the same key meanwhile.
+    /// Deletes `copy` under the lease `held`, confirmed in the lock engine unless `confirmed`
+    /// (when the last confirmation began) leaves at least half the lease, and only if the
+    /// object is still that copy (same fence and ETag, looked at again just before). The
+    /// copies were looked at earlier: a worker paused past its lease since then must not
+    /// delete what a newer holder has written at the same key meanwhile.
     pub(crate) async fn delete_under_lease(
         &self,
         name: &str,
-        at: &object_store::path::Path,
+        copy: &StoredCopy,
         held: Held<'_>,
         confirmed: &mut Option<Instant>,
     ) -> Result<(), QueueError> {
         if confirmed.is_none_or(|c| c.elapsed() >= held.lease / 2) {
             *confirmed = Some(self.check_lease(name, held).await?);
         }
-        match self.inner.destination.store.delete(at).await {
+        failpoint::hit("delete.checked");
+        let Some(now) = self.head(copy.state, name).await? else {
+            return Ok(());
+        };
+        if now.record.fence != copy.record.fence || now.meta.e_tag != copy.meta.e_tag {
+            tracing::warn!(
+                name,
+                state = %copy.state,
+                "not deleted: the copy changed since it was looked at (a newer holder wrote it)"
+            );
+            return Err(QueueError::LeaseLost {
+                name: name.to_string(),
+            });
+        }
+        match self
+            .inner
+            .destination
+            .store
+            .delete(&copy.meta.location)
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -644,6 +665,9 @@ impl Queue {
                 Ok(true) if !past(Duration::ZERO) => {
                     tracing::warn!(name, "the lease check took half a lease; checking again");
                 }
+                // Renewed after `started`, so held until at least `started` + lease; the
+                // caller judges whether that leaves enough.
+                Ok(true) if started.elapsed() < held.lease => return Ok(started),
                 Ok(_) => {
                     return Err(QueueError::LeaseLost {
                         name: name.to_string(),

@@ -214,7 +214,7 @@ impl Queue {
             if newest.state != state || newest.meta.last_modified >= cutoff {
                 return Ok(false);
             }
-            self.delete_under_lease(name, &newest.meta.location, held, &mut None)
+            self.delete_under_lease(name, &newest, held, &mut None)
                 .await?;
             Ok(true)
         }

@@ -179,7 +179,11 @@ fn publish(
         }
         other => other.map_err(generic),
     }?;
-    sync_parent(target).map_err(generic)
+    // Placed but not durable: take it back, so that a failed write never leaves a message.
+    sync_parent(target).map_err(|e| {
+        let _ = fs::remove_file(target);
+        generic(e)
+    })
 }
 
 fn sync_parent(path: &FsPath) -> io::Result<()> {

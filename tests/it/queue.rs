@@ -328,11 +328,18 @@ async fn a_worker_paused_past_its_lease_cannot_finish() {
 }
 
 /// A claim paused (SIGSTOP at a fail-point) after it looked at a message's two copies and
-/// before it deleted the outranked one: meanwhile its lease ran out and another claim took the
-/// message, writing its own copy under that very key. After SIGCONT the paused claim finds its
-/// lease gone and deletes nothing: the other claim's copy, the message's only one, stays.
+/// before it deleted the outranked one (before its lease check, or between that check and
+/// the delete): meanwhile its lease ran out and another claim took the message, writing its
+/// own copy under that very key. After SIGCONT the paused claim deletes nothing: the other
+/// claim's copy, the message's only one, stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_paused_before_deleting_a_leftover_deletes_nothing() {
+    for failpoint in ["resolve.looked:stop", "delete.checked:stop"] {
+        paused_before_deleting_a_leftover(failpoint).await;
+    }
+}
+
+async fn paused_before_deleting_a_leftover(failpoint: &str) {
     let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_LEASE", "3s")]);
     let name = setup.store(1).await.remove(0);
     // The leftover of a release interrupted after its copy: the message in retry/ (due at
@@ -356,7 +363,7 @@ async fn a_claim_paused_before_deleting_a_leftover_deletes_nothing() {
 
     let paused = setup.worker_with(
         &["--idle-exit", "2s"],
-        &[("SWIFTDROP_FAILPOINT", "resolve.looked:stop")],
+        &[("SWIFTDROP_FAILPOINT", failpoint)],
     );
     let stat = format!("/proc/{}/stat", paused.pid());
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -386,7 +393,7 @@ async fn a_claim_paused_before_deleting_a_leftover_deletes_nothing() {
     assert_eq!(
         states_of(&setup, &name).await,
         vec![State::Processing],
-        "the paused claim deleted the other claim's copy: {err}"
+        "{failpoint}: the paused claim deleted the other claim's copy: {err}"
     );
     // The claim that took it finishes it.
     let token = taken["token"].as_str().unwrap();

@@ -124,6 +124,27 @@ async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
     );
 }
 
+/// The transaction ends at the downstream's DATA reply: a QUIT answered after the deadline
+/// changes nothing (a 451 would duplicate the relayed recipients' copy on the retry).
+#[tokio::test]
+async fn a_downstream_slow_to_answer_quit_still_gives_250() {
+    let sink = SmtpSink::start(&["-W", "QUIT:10"]);
+    let setup = Setup::new(&[
+        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
+        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
+        (
+            "SWIFTDROP_SERVER_RELAY",
+            &format!("127.0.0.1:{}", sink.port),
+        ),
+        ("SWIFTDROP_SERVER_STORE_TIMEOUT", "2s"),
+    ]);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let reply = mixed_transaction(&mut d).await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    assert_eq!(setup.cur("ours").len(), 1);
+    assert_eq!(sink.dumps().len(), 1);
+}
+
 #[tokio::test]
 async fn relay_5xx_is_passed_on_and_the_stored_copy_removed() {
     let sink = SmtpSink::start(&["-f", "."]);

@@ -189,6 +189,37 @@ async fn shutdown_drains_transactions_and_closes_idle_sessions() {
     assert_eq!(setup.cur("maildir").len(), 1);
 }
 
+/// Once shutdown has too little drain time left for a delivery and its rollback, a message
+/// that ends gets `451 4.3.2` and nothing is written: no delivery is cut off halfway.
+#[tokio::test]
+async fn a_message_ending_late_in_the_drain_gets_451_and_is_not_stored() {
+    // Deliveries may begin for drain - (store + 10 s) = 1 s after SIGTERM.
+    let setup = Setup::new(&[
+        ("SWIFTDROP_SERVER_STORE_TIMEOUT", "1s"),
+        ("SWIFTDROP_SERVER_DRAIN_TIMEOUT", "12s"),
+    ]);
+    let running = start(&setup).await;
+    let mut late = client(running.addr).await;
+    late.mail_from("a@example.org", &Parameters::new())
+        .await
+        .unwrap();
+    late.rcpt_to("b@example.com", &Parameters::new())
+        .await
+        .unwrap();
+    late.cmd(b"DATA\r\n").await.unwrap();
+    late.stream.write_all(b"Subject: late\r\n").await.unwrap();
+    running.stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    late.stream
+        .write_all(b"\r\ntoo late\r\n.\r\n")
+        .await
+        .unwrap();
+    let reply = late.read().await.unwrap();
+    assert_eq!((reply.code, reply.esc), (451, [4, 3, 2]), "{reply:?}");
+    running.done.await.unwrap();
+    assert!(setup.cur("maildir").is_empty());
+}
+
 #[tokio::test]
 async fn several_utf8_transactions_on_one_connection() {
     let setup = Setup::default_catch_all();
