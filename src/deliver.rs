@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 
 use crate::envelope::{Client, Envelope};
@@ -280,8 +280,15 @@ impl Deliverer {
             let dest = &self.destinations[idx];
             let header = Bytes::from(trace_headers(&envelope.sender, &rcpts));
             let size = (header.len() + message.len()) as u64;
-            let key = MessageKey::new(&self.hostname, size).cur_path();
-            let mut options = PutOptions::default();
+            let key = MessageKey::new(&self.hostname, size);
+            // Never replace a stored message: a Maildir refuses a taken name atomically.
+            // Swift's If-None-Match is not atomic and its S3 API refuses it: there the
+            // name's random part keeps writers apart.
+            let mut options = PutOptions::from(if dest.remote {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
+            });
             if dest.remote {
                 let mut sha = Sha256::new();
                 sha.update(&header);
@@ -297,8 +304,8 @@ impl Deliverer {
             }
             let payload = PutPayload::from_iter([header, message.clone()]);
             async move {
-                let result = put_until_deadline(dest, &key, payload, options, deadline).await;
-                (dest, key, result)
+                let result = put_until_deadline(dest, key, payload, options, deadline).await;
+                (dest, result)
             }
         });
         let results = join_all(writes).await;
@@ -306,14 +313,14 @@ impl Deliverer {
         let mut written = Vec::new();
         let mut uncertain = Vec::new();
         let mut failure = None;
-        for (dest, key, result) in results {
+        for (dest, result) in results {
             match result {
-                Ok(()) => written.push((dest, key)),
-                Err(err) => {
+                Ok(key) => written.push((dest, key)),
+                Err((key, err)) => {
                     // A write that failed or timed out may still have landed (a remote PUT
                     // the store completed, a Maildir rename before a failed fsync): take it
                     // back as well (deleting a missing object is not an error).
-                    uncertain.push((dest, key));
+                    uncertain.extend(key.map(|key| (dest, key)));
                     failure.get_or_insert(err);
                 }
             }
@@ -329,27 +336,45 @@ impl Deliverer {
     }
 }
 
-/// Puts one object, retrying a remote store's failures with backoff until `deadline`.
-/// The same key is written every time, so a retry replaces, never duplicates.
+/// Puts one object, retrying a remote store's failures with backoff until `deadline`, and
+/// returns the key it wrote; on failure, the key it may have written (`None`: nothing). A retry writes the same key again, so it
+/// replaces, never duplicates; a name found taken is a collision, written under a new name.
 async fn put_until_deadline(
     dest: &Destination,
-    key: &str,
+    mut key: MessageKey,
     payload: PutPayload,
     options: PutOptions,
     deadline: tokio::time::Instant,
-) -> Result<(), DeliveryError> {
-    let path = Path::from(key);
+) -> Result<String, (Option<String>, DeliveryError)> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
+    let mut renames = 0;
     loop {
+        let path = Path::from(key.cur_path());
         let put = dest.store.put_opts(&path, payload.clone(), options.clone());
         let error = match tokio::time::timeout_at(deadline, put).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => return Ok(key.cur_path()),
+            Ok(Err(object_store::Error::AlreadyExists { .. })) if renames < MAX_RENAMES => {
+                let taken = key.cur_path();
+                key = key.renamed();
+                renames += 1;
+                tracing::warn!(destination = %dest.name, taken, key = %key.cur_path(), "name already taken: writing under a new name");
+                continue;
+            }
+            Ok(Err(e @ object_store::Error::AlreadyExists { .. })) => {
+                // Nothing of ours is there: the caller must not take that object back.
+                let error = DeliveryError::Store {
+                    destination: dest.name.clone(),
+                    error: e.to_string(),
+                };
+                return Err((None, error));
+            }
             Ok(Err(e)) => e,
             Err(_) => {
-                return Err(DeliveryError::Timeout {
+                let error = DeliveryError::Timeout {
                     destination: dest.name.clone(),
-                });
+                };
+                return Err((Some(key.cur_path()), error));
             }
         };
         let retry = dest.remote
@@ -361,17 +386,21 @@ async fn put_until_deadline(
             )
             && tokio::time::Instant::now() + backoff < deadline;
         if !retry {
-            return Err(DeliveryError::Store {
+            let error = DeliveryError::Store {
                 destination: dest.name.clone(),
                 error: error.to_string(),
-            });
+            };
+            return Err((Some(key.cur_path()), error));
         }
-        tracing::warn!(destination = %dest.name, key, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
+        tracing::warn!(destination = %dest.name, key = %key.cur_path(), attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         attempt += 1;
     }
 }
+
+/// New names a write tries after finding its name taken.
+const MAX_RENAMES: u32 = 3;
 
 fn into_objects(stored: Vec<(&Destination, String)>) -> Vec<StoredObject> {
     stored
@@ -445,6 +474,35 @@ pub fn trace_headers(sender: &str, recipients: &[&str]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name already taken on a Maildir (a collision) is never overwritten: the message is
+    /// written under a new name, and what was there stays as it was.
+    #[tokio::test]
+    async fn a_taken_name_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("maildir");
+        let vars = vec![
+            (
+                "SWIFTDROP_DEFAULT_PATH".to_string(),
+                root.display().to_string(),
+            ),
+            ("SWIFTDROP_SERVER_RELAY".to_string(), "off".to_string()),
+        ];
+        let config = crate::config::Config::from_sources(None, vars).unwrap();
+        let dest = Destination::open(&config.destinations[0]).unwrap();
+        let key = MessageKey::new("h", 5);
+        let taken = root.join(key.cur_path());
+        std::fs::write(&taken, b"first").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let options = PutOptions::from(PutMode::Create);
+        let payload = PutPayload::from_static(b"other");
+        let written = put_until_deadline(&dest, key.clone(), payload, options, deadline)
+            .await
+            .unwrap();
+        assert_ne!(written, key.cur_path());
+        assert_eq!(std::fs::read(&taken).unwrap(), b"first");
+        assert_eq!(std::fs::read(root.join(&written)).unwrap(), b"other");
+    }
 
     #[test]
     fn headers_come_one_per_recipient() {

@@ -1,11 +1,16 @@
 //! Object keys: the only place Maildir-style names are made and parsed.
 //!
-//! A stored message is named `cur/<secs>.M<usec>P<pid>Q<n>.<host>,S=<size>`, the Maildir
-//! convention (<https://cr.yp.to/proto/maildir.html>, Dovecot's `M`, `P`, `Q` and `,S=` fields):
-//! seconds and microseconds of the delivery time, the process id, a per-process delivery
-//! counter, the sanitised host name and the exact byte size of the object.
+//! A stored message is named `cur/<secs>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>`, the
+//! Maildir convention (<https://cr.yp.to/proto/maildir.html>: its `M`, `P`, `Q` and `R` fields,
+//! Dovecot's `,S=`): seconds and microseconds of the delivery time, the process id, a
+//! per-process delivery counter, 64 random bits drawn once per process start (16 hex
+//! digits), the sanitised host name and the exact byte size of the object. Host name, pid and
+//! counter repeat across replicas (every container is `swiftdrop` with pid 1, counting from
+//! 0) and restarts; the random part does not. Names without `R` (written before it existed)
+//! still parse.
 
 use std::fmt;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +20,12 @@ pub const CUR: &str = "cur";
 /// Delivery counter shared by every transaction of this process: with the pid and the host
 /// name it makes names unique even when two messages arrive in the same microsecond.
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// This process start's random part of every name.
+static BOOT: LazyLock<u64> = LazyLock::new(|| {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes"))
+});
 
 /// The parts of a message object's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +38,8 @@ pub struct MessageKey {
     pub pid: u32,
     /// Per-process delivery counter.
     pub seq: u64,
+    /// Random per process start (`None` in names made before it existed).
+    pub random: Option<u64>,
     /// Sanitised host name of the writer.
     pub host: String,
     /// Exact size of the stored object in bytes.
@@ -44,17 +57,32 @@ impl MessageKey {
             usec: now.subsec_micros(),
             pid: std::process::id(),
             seq: DELIVERIES.fetch_add(1, Ordering::Relaxed),
+            random: Some(*BOOT),
             host: sanitize_host(host),
             size,
         }
     }
 
-    /// The object name inside its folder, e.g. `1700000000.M12P34Q5.mx.example,S=241`.
+    /// The object name inside its folder, e.g.
+    /// `1700000000.M12P34Q5R0123456789abcdef.mx.example,S=241`.
     pub fn file_name(&self) -> String {
+        let random = self
+            .random
+            .map(|r| format!("R{r:016x}"))
+            .unwrap_or_default();
         format!(
-            "{}.M{}P{}Q{}.{},S={}",
+            "{}.M{}P{}Q{}{random}.{},S={}",
             self.secs, self.usec, self.pid, self.seq, self.host, self.size
         )
+    }
+
+    /// The same message under a new name (a new counter value): for a write that found its
+    /// name taken, which never replaces what is there.
+    pub fn renamed(&self) -> Self {
+        MessageKey {
+            seq: DELIVERIES.fetch_add(1, Ordering::Relaxed),
+            ..self.clone()
+        }
     }
 
     /// The full object key under `cur/`.
@@ -69,13 +97,21 @@ impl MessageKey {
         let (secs, rest) = name.split_once(".M")?;
         let (usec, rest) = rest.split_once('P')?;
         let (pid, rest) = rest.split_once('Q')?;
-        let (seq, rest) = rest.split_once('.')?;
+        let (unique, rest) = rest.split_once('.')?;
+        let (seq, random) = match unique.split_once('R') {
+            Some((seq, random)) if random.len() == 16 => {
+                (seq, Some(u64::from_str_radix(random, 16).ok()?))
+            }
+            Some(_) => return None,
+            None => (unique, None),
+        };
         let (host, size) = rest.rsplit_once(",S=")?;
         Some(MessageKey {
             secs: secs.parse().ok()?,
             usec: usec.parse().ok()?,
             pid: pid.parse().ok()?,
             seq: seq.parse().ok()?,
+            random,
             host: host.to_string(),
             size: size.parse().ok()?,
         })
@@ -135,6 +171,19 @@ mod tests {
         let a = MessageKey::new("h", 1);
         let b = MessageKey::new("h", 1);
         assert_ne!(a.file_name(), b.file_name());
+    }
+
+    #[test]
+    fn names_carry_a_random_part_and_older_names_still_parse() {
+        let name = MessageKey::new("h", 1).file_name();
+        let random = name.split_once('R').unwrap().1.split_once('.').unwrap().0;
+        assert_eq!(random.len(), 16, "{name}");
+        let old = MessageKey::parse("1700000000.M250P1Q2.h,S=3").unwrap();
+        assert_eq!((old.seq, old.random), (2, None));
+        assert_eq!(old.file_name(), "1700000000.M250P1Q2.h,S=3");
+        let key = MessageKey::new("h", 1);
+        assert_ne!(key.renamed().file_name(), key.file_name());
+        assert_eq!(MessageKey::parse("1.M2P3Q4Rxyz.h,S=1"), None);
     }
 
     #[test]
