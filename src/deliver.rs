@@ -281,14 +281,7 @@ impl Deliverer {
             let header = Bytes::from(trace_headers(&envelope.sender, &rcpts));
             let size = (header.len() + message.len()) as u64;
             let key = MessageKey::new(&self.hostname, size);
-            // Never replace a stored message: a Maildir refuses a taken name atomically.
-            // Swift's If-None-Match is not atomic and its S3 API refuses it: there the
-            // name's random part keeps writers apart.
-            let mut options = PutOptions::from(if dest.remote {
-                PutMode::Overwrite
-            } else {
-                PutMode::Create
-            });
+            let mut options = PutOptions::from(write_mode(dest));
             if dest.remote {
                 let mut sha = Sha256::new();
                 sha.update(&header);
@@ -399,6 +392,17 @@ async fn put_until_deadline(
     }
 }
 
+/// How a message is written to `dest`. Never replace a stored message: a Maildir refuses a
+/// taken name atomically. Swift's If-None-Match is not atomic and its S3 API refuses it:
+/// there the name's random part keeps writers apart.
+fn write_mode(dest: &Destination) -> PutMode {
+    if dest.remote {
+        PutMode::Overwrite
+    } else {
+        PutMode::Create
+    }
+}
+
 /// New names a write tries after finding its name taken.
 const MAX_RENAMES: u32 = 3;
 
@@ -494,7 +498,7 @@ mod tests {
         let taken = root.join(key.cur_path());
         std::fs::write(&taken, b"first").unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let options = PutOptions::from(PutMode::Create);
+        let options = PutOptions::from(write_mode(&dest));
         let payload = PutPayload::from_static(b"other");
         let written = put_until_deadline(&dest, key.clone(), payload, options, deadline)
             .await

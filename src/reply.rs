@@ -20,8 +20,11 @@ impl Reply {
     pub fn new(code: u16, status: [u8; 3], text: impl Into<String>) -> Self {
         let mut text = text.into();
         text.retain(|c| c != '\r' && c != '\n');
-        if text.len() > MAX_TEXT {
-            let mut end = MAX_TEXT - 3;
+        // `250 ` + `a.b.c ` (a downstream's codes may have several digits) + CRLF.
+        let status_len = status.map(|n| n.to_string().len()).iter().sum::<usize>() + 2;
+        let max_text = MAX_LINE - 4 - status_len - 1 - 2;
+        if text.len() > max_text {
+            let mut end = max_text - 3;
             while !text.is_char_boundary(end) {
                 end -= 1;
             }
@@ -55,8 +58,8 @@ impl fmt::Display for Reply {
     }
 }
 
-/// The longest reply text: a line is at most 512 octets with `250 2.0.0 ` and CRLF.
-const MAX_TEXT: usize = 512 - "250 2.0.0 ".len() - 2;
+/// The longest reply line, CRLF included (RFC 5321).
+const MAX_LINE: usize = 512;
 
 /// `220` greeting.
 pub fn greeting(hostname: &str) -> Reply {
@@ -276,5 +279,8 @@ mod tests {
         let wide = relay_denied(&"é".repeat(400)).to_wire();
         assert!(wide.len() <= 512 && std::str::from_utf8(&wide).is_ok());
         assert_eq!(ok().to_wire(), b"250 2.0.0 Ok\r\n");
+        // A downstream's enhanced code with more digits (5.7.26) leaves less room.
+        let long = Reply::new(550, [5, 7, 26], "y".repeat(600)).to_wire();
+        assert_eq!(long.len(), 512);
     }
 }

@@ -474,7 +474,7 @@ impl Claim {
                 // check after it, or an earlier try of this move whose source a worker that
                 // met both copies deleted (the later state wins). Then the message is
                 // finished, by this claim.
-                if self.attempted != Some(state) || !self.landed(state).await? {
+                if self.attempted != Some(state) || !self.landed_once_settled(state).await? {
                     return Err(e);
                 }
                 tracing::warn!(
@@ -593,11 +593,33 @@ impl Claim {
     /// message over then: takers start from the newest copy.
     async fn landed(&self, state: State) -> Result<bool, QueueError> {
         let copies = self.queue.copies(&self.name).await?;
+        Ok(self.landed_in(&copies, state))
+    }
+
+    fn landed_in(&self, copies: &[StoredCopy], state: State) -> bool {
         if copies.iter().any(|c| c.state == State::Processing) {
-            return Ok(false);
+            return false;
         }
-        Ok(newest_copy(&copies)
-            .is_some_and(|c| c.state == state && c.record.fence == self.token.fence()))
+        newest_copy(copies)
+            .is_some_and(|c| c.state == state && c.record.fence == self.token.fence())
+    }
+
+    /// [`Claim::landed`] after a lost lease, waiting (up to a lease) while this claim's own
+    /// copy under `processing/` is still there: the worker that took the lease meanwhile may
+    /// be about to delete it, having met this move's copy, which outranks it. Without the
+    /// wait the message would be finished but reported by nobody.
+    async fn landed_once_settled(&self, state: State) -> Result<bool, QueueError> {
+        let give_up = std::time::Instant::now() + self.lease();
+        loop {
+            let copies = self.queue.copies(&self.name).await?;
+            let own_source_left = copies
+                .iter()
+                .any(|c| c.state == State::Processing && c.record.fence == self.token.fence());
+            if !own_source_left || std::time::Instant::now() >= give_up {
+                return Ok(self.landed_in(&copies, state));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
