@@ -6,11 +6,28 @@ use crate::support::*;
 const PEER: &str = "127.0.0.1:40002";
 
 fn setup_with_relay(port: u16) -> Setup {
-    Setup::new(&[
+    setup_with_relay_and(port, &[])
+}
+
+/// As [`setup_with_relay`], with more settings.
+fn setup_with_relay_and(port: u16, extra: &[(&str, &str)]) -> Setup {
+    let relay = format!("127.0.0.1:{port}");
+    let mut vars = vec![
         ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
         ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
-        ("SWIFTDROP_SERVER_RELAY", &format!("127.0.0.1:{port}")),
-    ])
+        ("SWIFTDROP_SERVER_RELAY", relay.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    Setup::new(&vars)
+}
+
+/// A session whose one recipient is relayed, up to its DATA's 354.
+async fn relay_only_data(setup: &Setup) -> Dialog {
+    let mut d = Dialog::start(setup, PEER).await;
+    d.envelope("sender@example.org", &["someone@elsewhere.example"])
+        .await;
+    d.command("DATA", "354").await;
+    d
 }
 
 async fn mixed_transaction(d: &mut Dialog) -> String {
@@ -78,10 +95,7 @@ async fn mixed_transaction_is_stored_and_relayed() {
 async fn relay_only_transaction() {
     let sink = SmtpSink::start(&[]);
     let setup = setup_with_relay(sink.port);
-    let mut d = Dialog::start(&setup, PEER).await;
-    d.envelope("sender@example.org", &["someone@elsewhere.example"])
-        .await;
-    d.command("DATA", "354").await;
+    let mut d = relay_only_data(&setup).await;
     d.send("Subject: relay only\r\n\r\nx\r\n.\r\n").await;
     let reply = d.reply().await;
     assert!(reply.starts_with("250 2.0.0 Ok: relayed: "), "{reply}");
@@ -96,10 +110,7 @@ async fn relay_only_transaction() {
 async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
     let sink = SmtpSink::start(&[]);
     let setup = setup_with_relay(sink.port);
-    let mut d = Dialog::start(&setup, PEER).await;
-    d.envelope("sender@example.org", &["someone@elsewhere.example"])
-        .await;
-    d.command("DATA", "354").await;
+    let mut d = relay_only_data(&setup).await;
     d.send(concat!(
         "..\r\n",
         "MAIL FROM:<smuggler@example.org>\r\n",
@@ -129,15 +140,7 @@ async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
 #[tokio::test]
 async fn a_downstream_slow_to_answer_quit_still_gives_250() {
     let sink = SmtpSink::start(&["-W", "QUIT:10"]);
-    let setup = Setup::new(&[
-        ("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com"),
-        ("SWIFTDROP_OURS_PATH", "{dir}/ours"),
-        (
-            "SWIFTDROP_SERVER_RELAY",
-            &format!("127.0.0.1:{}", sink.port),
-        ),
-        ("SWIFTDROP_SERVER_STORE_TIMEOUT", "2s"),
-    ]);
+    let setup = setup_with_relay_and(sink.port, &[("SWIFTDROP_SERVER_STORE_TIMEOUT", "2s")]);
     let mut d = Dialog::start(&setup, PEER).await;
     let reply = mixed_transaction(&mut d).await;
     assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
