@@ -39,6 +39,21 @@ async fn client(addr: SocketAddr) -> SmtpClient<TcpStream> {
     c
 }
 
+/// A client that has begun a message from a@ to b@ (MAIL, RCPT, DATA) and sent `first`
+/// of it.
+async fn client_in_data(addr: SocketAddr, first: &[u8]) -> SmtpClient<TcpStream> {
+    let mut c = client(addr).await;
+    c.mail_from("a@example.org", &Parameters::new())
+        .await
+        .unwrap();
+    c.rcpt_to("b@example.com", &Parameters::new())
+        .await
+        .unwrap();
+    c.cmd(b"DATA\r\n").await.unwrap();
+    c.stream.write_all(first).await.unwrap();
+    c
+}
+
 /// mail-send appends CRLF.CRLF itself: hand it the body without its last CRLF.
 fn message<'a>(from: &'a str, to: &'a str, body: &'a [u8]) -> Message<'a> {
     Message {
@@ -155,20 +170,9 @@ async fn shutdown_drains_transactions_and_closes_idle_sessions() {
     let setup = Setup::default_catch_all();
     let running = start(&setup).await;
     let mut idle = BufReader::new(TcpStream::connect(running.addr).await.unwrap());
-    let mut busy = client(running.addr).await;
+    let mut busy = client_in_data(running.addr, b"Subject: in flight\r\n").await;
     let mut greeting = String::new();
     idle.read_line(&mut greeting).await.unwrap();
-    busy.mail_from("a@example.org", &Parameters::new())
-        .await
-        .unwrap();
-    busy.rcpt_to("b@example.com", &Parameters::new())
-        .await
-        .unwrap();
-    busy.cmd(b"DATA\r\n").await.unwrap();
-    busy.stream
-        .write_all(b"Subject: in flight\r\n")
-        .await
-        .unwrap();
     running.stop.send(()).unwrap();
     let mut line = String::new();
     idle.read_line(&mut line).await.unwrap();
@@ -199,15 +203,7 @@ async fn a_message_ending_late_in_the_drain_gets_451_and_is_not_stored() {
         ("SWIFTDROP_SERVER_DRAIN_TIMEOUT", "12s"),
     ]);
     let running = start(&setup).await;
-    let mut late = client(running.addr).await;
-    late.mail_from("a@example.org", &Parameters::new())
-        .await
-        .unwrap();
-    late.rcpt_to("b@example.com", &Parameters::new())
-        .await
-        .unwrap();
-    late.cmd(b"DATA\r\n").await.unwrap();
-    late.stream.write_all(b"Subject: late\r\n").await.unwrap();
+    let mut late = client_in_data(running.addr, b"Subject: late\r\n").await;
     running.stop.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     late.stream
