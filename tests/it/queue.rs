@@ -21,11 +21,9 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Where a message is: every state that holds a copy.
 async fn states_of(setup: &QueueSetup, name: &str) -> Vec<State> {
-    let queue = setup.queue().await;
-    let mut states: Vec<State> = queue
+    let mut states: Vec<State> = setup
         .copies(name)
         .await
-        .unwrap()
         .into_iter()
         .map(|c| c.state)
         .collect();
@@ -200,7 +198,7 @@ async fn crash_and_recover(backend: Backend, crash: &Crash) -> Result<(), String
     };
     let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", lease)]);
     let name = setup.store(1).await.remove(0);
-    let original = setup.queue().await.copies(&name).await.unwrap()[0]
+    let original = setup.copies(&name).await[0]
         .meta
         .size;
     let failpoint = [("SWIFTDROP_FAILPOINT", crash.failpoint)];
@@ -249,7 +247,7 @@ async fn crash_and_recover(backend: Backend, crash: &Crash) -> Result<(), String
             "the message ends in {states:?}, not in done/ alone"
         ));
     }
-    let copy = setup.queue().await.copies(&name).await.unwrap().remove(0);
+    let copy = setup.copies(&name).await.remove(0);
     if copy.meta.size != original {
         return Err(format!(
             "size {} after recovery, {original} before",
@@ -576,7 +574,7 @@ async fn a_poison_message_stops_after_max_attempts() {
             tokio::time::sleep(Duration::from_millis(6500)).await;
         }
         assert_eq!(setup.claim(&["--lease", "6s"]), None);
-        let copies = setup.queue().await.copies(&names[1]).await.unwrap();
+        let copies = setup.copies(&names[1]).await;
         assert_eq!(
             copies.iter().map(|c| c.state).collect::<Vec<_>>(),
             vec![State::Failed],
@@ -602,7 +600,7 @@ fn rfc3339(v: &serde_json::Value) -> DateTime<Utc> {
 async fn cli_commands(backend: Backend) {
     let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", "1m")]);
     let names = setup.store(3).await;
-    let size = setup.queue().await.copies(&names[0]).await.unwrap()[0]
+    let size = setup.copies(&names[0]).await[0]
         .meta
         .size;
 
@@ -806,7 +804,7 @@ async fn cli_commands(backend: Backend) {
 
     // A message with the same bytes as a finished one: show names it.
     let queue = setup.queue().await;
-    let done = queue.copies(&names[2]).await.unwrap().remove(0);
+    let done = setup.copies(&names[2]).await.remove(0);
     let bytes = {
         use object_store::ObjectStoreExt;
         queue

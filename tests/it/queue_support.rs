@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use object_store::{Attribute, Attributes, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 use swiftdrop::config::Config;
-use swiftdrop::queue::{Queue, State};
+use swiftdrop::queue::{Queue, State, StoredCopy};
 use swiftdrop::store::key::MessageKey;
 
 use crate::support::*;
@@ -156,6 +156,24 @@ impl QueueSetup {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         queue
+    }
+
+    /// Every copy of `name`, as the test observes it. The shared Swift of this VM stops
+    /// answering for many seconds now and then under the suite's load: the test's own look
+    /// is tried again then (what the queue does under such a stall is what tests assert).
+    pub async fn copies(&self, name: &str) -> Vec<StoredCopy> {
+        let queue = self.queue().await;
+        let mut tries = 0;
+        loop {
+            match queue.copies(name).await {
+                Ok(copies) => return copies,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 3, "copies of {name}: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
     }
 
     /// Stores `n` messages under `cur/` as the filter does (its key format; on object
