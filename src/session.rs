@@ -18,10 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::ServerSettings;
-use crate::deliver::{Deliverer, DeliveryError, Route};
+use crate::deliver::{Deliverer, Delivery, DeliveryError, Route};
 use crate::envelope::{Client, Envelope, Recipient};
 use crate::reply::{self, Reply};
-use crate::streaming::MessageStream;
 use crate::xforward::{self, ClientAttributes};
 
 /// Longest command line accepted, CRLF included.
@@ -83,14 +82,21 @@ struct Transaction {
     body_start: usize,
     /// BDAT was used: DATA is no longer allowed, nor are more recipients.
     chunking: bool,
-    /// Uploads of a message past `stream_threshold`; `body` then holds only bytes not yet
-    /// sent on.
-    stream: Option<MessageStream>,
-    /// Message bytes already sent to `stream`.
+    /// Where the message bytes go; once streaming, `body` holds only bytes not yet sent on.
+    sending: Body,
+    /// Message bytes already sent on (or dropped after a failure).
     streamed: usize,
-    /// Why streaming failed: the rest of the data is read and dropped, and the final
-    /// reply is this error's.
-    stream_failed: Option<DeliveryError>,
+}
+
+/// Where a transaction's message bytes go.
+enum Body {
+    /// Held in [`Transaction::body`] until the end of data.
+    Buffered,
+    /// Past `stream_threshold`: sent on to the stores as they arrive.
+    Streaming(Delivery),
+    /// Streaming failed: the rest of the data is read and dropped, and the final reply is
+    /// this error's.
+    Failed(DeliveryError),
 }
 
 impl Transaction {
@@ -100,8 +106,7 @@ impl Transaction {
 
     /// Streaming is for stored recipients only: the relay needs the whole message.
     fn streams(&self, threshold: usize) -> bool {
-        self.stream.is_some()
-            || self.stream_failed.is_some()
+        !matches!(self.sending, Body::Buffered)
             || (self.message_len() > threshold && self.envelope.relayed().next().is_none())
     }
 }
@@ -287,8 +292,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if tx.message_len() > self.settings.max_message_size {
                     let discard = DummyDataReceiver::new_data(receiver);
                     tx.body = Vec::new();
-                    // Dropping a stream aborts its uploads.
-                    tx.stream = None;
+                    // A dropped delivery takes back what it streamed.
+                    tx.sending = Body::Buffered;
                     if done {
                         return self.end_discarded(reply::too_big());
                     }
@@ -433,9 +438,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     body: Vec::new(),
                     body_start: 0,
                     chunking: false,
-                    stream: None,
+                    sending: Body::Buffered,
                     streamed: 0,
-                    stream_failed: None,
                 });
                 self.push(reply::sender_ok());
                 Step::Continue
@@ -631,7 +635,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Step::Continue
     }
 
-    /// Sends the buffered message bytes on to the stores, starting the uploads the first
+    /// Sends the buffered message bytes on to the stores, starting the delivery the first
     /// time. A failure is kept for the final reply; the rest of the data is then dropped.
     async fn stream_out(&mut self) {
         let client = self.client.clone();
@@ -643,28 +647,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let body = std::mem::take(&mut tx.body);
         let bytes = &body[std::mem::take(&mut tx.body_start)..];
         tx.streamed += bytes.len();
-        if tx.stream_failed.is_some() {
+        if matches!(tx.sending, Body::Buffered) {
+            let delivery = self.deliverer.begin(&tx.envelope, &client, bytes);
+            tx.sending = Body::Streaming(delivery);
+        }
+        let Body::Streaming(delivery) = &mut tx.sending else {
             return;
-        }
-        if tx.stream.is_none() {
-            match self
-                .deliverer
-                .start_stream(&tx.envelope, &client, bytes)
-                .await
-            {
-                Ok(stream) => tx.stream = Some(stream),
-                Err(e) => {
-                    tracing::warn!(client = %client.display(), error = %e, "cannot stream the message to the store; the rest of its data is dropped");
-                    tx.stream_failed = Some(e);
-                    return;
-                }
-            }
-        }
-        let stream = tx.stream.as_mut().expect("started above");
-        if let Err(e) = stream.write(bytes).await {
+        };
+        if let Err(e) = delivery.stream(&self.deliverer, bytes).await {
             tracing::warn!(client = %client.display(), error = %e, "streaming the message to the store failed; the rest of its data is dropped");
-            tx.stream = None;
-            tx.stream_failed = Some(e);
+            // The dropped delivery takes back what it wrote, in the background.
+            tx.sending = Body::Failed(e);
         }
     }
 
@@ -681,26 +674,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ..self.client.clone()
         };
         let started = Instant::now();
-        let (result, size) = match (tx.stream, tx.stream_failed) {
-            (_, Some(failure)) => (Err(failure), tx.streamed),
-            // A streamed upload dropped here is aborted in the background.
-            (stream, None) if self.deliverer.is_closed() => (
-                Err(DeliveryError::ShuttingDown),
-                stream.map_or(tx.body.len(), |s| s.size()),
-            ),
-            (Some(stream), None) => {
-                let size = stream.size();
-                (stream.finish(&self.deliverer).await, size)
+        let rest = Bytes::from(tx.body).slice(tx.body_start..);
+        let size = tx.streamed + rest.len();
+        let delivery = match tx.sending {
+            Body::Failed(failure) => Err(failure),
+            Body::Streaming(delivery) => Ok(delivery),
+            Body::Buffered => {
+                warn_about_line_endings(&rest);
+                Ok(self.deliverer.begin(&tx.envelope, &client, &rest))
             }
-            (None, None) => {
-                let message = Bytes::from(tx.body).slice(tx.body_start..);
-                warn_about_line_endings(&message);
-                let result = self
-                    .deliverer
-                    .deliver(&tx.envelope, &client, message.clone())
-                    .await;
-                (result, message.len())
+        };
+        let result = match delivery {
+            // Dropped here, a delivery takes back what it streamed, in the background.
+            Ok(_) if self.deliverer.is_closed() => Err(DeliveryError::ShuttingDown),
+            Ok(delivery) => {
+                delivery
+                    .finish(&self.deliverer, &tx.envelope, &client, rest)
+                    .await
             }
+            Err(failure) => Err(failure),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let recipients: Vec<&str> = tx

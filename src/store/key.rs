@@ -16,6 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The folder new messages are published to.
 pub const CUR: &str = "cur";
+/// Where objects wait until they may appear under `cur/`; workers never look there.
+pub const STAGING: &str = "tmp";
 
 /// Delivery counter shared by every transaction of this process: with the pid and the host
 /// name it makes names unique even when two messages arrive in the same microsecond.
@@ -90,6 +92,12 @@ impl MessageKey {
         format!("{CUR}/{}", self.file_name())
     }
 
+    /// The key under the staging folder `tmp/`, where an object waits until every other
+    /// step of its message succeeded.
+    pub fn staged_path(&self) -> String {
+        format!("{STAGING}/{}", self.file_name())
+    }
+
     /// Parses a file name (without folder) made by [`MessageKey::file_name`]. Maildir info
     /// suffixes (`:2,S`) are ignored. Returns `None` for names this crate did not make.
     pub fn parse(name: &str) -> Option<Self> {
@@ -142,6 +150,16 @@ pub fn sanitize_host(host: &str) -> String {
     } else {
         clean
     }
+}
+
+/// The staging key of a message streamed while it arrives (its size, and so its name, is
+/// known only at its end).
+pub fn stream_staging_path(received: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{STAGING}/{}.{}.streaming",
+        received.timestamp(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 #[cfg(test)]

@@ -198,9 +198,7 @@ async fn crash_and_recover(backend: Backend, crash: &Crash) -> Result<(), String
     };
     let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", lease)]);
     let name = setup.store(1).await.remove(0);
-    let original = setup.copies(&name).await[0]
-        .meta
-        .size;
+    let original = setup.copies(&name).await[0].meta.size;
     let failpoint = [("SWIFTDROP_FAILPOINT", crash.failpoint)];
     let crashed = match crash.during {
         "claim" => setup.cli(&["claim", "--json"], &failpoint),
@@ -600,9 +598,7 @@ fn rfc3339(v: &serde_json::Value) -> DateTime<Utc> {
 async fn cli_commands(backend: Backend) {
     let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", "1m")]);
     let names = setup.store(3).await;
-    let size = setup.copies(&names[0]).await[0]
-        .meta
-        .size;
+    let size = setup.copies(&names[0]).await[0].meta.size;
 
     let (code, out, _) = setup.cli(&["stats", "--json"], &[]);
     assert_eq!(code, Some(0));

@@ -69,6 +69,11 @@ async fn mixed_transaction_is_stored_and_relayed() {
         stored[0].1,
         b"Return-Path: <sender@example.org>\r\nDelivered-To: ours@example.com\r\nSubject: mixed\r\n\r\n.dotted\r\nbody\r\n"
     );
+    let staged = std::fs::read_dir(setup.path("ours").join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0, "the staged copy was moved into cur/");
+    assert!(reply.contains(&stored[0].0), "{reply}");
     let dumps = sink.dumps();
     assert_eq!(dumps.len(), 1, "{dumps:?}");
     let dump = &dumps[0];
@@ -171,6 +176,40 @@ async fn relay_4xx_gives_451_and_the_stored_copy_removed() {
     assert!(sink.dumps().is_empty());
 }
 
+/// While the relay is in progress the stored copy waits under `tmp/`: a worker watching
+/// `cur/` never sees a message that then gets a 451 (the client's retry would make it a
+/// duplicate). The downstream answers RCPT late, then refuses the message for now.
+#[tokio::test]
+async fn a_stored_copy_appears_only_after_the_relay_succeeded() {
+    let sink = SmtpSink::start(&["-W", "RCPT:3", "-r", "."]);
+    let setup = setup_with_relay(sink.port);
+    let mut d = Dialog::start(&setup, PEER).await;
+    let watched = setup.path("ours");
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut staged = false;
+        for _ in 0..50 {
+            seen.extend(cur_files(&watched).into_iter().map(|(name, _)| name));
+            staged |= std::fs::read_dir(watched.join("tmp")).map_or(0, |d| d.count()) > 0;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        (seen, staged)
+    });
+    let reply = mixed_transaction(&mut d).await;
+    assert_eq!(reply, "451 4.3.0 Error: relay failed, try again later");
+    let (seen, staged) = watcher.await.unwrap();
+    assert!(
+        seen.is_empty(),
+        "seen under cur/ during the relay: {seen:?}"
+    );
+    assert!(staged, "the copy was staged under tmp/ during the relay");
+    assert!(setup.cur("ours").is_empty());
+    let tmp = std::fs::read_dir(setup.path("ours").join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "the staged copy is taken back");
+}
+
 #[tokio::test]
 async fn unreachable_relay_gives_451() {
     let port = free_port(); // nothing listens there
@@ -186,9 +225,10 @@ async fn a_failed_store_is_not_relayed() {
     let sink = SmtpSink::start(&[]);
     let setup = setup_with_relay(sink.port);
     let deliverer = setup.deliverer();
-    let cur = setup.path("ours/cur");
-    std::fs::remove_dir(&cur).unwrap();
-    std::fs::write(&cur, b"").unwrap();
+    // Every write of a transaction with relayed recipients goes through tmp/ first.
+    let tmp = setup.path("ours/tmp");
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"").unwrap();
     let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
     let reply = mixed_transaction(&mut d).await;
     assert!(

@@ -129,7 +129,7 @@ async fn one_transaction_stores_into_two_destinations() {
         assert_eq!(names.len(), 1, "{container}: {names:?}");
         let (headers, bytes) = native_get(swift.port, container, &names[0]).await;
         assert_eq!(
-            String::from_utf8(bytes).unwrap(),
+            String::from_utf8(bytes.clone()).unwrap(),
             format!(
                 "Return-Path: <ci@example.org>\r\n{delivered}Subject: build failed\r\n\r\nred\r\n"
             )
@@ -142,6 +142,14 @@ async fn one_transaction_stores_into_two_destinations() {
                 .collect::<Vec<_>>()
                 .join(",")
         );
+        // Two destinations: each copy was staged under tmp/ until both were written, and
+        // its metadata came along into cur/.
+        assert_eq!(
+            header(&headers, "x-object-meta-sha256"),
+            hex(&Sha256::digest(&bytes))
+        );
+        let staged = native_list(swift.port, container, "tmp/").await;
+        assert!(staged.is_empty(), "{container}: {staged:?}");
     }
 }
 
@@ -437,6 +445,11 @@ async fn fifty_mib_message_is_streamed_within_64_mib_of_memory() {
     assert_eq!(
         header_value(&headers, "x-object-meta-message-id"),
         "<big@example.org>"
+    );
+    // Not known when the upload began: added when the message was moved into cur/.
+    assert_eq!(
+        header_value(&headers, "x-object-meta-sha256"),
+        hex(&Sha256::digest(&bytes))
     );
     assert!(
         native_list(swift.port, &format!("{container}_segments"), "")
