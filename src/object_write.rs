@@ -21,6 +21,7 @@
 //!
 //! A name found taken is never replaced: the write takes a new one ([`MessageKey::renamed`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,8 +53,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// New names a write tries after finding its name taken.
 const MAX_RENAMES: u32 = 3;
-/// Tries of one clean-up delete in all (1 s, doubling to 2 min between them: ~10 min).
-const RETRY_DELETES: u32 = 10;
+/// Tries of one clean-up step in all (1 s, doubling to 2 min between them: ~10 min).
+const CLEANUP_TRIES: u32 = 10;
 
 /// What one destination's copy of a message is about: its recipients and the envelope
 /// metadata a remote object carries.
@@ -146,8 +147,8 @@ impl Upload {
         self.upload.complete().await.map(|_| ())
     }
 
-    /// Stops sending parts and asks the store to drop those it has.
-    async fn abort(mut self) -> object_store::Result<()> {
+    /// Stops sending parts and asks the store to drop those it has (again if need be).
+    async fn abort(&mut self) -> object_store::Result<()> {
         self.sending.shutdown().await;
         self.upload.abort().await
     }
@@ -394,23 +395,34 @@ impl ObjectWrite {
             return None;
         }
         let dest = self.dest.clone();
-        Some(Box::pin(async move {
-            let abort = async {
-                if let Some(upload) = upload {
-                    let staging = upload.staging.clone();
-                    match tokio::time::timeout(CLEANUP_TIMEOUT, upload.abort()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(destination = %dest.name, key = %staging, error = %e, "could not abort a streamed upload; its parts stay in the store")
-                        }
-                        Err(_) => {
-                            tracing::warn!(destination = %dest.name, key = %staging, "timed out aborting a streamed upload; its parts stay in the store")
+        let abort = upload.map(|upload| {
+            let staging = upload.staging.clone();
+            let upload = Arc::new(tokio::sync::Mutex::new(upload));
+            let step = move || {
+                let upload = upload.clone();
+                async move { upload.lock().await.abort().await }
+            };
+            clean_up(dest.clone(), staging, "abort the upload at", step)
+        });
+        let deletes: Vec<_> = touched
+            .into_iter()
+            .map(|path| {
+                let store = dest.store.clone();
+                let key = path.clone();
+                let step = move || {
+                    let (store, path) = (store.clone(), path.clone());
+                    async move {
+                        match store.delete(&path).await {
+                            Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            done => done,
                         }
                     }
-                }
-            };
-            let deletes = touched.into_iter().map(|path| delete_or_retry(&dest, path));
-            tokio::join!(abort, join_all(deletes));
+                };
+                clean_up(dest.clone(), key, "remove", step)
+            })
+            .collect();
+        Some(Box::pin(async move {
+            tokio::join!(join_all(abort), join_all(deletes));
         }))
     }
 }
@@ -533,43 +545,53 @@ fn write_mode(dest: &Destination) -> PutMode {
     }
 }
 
-/// Deletes an object written (or perhaps written) for a message that failed, within
-/// [`CLEANUP_TIMEOUT`]; on failure tries again in the background with backoff for about
+/// Runs one clean-up `step` of a failed message (a delete, an upload's abort) within
+/// [`CLEANUP_TIMEOUT`]; if it fails, tries again in the background with backoff for about
 /// ten minutes, logging the key, so that an operator can find what stays.
-async fn delete_or_retry(dest: &Destination, path: Path) {
-    if delete_once(dest, &path, 1).await {
+async fn clean_up<F, Fut>(dest: Destination, key: Path, what: &'static str, mut step: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = object_store::Result<()>> + Send + 'static,
+{
+    if try_clean_up(&dest, &key, what, 1, &mut step).await {
         return;
     }
-    let dest = dest.clone();
+    // The client waits for the first try only.
     crate::cleanup::spawn(async move {
         let mut pause = Duration::from_secs(1);
-        for attempt in 2..=RETRY_DELETES {
+        for attempt in 2..=CLEANUP_TRIES {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(120));
-            if delete_once(&dest, &path, attempt).await {
+            if try_clean_up(&dest, &key, what, attempt, &mut step).await {
                 return;
             }
         }
-        tracing::error!(destination = %dest.name, key = %path, "gave up removing the object of a failed delivery: delete it by hand, or a duplicate follows the sender's retry");
+        tracing::error!(destination = %dest.name, %key, "clean-up of a failed delivery: gave up trying to {what} this key: do it by hand, or a duplicate (or stray parts) stays");
     });
 }
 
-/// One try of a clean-up delete; true when the object is gone.
-async fn delete_once(dest: &Destination, path: &Path, attempt: u32) -> bool {
-    match tokio::time::timeout(CLEANUP_TIMEOUT, dest.store.delete(path)).await {
-        Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => {
-            tracing::info!(destination = %dest.name, key = %path, attempt, "removed object of a failed delivery");
-            true
+/// One try of a clean-up step; true when it succeeded.
+async fn try_clean_up<F, Fut>(
+    dest: &Destination,
+    key: &Path,
+    what: &str,
+    attempt: u32,
+    step: &mut F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = object_store::Result<()>>,
+{
+    let error = match tokio::time::timeout(CLEANUP_TIMEOUT, step()).await {
+        Ok(Ok(())) => {
+            tracing::info!(destination = %dest.name, %key, attempt, "clean-up of a failed delivery: {what} this key: done");
+            return true;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(destination = %dest.name, key = %path, attempt, error = %e, "could not remove object of a failed delivery; trying again in the background");
-            false
-        }
-        Err(_) => {
-            tracing::warn!(destination = %dest.name, key = %path, attempt, "timed out removing object of a failed delivery; trying again in the background");
-            false
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    tracing::warn!(destination = %dest.name, %key, attempt, error, "clean-up of a failed delivery: could not {what} this key; trying again in the background");
+    false
 }
 
 /// `Return-Path:` and `Delivered-To:` lines for one destination's copy. CR and LF are
