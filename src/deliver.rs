@@ -25,7 +25,7 @@ use crate::store::{Destination, metadata};
 
 // Shutdown's budget for a delivery past its deadline must cover the clean-up (each
 // request of which is bounded) and the reply.
-const _: () = assert!(CLEANUP_TIMEOUT.as_secs() < crate::config::DELIVERY_GRACE.as_secs());
+const _: () = assert!(2 * CLEANUP_TIMEOUT.as_secs() < crate::config::DELIVERY_GRACE.as_secs());
 
 /// Routes recipients, stores messages and relays the rest.
 #[derive(Debug)]
@@ -311,7 +311,10 @@ impl Delivery {
         let mut relayed = None;
         if let Some(relay) = relay {
             // Messages with relayed recipients are never streamed: `rest` is all of it.
-            let sent = tokio::time::timeout_at(deadline, relay.send(envelope, client, &rest)).await;
+            // Part of the deadline is kept for the moves into cur/ that follow.
+            let relay_deadline = deadline - deliverer.timeout / 4;
+            let sent =
+                tokio::time::timeout_at(relay_deadline, relay.send(envelope, client, &rest)).await;
             match sent {
                 Ok(Ok(text)) => relayed = Some(text),
                 Ok(Err(e)) => {

@@ -7,17 +7,19 @@
 //! 1. [`ObjectWrite::stream`] (messages past `stream_threshold` only): bytes go into a
 //!    multipart upload at a staging key under `tmp/` as they arrive, a few parts in flight;
 //! 2. [`ObjectWrite::finish`]: the object is complete and verified. A buffered message is
-//!    one PUT, retried until the deadline (the store layer checks the ETag against the MD5
-//!    of the bytes); a streamed one's upload is completed. A write that is its transaction's
+//!    one PUT (the store layer checks the ETag against the MD5 of the bytes; a remote
+//!    store's failures are retried until the deadline); a streamed one's upload is
+//!    completed. A write that is its transaction's
 //!    only step goes straight to `cur/`; otherwise it is staged under `tmp/`, where no
 //!    worker looks, until every other step succeeded;
 //! 3. [`ObjectWrite::publish`]: a staged object is moved into `cur/`: on a Maildir by a link
 //!    that never replaces a taken name, on Swift and S3 by a server-side copy verified by
-//!    ETag or size (adding the SHA-256 a streamed object could not carry from its start),
-//!    then the staged object is deleted;
+//!    ETag or size (adding the SHA-256 a streamed object could not carry from its start,
+//!    retried until the deadline), then the staged object is deleted;
 //! 4. [`ObjectWrite::abort`]: every key the write may have created (staged, final, a move
 //!    half done) is deleted and an open upload is aborted. A write dropped unfinished does
-//!    the same in the background ([`crate::cleanup`]).
+//!    the same in the background ([`crate::cleanup`]). When a step was cut off by the
+//!    deadline, its request may still land after that: the deletes are repeated later.
 //!
 //! A name found taken is never replaced: the write takes a new one ([`MessageKey::renamed`]).
 
@@ -45,16 +47,21 @@ use crate::store::{Destination, metadata};
 pub const PART_SIZE: usize = 5 << 20;
 /// Parts of one destination being sent at once.
 pub const PARTS_IN_FLIGHT: usize = 2;
-/// Bound on each clean-up request; what fails is retried in the background.
-pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each clean-up request; what fails is retried in the background. A failed
+/// message's clean-up makes at most two in a row while its client waits (an upload's abort,
+/// then the deletes).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(4);
 /// Wait before the first retry of a failed remote write; doubled for each next one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// New names a write tries after finding its name taken.
 const MAX_RENAMES: u32 = 3;
-/// Tries of one clean-up step in all (1 s, doubling to 2 min between them: ~10 min).
+/// Tries of one clean-up step in all (1 s, doubling to 2 min between them: about 7 min).
 const CLEANUP_TRIES: u32 = 10;
+/// When a step was cut off by the deadline, how long after its clean-up the deletes are
+/// repeated: longer than one store request may take (`timeout`, default 20 s).
+const LATE_LANDING: Duration = Duration::from_secs(60);
 
 /// What one destination's copy of a message is about: its recipients and the envelope
 /// metadata a remote object carries.
@@ -103,11 +110,12 @@ impl Upload {
     /// [`PARTS_IN_FLIGHT`] are on their way.
     async fn write(&mut self, mut bytes: &[u8]) -> object_store::Result<()> {
         while !bytes.is_empty() {
-            let room = PART_SIZE - self.part.content_length();
+            // The first part also holds the trace headers, which may pass PART_SIZE alone.
+            let room = PART_SIZE.saturating_sub(self.part.content_length());
             let (now, later) = bytes.split_at(room.min(bytes.len()));
             self.part.extend_from_slice(now);
             bytes = later;
-            if self.part.content_length() == PART_SIZE {
+            if self.part.content_length() >= PART_SIZE {
                 self.send_part().await?;
             }
         }
@@ -157,11 +165,11 @@ impl Upload {
 /// Where a finished object is.
 #[derive(Debug, Clone)]
 enum Placed {
-    /// Under `cur/`, as the transaction's only step.
-    Final(String),
-    /// Under `tmp/` until [`ObjectWrite::publish`] moves it to `cur/` under the key given;
-    /// the staged object's size and ETag verify the copy.
-    Staged(ObjectMeta, MessageKey),
+    /// Under `cur/` at this key: written there as its message's only step, or published.
+    InCur(String),
+    /// Under `tmp/` (`staged`: its size and ETag verify the copy) until
+    /// [`ObjectWrite::publish`] moves it to `cur/` under `key`.
+    Staged { staged: ObjectMeta, key: MessageKey },
 }
 
 /// One destination's object for one message (see the module documentation).
@@ -178,6 +186,8 @@ pub struct ObjectWrite {
     placed: Option<Placed>,
     /// Every key this write may have created: what an abort deletes.
     touched: Vec<Path>,
+    /// A step was cut off by the deadline: its request may still land after the clean-up.
+    cut_off: bool,
 }
 
 impl std::fmt::Debug for ObjectWrite {
@@ -203,15 +213,21 @@ fn timed_out(dest: &Destination) -> DeliveryError {
     }
 }
 
-/// Runs `work` until `deadline`; past it, the destination's timeout error.
+/// Runs `work` until `deadline`; past it, the destination's timeout error, and `cut_off`
+/// is set.
 async fn until<T>(
     dest: &Destination,
     deadline: Instant,
+    cut_off: &mut bool,
     work: impl Future<Output = Result<T, DeliveryError>>,
 ) -> Result<T, DeliveryError> {
-    tokio::time::timeout_at(deadline, work)
-        .await
-        .unwrap_or_else(|_| Err(timed_out(dest)))
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            *cut_off = true;
+            Err(timed_out(dest))
+        }
+    }
 }
 
 impl ObjectWrite {
@@ -234,6 +250,7 @@ impl ObjectWrite {
             upload: None,
             placed: None,
             touched: Vec::new(),
+            cut_off: false,
         }
     }
 
@@ -254,7 +271,7 @@ impl ObjectWrite {
             }
             // Segments may be written under the staging key from here on.
             self.touched.push(staging.clone());
-            let upload = until(&self.dest, deadline, async {
+            let upload = until(&self.dest, deadline, &mut self.cut_off, async {
                 self.dest
                     .store
                     .put_multipart_opts(&staging, options)
@@ -273,7 +290,7 @@ impl ObjectWrite {
         }
         let dest = &self.dest;
         let upload = self.upload.as_mut().expect("started above");
-        until(dest, deadline, async {
+        until(dest, deadline, &mut self.cut_off, async {
             upload.write(bytes).await.map_err(|e| failed(dest, e))
         })
         .await?;
@@ -297,15 +314,17 @@ impl ObjectWrite {
         }
         if let Some(upload) = &mut self.upload {
             let dest = &self.dest;
-            until(dest, deadline, async {
+            until(dest, deadline, &mut self.cut_off, async {
                 upload.complete().await.map_err(|e| failed(dest, e))
             })
             .await?;
             let staging = self.upload.take().expect("matched above").staging;
             // A streamed object's ETag is not the MD5 of its bytes: its copy is checked by
             // size. Its name, which holds the size, could not be chosen before now.
-            let key = MessageKey::new(&self.hostname, self.size as u64);
-            self.placed = Some(Placed::Staged(staged_meta(staging, self.size, None), key));
+            self.placed = Some(Placed::Staged {
+                staged: staged_meta(staging, self.size, None),
+                key: MessageKey::new(&self.hostname, self.size as u64),
+            });
             return Ok(());
         }
         if let Some(sha) = &mut self.sha256 {
@@ -319,64 +338,97 @@ impl ObjectWrite {
             options.attributes = self.envelope.attributes(sha256);
         }
         let payload = PutPayload::from_iter([self.header.clone(), rest.clone()]);
-        let (path, key, e_tag) = put_until_deadline(
+        let place = if stage {
+            MessageKey::staged_path
+        } else {
+            MessageKey::cur_path
+        };
+        let store = &self.dest.store;
+        let put = |path: Path| {
+            let (payload, options) = (payload.clone(), options.clone());
+            async move {
+                let put = store.put_opts(&path, payload, options).await?;
+                Ok(put.e_tag)
+            }
+        };
+        let landed = |path: Path| landed_whole(store.as_ref(), path, &payload);
+        let (path, key, e_tag) = write_under_free_name(
             &self.dest,
+            Attempts {
+                touched: &mut self.touched,
+                cut_off: &mut self.cut_off,
+            },
             key,
-            stage,
-            payload,
-            options,
+            place,
             deadline,
-            &mut self.touched,
+            put,
+            landed,
         )
         .await?;
         self.placed = Some(if stage {
-            Placed::Staged(staged_meta(path, self.size, e_tag), key)
+            Placed::Staged {
+                staged: staged_meta(path, self.size, e_tag),
+                key,
+            }
         } else {
-            Placed::Final(path.to_string())
+            Placed::InCur(path.to_string())
         });
         Ok(())
     }
 
-    /// Moves a staged object into `cur/` by `deadline` and returns its key there.
+    /// Moves a staged object into `cur/` by `deadline` and returns its key there (for an
+    /// object written there directly, just that key).
     pub async fn publish(&mut self, deadline: Instant) -> Result<String, DeliveryError> {
-        let (staged, mut key) = match self.placed.clone() {
-            Some(Placed::Final(key)) => return Ok(key),
-            Some(Placed::Staged(meta, key)) => (meta, key),
-            None => unreachable!("publish follows a successful finish"),
+        let (staged, key) = match self.placed.clone() {
+            Some(Placed::InCur(key)) => return Ok(key),
+            Some(Placed::Staged { staged, key }) => (staged, key),
+            None => return Err(failed(&self.dest, "publish before the object was finished")),
         };
-        let mut renames = 0;
-        loop {
-            let target = Path::from(key.cur_path());
-            self.touched.push(target.clone());
-            let moved = tokio::time::timeout_at(
-                deadline,
-                move_staged(&self.dest, &staged, &target, self.sha256.as_ref()),
-            )
-            .await;
-            match moved {
-                Ok(Ok(())) => {
-                    self.placed = Some(Placed::Final(target.to_string()));
-                    return Ok(target.to_string());
-                }
-                Ok(Err(object_store::Error::AlreadyExists { .. })) if renames < MAX_RENAMES => {
-                    // Someone else's object: never ours to delete.
-                    self.touched.pop();
-                    renames += 1;
-                    key = key.renamed();
-                    tracing::warn!(destination = %self.dest.name, taken = %target, key = %key.cur_path(), "name already taken: publishing under a new name");
-                }
-                Ok(Err(e)) => return Err(failed(&self.dest, e)),
-                Err(_) => return Err(timed_out(&self.dest)),
-            }
+        let (dest, sha256) = (&self.dest, self.sha256.as_ref());
+        let staged = &staged;
+        let move_to = |target: Path| async move {
+            move_staged(dest, staged, &target, sha256).await?;
+            Ok(None)
+        };
+        // A copy that landed although its answer was lost is whole: its size is checked.
+        let landed = |target: Path| async move {
+            let head = dest.store.head(&target).await?;
+            Ok((head.size == staged.size).then_some(None))
+        };
+        let (target, _, _) = write_under_free_name(
+            dest,
+            Attempts {
+                touched: &mut self.touched,
+                cut_off: &mut self.cut_off,
+            },
+            key,
+            MessageKey::cur_path,
+            deadline,
+            move_to,
+            landed,
+        )
+        .await?;
+        self.placed = Some(Placed::InCur(target.to_string()));
+        if self.dest.remote {
+            // The message is in cur/ whole: what stays under tmp/ costs space, not mail,
+            // and is removed outside the deadline.
+            let location = staged.location.clone();
+            let (mover, staged) = (self.dest.mover(), staged.clone());
+            let step = move || {
+                let (mover, staged) = (mover.clone(), staged.clone());
+                async move { mover.delete_source(&staged).await }
+            };
+            clean_up(self.dest.clone(), location, "remove the staged copy", step).await;
         }
+        Ok(target.to_string())
     }
 
     /// The published key; the write is done and nothing will take it back.
     pub fn commit(mut self) -> String {
         self.touched.clear();
         match self.placed.take() {
-            Some(Placed::Final(key)) => key,
-            _ => unreachable!("commit follows a successful publish"),
+            Some(Placed::InCur(key)) => key,
+            _ => unreachable!("Delivery commits only writes whose publish succeeded"),
         }
     }
 
@@ -387,7 +439,9 @@ impl ObjectWrite {
         }
     }
 
-    /// The clean-up still owed, leaving nothing for a second call or for `Drop`.
+    /// The clean-up still owed, leaving nothing for a second call or for `Drop`: an open
+    /// upload's abort first (a completion it races with would else land after the deletes),
+    /// then the deletes; all of it again after [`LATE_LANDING`] if a step was cut off.
     fn take_cleanup(&mut self) -> Option<BoxFuture<'static, ()>> {
         let upload = self.upload.take();
         let touched = std::mem::take(&mut self.touched);
@@ -395,36 +449,51 @@ impl ObjectWrite {
             return None;
         }
         let dest = self.dest.clone();
-        let abort = upload.map(|upload| {
-            let staging = upload.staging.clone();
-            let upload = Arc::new(tokio::sync::Mutex::new(upload));
-            let step = move || {
-                let upload = upload.clone();
-                async move { upload.lock().await.abort().await }
-            };
-            clean_up(dest.clone(), staging, "abort the upload at", step)
-        });
-        let deletes: Vec<_> = touched
-            .into_iter()
-            .map(|path| {
-                let store = dest.store.clone();
-                let key = path.clone();
+        let cut_off = self.cut_off;
+        Some(Box::pin(async move {
+            if let Some(upload) = upload {
+                let staging = upload.staging.clone();
+                let upload = Arc::new(tokio::sync::Mutex::new(upload));
                 let step = move || {
-                    let (store, path) = (store.clone(), path.clone());
+                    let upload = upload.clone();
                     async move {
-                        match store.delete(&path).await {
+                        match upload.lock().await.abort().await {
+                            // Already gone (a repeated abort, a completion that won).
                             Err(object_store::Error::NotFound { .. }) => Ok(()),
                             done => done,
                         }
                     }
                 };
-                clean_up(dest.clone(), key, "remove", step)
-            })
-            .collect();
-        Some(Box::pin(async move {
-            tokio::join!(join_all(abort), join_all(deletes));
+                clean_up(dest.clone(), staging, "abort the upload at", step).await;
+            }
+            delete_all(&dest, &touched).await;
+            if cut_off {
+                crate::cleanup::spawn(async move {
+                    tokio::time::sleep(LATE_LANDING).await;
+                    delete_all(&dest, &touched).await;
+                });
+            }
         }))
     }
+}
+
+/// Deletes every key in `paths` at once, each through [`clean_up`] (a missing one is fine).
+async fn delete_all(dest: &Destination, paths: &[Path]) {
+    let deletes = paths.iter().map(|path| {
+        let store = dest.store.clone();
+        let key = path.clone();
+        let step = move || {
+            let (store, key) = (store.clone(), key.clone());
+            async move {
+                match store.delete(&key).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    done => done,
+                }
+            }
+        };
+        clean_up(dest.clone(), path.clone(), "remove", step)
+    });
+    join_all(deletes).await;
 }
 
 impl Drop for ObjectWrite {
@@ -447,8 +516,9 @@ fn staged_meta(location: Path, size: usize, e_tag: Option<String>) -> ObjectMeta
     }
 }
 
-/// Moves a staged object to `target`: a Maildir links it without replacing a taken name;
-/// Swift and S3 copy it (verified, with the SHA-256 added) and delete the staged object.
+/// Moves a staged object to `target`: a Maildir links it without replacing a taken name
+/// (and unlinks the staged name); Swift and S3 copy it, verified, with the SHA-256 added
+/// (the caller deletes the staged object).
 async fn move_staged(
     dest: &Destination,
     staged: &ObjectMeta,
@@ -466,55 +536,64 @@ async fn move_staged(
         .into_iter()
         .collect();
     let mover = dest.mover();
-    mover.copy_verified(staged, target, &update).await?;
-    if let Err(e) = mover.delete_source(staged).await {
-        // The message is in cur/ whole: a leftover under tmp/ costs space, not mail.
-        tracing::warn!(destination = %dest.name, key = %staged.location, error = %e, "could not delete a staged object after publishing it");
-    }
-    Ok(())
+    mover.copy_verified(staged, target, &update).await
 }
 
-/// Puts one object under `cur/` (staged: `tmp/`), retrying a remote store's failures with backoff until
-/// `deadline`; returns its path, its key (renamed if the first name was taken) and ETag. Every key that may have been written is added to
-/// `touched`. A retry writes the same key again, so it replaces, never duplicates; a name
-/// found taken is a collision, written under a new name.
-async fn put_until_deadline(
+/// What the tries of a write leave behind in its [`ObjectWrite`].
+struct Attempts<'a> {
+    /// Every key tried, for the clean-up.
+    touched: &'a mut Vec<Path>,
+    /// Set when the deadline cut a try off.
+    cut_off: &'a mut bool,
+}
+
+/// Writes at the path `place` gives `key` with `write`, until it succeeds or `deadline`:
+/// a remote store's failures are tried again with backoff (after `landed` says whether
+/// the failed try landed after all: a lost answer must not become a second copy that a
+/// worker may take); a taken name (a collision) is never replaced nor taken back, the
+/// write goes to a new name. Every path tried is added to `attempts.touched`. Returns the path,
+/// the key and what `write` returned (an ETag).
+async fn write_under_free_name<W, WF, L, LF>(
     dest: &Destination,
+    attempts: Attempts<'_>,
     mut key: MessageKey,
-    stage: bool,
-    payload: PutPayload,
-    options: PutOptions,
+    place: fn(&MessageKey) -> String,
     deadline: Instant,
-    touched: &mut Vec<Path>,
-) -> Result<(Path, MessageKey, Option<String>), DeliveryError> {
+    mut write: W,
+    mut landed: L,
+) -> Result<(Path, MessageKey, Option<String>), DeliveryError>
+where
+    W: FnMut(Path) -> WF,
+    WF: Future<Output = object_store::Result<Option<String>>>,
+    L: FnMut(Path) -> LF,
+    LF: Future<Output = object_store::Result<Option<Option<String>>>>,
+{
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     let mut renames = 0;
     loop {
-        let path = Path::from(if stage {
-            key.staged_path()
-        } else {
-            key.cur_path()
-        });
-        if touched.last() != Some(&path) {
-            touched.push(path.clone());
+        let path = Path::from(place(&key));
+        if attempts.touched.last() != Some(&path) {
+            attempts.touched.push(path.clone());
         }
-        let put = dest.store.put_opts(&path, payload.clone(), options.clone());
-        let error = match tokio::time::timeout_at(deadline, put).await {
-            Ok(Ok(result)) => return Ok((path, key, result.e_tag)),
+        let error = match tokio::time::timeout_at(deadline, write(path.clone())).await {
+            Ok(Ok(e_tag)) => return Ok((path, key, e_tag)),
             Ok(Err(e @ object_store::Error::AlreadyExists { .. })) => {
                 // Nothing of ours is there: never take that object back.
-                touched.pop();
+                attempts.touched.pop();
                 if renames == MAX_RENAMES {
                     return Err(failed(dest, e));
                 }
-                key = key.renamed();
                 renames += 1;
-                tracing::warn!(destination = %dest.name, taken = %path, key = %key.file_name(), "name already taken: writing under a new name");
+                key = key.renamed();
+                tracing::warn!(destination = %dest.name, taken = %path, key = %place(&key), "name already taken: writing under a new name");
                 continue;
             }
             Ok(Err(e)) => e,
-            Err(_) => return Err(timed_out(dest)),
+            Err(_) => {
+                *attempts.cut_off = true;
+                return Err(timed_out(dest));
+            }
         };
         let retry = dest.remote
             && !matches!(
@@ -529,9 +608,34 @@ async fn put_until_deadline(
         }
         tracing::warn!(destination = %dest.name, key = %path, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
         tokio::time::sleep(backoff).await;
+        if let Ok(Ok(Some(e_tag))) = tokio::time::timeout_at(deadline, landed(path.clone())).await {
+            tracing::info!(destination = %dest.name, key = %path, attempt, "the failed write had landed whole");
+            return Ok((path, key, e_tag));
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         attempt += 1;
     }
+}
+
+/// Whether the object at `path` is `payload` whole (an ETag that is the MD5 of its bytes),
+/// with that ETag: `Ok(Some(..))` when it is, `Ok(None)` when it is not or not there.
+async fn landed_whole(
+    store: &dyn object_store::ObjectStore,
+    path: Path,
+    payload: &PutPayload,
+) -> object_store::Result<Option<Option<String>>> {
+    let head = match store.head(&path).await {
+        Ok(head) => head,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut md5 = md5::Md5::new();
+    for chunk in payload.iter() {
+        md5.update(chunk);
+    }
+    let expected = hex(&md5.finalize());
+    let found = head.e_tag.as_deref().map(|e| e.trim_matches('"'));
+    Ok((found == Some(expected.as_str())).then_some(head.e_tag))
 }
 
 /// How a message is written to `dest`. Never replace a stored message: a Maildir refuses a
@@ -545,7 +649,7 @@ fn write_mode(dest: &Destination) -> PutMode {
     }
 }
 
-/// Runs one clean-up `step` of a failed message (a delete, an upload's abort) within
+/// Runs one clean-up `step` (a delete, an upload's abort) within
 /// [`CLEANUP_TIMEOUT`]; if it fails, tries again in the background with backoff for about
 /// ten minutes, logging the key, so that an operator can find what stays.
 async fn clean_up<F, Fut>(dest: Destination, key: Path, what: &'static str, mut step: F)
@@ -566,7 +670,7 @@ where
                 return;
             }
         }
-        tracing::error!(destination = %dest.name, %key, "clean-up of a failed delivery: gave up trying to {what} this key: do it by hand, or a duplicate (or stray parts) stays");
+        tracing::error!(destination = %dest.name, %key, "clean-up: gave up trying to {what} this key: do it by hand, or a duplicate (or stray parts) stays");
     });
 }
 
@@ -584,13 +688,13 @@ where
 {
     let error = match tokio::time::timeout(CLEANUP_TIMEOUT, step()).await {
         Ok(Ok(())) => {
-            tracing::info!(destination = %dest.name, %key, attempt, "clean-up of a failed delivery: {what} this key: done");
+            tracing::info!(destination = %dest.name, %key, attempt, "clean-up: {what} this key: done");
             return true;
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
-    tracing::warn!(destination = %dest.name, %key, attempt, error, "clean-up of a failed delivery: could not {what} this key; trying again in the background");
+    tracing::warn!(destination = %dest.name, %key, attempt, error, "clean-up: could not {what} this key; trying again in the background");
     false
 }
 
@@ -648,15 +752,24 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let options = PutOptions::from(write_mode(&dest));
         let payload = PutPayload::from_static(b"other");
-        let mut touched = Vec::new();
-        let (written, _, _) = put_until_deadline(
+        let (mut touched, mut cut_off) = (Vec::new(), false);
+        let put = |path: Path| {
+            let (store, payload, options) = (dest.store.clone(), payload.clone(), options.clone());
+            async move { Ok(store.put_opts(&path, payload, options).await?.e_tag) }
+        };
+        let never = |_: Path| async { Ok(None) };
+        let attempts = Attempts {
+            touched: &mut touched,
+            cut_off: &mut cut_off,
+        };
+        let (written, _, _) = write_under_free_name(
             &dest,
+            attempts,
             key.clone(),
-            false,
-            payload,
-            options,
+            MessageKey::cur_path,
             deadline,
-            &mut touched,
+            put,
+            never,
         )
         .await
         .unwrap();
@@ -698,6 +811,20 @@ mod tests {
             (0, 1),
             "published, then taken back"
         );
+
+        // Trace headers longer than a part (many long recipients) go out as parts too.
+        let mut many = envelope();
+        many.recipients = (0..60_000)
+            .map(|i| format!("recipient-{i:08}-{}@example.com", "x".repeat(60)))
+            .collect();
+        let mut write = ObjectWrite::new(dest.clone(), "h", many);
+        assert!(write.size > PART_SIZE);
+        write.stream(&body, deadline).await.unwrap();
+        write.finish(&Bytes::new(), true, deadline).await.unwrap();
+        let key = write.publish(deadline).await.unwrap();
+        let stored = std::fs::read(root.join(write.commit())).unwrap();
+        assert!(stored.ends_with(&body) && stored.len() > PART_SIZE, "{key}");
+        std::fs::remove_file(root.join(&key)).unwrap();
 
         let mut write = ObjectWrite::new(dest.clone(), "h", envelope());
         write.stream(&body, deadline).await.unwrap();

@@ -151,6 +151,10 @@ pub fn too_many_connections() -> Reply {
 pub fn idle_timeout() -> Reply {
     Reply::new(421, [4, 4, 2], "Error: timeout exceeded")
 }
+/// The session or its message data took longer than allowed in all.
+pub fn time_limit() -> Reply {
+    Reply::new(421, [4, 4, 2], "Error: time limit exceeded")
+}
 /// The server is stopping.
 pub fn shutting_down() -> Reply {
     Reply::new(421, [4, 3, 2], "Service shutting down, try again later")

@@ -3,9 +3,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -136,11 +138,20 @@ async fn serve(
     // Replies are small and the client waits for each one: do not let Nagle hold them.
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connected");
-    if let Err(e) = Session::new(stream, peer, settings, deliverer, stop)
-        .run()
-        .await
-    {
-        tracing::info!(%peer, error = %e, "connection ended with an error");
+    let session = Session::new(stream, peer, settings, deliverer, stop).run();
+    match AssertUnwindSafe(session).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::info!(%peer, error = %e, "connection ended with an error"),
+        // A bug: the connection is closed without a reply (the client retries), and what
+        // the session had written is taken back by its dropped writes.
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%peer, panic = message, "session panicked; connection closed");
+        }
     }
 }
 

@@ -70,6 +70,8 @@ enum Input {
     Data,
     Eof,
     IdleTimeout,
+    /// `session_timeout` or `data_timeout` ran out (named here, for the log).
+    TimeLimit(&'static str),
     Shutdown,
 }
 
@@ -83,13 +85,16 @@ struct Transaction {
     /// BDAT was used: DATA is no longer allowed, nor are more recipients.
     chunking: bool,
     /// Where the message bytes go; once streaming, `body` holds only bytes not yet sent on.
-    sending: Body,
-    /// Message bytes already sent on (or dropped after a failure).
+    sending: Sending,
+    /// Message bytes that left `body` early: sent on to the stores, or dropped after a
+    /// failure of that.
     streamed: usize,
+    /// When the message's data must have ended (`data_timeout` after DATA or the first BDAT).
+    data_deadline: Option<tokio::time::Instant>,
 }
 
 /// Where a transaction's message bytes go.
-enum Body {
+enum Sending {
     /// Held in [`Transaction::body`] until the end of data.
     Buffered,
     /// Past `stream_threshold`: sent on to the stores as they arrive.
@@ -106,7 +111,7 @@ impl Transaction {
 
     /// Streaming is for stored recipients only: the relay needs the whole message.
     fn streams(&self, threshold: usize) -> bool {
-        !matches!(self.sending, Body::Buffered)
+        !matches!(self.sending, Sending::Buffered)
             || (self.message_len() > threshold && self.envelope.relayed().next().is_none())
     }
 }
@@ -126,6 +131,8 @@ pub struct Session<S> {
     state: State,
     transaction: Option<Transaction>,
     errors: usize,
+    /// When the session must end (`session_timeout` after it began).
+    deadline: tokio::time::Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -142,7 +149,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let relay_allowed = settings.relay_networks.iter().any(|n| n.contains(&ip));
         Session {
             io,
-            settings,
             deliverer,
             shutdown,
             xforward_allowed,
@@ -157,6 +163,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             state: State::Command,
             transaction: None,
             errors: 0,
+            deadline: tokio::time::Instant::now() + settings.session_timeout,
+            settings,
         }
     }
 
@@ -190,6 +198,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         Input::IdleTimeout => {
                             tracing::info!(client = %self.client.display(), "idle timeout");
                             self.push(reply::idle_timeout());
+                            return self.flush().await;
+                        }
+                        Input::TimeLimit(limit) => {
+                            tracing::warn!(client = %self.client.display(), limit, "time limit exceeded; closing (nothing stored for an unfinished message)");
+                            self.push(reply::time_limit());
                             return self.flush().await;
                         }
                         Input::Shutdown => {
@@ -229,17 +242,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Waits for more bytes. Only a session between transactions gives way to shutdown.
     async fn read(&mut self) -> std::io::Result<Input> {
-        let idle = self.transaction.is_none() && matches!(self.state, State::Command);
+        let between = self.transaction.is_none() && matches!(self.state, State::Command);
         self.inbuf.reserve(READ_CHUNK);
-        let read = tokio::time::timeout(
-            self.settings.idle_timeout,
-            self.io.read_buf(&mut self.inbuf),
-        );
+        let (limit, name) = match self.transaction.as_ref().and_then(|tx| tx.data_deadline) {
+            Some(data) if data < self.deadline => (data, "data_timeout"),
+            _ => (self.deadline, "session_timeout"),
+        };
+        let idle = tokio::time::Instant::now() + self.settings.idle_timeout;
+        let read = tokio::time::timeout_at(idle.min(limit), self.io.read_buf(&mut self.inbuf));
         let shutdown = self.shutdown.wait_for(|stop| *stop);
         tokio::select! {
             biased;
-            _ = shutdown, if idle => Ok(Input::Shutdown),
+            _ = shutdown, if between => Ok(Input::Shutdown),
             result = read => match result {
+                Err(_) if limit <= idle => Ok(Input::TimeLimit(name)),
                 Err(_) => Ok(Input::IdleTimeout),
                 Ok(Ok(0)) => Ok(Input::Eof),
                 Ok(Ok(_)) => Ok(Input::Data),
@@ -293,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     let discard = DummyDataReceiver::new_data(receiver);
                     tx.body = Vec::new();
                     // A dropped delivery takes back what it streamed.
-                    tx.sending = Body::Buffered;
+                    tx.sending = Sending::Buffered;
                     if done {
                         return self.end_discarded(reply::too_big());
                     }
@@ -438,8 +454,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     body: Vec::new(),
                     body_start: 0,
                     chunking: false,
-                    sending: Body::Buffered,
+                    sending: Sending::Buffered,
                     streamed: 0,
+                    data_deadline: None,
                 });
                 self.push(reply::sender_ok());
                 Step::Continue
@@ -594,6 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let capacity = self.initial_capacity(tx);
         let tx = self.transaction.as_mut().expect("checked above");
         tx.body = Vec::with_capacity(capacity);
+        tx.data_deadline = Some(tokio::time::Instant::now() + self.settings.data_timeout);
         let mut receiver = DataReceiver::new();
         // A fresh DataReceiver does not treat the start of data as the start of a line;
         // feeding it a CRLF first makes `.` handling on the first line correct.
@@ -630,6 +648,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !tx.chunking {
             tx.chunking = true;
             tx.body = Vec::with_capacity(capacity.max(chunk_size));
+            tx.data_deadline = Some(tokio::time::Instant::now() + self.settings.data_timeout);
         }
         self.state = State::Bdat(BdatReceiver::new(chunk_size, is_last));
         Step::Continue
@@ -647,17 +666,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let body = std::mem::take(&mut tx.body);
         let bytes = &body[std::mem::take(&mut tx.body_start)..];
         tx.streamed += bytes.len();
-        if matches!(tx.sending, Body::Buffered) {
+        if matches!(tx.sending, Sending::Buffered) {
             let delivery = self.deliverer.begin(&tx.envelope, &client, bytes);
-            tx.sending = Body::Streaming(delivery);
+            tx.sending = Sending::Streaming(delivery);
         }
-        let Body::Streaming(delivery) = &mut tx.sending else {
+        let Sending::Streaming(delivery) = &mut tx.sending else {
             return;
         };
         if let Err(e) = delivery.stream(&self.deliverer, bytes).await {
             tracing::warn!(client = %client.display(), error = %e, "streaming the message to the store failed; the rest of its data is dropped");
             // The dropped delivery takes back what it wrote, in the background.
-            tx.sending = Body::Failed(e);
+            tx.sending = Sending::Failed(e);
         }
     }
 
@@ -677,9 +696,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let rest = Bytes::from(tx.body).slice(tx.body_start..);
         let size = tx.streamed + rest.len();
         let delivery = match tx.sending {
-            Body::Failed(failure) => Err(failure),
-            Body::Streaming(delivery) => Ok(delivery),
-            Body::Buffered => {
+            Sending::Failed(failure) => Err(failure),
+            Sending::Streaming(delivery) => Ok(delivery),
+            Sending::Buffered => {
                 warn_about_line_endings(&rest);
                 Ok(self.deliverer.begin(&tx.envelope, &client, &rest))
             }

@@ -45,6 +45,8 @@ const SERVER_OPTIONS: &[&str] = &[
     "max_connections",
     "error_limit",
     "idle_timeout",
+    "data_timeout",
+    "session_timeout",
     "store_timeout",
     "drain_timeout",
     "xforward_networks",
@@ -129,6 +131,11 @@ pub struct ServerSettings {
     pub error_limit: usize,
     /// How long to wait for a client's next bytes (`idle_timeout`, default 300 s).
     pub idle_timeout: Duration,
+    /// Longest time from DATA (or the first BDAT) to the end of the message's data
+    /// (`data_timeout`, default 10 min), so that a trickling client cannot hold a slot.
+    pub data_timeout: Duration,
+    /// Longest time of a whole session (`session_timeout`, default 1 h).
+    pub session_timeout: Duration,
     /// Deadline for confirming every write of one message (`store_timeout`, default 60 s).
     pub store_timeout: Duration,
     /// How long shutdown waits for transactions in flight (`drain_timeout`, default
@@ -668,6 +675,8 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     let max_connections = get("max_connections", "256", &|s| parse_count(s).map(drop));
     let error_limit = get("error_limit", "20", &|s| parse_count(s).map(drop));
     let idle_timeout = get("idle_timeout", "300s", &|s| parse_duration(s).map(drop));
+    let data_timeout = get("data_timeout", "10min", &|s| parse_duration(s).map(drop));
+    let session_timeout = get("session_timeout", "1h", &|s| parse_duration(s).map(drop));
     let store_timeout = get("store_timeout", "60s", &|s| parse_duration(s).map(drop));
     let drain_timeout = get("drain_timeout", "", &|s| parse_duration(s).map(drop));
     let xforward = get("xforward_networks", "127.0.0.0/8, ::1/128", &|s| {
@@ -711,6 +720,8 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         max_connections: parse_count(&max_connections).ok()?,
         error_limit: parse_count(&error_limit).ok()?,
         idle_timeout: parse_duration(&idle_timeout).ok()?,
+        data_timeout: parse_duration(&data_timeout).ok()?,
+        session_timeout: parse_duration(&session_timeout).ok()?,
         store_timeout,
         drain_timeout,
         xforward_networks: parse_networks(&xforward).ok()?,

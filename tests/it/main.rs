@@ -3,10 +3,12 @@
 //! `session` feeds bytes to a session without sockets; `server` runs the listener on an
 //! ephemeral port with mail-send as an independent client; `cli` runs the built binary;
 //! `postfix` goes through a real Postfix (`smtpd_proxy_filter`) started from a temporary
-//! directory; `swift` stores into the real Swift that tests/run.sh starts. `support` and
+//! directory; `swift` stores into the real Swift that tests/run.sh starts, and `store_faults` into it
+//! through `fault_proxy`, which injects faults. `support` and
 //! `swift_support` hold the shared helpers.
 
 mod cli;
+mod fault_proxy;
 mod gateway;
 mod postfix;
 mod private_postfix;
@@ -16,6 +18,7 @@ mod relay;
 mod server;
 mod session;
 mod store_failures;
+mod store_faults;
 mod support;
 mod swift;
 mod swift_support;

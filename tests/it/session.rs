@@ -483,6 +483,45 @@ async fn idle_clients_get_421_and_are_closed() {
     assert_eq!(d.until_closed().await, "");
 }
 
+/// A client that keeps sending, slowly, is never idle: `data_timeout` bounds its message
+/// data in all, and nothing of the message is stored.
+#[tokio::test]
+async fn a_trickling_message_hits_the_data_time_limit() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_DATA_TIMEOUT", "1s")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("a@example.org", &["b@example.com"]).await;
+    d.command("DATA", "354").await;
+    // Never idle: a line every 100 ms, for 2 s, or until the session closes its end.
+    for _ in 0..20 {
+        if !d.try_send("x\r\n").await {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.reply().await, "421 4.4.2 Error: time limit exceeded");
+    assert!(setup.cur("maildir").is_empty());
+    assert_eq!(setup.staged("maildir"), 0);
+}
+
+/// `session_timeout` bounds a whole session, however busy.
+#[tokio::test]
+async fn a_busy_session_hits_the_session_time_limit() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_SESSION_TIMEOUT", "1s")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    let mut last = String::new();
+    for _ in 0..40 {
+        // Once the session has closed, its 421 waits to be read.
+        let _ = d.try_send("NOOP\r\n").await;
+        last = d.reply().await;
+        if !last.starts_with("250") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, "421 4.4.2 Error: time limit exceeded");
+    assert_eq!(d.until_closed().await, "");
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_transaction_finish_then_says_421() {
     let setup = Setup::default_catch_all();

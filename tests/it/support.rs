@@ -92,6 +92,11 @@ impl Setup {
     pub fn cur(&self, maildir: &str) -> Vec<(String, Vec<u8>)> {
         cur_files(&self.path(maildir))
     }
+
+    /// How many files wait under `<maildir>/tmp` (staged or half-written).
+    pub fn staged(&self, maildir: &str) -> usize {
+        std::fs::read_dir(self.path(maildir).join("tmp")).map_or(0, |d| d.count())
+    }
 }
 
 /// Files under `<maildir>/cur`, sorted by name, with their bytes.
@@ -159,6 +164,11 @@ impl Dialog {
 
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.io.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// Sends bytes unless the server has closed the connection (then false).
+    pub async fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> bool {
+        self.io.write_all(bytes.as_ref()).await.is_ok()
     }
 
     /// Reads one complete reply; lines of a multi-line reply are joined with `\n`.

@@ -265,3 +265,21 @@ impl Drop for Keystone {
         let _ = self.child.wait();
     }
 }
+
+/// The listing of `container` under `prefix` once it holds `expected` names, or as it is
+/// after 30 s (for what swiftdrop removes in the background).
+pub async fn settled_listing(
+    port: u16,
+    container: &str,
+    prefix: &str,
+    expected: usize,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let names = native_list(port, container, prefix).await;
+        if names.len() == expected || std::time::Instant::now() > deadline {
+            return names;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

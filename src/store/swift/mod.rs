@@ -344,9 +344,20 @@ impl Inner {
         if !status.is_success() {
             return Err(status_error(status, object, response).await);
         }
-        let text = response.text().await.unwrap_or_default();
-        let report: BulkReport = serde_json::from_str(&text).unwrap_or_default();
-        if report.errors.is_empty() {
+        let text = response.text().await.map_err(|e| generic(e.to_string()))?;
+        // The HTTP status of a bulk answer is sent before the work is done: the body says
+        // how it went. An answer that cannot be read is a failure, never a success.
+        let report: BulkReport = serde_json::from_str(&text).map_err(|e| {
+            let start: String = text.chars().take(200).collect();
+            generic(format!(
+                "DELETE {object}: unreadable answer from Swift ({e}): {start:?}"
+            ))
+        })?;
+        let done = report
+            .status
+            .as_deref()
+            .is_none_or(|s| s.starts_with('2') || s.starts_with("404"));
+        if report.errors.is_empty() && done {
             return Ok(());
         }
         if report
@@ -363,8 +374,8 @@ impl Inner {
             };
         }
         Err(generic(format!(
-            "DELETE {object}: Swift reported {:?}",
-            report.errors
+            "DELETE {object}: Swift reported {:?}, {:?}",
+            report.status, report.errors
         )))
     }
 
@@ -419,6 +430,9 @@ impl Inner {
 struct BulkReport {
     #[serde(rename = "Errors", default)]
     errors: Vec<Vec<String>>,
+    /// Such as `200 OK` or `400 Bad Request`.
+    #[serde(rename = "Response Status")]
+    status: Option<String>,
 }
 
 /// One entry of a JSON container listing: an object, or a `subdir` with a delimiter.
