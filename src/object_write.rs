@@ -186,8 +186,9 @@ pub struct ObjectWrite {
     placed: Option<Placed>,
     /// Every key this write may have created: what an abort deletes.
     touched: Vec<Path>,
-    /// A step was cut off by the deadline: its request may still land after the clean-up.
-    cut_off: bool,
+    /// A try failed without a definite answer (cut off by the deadline, a request timeout,
+    /// a lost connection): its request may still land after the clean-up.
+    outcome_unknown: bool,
 }
 
 impl std::fmt::Debug for ObjectWrite {
@@ -213,18 +214,18 @@ fn timed_out(dest: &Destination) -> DeliveryError {
     }
 }
 
-/// Runs `work` until `deadline`; past it, the destination's timeout error, and `cut_off`
+/// Runs `work` until `deadline`; past it, the destination's timeout error, and `outcome_unknown`
 /// is set.
 async fn until<T>(
     dest: &Destination,
     deadline: Instant,
-    cut_off: &mut bool,
+    outcome_unknown: &mut bool,
     work: impl Future<Output = Result<T, DeliveryError>>,
 ) -> Result<T, DeliveryError> {
     match tokio::time::timeout_at(deadline, work).await {
         Ok(result) => result,
         Err(_) => {
-            *cut_off = true;
+            *outcome_unknown = true;
             Err(timed_out(dest))
         }
     }
@@ -250,7 +251,7 @@ impl ObjectWrite {
             upload: None,
             placed: None,
             touched: Vec::new(),
-            cut_off: false,
+            outcome_unknown: false,
         }
     }
 
@@ -271,7 +272,7 @@ impl ObjectWrite {
             }
             // Segments may be written under the staging key from here on.
             self.touched.push(staging.clone());
-            let upload = until(&self.dest, deadline, &mut self.cut_off, async {
+            let upload = until(&self.dest, deadline, &mut self.outcome_unknown, async {
                 self.dest
                     .store
                     .put_multipart_opts(&staging, options)
@@ -290,7 +291,7 @@ impl ObjectWrite {
         }
         let dest = &self.dest;
         let upload = self.upload.as_mut().expect("started above");
-        until(dest, deadline, &mut self.cut_off, async {
+        until(dest, deadline, &mut self.outcome_unknown, async {
             upload.write(bytes).await.map_err(|e| failed(dest, e))
         })
         .await?;
@@ -314,7 +315,7 @@ impl ObjectWrite {
         }
         if let Some(upload) = &mut self.upload {
             let dest = &self.dest;
-            until(dest, deadline, &mut self.cut_off, async {
+            until(dest, deadline, &mut self.outcome_unknown, async {
                 upload.complete().await.map_err(|e| failed(dest, e))
             })
             .await?;
@@ -351,12 +352,22 @@ impl ObjectWrite {
                 Ok(put.e_tag)
             }
         };
-        let landed = |path: Path| landed_whole(store.as_ref(), path, &payload);
+        // Only remote stores try again, and only they need the MD5 to check a lost answer.
+        let md5 = if self.dest.remote {
+            let mut md5 = md5::Md5::new();
+            for chunk in payload.iter() {
+                md5.update(chunk);
+            }
+            hex(&md5.finalize())
+        } else {
+            String::new()
+        };
+        let landed = |path: Path| put_landed(store.as_ref(), path, &md5);
         let (path, key, e_tag) = write_under_free_name(
             &self.dest,
             Attempts {
                 touched: &mut self.touched,
-                cut_off: &mut self.cut_off,
+                outcome_unknown: &mut self.outcome_unknown,
             },
             key,
             place,
@@ -390,16 +401,15 @@ impl ObjectWrite {
             move_staged(dest, staged, &target, sha256).await?;
             Ok(None)
         };
-        // A copy that landed although its answer was lost is whole: its size is checked.
-        let landed = |target: Path| async move {
-            let head = dest.store.head(&target).await?;
-            Ok((head.size == staged.size).then_some(None))
-        };
+        // A copy that landed although its answer was lost carries our SHA-256 (only remote
+        // stores try a move again, and their objects carry it).
+        let hash = sha256.map(|s| hex(&s.clone().finalize()));
+        let landed = |target: Path| move_landed(dest, target, staged.size, hash.clone());
         let (target, _, _) = write_under_free_name(
             dest,
             Attempts {
                 touched: &mut self.touched,
-                cut_off: &mut self.cut_off,
+                outcome_unknown: &mut self.outcome_unknown,
             },
             key,
             MessageKey::cur_path,
@@ -410,8 +420,9 @@ impl ObjectWrite {
         .await?;
         self.placed = Some(Placed::InCur(target.to_string()));
         if self.dest.remote {
-            // The message is in cur/ whole: what stays under tmp/ costs space, not mail,
-            // and is removed outside the deadline.
+            // The message is in cur/ whole: what stays under tmp/ costs space, not mail.
+            // It is removed after the deadline's work: one try now, the rest in the
+            // background.
             let location = staged.location.clone();
             let (mover, staged) = (self.dest.mover(), staged.clone());
             let step = move || {
@@ -449,7 +460,7 @@ impl ObjectWrite {
             return None;
         }
         let dest = self.dest.clone();
-        let cut_off = self.cut_off;
+        let outcome_unknown = self.outcome_unknown;
         Some(Box::pin(async move {
             if let Some(upload) = upload {
                 let staging = upload.staging.clone();
@@ -467,7 +478,7 @@ impl ObjectWrite {
                 clean_up(dest.clone(), staging, "abort the upload at", step).await;
             }
             delete_all(&dest, &touched).await;
-            if cut_off {
+            if outcome_unknown {
                 crate::cleanup::spawn(async move {
                     tokio::time::sleep(LATE_LANDING).await;
                     delete_all(&dest, &touched).await;
@@ -539,12 +550,20 @@ async fn move_staged(
     mover.copy_verified(staged, target, &update).await
 }
 
+/// Whether a failed try of a write landed after all (its answer lost).
+enum Landed {
+    /// Not there, or not what was written: try again.
+    No,
+    /// There, whole; with the object's ETag.
+    Whole(Option<String>),
+}
+
 /// What the tries of a write leave behind in its [`ObjectWrite`].
 struct Attempts<'a> {
     /// Every key tried, for the clean-up.
     touched: &'a mut Vec<Path>,
-    /// Set when the deadline cut a try off.
-    cut_off: &'a mut bool,
+    /// Set when a try failed without a definite answer from the store.
+    outcome_unknown: &'a mut bool,
 }
 
 /// Writes at the path `place` gives `key` with `write`, until it succeeds or `deadline`:
@@ -566,7 +585,7 @@ where
     W: FnMut(Path) -> WF,
     WF: Future<Output = object_store::Result<Option<String>>>,
     L: FnMut(Path) -> LF,
-    LF: Future<Output = object_store::Result<Option<Option<String>>>>,
+    LF: Future<Output = object_store::Result<Landed>>,
 {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
@@ -589,9 +608,25 @@ where
                 tracing::warn!(destination = %dest.name, taken = %path, key = %place(&key), "name already taken: writing under a new name");
                 continue;
             }
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => {
+                // Only a refusal by the store is definite; a timeout or a lost connection
+                // may still land later.
+                if !matches!(
+                    e,
+                    object_store::Error::NotFound { .. }
+                        | object_store::Error::Precondition { .. }
+                        | object_store::Error::NotImplemented { .. }
+                        | object_store::Error::NotSupported { .. }
+                        | object_store::Error::InvalidPath { .. }
+                        | object_store::Error::PermissionDenied { .. }
+                        | object_store::Error::Unauthenticated { .. }
+                ) {
+                    *attempts.outcome_unknown = true;
+                }
+                e
+            }
             Err(_) => {
-                *attempts.cut_off = true;
+                *attempts.outcome_unknown = true;
                 return Err(timed_out(dest));
             }
         };
@@ -608,7 +643,9 @@ where
         }
         tracing::warn!(destination = %dest.name, key = %path, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
         tokio::time::sleep(backoff).await;
-        if let Ok(Ok(Some(e_tag))) = tokio::time::timeout_at(deadline, landed(path.clone())).await {
+        if let Ok(Ok(Landed::Whole(e_tag))) =
+            tokio::time::timeout_at(deadline, landed(path.clone())).await
+        {
             tracing::info!(destination = %dest.name, key = %path, attempt, "the failed write had landed whole");
             return Ok((path, key, e_tag));
         }
@@ -617,25 +654,54 @@ where
     }
 }
 
-/// Whether the object at `path` is `payload` whole (an ETag that is the MD5 of its bytes),
-/// with that ETag: `Ok(Some(..))` when it is, `Ok(None)` when it is not or not there.
-async fn landed_whole(
+/// Whether the object at `path` is the one written: its ETag is `md5` (the MD5 of the
+/// bytes sent, hex).
+async fn put_landed(
     store: &dyn object_store::ObjectStore,
     path: Path,
-    payload: &PutPayload,
-) -> object_store::Result<Option<Option<String>>> {
+    md5: &str,
+) -> object_store::Result<Landed> {
     let head = match store.head(&path).await {
         Ok(head) => head,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(object_store::Error::NotFound { .. }) => return Ok(Landed::No),
         Err(e) => return Err(e),
     };
-    let mut md5 = md5::Md5::new();
-    for chunk in payload.iter() {
-        md5.update(chunk);
-    }
-    let expected = hex(&md5.finalize());
     let found = head.e_tag.as_deref().map(|e| e.trim_matches('"'));
-    Ok((found == Some(expected.as_str())).then_some(head.e_tag))
+    Ok(if found == Some(md5) {
+        Landed::Whole(head.e_tag)
+    } else {
+        Landed::No
+    })
+}
+
+/// Whether the object at `target` is the published copy of this message: it carries the
+/// message's `sha256` (which only the verified move sets) and its size.
+async fn move_landed(
+    dest: &Destination,
+    target: Path,
+    size: u64,
+    sha256: Option<String>,
+) -> object_store::Result<Landed> {
+    let head = match dest
+        .store
+        .get_opts(&target, object_store::GetOptions::new().with_head(true))
+        .await
+    {
+        Ok(head) => head,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Landed::No),
+        Err(e) => return Err(e),
+    };
+    let carried = head
+        .attributes
+        .get(&object_store::Attribute::Metadata("sha256".into()))
+        .map(|v| v.as_ref().to_string());
+    Ok(
+        if head.meta.size == size && sha256.is_some() && carried == sha256 {
+            Landed::Whole(None)
+        } else {
+            Landed::No
+        },
+    )
 }
 
 /// How a message is written to `dest`. Never replace a stored message: a Maildir refuses a
@@ -651,7 +717,8 @@ fn write_mode(dest: &Destination) -> PutMode {
 
 /// Runs one clean-up `step` (a delete, an upload's abort) within
 /// [`CLEANUP_TIMEOUT`]; if it fails, tries again in the background with backoff for about
-/// ten minutes, logging the key, so that an operator can find what stays.
+/// seven minutes ([`CLEANUP_TRIES`]), logging the key, so that an operator can find what
+/// stays.
 async fn clean_up<F, Fut>(dest: Destination, key: Path, what: &'static str, mut step: F)
 where
     F: FnMut() -> Fut + Send + 'static,
@@ -752,15 +819,15 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let options = PutOptions::from(write_mode(&dest));
         let payload = PutPayload::from_static(b"other");
-        let (mut touched, mut cut_off) = (Vec::new(), false);
+        let (mut touched, mut outcome_unknown) = (Vec::new(), false);
         let put = |path: Path| {
             let (store, payload, options) = (dest.store.clone(), payload.clone(), options.clone());
             async move { Ok(store.put_opts(&path, payload, options).await?.e_tag) }
         };
-        let never = |_: Path| async { Ok(None) };
+        let never = |_: Path| async { Ok(Landed::No) };
         let attempts = Attempts {
             touched: &mut touched,
-            cut_off: &mut cut_off,
+            outcome_unknown: &mut outcome_unknown,
         };
         let (written, _, _) = write_under_free_name(
             &dest,

@@ -138,7 +138,11 @@ async fn serve(
     // Replies are small and the client waits for each one: do not let Nagle hold them.
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connected");
-    let session = Session::new(stream, peer, settings, deliverer, stop).run();
+    let session = async move {
+        Session::new(stream, peer, settings, deliverer, stop)
+            .run()
+            .await
+    };
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::info!(%peer, error = %e, "connection ended with an error"),

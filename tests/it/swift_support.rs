@@ -283,3 +283,30 @@ pub async fn settled_listing(
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The names listed in `container` under `prefix` that a HEAD still finds.
+pub async fn existing(port: u16, container: &str, prefix: &str) -> Vec<String> {
+    let (token, url) = native_token(port).await;
+    let client = swiftdrop::store::http_client().build().unwrap();
+    let mut found = Vec::new();
+    for name in native_list(port, container, prefix).await {
+        let encoded: String = name
+            .split('/')
+            .map(|s| {
+                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let response = client
+            .head(format!("{url}/{container}/{encoded}"))
+            .header("X-Auth-Token", &token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 404 {
+            found.push(name);
+        }
+    }
+    found
+}

@@ -360,10 +360,11 @@ impl Inner {
         if report.errors.is_empty() && done {
             return Ok(());
         }
-        if report
-            .errors
-            .iter()
-            .all(|e| e.get(1).is_some_and(|m| m.contains("Not an SLO manifest")))
+        if !report.errors.is_empty()
+            && report
+                .errors
+                .iter()
+                .all(|e| e.get(1).is_some_and(|m| m.contains("Not an SLO manifest")))
         {
             let response = self
                 .send(Request::object(Method::DELETE, &self.container, object))
