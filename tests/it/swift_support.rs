@@ -201,13 +201,7 @@ pub async fn native_list(port: u16, container: &str, prefix: &str) -> Vec<String
 /// An object's headers and bytes, read with the native API.
 pub async fn native_get(port: u16, container: &str, name: &str) -> (HeaderMap, Vec<u8>) {
     let (token, url) = native_token(port).await;
-    let encoded: String = name
-        .split('/')
-        .map(|s| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("/");
+    let encoded = encoded_name(name);
     let response = swiftdrop::store::http_client()
         .build()
         .unwrap()
@@ -290,14 +284,7 @@ pub async fn existing(port: u16, container: &str, prefix: &str) -> Vec<String> {
     let client = swiftdrop::store::http_client().build().unwrap();
     let mut found = Vec::new();
     for name in native_list(port, container, prefix).await {
-        let encoded: String = name
-            .split('/')
-            .map(|s| {
-                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("/");
+        let encoded = encoded_name(&name);
         let response = client
             .head(format!("{url}/{container}/{encoded}"))
             .header("X-Auth-Token", &token)
@@ -309,4 +296,14 @@ pub async fn existing(port: u16, container: &str, prefix: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// An object name for a native API URL: each path segment percent-encoded.
+fn encoded_name(name: &str) -> String {
+    name.split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
