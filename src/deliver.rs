@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::envelope::{Client, Envelope};
-use crate::object_write::{CLEANUP_TIMEOUT, ObjectEnvelope, ObjectWrite};
+use crate::object_write::{CLEANUP_TIMEOUT, ObjectWrite};
 use crate::queue::Announcer;
 use crate::relay::{Relay, RelayError};
 use crate::reply::{self, Reply};
@@ -232,7 +232,7 @@ impl Deliverer {
             .into_iter()
             .map(|(idx, recipients)| {
                 let dest = &self.destinations[idx];
-                let object = ObjectEnvelope {
+                let object = metadata::Envelope {
                     sender: envelope.sender.clone(),
                     recipients: recipients.iter().map(|r| r.to_string()).collect(),
                     client: client.clone(),

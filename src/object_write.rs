@@ -38,7 +38,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::deliver::DeliveryError;
-use crate::envelope::Client;
 use crate::store::key::{self, MessageKey};
 use crate::store::swift::hex;
 use crate::store::{Destination, metadata};
@@ -59,39 +58,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_RENAMES: u32 = 3;
 /// Tries of one clean-up step in all (1 s, doubling to 2 min between them: about 7 min).
 const CLEANUP_TRIES: u32 = 10;
-/// When a step was cut off by the deadline, how long after its clean-up the deletes are
-/// repeated: longer than one store request may take (`timeout`, default 20 s).
+/// When a try ended without a definite answer, how long after its clean-up the deletes
+/// are repeated: longer than one store request may take (`timeout`, default 20 s).
 const LATE_LANDING: Duration = Duration::from_secs(60);
-
-/// What one destination's copy of a message is about: its recipients and the envelope
-/// metadata a remote object carries.
-#[derive(Debug, Clone)]
-pub struct ObjectEnvelope {
-    /// Envelope sender.
-    pub sender: String,
-    /// This destination's recipients.
-    pub recipients: Vec<String>,
-    /// The client, with XFORWARD attributes.
-    pub client: Client,
-    /// When the message was received.
-    pub received: chrono::DateTime<chrono::Utc>,
-    /// The message's Message-ID (remote destinations only).
-    pub message_id: Option<String>,
-}
-
-impl ObjectEnvelope {
-    fn attributes(&self, sha256: Option<String>) -> object_store::Attributes {
-        let recipients: Vec<&str> = self.recipients.iter().map(String::as_str).collect();
-        metadata::attributes(&metadata::Envelope {
-            sender: &self.sender,
-            recipients: &recipients,
-            client: &self.client,
-            received: self.received,
-            sha256,
-            message_id: self.message_id.clone(),
-        })
-    }
-}
 
 /// A multipart upload in progress. Its parts are sent by hand rather than through
 /// object_store's `WriteMultipart`, which gives up its upload on `finish`: a completion
@@ -176,7 +145,7 @@ enum Placed {
 pub struct ObjectWrite {
     dest: Destination,
     hostname: String,
-    envelope: ObjectEnvelope,
+    envelope: metadata::Envelope,
     /// `Return-Path:` and `Delivered-To:` lines, the object's first bytes.
     header: Bytes,
     /// Over every byte of the object so far (remote destinations only: their metadata).
@@ -234,7 +203,7 @@ async fn until<T>(
 impl ObjectWrite {
     /// A write of `envelope`'s copy to `dest`; nothing is sent yet. `hostname` goes into
     /// the object's name.
-    pub fn new(dest: Destination, hostname: &str, envelope: ObjectEnvelope) -> Self {
+    pub fn new(dest: Destination, hostname: &str, envelope: metadata::Envelope) -> Self {
         let recipients: Vec<&str> = envelope.recipients.iter().map(String::as_str).collect();
         let header = Bytes::from(trace_headers(&envelope.sender, &recipients));
         let mut sha256 = dest.remote.then(Sha256::new);
@@ -268,7 +237,7 @@ impl ObjectWrite {
             let mut options = PutMultipartOptions::default();
             if self.dest.remote {
                 // The SHA-256 of the whole message is not known before its end: publish adds it.
-                options.attributes = self.envelope.attributes(None);
+                options.attributes = metadata::attributes(&self.envelope, None);
             }
             // Segments may be written under the staging key from here on.
             self.touched.push(staging.clone());
@@ -336,7 +305,7 @@ impl ObjectWrite {
         let mut options = PutOptions::from(write_mode(&self.dest));
         if self.dest.remote {
             let sha256 = self.sha256.clone().map(|s| hex(&s.finalize()));
-            options.attributes = self.envelope.attributes(sha256);
+            options.attributes = metadata::attributes(&self.envelope, sha256);
         }
         let payload = PutPayload::from_iter([self.header.clone(), rest.clone()]);
         let place = if stage {
@@ -792,11 +761,11 @@ mod tests {
         Destination::open(&config.destinations[0]).unwrap()
     }
 
-    fn envelope() -> ObjectEnvelope {
-        ObjectEnvelope {
+    fn envelope() -> metadata::Envelope {
+        metadata::Envelope {
             sender: "a@example.org".into(),
             recipients: vec!["b@example.com".into()],
-            client: Client {
+            client: crate::envelope::Client {
                 peer: "127.0.0.1:25".parse().unwrap(),
                 helo: None,
                 forwarded: Default::default(),

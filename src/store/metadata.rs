@@ -36,25 +36,24 @@ pub const CONTENT_TYPE: &str = "message/rfc822";
 /// Bytes that are percent-encoded in a value: controls, non-ASCII (always) and `%`.
 const ENCODED: &AsciiSet = &CONTROLS.add(b'%');
 
-/// What the metadata of one object describes.
+/// What the metadata of one object describes: one destination's copy of a message.
 #[derive(Debug, Clone)]
-pub struct Envelope<'a> {
+pub struct Envelope {
     /// Envelope sender.
-    pub sender: &'a str,
+    pub sender: String,
     /// This destination's recipients.
-    pub recipients: &'a [&'a str],
+    pub recipients: Vec<String>,
     /// The client, with XFORWARD attributes.
-    pub client: &'a Client,
+    pub client: Client,
     /// When the message was received.
     pub received: DateTime<Utc>,
-    /// SHA-256 of the stored bytes, hex.
-    pub sha256: Option<String>,
     /// The Message-ID header's value.
     pub message_id: Option<String>,
 }
 
-/// The object attributes for `envelope`: content type and metadata within the limits.
-pub fn attributes(envelope: &Envelope) -> Attributes {
+/// The object attributes for `envelope` and the SHA-256 (hex) of the stored bytes, when
+/// known: content type and metadata within the limits.
+pub fn attributes(envelope: &Envelope, sha256: Option<String>) -> Attributes {
     let client_addr = envelope
         .client
         .forwarded
@@ -68,8 +67,8 @@ pub fn attributes(envelope: &Envelope) -> Attributes {
         .clone()
         .or_else(|| envelope.client.helo.clone());
     let entries: [(&str, Option<String>); 7] = [
-        ("sender", Some(encode(envelope.sender))),
-        ("recipients", Some(recipient_list(envelope.recipients))),
+        ("sender", Some(encode(&envelope.sender))),
+        ("recipients", Some(recipient_list(&envelope.recipients))),
         ("client-addr", Some(encode(&client_addr))),
         ("client-helo", client_helo.as_deref().map(encode)),
         (
@@ -80,7 +79,7 @@ pub fn attributes(envelope: &Envelope) -> Attributes {
                     .to_rfc3339_opts(SecondsFormat::Micros, true),
             ),
         ),
-        ("sha256", envelope.sha256.clone()),
+        ("sha256", sha256),
         ("message-id", envelope.message_id.as_deref().map(encode)),
     ];
     let mut attributes = Attributes::new();
@@ -118,7 +117,7 @@ pub fn decode(value: &str) -> String {
 }
 
 /// The recipients, comma-separated, cut at a whole address with `,...` when too long.
-fn recipient_list(recipients: &[&str]) -> String {
+fn recipient_list(recipients: &[String]) -> String {
     let mut out = String::new();
     for (i, rcpt) in recipients.iter().enumerate() {
         let item = encode(rcpt);
@@ -205,16 +204,14 @@ mod tests {
 
     #[test]
     fn envelope_becomes_metadata() {
-        let client = client();
-        let rcpts = ["ops@example.com", "dev@example.com"];
-        let attributes = attributes(&Envelope {
-            sender: "Grüße%@example.org",
-            recipients: &rcpts,
-            client: &client,
+        let envelope = Envelope {
+            sender: "Grüße%@example.org".into(),
+            recipients: vec!["ops@example.com".into(), "dev@example.com".into()],
+            client: client(),
             received: DateTime::from_timestamp(1_700_000_000, 5_000).unwrap(),
-            sha256: Some("ab".repeat(32)),
             message_id: Some("<1@example.org>".into()),
-        });
+        };
+        let attributes = attributes(&envelope, Some("ab".repeat(32)));
         assert_eq!(
             meta(&attributes, "sender").unwrap(),
             "Gr%C3%BC%C3%9Fe%25@example.org"
@@ -238,20 +235,17 @@ mod tests {
 
     #[test]
     fn limits_hold_for_any_envelope() {
-        let client = client();
-        let long: Vec<String> = (0..1000)
-            .map(|i| format!("recipient{i}@example.com"))
-            .collect();
-        let rcpts: Vec<&str> = long.iter().map(String::as_str).collect();
         let huge = "ü\r\n".repeat(500);
-        let attributes = attributes(&Envelope {
-            sender: &huge,
-            recipients: &rcpts,
-            client: &client,
+        let envelope = Envelope {
+            sender: huge.clone(),
+            recipients: (0..1000)
+                .map(|i| format!("recipient{i}@example.com"))
+                .collect(),
+            client: client(),
             received: Utc::now(),
-            sha256: None,
-            message_id: Some(huge.clone()),
-        });
+            message_id: Some(huge),
+        };
+        let attributes = attributes(&envelope, None);
         let mut total = 0;
         for (key, value) in &attributes {
             if let Attribute::Metadata(k) = key {
