@@ -274,9 +274,9 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         .filename()
         .unwrap_or_default()
         .to_string();
-    let sha256 = queue.sha256(newest).await?;
+    let digests = queue.digests(&newest.meta).await?;
     let holder = queue.holder(&name).await?;
-    let duplicate = queue.duplicate_of(&name, &sha256).await?;
+    let duplicate = queue.duplicate_of(&name, &digests.dedup).await?;
     let head = read_head(queue, newest).await?;
     let headers = swiftdrop::message::header_fields(&head);
     let (sender, recipients) = envelope(newest, &headers);
@@ -316,7 +316,8 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         "envelope": {"sender": sender, "recipients": recipients},
         "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "metadata": metadata,
-        "sha256": sha256,
+        "sha256": digests.sha256,
+        "dedup_digest": digests.dedup,
         "duplicate_of": duplicate.as_ref().map(|d| json!({"key": d.key, "finished": time(d.at)})),
     });
     if json {
@@ -359,7 +360,8 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
     );
     field("sender:", sender.unwrap_or_default());
     field("recipients:", recipients.join(", "));
-    field("sha256:", sha256);
+    field("sha256:", digests.sha256);
+    field("dedup digest:", digests.dedup);
     field(
         "duplicate-of:",
         duplicate.map_or_else(

@@ -8,7 +8,7 @@
 //! | `max_attempts` | `5` | claims before a message goes to `failed/` |
 //! | `retry_backoff` | `1m` | wait before the first retry, doubled for each next one |
 //! | `retry_backoff_max` | `1h` | longest wait between retries |
-//! | `dedup_window` | `24h` | how long a finished message's SHA-256 is remembered |
+//! | `dedup_window` | `24h` | how long a finished message's duplicate digest is remembered |
 //! | `poll_interval` | `5s` | how often a waiting claim lists the store anyway |
 //! | `state_dir` | `<maildir>/.swiftdrop-queue` | where the `local` lock keeps its files |
 
@@ -65,7 +65,7 @@ pub struct QueueSettings {
     pub retry_backoff: Duration,
     /// Longest retry delay (`retry_backoff_max`, default 1 h).
     pub retry_backoff_max: Duration,
-    /// How long finished messages' SHA-256 are remembered (`dedup_window`, default 24 h).
+    /// How long finished messages' duplicate digests are remembered (`dedup_window`, default 24 h).
     pub dedup_window: Duration,
     /// How often a waiting claim lists the store when no announcement came
     /// (`poll_interval`, default 5 s).

@@ -13,17 +13,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::{Attributes, ObjectMeta, ObjectStoreExt};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::dedup::DedupDigest;
 use super::lock::{FinishedRef, Token};
 use super::record::{Record, State};
 use super::{
     Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later, newest_copy,
 };
 use crate::failpoint;
-use crate::store::swift::hex;
 
 /// How a worker ends a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +104,8 @@ pub struct Claim {
     meta: ObjectMeta,
     state: Arc<LeaseState>,
     renewer: Option<JoinHandle<()>>,
-    sha256: Mutex<Option<String>>,
+    /// The duplicate digest ([`DedupDigest`]), once known.
+    digest: Mutex<Option<String>>,
     /// Finished or released: nothing more to do.
     spent: bool,
     /// The folder an earlier finish or release that failed midway may have copied to.
@@ -180,15 +180,7 @@ impl Claim {
         copy: StoredCopy,
         lease: Duration,
     ) -> Claim {
-        let claim = Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease, false);
-        if let Some(sha) = copy
-            .attributes
-            .get(&object_store::Attribute::Metadata("sha256".into()))
-            .filter(|v| v.len() == 64)
-        {
-            *claim.sha256.lock().unwrap() = Some(sha.to_string());
-        }
-        claim
+        Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease, false)
     }
 
     /// `ours`: taken by this process, so that a lease lost with the lock engine's data may
@@ -218,7 +210,7 @@ impl Claim {
                 restorable,
             }),
             renewer: None,
-            sha256: Mutex::new(None),
+            digest: Mutex::new(None),
             spent: false,
             attempted: None,
         }
@@ -280,39 +272,41 @@ impl Claim {
         }
     }
 
-    /// The message's bytes and metadata. Remembers the SHA-256 for the dedup index.
+    /// The message's bytes and metadata. Remembers their duplicate digest.
     pub async fn read(&self) -> Result<(Bytes, Attributes), QueueError> {
         let result = self.queue.inner().store().get(&self.meta.location).await?;
         let attributes = result.attributes.clone();
         let bytes = result.bytes().await?;
-        let mut sha = self.sha256.lock().unwrap();
-        if sha.is_none() {
-            *sha = Some(hex(&Sha256::digest(&bytes)));
+        if self.digest.lock().unwrap().is_none() {
+            let digest = DedupDigest::of(&bytes);
+            *self.digest.lock().unwrap() = Some(digest);
         }
         Ok((bytes, attributes))
     }
 
-    /// The SHA-256 of the message's bytes (its `sha256` metadata, else computed).
-    pub async fn sha256(&self) -> Result<String, QueueError> {
-        if let Some(sha) = self.sha256.lock().unwrap().clone() {
-            return Ok(sha);
+    /// The message's duplicate digest ([`DedupDigest`]): from its bytes if [`Claim::read`]
+    /// read them, else read for it.
+    pub async fn digest(&self) -> Result<String, QueueError> {
+        if let Some(digest) = self.digest.lock().unwrap().clone() {
+            return Ok(digest);
         }
-        let copy = self
-            .queue
-            .head(State::Processing, &self.name)
-            .await?
-            .ok_or_else(|| QueueError::LeaseLost {
-                name: self.name.clone(),
-            })?;
-        let sha = self.queue.sha256(&copy).await?;
-        *self.sha256.lock().unwrap() = Some(sha.clone());
-        Ok(sha)
+        let digest = match self.queue.digests(&self.meta).await {
+            Err(QueueError::NotFound(_)) => {
+                return Err(self.lost_error());
+            }
+            other => other?.dedup,
+        };
+        *self.digest.lock().unwrap() = Some(digest.clone());
+        Ok(digest)
     }
 
-    /// A message with the same bytes finished within `dedup_window`, if any.
+    /// The same message finished within `dedup_window`, if any ([`DedupDigest`]: the same
+    /// bytes, or a resend that differs only in the `Received:` line Postfix added). Call it
+    /// after [`Claim::read`], which computes the digest on the way; before, it reads the
+    /// object for it.
     pub async fn duplicate_of(&self) -> Result<Option<FinishedRef>, QueueError> {
-        let sha = self.sha256().await?;
-        self.queue.duplicate_of(&self.name, &sha).await
+        let digest = self.digest().await?;
+        self.queue.duplicate_of(&self.name, &digest).await
     }
 
     /// Extends the lease to `lease` (default: the claim's) from now; a new length also
@@ -358,13 +352,13 @@ impl Claim {
                 (State::Retry, reason, Some(at))
             }
         };
-        // The dedup index needs the SHA-256; read it while the object is still here. Only
+        // The dedup index needs the digest; read it while the object is still here. Only
         // handled mail is remembered: the twin of a failed message deserves its own try.
-        let sha = match state {
-            State::Done => match self.sha256().await {
-                Ok(sha) => Some(sha),
+        let digest = match state {
+            State::Done => match self.digest().await {
+                Ok(digest) => Some(digest),
                 Err(e) => {
-                    tracing::warn!(name = self.name, error = %e, "cannot read the SHA-256; the message stays out of the dedup index");
+                    tracing::warn!(name = self.name, error = %e, "cannot read the message; it stays out of the dedup index");
                     None
                 }
             },
@@ -378,14 +372,14 @@ impl Claim {
             reason,
         };
         let finished = self.fenced_move(state, record).await?;
-        if let Some(sha) = sha {
+        if let Some(digest) = digest {
             let remembered = FinishedRef {
                 key: finished.key.clone(),
                 at: now,
             };
             let lock = self.queue.inner().lock();
             if let Err(e) = lock
-                .remember_finished(&sha, &remembered, settings.dedup_window)
+                .remember_finished(&digest, &remembered, settings.dedup_window)
                 .await
             {
                 tracing::warn!(name = self.name, error = %e, "cannot record the message in the dedup index");

@@ -27,6 +27,7 @@
 //! Maildir) and lists the store every `poll_interval` anyway.
 
 pub mod claim;
+pub mod dedup;
 pub mod lock;
 mod operator;
 pub mod record;
@@ -43,6 +44,7 @@ use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
 pub use claim::{Claim, Finished, Outcome};
+pub use dedup::DedupDigest;
 pub use lock::{FinishedRef, Holder, LockEngine, LockError, Token};
 pub use record::{MessageRef, Record, State};
 pub use wake::Announcer;
@@ -110,6 +112,15 @@ impl From<object_store::Error> for QueueError {
             e => QueueError::Store(e.to_string()),
         }
     }
+}
+
+/// The digests of a message's bytes.
+#[derive(Debug, Clone)]
+pub struct Digests {
+    /// SHA-256 of all the bytes.
+    pub sha256: String,
+    /// What the duplicate index knows the message by ([`DedupDigest`]).
+    pub dedup: String,
 }
 
 /// How to claim.
@@ -491,39 +502,35 @@ impl Queue {
         Ok(copies)
     }
 
-    /// The SHA-256 of a message's bytes: the `sha256` metadata the filter wrote, else
-    /// computed from the object.
-    pub async fn sha256(&self, copy: &StoredCopy) -> Result<String, QueueError> {
-        let stored = copy
-            .attributes
-            .get(&object_store::Attribute::Metadata("sha256".into()))
-            .map(|v| v.as_ref().to_string())
-            .filter(|v| v.len() == 64);
-        if let Some(sha) = stored {
-            return Ok(sha);
-        }
+    /// A message's digests, read from the object at `meta` in one pass.
+    pub async fn digests(&self, meta: &ObjectMeta) -> Result<Digests, QueueError> {
         let mut stream = self
             .inner
             .destination
             .store
-            .get(&copy.meta.location)
+            .get(&meta.location)
             .await?
             .into_stream();
-        let mut hasher = Sha256::new();
+        let (mut sha256, mut dedup) = (Sha256::new(), DedupDigest::default());
         while let Some(chunk) = stream.next().await {
-            hasher.update(chunk?);
+            let chunk = chunk?;
+            sha256.update(&chunk);
+            dedup.update(&chunk);
         }
-        Ok(hex(&hasher.finalize()))
+        Ok(Digests {
+            sha256: hex(&sha256.finalize()),
+            dedup: dedup.finish(),
+        })
     }
 
-    /// A finished message with the same bytes, finished within `dedup_window`, other than
-    /// `name` itself.
+    /// A message with the duplicate digest `digest` finished within `dedup_window`, other
+    /// than `name` itself.
     pub async fn duplicate_of(
         &self,
         name: &str,
-        sha256: &str,
+        digest: &str,
     ) -> Result<Option<FinishedRef>, QueueError> {
-        let found = self.inner.lock.finished(sha256).await?;
+        let found = self.inner.lock.finished(digest).await?;
         Ok(found.filter(|f| f.key.rsplit('/').next() != Some(name)))
     }
 

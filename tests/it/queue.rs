@@ -804,7 +804,9 @@ async fn cli_commands(backend: Backend) {
         .collect();
     assert_eq!(listed, vec![(names[0].as_str(), 0), (names[1].as_str(), 0)]);
 
-    // A message with the same bytes as a finished one: show names it.
+    // A resend of a finished message (the same bytes but for a new Received: line, as
+    // after a proxy timeout): show names the finished one. The same message to another
+    // recipient is not a duplicate.
     let queue = setup.queue().await;
     let done = setup.copies(&names[2]).await.remove(0);
     let bytes = {
@@ -819,36 +821,44 @@ async fn cli_commands(backend: Backend) {
             .await
             .unwrap()
     };
-    let twin = swiftdrop::store::key::MessageKey::new("filter.test", bytes.len() as u64);
-    let mut options = object_store::PutOptions::default();
-    if queue.destination().remote {
-        let sha = object_store::Attribute::Metadata("sha256".into());
-        options
-            .attributes
-            .insert(sha.clone(), done.attributes.get(&sha).unwrap().clone());
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let resent = text.replacen(
+        "Delivered-To: ops@example.com\r\n",
+        "Delivered-To: ops@example.com\r\nReceived: from client (client [192.0.2.1])\r\n\tby mx.example.com (Postfix) with ESMTP id 4XyZ; Sat, 28 Nov 2026 03:05:00 +0000\r\n",
+        1,
+    );
+    let elsewhere = text.replacen("Delivered-To: ops@", "Delivered-To: dev@", 1);
+    assert!(resent != text && elsewhere != text);
+    let mut twins = Vec::new();
+    for twin in [resent, elsewhere] {
+        use object_store::ObjectStoreExt;
+        let key = swiftdrop::store::key::MessageKey::new("filter.test", twin.len() as u64);
+        queue
+            .destination()
+            .store
+            .put(
+                &object_store::path::Path::from(key.cur_path()),
+                twin.into_bytes().into(),
+            )
+            .await
+            .unwrap();
+        twins.push(key.file_name());
     }
-    queue
-        .destination()
-        .store
-        .put_opts(
-            &object_store::path::Path::from(twin.cur_path()),
-            bytes.into(),
-            options,
-        )
-        .await
-        .unwrap();
-    let (_, out, _) = setup.cli(&["show", &twin.file_name(), "--json"], &[]);
+    let (_, out, _) = setup.cli(&["show", &twins[0], "--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         shown["duplicate_of"]["key"],
         format!("done/{}", names[2]),
         "{shown}"
     );
-    let (_, text, _) = setup.cli(&["show", &twin.file_name()], &[]);
+    let (_, text, _) = setup.cli(&["show", &twins[0]], &[]);
     assert!(
         text.contains(&format!("duplicate-of:  done/{}", names[2])),
         "{text}"
     );
+    let (_, out, _) = setup.cli(&["show", &twins[1], "--json"], &[]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["duplicate_of"].is_null(), "{shown}");
 
     // purge: nothing is that old; then everything in done/ is.
     let (code, out, _) = setup.cli(&["purge", "done", "--older-than", "1h", "--dry-run"], &[]);
@@ -864,7 +874,7 @@ async fn cli_commands(backend: Backend) {
     assert!(out.starts_with("deleted 1 of 1 messages"), "{out}");
     assert!(setup.names(State::Done).await.is_empty());
     let all = setup.everything().await;
-    assert_eq!(all[&State::Cur].len(), 3);
+    assert_eq!(all[&State::Cur].len(), 4);
 
     // Bad keys and states are refused with one line.
     let (code, _, err) = setup.cli(&["show", "cur/../etc/passwd"], &[]);

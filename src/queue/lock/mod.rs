@@ -196,7 +196,8 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// The holder of each name's lease, in order.
     async fn holders(&self, names: &[String]) -> Result<Vec<Option<Holder>>, LockError>;
 
-    /// Remembers that the message with this SHA-256 was finished, for `window`.
+    /// Remembers that the message with this duplicate digest (hex SHA-256) was finished, for
+    /// `window`.
     async fn remember_finished(
         &self,
         sha256: &str,
@@ -204,7 +205,7 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
         window: Duration,
     ) -> Result<(), LockError>;
 
-    /// The message with this SHA-256 finished within the window, if any.
+    /// The message with this duplicate digest finished within the window, if any.
     async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError>;
 
     /// Says that `name` is new under `cur/`, to the claims waiting for mail (engines without

@@ -8,7 +8,7 @@
 //! | `swiftdrop:{id}:fence` | the last fencing number given |
 //! | `swiftdrop:{id}:epoch` | when this Redis's data for the queue began (Unix ms, server clock) |
 //! | `swiftdrop:{id}:epoch-server` | the `run_id` of the server that began it: another server (restarted from a snapshot, a promoted replica) begins it again |
-//! | `swiftdrop:{id}:finished:<sha256>` | `<key> <unix ms>` of a finished message, expiring after the dedup window |
+//! | `swiftdrop:{id}:finished:<digest>` | `<key> <unix ms>` of a finished message, expiring after the dedup window |
 //! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
 //!
 //! Renew, release and the finish check are Lua scripts that compare the token and act in
