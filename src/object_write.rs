@@ -38,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::deliver::DeliveryError;
+use crate::queue::record::State;
 use crate::store::key::{self, MessageKey};
 use crate::store::swift::hex;
 use crate::store::{Destination, metadata};
@@ -449,7 +450,9 @@ impl ObjectWrite {
             delete_all(&dest, &touched).await;
             if outcome_unknown {
                 crate::cleanup::spawn(async move {
-                    tokio::time::sleep(LATE_LANDING).await;
+                    if !crate::cleanup::pause(LATE_LANDING).await {
+                        tracing::warn!(destination = %dest.name, keys = ?touched, "shutdown: deleting again before the minute for late landings is over; a write still in flight may land after this");
+                    }
                     delete_all(&dest, &touched).await;
                 });
             }
@@ -632,7 +635,7 @@ async fn put_landed(
 ) -> object_store::Result<Landed> {
     let head = match store.head(&path).await {
         Ok(head) => head,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Landed::No),
+        Err(object_store::Error::NotFound { .. }) => return taken_on(store, &path).await,
         Err(e) => return Err(e),
     };
     let found = head.e_tag.as_deref().map(|e| e.trim_matches('"'));
@@ -641,6 +644,32 @@ async fn put_landed(
     } else {
         Landed::No
     })
+}
+
+/// For a `cur/` name that is not there: whether a worker already took it on (a claim moved
+/// it to `processing/`, and on). Names are unique, so any copy under the same name in a
+/// later queue folder is this message: it landed, and writing it again would hand a worker
+/// a second copy.
+async fn taken_on(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+) -> object_store::Result<Landed> {
+    let Some(name) = path.as_ref().strip_prefix("cur/") else {
+        return Ok(Landed::No);
+    };
+    // One after another, in the order of a message's life: a move copies before it
+    // deletes, so a message moving on while we look is found in one folder or the next.
+    // A folder that cannot be looked at does not hide a copy found in the next one.
+    let mut failed = None;
+    for state in State::ALL.into_iter().filter(|s| *s != State::Cur) {
+        let path = Path::from(format!("{}/{name}", state.folder()));
+        match store.head(&path).await {
+            Ok(_) => return Ok(Landed::Whole(None)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    failed.map_or(Ok(Landed::No), Err)
 }
 
 /// Whether the object at `target` is the published copy of this message: it carries the
@@ -657,7 +686,9 @@ async fn move_landed(
         .await
     {
         Ok(head) => head,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Landed::No),
+        Err(object_store::Error::NotFound { .. }) => {
+            return taken_on(dest.store.as_ref(), &target).await;
+        }
         Err(e) => return Err(e),
     };
     let carried = head
@@ -700,7 +731,7 @@ where
     crate::cleanup::spawn(async move {
         let mut pause = Duration::from_secs(1);
         for attempt in 2..=CLEANUP_TRIES {
-            tokio::time::sleep(pause).await;
+            crate::cleanup::pause(pause).await;
             pause = (pause * 2).min(Duration::from_secs(120));
             if try_clean_up(&dest, &key, what, attempt, &mut step).await {
                 return;

@@ -29,6 +29,9 @@ pub enum Fault {
     Silence,
     /// Passed to Swift, which stores it; its answer is dropped with the connection.
     LoseAnswer,
+    /// As `LoseAnswer`, but before the answer is dropped the stored object is moved from
+    /// `cur/` to `processing/` (a server-side COPY, then a DELETE), as a worker's claim would.
+    LoseAnswerAfterClaim,
 }
 
 /// Faults for the message PUTs: `first` in order, then `then` for every later one.
@@ -127,6 +130,32 @@ fn rewrite(head: &str, edit: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
+/// Moves the object at `path` (`/v1/<account>/<container>/cur/<name>`) to `processing/` as a
+/// claim does, with the auth token of the request `head`.
+async fn claim(upstream: u16, head: &str, path: &str) -> std::io::Result<()> {
+    let token = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-auth-token"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let container_and_object = path.splitn(4, '/').nth(3).unwrap_or_default();
+    let destination = container_and_object.replacen("/cur/", "/processing/", 1);
+    for request in [
+        format!("COPY {path} HTTP/1.1\r\nDestination: {destination}\r\n"),
+        format!("DELETE {path} HTTP/1.1\r\n"),
+    ] {
+        let mut swift = TcpStream::connect(("127.0.0.1", upstream)).await?;
+        let request = format!(
+            "{request}Host: 127.0.0.1\r\nX-Auth-Token: {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        swift.write_all(request.as_bytes()).await?;
+        let (answer, _) = read_head(&mut swift).await?;
+        assert!(answer.starts_with("HTTP/1.1 20"), "claim: {answer}");
+    }
+    Ok(())
+}
+
 fn content_length(head: &str) -> usize {
     head.split("\r\n")
         .filter_map(|l| l.split_once(':'))
@@ -200,7 +229,10 @@ async fn proxy_one(
         return Ok(());
     }
     let (answer, rest) = read_head(&mut swift).await?;
-    if fault == Fault::LoseAnswer {
+    if fault == Fault::LoseAnswerAfterClaim && answer.starts_with("HTTP/1.1 201") {
+        claim(upstream, &head, path).await?;
+    }
+    if matches!(fault, Fault::LoseAnswer | Fault::LoseAnswerAfterClaim) {
         return Ok(());
     }
     let swift_address = format!("127.0.0.1:{upstream}");

@@ -124,6 +124,26 @@ async fn native_a_lost_answer_is_found_stored() {
     assert!(bytes.ends_with(body.as_bytes()), "the bytes as sent");
 }
 
+/// As above, but a worker claimed the message (moved it to `processing/`) before the
+/// filter asked whether its PUT had landed: the message is found taken on, not written to
+/// `cur/` again (which would hand a worker a second copy).
+#[tokio::test]
+async fn native_a_lost_answer_then_a_claim_is_not_stored_again() {
+    let swift = swift();
+    let proxy = FaultProxy::start(swift.port, &[Fault::LoseAnswerAfterClaim], Fault::Pass).await;
+    let (setup, deliverer, container) = setup(Api::Native, &proxy, "20s", "5s").await;
+    let (reply, body) = send_message(&setup, deliverer, &["ops@example.com"]).await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert_eq!(proxy.puts_seen(), 1);
+    let names = settled_listing(swift.port, &container, "processing/", 1).await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let (_, bytes) = native_get(swift.port, &container, &names[0]).await;
+    assert!(bytes.ends_with(body.as_bytes()), "the bytes as sent");
+    // A listing may still name the object the claim deleted: HEAD decides.
+    let again = existing(swift.port, &container, "cur/").await;
+    assert!(again.is_empty(), "stored again: {again:?}");
+}
+
 /// A message with two steps (a stored and a relayed recipient): its object is staged, then
 /// moved into `cur/` by a server-side copy whose answer is lost. The move had landed (the
 /// copy carries the message's SHA-256), so it is not made again: two PUTs in all (the
