@@ -24,5 +24,6 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod sweep;
 pub mod xforward;
 pub mod xtext;

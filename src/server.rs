@@ -50,6 +50,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.settings.max_connections));
         let mut sessions = JoinSet::new();
+        // Stopped with the listener: a sweep cut halfway is finished by the next start.
+        let sweeper = tokio::spawn(crate::sweep::run(self.deliverer.destinations().to_vec()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -79,6 +81,7 @@ impl Server {
             }
         }
         drop(self.listener);
+        sweeper.abort();
         let in_flight = sessions.len();
         tracing::info!(sessions = in_flight, "shutting down: no new connections");
         let _ = stop_tx.send(true);
