@@ -21,6 +21,7 @@ use crate::queue::Announcer;
 use crate::relay::{Relay, RelayError};
 use crate::reply::{self, Reply};
 use crate::route::Router;
+use crate::spool::RelayBody;
 use crate::store::{Destination, metadata};
 
 // Shutdown's budget for a delivery past its deadline must cover the clean-up (each
@@ -99,6 +100,10 @@ pub enum DeliveryError {
     RelayTimeout,
     /// The server is shutting down and began no delivery (nothing was written).
     ShuttingDown,
+    /// The memory budget had no room for the message's upload parts (`max_memory`).
+    NoMemory,
+    /// The relayed message could not be written to its spool file.
+    Spool(String),
 }
 
 impl DeliveryError {
@@ -120,6 +125,10 @@ impl DeliveryError {
                 reply::store_failed("Error: relay timed out, try again later")
             }
             DeliveryError::ShuttingDown => reply::not_now_shutting_down(),
+            DeliveryError::NoMemory => reply::insufficient_storage(),
+            DeliveryError::Spool(_) => {
+                reply::store_failed("Error: spooling failed, try again later")
+            }
         }
     }
 }
@@ -134,6 +143,10 @@ impl std::fmt::Display for DeliveryError {
             DeliveryError::Relay(e) => e.fmt(f),
             DeliveryError::RelayTimeout => f.write_str("relay: no answer within the deadline"),
             DeliveryError::ShuttingDown => f.write_str("shutting down: not delivered"),
+            DeliveryError::NoMemory => {
+                f.write_str("max_memory has no room for the message's upload parts")
+            }
+            DeliveryError::Spool(e) => write!(f, "spool file: {e}"),
         }
     }
 }
@@ -253,8 +266,9 @@ impl Deliverer {
         client: &Client,
         message: Bytes,
     ) -> Result<Delivered, DeliveryError> {
+        let whole = RelayBody::Memory(message.clone());
         self.begin(envelope, client, &message)
-            .finish(self, envelope, client, message)
+            .finish(self, envelope, client, message, whole)
             .await
     }
 }
@@ -280,7 +294,8 @@ impl Delivery {
     }
 
     /// Ends the message with `rest` (all of it when nothing was streamed) within the
-    /// deadline: every object is completed, then the relayed recipients are sent, then the
+    /// deadline: every object is completed, then the relayed recipients are sent `whole`
+    /// (the message from its first byte, in memory or spooled), then the
     /// objects appear under `cur/`. An object that is the message's only step is written
     /// straight to `cur/`; with more than one step each object waits under `tmp/` until all
     /// succeeded, so that no worker takes a message that then gets a 451. Any failure
@@ -291,6 +306,7 @@ impl Delivery {
         envelope: &Envelope,
         client: &Client,
         rest: Bytes,
+        mut whole: RelayBody,
     ) -> Result<Delivered, DeliveryError> {
         let deadline = tokio::time::Instant::now() + deliverer.timeout;
         let relay = deliverer
@@ -310,11 +326,11 @@ impl Delivery {
         }
         let mut relayed = None;
         if let Some(relay) = relay {
-            // Messages with relayed recipients are never streamed: `rest` is all of it.
             // Part of the deadline is kept for the moves into cur/ that follow.
             let relay_deadline = deadline - deliverer.timeout / 4;
             let sent =
-                tokio::time::timeout_at(relay_deadline, relay.send(envelope, client, &rest)).await;
+                tokio::time::timeout_at(relay_deadline, relay.send(envelope, client, &mut whole))
+                    .await;
             match sent {
                 Ok(Ok(text)) => relayed = Some(text),
                 Ok(Err(e)) => {

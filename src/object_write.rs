@@ -47,6 +47,9 @@ use crate::store::{Destination, metadata};
 pub const PART_SIZE: usize = 5 << 20;
 /// Parts of one destination being sent at once.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// Memory one destination's streamed upload may hold: the part being filled and those
+/// being sent ([`crate::memory`] reserves it).
+pub const STREAM_MEMORY: usize = (PARTS_IN_FLIGHT + 1) * PART_SIZE;
 /// Bound on each clean-up request; what fails is retried in the background. A failed
 /// message's clean-up makes at most two in a row while its client waits (an upload's abort,
 /// then the deletes).

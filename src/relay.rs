@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use mail_send::SmtpClient;
+use mail_send::smtp::AssertReply;
 use mail_send::smtp::message::Parameters;
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_BINARY_MIME, EXT_DSN, EXT_SIZE, EXT_SMTP_UTF8, MAIL_BODY_7BIT,
@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::envelope::{Client, Envelope, Recipient};
 use crate::reply::Reply;
+use crate::spool::{self, RelayBody};
 use crate::xtext::xtext_encode;
 
 /// Longest XFORWARD line we send (RFC 5321 command lines are 512 octets with CRLF).
@@ -74,7 +75,7 @@ impl Relay {
         &self,
         envelope: &Envelope,
         client: &Client,
-        message: &Bytes,
+        message: &mut RelayBody,
     ) -> Result<String, RelayError> {
         let recipients: Vec<&Recipient> = envelope.relayed().collect();
         let mut smtp = SmtpClient::connect(self.addr, self.timeout)
@@ -100,7 +101,7 @@ impl Relay {
         envelope: &Envelope,
         recipients: &[&Recipient],
         client: &Client,
-        message: &Bytes,
+        message: &mut RelayBody,
     ) -> Result<String, RelayError> {
         let greeting = smtp.read().await.map_err(classify)?;
         if greeting.code != 220 {
@@ -116,7 +117,8 @@ impl Relay {
                 break;
             }
         }
-        let mail = mail_parameters(envelope, ehlo.capabilities, message.len());
+        let size = usize::try_from(message.len()).unwrap_or(usize::MAX);
+        let mail = mail_parameters(envelope, ehlo.capabilities, size);
         smtp.mail_from(&envelope.sender, &mail)
             .await
             .map_err(classify)?;
@@ -125,22 +127,21 @@ impl Relay {
                 .await
                 .map_err(classify)?;
         }
-        // mail-send ends the data with CRLF.CRLF itself: hand it the message without its
-        // final CRLF so that the bytes arrive unchanged.
-        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-        let reply = smtp.data(stuff_first_line(body)).await.map_err(classify)?;
+        // The content is written here rather than by mail-send's `data`, which needs the
+        // message in memory and does not stuff a dot on its first line.
+        smtp.cmd(b"DATA\r\n")
+            .await
+            .and_then(|r| r.assert_code(354))
+            .map_err(classify)?;
+        spool::write_data(&mut smtp.stream, message)
+            .await
+            .map_err(|e| RelayError::Failed(format!("sending the message: {e}")))?;
+        let reply = smtp
+            .read()
+            .await
+            .and_then(|r| r.into_positive_completion())
+            .map_err(classify)?;
         Ok(reply.message)
-    }
-}
-
-/// The message with a dot added before a dot that begins it. mail-send dot-stuffs the dots
-/// that follow a line break but not the message's first byte, and a lone dot there would end
-/// the data early: the downstream would read the rest as commands (SMTP smuggling).
-fn stuff_first_line(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if body.starts_with(b".") {
-        [b".", body].concat().into()
-    } else {
-        body.into()
     }
 }
 

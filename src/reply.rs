@@ -139,6 +139,14 @@ pub fn help() -> Reply {
 pub fn store_failed(reason: &str) -> Reply {
     Reply::new(451, [4, 3, 0], reason.to_string())
 }
+/// The memory budget (`max_memory`) has no room for this message now: the client retries.
+pub fn insufficient_storage() -> Reply {
+    Reply::new(
+        452,
+        [4, 3, 1],
+        "Error: insufficient system storage, try again later",
+    )
+}
 /// The connection limit is reached.
 pub fn too_many_connections() -> Reply {
     Reply::new(

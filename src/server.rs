@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{DELIVERY_GRACE, ServerSettings};
 use crate::deliver::Deliverer;
+use crate::memory::MemoryBudget;
 use crate::reply;
 use crate::session::Session;
 
@@ -23,6 +24,8 @@ pub struct Server {
     listener: TcpListener,
     settings: Arc<ServerSettings>,
     deliverer: Arc<Deliverer>,
+    /// The sessions' shared memory budget (`max_memory`).
+    memory: Arc<MemoryBudget>,
 }
 
 impl Server {
@@ -34,6 +37,7 @@ impl Server {
         let listener = TcpListener::bind(settings.listen).await?;
         Ok(Server {
             listener,
+            memory: MemoryBudget::new(settings.max_memory),
             settings: Arc::new(settings),
             deliverer,
         })
@@ -69,10 +73,11 @@ impl Server {
                     let permit = Arc::clone(&limit).try_acquire_owned();
                     let settings = Arc::clone(&self.settings);
                     let deliverer = Arc::clone(&self.deliverer);
+                    let memory = Arc::clone(&self.memory);
                     let stop = stop_rx.clone();
                     sessions.spawn(async move {
                         match permit {
-                            Ok(_permit) => serve(stream, peer, settings, deliverer, stop).await,
+                            Ok(_permit) => serve(stream, peer, settings, deliverer, memory, stop).await,
                             Err(_) => refuse(stream, peer).await,
                         }
                     });
@@ -136,13 +141,14 @@ async fn serve(
     peer: SocketAddr,
     settings: Arc<ServerSettings>,
     deliverer: Arc<Deliverer>,
+    memory: Arc<MemoryBudget>,
     stop: watch::Receiver<bool>,
 ) {
     // Replies are small and the client waits for each one: do not let Nagle hold them.
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connected");
     let session = async move {
-        Session::new(stream, peer, settings, deliverer, stop)
+        Session::new(stream, peer, settings, deliverer, memory, stop)
             .run()
             .await
     };

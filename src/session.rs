@@ -6,6 +6,11 @@
 //! other line to `smtp_proto::Request::parse`. Message bytes go through `DataReceiver`
 //! (dot-unstuffing) or `BdatReceiver`. Protocol errors are replies, never Rust errors; the
 //! final `250` is written only after [`Deliverer::deliver`] confirmed every write.
+//!
+//! Message bytes are held only within the shared memory budget ([`crate::memory`]): the
+//! buffer grows only by what was reserved first, and a transaction that finds no room gets
+//! `452 4.3.1`. Past `stream_threshold` the bytes go on to the stores as they arrive, and to
+//! a spool file when recipients are relayed ([`crate::spool`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +25,10 @@ use tokio::sync::watch;
 use crate::config::ServerSettings;
 use crate::deliver::{Deliverer, Delivery, DeliveryError, Route};
 use crate::envelope::{Client, Envelope, Recipient};
+use crate::memory::{MemoryBudget, READ_SLACK, Reservation};
+use crate::object_write::STREAM_MEMORY;
 use crate::reply::{self, Reply};
+use crate::spool::{RelayBody, Spool};
 use crate::xforward::{self, ClientAttributes};
 
 /// Longest command line accepted, CRLF included.
@@ -39,8 +47,8 @@ enum State {
     Data(DataReceiver),
     /// DATA content that will not be stored (over the size limit): discard, then reply.
     DiscardData(DummyDataReceiver, Reply),
-    /// A BDAT chunk, collected into the transaction's body.
-    Bdat(BdatReceiver),
+    /// A BDAT chunk, collected into the transaction's body; `left` bytes of it are to come.
+    Bdat { receiver: BdatReceiver, left: usize },
     /// A BDAT chunk that will not be stored: discard, then reply; `abort` ends the
     /// transaction (over the size limit), otherwise it stays open (e.g. no recipient yet).
     DiscardBdat {
@@ -91,6 +99,13 @@ struct Transaction {
     streamed: usize,
     /// When the message's data must have ended (`data_timeout` after DATA or the first BDAT).
     data_deadline: Option<tokio::time::Instant>,
+    /// What the transaction holds of the memory budget: `body`'s capacity plus
+    /// `upload_memory`.
+    memory: Reservation,
+    /// Reserved for the destinations' upload parts while streaming.
+    upload_memory: usize,
+    /// The message from its first byte, for relayed recipients, once it streams.
+    spool: Option<Spool>,
 }
 
 /// Where a transaction's message bytes go.
@@ -109,10 +124,42 @@ impl Transaction {
         self.streamed + self.body.len() - self.body_start
     }
 
-    /// Streaming is for stored recipients only: the relay needs the whole message.
+    /// Past `threshold` (or once begun), the bytes are sent on as they arrive.
     fn streams(&self, threshold: usize) -> bool {
-        !matches!(self.sending, Sending::Buffered)
-            || (self.message_len() > threshold && self.envelope.relayed().next().is_none())
+        !matches!(self.sending, Sending::Buffered) || self.message_len() > threshold
+    }
+
+    /// Makes room in `body` for `incoming` more bytes, reserving it from the budget first;
+    /// false when the budget has none. The buffer doubles as it grows, up to what it may
+    /// hold before it is sent on (`threshold` plus one read).
+    fn make_room(&mut self, incoming: usize, threshold: usize) -> bool {
+        let needed = self.body.len().saturating_add(incoming);
+        if needed <= self.body.capacity() {
+            return true;
+        }
+        let doubled = self.body.capacity().saturating_mul(2);
+        let grown = needed.max(doubled.min(threshold.saturating_add(READ_SLACK)));
+        if !self.memory.resize(grown.saturating_add(self.upload_memory)) {
+            return false;
+        }
+        self.body.reserve_exact(grown - self.body.len());
+        true
+    }
+
+    /// Gives the reservation back down to what is held now.
+    fn sync_memory(&mut self) {
+        self.memory
+            .resize(self.body.capacity().saturating_add(self.upload_memory));
+    }
+
+    /// Drops the message's bytes: what was streamed is taken back (the dropped delivery
+    /// aborts in the background) and the memory is given back.
+    fn drop_body(&mut self) {
+        self.body = Vec::new();
+        self.sending = Sending::Buffered;
+        self.spool = None;
+        self.upload_memory = 0;
+        self.sync_memory();
     }
 }
 
@@ -121,6 +168,7 @@ pub struct Session<S> {
     io: S,
     settings: Arc<ServerSettings>,
     deliverer: Arc<Deliverer>,
+    memory: Arc<MemoryBudget>,
     shutdown: watch::Receiver<bool>,
     xforward_allowed: bool,
     /// Whether recipients no destination takes may be relayed for this client.
@@ -136,12 +184,14 @@ pub struct Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    /// A session with a client at `peer`. `shutdown` turning true asks idle sessions to end.
+    /// A session with a client at `peer`, holding message bytes within `memory` (shared by
+    /// all sessions). `shutdown` turning true asks idle sessions to end.
     pub fn new(
         io: S,
         peer: SocketAddr,
         settings: Arc<ServerSettings>,
         deliverer: Arc<Deliverer>,
+        memory: Arc<MemoryBudget>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let ip = peer.ip().to_canonical();
@@ -150,6 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Session {
             io,
             deliverer,
+            memory,
             shutdown,
             xforward_allowed,
             relay_allowed,
@@ -268,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match (&self.state, &self.transaction) {
             (
                 State::Data(_)
-                | State::Bdat(_)
+                | State::Bdat { .. }
                 | State::DiscardData(..)
                 | State::DiscardBdat { .. },
                 _,
@@ -301,15 +352,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             State::Data(receiver) => {
                 let tx = self.transaction.as_mut().expect("DATA has a transaction");
+                if !tx.make_room(self.inbuf.len(), self.settings.stream_threshold) {
+                    let discard = DummyDataReceiver::new_data(receiver);
+                    tx.drop_body();
+                    self.state = State::DiscardData(discard, self.no_memory());
+                    return Step::Continue;
+                }
                 let mut it = self.inbuf.iter();
                 let done = receiver.ingest(&mut it, &mut tx.body);
                 let consumed = self.inbuf.len() - it.as_slice().len();
                 self.inbuf.advance(consumed);
                 if tx.message_len() > self.settings.max_message_size {
                     let discard = DummyDataReceiver::new_data(receiver);
-                    tx.body = Vec::new();
-                    // A dropped delivery takes back what it streamed.
-                    tx.sending = Sending::Buffered;
+                    tx.drop_body();
                     if done {
                         return self.end_discarded(reply::too_big());
                     }
@@ -342,13 +397,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     _ => unreachable!("matched above"),
                 }
             }
-            State::Bdat(receiver) => {
+            State::Bdat { receiver, left } => {
                 let tx = self.transaction.as_mut().expect("BDAT has a transaction");
+                if !tx.make_room(self.inbuf.len().min(*left), self.settings.stream_threshold) {
+                    let discard = DummyDataReceiver::new_bdat(*left);
+                    tx.drop_body();
+                    self.state = State::DiscardBdat {
+                        receiver: discard,
+                        reply: self.no_memory(),
+                        abort: true,
+                    };
+                    return Step::Continue;
+                }
                 let mut it = self.inbuf.iter();
                 let done = receiver.ingest(&mut it, &mut tx.body);
                 let consumed = self.inbuf.len() - it.as_slice().len();
                 self.inbuf.advance(consumed);
+                *left -= consumed;
                 if !done {
+                    // A large chunk is sent on as it arrives, not held whole.
+                    let fresh = !tx.body.is_empty();
+                    if fresh && tx.streams(self.settings.stream_threshold) {
+                        return Step::Stream(false);
+                    }
                     return Step::NeedInput;
                 }
                 let last = receiver.is_last;
@@ -368,6 +439,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+    }
+
+    /// The reply for a transaction the memory budget has no room for, logged for the
+    /// operator (a sign that `max_memory` is too small for the load).
+    fn no_memory(&self) -> Reply {
+        tracing::warn!(
+            client = %self.client.display(),
+            used = self.memory.used(),
+            max_memory = self.memory.limit(),
+            "memory budget exhausted: the message gets 452"
+        );
+        reply::insufficient_storage()
     }
 
     /// Ends a transaction whose data was discarded, with `reply`.
@@ -443,6 +526,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.push(reply::too_big());
                     return Step::Continue;
                 }
+                // Refused early when even a small message would find no room.
+                if !self.memory.has_room(READ_SLACK) {
+                    let reply = self.no_memory();
+                    self.push(reply);
+                    return Step::Continue;
+                }
                 self.transaction = Some(Transaction {
                     envelope: Envelope {
                         sender: from.address.into_owned(),
@@ -457,6 +546,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     sending: Sending::Buffered,
                     streamed: 0,
                     data_deadline: None,
+                    memory: self.memory.reservation(),
+                    upload_memory: 0,
+                    spool: None,
                 });
                 self.push(reply::sender_ok());
                 Step::Continue
@@ -610,7 +702,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let capacity = self.initial_capacity(tx);
         let tx = self.transaction.as_mut().expect("checked above");
-        tx.body = Vec::with_capacity(capacity);
+        // A message announced past stream_threshold will stream: its upload parts are
+        // reserved now too, so that once it got 354 it does not fail for memory halfway.
+        if tx.envelope.declared_size > self.settings.stream_threshold {
+            tx.upload_memory = upload_memory(&tx.envelope);
+        }
+        if !tx.make_room(capacity, self.settings.stream_threshold) {
+            tx.upload_memory = 0;
+            // The transaction stays: the client may try DATA again, or RSET.
+            let reply = self.no_memory();
+            self.push(reply);
+            return Step::Continue;
+        }
         tx.data_deadline = Some(tokio::time::Instant::now() + self.settings.data_timeout);
         let mut receiver = DataReceiver::new();
         // A fresh DataReceiver does not treat the start of data as the start of a line;
@@ -643,19 +746,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             return Step::Continue;
         }
-        let capacity = self.initial_capacity(self.transaction.as_ref().expect("checked"));
         let tx = self.transaction.as_mut().expect("checked above");
         if !tx.chunking {
             tx.chunking = true;
-            tx.body = Vec::with_capacity(capacity.max(chunk_size));
             tx.data_deadline = Some(tokio::time::Instant::now() + self.settings.data_timeout);
         }
-        self.state = State::Bdat(BdatReceiver::new(chunk_size, is_last));
+        self.state = State::Bdat {
+            receiver: BdatReceiver::new(chunk_size, is_last),
+            left: chunk_size,
+        };
         Step::Continue
     }
 
-    /// Sends the buffered message bytes on to the stores, starting the delivery the first
-    /// time. A failure is kept for the final reply; the rest of the data is then dropped.
+    /// Sends the buffered message bytes on to the stores (and the spool, for relayed
+    /// recipients), starting the delivery the first time. A failure is kept for the final
+    /// reply; the rest of the data is then dropped.
     async fn stream_out(&mut self) {
         let client = self.client.clone();
         let tx = self
@@ -667,17 +772,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let bytes = &body[std::mem::take(&mut tx.body_start)..];
         tx.streamed += bytes.len();
         if matches!(tx.sending, Sending::Buffered) {
-            let delivery = self.deliverer.begin(&tx.envelope, &client, bytes);
-            tx.sending = Sending::Streaming(delivery);
+            let sending = match self.begin_streaming(bytes) {
+                Ok(delivery) => Sending::Streaming(delivery),
+                Err(e) => Sending::Failed(e),
+            };
+            self.transaction.as_mut().expect("checked above").sending = sending;
         }
-        let Sending::Streaming(delivery) = &mut tx.sending else {
-            return;
-        };
-        if let Err(e) = delivery.stream(&self.deliverer, bytes).await {
-            tracing::warn!(client = %client.display(), error = %e, "streaming the message to the store failed; the rest of its data is dropped");
+        let tx = self.transaction.as_mut().expect("checked above");
+        if let (Sending::Streaming(_), Some(spool)) = (&tx.sending, &mut tx.spool) {
+            if let Err(e) = spool.write(bytes).await {
+                tx.sending = Sending::Failed(DeliveryError::Spool(e.to_string()));
+            }
+        }
+        if let Sending::Streaming(delivery) = &mut tx.sending {
+            if let Err(e) = delivery.stream(&self.deliverer, bytes).await {
+                tx.sending = Sending::Failed(e);
+            }
+        }
+        if let Sending::Failed(e) = &tx.sending {
+            tracing::warn!(client = %client.display(), error = %e, "streaming the message failed; the rest of its data is dropped");
             // The dropped delivery takes back what it wrote, in the background.
-            tx.sending = Sending::Failed(e);
+            tx.spool = None;
+            tx.upload_memory = 0;
         }
+        drop(body);
+        tx.sync_memory();
+    }
+
+    /// Starts sending a message past `stream_threshold` on: reserves its destinations'
+    /// upload parts, opens the spool file when recipients are relayed, begins the writes.
+    fn begin_streaming(&mut self, head: &[u8]) -> Result<Delivery, DeliveryError> {
+        let tx = self
+            .transaction
+            .as_mut()
+            .expect("streaming has a transaction");
+        let uploads = upload_memory(&tx.envelope);
+        let more = uploads.saturating_sub(tx.upload_memory);
+        if !tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
+            tracing::warn!(
+                client = %self.client.display(),
+                used = self.memory.used(),
+                max_memory = self.memory.limit(),
+                "memory budget exhausted: the message gets 452"
+            );
+            return Err(DeliveryError::NoMemory);
+        }
+        tx.upload_memory = uploads;
+        if tx.envelope.relayed().next().is_some() {
+            let spool = Spool::create(&self.settings.spool_dir).map_err(|e| {
+                DeliveryError::Spool(format!("in {}: {e}", self.settings.spool_dir.display()))
+            })?;
+            tx.spool = Some(spool);
+        }
+        Ok(self.deliverer.begin(&tx.envelope, &self.client, head))
     }
 
     /// Stores (and relays) the finished message and returns the final reply.
@@ -693,6 +840,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ..self.client.clone()
         };
         let started = Instant::now();
+        // The bytes stay reserved until the reply: the stores and the relay read them.
+        let _memory = tx.memory;
         let rest = Bytes::from(tx.body).slice(tx.body_start..);
         let size = tx.streamed + rest.len();
         let delivery = match tx.sending {
@@ -703,15 +852,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(self.deliverer.begin(&tx.envelope, &client, &rest))
             }
         };
-        let result = match delivery {
+        let whole = match tx.spool {
+            None => Ok(RelayBody::Memory(rest.clone())),
+            Some(mut spool) => match spool.write(&rest).await {
+                Ok(()) => Ok(RelayBody::Spooled(spool)),
+                Err(e) => Err(DeliveryError::Spool(e.to_string())),
+            },
+        };
+        let result = match (delivery, whole) {
             // Dropped here, a delivery takes back what it streamed, in the background.
-            Ok(_) if self.deliverer.is_closed() => Err(DeliveryError::ShuttingDown),
-            Ok(delivery) => {
+            (Ok(_), _) if self.deliverer.is_closed() => Err(DeliveryError::ShuttingDown),
+            (Ok(delivery), Ok(whole)) => {
                 delivery
-                    .finish(&self.deliverer, &tx.envelope, &client, rest)
+                    .finish(&self.deliverer, &tx.envelope, &client, rest, whole)
                     .await
             }
-            Err(failure) => Err(failure),
+            (Err(failure), _) | (_, Err(failure)) => Err(failure),
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let recipients: Vec<&str> = tx
@@ -756,6 +912,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
     }
+}
+
+/// What a streamed message's uploads hold: [`STREAM_MEMORY`] for each destination.
+fn upload_memory(envelope: &Envelope) -> usize {
+    STREAM_MEMORY.saturating_mul(envelope.by_destination().len())
 }
 
 /// Bare LF and NUL are stored unchanged (the bytes are the client's), but an operator

@@ -55,6 +55,8 @@ const SERVER_OPTIONS: &[&str] = &[
     "log_format",
     "startup_check",
     "stream_threshold",
+    "max_memory",
+    "spool_dir",
 ];
 
 /// Options every destination understands.
@@ -157,6 +159,13 @@ pub struct ServerSettings {
     /// Messages larger than this are streamed to the stores in parts while DATA arrives
     /// (`stream_threshold`, default 8 MiB).
     pub stream_threshold: usize,
+    /// Message bytes all sessions may hold in memory at once (`max_memory`, default
+    /// 192 MiB, for a 256 MiB pod); past it, new transactions get `452 4.3.1`
+    /// ([`crate::memory`]).
+    pub max_memory: usize,
+    /// Where relayed messages past `stream_threshold` wait for the relay, in files that have
+    /// no name (`spool_dir`, default the system's temporary directory, `$TMPDIR` or `/tmp`).
+    pub spool_dir: PathBuf,
 }
 
 /// How log lines are written.
@@ -619,6 +628,9 @@ fn validate(raw: &RawConfig, problems: &mut Vec<String>) -> Option<Config> {
     }
     let destinations: Vec<DestinationConfig> = destinations.into_iter().flatten().collect();
     check_overlaps(&destinations, problems);
+    if let Some(server) = &server {
+        check_memory(server, destinations.len(), problems);
+    }
     Some(Config {
         server: server?,
         destinations,
@@ -689,6 +701,15 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
     let log_format = get("log_format", "text", &|s| parse_log_format(s).map(drop));
     let startup_check = get("startup_check", "yes", &|s| parse_bool(s).map(drop));
     let stream_threshold = get("stream_threshold", "8MiB", &|s| parse_size(s).map(drop));
+    let max_memory = get("max_memory", "192MiB", &|s| parse_size(s).map(drop));
+    let system_tmp = std::env::temp_dir().to_string_lossy().into_owned();
+    let spool_dir = get("spool_dir", &system_tmp, &|s| {
+        if Path::new(s).is_dir() {
+            Ok(())
+        } else {
+            Err(format!("{s:?} is not a directory"))
+        }
+    });
     if problems.len() > before {
         return None;
     }
@@ -730,7 +751,21 @@ fn validate_server(section: &RawSection, problems: &mut Vec<String>) -> Option<S
         log_format: parse_log_format(&log_format).ok()?,
         startup_check: parse_bool(&startup_check).ok()?,
         stream_threshold: parse_size(&stream_threshold).ok()?,
+        max_memory: parse_size(&max_memory).ok()?,
+        spool_dir: PathBuf::from(spool_dir),
     })
+}
+
+/// `max_memory` must hold at least one transaction at its largest, or a large message could
+/// never be accepted.
+fn check_memory(server: &ServerSettings, destinations: usize, problems: &mut Vec<String>) {
+    let peak = crate::memory::transaction_peak(server.stream_threshold, destinations);
+    if server.max_memory < peak {
+        problems.push(format!(
+            "[{SERVER_SECTION}] max_memory ({ENV_PREFIX}{SERVER_SECTION}_MAX_MEMORY) is {} bytes but one message may need {peak}: its buffer up to stream_threshold, then 15 MiB of upload parts for each of {destinations} destination(s) when it streams; raise max_memory or lower stream_threshold",
+            server.max_memory
+        ));
+    }
 }
 
 fn validate_destination(
@@ -1347,6 +1382,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.drain_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn max_memory_must_hold_one_message_at_its_largest() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.max_memory, 192 << 20);
+        assert_eq!(c.server.spool_dir, std::env::temp_dir());
+        // 8 MiB buffer + 64 KiB + 15 MiB of parts for each of two destinations.
+        let two = [
+            ("SWIFTDROP_A_RECIPIENTS", "a@example.com"),
+            ("SWIFTDROP_A_PATH", "/srv/a"),
+            ("SWIFTDROP_B_RECIPIENTS", "b@example.com"),
+            ("SWIFTDROP_B_PATH", "/srv/b"),
+        ];
+        let fits = [&two[..], &[("SWIFTDROP_SERVER_MAX_MEMORY", "39MiB")]].concat();
+        assert_eq!(load(None, &fits).unwrap().server.max_memory, 39 << 20);
+        let short = [&two[..], &[("SWIFTDROP_SERVER_MAX_MEMORY", "38MiB")]].concat();
+        let err = load(None, &short).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let text = &err.problems[0];
+        assert!(
+            text.contains("SWIFTDROP_SERVER_MAX_MEMORY") && text.contains("2 destination(s)"),
+            "{text}"
+        );
+        let err = load(
+            None,
+            &[("SWIFTDROP_SERVER_SPOOL_DIR", "/nonexistent/spool")],
+        )
+        .unwrap_err();
+        assert!(
+            err.problems[0].starts_with("SWIFTDROP_SERVER_SPOOL_DIR: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod cli;
 mod fault_proxy;
 mod gateway;
+mod load;
 mod postfix;
 mod private_postfix;
 mod queue;

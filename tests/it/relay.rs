@@ -140,6 +140,102 @@ async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
     );
 }
 
+/// A relayed message past `stream_threshold` is not held in memory: it streams to the store
+/// and waits for the relay in a spool file that has no name. Both get every byte, dots at
+/// line starts included wherever the pieces were cut, and nothing is left in the spool
+/// directory.
+#[tokio::test]
+async fn a_large_relayed_message_is_spooled_and_arrives_whole() {
+    let sink = SmtpSink::start(&[]);
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let setup = setup_with_relay_and(
+        sink.port,
+        &[
+            ("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB"),
+            ("SWIFTDROP_SERVER_SPOOL_DIR", spool_dir.as_str()),
+        ],
+    );
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.envelope(
+        "sender@example.org",
+        &["ours@example.com", "other@elsewhere.example"],
+    )
+    .await;
+    d.command("DATA", "354").await;
+    // 3 MiB of numbered lines, every tenth starting with a dot (sent stuffed).
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let mut wire = message.clone();
+    for i in 0..60_000 {
+        let line = format!(
+            "{}line {i:06} of a large relayed message ........\r\n",
+            if i % 10 == 0 { "." } else { "" }
+        );
+        message.extend_from_slice(line.as_bytes());
+        if i % 10 == 0 {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line.as_bytes());
+    }
+    wire.extend_from_slice(b".\r\n");
+    d.send(&wire).await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    assert!(reply.contains("; relayed: "), "{reply}");
+    let stored = setup.cur("ours");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].1.ends_with(&message),
+        "the stored object holds the message"
+    );
+    let expected = String::from_utf8(message).unwrap().replace("\r\n", "\n");
+    let dump = sink
+        .wait_for_dump_ending("line 059999 of a large relayed message ........")
+        .await
+        .expect("the relayed message arrived");
+    // smtp-sink ends its dump with an empty line of its own.
+    let start = dump
+        .find("Subject: large")
+        .expect("the message is in the dump");
+    assert_eq!(dump[start..].len(), expected.len() + 1);
+    assert!(
+        dump[start..].strip_suffix('\n') == Some(expected.as_str()),
+        "the relayed message arrived unchanged"
+    );
+    assert_eq!(count_entries(spool.path()), 0, "the spool file has no name");
+}
+
+/// A spool file that cannot be made (its directory is gone) fails the message with 451:
+/// nothing stored, nothing relayed.
+#[tokio::test]
+async fn a_spool_that_cannot_be_written_gives_451_and_leaves_nothing() {
+    let sink = SmtpSink::start(&[]);
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let setup = setup_with_relay_and(
+        sink.port,
+        &[
+            ("SWIFTDROP_SERVER_STREAM_THRESHOLD", "64KiB"),
+            ("SWIFTDROP_SERVER_SPOOL_DIR", spool_dir.as_str()),
+        ],
+    );
+    spool.close().unwrap();
+    let mut d = Dialog::start(&setup, PEER).await;
+    d.envelope(
+        "sender@example.org",
+        &["ours@example.com", "other@elsewhere.example"],
+    )
+    .await;
+    d.command("DATA", "354").await;
+    d.send("Subject: spool\r\n\r\n".to_string() + &"x".repeat(100).repeat(2000) + "\r\n.\r\n")
+        .await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    assert!(setup.cur("ours").is_empty());
+    assert!(sink.dumps().iter().all(|d| !d.contains("Subject: spool")));
+    assert_eq!(setup.staged("ours"), 0, "no write was begun");
+}
+
 /// The transaction ends at the downstream's DATA reply: a QUIT answered after the deadline
 /// changes nothing (a 451 would duplicate the relayed recipients' copy on the retry).
 #[tokio::test]

@@ -1,5 +1,9 @@
 //! Session behaviour over an in-memory pipe: protocol, limits, byte-exact storage.
 
+use std::sync::Arc;
+
+use swiftdrop::memory::MemoryBudget;
+
 use crate::support::*;
 
 const LOOPBACK: &str = "127.0.0.1:40000";
@@ -536,4 +540,131 @@ async fn shutdown_lets_the_transaction_finish_then_says_421() {
     assert!(busy.reply().await.starts_with("250 2.0.0 Ok: stored"));
     assert!(busy.reply().await.starts_with("421 4.3.2"));
     assert_eq!(setup.cur("maildir").len(), 1);
+}
+
+/// A message of `size` bytes: numbered lines, CRLF-ended.
+fn message_of(size: usize) -> Vec<u8> {
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let mut i = 0;
+    while message.len() < size {
+        message.extend_from_slice(format!("line {i:08} of a large message\r\n").as_bytes());
+        i += 1;
+    }
+    message
+}
+
+/// Message bytes are held only within `max_memory`, shared by every session: a transaction
+/// that finds no room gets `452 4.3.1` (at MAIL, at DATA when its SIZE does not fit, at the
+/// end of data when its buffer or its uploads could not grow), leaves nothing behind, and
+/// succeeds once the others have given their memory back.
+#[tokio::test]
+async fn message_bytes_are_held_within_the_shared_memory_budget() {
+    const MIB: usize = 1 << 20;
+    // One message at its largest (8 MiB buffer + 15 MiB of upload parts) fits in 24 MiB.
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB")]);
+    let memory = MemoryBudget::new(setup.config.server.max_memory);
+    let start = || {
+        Dialog::start_sharing(
+            setup.settings(),
+            setup.deliverer(),
+            Arc::clone(&memory),
+            LOOPBACK,
+        )
+    };
+    async fn open(d: &mut Dialog, size: Option<usize>) -> String {
+        d.command("EHLO client.test", "250").await;
+        let size = size.map(|s| format!(" SIZE={s}")).unwrap_or_default();
+        d.command(&format!("MAIL FROM:<sender@example.org>{size}"), "250")
+            .await;
+        d.command("RCPT TO:<rcpt@example.com>", "250").await;
+        d.send("DATA\r\n").await;
+        d.reply().await
+    }
+    // A and C each reserve a full buffer at DATA, as their SIZE announces.
+    let mut a = start().await;
+    assert!(open(&mut a, Some(8 * MIB)).await.starts_with("354"));
+    let mut c = start().await;
+    assert!(open(&mut c, Some(8 * MIB)).await.starts_with("354"));
+    assert_eq!(memory.used(), 2 * (8 * MIB + 64));
+
+    // B's SIZE does not fit: 452 at DATA, and the transaction stays open.
+    let mut b = start().await;
+    let reply = open(&mut b, Some(8 * MIB)).await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    // Without SIZE its buffer cannot grow past 4 MiB: 452 at the end of data.
+    b.command("RSET", "250").await;
+    b.command("MAIL FROM:<sender@example.org>", "250").await;
+    b.command("RCPT TO:<rcpt@example.com>", "250").await;
+    b.command("DATA", "354").await;
+    b.send(message_of(6 * MIB)).await;
+    b.send(".\r\n").await;
+    let reply = b.reply().await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    assert_eq!(
+        memory.used(),
+        2 * (8 * MIB + 64),
+        "B gave back what it held"
+    );
+
+    // E takes all but 1000 bytes: F is refused at MAIL.
+    let mut e = start().await;
+    let rest = 24 * MIB - memory.used() - 64 - 1000;
+    assert!(open(&mut e, Some(rest)).await.starts_with("354"));
+    let mut f = start().await;
+    f.command("EHLO client.test", "250").await;
+    f.command("MAIL FROM:<sender@example.org>", "452 4.3.1")
+        .await;
+    e.command("\r\n.", "250").await;
+    c.command("\r\n.", "250").await;
+    assert_eq!(memory.used(), 8 * MIB + 64, "only A holds memory now");
+
+    // B's 9 MiB fills its buffer, but its upload parts do not fit beside A: 452.
+    let large = message_of(9 * MIB);
+    b.command("MAIL FROM:<sender@example.org>", "250").await;
+    b.command("RCPT TO:<rcpt@example.com>", "250").await;
+    b.command("DATA", "354").await;
+    b.send(&large).await;
+    b.send(".\r\n").await;
+    let reply = b.reply().await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+
+    // Once A is done, B's retry is stored whole. Its SIZE reserves the buffer and the
+    // upload parts at DATA: a message that got 354 does not fail for memory halfway.
+    a.command("\r\n.", "250").await;
+    assert_eq!(memory.used(), 0);
+    b.command(
+        &format!("MAIL FROM:<sender@example.org> SIZE={}", large.len()),
+        "250",
+    )
+    .await;
+    b.command("RCPT TO:<rcpt@example.com>", "250").await;
+    b.command("DATA", "354").await;
+    assert_eq!(memory.used(), 8 * MIB + 64 + 15 * MIB);
+    b.send(&large).await;
+    b.send(".\r\n").await;
+    let reply = b.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    assert_eq!(memory.used(), 0);
+
+    let stored = setup.cur("maildir");
+    assert_eq!(
+        stored.len(),
+        4,
+        "E, C, A and B's retry; nothing of the refusals"
+    );
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|(_, bytes)| bytes.ends_with(&large))
+            .count(),
+        1
+    );
+    for (name, bytes) in &stored {
+        assert_size_in_name(name, bytes);
+    }
+    assert_eq!(
+        setup.staged("maildir"),
+        0,
+        "no staged or streamed leftovers"
+    );
 }

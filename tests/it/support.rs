@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use swiftdrop::config::{Config, ServerSettings};
 use swiftdrop::deliver::Deliverer;
+use swiftdrop::memory::MemoryBudget;
 use swiftdrop::route::Router;
 use swiftdrop::session::Session;
 use swiftdrop::store::Destination;
@@ -142,15 +143,28 @@ impl Dialog {
         Dialog::start_with(setup.settings(), setup.deliverer(), peer).await
     }
 
+    /// A session with a memory budget of its own (`max_memory`).
     pub async fn start_with(
         settings: Arc<ServerSettings>,
         deliverer: Arc<Deliverer>,
         peer: &str,
     ) -> Dialog {
+        let memory = MemoryBudget::new(settings.max_memory);
+        Dialog::start_sharing(settings, deliverer, memory, peer).await
+    }
+
+    /// A session holding its message bytes within `memory`, shared with other sessions.
+    pub async fn start_sharing(
+        settings: Arc<ServerSettings>,
+        deliverer: Arc<Deliverer>,
+        memory: Arc<MemoryBudget>,
+        peer: &str,
+    ) -> Dialog {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (stop, stop_rx) = watch::channel(false);
         let peer: SocketAddr = peer.parse().unwrap();
-        let task = tokio::spawn(Session::new(server, peer, settings, deliverer, stop_rx).run());
+        let task =
+            tokio::spawn(Session::new(server, peer, settings, deliverer, memory, stop_rx).run());
         let mut dialog = Dialog {
             io: client,
             buf: Vec::new(),
