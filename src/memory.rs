@@ -3,8 +3,9 @@
 //! with `452 4.3.1` instead of growing the process past its pod's limit.
 //!
 //! What is counted: a transaction's buffered message bytes (up to `stream_threshold`) and,
-//! from when it begins to stream, the upload parts each destination holds ([`crate::object_write`]'s
-//! `STREAM_MEMORY`). Not counted: each session's 64 KiB read buffer and the process itself.
+//! from when it begins to stream, the upload parts each destination holds
+//! ([`crate::object_write`]'s `STREAM_MEMORY`) and, for relayed recipients, the spool's
+//! buffers. Not counted: each session's 64 KiB read buffer and the process itself.
 //! Bytes past `stream_threshold` are never held whole: they go on to the stores as they
 //! arrive, and to a spool file when recipients are relayed ([`crate::spool`]).
 
@@ -12,18 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::object_write::STREAM_MEMORY;
+use crate::spool::SPOOL_MEMORY;
 
 /// What a transaction's buffer may hold beyond `stream_threshold`: the bytes of one read,
 /// ingested before the buffer is sent on.
 pub const READ_SLACK: usize = 64 * 1024;
 
-/// The most one transaction reserves: its buffer up to `stream_threshold` plus a read's
-/// slack, and, when it begins to stream, the upload parts of each of its `destinations`
-/// (the buffer is sent on into them).
+/// The most one transaction reserves: its buffer up to `stream_threshold` (plus a read's
+/// slack, and another for reads that come in larger), and, when it begins to stream, the
+/// upload parts of each of its `destinations` (the buffer is sent on into them) and the
+/// spool's buffers.
 pub fn transaction_peak(stream_threshold: usize, destinations: usize) -> usize {
     stream_threshold
-        .saturating_add(READ_SLACK)
+        .saturating_add(2 * READ_SLACK)
         .saturating_add(destinations.saturating_mul(STREAM_MEMORY))
+        .saturating_add(SPOOL_MEMORY)
 }
 
 /// A limit on bytes held at once, shared by every session.

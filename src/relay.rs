@@ -27,6 +27,8 @@ const MAX_XFORWARD_LINE: usize = 510;
 
 /// How long a relay connection waits for the reply to its QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a reply the downstream may have sent before it broke the connection.
+const REPLY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// Where relayed recipients go.
 #[derive(Debug, Clone)]
@@ -133,9 +135,14 @@ impl Relay {
             .await
             .and_then(|r| r.assert_code(354))
             .map_err(classify)?;
-        spool::write_data(&mut smtp.stream, message)
-            .await
-            .map_err(|e| RelayError::Failed(format!("sending the message: {e}")))?;
+        if let Err(e) = spool::write_data(&mut smtp.stream, message).await {
+            // A downstream that refuses mid-data (too big) may have answered before it
+            // closed: its reply says more than the broken pipe, and a 5xx is final.
+            if let Ok(Ok(reply)) = tokio::time::timeout(REPLY_AFTER_ERROR, smtp.read()).await {
+                return Err(reply_error(reply));
+            }
+            return Err(RelayError::Failed(format!("sending the message: {e}")));
+        }
         let reply = smtp
             .read()
             .await

@@ -34,6 +34,13 @@ impl Server {
         settings: ServerSettings,
         deliverer: Arc<Deliverer>,
     ) -> std::io::Result<Self> {
+        // A spool directory that cannot take a file would fail every large relayed message.
+        crate::spool::Spool::create(&settings.spool_dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("spool_dir {}: {e}", settings.spool_dir.display()),
+            )
+        })?;
         let listener = TcpListener::bind(settings.listen).await?;
         Ok(Server {
             listener,

@@ -28,7 +28,7 @@ use crate::envelope::{Client, Envelope, Recipient};
 use crate::memory::{MemoryBudget, READ_SLACK, Reservation};
 use crate::object_write::STREAM_MEMORY;
 use crate::reply::{self, Reply};
-use crate::spool::{RelayBody, Spool};
+use crate::spool::{RelayBody, SPOOL_MEMORY, Spool};
 use crate::xforward::{self, ClientAttributes};
 
 /// Longest command line accepted, CRLF included.
@@ -100,10 +100,10 @@ struct Transaction {
     /// When the message's data must have ended (`data_timeout` after DATA or the first BDAT).
     data_deadline: Option<tokio::time::Instant>,
     /// What the transaction holds of the memory budget: `body`'s capacity plus
-    /// `upload_memory`.
+    /// `streaming_memory`.
     memory: Reservation,
-    /// Reserved for the destinations' upload parts while streaming.
-    upload_memory: usize,
+    /// Reserved for the destinations' upload parts and the spool's buffers while streaming.
+    streaming_memory: usize,
     /// The message from its first byte, for relayed recipients, once it streams.
     spool: Option<Spool>,
 }
@@ -129,6 +129,14 @@ impl Transaction {
         !matches!(self.sending, Sending::Buffered) || self.message_len() > threshold
     }
 
+    /// The bytes of `body` that may be sent on now: at the end of data all of them; before,
+    /// all but a final CR, which may begin the end-of-data line (`.\r\n`): smtp-proto's
+    /// receiver takes that CR back out of the buffer when the LF arrives.
+    fn ready(&self, done: bool) -> std::ops::Range<usize> {
+        let held = !done && self.body.len() > self.body_start && self.body.last() == Some(&b'\r');
+        self.body_start..self.body.len() - usize::from(held)
+    }
+
     /// Makes room in `body` for `incoming` more bytes, reserving it from the budget first;
     /// false when the budget has none. The buffer doubles as it grows, up to what it may
     /// hold before it is sent on (`threshold` plus one read).
@@ -139,7 +147,10 @@ impl Transaction {
         }
         let doubled = self.body.capacity().saturating_mul(2);
         let grown = needed.max(doubled.min(threshold.saturating_add(READ_SLACK)));
-        if !self.memory.resize(grown.saturating_add(self.upload_memory)) {
+        if !self
+            .memory
+            .resize(grown.saturating_add(self.streaming_memory))
+        {
             return false;
         }
         self.body.reserve_exact(grown - self.body.len());
@@ -149,16 +160,17 @@ impl Transaction {
     /// Gives the reservation back down to what is held now.
     fn sync_memory(&mut self) {
         self.memory
-            .resize(self.body.capacity().saturating_add(self.upload_memory));
+            .resize(self.body.capacity().saturating_add(self.streaming_memory));
     }
 
     /// Drops the message's bytes: what was streamed is taken back (the dropped delivery
     /// aborts in the background) and the memory is given back.
     fn drop_body(&mut self) {
         self.body = Vec::new();
+        self.body_start = 0;
         self.sending = Sending::Buffered;
         self.spool = None;
-        self.upload_memory = 0;
+        self.streaming_memory = 0;
         self.sync_memory();
     }
 }
@@ -231,7 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.push(reply);
                 }
                 Step::Stream(done) => {
-                    self.stream_out().await;
+                    self.stream_out(done).await;
                     if done {
                         let reply = self.deliver().await;
                         self.push(reply);
@@ -371,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.state = State::DiscardData(discard, reply::too_big());
                     return Step::NeedInput;
                 }
-                let fresh = tx.body.len() > tx.body_start;
+                let fresh = !tx.ready(done).is_empty();
                 if tx.streams(self.settings.stream_threshold) && (fresh || done) {
                     Step::Stream(done)
                 } else if done {
@@ -416,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 *left -= consumed;
                 if !done {
                     // A large chunk is sent on as it arrives, not held whole.
-                    let fresh = !tx.body.is_empty();
+                    let fresh = !tx.ready(false).is_empty();
                     if fresh && tx.streams(self.settings.stream_threshold) {
                         return Step::Stream(false);
                     }
@@ -547,7 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     streamed: 0,
                     data_deadline: None,
                     memory: self.memory.reservation(),
-                    upload_memory: 0,
+                    streaming_memory: 0,
                     spool: None,
                 });
                 self.push(reply::sender_ok());
@@ -700,15 +712,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if tx.envelope.recipients.is_empty() {
             return self.protocol_error(reply::no_valid_recipients());
         }
-        let capacity = self.initial_capacity(tx);
+        let mut capacity = self.initial_capacity(tx);
         let tx = self.transaction.as_mut().expect("checked above");
-        // A message announced past stream_threshold will stream: its upload parts are
-        // reserved now too, so that once it got 354 it does not fail for memory halfway.
+        // A message announced past stream_threshold will stream: its whole buffer and its
+        // upload parts are reserved now, so that once it got 354 it does not fail for memory
+        // halfway.
         if tx.envelope.declared_size > self.settings.stream_threshold {
-            tx.upload_memory = upload_memory(&tx.envelope);
+            capacity = self.settings.stream_threshold + READ_SLACK;
+            tx.streaming_memory = streaming_memory(&tx.envelope);
         }
         if !tx.make_room(capacity, self.settings.stream_threshold) {
-            tx.upload_memory = 0;
+            tx.streaming_memory = 0;
             // The transaction stays: the client may try DATA again, or RSET.
             let reply = self.no_memory();
             self.push(reply);
@@ -759,17 +773,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Sends the buffered message bytes on to the stores (and the spool, for relayed
-    /// recipients), starting the delivery the first time. A failure is kept for the final
-    /// reply; the rest of the data is then dropped.
-    async fn stream_out(&mut self) {
-        let client = self.client.clone();
+    /// recipients), starting the delivery the first time; `done` at the end of data. A
+    /// failure is kept for the final reply; the rest of the data is then dropped.
+    async fn stream_out(&mut self, done: bool) {
         let tx = self
             .transaction
             .as_mut()
             .expect("streaming has a transaction");
-        // Take the buffer rather than copy it: the next reads start a small one.
-        let body = std::mem::take(&mut tx.body);
-        let bytes = &body[std::mem::take(&mut tx.body_start)..];
+        let ready = tx.ready(done);
+        // Take the buffer rather than copy it: the next reads start a small one (with the
+        // CR held back, if any).
+        let mut body = std::mem::take(&mut tx.body);
+        tx.body = body.split_off(ready.end);
+        tx.body_start = 0;
+        let bytes = &body[ready.start..];
         tx.streamed += bytes.len();
         if matches!(tx.sending, Sending::Buffered) {
             let sending = match self.begin_streaming(bytes) {
@@ -779,6 +796,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.transaction.as_mut().expect("checked above").sending = sending;
         }
         let tx = self.transaction.as_mut().expect("checked above");
+        let failed_before = matches!(tx.sending, Sending::Failed(_));
         if let (Sending::Streaming(_), Some(spool)) = (&tx.sending, &mut tx.spool) {
             if let Err(e) = spool.write(bytes).await {
                 tx.sending = Sending::Failed(DeliveryError::Spool(e.to_string()));
@@ -790,34 +808,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         if let Sending::Failed(e) = &tx.sending {
-            tracing::warn!(client = %client.display(), error = %e, "streaming the message failed; the rest of its data is dropped");
+            if !failed_before {
+                tracing::warn!(client = %self.client.display(), error = %e, "streaming the message failed; the rest of its data is dropped");
+            }
             // The dropped delivery takes back what it wrote, in the background.
             tx.spool = None;
-            tx.upload_memory = 0;
+            tx.streaming_memory = 0;
         }
         drop(body);
         tx.sync_memory();
     }
 
     /// Starts sending a message past `stream_threshold` on: reserves its destinations'
-    /// upload parts, opens the spool file when recipients are relayed, begins the writes.
+    /// upload parts (and the spool's buffers), opens the spool file when recipients are
+    /// relayed, begins the writes.
     fn begin_streaming(&mut self, head: &[u8]) -> Result<Delivery, DeliveryError> {
         let tx = self
             .transaction
             .as_mut()
             .expect("streaming has a transaction");
-        let uploads = upload_memory(&tx.envelope);
-        let more = uploads.saturating_sub(tx.upload_memory);
+        let needed = streaming_memory(&tx.envelope);
+        let more = needed.saturating_sub(tx.streaming_memory);
         if !tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
-            tracing::warn!(
-                client = %self.client.display(),
-                used = self.memory.used(),
-                max_memory = self.memory.limit(),
-                "memory budget exhausted: the message gets 452"
-            );
+            self.no_memory();
             return Err(DeliveryError::NoMemory);
         }
-        tx.upload_memory = uploads;
+        tx.streaming_memory = tx.streaming_memory.max(needed);
         if tx.envelope.relayed().next().is_some() {
             let spool = Spool::create(&self.settings.spool_dir).map_err(|e| {
                 DeliveryError::Spool(format!("in {}: {e}", self.settings.spool_dir.display()))
@@ -841,7 +857,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let started = Instant::now();
         // The bytes stay reserved until the reply: the stores and the relay read them.
-        let _memory = tx.memory;
+        let reservation = tx.memory;
         let rest = Bytes::from(tx.body).slice(tx.body_start..);
         let size = tx.streamed + rest.len();
         let delivery = match tx.sending {
@@ -869,6 +885,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             (Err(failure), _) | (_, Err(failure)) => Err(failure),
         };
+        drop(reservation);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let recipients: Vec<&str> = tx
             .envelope
@@ -914,9 +931,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-/// What a streamed message's uploads hold: [`STREAM_MEMORY`] for each destination.
-fn upload_memory(envelope: &Envelope) -> usize {
-    STREAM_MEMORY.saturating_mul(envelope.by_destination().len())
+/// What a streamed message holds besides its buffer: [`STREAM_MEMORY`] for each destination's
+/// upload, and the spool's buffers when recipients are relayed.
+fn streaming_memory(envelope: &Envelope) -> usize {
+    let spool = if envelope.relayed().next().is_some() {
+        SPOOL_MEMORY
+    } else {
+        0
+    };
+    STREAM_MEMORY
+        .saturating_mul(envelope.by_destination().len())
+        .saturating_add(spool)
 }
 
 /// Bare LF and NUL are stored unchanged (the bytes are the client's), but an operator

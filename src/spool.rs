@@ -13,24 +13,27 @@ use std::path::Path;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-/// Read size when sending a spooled message.
+/// The unit of the spool's buffers: the file's own (tokio copies each write into it for the
+/// blocking pool), the read buffer when sending, and the buffer before the socket.
 const CHUNK: usize = 64 * 1024;
+
+/// Memory one spooled relay holds in its buffers ([`crate::memory`] reserves it).
+pub const SPOOL_MEMORY: usize = 3 * CHUNK;
 
 /// A message's bytes in an unlinked file under the spool directory.
 #[derive(Debug)]
 pub struct Spool {
-    file: BufWriter<tokio::fs::File>,
+    file: tokio::fs::File,
     len: u64,
 }
 
 impl Spool {
     /// An empty spool file in `dir` (removed from the directory at once).
     pub fn create(dir: &Path) -> std::io::Result<Spool> {
-        let file = tempfile::tempfile_in(dir)?;
-        Ok(Spool {
-            file: BufWriter::with_capacity(CHUNK, tokio::fs::File::from_std(file)),
-            len: 0,
-        })
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(dir)?);
+        // tokio's default keeps up to 2 MiB per file, unreserved.
+        file.set_max_buf_size(CHUNK);
+        Ok(Spool { file, len: 0 })
     }
 
     /// Appends `bytes`.
@@ -83,12 +86,14 @@ pub async fn write_data<W: AsyncWrite + Unpin>(
     out: &mut W,
     body: &mut RelayBody,
 ) -> std::io::Result<()> {
+    // Stuffed dots would otherwise go out as tiny writes of their own.
+    let mut out = BufWriter::with_capacity(CHUNK, out);
     let mut stuffer = DotStuffer::default();
     match body {
-        RelayBody::Memory(bytes) => stuffer.write(out, bytes).await?,
+        RelayBody::Memory(bytes) => stuffer.write(&mut out, bytes).await?,
         RelayBody::Spooled(spool) => {
-            spool.file.flush().await?;
-            let file = spool.file.get_mut();
+            let file = &mut spool.file;
+            file.flush().await?;
             file.seek(SeekFrom::Start(0)).await?;
             let mut chunk = vec![0; CHUNK];
             loop {
@@ -96,16 +101,11 @@ pub async fn write_data<W: AsyncWrite + Unpin>(
                 if n == 0 {
                     break;
                 }
-                stuffer.write(out, &chunk[..n]).await?;
+                stuffer.write(&mut out, &chunk[..n]).await?;
             }
         }
     }
-    let end: &[u8] = if stuffer.ends_with_crlf() {
-        b".\r\n"
-    } else {
-        b"\r\n.\r\n"
-    };
-    out.write_all(end).await?;
+    out.write_all(stuffer.end_of_data()).await?;
     out.flush().await
 }
 
@@ -117,6 +117,8 @@ struct DotStuffer {
     line_start: bool,
     /// The last two bytes written.
     tail: [u8; 2],
+    /// Bytes written.
+    written: usize,
 }
 
 impl Default for DotStuffer {
@@ -124,6 +126,7 @@ impl Default for DotStuffer {
         DotStuffer {
             line_start: true,
             tail: [0; 2],
+            written: 0,
         }
     }
 }
@@ -146,6 +149,7 @@ impl DotStuffer {
             self.line_start = byte == b'\n';
         }
         out.write_all(&piece[from..]).await?;
+        self.written += piece.len();
         match piece {
             [] => {}
             [last] => self.tail = [self.tail[1], *last],
@@ -154,8 +158,14 @@ impl DotStuffer {
         Ok(())
     }
 
-    fn ends_with_crlf(&self) -> bool {
-        &self.tail == b"\r\n"
+    /// What ends the data: the final dot line, after a CRLF if the message lacks one at its
+    /// end (an empty message needs none).
+    fn end_of_data(&self) -> &'static [u8] {
+        if self.written == 0 || &self.tail == b"\r\n" {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
     }
 }
 
@@ -169,11 +179,7 @@ mod tests {
         for piece in pieces {
             stuffer.write(&mut out, piece).await.unwrap();
         }
-        out.extend_from_slice(if stuffer.ends_with_crlf() {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        });
+        out.extend_from_slice(stuffer.end_of_data());
         out
     }
 
@@ -192,7 +198,7 @@ mod tests {
         );
         // A dot inside a line is left alone; no final CRLF gets one.
         assert_eq!(data_of(&[b"a.b"]).await, b"a.b\r\n.\r\n");
-        assert_eq!(data_of(&[]).await, b"\r\n.\r\n");
+        assert_eq!(data_of(&[]).await, b".\r\n");
     }
 
     #[tokio::test]

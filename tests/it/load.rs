@@ -78,6 +78,7 @@ fn peak_rss(pid: u32) -> u64 {
 /// within the pod the default `max_memory` is sized for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_messages_keep_memory_within_the_budget() {
+    let _turn = HEAVY.lock().await;
     let dir = tempdir_with_mode("swiftdrop-load", 0o755);
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();

@@ -11,13 +11,9 @@ use futures::StreamExt;
 use swiftdrop::queue::{ClaimOptions, Outcome, QueueError, State};
 
 use crate::queue_support::*;
-use crate::support::PATIENCE;
+use crate::support::{HEAVY, PATIENCE};
 
 const BACKENDS: [Backend; 3] = [Backend::Maildir, Backend::Swift, Backend::S3];
-
-/// Tests that drive the shared Swift hard with many processes take turns, so that one does
-/// not starve another's requests into timeouts on a 2-core machine.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Where a message is: every state that holds a copy.
 async fn states_of(setup: &QueueSetup, name: &str) -> Vec<State> {

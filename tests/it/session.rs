@@ -639,7 +639,7 @@ async fn message_bytes_are_held_within_the_shared_memory_budget() {
     .await;
     b.command("RCPT TO:<rcpt@example.com>", "250").await;
     b.command("DATA", "354").await;
-    assert_eq!(memory.used(), 8 * MIB + 64 + 15 * MIB);
+    assert_eq!(memory.used(), 8 * MIB + 64 * 1024 + 15 * MIB);
     b.send(&large).await;
     b.send(".\r\n").await;
     let reply = b.reply().await;
@@ -666,5 +666,30 @@ async fn message_bytes_are_held_within_the_shared_memory_budget() {
         setup.staged("maildir"),
         0,
         "no staged or streamed leftovers"
+    );
+}
+
+/// A streamed message whose data ends in two reads, `...\r\n.\r` then `\n`: the CR of the
+/// end-of-data line is not part of the message, though it arrived before the reader knew.
+#[tokio::test]
+async fn a_streamed_message_ending_across_reads_is_stored_byte_exact() {
+    let setup = Setup::new(&[("SWIFTDROP_SERVER_STREAM_THRESHOLD", "64KiB")]);
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.envelope("sender@example.org", &["rcpt@example.com"])
+        .await;
+    d.command("DATA", "354").await;
+    let message = message_of(200 * 1024);
+    d.send(&message).await;
+    d.send(".\r").await;
+    // Let the session read and stream what it has before the LF arrives.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    d.send("\n").await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0 Ok: stored as cur/"), "{reply}");
+    let stored = stored_body(&setup);
+    assert!(
+        stored.ends_with(&message),
+        "stored byte-exact, no stray CR: ends with {:?}",
+        String::from_utf8_lossy(&stored[stored.len() - 20..])
     );
 }

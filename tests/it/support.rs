@@ -21,6 +21,11 @@ use tokio::task::JoinHandle;
 /// hanging it. Not a timing assertion: a healthy server answers in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Tests that load the machine hard (many processes on the shared Swift, gigabytes through
+/// the server) take turns, so that one does not starve another's requests into timeouts on
+/// a 2-core machine.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A configuration rooted in a fresh temporary directory.
 pub struct Setup {
     pub dir: tempfile::TempDir,
