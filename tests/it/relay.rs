@@ -140,6 +140,31 @@ async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
     );
 }
 
+/// A relay to `sink` that streams past `threshold` and spools into a directory of its own.
+fn spooling_setup(sink: &SmtpSink, threshold: &str) -> (Setup, tempfile::TempDir) {
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let setup = setup_with_relay_and(
+        sink.port,
+        &[
+            ("SWIFTDROP_SERVER_STREAM_THRESHOLD", threshold),
+            ("SWIFTDROP_SERVER_SPOOL_DIR", spool_dir.as_str()),
+        ],
+    );
+    (setup, spool)
+}
+
+/// A session with one stored and one relayed recipient, up to before DATA.
+async fn mixed_envelope(setup: &Setup) -> Dialog {
+    let mut d = Dialog::start(setup, PEER).await;
+    d.envelope(
+        "sender@example.org",
+        &["ours@example.com", "other@elsewhere.example"],
+    )
+    .await;
+    d
+}
+
 /// A relayed message past `stream_threshold` is not held in memory: it streams to the store
 /// and waits for the relay in a spool file that has no name. Both get every byte, dots at
 /// line starts included wherever the pieces were cut, and nothing is left in the spool
@@ -147,21 +172,8 @@ async fn a_first_line_dot_is_stuffed_so_nothing_is_smuggled() {
 #[tokio::test]
 async fn a_large_relayed_message_is_spooled_and_arrives_whole() {
     let sink = SmtpSink::start(&[]);
-    let spool = tempfile::tempdir().unwrap();
-    let spool_dir = spool.path().to_str().unwrap().to_string();
-    let setup = setup_with_relay_and(
-        sink.port,
-        &[
-            ("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB"),
-            ("SWIFTDROP_SERVER_SPOOL_DIR", spool_dir.as_str()),
-        ],
-    );
-    let mut d = Dialog::start(&setup, PEER).await;
-    d.envelope(
-        "sender@example.org",
-        &["ours@example.com", "other@elsewhere.example"],
-    )
-    .await;
+    let (setup, spool) = spooling_setup(&sink, "1MiB");
+    let mut d = mixed_envelope(&setup).await;
     d.command("DATA", "354").await;
     // 3 MiB of numbered lines, every tenth starting with a dot (sent stuffed).
     let mut message = b"Subject: large\r\n\r\n".to_vec();
@@ -210,22 +222,9 @@ async fn a_large_relayed_message_is_spooled_and_arrives_whole() {
 #[tokio::test]
 async fn a_spool_that_cannot_be_written_gives_451_and_leaves_nothing() {
     let sink = SmtpSink::start(&[]);
-    let spool = tempfile::tempdir().unwrap();
-    let spool_dir = spool.path().to_str().unwrap().to_string();
-    let setup = setup_with_relay_and(
-        sink.port,
-        &[
-            ("SWIFTDROP_SERVER_STREAM_THRESHOLD", "64KiB"),
-            ("SWIFTDROP_SERVER_SPOOL_DIR", spool_dir.as_str()),
-        ],
-    );
+    let (setup, spool) = spooling_setup(&sink, "64KiB");
     spool.close().unwrap();
-    let mut d = Dialog::start(&setup, PEER).await;
-    d.envelope(
-        "sender@example.org",
-        &["ours@example.com", "other@elsewhere.example"],
-    )
-    .await;
+    let mut d = mixed_envelope(&setup).await;
     d.command("DATA", "354").await;
     d.send("Subject: spool\r\n\r\n".to_string() + &"x".repeat(100).repeat(2000) + "\r\n.\r\n")
         .await;
