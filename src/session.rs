@@ -692,14 +692,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Step::Continue
     }
 
-    /// Room for the message: the announced SIZE, if any, within the limit.
+    /// Room for the message at DATA: the announced SIZE, if any, within the limit. A size
+    /// past `stream_threshold` gets the whole buffer the message will fill before it is
+    /// sent on, never more.
     fn initial_capacity(&self, tx: &Transaction) -> usize {
-        // Past stream_threshold the bytes go on to the stores: never reserve more.
-        tx.envelope
+        let threshold = self.settings.stream_threshold;
+        let declared = tx
+            .envelope
             .declared_size
-            .min(self.settings.max_message_size)
-            .min(self.settings.stream_threshold)
-            .saturating_add(64)
+            .min(self.settings.max_message_size);
+        if declared > threshold {
+            threshold.saturating_add(READ_SLACK)
+        } else {
+            declared.saturating_add(64)
+        }
     }
 
     fn data(&mut self) -> Step {
@@ -712,13 +718,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if tx.envelope.recipients.is_empty() {
             return self.protocol_error(reply::no_valid_recipients());
         }
-        let mut capacity = self.initial_capacity(tx);
+        let capacity = self.initial_capacity(tx);
         let tx = self.transaction.as_mut().expect("checked above");
-        // A message announced past stream_threshold will stream: its whole buffer and its
-        // upload parts are reserved now, so that once it got 354 it does not fail for memory
-        // halfway.
+        // A message announced past stream_threshold will stream: its upload parts are
+        // reserved now too, so that once it got 354 it does not fail for memory halfway.
         if tx.envelope.declared_size > self.settings.stream_threshold {
-            capacity = self.settings.stream_threshold + READ_SLACK;
             tx.streaming_memory = streaming_memory(&tx.envelope);
         }
         if !tx.make_room(capacity, self.settings.stream_threshold) {
