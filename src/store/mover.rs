@@ -21,7 +21,7 @@
 //! file a newer holder has updated in place; Swift and S3 cannot compare atomically, and
 //! their stale copy is a separate object that the newer one outranks). (Swift applies `If-None-Match` of a copy to its
 //! source, and Swift's S3 API refuses conditional writes: neither could refuse it anyway.)
-//! A missing source is [`object_store::Error::NotFound`]. The fail-point `move.copied` (see
+//! A copy's request may take [`copy_timeout`] (longer for larger objects). A missing source is [`object_store::Error::NotFound`]. The fail-point `move.copied` (see
 //! [`crate::failpoint`]) sits between a copy and its check.
 
 use std::fmt::Debug;
@@ -70,6 +70,16 @@ pub trait Mover: Send + Sync + Debug {
 
     /// Sets `update` on the object at `at`, keeping its bytes and its other metadata.
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()>;
+}
+
+/// Bytes a server-side copy is given one more second for, beyond the per-request timeout.
+pub const COPY_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// The time a server-side copy of `size` bytes may take: the store's per-request `timeout`
+/// plus one second per MiB. The store answers only once every byte is copied, so a fixed
+/// timeout would cut off a large message's copy (50 MiB on a slow cluster) on every try.
+pub fn copy_timeout(timeout: std::time::Duration, size: u64) -> std::time::Duration {
+    timeout + std::time::Duration::from_secs(size.div_ceil(COPY_BYTES_PER_SECOND))
 }
 
 /// Whether an ETag (quoted or not) is a plain MD5, as for an object written in one piece;

@@ -29,7 +29,7 @@ use object_store::{
 
 use crate::config::S3Config;
 use crate::failpoint;
-use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, is_plain_md5};
+use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, copy_timeout, is_plain_md5};
 use crate::store::swift::hex;
 
 /// Builds the S3 store a destination describes.
@@ -66,6 +66,7 @@ pub fn open(config: &S3Config) -> std::result::Result<Md5Verified<AmazonS3>, Str
         endpoint: config.endpoint.clone().unwrap_or_else(|| "AWS".into()),
         region: config.region.clone(),
         client,
+        timeout: config.timeout,
     })
 }
 
@@ -79,6 +80,8 @@ pub struct Md5Verified<T> {
     /// For the requests object_store cannot make (a copy that replaces metadata).
     region: String,
     client: reqwest::Client,
+    /// The per-request timeout (`timeout`), which a copy's scales from.
+    timeout: Duration,
 }
 
 impl<T> Md5Verified<T> {
@@ -247,18 +250,19 @@ const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
 const COPY_TRIES: u32 = 3;
 
 impl Md5Verified<AmazonS3> {
-    /// A server-side CopyObject that replaces the metadata with `headers` (object_store's
-    /// copy keeps the source's), tried again after a 5xx or a connection failure. Returns the
-    /// new object's ETag, unquoted.
+    /// A server-side CopyObject of the `size` bytes at `from` that replaces the metadata
+    /// with `headers` (object_store's copy keeps the source's), tried again after a 5xx or a
+    /// connection failure. Returns the new object's ETag, unquoted.
     async fn copy_replacing_metadata(
         &self,
         from: &Path,
         to: &Path,
+        size: u64,
         headers: &[(String, String)],
     ) -> Result<String> {
         let mut tries = 1;
         loop {
-            match self.copy_once(from, to, headers).await {
+            match self.copy_once(from, to, size, headers).await {
                 Err(CopyError::Transient(message)) if tries < COPY_TRIES => {
                     tracing::debug!(%from, %to, message, "copy failed; trying again");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
@@ -285,6 +289,7 @@ impl Md5Verified<AmazonS3> {
         &self,
         from: &Path,
         to: &Path,
+        size: u64,
         headers: &[(String, String)],
     ) -> std::result::Result<String, CopyError> {
         use object_store::aws::AwsAuthorizer;
@@ -326,7 +331,10 @@ impl Md5Verified<AmazonS3> {
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| CopyError::Final(context(&e)))?;
-        let mut send = self.client.put(url.as_str());
+        let mut send = self
+            .client
+            .put(url.as_str())
+            .timeout(copy_timeout(self.timeout, size));
         for (name, value) in request.headers() {
             send = send.header(name.as_str(), value.as_bytes());
         }
@@ -383,7 +391,7 @@ impl Mover for Md5Verified<AmazonS3> {
             .await?;
         let headers = replacement_headers(&source.attributes, update);
         let copied = self
-            .copy_replacing_metadata(&from.location, to, &headers)
+            .copy_replacing_metadata(&from.location, to, source.meta.size, &headers)
             .await?;
         failpoint::hit("move.copied");
         let source_etag = source.meta.e_tag.as_deref().map(|e| e.trim_matches('"'));
@@ -412,7 +420,7 @@ impl Mover for Md5Verified<AmazonS3> {
             .get_opts(&at.location, GetOptions::new().with_head(true))
             .await?;
         let headers = replacement_headers(&current.attributes, update);
-        self.copy_replacing_metadata(&at.location, &at.location, &headers)
+        self.copy_replacing_metadata(&at.location, &at.location, current.meta.size, &headers)
             .await
             .map(drop)
     }

@@ -1,6 +1,7 @@
 //! An HTTP/1.1 proxy in front of the test Swift that injects faults into the PUTs of
 //! message objects (`/cur/` and `/tmp/` keys): a 500 answer, a connection dropped halfway
-//! through the body, an ETag that is not the one Swift gave, or no answer at all. Every
+//! through the body, an ETag that is not the one Swift gave, no answer at all, or a
+//! server-side copy held as a slow cluster would. Every
 //! other request (auth, container checks, deletes, segments) passes unchanged. One request
 //! per connection (`Connection: close` both ways), so that each fault hits exactly one
 //! request. The auth answer's storage URL is rewritten to point at the proxy, so that the
@@ -29,16 +30,25 @@ pub enum Fault {
     Silence,
     /// Passed to Swift, which stores it; its answer is dropped with the connection.
     LoseAnswer,
+    /// A server-side copy (a PUT with `X-Copy-From` or `x-amz-copy-source`) is held for
+    /// [`HOLD`] before Swift sees it, as a slow cluster copying a large object would keep
+    /// it, and dropped if the client gave up meanwhile. Other PUTs pass.
+    HoldCopy,
     /// As `LoseAnswer`, but before the answer is dropped the stored object is moved from
     /// `cur/` to `processing/` (a server-side COPY, then a DELETE), as a worker's claim would.
     LoseAnswerAfterClaim,
 }
+
+/// How long [`Fault::HoldCopy`] holds a copy.
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Faults for the message PUTs: `first` in order, then `then` for every later one.
 struct Plan {
     first: VecDeque<Fault>,
     then: Fault,
     seen: usize,
+    /// Copies held by [`Fault::HoldCopy`] and then passed on.
+    held: usize,
 }
 
 /// A running proxy; stopped when dropped.
@@ -65,6 +75,7 @@ impl FaultProxy {
             first: first.iter().copied().collect(),
             then,
             seen: 0,
+            held: 0,
         }));
         let shared = plan.clone();
         let task = tokio::spawn(async move {
@@ -87,6 +98,11 @@ impl FaultProxy {
     /// How many message PUTs arrived so far.
     pub fn puts_seen(&self) -> usize {
         self.plan.lock().unwrap().seen
+    }
+
+    /// How many copies [`Fault::HoldCopy`] held and then passed to Swift.
+    pub fn copies_held(&self) -> usize {
+        self.plan.lock().unwrap().held
     }
 }
 
@@ -187,6 +203,18 @@ async fn proxy_one(
             _ => Fault::Pass,
         }
     };
+    let copy = head.split("\r\n").any(|line| {
+        let name = line.split(':').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("x-copy-from") || name.eq_ignore_ascii_case("x-amz-copy-source")
+    });
+    if fault == Fault::HoldCopy && copy && body.len() >= length {
+        // A copy has no body: anything read now is the client closing the connection.
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            _ = tokio::time::sleep(HOLD) => plan.lock().unwrap().held += 1,
+            _ = client.read(&mut probe) => return Ok(()),
+        }
+    }
     if fault == Fault::Status500 || fault == Fault::Silence {
         while body.len() < length {
             let mut chunk = vec![0u8; 65536];

@@ -62,12 +62,22 @@ async fn send_message(
     deliverer: std::sync::Arc<swiftdrop::deliver::Deliverer>,
     rcpts: &[&str],
 ) -> (String, String) {
+    send_lines(setup, deliverer, rcpts, 11_000).await
+}
+
+/// Sends one message of `lines` lines of 18 bytes; returns as [`send_message`].
+async fn send_lines(
+    setup: &Setup,
+    deliverer: std::sync::Arc<swiftdrop::deliver::Deliverer>,
+    rcpts: &[&str],
+    lines: usize,
+) -> (String, String) {
     let mut d = Dialog::start_with(setup.settings(), deliverer, PEER).await;
     d.envelope("ci@example.org", rcpts).await;
     d.command("DATA", "354").await;
     let body = format!(
         "Subject: faults\r\n\r\n{}",
-        "0123456789abcdef\r\n".repeat(11_000)
+        "0123456789abcdef\r\n".repeat(lines)
     );
     d.send(format!("{body}.\r\n")).await;
     (d.reply().await, body)
@@ -218,4 +228,36 @@ async fn native_a_silent_store_gives_451() {
 #[tokio::test]
 async fn s3_a_silent_store_gives_451() {
     a_refused_message_leaves_nothing(Api::S3, Fault::Silence).await;
+}
+
+/// A streamed message reaches `cur/` by a server-side copy, which the store answers only
+/// once every byte is copied. The copy may take the per-request timeout plus a second per
+/// MiB, so a copy held longer than the timeout (3 s against 2 s) lands, once. With the plain
+/// per-request timeout every try would be cut off and the message refused.
+async fn a_slow_copy_of_a_large_message_lands(api: Api) {
+    let swift = swift();
+    let proxy = FaultProxy::start(swift.port, &[], Fault::HoldCopy).await;
+    let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
+    let (setup, deliverer, container) = setup_and(api, &proxy, "15s", "2s", &threshold).await;
+    // 6.3 MB: streamed, its copy given 2 s + 7 s.
+    let (reply, body) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
+    assert!(reply.starts_with("250 2.0.0"), "{api:?}: {reply}");
+    assert!(proxy.copies_held() >= 1, "{api:?}: no copy was held");
+    let names = settled_listing(swift.port, &container, "cur/", 1).await;
+    assert_eq!(names.len(), 1, "{api:?}: {names:?}");
+    let (_, bytes) = native_get(swift.port, &container, &names[0]).await;
+    assert!(
+        bytes.ends_with(body.as_bytes()),
+        "{api:?}: the bytes as sent"
+    );
+}
+
+#[tokio::test]
+async fn native_a_slow_copy_of_a_large_message_lands() {
+    a_slow_copy_of_a_large_message_lands(Api::Native).await;
+}
+
+#[tokio::test]
+async fn s3_a_slow_copy_of_a_large_message_lands() {
+    a_slow_copy_of_a_large_message_lands(Api::S3).await;
 }

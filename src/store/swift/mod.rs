@@ -42,7 +42,7 @@ use serde::Deserialize;
 
 use crate::config::SwiftConfig;
 use crate::failpoint;
-use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, is_plain_md5};
+use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, copy_timeout, is_plain_md5};
 use auth::{TokenCache, error_chain};
 
 /// Name of this store in `object_store` errors.
@@ -76,6 +76,8 @@ struct Inner {
     segments_ready: AtomicBool,
     /// Where the credentials point, for Display (no secrets).
     authurl: String,
+    /// The per-request timeout (`timeout`), which a copy's scales from.
+    timeout: Duration,
 }
 
 impl SwiftStore {
@@ -94,6 +96,7 @@ impl SwiftStore {
                 container: config.container.clone(),
                 segments_ready: AtomicBool::new(false),
                 authurl: config.auth.authurl().to_string(),
+                timeout: config.timeout,
             }),
         })
     }
@@ -173,6 +176,8 @@ struct Request {
     query: Vec<(&'static str, String)>,
     headers: HeaderMap,
     body: Bytes,
+    /// Overrides the client's per-request timeout.
+    timeout: Option<Duration>,
 }
 
 impl Request {
@@ -184,6 +189,7 @@ impl Request {
             query: Vec::new(),
             headers: HeaderMap::new(),
             body: Bytes::new(),
+            timeout: None,
         }
     }
 
@@ -196,6 +202,11 @@ impl Request {
 
     fn query(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.query.push((name, value.into()));
+        self
+    }
+
+    fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -250,23 +261,24 @@ impl Inner {
                 token.storage_url,
                 encoded_path(&request.container, request.object.as_deref())
             );
-            let response = self
+            let mut builder = self
                 .client
                 .request(request.method.clone(), &url)
                 .query(&request.query)
                 .headers(request.headers.clone())
                 .header("X-Auth-Token", token.value.expose())
-                .body(request.body.clone())
-                .send()
-                .await
-                .map_err(|e| {
-                    generic(format!(
-                        "{} {}: {}",
-                        request.method,
-                        encoded_path(&request.container, request.object.as_deref()),
-                        error_chain(&e)
-                    ))
-                })?;
+                .body(request.body.clone());
+            if let Some(timeout) = request.timeout {
+                builder = builder.timeout(timeout);
+            }
+            let response = builder.send().await.map_err(|e| {
+                generic(format!(
+                    "{} {}: {}",
+                    request.method,
+                    encoded_path(&request.container, request.object.as_deref()),
+                    error_chain(&e)
+                ))
+            })?;
             if response.status() == StatusCode::UNAUTHORIZED && !renewed {
                 tracing::info!("Swift refused the cached token (401); authenticating again");
                 self.tokens.invalidate(&token).await;
@@ -833,7 +845,8 @@ impl Mover for SwiftStore {
         let source = encoded_path(container, Some(from.location.as_ref()));
         let mut request = Request::object(Method::PUT, container, to.as_ref())
             .header("x-copy-from", &source)?
-            .header("content-length", "0")?;
+            .header("content-length", "0")?
+            .timeout(copy_timeout(self.inner.timeout, from.size));
         request.headers.extend(update_headers(update)?);
         let response = self.inner.send(request).await?;
         if response.status() != StatusCode::CREATED {
