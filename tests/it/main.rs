@@ -4,7 +4,8 @@
 //! ephemeral port with mail-send as an independent client; `cli` runs the built binary;
 //! `postfix` goes through a real Postfix (`smtpd_proxy_filter`) started from a temporary
 //! directory; `swift` stores into the real Swift that tests/run.sh starts, and `store_faults` into it
-//! through `fault_proxy`, which injects faults. `support` and
+//! through `fault_proxy`, which injects faults; `process_faults` kills and stops the binary
+//! mid-transaction. `support` and
 //! `swift_support` hold the shared helpers.
 
 mod cli;
@@ -13,6 +14,7 @@ mod gateway;
 mod load;
 mod postfix;
 mod private_postfix;
+mod process_faults;
 mod queue;
 mod queue_support;
 mod relay;
