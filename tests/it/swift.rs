@@ -491,3 +491,102 @@ async fn fifty_mib_message_is_streamed_within_64_mib_of_memory() {
 fn header_value(h: &reqwest::header::HeaderMap, name: &str) -> String {
     header(h, name).to_string()
 }
+
+/// The output of `swiftdrop <args>` with `vars` (and only those) at log level trace, both
+/// streams. `serve` is given a message (to `recipient`) and SIGTERM once it listens.
+async fn run_logged(args: &[&str], vars: &[(String, String)], recipient: &str) -> String {
+    let port = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
+    cmd.env_clear()
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .env("SWIFTDROP_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWIFTDROP_SERVER_RELAY", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    if args == ["serve"] {
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "serve did not listen");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let rcpt = recipient.to_string();
+        let reply = tokio::task::spawn_blocking(move || send_big(port, &rcpt, 10, false))
+            .await
+            .unwrap();
+        println!("serve answered {reply}");
+        std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Secrets never reach a log line or `check`'s output, even at log level trace: known wrong
+/// credentials for the native API and S3 (refused, so every error path prints), and the
+/// token of a working key (tempauth gives every client of one user the same token) while a
+/// message is stored.
+#[tokio::test]
+async fn secrets_never_appear_in_logs_or_check_output() {
+    const SWIFT_KEY: &str = "Wr0ng-swift-key-5c1f";
+    const S3_SECRET: &str = "Wr0ng-s3-secret-9d2e";
+    let swift = swift();
+    let container = unique_container("secrets");
+    let with = |mut vars: Vec<(String, String)>, name: &str, value: &str| {
+        for (k, v) in &mut vars {
+            if k.ends_with(name) {
+                *v = value.to_string();
+            }
+        }
+        vars
+    };
+    let swift_ok = swift_vars("OPS", "ops@example.com", swift.port, &container);
+    let swift_bad = with(swift_ok.clone(), "_KEY", SWIFT_KEY);
+    let s3_bad = with(
+        s3_vars("BOX", "box@example.com", swift.port, &container),
+        "_SECRET_ACCESS_KEY",
+        S3_SECRET,
+    );
+    for (vars, recipient) in [
+        (&swift_bad, "ops@example.com"),
+        (&s3_bad, "box@example.com"),
+    ] {
+        let check = run_logged(&["check"], vars, recipient).await;
+        assert!(check.contains("FAILED"), "{check}");
+        let mut vars = vars.clone();
+        vars.push(("SWIFTDROP_SERVER_STARTUP_CHECK".into(), "no".into()));
+        // A refused write is tried again until store_timeout.
+        vars.push(("SWIFTDROP_SERVER_STORE_TIMEOUT".into(), "4s".into()));
+        let serve = run_logged(&["serve"], &vars, recipient).await;
+        assert!(serve.contains("451"), "{serve}");
+        for out in [check, serve] {
+            assert!(
+                !out.contains(SWIFT_KEY),
+                "the Swift key was printed:\n{out}"
+            );
+            assert!(
+                !out.contains(S3_SECRET),
+                "the S3 secret was printed:\n{out}"
+            );
+        }
+    }
+    let serve = run_logged(&["serve"], &swift_ok, "ops@example.com").await;
+    assert!(serve.contains("250 2.0.0"), "{serve}");
+    assert!(serve.contains("authenticated to Swift"), "{serve}");
+    let (token, _) = native_token(swift.port).await;
+    assert!(!serve.contains(&token), "the token was printed:\n{serve}");
+    assert!(!serve.contains("testing"), "the key was printed:\n{serve}");
+}
