@@ -454,6 +454,51 @@ async fn recipients_are_relayed_only_for_clients_in_relay_networks() {
     }
 }
 
+/// Nothing a client sends names a path: recipients, the sender, HELO and XFORWARD names
+/// full of `../` only end up inside the message's one file under `cur/`, whose name is the
+/// server's own (a configured hostname's `/` is escaped: `store::key`'s tests).
+#[tokio::test]
+async fn client_supplied_names_cannot_traverse_paths() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO ../../../etc", "250").await;
+    d.command("XFORWARD NAME=../../tmp ADDR=192.0.2.7 HELO=../..", "250")
+        .await;
+    d.envelope(
+        "\"../../../etc/passwd\"@example.org",
+        &["\"../../cur/x\"@example.com", "\"/etc/shadow\"@example.com"],
+    )
+    .await;
+    d.command("DATA", "354").await;
+    d.send("Subject: traversal\r\n\r\nx\r\n.\r\n").await;
+    let reply = d.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let stored = setup.cur("maildir");
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].0.contains('/'), "{}", stored[0].0);
+    let mut everything = Vec::new();
+    let mut dirs = vec![setup.dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path.clone());
+            }
+            everything.push(path.strip_prefix(setup.dir.path()).unwrap().to_path_buf());
+        }
+    }
+    everything.sort();
+    let expected: Vec<std::path::PathBuf> =
+        ["maildir", "maildir/cur", "maildir/new", "maildir/tmp"]
+            .iter()
+            .map(Into::into)
+            .chain([format!("maildir/cur/{}", stored[0].0).into()])
+            .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(everything, expected);
+}
+
 #[tokio::test]
 async fn client_gone_mid_data_stores_nothing() {
     let setup = Setup::default_catch_all();
