@@ -3,7 +3,7 @@
 # no systemd, no syslog, nothing in /etc/postfix changed. Needs root and Debian's postfix.
 #
 #   private-postfix.sh start DIR FRONT:FILTER [FRONT:FILTER ...] [--lock-step]
-#                            [--after-queue PORT] [--deliver-to PORT]
+#                            [--after-queue PORT] [--deliver-to PORT] [--process-limit N]
 #       One front smtpd per FRONT port (127.0.0.1), each handing its transactions to the
 #       before-queue filter on 127.0.0.1:FILTER (smtpd_proxy_filter, speed_adjust unless
 #       --lock-step). A before-queue filter's 250 ends the transaction: the front smtpd writes
@@ -12,6 +12,8 @@
 #       --after-queue PORT adds the after-queue smtpd a filter relays to (127.0.0.1:PORT,
 #       XFORWARD trusted from loopback); --deliver-to PORT sends queued mail to an SMTP
 #       server on 127.0.0.1:PORT (e.g. smtp-sink) instead of discarding or bouncing it.
+#       --process-limit N lets each service run N processes (default 100), which is also
+#       the listen backlog of each front port: one smtpd serves one client session.
 #   private-postfix.sh start-from DIR PORT... [-- postconf-setting...]
 #       Starts the configuration already in DIR/etc (e.g. from `swiftdrop postfix-config`),
 #       with its queue, data and log moved into DIR and the extra main.cf settings applied;
@@ -55,12 +57,13 @@ start_from() {
 
 start() {
     local dir=$1; shift
-    local options=speed_adjust pairs=() after_queue= deliver_to=
+    local options=speed_adjust pairs=() after_queue= deliver_to= process_limit=100
     while [ $# -gt 0 ]; do
         case $1 in
             --lock-step) options= ;;
             --after-queue) after_queue=$2; shift ;;
             --deliver-to) deliver_to=$2; shift ;;
+            --process-limit) process_limit=$2; shift ;;
             *:*) pairs+=("$1") ;;
             *) usage ;;
         esac
@@ -95,6 +98,7 @@ alias_maps =
 alias_database =
 smtputf8_enable = yes
 message_size_limit = 60000000
+default_process_limit = $process_limit
 CF
     : > "$dir/etc/master.cf"
     local pair
