@@ -425,7 +425,8 @@ impl ObjectWrite {
 
     /// The clean-up still owed, leaving nothing for a second call or for `Drop`: an open
     /// upload's abort first (a completion it races with would else land after the deletes),
-    /// then the deletes; all of it again after [`LATE_LANDING`] if a step was cut off.
+    /// then the deletes; all of it again after [`LATE_LANDING`] if a step was cut off or a
+    /// part was still in flight (an abort cancels it on our side only).
     fn take_cleanup(&mut self) -> Option<BoxFuture<'static, ()>> {
         let upload = self.upload.take();
         let touched = std::mem::take(&mut self.touched);
@@ -433,34 +434,47 @@ impl ObjectWrite {
             return None;
         }
         let dest = self.dest.clone();
-        let outcome_unknown = self.outcome_unknown;
+        // A part cut off in flight may still land after the abort, as may a try that
+        // ended without an answer.
+        let in_flight = upload.as_ref().is_some_and(|u| !u.sending.is_empty());
+        let outcome_unknown = self.outcome_unknown || in_flight;
+        let upload = upload.map(|u| (u.staging.clone(), Arc::new(tokio::sync::Mutex::new(u))));
         Some(Box::pin(async move {
-            if let Some(upload) = upload {
-                let staging = upload.staging.clone();
-                let upload = Arc::new(tokio::sync::Mutex::new(upload));
-                let step = move || {
-                    let upload = upload.clone();
-                    async move {
-                        match upload.lock().await.abort().await {
-                            // Already gone (a repeated abort, a completion that won).
-                            Err(object_store::Error::NotFound { .. }) => Ok(()),
-                            done => done,
-                        }
-                    }
-                };
-                clean_up(dest.clone(), staging, "abort the upload at", step).await;
-            }
+            abort_upload(&dest, upload.as_ref()).await;
             delete_all(&dest, &touched).await;
             if outcome_unknown {
                 crate::cleanup::spawn(async move {
                     if !crate::cleanup::pause(LATE_LANDING).await {
                         tracing::warn!(destination = %dest.name, keys = ?touched, "shutdown: deleting again before the minute for late landings is over; a write still in flight may land after this");
                     }
+                    abort_upload(&dest, upload.as_ref()).await;
                     delete_all(&dest, &touched).await;
                 });
             }
         }))
     }
+}
+
+/// Aborts `upload` (its staging key and the upload), through [`clean_up`]; an upload
+/// already gone (a repeated abort, a completion that won) counts as aborted.
+async fn abort_upload(
+    dest: &Destination,
+    upload: Option<&(Path, Arc<tokio::sync::Mutex<Upload>>)>,
+) {
+    let Some((staging, upload)) = upload else {
+        return;
+    };
+    let upload = upload.clone();
+    let step = move || {
+        let upload = upload.clone();
+        async move {
+            match upload.lock().await.abort().await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                done => done,
+            }
+        }
+    };
+    clean_up(dest.clone(), staging.clone(), "abort the upload at", step).await;
 }
 
 /// Deletes every key in `paths` at once, each through [`clean_up`] (a missing one is fine).
