@@ -1,0 +1,140 @@
+//! What the rules and the sinks see of a stored message: its envelope (from the trace
+//! headers the filter put first: `Return-Path:` and `Delivered-To:`), subject, header From
+//! and To, other headers, and its text body (an HTML-only message turned into text), parsed
+//! once with mail-parser.
+
+use mail_parser::{HeaderValue, MessageParser};
+
+/// The parsed facts of one message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailView {
+    /// The envelope sender (`Return-Path:`, without brackets; empty for a bounce).
+    pub envelope_from: String,
+    /// The envelope recipients of this copy (`Delivered-To:`).
+    pub envelope_to: Vec<String>,
+    /// The `Subject:`, decoded; empty when missing.
+    pub subject: String,
+    /// The address of the header `From:`, else the envelope sender.
+    pub from: String,
+    /// The addresses of the header `To:` and `Cc:`.
+    pub to: Vec<String>,
+    /// `Message-ID:` without brackets, if any.
+    pub message_id: Option<String>,
+    /// Every header as (name, value): decoded text where mail-parser has it, else raw.
+    pub headers: Vec<(String, String)>,
+    /// The first text body (HTML converted to text when that is all there is).
+    pub body: String,
+}
+
+impl MailView {
+    /// Parses `bytes`; a message mail-parser cannot read at all gives empty fields (the
+    /// rules then see an empty subject and body, and a manager can still want it by its
+    /// envelope).
+    pub fn parse(bytes: &[u8]) -> MailView {
+        let Some(message) = MessageParser::default().parse(bytes) else {
+            return MailView::default();
+        };
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .iter()
+            .map(|h| {
+                let value = match h.value() {
+                    HeaderValue::Text(text) => text.to_string(),
+                    _ => raw_value(&message, h),
+                };
+                (h.name().to_string(), value)
+            })
+            .collect();
+        let header = |name: &'static str| {
+            headers
+                .iter()
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let envelope_from = header("Return-Path")
+            .next()
+            .map(|v| v.trim_matches(['<', '>']).to_string())
+            .unwrap_or_default();
+        let envelope_to = header("Delivered-To").collect();
+        let addresses = |address: Option<&mail_parser::Address>| -> Vec<String> {
+            address
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|addr| addr.address().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let from = addresses(message.from())
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| envelope_from.clone());
+        let mut to = addresses(message.to());
+        to.extend(addresses(message.cc()));
+        MailView {
+            envelope_from,
+            envelope_to,
+            subject: message.subject().unwrap_or_default().to_string(),
+            from,
+            to,
+            message_id: message.message_id().map(str::to_string),
+            body: message
+                .body_text(0)
+                .map(|b| b.into_owned())
+                .unwrap_or_default(),
+            headers,
+        }
+    }
+
+    /// The values of every header called `name` (any case).
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A header's value as written, unfolded and trimmed.
+fn raw_value(message: &mail_parser::Message, header: &mail_parser::Header) -> String {
+    let raw = message.raw_message();
+    let (start, end) = (header.offset_start as usize, header.offset_end as usize);
+    let text = String::from_utf8_lossy(raw.get(start..end).unwrap_or_default());
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_comes_from_the_trace_headers_and_html_becomes_text() {
+        let view = MailView::parse(
+            b"Return-Path: <nagios@example.org>\r\nDelivered-To: ops@example.com\r\nDelivered-To: dba@example.com\r\n\
+              From: Nagios <alerts@example.org>\r\nTo: ops@example.com\r\nCc: Boss <boss@example.com>\r\n\
+              Subject: =?utf-8?q?disk_full_=E2=80=94_db1?=\r\nMessage-ID: <1@example.org>\r\nX-Priority: 1\r\n\
+              Content-Type: text/html\r\n\r\n<p>Disk <b>/var</b> is full</p>\r\n",
+        );
+        assert_eq!(view.envelope_from, "nagios@example.org");
+        assert_eq!(view.envelope_to, ["ops@example.com", "dba@example.com"]);
+        assert_eq!(view.from, "alerts@example.org");
+        assert_eq!(view.to, ["ops@example.com", "boss@example.com"]);
+        assert_eq!(view.subject, "disk full \u{2014} db1");
+        assert_eq!(view.message_id.as_deref(), Some("1@example.org"));
+        assert_eq!(view.header_values("x-priority").collect::<Vec<_>>(), ["1"]);
+        assert!(view.body.contains("Disk /var is full"), "{:?}", view.body);
+        assert!(!view.body.contains('<'));
+    }
+
+    #[test]
+    fn without_a_from_header_the_sender_is_the_envelope_sender() {
+        let view = MailView::parse(b"Return-Path: <>\r\nSubject: x\r\n\r\nbody\r\n");
+        assert_eq!(view.envelope_from, "");
+        assert_eq!(view.from, "");
+        assert_eq!(view.body, "body\r\n");
+    }
+}
