@@ -26,6 +26,7 @@ pub mod route;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod sinks;
 pub mod spool;
 pub mod store;
 pub mod sweep;

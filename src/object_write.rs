@@ -63,8 +63,17 @@ const MAX_RENAMES: u32 = 3;
 /// Tries of one clean-up step in all (1 s, doubling to 2 min between them: about 7 min).
 const CLEANUP_TRIES: u32 = 10;
 /// When a try ended without a definite answer, how long after its clean-up the deletes
-/// are repeated: longer than one store request may take (`timeout`, default 20 s).
+/// are repeated: longer than one store request may take (`timeout`, default 20 s), and
+/// at least a server-side copy's time plus [`LATE_MARGIN`] (see [`late_landing`]).
 const LATE_LANDING: Duration = Duration::from_secs(60);
+/// What a late delete waits beyond the longest a copy may take.
+const LATE_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long after a clean-up a request that got no answer may still land: a server-side
+/// copy of `size` bytes goes on at the store after swiftdrop gave up on it.
+fn late_landing(dest: &Destination, size: usize) -> Duration {
+    LATE_LANDING.max(dest.copy_time(size as u64) + LATE_MARGIN)
+}
 
 /// A multipart upload in progress. Its parts are sent by hand rather than through
 /// object_store's `WriteMultipart`, which gives up its upload on `finish`: a completion
@@ -438,13 +447,14 @@ impl ObjectWrite {
         // ended without an answer.
         let in_flight = upload.as_ref().is_some_and(|u| !u.sending.is_empty());
         let outcome_unknown = self.outcome_unknown || in_flight;
+        let late = late_landing(&dest, self.size);
         let upload = upload.map(|u| (u.staging.clone(), Arc::new(tokio::sync::Mutex::new(u))));
         Some(Box::pin(async move {
             abort_upload(&dest, upload.as_ref()).await;
             delete_all(&dest, &touched).await;
             if outcome_unknown {
                 crate::cleanup::spawn(async move {
-                    if !crate::cleanup::pause(LATE_LANDING).await {
+                    if !crate::cleanup::pause(late).await {
                         tracing::warn!(destination = %dest.name, keys = ?touched, "shutdown: deleting again before the minute for late landings is over; a write still in flight may land after this");
                     }
                     abort_upload(&dest, upload.as_ref()).await;

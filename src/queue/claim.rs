@@ -323,6 +323,40 @@ impl Claim {
         Ok(until)
     }
 
+    /// The ids of the work recorded as done for this message, by this claim or an
+    /// earlier attempt's ([`Claim::record_done`]).
+    pub fn done(&self) -> &[String] {
+        &self.record.done
+    }
+
+    /// Records that the work `id` succeeded, on the message under `processing/` and under
+    /// this claim's lease (refused once the lease is lost), so that a later attempt of the
+    /// message skips it. Ids must not contain `,`; the list holds at most
+    /// [`MAX_DONE`](super::record::MAX_DONE) bytes (short ids: a hash prefix).
+    pub async fn record_done(&mut self, id: &str) -> Result<(), QueueError> {
+        if self.spent || self.is_lost() {
+            return Err(self.lost_error());
+        }
+        if self.record.done.iter().any(|d| d == id) {
+            return Ok(());
+        }
+        let mut record = self.record.clone();
+        record.done.push(id.replace(',', "_"));
+        if record.done.join(",").len() > super::record::MAX_DONE {
+            return Err(QueueError::Refused(format!(
+                "{}: too many done ids to record ({} bytes at most)",
+                self.name,
+                super::record::MAX_DONE
+            )));
+        }
+        let lease = self.lease();
+        self.queue
+            .update_in_place(&self.name, &self.meta, &record, self.held(lease))
+            .await?;
+        self.record = record;
+        Ok(())
+    }
+
     /// Moves the message on: `done/`, `failed/` or `retry/`. After a store error the claim
     /// keeps its lease (still renewed) and the finish can be tried again.
     pub async fn finish(&mut self, outcome: Outcome) -> Result<Finished, QueueError> {
@@ -370,6 +404,7 @@ impl Claim {
             lease: None,
             not_before,
             reason,
+            done: self.record.done.clone(),
         };
         let finished = self.fenced_move(state, record).await?;
         if let Some(digest) = digest {
@@ -397,6 +432,7 @@ impl Claim {
             lease: None,
             not_before: Some(Utc::now()),
             reason: self.record.reason.clone(),
+            done: self.record.done.clone(),
         };
         self.fenced_move(State::Retry, record).await
     }

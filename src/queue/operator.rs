@@ -92,6 +92,8 @@ impl Queue {
             lease: Some(lease),
             not_before: None,
             reason: Some(format!("requeued from {from}/")),
+            // An operator requeues to have the message handled again, in full.
+            done: Vec::new(),
         };
         self.transfer(
             name,

@@ -156,6 +156,11 @@ pub struct Record {
     pub not_before: Option<DateTime<Utc>>,
     /// Why the message is where it is.
     pub reason: Option<String>,
+    /// Ids of the work already done for this message (a worker's actions that succeeded),
+    /// kept across attempts so that a retry does not repeat them ([`Claim::record_done`]).
+    ///
+    /// [`Claim::record_done`]: super::Claim::record_done
+    pub done: Vec<String>,
 }
 
 const ATTEMPT: &str = "queue-attempt";
@@ -163,6 +168,9 @@ const FENCE: &str = crate::store::mover::FENCE_KEY;
 const LEASE: &str = "queue-lease";
 const NOT_BEFORE: &str = "queue-not-before";
 const REASON: &str = "queue-reason";
+const DONE: &str = "queue-done";
+/// Bytes the `queue-done` list may take (Swift keeps metadata values up to 256 bytes).
+pub const MAX_DONE: usize = 250;
 /// Written for "no value": some stores drop metadata with an empty value.
 const NONE: &str = "-";
 
@@ -185,6 +193,14 @@ impl Record {
                 .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
                 .map(|t| t.with_timezone(&Utc)),
             reason: get(REASON).map(|v| metadata::decode(&v)),
+            done: get(DONE)
+                .map(|v| {
+                    v.split(',')
+                        .filter(|id| !id.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -211,6 +227,14 @@ impl Record {
                     .as_deref()
                     .map(|r| metadata::encode_cut(r, MAX_REASON))
                     .unwrap_or_else(|| NONE.into()),
+            ),
+            (
+                DONE.into(),
+                if self.done.is_empty() {
+                    NONE.into()
+                } else {
+                    self.done.join(",")
+                },
             ),
         ]
     }
@@ -247,6 +271,7 @@ mod tests {
             lease: Some(Duration::from_millis(1500)),
             not_before: DateTime::from_timestamp(1_800_000_000, 123_000_000),
             reason: Some("SMTP 451 4.3.0 try later; 100% sure\r\nnext line".into()),
+            done: vec!["a1b2c3d4".into(), "e5f6a7b8".into()],
         };
         let mut attributes = Attributes::new();
         for (k, v) in record.to_update() {

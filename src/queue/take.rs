@@ -333,6 +333,7 @@ impl Queue {
             lease: Some(lease),
             not_before: None,
             reason: None,
+            done: Vec::new(),
         };
         self.transfer(
             name,
@@ -400,6 +401,7 @@ impl Queue {
                 lease: None,
                 not_before: None,
                 reason: Some(TOO_MANY_ATTEMPTS.to_string()),
+                done: copy.record.done.clone(),
             };
             self.transfer(
                 name,
@@ -423,6 +425,7 @@ impl Queue {
             lease: Some(lease),
             not_before: None,
             reason: copy.record.reason.clone(),
+            done: copy.record.done.clone(),
         };
         match copy.state {
             // An abandoned claim is taken over where it is.

@@ -72,6 +72,17 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 impl Destination {
+    /// How long a server-side copy of `size` bytes may go on at the store after it was
+    /// asked for ([`mover::copy_timeout`]); zero for a Maildir, which copies nothing.
+    pub fn copy_time(&self, size: u64) -> std::time::Duration {
+        let timeout = match &self.container {
+            Container::Directory(_) => return std::time::Duration::ZERO,
+            Container::Swift(store, _) => store.request_timeout(),
+            Container::S3(store, _) => store.request_timeout(),
+        };
+        mover::copy_timeout(timeout, size)
+    }
+
     /// Opens the backend a destination's configuration describes. Object stores are not
     /// contacted yet: see [`Destination::ensure_container`].
     pub fn open(config: &DestinationConfig) -> Result<Destination, OpenError> {

@@ -89,6 +89,11 @@ impl<T> Md5Verified<T> {
     pub fn address(&self) -> (&str, &str) {
         (&self.endpoint, &self.bucket)
     }
+
+    /// The per-request timeout (`timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 impl<T> fmt::Display for Md5Verified<T> {

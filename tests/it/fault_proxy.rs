@@ -40,7 +40,7 @@ pub enum Fault {
 }
 
 /// How long [`Fault::HoldCopy`] holds a copy.
-pub const HOLD: std::time::Duration = std::time::Duration::from_secs(3);
+pub const HOLD: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Faults for the message PUTs: `first` in order, then `then` for every later one.
 struct Plan {

@@ -163,8 +163,9 @@ fn copies(stored: &[Vec<u8>], body: &[u8]) -> usize {
     stored.iter().filter(|s| s.ends_with(body)).count()
 }
 
-/// SIGKILL while a 4 MB message is streaming to both stores: the client never sees a 250
-/// and neither `cur/` holds anything; after a restart the client's resend is stored once.
+/// SIGKILL while a 16 MiB message is streaming to both stores (12 MiB sent: two 5 MiB parts
+/// on their way or stored as segments): the client never sees a 250 and neither `cur/`
+/// holds anything; after a restart the client's resend is stored once.
 #[tokio::test]
 async fn sigkill_mid_data_leaves_nothing_in_cur_and_the_resend_is_stored_once() {
     let _turn = HEAVY.lock().await;
@@ -172,11 +173,11 @@ async fn sigkill_mid_data_leaves_nothing_in_cur_and_the_resend_is_stored_once() 
     let container = unique_container("killed");
     let mut serve = Serve::start(dir.path(), &container, &[]);
     wait_for_port(serve.port).await;
-    let body = message("killed", 4 << 20);
+    let body = message("killed", 16 << 20);
 
     let mut client = Client::connect(serve.port).await;
     client.begin_data().await;
-    assert!(client.send(&body[..body.len() / 2]).await);
+    assert!(client.send(&body[..12 << 20]).await);
     // Parts are on their way to both stores when the process dies.
     tokio::time::sleep(Duration::from_millis(500)).await;
     serve.signal("KILL");
@@ -216,10 +217,11 @@ async fn sigkill_mid_data_leaves_nothing_in_cur_and_the_resend_is_stored_once() 
     assert_eq!(serve.exit_code(PATIENCE).await, 0);
 }
 
-/// SIGTERM with fifty transactions in DATA (every fifth 1 MB, streaming): the forty whose
-/// data ends at once are stored (250); the ten that end after deliveries may no longer
-/// begin get `451 4.3.2` and leave nothing. The process waits for all of them and for its
-/// clean-up, then exits 0 with nothing left under `tmp/` and no segment in Swift.
+/// SIGTERM with fifty transactions in DATA: the forty whose data ends at once are stored
+/// (250); the ten that end after deliveries may no longer begin (6 MiB each, streaming,
+/// a 5 MiB part sent to each store before the signal) get `451 4.3.2` and leave nothing:
+/// their uploads are aborted. The process waits for all of them and for its clean-up,
+/// then exits 0 with nothing left under `tmp/` and no segment in Swift.
 #[tokio::test]
 async fn sigterm_with_fifty_transactions_in_flight_ends_each_with_250_or_451() {
     let _turn = HEAVY.lock().await;
@@ -237,21 +239,23 @@ async fn sigterm_with_fifty_transactions_in_flight_ends_each_with_250_or_451() {
 
     let mut clients = Vec::new();
     for i in 0..50 {
-        let size = if i % 5 == 0 { 1 << 20 } else { 2000 };
+        let late = i % 5 == 0;
+        let size = if late { 6 << 20 } else { 2000 };
         let body = message(&format!("inflight{i}"), size);
         let mut client = Client::connect(serve.port).await;
         client.begin_data().await;
-        assert!(client.send(&body[..body.len() / 2]).await);
-        clients.push((i, client, body));
+        let first = if late { 11 << 19 } else { body.len() / 2 };
+        assert!(client.send(&body[..first]).await);
+        clients.push((i, client, body, first));
     }
     serve.signal("TERM");
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut client, body) in clients {
+    for (i, mut client, body, first) in clients {
         tasks.spawn(async move {
-            if i % 5 == 1 {
+            if i % 5 == 0 {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
-            client.send(&body[body.len() / 2..]).await;
+            client.send(&body[first..]).await;
             client.send(b".\r\n").await;
             (i, client.reply().await, body)
         });
@@ -260,7 +264,7 @@ async fn sigterm_with_fifty_transactions_in_flight_ends_each_with_250_or_451() {
     let mut refused_bodies = Vec::new();
     while let Some(ended) = tasks.join_next().await {
         let (i, reply, body) = ended.unwrap();
-        if i % 5 == 1 {
+        if i % 5 == 0 {
             assert!(reply.starts_with("451 4.3.2"), "late {i}: {reply}");
             refused_bodies.push(body);
         } else {

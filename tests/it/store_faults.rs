@@ -232,14 +232,15 @@ async fn s3_a_silent_store_gives_451() {
 
 /// A streamed message reaches `cur/` by a server-side copy, which the store answers only
 /// once every byte is copied. The copy may take the per-request timeout plus a second per
-/// MiB, so a copy held longer than the timeout (3 s against 2 s) lands, once. With the plain
-/// per-request timeout every try would be cut off and the message refused.
+/// MiB, so a copy held longer than the timeout (4 s against 3 s) lands, once, and the
+/// staged upload is removed. With the plain per-request timeout every try would be cut off
+/// and the message refused.
 async fn a_slow_copy_of_a_large_message_lands(api: Api) {
     let swift = swift();
     let proxy = FaultProxy::start(swift.port, &[], Fault::HoldCopy).await;
     let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
-    let (setup, deliverer, container) = setup_and(api, &proxy, "15s", "2s", &threshold).await;
-    // 6.3 MB: streamed, its copy given 2 s + 7 s.
+    let (setup, deliverer, container) = setup_and(api, &proxy, "20s", "3s", &threshold).await;
+    // 6.3 MB: streamed, its copy given 3 s + 7 s.
     let (reply, body) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
     assert!(reply.starts_with("250 2.0.0"), "{api:?}: {reply}");
     assert!(proxy.copies_held() >= 1, "{api:?}: no copy was held");

@@ -493,8 +493,22 @@ fn header_value(h: &reqwest::header::HeaderMap, name: &str) -> String {
 }
 
 /// The output of `swiftdrop <args>` with `vars` (and only those) at log level trace, both
-/// streams. `serve` is given a message (to `recipient`) and SIGTERM once it listens.
-async fn run_logged(args: &[&str], vars: &[(String, String)], recipient: &str) -> String {
+/// streams, and for `serve` the reply to a message sent to `recipient` once it listens
+/// (then SIGTERM). The child is killed if the test fails midway.
+async fn run_logged(
+    args: &[&str],
+    vars: &[(String, String)],
+    recipient: &str,
+) -> (String, Option<String>) {
+    struct Killed(Option<std::process::Child>);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
     let port = free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_swiftdrop"));
     cmd.env_clear()
@@ -507,32 +521,43 @@ async fn run_logged(args: &[&str], vars: &[(String, String)], recipient: &str) -
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    // Both pipes are drained while the child runs: a full pipe would stall its logging.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let mut guard = Killed(Some(child));
+    let mut reply = None;
     if args == ["serve"] {
-        let pid = child.id();
         let deadline = std::time::Instant::now() + PATIENCE;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "serve did not listen");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let rcpt = recipient.to_string();
-        let reply = tokio::task::spawn_blocking(move || send_big(port, &rcpt, 10, false))
-            .await
-            .unwrap();
-        println!("serve answered {reply}");
+        reply = Some(
+            tokio::task::spawn_blocking(move || send_big(port, &rcpt, 10, false))
+                .await
+                .unwrap(),
+        );
+        let pid = guard.0.as_ref().unwrap().id();
         std::process::Command::new("kill")
             .arg(pid.to_string())
             .status()
             .unwrap();
     }
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    let mut child = guard.0.take().unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let out = format!("{}{}", stdout.join().unwrap(), stderr.join().unwrap());
+    (out, reply)
 }
 
 /// Secrets never reach a log line or `check`'s output, even at log level trace: known wrong
@@ -564,14 +589,15 @@ async fn secrets_never_appear_in_logs_or_check_output() {
         (&swift_bad, "ops@example.com"),
         (&s3_bad, "box@example.com"),
     ] {
-        let check = run_logged(&["check"], vars, recipient).await;
+        let (check, _) = run_logged(&["check"], vars, recipient).await;
         assert!(check.contains("FAILED"), "{check}");
         let mut vars = vars.clone();
         vars.push(("SWIFTDROP_SERVER_STARTUP_CHECK".into(), "no".into()));
         // A refused write is tried again until store_timeout.
         vars.push(("SWIFTDROP_SERVER_STORE_TIMEOUT".into(), "4s".into()));
-        let serve = run_logged(&["serve"], &vars, recipient).await;
-        assert!(serve.contains("451"), "{serve}");
+        let (serve, reply) = run_logged(&["serve"], &vars, recipient).await;
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("451 4.3.0"), "{reply}");
         for out in [check, serve] {
             assert!(
                 !out.contains(SWIFT_KEY),
@@ -583,8 +609,9 @@ async fn secrets_never_appear_in_logs_or_check_output() {
             );
         }
     }
-    let serve = run_logged(&["serve"], &swift_ok, "ops@example.com").await;
-    assert!(serve.contains("250 2.0.0"), "{serve}");
+    let (serve, reply) = run_logged(&["serve"], &swift_ok, "ops@example.com").await;
+    let reply = reply.unwrap();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert!(serve.contains("authenticated to Swift"), "{serve}");
     let (token, _) = native_token(swift.port).await;
     assert!(!serve.contains(&token), "the token was printed:\n{serve}");

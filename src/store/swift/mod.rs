@@ -106,6 +106,11 @@ impl SwiftStore {
         &self.inner.container
     }
 
+    /// The per-request timeout (`timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// How many times this store has authenticated since it was made.
     pub fn authentications(&self) -> u64 {
         self.inner.tokens.authentications()
