@@ -10,8 +10,8 @@
     load.py check RECORD none                     only the figures (a sink stores nothing)
         against RECORD: every message answered 250 is stored exactly once with its bytes
         (the stored object ends with them; swiftdrop's trace headers and Postfix's Received
-        line come before); prints the figures as JSON and exits 1 when a 250 was lost or
-        damaged.
+        line come before); prints the figures as JSON and exits 1 when a 250 was lost,
+        damaged or stored twice.
 """
 
 import hashlib
@@ -84,12 +84,16 @@ def send(port, sessions, seconds, record):
                 pass
         return None
 
+    started = time.monotonic()
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(sessions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(seconds + 400)
-    out.close()
+    with lock:
+        # The rate is over the time until the last message ended, not the time asked for.
+        out.write(json.dumps({"elapsed": round(time.monotonic() - started, 3)}) + "\n")
+        out.close()
 
 
 def maildir_objects(root):
@@ -105,6 +109,20 @@ def swift_objects(authurl, container):
     )
     with urllib.request.urlopen(request) as r:
         token, url = r.headers["X-Auth-Token"], r.headers["X-Storage-Url"]
+    # A container listing can lag behind the writes under load: list until it stops growing.
+    names, previous = swift_names(url, token, container), None
+    while names != previous:
+        time.sleep(3)
+        previous, names = names, swift_names(url, token, container)
+    for name in names:
+        get = urllib.request.Request(
+            f"{url}/{container}/{urllib.parse.quote(name)}", headers={"X-Auth-Token": token}
+        )
+        with urllib.request.urlopen(get) as r:
+            yield name, r.read()
+
+
+def swift_names(url, token, container):
     names, marker = [], ""
     while True:
         listing = urllib.request.Request(
@@ -117,16 +135,13 @@ def swift_objects(authurl, container):
             break
         names += [o["name"] for o in page]
         marker = page[-1]["name"]
-    for name in names:
-        get = urllib.request.Request(
-            f"{url}/{container}/{urllib.parse.quote(name)}", headers={"X-Auth-Token": token}
-        )
-        with urllib.request.urlopen(get) as r:
-            yield name, r.read()
+    return names
 
 
 def check(record, kind, *where):
     rows = [json.loads(line) for line in open(record)]
+    elapsed = next((r["elapsed"] for r in rows if "elapsed" in r), None)
+    rows = [r for r in rows if "id" in r]
     sent = {row["id"]: row for row in rows}
     readers = {"maildir": maildir_objects, "swift": swift_objects, "none": lambda: []}
     objects = readers[kind](*where)
@@ -157,6 +172,7 @@ def check(record, kind, *where):
         replies[key] = replies.get(key, 0) + 1
     figures = {
         "messages": len(rows),
+        "elapsed": elapsed,
         "answered_250": len(ok),
         "bytes_250": sum(r["size"] for r in ok),
         "replies": replies,
@@ -169,8 +185,8 @@ def check(record, kind, *where):
         "p99_ms": latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
     }
     print(json.dumps(figures))
-    if lost or damaged:
-        print(f"LOST {lost[:5]} DAMAGED {damaged[:5]}", file=sys.stderr)
+    if lost or damaged or twice:
+        print(f"LOST {lost[:5]} DAMAGED {damaged[:5]} TWICE {twice[:5]}", file=sys.stderr)
         sys.exit(1)
 
 

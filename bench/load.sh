@@ -13,7 +13,8 @@
 #   swift     the same into a container of a private Swift (tests/swift/swift-aio.sh).
 # After each run every message answered 250 is looked up: it must be stored exactly once,
 # its bytes' SHA-256 as sent (the check fails the script otherwise). Printed per run:
-# messages/s answered 250, replies by code, latency p50/p99, lost / damaged / stored twice /
+# messages/s answered 250 (over the time until the last message ended), replies by code,
+# latency p50/p99 (connecting included), lost / damaged / stored twice /
 # stored without a 250 (a SIGKILL between the store's confirmation and the reply, or a
 # client that gave up: the documented duplicate, which the queue's duplicate check catches),
 # and swiftdrop's peak RSS against its max_memory.
@@ -36,10 +37,10 @@ pids=()
 sd_pid=
 swift_port=
 cleanup() {
-    bash tests/postfix/private-postfix.sh stop "$work/postfix" || true
-    [ -n "$sd_pid" ] && kill "$sd_pid" 2>/dev/null && wait "$sd_pid" 2>/dev/null
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    set +e
+    for pid in "${pids[@]}" $sd_pid; do kill "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}" $sd_pid; do wait "$pid" 2>/dev/null; done
+    bash tests/postfix/private-postfix.sh stop "$work/postfix"
     [ -n "$swift_port" ] && bash tests/swift/swift-aio.sh stop "$work/swift" >/dev/null 2>&1
     rm -rf "$work"
 }
@@ -62,7 +63,7 @@ start_swiftdrop() {
     done
     echo "swiftdrop did not start:" >&2; tail "$work/swiftdrop.log" >&2; exit 1
 }
-stop_swiftdrop() { kill "$sd_pid"; wait "$sd_pid" || true; sd_pid=; }
+stop_swiftdrop() { kill "$sd_pid" 2>/dev/null || true; wait "$sd_pid" || true; sd_pid=; }
 peak_rss() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$sd_pid/status"; }
 
 # One smtpd per session (the limit is also the listen backlog); loopback is exempt from
@@ -78,11 +79,13 @@ run() {
     local name=$1 port=$2 seconds=$3; shift 3
     local record="$work/$name.jsonl" killer=
     if [[ $name == *+kill ]]; then
-        (sleep "$((seconds / 2))"; kill -9 "$sd_pid"; echo "killed" > "$work/killed") &
+        (sleep "$((seconds / 2))"; kill -9 "$sd_pid") &
         killer=$!
+        pids+=("$killer")
     fi
     python3 bench/load.py send "$port" "$SESSIONS" "$seconds" "$record" &
     local sender=$!
+    pids+=("$sender")
     if [ -n "$killer" ]; then
         wait "$killer"
         wait "$sd_pid" 2>/dev/null || true
@@ -94,9 +97,10 @@ run() {
     [ -n "$sd_pid" ] && rss=$(peak_rss)
     local figures
     figures=$(python3 bench/load.py check "$record" "$@") || { echo "$name: $figures" >&2; exit 1; }
-    python3 - "$name" "$seconds" "$rss" "$figures" <<'PY'
+    python3 - "$name" "$rss" "$figures" <<'PY'
 import json, sys
-name, seconds, rss, f = sys.argv[1], float(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+name, rss, f = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+seconds = f["elapsed"]
 print(f"{name:<14} {f['answered_250'] / seconds:8.1f} {f['bytes_250'] / seconds / 1e6:9.2f} "
       f"{f['p50_ms']:8} {f['p99_ms']:8} {f['lost_250']:5} {f['damaged']:5} "
       f"{f['stored_twice_after_250']:5} {f['stored_without_250']:6} {rss:>8}  {f['replies']}")
