@@ -12,6 +12,7 @@ pub mod check;
 pub mod cleanup;
 pub mod config;
 pub mod deliver;
+pub mod dequeue;
 pub mod envelope;
 pub mod failpoint;
 pub mod mail_view;

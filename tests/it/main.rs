@@ -9,6 +9,7 @@
 //! `swift_support` hold the shared helpers.
 
 mod cli;
+mod dequeue;
 mod fault_proxy;
 mod gateway;
 mod load;

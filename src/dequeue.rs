@@ -1,0 +1,350 @@
+//! The dequeue worker: claims stored mail with the queue library, decides what each message
+//! means with the [rules](crate::rules), takes the actions through the [sinks](crate::sinks)
+//! and moves the message on:
+//!
+//! | what happened | where it goes | reason |
+//! |---|---|---|
+//! | a duplicate finished within `dedup_window` | `done/` | `duplicate of <key>` |
+//! | every action succeeded | `done/` | — |
+//! | an action failed for good (5xx, unknown room, rule error) | `failed/` | the failures |
+//! | an action failed for now | `retry/` (backoff) | the failures |
+//! | a manager wanted it, no rule matched | `done/` | `no rule matched` |
+//! | no manager wanted it | as `unmatched` says | `unmatched: ...` |
+//!
+//! Each action that succeeds is recorded on the claim ([`Claim::record_done`]) before the
+//! next one, so an attempt after a failure, a crash or a lost lease never repeats it (no
+//! second chat message). A claim whose lease is lost stops at once and moves nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::mail_view::MailView;
+use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
+use crate::rules::{Action, Disposal, Rules, Unmatched};
+use crate::sinks::SinkError;
+use crate::sinks::mail::MailSink;
+
+/// How long one claim call waits for mail before the loop looks at the shutdown signal.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// The worker's parts, shared by its jobs.
+pub struct Worker {
+    pub queue: Queue,
+    pub rules: Arc<Rules>,
+    /// `remote-smtp`, for `mailto:` and forwarding.
+    pub mail: Option<MailSink>,
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionResult {
+    Sent,
+    /// Recorded as done by an earlier attempt: not taken again.
+    DoneBefore,
+    Failed(SinkError),
+}
+
+/// What the worker did with one message: the one log line's fields.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The message's key when claimed (`processing/<name>`).
+    pub key: String,
+    pub manager: Option<String>,
+    pub rules: Vec<String>,
+    /// Each action (`<rule>: <uri>`) and what happened.
+    pub actions: Vec<(String, ActionResult)>,
+    /// Where the message went (`done/<name>`...), and why.
+    pub finished: String,
+    pub reason: Option<String>,
+}
+
+impl Worker {
+    /// Runs `concurrency` jobs that claim and handle messages until `stop` says so; jobs in
+    /// flight end their message first.
+    pub async fn run(
+        self: Arc<Self>,
+        concurrency: usize,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let jobs: Vec<_> = (0..concurrency.max(1))
+            .map(|_| {
+                let (worker, stop) = (self.clone(), stop.clone());
+                tokio::spawn(async move { worker.job(stop).await })
+            })
+            .collect();
+        for job in jobs {
+            let _ = job.await;
+        }
+    }
+
+    async fn job(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let options = ClaimOptions {
+            lease: None,
+            wait: Some(CLAIM_WAIT),
+        };
+        while !*stop.borrow() {
+            let mut claim = match self.queue.claim(&options).await {
+                Ok(Some(claim)) => claim,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim; trying again");
+                    tokio::time::sleep(CLAIM_WAIT).await;
+                    continue;
+                }
+            };
+            match self.handle(&mut claim).await {
+                Ok(report) => log(&report),
+                Err(e) => {
+                    tracing::warn!(key = claim.key(), error = %e, "message left for a later attempt");
+                }
+            }
+        }
+    }
+
+    /// Handles one claimed message to its end (see the module documentation). An error
+    /// means the message was not moved on (a lost lease, a store failure): it is claimed
+    /// again once its lease runs out.
+    pub async fn handle(&self, claim: &mut Claim) -> Result<Report, QueueError> {
+        let key = claim.key();
+        let (bytes, _) = claim.read().await?;
+        let mut report = Report {
+            key,
+            manager: None,
+            rules: Vec::new(),
+            actions: Vec::new(),
+            finished: String::new(),
+            reason: None,
+        };
+        if let Some(original) = claim.duplicate_of().await? {
+            let reason = format!("duplicate of {}", original.key);
+            return self
+                .finish(
+                    claim,
+                    report,
+                    Outcome::Done {
+                        reason: Some(reason),
+                    },
+                )
+                .await;
+        }
+        let mail = MailView::parse(&bytes);
+        let decision = self.rules.decide(&mail);
+        report.manager = decision.manager.clone();
+        report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
+        let outcome = match decision.disposal {
+            Disposal::NoRuleMatched => Outcome::Done {
+                reason: Some("no rule matched".into()),
+            },
+            Disposal::Unmatched(Unmatched::Done) => Outcome::Done {
+                reason: Some("unmatched: no manager wants it".into()),
+            },
+            Disposal::Unmatched(Unmatched::Fail) => Outcome::Failed {
+                reason: "unmatched: no manager wants it".into(),
+            },
+            Disposal::Unmatched(Unmatched::Forward(to)) => {
+                let label = format!("unmatched: forward to {to}");
+                let result = self
+                    .once(claim, &label, async {
+                        MailSink::new(&to, &self.helo())
+                            .map_err(SinkError::Permanent)?
+                            .forward(&bytes, &mail.envelope_from, &mail.envelope_to)
+                            .await
+                    })
+                    .await?;
+                report.actions.push((label.clone(), result));
+                outcome_of(&report.actions, Some(label))
+            }
+            Disposal::Act => {
+                for fired in &decision.fired {
+                    for action in &fired.actions {
+                        let label = format!("{}: {action}", fired.rule);
+                        let result = match &fired.text {
+                            Err(e) => ActionResult::Failed(SinkError::Permanent(e.clone())),
+                            Ok(text) => {
+                                self.once(claim, &label, self.take(action, text, &bytes, &mail))
+                                    .await?
+                            }
+                        };
+                        report.actions.push((label, result));
+                    }
+                }
+                outcome_of(&report.actions, None)
+            }
+        };
+        self.finish(claim, report, outcome).await
+    }
+
+    /// Runs `work` unless an earlier attempt recorded `label` as done; records it when it
+    /// succeeds. A lease lost on the way is an error: nothing more is done.
+    async fn once(
+        &self,
+        claim: &mut Claim,
+        label: &str,
+        work: impl std::future::Future<Output = Result<(), SinkError>>,
+    ) -> Result<ActionResult, QueueError> {
+        let id = action_id(label);
+        if claim.done().contains(&id) {
+            return Ok(ActionResult::DoneBefore);
+        }
+        if claim.is_lost() {
+            return Err(QueueError::LeaseLost {
+                name: claim.name().to_string(),
+            });
+        }
+        match work.await {
+            Ok(()) => {
+                claim.record_done(&id).await?;
+                Ok(ActionResult::Sent)
+            }
+            Err(e) => Ok(ActionResult::Failed(e)),
+        }
+    }
+
+    /// Takes one action.
+    async fn take(
+        &self,
+        action: &Action,
+        text: &str,
+        bytes: &[u8],
+        mail: &MailView,
+    ) -> Result<(), SinkError> {
+        let _ = text;
+        match action {
+            Action::Mailto(to) => {
+                let sink = self
+                    .mail
+                    .as_ref()
+                    .ok_or_else(|| SinkError::Permanent("mailto: needs remote-smtp".into()))?;
+                sink.mailto(
+                    bytes,
+                    &mail.envelope_from,
+                    to,
+                    self.rules.mailto_from.as_deref(),
+                )
+                .await
+            }
+            Action::XmppRoom(_) | Action::XmppDirect(_) => Err(SinkError::Transient(
+                "the XMPP sink is not running in this worker".into(),
+            )),
+        }
+    }
+
+    async fn finish(
+        &self,
+        claim: &mut Claim,
+        mut report: Report,
+        outcome: Outcome,
+    ) -> Result<Report, QueueError> {
+        report.reason = match &outcome {
+            Outcome::Done { reason } | Outcome::Retry { reason, .. } => reason.clone(),
+            Outcome::Failed { reason } => Some(reason.clone()),
+        };
+        let finished = claim.finish(outcome).await?;
+        report.finished = finished.key;
+        Ok(report)
+    }
+
+    fn helo(&self) -> String {
+        gethostname::gethostname().to_string_lossy().into_owned()
+    }
+}
+
+/// The outcome of a message whose actions ended as `actions`: any permanent failure sends
+/// it to `failed/`, else any transient one to `retry/`, else it is done (with `reason`).
+fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Outcome {
+    let failures = |permanent: bool| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|(label, result)| match result {
+                ActionResult::Failed(e) if e.is_permanent() == permanent => {
+                    Some(format!("{label}: {e}"))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let permanent = failures(true);
+    if !permanent.is_empty() {
+        return Outcome::Failed {
+            reason: permanent.join("; "),
+        };
+    }
+    let transient = failures(false);
+    if !transient.is_empty() {
+        return Outcome::Retry {
+            reason: Some(transient.join("; ")),
+            not_before: None,
+        };
+    }
+    Outcome::Done { reason }
+}
+
+/// A short id for an action, for the claim's record of work done: 8 hex digits of the
+/// SHA-256 of its label (rule name and URI).
+pub fn action_id(label: &str) -> String {
+    let digest = Sha256::digest(label.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The one log line of a message.
+fn log(report: &Report) {
+    let actions: Vec<String> = report
+        .actions
+        .iter()
+        .map(|(label, result)| match result {
+            ActionResult::Sent => format!("{label} sent"),
+            ActionResult::DoneBefore => format!("{label} done before"),
+            ActionResult::Failed(e) => format!("{label} {e}"),
+        })
+        .collect();
+    tracing::info!(
+        key = report.key,
+        manager = report.manager.as_deref().unwrap_or("-"),
+        rules = ?report.rules,
+        actions = ?actions,
+        to = report.finished,
+        reason = report.reason.as_deref().unwrap_or("-"),
+        "message handled"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(permanent: bool) -> ActionResult {
+        ActionResult::Failed(if permanent {
+            SinkError::Permanent("550 no".into())
+        } else {
+            SinkError::Transient("refused".into())
+        })
+    }
+
+    #[test]
+    fn permanent_failures_win_then_transient_ones() {
+        let a = |r| ("r: mailto:a@b".to_string(), r);
+        assert_eq!(
+            outcome_of(&[a(ActionResult::Sent), a(ActionResult::DoneBefore)], None),
+            Outcome::Done { reason: None }
+        );
+        assert!(matches!(
+            outcome_of(&[a(failed(false)), a(ActionResult::Sent)], None),
+            Outcome::Retry { .. }
+        ));
+        assert_eq!(
+            outcome_of(&[a(failed(false)), a(failed(true))], None),
+            Outcome::Failed {
+                reason: "r: mailto:a@b: permanent: 550 no".into()
+            }
+        );
+    }
+
+    #[test]
+    fn action_ids_are_short_and_stable() {
+        assert_eq!(action_id("disk: mailto:a@b"), action_id("disk: mailto:a@b"));
+        assert_ne!(action_id("disk: mailto:a@b"), action_id("disk: mailto:a@c"));
+        assert_eq!(action_id("x").len(), 8);
+    }
+}

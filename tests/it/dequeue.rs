@@ -1,0 +1,230 @@
+//! The dequeue worker against a real queue (Maildir, local lock) and a real SMTP receiver
+//! (`smtp-sink`): `mailto:` alerts with rewritten headers and the body unchanged, unmatched
+//! mail forwarded unchanged, a 5xx to `failed/`, a transient failure to `retry/` without
+//! repeating the action that succeeded; and the example's `--check` and `--dry-run`.
+
+use std::sync::Arc;
+
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use swiftdrop::dequeue::{ActionResult, Worker};
+use swiftdrop::queue::{ClaimOptions, Queue, State};
+use swiftdrop::sinks::mail::MailSink;
+use swiftdrop::store::key::MessageKey;
+
+use crate::queue_support::*;
+use crate::support::*;
+
+const NAGIOS: &[u8] = b"Return-Path: <nagios@mon.example.org>\r\nDelivered-To: ops@example.com\r\n\
+From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on db1\r\n\
+Message-ID: <n1@mon.example.org>\r\n\r\n/var is at 100%\r\n..dot line\r\n";
+
+const OTHER: &[u8] =
+    b"Return-Path: <someone@example.net>\r\nDelivered-To: postmaster@example.com\r\n\
+From: someone@example.net\r\nTo: postmaster@example.com\r\nSubject: hello\r\n\
+Message-ID: <o1@example.net>\r\n\r\nplain mail\r\n";
+
+fn rules(sink_port: u16, extra_action: &str) -> String {
+    format!(
+        "remote-smtp: 127.0.0.1:{sink_port}
+mailto_from: alerts@example.com
+xmpp:
+  jabberid: bot@example.com
+  password: unused
+managers:
+  - name: nagios
+    messages-we-want:
+      from: '@mon.example.org'
+    rules:
+      - name: disk
+        filter:
+          function: mail.in_subject
+          args: [disk, full]
+        actions: [mailto:oncall@example.com{extra_action}]
+"
+    )
+}
+
+/// Stores `bytes` under `cur/` as the filter would; returns the name.
+async fn store(queue: &Queue, bytes: &[u8]) -> String {
+    let key = MessageKey::new("filter.test", bytes.len() as u64);
+    queue
+        .destination()
+        .store
+        .put(&Path::from(key.cur_path()), bytes.to_vec().into())
+        .await
+        .unwrap();
+    key.file_name()
+}
+
+fn worker(queue: &Queue, rules_text: &str, sink_port: u16) -> Worker {
+    let rules = swiftdrop::rules::parse(rules_text, "rules.yml").unwrap();
+    Worker {
+        queue: queue.clone(),
+        rules: Arc::new(rules),
+        mail: Some(MailSink::new(&format!("127.0.0.1:{sink_port}"), "worker.test").unwrap()),
+    }
+}
+
+/// Claims the next message and handles it; the report.
+async fn handle_next(worker: &Worker) -> swiftdrop::dequeue::Report {
+    let options = ClaimOptions {
+        lease: None,
+        wait: Some(PATIENCE),
+    };
+    let mut claim = worker
+        .queue
+        .claim(&options)
+        .await
+        .unwrap()
+        .expect("a message");
+    worker.handle(&mut claim).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_alert_is_mailed_rewritten_and_unmatched_mail_forwarded_unchanged() {
+    let sink = SmtpSink::start(&[]);
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(sink.port, ""), sink.port);
+    store(&queue, NAGIOS).await;
+    let report = handle_next(&worker).await;
+    assert_eq!(report.manager.as_deref(), Some("nagios"));
+    assert_eq!(report.rules, ["disk"]);
+    assert_eq!(
+        report.actions,
+        [(
+            "disk: mailto:oncall@example.com".to_string(),
+            ActionResult::Sent
+        )]
+    );
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let alert = sink
+        .wait_for_dump_ending("..dot line")
+        .await
+        .expect("the alert arrived");
+    // smtp-sink's dump: LF line ends, the envelope first.
+    assert!(alert.contains("From: <alerts@example.com>\nTo: <oncall@example.com>\nSubject: CRITICAL: disk full on db1\n"), "{alert}");
+    assert!(
+        alert.contains("\n\n/var is at 100%\n..dot line\n"),
+        "body unchanged: {alert}"
+    );
+    assert!(!alert.contains("Delivered-To: ops@example.com"), "{alert}");
+    assert!(!alert.contains("From: Nagios"), "{alert}");
+
+    store(&queue, OTHER).await;
+    let report = handle_next(&worker).await;
+    assert_eq!(report.manager, None);
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert_eq!(
+        report.reason.as_deref(),
+        Some(format!("unmatched: forward to 127.0.0.1:{}", sink.port).as_str())
+    );
+    let forwarded = sink
+        .wait_for_dump_ending("plain mail")
+        .await
+        .expect("the forward arrived");
+    assert!(
+        forwarded
+            .contains("From: someone@example.net\nTo: postmaster@example.com\nSubject: hello\n"),
+        "{forwarded}"
+    );
+    assert!(!forwarded.contains("Return-Path: <someone"), "{forwarded}");
+}
+
+#[tokio::test]
+async fn a_5xx_fails_the_message_with_the_reason() {
+    let sink = SmtpSink::start(&["-f", "rcpt"]);
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(sink.port, ""), sink.port);
+    store(&queue, NAGIOS).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.starts_with("disk: mailto:oncall@example.com: permanent:") && reason.contains(" 5"),
+        "{reason}"
+    );
+    assert_eq!(setup.names(State::Failed).await.len(), 1);
+}
+
+/// A transient failure sends the message to `retry/`; the next attempt does not send the
+/// alert that already went out (recorded on the claim), only what failed.
+#[tokio::test]
+async fn a_retry_does_not_repeat_an_action_that_succeeded() {
+    let sink = SmtpSink::start(&[]);
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    // The XMPP action fails for now in this worker (no XMPP sink running).
+    let worker = worker(
+        &queue,
+        &rules(sink.port, ", xmpp:ops@conference.example.com"),
+        sink.port,
+    );
+    store(&queue, NAGIOS).await;
+    let first = handle_next(&worker).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    assert_eq!(first.actions[0].1, ActionResult::Sent);
+    assert!(matches!(first.actions[1].1, ActionResult::Failed(ref e) if !e.is_permanent()));
+    let second = handle_next(&worker).await;
+    assert_eq!(second.actions[0].1, ActionResult::DoneBefore, "{second:?}");
+    sink.wait_for_dump_ending("..dot line").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.dumps().len(), 1, "the alert went out once");
+}
+
+/// `--check` names every problem with its line and exits 1; `--dry-run` prints what would
+/// fire, with the text, and sends nothing.
+#[test]
+fn check_and_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "remote-smtp: localhost:25\nmanagers:\n  - name: a\n    rules:\n      - filter:\n          subject: '(unclosed'\n        actions: [sms:+1]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(example("dequeue"))
+        .arg("--check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let shown = bad.display();
+    assert!(
+        stdout.contains(&format!("{shown}:6: subject: bad regex")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{shown}:7: action \"sms:+1\"")),
+        "{stdout}"
+    );
+
+    let good = dir.path().join("rules.yml");
+    std::fs::write(&good, rules(2525, "")).unwrap();
+    let out = std::process::Command::new(example("dequeue"))
+        .arg("--check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 managers, 1 rules)"));
+
+    let eml = dir.path().join("m.eml");
+    std::fs::write(&eml, NAGIOS).unwrap();
+    let out = std::process::Command::new(example("dequeue"))
+        .arg("--config")
+        .arg(&good)
+        .arg("--dry-run")
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"]\nmanager: nagios\nrule: disk\n  action: mailto:oncall@example.com\n  text:\n    [CRITICAL: disk full on db1] nagios@mon.example.org: /var is at 100%\n    ..dot line\n"
+    );
+}
