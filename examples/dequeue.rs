@@ -23,6 +23,7 @@ use swiftdrop::mail_view::MailView;
 use swiftdrop::queue::Queue;
 use swiftdrop::rules::{self, Disposal, Rules, Unmatched};
 use swiftdrop::sinks::mail::MailSink;
+use swiftdrop::sinks::xmpp::XmppSink;
 
 #[derive(Parser)]
 #[command(about = "Route stored mail by rules to chat rooms and e-mail alerts")]
@@ -162,10 +163,19 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
         }
         None => None,
     };
+    let xmpp = match rules.xmpp.as_ref().map(XmppSink::start) {
+        Some(Ok(sink)) => Some(sink),
+        Some(Err(e)) => {
+            eprintln!("dequeue: {e}");
+            return ExitCode::from(1);
+        }
+        None => None,
+    };
     let worker = Arc::new(Worker {
         queue,
         rules: Arc::new(rules),
         mail,
+        xmpp,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -22,9 +22,11 @@ use sha2::{Digest, Sha256};
 
 use crate::mail_view::MailView;
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
+use crate::rules::matcher::any_matches;
 use crate::rules::{Action, Disposal, Rules, Unmatched};
 use crate::sinks::SinkError;
 use crate::sinks::mail::MailSink;
+use crate::sinks::xmpp::{Target, XmppSink};
 
 /// How long one claim call waits for mail before the loop looks at the shutdown signal.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
@@ -35,12 +37,16 @@ pub struct Worker {
     pub rules: Arc<Rules>,
     /// `remote-smtp`, for `mailto:` and forwarding.
     pub mail: Option<MailSink>,
+    /// The XMPP connection, for `xmpp:` actions.
+    pub xmpp: Option<XmppSink>,
 }
 
 /// What happened to one action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionResult {
     Sent,
+    /// Deliberately not taken (why), e.g. a sender outside the XMPP account's `valid_from`.
+    Skipped(String),
     /// Recorded as done by an earlier attempt: not taken again.
     DoneBefore,
     Failed(SinkError),
@@ -151,6 +157,7 @@ impl Worker {
                             .map_err(SinkError::Permanent)?
                             .forward(&bytes, &mail.envelope_from, &mail.envelope_to)
                             .await
+                            .map(|()| Taken::Sent)
                     })
                     .await?;
                 report.actions.push((label.clone(), result));
@@ -182,7 +189,7 @@ impl Worker {
         &self,
         claim: &mut Claim,
         label: &str,
-        work: impl std::future::Future<Output = Result<(), SinkError>>,
+        work: impl std::future::Future<Output = Result<Taken, SinkError>>,
     ) -> Result<ActionResult, QueueError> {
         let id = action_id(label);
         if claim.done().contains(&id) {
@@ -194,10 +201,11 @@ impl Worker {
             });
         }
         match work.await {
-            Ok(()) => {
+            Ok(Taken::Sent) => {
                 claim.record_done(&id).await?;
                 Ok(ActionResult::Sent)
             }
+            Ok(Taken::Skipped(why)) => Ok(ActionResult::Skipped(why)),
             Err(e) => Ok(ActionResult::Failed(e)),
         }
     }
@@ -209,26 +217,43 @@ impl Worker {
         text: &str,
         bytes: &[u8],
         mail: &MailView,
-    ) -> Result<(), SinkError> {
-        let _ = text;
-        match action {
+    ) -> Result<Taken, SinkError> {
+        let (address, room) = match action {
             Action::Mailto(to) => {
                 let sink = self
                     .mail
                     .as_ref()
                     .ok_or_else(|| SinkError::Permanent("mailto: needs remote-smtp".into()))?;
-                sink.mailto(
-                    bytes,
-                    &mail.envelope_from,
-                    to,
-                    self.rules.mailto_from.as_deref(),
-                )
-                .await
+                return sink
+                    .mailto(
+                        bytes,
+                        &mail.envelope_from,
+                        to,
+                        self.rules.mailto_from.as_deref(),
+                    )
+                    .await
+                    .map(|()| Taken::Sent);
             }
-            Action::XmppRoom(_) | Action::XmppDirect(_) => Err(SinkError::Transient(
-                "the XMPP sink is not running in this worker".into(),
-            )),
+            Action::XmppRoom(room) => (room, true),
+            Action::XmppDirect(user) => (user, false),
+        };
+        let settings = self.rules.xmpp.as_ref();
+        let sink =
+            self.xmpp.as_ref().zip(settings).ok_or_else(|| {
+                SinkError::Permanent("xmpp: actions need the xmpp: account".into())
+            })?;
+        let allowed = &sink.1.valid_from;
+        if !allowed.is_empty() && !any_matches(allowed, [mail.envelope_from.as_str()]) {
+            return Ok(Taken::Skipped(format!(
+                "sender {:?} is not in valid_from",
+                mail.envelope_from
+            )));
         }
+        let target = Target::parse(address, room)?;
+        sink.0
+            .post(target, text.to_string())
+            .await
+            .map(|()| Taken::Sent)
     }
 
     async fn finish(
@@ -249,6 +274,12 @@ impl Worker {
     fn helo(&self) -> String {
         gethostname::gethostname().to_string_lossy().into_owned()
     }
+}
+
+/// What taking an action did.
+enum Taken {
+    Sent,
+    Skipped(String),
 }
 
 /// The outcome of a message whose actions ended as `actions`: any permanent failure sends
@@ -295,6 +326,7 @@ fn log(report: &Report) {
         .iter()
         .map(|(label, result)| match result {
             ActionResult::Sent => format!("{label} sent"),
+            ActionResult::Skipped(why) => format!("{label} skipped: {why}"),
             ActionResult::DoneBefore => format!("{label} done before"),
             ActionResult::Failed(e) => format!("{label} {e}"),
         })

@@ -25,6 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Prosody (XMPP, with a chat-room service) for the dequeue worker's tests: each test starts
+# and stops its own (tests/xmpp/prosody.sh); the package starts no service of its own.
+bash tests/xmpp/prosody.sh install
+
 # OpenStack Swift (native API + S3 API) on loopback for the object-store tests; stopped on
 # exit, whatever the outcome.
 bash tests/swift/swift-aio.sh install

@@ -142,6 +142,7 @@ struct XmppDoc {
     valid_from: Patterns,
     tls: Option<bool>,
     nick: Option<String>,
+    timeout: Option<String>,
 }
 
 /// Reads and checks the rules file at `path`; secrets named by `*_env` come from the
@@ -485,7 +486,17 @@ impl Checker<'_> {
             self.host_port("xmpp server", server);
         }
         let valid_from = self.patterns("valid_from", &doc.valid_from);
+        let timeout = match doc.timeout.as_deref().map(crate::config::parse_duration) {
+            None => crate::sinks::xmpp::SEND_TIMEOUT,
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                let near = doc.timeout.clone().unwrap_or_default();
+                self.problem(&near, format!("xmpp timeout: {e}"));
+                crate::sinks::xmpp::SEND_TIMEOUT
+            }
+        };
         XmppSettings {
+            timeout,
             nick: doc.nick.unwrap_or_else(|| {
                 doc.jabberid
                     .split('@')

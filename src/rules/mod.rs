@@ -207,6 +207,9 @@ pub struct XmppSettings {
     pub valid_from: Vec<AddressPattern>,
     pub tls: bool,
     pub nick: String,
+    /// How long one post may take, connecting and joining included (`timeout`, default
+    /// 30 s); past it the action failed for now.
+    pub timeout: std::time::Duration,
 }
 
 /// What the rules decided for one message.

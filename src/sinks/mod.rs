@@ -4,8 +4,10 @@
 //! | sink | actions | permanent | transient |
 //! |---|---|---|---|
 //! | [`mail`] | `mailto:`, forwarding unmatched mail | a 5xx reply | anything else |
+//! | [`xmpp`] | `xmpp:` rooms and users | an error reply other than "not in the room", a refused join | no session, no confirmation in time |
 
 pub mod mail;
+pub mod xmpp;
 
 use std::fmt;
 

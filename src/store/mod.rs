@@ -20,16 +20,21 @@ use object_store::aws::AmazonS3;
 
 use crate::config::{Backend, DestinationConfig};
 
-/// A builder for the HTTP clients of the object stores. TLS is rustls with ring as its crypto
-/// provider, installed for the whole process here first: reqwest and object_store take the
-/// process default and fail without one (redis and mail-send find ring by themselves).
+/// A builder for the HTTP clients of the object stores, after [`install_tls_provider`].
 pub fn http_client() -> reqwest::ClientBuilder {
+    install_tls_provider();
+    reqwest::Client::builder()
+}
+
+/// Installs rustls' ring crypto provider for the whole process, once: reqwest,
+/// object_store and tokio-xmpp take the process default and fail without one (redis and
+/// mail-send find ring by themselves).
+pub fn install_tls_provider() {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
         // Err: a provider is already installed (by the embedding program), which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder()
 }
 
 /// A configured place to store mail.

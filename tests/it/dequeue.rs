@@ -1,7 +1,10 @@
-//! The dequeue worker against a real queue (Maildir, local lock) and a real SMTP receiver
-//! (`smtp-sink`): `mailto:` alerts with rewritten headers and the body unchanged, unmatched
-//! mail forwarded unchanged, a 5xx to `failed/`, a transient failure to `retry/` without
-//! repeating the action that succeeded; and the example's `--check` and `--dry-run`.
+//! The dequeue worker against a real queue (Maildir, local lock), a real SMTP receiver
+//! (`smtp-sink`) and a real XMPP server (Prosody with a chat-room service): `mailto:`
+//! alerts with rewritten headers and the body unchanged, unmatched mail forwarded unchanged,
+//! a 5xx to `failed/`, rooms and users posted to, an unknown user to `failed/`, an XMPP
+//! server that is down to `retry/` and delivered once it is up, without repeating what
+//! succeeded, messages across a Prosody restart arriving once each; and the example's
+//! `--check` and `--dry-run`.
 
 use std::sync::Arc;
 
@@ -10,10 +13,12 @@ use object_store::path::Path;
 use swiftdrop::dequeue::{ActionResult, Worker};
 use swiftdrop::queue::{ClaimOptions, Queue, State};
 use swiftdrop::sinks::mail::MailSink;
+use swiftdrop::sinks::xmpp::XmppSink;
 use swiftdrop::store::key::MessageKey;
 
 use crate::queue_support::*;
 use crate::support::*;
+use crate::xmpp_support::*;
 
 const NAGIOS: &[u8] = b"Return-Path: <nagios@mon.example.org>\r\nDelivered-To: ops@example.com\r\n\
 From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on db1\r\n\
@@ -25,13 +30,15 @@ From: someone@example.net\r\nTo: postmaster@example.com\r\nSubject: hello\r\n\
 Message-ID: <o1@example.net>\r\n\r\nplain mail\r\n";
 
 fn rules(sink_port: u16, extra_action: &str) -> String {
+    rules_with(sink_port, extra_action, &rules_account(1, "2s"))
+}
+
+/// Rules with the `xmpp:` section `account`.
+fn rules_with(sink_port: u16, extra_action: &str, account: &str) -> String {
     format!(
         "remote-smtp: 127.0.0.1:{sink_port}
 mailto_from: alerts@example.com
-xmpp:
-  jabberid: bot@example.com
-  password: unused
-managers:
+{account}managers:
   - name: nagios
     messages-we-want:
       from: '@mon.example.org'
@@ -59,10 +66,12 @@ async fn store(queue: &Queue, bytes: &[u8]) -> String {
 
 fn worker(queue: &Queue, rules_text: &str, sink_port: u16) -> Worker {
     let rules = swiftdrop::rules::parse(rules_text, "rules.yml").unwrap();
+    let xmpp = rules.xmpp.as_ref().map(|x| XmppSink::start(x).unwrap());
     Worker {
         queue: queue.clone(),
         rules: Arc::new(rules),
         mail: Some(MailSink::new(&format!("127.0.0.1:{sink_port}"), "worker.test").unwrap()),
+        xmpp,
     }
 }
 
@@ -149,29 +158,127 @@ async fn a_5xx_fails_the_message_with_the_reason() {
     assert_eq!(setup.names(State::Failed).await.len(), 1);
 }
 
-/// A transient failure sends the message to `retry/`; the next attempt does not send the
-/// alert that already went out (recorded on the claim), only what failed.
+/// An XMPP server that is down: the alert by mail goes out, the room's message fails for
+/// now and the message waits in `retry/`; once the server is up, the next attempt posts to
+/// the room and does not mail the alert again (recorded on the claim).
 #[tokio::test]
 async fn a_retry_does_not_repeat_an_action_that_succeeded() {
     let sink = SmtpSink::start(&[]);
     let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
     let queue = setup.queue().await;
-    // The XMPP action fails for now in this worker (no XMPP sink running).
-    let worker = worker(
-        &queue,
-        &rules(sink.port, ", xmpp:ops@conference.example.com"),
+    let port = free_port();
+    let rules = rules_with(
         sink.port,
+        ", xmpp:ops@conference.xmpp.test",
+        &rules_account(port, "2s"),
     );
+    let worker = worker(&queue, &rules, sink.port);
     store(&queue, NAGIOS).await;
     let first = handle_next(&worker).await;
     assert!(first.finished.starts_with("retry/"), "{first:?}");
     assert_eq!(first.actions[0].1, ActionResult::Sent);
-    assert!(matches!(first.actions[1].1, ActionResult::Failed(ref e) if !e.is_permanent()));
+    assert!(
+        matches!(first.actions[1].1, ActionResult::Failed(ref e) if !e.is_permanent()),
+        "{first:?}"
+    );
+
+    let prosody = Prosody::start_on(port);
+    let watcher = Watcher::join(&prosody, "ops").await;
     let second = handle_next(&worker).await;
     assert_eq!(second.actions[0].1, ActionResult::DoneBefore, "{second:?}");
+    assert_eq!(second.actions[1].1, ActionResult::Sent, "{second:?}");
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    assert_eq!(watcher.wait_for("disk full on db1").await, 1);
     sink.wait_for_dump_ending("..dot line").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(sink.dumps().len(), 1, "the alert went out once");
+}
+
+/// Posts to a room (the watcher sees it, as the rendered text) and to a user directly; a
+/// message to a user the server does not know fails for good.
+#[tokio::test]
+async fn rooms_and_users_get_the_text_and_an_unknown_user_fails_the_message() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let rules = rules_with(
+        1,
+        ", xmpp:ops@conference.xmpp.test, xmpp:watcher@xmpp.test",
+        &rules_account(prosody.port, "10s"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [");
+    let worker = worker(&queue, &rules, 1);
+    store(&queue, NAGIOS).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert_eq!(report.actions.len(), 2);
+    assert!(
+        report.actions.iter().all(|(_, r)| *r == ActionResult::Sent),
+        "{report:?}"
+    );
+    let text = "[CRITICAL: disk full on db1] nagios@mon.example.org: /var is at 100%";
+    // Once from the room, once directly.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while watcher.count(text) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            watcher.bodies.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let rules = rules_with(
+        1,
+        ", xmpp:nobody@xmpp.test",
+        &rules_account(prosody.port, "10s"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [");
+    let worker = self::worker(&queue, &rules, 1);
+    let other = String::from_utf8(NAGIOS.to_vec())
+        .unwrap()
+        .replace("<n1@", "<n3@");
+    store(&queue, other.as_bytes()).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("nobody@xmpp.test answered"), "{reason}");
+}
+
+/// Prosody restarted between two messages: the sink reconnects and rejoins by itself; each
+/// message reaches the room once.
+#[tokio::test]
+async fn messages_after_a_prosody_restart_arrive_once_each() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let rules = rules_with(
+        1,
+        ", xmpp:ops@conference.xmpp.test",
+        &rules_account(prosody.port, "20s"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [")
+    .replace("disk, full", "disk");
+    let worker = worker(&queue, &rules, 1);
+    store(&queue, NAGIOS).await;
+    assert!(handle_next(&worker).await.finished.starts_with("done/"));
+    assert_eq!(watcher.wait_for("disk full on db1").await, 1);
+
+    prosody.restart();
+    watcher.wait_for_joins(2).await;
+    let second = String::from_utf8(NAGIOS.to_vec())
+        .unwrap()
+        .replace("disk full on db1", "disk full on db2")
+        .replace("<n1@", "<n2@");
+    store(&queue, second.as_bytes()).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert_eq!(watcher.wait_for("disk full on db2").await, 1);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(watcher.count("disk full on db1"), 1);
+    assert_eq!(watcher.count("disk full on db2"), 1);
 }
 
 /// `--check` names every problem with its line and exits 1; `--dry-run` prints what would

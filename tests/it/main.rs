@@ -26,3 +26,4 @@ mod store_faults;
 mod support;
 mod swift;
 mod swift_support;
+mod xmpp_support;

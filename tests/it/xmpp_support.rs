@@ -1,0 +1,209 @@
+//! A private Prosody per test (tests/xmpp/prosody.sh, stopped on drop) and a watcher: an
+//! independent XMPP client that joins a room and collects the message bodies it sees.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_xmpp::connect::DnsConfig;
+use tokio_xmpp::jid::BareJid;
+use tokio_xmpp::parsers::muc::Muc;
+use tokio_xmpp::parsers::muc::muc::History;
+use tokio_xmpp::parsers::presence::Presence;
+use tokio_xmpp::parsers::stanza::Stanza;
+use tokio_xmpp::xmlstream::Timeouts;
+use tokio_xmpp::{Client, Event};
+
+use crate::support::*;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp/prosody.sh");
+/// The virtual host of the test Prosody.
+pub const HOST: &str = "xmpp.test";
+/// Its chat rooms' service.
+pub const ROOMS: &str = "conference.xmpp.test";
+
+/// A running Prosody with the accounts `bot` and `watcher` (passwords as the names).
+pub struct Prosody {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Prosody {
+    pub fn start() -> Prosody {
+        Prosody::start_on(free_port())
+    }
+
+    /// Started on `port` (one a client was given before the server ran).
+    pub fn start_on(port: u16) -> Prosody {
+        let dir = tempfile::Builder::new()
+            .prefix("swiftdrop-prosody")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let prosody = Prosody { port, dir };
+        prosody.run(&[
+            "start",
+            &prosody.path(),
+            &port.to_string(),
+            "bot:bot",
+            "watcher:watcher",
+        ]);
+        prosody
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = Command::new("bash")
+            .arg(SCRIPT)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "prosody.sh {args:?}");
+    }
+
+    /// Stops it and starts it again on the same port, with the same data.
+    pub fn restart(&self) {
+        self.run(&["stop", &self.path()]);
+        self.run(&["start", &self.path(), &self.port.to_string()]);
+    }
+}
+
+/// The `xmpp:` section of a rules file for the bot account of a Prosody on `port`.
+pub fn rules_account(port: u16, timeout: &str) -> String {
+    format!(
+        "xmpp:\n  jabberid: bot@{HOST}\n  password: bot\n  server: 127.0.0.1:{port}\n  tls: false\n  nick: swiftdrop\n  timeout: {timeout}\n"
+    )
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["stop", &self.path()])
+            .status();
+    }
+}
+
+/// A client in a room (and reachable directly as `watcher@xmpp.test`) that records the
+/// bodies of the messages it receives, rejoining after a reconnect.
+pub struct Watcher {
+    pub bodies: Arc<Mutex<Vec<String>>>,
+    /// Times it joined the room (once per session).
+    pub joins: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    /// Connects as `watcher` and joins `room` (a local part on [`ROOMS`]); returns once it is
+    /// in the room.
+    pub async fn join(prosody: &Prosody, room: &str) -> Watcher {
+        let jid = BareJid::new(&format!("watcher@{HOST}")).unwrap();
+        let mut client = Client::new_plaintext(
+            jid,
+            "watcher",
+            DnsConfig::addr(&format!("127.0.0.1:{}", prosody.port)),
+            Timeouts::tight(),
+        );
+        let room = BareJid::new(&format!("{room}@{ROOMS}")).unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+        let collected = bodies.clone();
+        let joins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = joins.clone();
+        let task = tokio::spawn(async move {
+            let mut joined_tx = Some(joined_tx);
+            while let Some(event) = client.next().await {
+                match event {
+                    Event::Online { .. } => {
+                        // Available, so that messages to the bare address reach it.
+                        client
+                            .send_stanza(Presence::available().into())
+                            .await
+                            .unwrap();
+                        let presence = Presence::available()
+                            .with_to(room.with_resource_str("watcher").unwrap())
+                            .with_payload(
+                                Muc::new().with_history(History::new().with_maxstanzas(0)),
+                            );
+                        client.send_stanza(presence.into()).await.unwrap();
+                    }
+                    Event::Stanza(Stanza::Presence(p))
+                        if p.from.as_ref().map(|f| f.to_bare()).as_ref() == Some(&room) =>
+                    {
+                        if p.payloads
+                            .iter()
+                            .any(|x| x.children().any(|s| s.attr("code") == Some("110")))
+                        {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if let Some(tx) = joined_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Event::Stanza(Stanza::Message(m)) => {
+                        if let Some(body) = m.bodies.values().next() {
+                            collected.lock().unwrap().push(body.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(PATIENCE, joined_rx)
+            .await
+            .expect("the watcher joined the room")
+            .unwrap();
+        Watcher {
+            bodies,
+            joins,
+            task,
+        }
+    }
+
+    /// Waits until a body containing `text` arrived; how many such bodies there are.
+    pub async fn wait_for(&self, text: &str) -> usize {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let n = self.count(text);
+            if n > 0 {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watcher never saw {text:?}; it saw {:?}",
+                self.bodies.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until it joined the room `n` times (after reconnects).
+    pub async fn wait_for_joins(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+        while self.joins.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watcher did not rejoin"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn count(&self, text: &str) -> usize {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b.contains(text))
+            .count()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
