@@ -335,3 +335,109 @@ fn check_and_dry_run() {
         "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"]\nmanager: nagios\nrule: disk\n  action: mailto:oncall@example.com\n  text:\n    [CRITICAL: disk full on db1] nagios@mon.example.org: /var is at 100%\n    ..dot line\n"
     );
 }
+
+/// End to end: a message sent to `swiftdrop serve` is stored, claimed by the example
+/// worker (a separate process), posted to the room and mailed as an alert; the queue ends
+/// with it in `done/`; SIGTERM stops the worker with exit code 0.
+#[tokio::test]
+async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let sink = SmtpSink::start(&[]);
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    // Makes the Maildir that both processes use.
+    let _queue = setup.queue().await;
+    let rules_file = setup.dir.path().join("rules.yml");
+    std::fs::write(
+        &rules_file,
+        rules_with(
+            sink.port,
+            ", xmpp:ops@conference.xmpp.test",
+            &rules_account(prosody.port, "10s"),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let env: Vec<(String, String)> = setup.vars.clone();
+    let spawn = |program: std::path::PathBuf, args: Vec<String>| {
+        std::process::Command::new(program)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Killed(spawn(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_swiftdrop")),
+        vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    ));
+    let mut worker = Killed(spawn(
+        example("dequeue"),
+        vec![
+            "--config".into(),
+            rules_file.display().to_string(),
+            "--concurrency".into(),
+            "2".into(),
+        ],
+    ));
+    wait_for_port(port).await;
+    let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", port)
+        .unwrap()
+        .implicit_tls(false)
+        .connect_plain()
+        .await
+        .unwrap();
+    let body = b"From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on web7\r\nMessage-ID: <e2e@mon.example.org>\r\n\r\n/srv is at 100%\r\n";
+    client
+        .send(mail_send::smtp::message::Message::new(
+            "nagios@mon.example.org",
+            ["ops@example.com"],
+            &body[..],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(watcher.wait_for("disk full on web7").await, 1);
+    sink.wait_for_dump_ending("/srv is at 100%")
+        .await
+        .expect("the alert arrived");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while setup.names(State::Done).await.len() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            setup.everything().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .arg(worker.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = worker.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
