@@ -310,9 +310,22 @@ impl ObjectWrite {
             });
             return Ok(());
         }
-        if let Some(sha) = &mut self.sha256 {
-            sha.update(rest);
-        }
+        // The SHA-256 (metadata) and the MD5 (to check a lost answer; only remote stores try
+        // again) of a large message are CPU work: off the runtime's worker threads.
+        let (sha, header, body, remote) = (
+            self.sha256.take(),
+            self.header.clone(),
+            rest.clone(),
+            self.dest.remote,
+        );
+        let (sha, md5) = if rest.len() < HASH_INLINE {
+            digests(sha, &header, &body, remote)
+        } else {
+            tokio::task::spawn_blocking(move || digests(sha, &header, &body, remote))
+                .await
+                .map_err(|e| failed(&self.dest, e))?
+        };
+        self.sha256 = sha;
         self.size += rest.len();
         let key = MessageKey::new(&self.hostname, self.size as u64);
         let mut options = PutOptions::from(write_mode(&self.dest));
@@ -333,16 +346,6 @@ impl ObjectWrite {
                 let put = store.put_opts(&path, payload, options).await?;
                 Ok(put.e_tag)
             }
-        };
-        // Only remote stores try again, and only they need the MD5 to check a lost answer.
-        let md5 = if self.dest.remote {
-            let mut md5 = md5::Md5::new();
-            for chunk in payload.iter() {
-                md5.update(chunk);
-            }
-            hex(&md5.finalize())
-        } else {
-            String::new()
         };
         let landed = |path: Path| put_landed(store.as_ref(), path, &md5);
         let (path, key, e_tag) = write_under_free_name(
@@ -514,6 +517,32 @@ impl Drop for ObjectWrite {
             crate::cleanup::spawn(cleanup);
         }
     }
+}
+
+/// Bytes hashed on the runtime's thread; larger messages are hashed on a blocking thread.
+const HASH_INLINE: usize = 256 * 1024;
+
+/// `sha` (the SHA-256 so far, remote stores only) updated with `body`, and for a remote
+/// store the MD5 of `header` and `body` (hex; empty otherwise).
+fn digests(
+    sha: Option<Sha256>,
+    header: &[u8],
+    body: &[u8],
+    remote: bool,
+) -> (Option<Sha256>, String) {
+    let sha = sha.map(|mut s| {
+        s.update(body);
+        s
+    });
+    let md5 = if remote {
+        let mut md5 = md5::Md5::new();
+        md5.update(header);
+        md5.update(body);
+        hex(&md5.finalize())
+    } else {
+        String::new()
+    };
+    (sha, md5)
 }
 
 fn staged_meta(location: Path, size: usize, e_tag: Option<String>) -> ObjectMeta {
