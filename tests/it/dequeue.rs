@@ -441,3 +441,25 @@ async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// The same message stored twice (a client's resend after a lost reply): the second copy
+/// goes to `done/` as a duplicate, and the alert is mailed once.
+#[tokio::test]
+async fn a_duplicate_is_done_without_acting() {
+    let sink = SmtpSink::start(&[]);
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(sink.port, ""), sink.port);
+    store(&queue, NAGIOS).await;
+    let first = handle_next(&worker).await;
+    assert_eq!(first.actions[0].1, ActionResult::Sent);
+    store(&queue, NAGIOS).await;
+    let second = handle_next(&worker).await;
+    assert!(second.actions.is_empty(), "{second:?}");
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let reason = second.reason.unwrap();
+    assert_eq!(reason, format!("duplicate of {}", first.finished));
+    sink.wait_for_dump_ending("..dot line").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.dumps().len(), 1);
+}
