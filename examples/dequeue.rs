@@ -22,8 +22,6 @@ use swiftdrop::dequeue::Worker;
 use swiftdrop::mail_view::MailView;
 use swiftdrop::queue::Queue;
 use swiftdrop::rules::{self, Disposal, Rules, Unmatched};
-use swiftdrop::sinks::mail::MailSink;
-use swiftdrop::sinks::xmpp::XmppSink;
 
 #[derive(Parser)]
 #[command(about = "Route stored mail by rules to chat rooms and e-mail alerts")]
@@ -87,6 +85,19 @@ fn main() -> ExitCode {
     runtime.block_on(work(args, rules))
 }
 
+/// Prints a rendered text, indented, or why it could not be rendered.
+fn print_text(what: &str, text: &Result<String, String>) {
+    match text {
+        Ok(text) => {
+            println!("  {what}:");
+            for line in text.lines() {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("  error: {e}"),
+    }
+}
+
 /// Prints what `rules` would do with the message in `path`.
 fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
     let bytes = match std::fs::read(path) {
@@ -120,14 +131,9 @@ fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
                 for action in &fired.actions {
                     println!("  action: {action}");
                 }
-                match &fired.text {
-                    Ok(text) => {
-                        println!("  text:");
-                        for line in text.lines() {
-                            println!("    {line}");
-                        }
-                    }
-                    Err(e) => println!("  error: {e}"),
+                print_text("text", &fired.text);
+                if let Some(markdown) = &fired.markdown {
+                    print_text("mattermost post", markdown);
                 }
             }
         }
@@ -150,33 +156,13 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let helo = gethostname::gethostname().to_string_lossy().into_owned();
-    let mail = match rules
-        .remote_smtp
-        .as_deref()
-        .map(|r| MailSink::new(r, &helo))
-    {
-        Some(Ok(sink)) => Some(sink),
-        Some(Err(e)) => {
-            eprintln!("dequeue: remote-smtp: {e}");
-            return ExitCode::from(1);
-        }
-        None => None,
-    };
-    let xmpp = match rules.xmpp.as_ref().map(XmppSink::start) {
-        Some(Ok(sink)) => Some(sink),
-        Some(Err(e)) => {
+    let worker = match Worker::new(queue, rules) {
+        Ok(worker) => Arc::new(worker),
+        Err(e) => {
             eprintln!("dequeue: {e}");
             return ExitCode::from(1);
         }
-        None => None,
     };
-    let worker = Arc::new(Worker {
-        queue,
-        rules: Arc::new(rules),
-        mail,
-        xmpp,
-    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

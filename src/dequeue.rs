@@ -24,9 +24,10 @@ use crate::mail_view::MailView;
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
 use crate::rules::matcher::any_matches;
 use crate::rules::{Action, Disposal, Rules, Unmatched};
-use crate::sinks::SinkError;
 use crate::sinks::mail::MailSink;
+use crate::sinks::mattermost::{Delivery, MattermostSink};
 use crate::sinks::xmpp::{Target, XmppSink};
+use crate::sinks::{Progress, SinkError};
 
 /// How long one claim call waits for mail before the loop looks at the shutdown signal.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
@@ -39,6 +40,8 @@ pub struct Worker {
     pub mail: Option<MailSink>,
     /// The XMPP connection, for `xmpp:` actions.
     pub xmpp: Option<XmppSink>,
+    /// The Mattermost server, for `mattermost:` actions.
+    pub mattermost: Option<MattermostSink>,
 }
 
 /// What happened to one action.
@@ -49,6 +52,8 @@ pub enum ActionResult {
     Skipped(String),
     /// Recorded as done by an earlier attempt: not taken again.
     DoneBefore,
+    /// Taken, but some recipients refused for good or were not allowed (who and why).
+    Partly(String),
     Failed(SinkError),
 }
 
@@ -67,6 +72,30 @@ pub struct Report {
 }
 
 impl Worker {
+    /// A worker over `queue` with the sinks `rules` configure (`remote-smtp`, `xmpp:`,
+    /// `mattermost:`); an error names the sink that cannot be set up.
+    pub fn new(queue: Queue, rules: Rules) -> Result<Worker, String> {
+        let helo = gethostname::gethostname().to_string_lossy().into_owned();
+        let mail = rules
+            .remote_smtp
+            .as_deref()
+            .map(|r| MailSink::new(r, &helo).map_err(|e| format!("remote-smtp: {e}")))
+            .transpose()?;
+        let xmpp = rules.xmpp.as_ref().map(XmppSink::start).transpose()?;
+        let mattermost = rules
+            .mattermost
+            .clone()
+            .map(MattermostSink::new)
+            .transpose()?;
+        Ok(Worker {
+            queue,
+            rules: Arc::new(rules),
+            mail,
+            xmpp,
+            mattermost,
+        })
+    }
+
     /// Runs `concurrency` jobs that claim and handle messages until `stop` says so; jobs in
     /// flight end their message first.
     pub async fn run(
@@ -151,15 +180,19 @@ impl Worker {
             },
             Disposal::Unmatched(Unmatched::Forward(to)) => {
                 let label = format!("unmatched: forward to {to}");
-                let result = self
-                    .once(claim, &label, async {
-                        MailSink::new(&to, &self.helo())
-                            .map_err(SinkError::Permanent)?
-                            .forward(&bytes, &mail.envelope_from, &mail.envelope_to)
-                            .await
-                            .map(|()| Taken::Sent)
-                    })
-                    .await?;
+                let result = match done_before(claim, &label)? {
+                    Some(result) => result,
+                    None => {
+                        let taken = async {
+                            MailSink::new(&to, &self.helo())
+                                .map_err(SinkError::Permanent)?
+                                .forward(&bytes, &mail.envelope_from, &mail.envelope_to)
+                                .await
+                                .map(|()| Taken::Sent)
+                        };
+                        settle(claim, &label, taken.await).await?
+                    }
+                };
                 report.actions.push((label.clone(), result));
                 outcome_of(&report.actions, Some(label))
             }
@@ -167,11 +200,19 @@ impl Worker {
                 for fired in &decision.fired {
                     for action in &fired.actions {
                         let label = format!("{}: {action}", fired.rule);
-                        let result = match &fired.text {
-                            Err(e) => ActionResult::Failed(SinkError::Permanent(e.clone())),
-                            Ok(text) => {
-                                self.once(claim, &label, self.take(action, text, &bytes, &mail))
-                                    .await?
+                        let text = match action {
+                            Action::Mattermost(_) => fired.markdown.clone().unwrap_or_else(|| {
+                                Err("no Markdown rendered for a mattermost: action".into())
+                            }),
+                            _ => fired.text.clone(),
+                        };
+                        let result = match (text, done_before(claim, &label)?) {
+                            (_, Some(result)) => result,
+                            (Err(e), None) => ActionResult::Failed(SinkError::Permanent(e)),
+                            (Ok(text), None) => {
+                                let taken =
+                                    self.take(claim, &label, action, &text, &bytes, &mail).await;
+                                settle(claim, &label, taken).await?
                             }
                         };
                         report.actions.push((label, result));
@@ -183,42 +224,25 @@ impl Worker {
         self.finish(claim, report, outcome).await
     }
 
-    /// Runs `work` unless an earlier attempt recorded `label` as done; records it when it
-    /// succeeds. A lease lost on the way is an error: nothing more is done.
-    async fn once(
+    /// Takes one action (`label`: its rule and URI, under which its steps are recorded).
+    async fn take(
         &self,
         claim: &mut Claim,
         label: &str,
-        work: impl std::future::Future<Output = Result<Taken, SinkError>>,
-    ) -> Result<ActionResult, QueueError> {
-        let id = action_id(label);
-        if claim.done().contains(&id) {
-            return Ok(ActionResult::DoneBefore);
-        }
-        if claim.is_lost() {
-            return Err(QueueError::LeaseLost {
-                name: claim.name().to_string(),
-            });
-        }
-        match work.await {
-            Ok(Taken::Sent) => {
-                claim.record_done(&id).await?;
-                Ok(ActionResult::Sent)
-            }
-            Ok(Taken::Skipped(why)) => Ok(ActionResult::Skipped(why)),
-            Err(e) => Ok(ActionResult::Failed(e)),
-        }
-    }
-
-    /// Takes one action.
-    async fn take(
-        &self,
         action: &Action,
         text: &str,
         bytes: &[u8],
         mail: &MailView,
     ) -> Result<Taken, SinkError> {
         let (address, room) = match action {
+            Action::Mattermost(target) => {
+                let sink = self.mattermost.as_ref().ok_or_else(|| {
+                    SinkError::Permanent("mattermost: actions need the mattermost: server".into())
+                })?;
+                let mut steps = Steps { claim, label };
+                let delivery = sink.deliver(target, mail, text, bytes, &mut steps).await?;
+                return Ok(Taken::from(delivery));
+            }
             Action::Mailto(to) => {
                 let sink = self
                     .mail
@@ -276,10 +300,95 @@ impl Worker {
     }
 }
 
+/// Returns what an earlier attempt did with the action `label` when it recorded it as
+/// done; an error when the lease is lost (nothing more may be done).
+fn done_before(claim: &Claim, label: &str) -> Result<Option<ActionResult>, QueueError> {
+    if claim.done().contains(&action_id(label)) {
+        return Ok(Some(ActionResult::DoneBefore));
+    }
+    if claim.is_lost() {
+        return Err(QueueError::LeaseLost {
+            name: claim.name().to_string(),
+        });
+    }
+    Ok(None)
+}
+
+/// Records the action `label` as done when it was taken (a lease lost on the way is an
+/// error: nothing more is done); what happened, for the report.
+async fn settle(
+    claim: &mut Claim,
+    label: &str,
+    taken: Result<Taken, SinkError>,
+) -> Result<ActionResult, QueueError> {
+    let result = match taken {
+        Ok(Taken::Sent) => ActionResult::Sent,
+        Ok(Taken::Partly(why)) => ActionResult::Partly(why),
+        Ok(Taken::Skipped(why)) => return Ok(ActionResult::Skipped(why)),
+        Err(e) => return Ok(ActionResult::Failed(e)),
+    };
+    claim.record_done(&action_id(label)).await?;
+    Ok(result)
+}
+
 /// What taking an action did.
 enum Taken {
     Sent,
+    /// Not taken, and why.
     Skipped(String),
+    /// Taken for some recipients; the others refused for good or not allowed (why).
+    Partly(String),
+}
+
+impl From<Delivery> for Taken {
+    fn from(d: Delivery) -> Taken {
+        let others: Vec<String> = d.refused.iter().chain(&d.skipped).cloned().collect();
+        match (d.delivered, d.refused.is_empty()) {
+            (_, true) if d.skipped.is_empty() => Taken::Sent,
+            (0, true) => Taken::Skipped(format!("no allowed recipient: {}", others.join(", "))),
+            _ => Taken::Partly(format!("not delivered to {}", others.join(", "))),
+        }
+    }
+}
+
+/// An action's steps on the claim: each step's id is the [`action_id`] of the action's
+/// label and the step, with the step's value after `=`.
+struct Steps<'a> {
+    claim: &'a mut Claim,
+    label: &'a str,
+}
+
+impl Steps<'_> {
+    fn id(&self, step: &str) -> String {
+        action_id(&format!("{}|{step}", self.label))
+    }
+}
+
+impl Progress for Steps<'_> {
+    fn done(&self, step: &str) -> Option<String> {
+        let id = self.id(step);
+        self.claim.done().iter().find_map(|entry| {
+            let (entry_id, value) = entry.split_once('=').unwrap_or((entry, ""));
+            (entry_id == id).then(|| value.to_string())
+        })
+    }
+
+    async fn record(&mut self, step: &str, value: Option<&str>) -> Result<(), String> {
+        let entry = match value {
+            Some(v) => format!("{}={v}", self.id(step)),
+            None => self.id(step),
+        };
+        match self.claim.record_done(&entry).await {
+            Ok(()) => Ok(()),
+            // No room left: the step stays unrecorded (a later attempt may repeat it),
+            // which is better than never finishing the message.
+            Err(QueueError::Refused(why)) => {
+                tracing::warn!(key = self.claim.key(), why, "step not recorded");
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot record progress: {e}")),
+        }
+    }
 }
 
 /// The outcome of a message whose actions ended as `actions`: any permanent failure sends
@@ -309,7 +418,19 @@ fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Out
             not_before: None,
         };
     }
-    Outcome::Done { reason }
+    // Recipients left out on purpose or refused for good are named in the reason.
+    let notes: Vec<String> = reason
+        .into_iter()
+        .chain(actions.iter().filter_map(|(label, result)| match result {
+            ActionResult::Skipped(why) | ActionResult::Partly(why) => {
+                Some(format!("{label}: {why}"))
+            }
+            _ => None,
+        }))
+        .collect();
+    Outcome::Done {
+        reason: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
 }
 
 /// A short id for an action, for the claim's record of work done: 8 hex digits of the
@@ -328,6 +449,7 @@ fn log(report: &Report) {
             ActionResult::Sent => format!("{label} sent"),
             ActionResult::Skipped(why) => format!("{label} skipped: {why}"),
             ActionResult::DoneBefore => format!("{label} done before"),
+            ActionResult::Partly(why) => format!("{label} sent, {why}"),
             ActionResult::Failed(e) => format!("{label} {e}"),
         })
         .collect();

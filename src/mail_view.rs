@@ -3,7 +3,7 @@
 //! and To, other headers, and its text body (an HTML-only message turned into text), parsed
 //! once with mail-parser.
 
-use mail_parser::{HeaderValue, MessageParser};
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 
 /// The parsed facts of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct MailView {
     pub headers: Vec<(String, String)>,
     /// The first text body (HTML converted to text when that is all there is).
     pub body: String,
+    /// The HTML body when the message has no text part (for [`MailView::markdown`]).
+    pub html_only: Option<String>,
 }
 
 impl MailView {
@@ -78,12 +80,27 @@ impl MailView {
             from,
             to,
             message_id: message.message_id().map(str::to_string),
+            html_only: html_only(&message),
             body: message
                 .body_text(0)
                 .map(|b| b.into_owned())
                 .unwrap_or_default(),
             headers,
         }
+    }
+
+    /// The body as Markdown: the text part where there is one, else the HTML part turned
+    /// into Markdown (links, lists, tables and code kept).
+    pub fn markdown(&self) -> String {
+        let markdown = match &self.html_only {
+            Some(html) => htmd::HtmlToMarkdown::builder()
+                .skip_tags(vec!["script", "style", "head"])
+                .build()
+                .convert(html)
+                .unwrap_or_else(|_| self.body.clone()),
+            None => self.body.clone(),
+        };
+        markdown.replace("\r\n", "\n")
     }
 
     /// The values of every header called `name` (any case).
@@ -93,6 +110,59 @@ impl MailView {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The HTML body of a message whose first body part is HTML (no text alternative).
+fn html_only(message: &mail_parser::Message) -> Option<String> {
+    let part = message.part(*message.text_body.first()?)?;
+    match &part.body {
+        mail_parser::PartType::Html(html) => Some(html.to_string()),
+        _ => None,
+    }
+}
+
+/// One attachment of a message (inline images included), for sinks that carry files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Its file name, else `part-<n>.<subtype>`.
+    pub name: String,
+    /// Its content type (`type/subtype`).
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Every attachment of the message in `bytes`, in order; parts that are the message's
+/// text or HTML body are not attachments.
+pub fn attachments(bytes: &[u8]) -> Vec<Attachment> {
+    let Some(message) = MessageParser::default().parse(bytes) else {
+        return Vec::new();
+    };
+    message
+        .attachments()
+        .enumerate()
+        .map(|(n, part)| {
+            let content_type = part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{sub}", ct.ctype()),
+                    None => ct.ctype().to_string(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".into());
+            let name = part
+                .attachment_name()
+                .map(|n| n.replace(['/', '\\'], "_"))
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| {
+                    let ext = content_type.rsplit('/').next().unwrap_or("bin");
+                    format!("part-{}.{ext}", n + 1)
+                });
+            Attachment {
+                name,
+                content_type,
+                bytes: part.contents().to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// A header's value as written, unfolded and trimmed.

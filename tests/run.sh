@@ -28,6 +28,9 @@ fi
 # Prosody (XMPP, with a chat-room service) for the dequeue worker's tests: each test starts
 # and stops its own (tests/xmpp/prosody.sh); the package starts no service of its own.
 bash tests/xmpp/prosody.sh install
+# OpenLDAP (slapd) for the Mattermost sink's authorisation tests: each test starts and stops
+# its own directory (tests/ldap/slapd.sh); the package configures and starts nothing.
+bash tests/ldap/slapd.sh install
 
 # OpenStack Swift (native API + S3 API) on loopback for the object-store tests; stopped on
 # exit, whatever the outcome.

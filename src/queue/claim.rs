@@ -331,8 +331,8 @@ impl Claim {
 
     /// Records that the work `id` succeeded, on the message under `processing/` and under
     /// this claim's lease (refused once the lease is lost), so that a later attempt of the
-    /// message skips it. Ids must not contain `,`; the list holds at most
-    /// [`MAX_DONE`](super::record::MAX_DONE) bytes (short ids: a hash prefix).
+    /// message skips it. Ids must not contain `,`; the list holds about 1000 bytes (short
+    /// ids: a hash prefix), past that the record is refused.
     pub async fn record_done(&mut self, id: &str) -> Result<(), QueueError> {
         if self.spent || self.is_lost() {
             return Err(self.lost_error());
@@ -342,11 +342,10 @@ impl Claim {
         }
         let mut record = self.record.clone();
         record.done.push(id.replace(',', "_"));
-        if record.done.join(",").len() > super::record::MAX_DONE {
+        if !record.done_fits() {
             return Err(QueueError::Refused(format!(
-                "{}: too many done ids to record ({} bytes at most)",
-                self.name,
-                super::record::MAX_DONE
+                "{}: no room left to record done ids",
+                self.name
             )));
         }
         let lease = self.lease();

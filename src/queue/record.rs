@@ -168,18 +168,22 @@ const FENCE: &str = crate::store::mover::FENCE_KEY;
 const LEASE: &str = "queue-lease";
 const NOT_BEFORE: &str = "queue-not-before";
 const REASON: &str = "queue-reason";
+/// The done list's keys: `queue-done`, then `queue-done-2` ... as it grows.
 const DONE: &str = "queue-done";
-/// Bytes the `queue-done` list may take (Swift keeps metadata values up to 256 bytes).
-pub const MAX_DONE: usize = 250;
+/// Bytes one done key's value may take (Swift keeps metadata values up to 256 bytes).
+const MAX_DONE_VALUE: usize = 250;
+/// Keys the done list may spread over: with the filter's metadata (at most 7 values of
+/// 256 bytes) and the other queue keys, the object stays under Swift's 4096 bytes.
+const MAX_DONE_KEYS: usize = 4;
 /// Written for "no value": some stores drop metadata with an empty value.
 const NONE: &str = "-";
 
 impl Record {
     /// The record in an object's attributes; missing keys read as their defaults.
     pub fn from_attributes(attributes: &Attributes) -> Record {
-        let get = |key: &'static str| {
+        let get = |key: &str| {
             attributes
-                .get(&Attribute::Metadata(key.into()))
+                .get(&Attribute::Metadata(key.to_string().into()))
                 .map(|v| v.as_ref().to_string())
                 .filter(|v| v != NONE && !v.is_empty())
         };
@@ -193,14 +197,15 @@ impl Record {
                 .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
                 .map(|t| t.with_timezone(&Utc)),
             reason: get(REASON).map(|v| metadata::decode(&v)),
-            done: get(DONE)
-                .map(|v| {
+            done: (1..=MAX_DONE_KEYS)
+                .filter_map(|n| get(&done_key(n)))
+                .flat_map(|v| {
                     v.split(',')
                         .filter(|id| !id.is_empty())
                         .map(str::to_string)
-                        .collect()
+                        .collect::<Vec<_>>()
                 })
-                .unwrap_or_default(),
+                .collect(),
         }
     }
 
@@ -228,15 +233,53 @@ impl Record {
                     .map(|r| metadata::encode_cut(r, MAX_REASON))
                     .unwrap_or_else(|| NONE.into()),
             ),
-            (
-                DONE.into(),
-                if self.done.is_empty() {
-                    NONE.into()
-                } else {
-                    self.done.join(",")
-                },
-            ),
         ]
+        .into_iter()
+        .chain(self.done_values().into_iter().enumerate().map(|(i, v)| {
+            let value = if v.is_empty() { NONE.to_string() } else { v };
+            (done_key(i + 1), value)
+        }))
+        .collect()
+    }
+
+    /// The done list packed into [`MAX_DONE_KEYS`] values of whole ids (empty ones
+    /// included, so that an update clears what an earlier one wrote); past that room the
+    /// last ids are left out (see [`Record::done_fits`]).
+    fn done_values(&self) -> Vec<String> {
+        let mut values = vec![String::new(); MAX_DONE_KEYS];
+        let mut key = 0;
+        for id in &self.done {
+            while key < MAX_DONE_KEYS && values[key].len() + id.len() + 1 > MAX_DONE_VALUE {
+                key += 1;
+            }
+            let Some(value) = values.get_mut(key) else {
+                break;
+            };
+            if !value.is_empty() {
+                value.push(',');
+            }
+            value.push_str(id);
+        }
+        values
+    }
+
+    /// Whether every id of the done list has room in the metadata.
+    pub fn done_fits(&self) -> bool {
+        let kept: usize = self
+            .done_values()
+            .iter()
+            .map(|v| v.split(',').filter(|id| !id.is_empty()).count())
+            .sum();
+        kept == self.done.len()
+    }
+}
+
+/// The metadata key of the done list's `n`th part (1-based).
+fn done_key(n: usize) -> String {
+    if n == 1 {
+        DONE.to_string()
+    } else {
+        format!("{DONE}-{n}")
     }
 }
 
@@ -292,6 +335,27 @@ mod tests {
             attributes.insert(Attribute::Metadata(k.into()), v.into());
         }
         assert_eq!(Record::from_attributes(&attributes), cleared);
+    }
+
+    #[test]
+    fn a_long_done_list_spreads_over_keys_within_swift_limits() {
+        let id = |i: usize| format!("{i:08x}=root{i:022}");
+        let mut record = Record {
+            done: (0..20).map(id).collect(),
+            ..Record::default()
+        };
+        assert!(record.done_fits());
+        let mut attributes = Attributes::new();
+        for (k, v) in record.to_update() {
+            assert!(v.len() <= MAX_DONE_VALUE, "{k}: {} bytes", v.len());
+            attributes.insert(Attribute::Metadata(k.into()), v.into());
+        }
+        assert_eq!(Record::from_attributes(&attributes).done, record.done);
+        record.done = (0..40).map(id).collect();
+        assert!(
+            !record.done_fits(),
+            "40 ids of 35 bytes do not fit in 4 x 250"
+        );
     }
 
     #[test]

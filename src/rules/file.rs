@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use minijinja::Environment;
 use regex::{Regex, RegexBuilder};
@@ -16,7 +17,8 @@ use serde::Deserialize;
 
 use super::matcher::{AddressPattern, one_line};
 use super::{
-    Action, DEFAULT_BODY_LIMIT, DEFAULT_TEMPLATE, Filter, Manager, Rule, Rules, TEMPLATE_VARIABLES,
+    Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Filter,
+    LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules, TEMPLATE_VARIABLES,
     Unmatched, Wants, XmppSettings,
 };
 use crate::config::Secret;
@@ -50,6 +52,7 @@ struct FileDoc {
     template: Option<String>,
     body_limit: Option<usize>,
     xmpp: Option<XmppDoc>,
+    mattermost: Option<MattermostDoc>,
     #[serde(default)]
     managers: Vec<ManagerDoc>,
 }
@@ -109,6 +112,7 @@ struct RuleDoc {
     #[serde(default)]
     actions: Vec<String>,
     template: Option<String>,
+    mattermost_template: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,6 +149,43 @@ struct XmppDoc {
     timeout: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MattermostDoc {
+    url: String,
+    sender_app: Option<String>,
+    #[serde(default)]
+    bots: BTreeMap<String, BotDoc>,
+    #[serde(default)]
+    allow: Patterns,
+    #[serde(default)]
+    block: Patterns,
+    ldap: Option<LdapDoc>,
+    webhook_env: Option<String>,
+    max_post_chars: Option<usize>,
+    template: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotDoc {
+    token_env: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LdapDoc {
+    url: String,
+    base: String,
+    bind_dn: Option<String>,
+    password_env: Option<String>,
+    #[serde(default)]
+    app_groups: BTreeMap<String, String>,
+    block_group: Option<String>,
+    cache: Option<String>,
+}
+
 /// Reads and checks the rules file at `path`; secrets named by `*_env` come from the
 /// process environment.
 pub fn load(path: &Path) -> Result<Rules, RulesError> {
@@ -168,6 +209,8 @@ pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
         problems: Vec::new(),
         first_xmpp: None,
         first_mailto: None,
+        first_mattermost: None,
+        first_webhook: None,
     };
     let rules = check.rules(doc);
     if check.problems.is_empty() {
@@ -187,6 +230,9 @@ struct Checker<'a> {
     /// The first `xmpp:` and `mailto:` actions, as written: what needs an account.
     first_xmpp: Option<String>,
     first_mailto: Option<String>,
+    /// The first `mattermost:` and `mattermost:webhook` actions.
+    first_mattermost: Option<String>,
+    first_webhook: Option<String>,
 }
 
 impl Checker<'_> {
@@ -231,6 +277,11 @@ impl Checker<'_> {
             }
         };
         let default_template = doc.template.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+        let mattermost_template = doc
+            .mattermost
+            .as_ref()
+            .and_then(|m| m.template.clone())
+            .unwrap_or_else(|| DEFAULT_MATTERMOST_TEMPLATE.into());
 
         let remote_smtp = doc.remote_smtp.filter(|r| self.host_port("remote-smtp", r));
         let unmatched = match doc.unmatched.as_deref().map(str::trim) {
@@ -261,6 +312,7 @@ impl Checker<'_> {
             },
         };
         let xmpp = doc.xmpp.map(|x| self.xmpp(x));
+        let mattermost = doc.mattermost.map(|m| self.mattermost(m));
         let mut managers = Vec::new();
         for (m, manager) in doc.managers.into_iter().enumerate() {
             let manager_template = manager.template.clone();
@@ -277,6 +329,14 @@ impl Checker<'_> {
                     .or_else(|| manager_template.clone())
                     .unwrap_or_else(|| default_template.clone());
                 add_template(self, template_name.clone(), source);
+                let mattermost_template_name = format!("{m}/{r}/mattermost");
+                add_template(
+                    self,
+                    mattermost_template_name.clone(),
+                    rule.mattermost_template
+                        .clone()
+                        .unwrap_or_else(|| mattermost_template.clone()),
+                );
                 let filter = self.filter(rule.filter.unwrap_or_default());
                 let actions = rule
                     .actions
@@ -294,6 +354,7 @@ impl Checker<'_> {
                     filter,
                     actions,
                     template: template_name,
+                    mattermost_template: mattermost_template_name,
                 });
             }
             let wants = self.wants(&manager.wants);
@@ -308,6 +369,20 @@ impl Checker<'_> {
                 &action,
                 format!("{action} needs an xmpp: account (jabberid, password_env)"),
             );
+        }
+        if let (Some(action), None) = (self.first_mattermost.clone(), &mattermost) {
+            self.problem(
+                &action,
+                format!("{action} needs a mattermost: server (url, bots)"),
+            );
+        }
+        if let (Some(action), Some(m)) = (self.first_webhook.clone(), &mattermost) {
+            if m.webhook.is_none() {
+                self.problem(
+                    &action,
+                    format!("{action} needs mattermost webhook_env (the variable holding the webhook URL)"),
+                );
+            }
         }
         if let (Some(action), None) = (self.first_mailto.clone(), &remote_smtp) {
             self.problem(&action, format!("{action} needs remote-smtp (host:port)"));
@@ -324,6 +399,7 @@ impl Checker<'_> {
             unmatched,
             body_limit: doc.body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
             xmpp,
+            mattermost,
             templates,
         }
     }
@@ -434,21 +510,151 @@ impl Checker<'_> {
                 (Some(jid), "") => Some(Action::XmppDirect(jid)),
                 _ => None,
             }
+        } else if let Some(target) = uri.strip_prefix("mattermost:") {
+            mattermost_target(target.trim()).map(Action::Mattermost)
         } else {
             None
         };
-        match action {
+        match &action {
             Some(Action::Mailto(_)) => self.first_mailto.get_or_insert_with(|| uri.to_string()),
+            Some(Action::Mattermost(target)) => {
+                if *target == MattermostTarget::Webhook {
+                    self.first_webhook.get_or_insert_with(|| uri.to_string());
+                }
+                self.first_mattermost.get_or_insert_with(|| uri.to_string())
+            }
             Some(_) => self.first_xmpp.get_or_insert_with(|| uri.to_string()),
             None => uri,
         };
         if action.is_none() {
             self.problem(
                 uri,
-                format!("action {uri:?} is not mailto:user@host, xmpp:room@conference.host or xmpp:user@host"),
+                format!("action {uri:?} is not mailto:user@host, xmpp:room@conference.host, xmpp:user@host, mattermost:dm, mattermost:@user, mattermost:~team/channel or mattermost:webhook"),
             );
         }
         action
+    }
+
+    /// The value of the environment variable `var` that `what` names (a problem when it is
+    /// unset or empty).
+    fn secret_env(&mut self, what: &str, var: &str) -> Secret {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Secret::new(v),
+            _ => {
+                self.problem(var, format!("{what} names {var}, which is not set"));
+                Secret::new(String::new())
+            }
+        }
+    }
+
+    fn duration(&mut self, what: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(crate::config::parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.problem(value.unwrap_or_default(), format!("{what}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn mattermost(&mut self, doc: MattermostDoc) -> MattermostSettings {
+        let url = doc.url.trim().trim_end_matches('/').to_string();
+        match url.split_once("://") {
+            Some(("https", rest)) | Some(("http", rest)) if !rest.is_empty() => {}
+            _ => self.problem(
+                &doc.url,
+                format!("mattermost url {:?} is not http(s)://host[:port]", doc.url),
+            ),
+        }
+        let source = doc
+            .sender_app
+            .as_deref()
+            .unwrap_or(crate::sinks::mattermost::DEFAULT_SENDER_APP);
+        let sender_app = match self.regex("sender_app", source) {
+            Some(re) if re.capture_names().flatten().any(|n| n == "app") => re,
+            Some(_) => {
+                self.problem(source, "sender_app needs a named group app: (?P<app>...)");
+                Regex::new(crate::sinks::mattermost::DEFAULT_SENDER_APP).expect("valid")
+            }
+            None => Regex::new(crate::sinks::mattermost::DEFAULT_SENDER_APP).expect("valid"),
+        };
+        if doc.bots.is_empty() && doc.webhook_env.is_none() {
+            self.problem(
+                "mattermost",
+                "mattermost: set bots (application: {token_env: VARIABLE}) or webhook_env",
+            );
+        }
+        let bots = doc
+            .bots
+            .iter()
+            .map(|(app, bot)| {
+                let what = format!("mattermost bot {app:?} token_env");
+                (app.clone(), self.secret_env(&what, &bot.token_env))
+            })
+            .collect();
+        let webhook = doc
+            .webhook_env
+            .as_deref()
+            .map(|var| self.secret_env("mattermost webhook_env", var));
+        if doc.max_post_chars == Some(0) {
+            self.problem(
+                "max_post_chars",
+                "mattermost max_post_chars must be above 0",
+            );
+        }
+        let ldap = doc.ldap.map(|l| self.ldap(l));
+        MattermostSettings {
+            url,
+            sender_app,
+            bots,
+            allow: self.patterns("allow", &doc.allow),
+            block: self.patterns("block", &doc.block),
+            ldap,
+            webhook,
+            max_post_chars: doc.max_post_chars.filter(|&m| m > 0),
+            timeout: self.duration(
+                "mattermost timeout",
+                doc.timeout.as_deref(),
+                crate::sinks::mattermost::REQUEST_TIMEOUT,
+            ),
+        }
+    }
+
+    fn ldap(&mut self, doc: LdapDoc) -> LdapSettings {
+        if !(doc.url.starts_with("ldap://") || doc.url.starts_with("ldaps://")) {
+            self.problem(
+                &doc.url,
+                format!(
+                    "ldap url {:?} is not ldap://host:port or ldaps://host:port",
+                    doc.url
+                ),
+            );
+        }
+        let bind = match (&doc.bind_dn, &doc.password_env) {
+            (Some(dn), Some(var)) => Some((dn.clone(), self.secret_env("ldap password_env", var))),
+            (None, None) => None,
+            (Some(dn), None) => {
+                self.problem(dn, "ldap bind_dn needs password_env");
+                None
+            }
+            (None, Some(var)) => {
+                self.problem(var, "ldap password_env without bind_dn");
+                None
+            }
+        };
+        LdapSettings {
+            url: doc.url,
+            base: doc.base,
+            bind,
+            app_groups: doc.app_groups,
+            block_group: doc.block_group,
+            cache: self.duration(
+                "ldap cache",
+                doc.cache.as_deref(),
+                crate::sinks::mattermost::access::CACHE_TIME,
+            ),
+        }
     }
 
     fn xmpp(&mut self, doc: XmppDoc) -> XmppSettings {
@@ -460,16 +666,7 @@ impl Checker<'_> {
         }
         let password = match (&doc.password, &doc.password_env) {
             (Some(p), None) => Secret::new(p.clone()),
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(p) if !p.is_empty() => Secret::new(p),
-                _ => {
-                    self.problem(
-                        var,
-                        format!("xmpp password_env names {var}, which is not set"),
-                    );
-                    Secret::new(String::new())
-                }
-            },
+            (None, Some(var)) => self.secret_env("xmpp password_env", var),
             (Some(_), Some(_)) => {
                 self.problem("password", "xmpp: set password or password_env, not both");
                 Secret::new(String::new())
@@ -486,15 +683,11 @@ impl Checker<'_> {
             self.host_port("xmpp server", server);
         }
         let valid_from = self.patterns("valid_from", &doc.valid_from);
-        let timeout = match doc.timeout.as_deref().map(crate::config::parse_duration) {
-            None => crate::sinks::xmpp::SEND_TIMEOUT,
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                let near = doc.timeout.clone().unwrap_or_default();
-                self.problem(&near, format!("xmpp timeout: {e}"));
-                crate::sinks::xmpp::SEND_TIMEOUT
-            }
-        };
+        let timeout = self.duration(
+            "xmpp timeout",
+            doc.timeout.as_deref(),
+            crate::sinks::xmpp::SEND_TIMEOUT,
+        );
         XmppSettings {
             timeout,
             nick: doc.nick.unwrap_or_else(|| {
@@ -509,6 +702,31 @@ impl Checker<'_> {
             server: doc.server,
             valid_from,
             tls: doc.tls.unwrap_or(true),
+        }
+    }
+}
+
+/// The target of a `mattermost:` action URI (what follows `mattermost:`).
+fn mattermost_target(target: &str) -> Option<MattermostTarget> {
+    let name = |s: &str| {
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        ok.then(|| s.to_string())
+    };
+    match target {
+        "dm" => Some(MattermostTarget::Dm),
+        "webhook" => Some(MattermostTarget::Webhook),
+        _ => {
+            if let Some(user) = target.strip_prefix('@') {
+                name(user).map(MattermostTarget::User)
+            } else {
+                let (team, channel) = target.strip_prefix('~')?.split_once('/')?;
+                Some(MattermostTarget::Channel {
+                    team: name(team)?,
+                    channel: name(channel)?,
+                })
+            }
         }
     }
 }
@@ -603,6 +821,80 @@ managers:
             assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
         }
         assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn mattermost_problems_are_named_with_their_line() {
+        let text = "unmatched: done
+mattermost:
+  url: ftp://chat.example.com
+  sender_app: '^svc-(?P<application>[^@]+)@'
+  bots:
+    jira: {token_env: SWIFTDROP_TEST_UNSET_TOKEN}
+  ldap:
+    url: ldap://127.0.0.1:389
+    base: dc=example,dc=com
+    bind_dn: cn=reader,dc=example,dc=com
+managers:
+  - name: a
+    rules:
+      - actions:
+          - mattermost:dm
+          - mattermost:webhook
+          - mattermost:#general
+        mattermost_template: '{{ bodie }}'
+";
+        let p = problems(text);
+        let expect = [
+            "r.yml:3: mattermost url \"ftp://chat.example.com\"",
+            "r.yml:4: sender_app needs a named group app",
+            "r.yml:6: mattermost bot \"jira\" token_env names SWIFTDROP_TEST_UNSET_TOKEN, which is not set",
+            "r.yml:10: ldap bind_dn needs password_env",
+            "r.yml:17: action \"mattermost:#general\"",
+            "r.yml:18: unknown template variable \"bodie\"",
+            "r.yml:16: mattermost:webhook needs mattermost webhook_env",
+        ];
+        for e in expect {
+            assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        let p = problems(
+            "unmatched: done\nmanagers:\n  - name: a\n    rules:\n      - actions: [mattermost:dm]\n",
+        );
+        assert!(
+            p[0].starts_with("r.yml:5: mattermost:dm needs a mattermost: server"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn mattermost_actions_parse() {
+        let target = |uri: &str| mattermost_target(uri.strip_prefix("mattermost:").unwrap());
+        assert_eq!(target("mattermost:dm"), Some(MattermostTarget::Dm));
+        assert_eq!(
+            target("mattermost:webhook"),
+            Some(MattermostTarget::Webhook)
+        );
+        assert_eq!(
+            target("mattermost:@jane.doe"),
+            Some(MattermostTarget::User("jane.doe".into()))
+        );
+        assert_eq!(
+            target("mattermost:~ops/town-square"),
+            Some(MattermostTarget::Channel {
+                team: "ops".into(),
+                channel: "town-square".into()
+            })
+        );
+        for bad in [
+            "mattermost:",
+            "mattermost:@",
+            "mattermost:~ops",
+            "mattermost:~/x",
+            "mattermost:@a/b",
+        ] {
+            assert_eq!(target(bad), None, "{bad}");
+        }
     }
 
     #[test]

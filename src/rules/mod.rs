@@ -23,6 +23,10 @@ pub use file::{RulesError, load, parse};
 
 /// The text an action sends when its rule has no template: `[subject] from: text body`.
 pub const DEFAULT_TEMPLATE: &str = "[{{ subject }}] {{ from }}: {{ body }}";
+/// A Mattermost post when neither `mattermost.template` nor the rule's
+/// `mattermost_template` is set: the subject as a bold first line, then the body (the
+/// text part, or the HTML part turned into Markdown).
+pub const DEFAULT_MATTERMOST_TEMPLATE: &str = "**{{ subject }}**\n\n{{ body }}";
 /// Characters of the text body a template gets when `body_limit` is not set.
 pub const DEFAULT_BODY_LIMIT: usize = 4000;
 /// The variables a template can use.
@@ -51,6 +55,7 @@ pub struct Rules {
     /// Characters of the text body given to templates (`body_limit`).
     pub body_limit: usize,
     pub xmpp: Option<XmppSettings>,
+    pub mattermost: Option<MattermostSettings>,
     /// Compiled templates, by the name [`Rule::template`] holds.
     templates: Environment<'static>,
 }
@@ -102,6 +107,8 @@ pub struct Rule {
     pub actions: Vec<Action>,
     /// The name of its template in [`Rules`].
     template: String,
+    /// The name of the template of its `mattermost:` posts in [`Rules`].
+    mattermost_template: String,
 }
 
 /// What a rule's message must have: every condition given must hold (none: every message).
@@ -172,6 +179,34 @@ pub enum Action {
     XmppRoom(String),
     /// `xmpp:user@host`: a chat message to one address.
     XmppDirect(String),
+    /// `mattermost:...`: a post from the sender's application bot.
+    Mattermost(MattermostTarget),
+}
+
+/// Where a `mattermost:` action posts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MattermostTarget {
+    /// `mattermost:dm`: a direct message to every envelope recipient, found by address.
+    Dm,
+    /// `mattermost:@user`: a direct message to one user, by username.
+    User(String),
+    /// `mattermost:~team/channel`: a post in a channel, by team and channel name.
+    Channel { team: String, channel: String },
+    /// `mattermost:webhook`: a post through the incoming webhook (`webhook_env`).
+    Webhook,
+}
+
+impl std::fmt::Display for MattermostTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MattermostTarget::Dm => write!(f, "mattermost:dm"),
+            MattermostTarget::User(u) => write!(f, "mattermost:@{u}"),
+            MattermostTarget::Channel { team, channel } => {
+                write!(f, "mattermost:~{team}/{channel}")
+            }
+            MattermostTarget::Webhook => write!(f, "mattermost:webhook"),
+        }
+    }
 }
 
 impl std::fmt::Display for Action {
@@ -180,8 +215,49 @@ impl std::fmt::Display for Action {
             Action::Mailto(a) => write!(f, "mailto:{a}"),
             Action::XmppRoom(r) => write!(f, "xmpp:{r}?join"),
             Action::XmppDirect(u) => write!(f, "xmpp:{u}"),
+            Action::Mattermost(target) => target.fmt(f),
         }
     }
+}
+
+/// The Mattermost server and bots (top-level `mattermost:`).
+#[derive(Debug, Clone)]
+pub struct MattermostSettings {
+    /// The server's base URL, without a trailing `/` (`url`).
+    pub url: String,
+    /// Maps the sender address to an application: the named group `app` (`sender_app`).
+    pub sender_app: Regex,
+    /// Each application's bot token, from the variable its `token_env` names (`bots`).
+    pub bots: BTreeMap<String, crate::config::Secret>,
+    /// Recipients who may receive (`allow`); empty: everyone not blocked.
+    pub allow: Vec<AddressPattern>,
+    /// Recipients who never receive (`block`).
+    pub block: Vec<AddressPattern>,
+    pub ldap: Option<LdapSettings>,
+    /// The incoming webhook's URL, from the variable `webhook_env` names.
+    pub webhook: Option<crate::config::Secret>,
+    /// The longest post, overriding the server's `MaxPostSize` (`max_post_chars`).
+    pub max_post_chars: Option<usize>,
+    /// How long one request may take (`timeout`, default 30 s).
+    pub timeout: std::time::Duration,
+}
+
+/// The directory that says who may receive which application's messages (`mattermost.ldap`).
+#[derive(Debug, Clone)]
+pub struct LdapSettings {
+    /// `ldap://host:port` or `ldaps://host:port` (`url`).
+    pub url: String,
+    /// Where users are searched by `mail` (`base`).
+    pub base: String,
+    /// The service account to bind as (`bind_dn`, password from `password_env`);
+    /// unset: anonymous.
+    pub bind: Option<(String, crate::config::Secret)>,
+    /// Per application, the group whose members may receive its messages (`app_groups`).
+    pub app_groups: BTreeMap<String, String>,
+    /// The group whose members never receive (`block_group`).
+    pub block_group: Option<String>,
+    /// How long an answer is reused (`cache`, default 5 min).
+    pub cache: std::time::Duration,
 }
 
 /// What happens to mail no manager wants (`unmatched`).
@@ -229,6 +305,8 @@ pub struct Fired {
     pub actions: Vec<Action>,
     /// The rendered text, or why it could not be rendered (a rule error: permanent).
     pub text: Result<String, String>,
+    /// The Markdown of its `mattermost:` posts (the whole body, not cut), when it has any.
+    pub markdown: Option<Result<String, String>>,
 }
 
 /// Where the message goes once the actions are taken.
@@ -257,10 +335,20 @@ impl Rules {
             .iter()
             .filter_map(|rule| {
                 let captures = rule.filter.matches(mail)?;
+                let body = truncate(mail.body.trim(), self.body_limit);
+                let render = |template: &str, body: &str| {
+                    self.render(template, mail, body, &captures, &manager.name, &rule.name)
+                };
+                let posts_to_mattermost = rule
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Mattermost(_)));
                 Some(Fired {
                     rule: rule.name.clone(),
                     actions: rule.actions.clone(),
-                    text: self.render(&rule.template, mail, &captures, &manager.name, &rule.name),
+                    text: render(&rule.template, &body),
+                    markdown: posts_to_mattermost
+                        .then(|| render(&rule.mattermost_template, mail.markdown().trim())),
                 })
             })
             .collect();
@@ -280,11 +368,11 @@ impl Rules {
         &self,
         template: &str,
         mail: &MailView,
+        body: &str,
         captures: &BTreeMap<String, String>,
         manager: &str,
         rule: &str,
     ) -> Result<String, String> {
-        let body = truncate(mail.body.trim(), self.body_limit);
         let context = minijinja::context! {
             subject => &mail.subject,
             from => &mail.from,

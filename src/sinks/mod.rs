@@ -5,11 +5,27 @@
 //! |---|---|---|---|
 //! | [`mail`] | `mailto:`, forwarding unmatched mail | a 5xx reply | anything else |
 //! | [`xmpp`] | `xmpp:` rooms and users | an error reply other than "not in the room", a refused join | no session, no confirmation in time |
+//! | [`mattermost`] | `mattermost:` direct messages, channels, webhook | no bot for the sender, an unknown user or channel, a 4xx | 5xx, no connection, a timeout, a long rate limit |
 
 pub mod mail;
+pub mod mattermost;
 pub mod xmpp;
 
 use std::fmt;
+
+/// The steps of one action that earlier attempts did (a sink that posts in several steps
+/// skips those), and the way to record more: kept with the claim, so they survive a crash.
+pub trait Progress {
+    /// The value recorded with `step` (empty when none), or `None` when it is not done.
+    fn done(&self, step: &str) -> Option<String>;
+    /// Records `step` as done, with a short value to remember (an id); an error means
+    /// it could not be recorded (the lease is lost): the action must stop.
+    fn record(
+        &mut self,
+        step: &str,
+        value: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
 
 /// Why an action did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,14 +6,11 @@
 //! succeeded, messages across a Prosody restart arriving once each; and the example's
 //! `--check` and `--dry-run`.
 
-use std::sync::Arc;
-
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use swiftdrop::dequeue::{ActionResult, Worker};
 use swiftdrop::queue::{ClaimOptions, Queue, State};
 use swiftdrop::sinks::mail::MailSink;
-use swiftdrop::sinks::xmpp::XmppSink;
 use swiftdrop::store::key::MessageKey;
 
 use crate::queue_support::*;
@@ -53,7 +50,7 @@ mailto_from: alerts@example.com
 }
 
 /// Stores `bytes` under `cur/` as the filter would; returns the name.
-async fn store(queue: &Queue, bytes: &[u8]) -> String {
+pub async fn store(queue: &Queue, bytes: &[u8]) -> String {
     let key = MessageKey::new("filter.test", bytes.len() as u64);
     queue
         .destination()
@@ -66,17 +63,13 @@ async fn store(queue: &Queue, bytes: &[u8]) -> String {
 
 fn worker(queue: &Queue, rules_text: &str, sink_port: u16) -> Worker {
     let rules = swiftdrop::rules::parse(rules_text, "rules.yml").unwrap();
-    let xmpp = rules.xmpp.as_ref().map(|x| XmppSink::start(x).unwrap());
-    Worker {
-        queue: queue.clone(),
-        rules: Arc::new(rules),
-        mail: Some(MailSink::new(&format!("127.0.0.1:{sink_port}"), "worker.test").unwrap()),
-        xmpp,
-    }
+    let mut worker = Worker::new(queue.clone(), rules).unwrap();
+    worker.mail = Some(MailSink::new(&format!("127.0.0.1:{sink_port}"), "worker.test").unwrap());
+    worker
 }
 
 /// Claims the next message and handles it; the report.
-async fn handle_next(worker: &Worker) -> swiftdrop::dequeue::Report {
+pub async fn handle_next(worker: &Worker) -> swiftdrop::dequeue::Report {
     let options = ClaimOptions {
         lease: None,
         wait: Some(PATIENCE),
@@ -357,65 +350,123 @@ async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let env: Vec<(String, String)> = setup.vars.clone();
-    let spawn = |program: std::path::PathBuf, args: Vec<String>| {
-        std::process::Command::new(program)
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _serve = Killed(spawn(
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_swiftdrop")),
-        vec![
-            "serve".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-    ));
-    let mut worker = Killed(spawn(
-        example("dequeue"),
-        vec![
-            "--config".into(),
-            rules_file.display().to_string(),
-            "--concurrency".into(),
-            "2".into(),
-        ],
-    ));
-    wait_for_port(port).await;
-    let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", port)
-        .unwrap()
-        .implicit_tls(false)
-        .connect_plain()
-        .await
-        .unwrap();
+    let running = FilterAndWorker::start(&setup, &rules_file, &[]).await;
     let body = b"From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on web7\r\nMessage-ID: <e2e@mon.example.org>\r\n\r\n/srv is at 100%\r\n";
-    client
-        .send(mail_send::smtp::message::Message::new(
-            "nagios@mon.example.org",
-            ["ops@example.com"],
-            &body[..],
-        ))
-        .await
-        .unwrap();
+    running
+        .send("nagios@mon.example.org", &["ops@example.com"], body)
+        .await;
     assert_eq!(watcher.wait_for("disk full on web7").await, 1);
     sink.wait_for_dump_ending("/srv is at 100%")
         .await
         .expect("the alert arrived");
+    wait_until_done(&setup, 1).await;
+    assert_eq!(running.stop_worker(), Some(0));
+}
+
+/// `swiftdrop serve` on a free port and the example worker with `rules`, as separate
+/// processes over the queue of `setup`; both killed on drop.
+pub struct FilterAndWorker {
+    port: u16,
+    serve: std::process::Child,
+    worker: std::process::Child,
+}
+
+impl FilterAndWorker {
+    pub async fn start(
+        setup: &QueueSetup,
+        rules: &std::path::Path,
+        extra_env: &[(&str, &str)],
+    ) -> FilterAndWorker {
+        let spawn = |program: std::path::PathBuf, args: Vec<String>| {
+            std::process::Command::new(program)
+                .env_clear()
+                .env("RUST_LOG", "info")
+                .envs(setup.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(extra_env.iter().copied())
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let port = free_port();
+        let serve = spawn(
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_swiftdrop")),
+            vec![
+                "serve".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+        );
+        let worker = spawn(
+            example("dequeue"),
+            vec![
+                "--config".into(),
+                rules.display().to_string(),
+                "--concurrency".into(),
+                "2".into(),
+            ],
+        );
+        wait_for_port(port).await;
+        FilterAndWorker {
+            port,
+            serve,
+            worker,
+        }
+    }
+
+    /// Sends one message through the filter (which must answer 250).
+    pub async fn send(&self, from: &str, to: &[&str], body: &[u8]) {
+        let mut client = mail_send::SmtpClientBuilder::new("127.0.0.1", self.port)
+            .unwrap()
+            .implicit_tls(false)
+            .connect_plain()
+            .await
+            .unwrap();
+        client
+            .send(mail_send::smtp::message::Message::new(
+                from,
+                to.to_vec(),
+                body,
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Sends SIGTERM to the worker; its exit code.
+    pub fn stop_worker(mut self) -> Option<i32> {
+        let kill = std::process::Command::new("kill")
+            .arg(self.worker.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.worker.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for FilterAndWorker {
+    fn drop(&mut self) {
+        for child in [&mut self.serve, &mut self.worker] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `done/` holds `count` messages.
+pub async fn wait_until_done(setup: &QueueSetup, count: usize) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while setup.names(State::Done).await.len() != 1 {
+    while setup.names(State::Done).await.len() != count {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",
@@ -423,23 +474,6 @@ async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let kill = std::process::Command::new("kill")
-        .arg(worker.0.id().to_string())
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = worker.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
 }
 
 /// The same message stored twice (a client's resend after a lost reply): the second copy

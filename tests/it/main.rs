@@ -13,6 +13,8 @@ mod dequeue;
 mod fault_proxy;
 mod gateway;
 mod load;
+mod mattermost;
+mod mattermost_support;
 mod postfix;
 mod private_postfix;
 mod process_faults;

@@ -1,0 +1,640 @@
+//! The Mattermost sink through the dequeue worker, against the v4 stand-in (every request
+//! checked as the API reference documents it; no violation may be recorded) and a real
+//! slapd: a direct message with 7 attachments (two posts, one thread), an HTML-only
+//! message as Markdown, a 40 000-character body split under the post limit, a 429 waited
+//! out, an unknown recipient beside known ones, a retry after a 500 that posts only what
+//! was missing, a file over the limit named instead, channel, user and webhook actions,
+//! LDAP allow and block groups; and end to end from SMTP through `swiftdrop serve` and the
+//! example worker.
+
+use serde_json::{Value, json};
+use swiftdrop::dequeue::{ActionResult, Worker};
+use swiftdrop::queue::{Queue, State};
+
+use crate::dequeue::{FilterAndWorker, handle_next, store, wait_until_done};
+use crate::mattermost_support::*;
+use crate::queue_support::*;
+
+/// Sets the environment variable `name` (the rules name secrets by variable). Every test
+/// sets its own names or the same value, and Rust's environment access is locked.
+fn set_env(name: &str, value: &str) {
+    // SAFETY: no test reads the environment through C while this runs; the standard
+    // library serialises its own reads and writes.
+    unsafe { std::env::set_var(name, value) };
+}
+
+/// Rules with one rule whose actions are `actions`, `extra` lines under `mattermost:`.
+fn rules(server: &Mattermost, actions: &str, extra: &str) -> String {
+    set_env("MM_TEST_JIRA_TOKEN", "jira-token");
+    set_env("MM_TEST_SPLUNK_TOKEN", "splunk-token");
+    let webhook = format!("MM_TEST_WEBHOOK_{}", server.port);
+    set_env(&webhook, &format!("{}/hooks/hook123", server.url()));
+    format!(
+        "unmatched: done
+mattermost:
+  url: {url}/
+  bots:
+    jira: {{token_env: MM_TEST_JIRA_TOKEN}}
+    splunk: {{token_env: MM_TEST_SPLUNK_TOKEN}}
+  webhook_env: {webhook}
+{extra}managers:
+  - name: apps
+    messages-we-want:
+      from: '/^svc-/'
+    rules:
+      - name: post
+        actions: [{actions}]
+",
+        url = server.url()
+    )
+}
+
+fn worker(queue: &Queue, rules: &str) -> Worker {
+    Worker::new(
+        queue.clone(),
+        swiftdrop::rules::parse(rules, "rules.yml").unwrap(),
+    )
+    .unwrap()
+}
+
+/// A message from `from` to `to` (envelope and headers) with a text body and `files`
+/// (name, content type, body already in its transfer encoding, the encoding).
+fn message(from: &str, to: &[&str], subject: &str, text: &str, files: &[File]) -> Vec<u8> {
+    let mut m = format!("Return-Path: <{from}>\r\n");
+    for r in to {
+        m += &format!("Delivered-To: {r}\r\n");
+    }
+    m += &format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@test>\r\nMIME-Version: 1.0\r\n",
+        to.join(", "),
+        uuid::Uuid::new_v4()
+    );
+    if files.is_empty() {
+        m += &format!("Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n");
+        return m.into_bytes();
+    }
+    m += "Content-Type: multipart/mixed; boundary=\"b0\"\r\n\r\n--b0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+    m += text;
+    m += "\r\n";
+    for f in files {
+        m += &format!(
+            "--b0\r\nContent-Type: {}\r\nContent-Disposition: attachment; filename=\"{}\"\r\nContent-Transfer-Encoding: {}\r\n\r\n{}\r\n",
+            f.content_type, f.name, f.encoding, f.body
+        );
+    }
+    m += "--b0--\r\n";
+    m.into_bytes()
+}
+
+struct File {
+    name: String,
+    content_type: &'static str,
+    encoding: &'static str,
+    body: String,
+}
+
+/// `n` small text files `log-1.txt` ...
+fn text_files(n: usize) -> Vec<File> {
+    (1..=n)
+        .map(|i| File {
+            name: format!("log-{i}.txt"),
+            content_type: "text/plain",
+            encoding: "7bit",
+            body: format!("line of log {i}\r\n").repeat(i),
+        })
+        .collect()
+}
+
+/// The posts made to `user` (their direct channel), in order.
+fn posts_to<'a>(posts: &'a [Value], user: &str) -> Vec<&'a Value> {
+    posts.iter().filter(|p| p["to"] == json!([user])).collect()
+}
+
+async fn no_violations(server: &Mattermost) {
+    assert_eq!(server.violations().await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn a_dm_with_seven_attachments_is_two_posts_in_one_thread() {
+    let server = Mattermost::start(16383, 100_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let mut files = text_files(7);
+    files.push(File {
+        name: "core.dump".into(),
+        content_type: "application/octet-stream",
+        encoding: "7bit",
+        body: "x".repeat(150_000),
+    });
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com"],
+            "OPS-1 created",
+            "A new issue.",
+            &files,
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert_eq!(
+        report.actions,
+        [("post: mattermost:dm".to_string(), ActionResult::Sent)]
+    );
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts = server.posts().await;
+    let alice = posts_to(&posts, "alice");
+    assert_eq!(alice.len(), 2, "{posts:#?}");
+    assert!(alice.iter().all(|p| p["bot"] == "jira-bot"));
+    let first = alice[0]["message"].as_str().unwrap();
+    assert!(
+        first.starts_with("**OPS-1 created**\n\nA new issue."),
+        "{first}"
+    );
+    assert!(
+        first.contains("core.dump (150000 bytes)"),
+        "the file over the limit is named: {first}"
+    );
+    assert_eq!(alice[0]["root_id"], "");
+    assert_eq!(
+        alice[0]["files"],
+        json!([
+            "log-1.txt",
+            "log-2.txt",
+            "log-3.txt",
+            "log-4.txt",
+            "log-5.txt"
+        ])
+    );
+    assert_eq!(alice[1]["root_id"], alice[0]["id"], "one thread");
+    assert_eq!(alice[1]["files"], json!(["log-6.txt", "log-7.txt"]));
+    // The upload requests: one file each, none for the file over the limit.
+    let uploads: Vec<Value> = server
+        .log()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/api/v4/files")
+        .collect();
+    assert_eq!(uploads.len(), 7);
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u["fields"]["channel_id"] == alice[0]["channel_id"])
+    );
+    no_violations(&server).await;
+}
+
+#[tokio::test]
+async fn html_only_mail_becomes_markdown_and_text_is_never_posted_twice() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let html = "<html><head><style>p {color: red}</style></head><body>\
+        <h2>Build failed</h2><p>See <a href=\"https://ci.example.com/b/7\">build 7</a>.</p>\
+        <ul><li>first step</li><li>second step</li></ul>\
+        <table><tr><th>job</th><th>state</th></tr><tr><td>unit</td><td>failed</td></tr></table>\
+        <pre><code>cargo test\nerror[E0308]</code></pre></body></html>";
+    let mail = format!(
+        "Return-Path: <svc-jira@example.com>\r\nDelivered-To: bob@example.com\r\nFrom: svc-jira@example.com\r\n\
+         To: bob@example.com\r\nSubject: CI\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
+    );
+    store(&queue, mail.as_bytes()).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    // Both parts: only the text part is posted.
+    let both = b"Return-Path: <svc-jira@example.com>\r\nDelivered-To: carol@example.com\r\nFrom: svc-jira@example.com\r\n\
+        To: carol@example.com\r\nSubject: both\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n\
+        --a\r\nContent-Type: text/plain\r\n\r\nplain words\r\n--a\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n--a--\r\n";
+    store(&queue, both).await;
+    handle_next(&worker).await;
+    let posts = server.posts().await;
+    let markdown = posts_to(&posts, "bob")[0]["message"].as_str().unwrap();
+    for expected in [
+        "**CI**",
+        "Build failed",
+        "[build 7](https://ci.example.com/b/7)",
+        "first step",
+        "second step",
+        "| unit | failed |",
+        "| ---- | ------ |",
+        "```",
+        "error[E0308]",
+    ] {
+        assert!(markdown.contains(expected), "{expected:?} in {markdown}");
+    }
+    assert!(
+        !markdown.contains('<') && !markdown.contains("color: red"),
+        "{markdown}"
+    );
+    let item = |text: &str| {
+        markdown
+            .lines()
+            .any(|l| l.starts_with(['*', '-']) && l.ends_with(text))
+    };
+    assert!(item(" first step") && item(" second step"), "{markdown}");
+    let carol = posts_to(&posts, "carol")[0]["message"].as_str().unwrap();
+    assert_eq!(carol, "**both**\n\nplain words");
+    no_violations(&server).await;
+}
+
+#[tokio::test]
+async fn a_long_body_is_split_under_the_server_post_limit() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let line = "0123456789 ".repeat(9) + "end\r\n";
+    let body = line.repeat(40_000 / line.len() + 1);
+    assert!(body.len() > 40_000);
+    store(
+        &queue,
+        &message(
+            "svc-splunk@example.com",
+            &["alice@example.com"],
+            "report",
+            &body,
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts = server.posts().await;
+    let alice = posts_to(&posts, "alice");
+    assert_eq!(alice.len(), 3, "40 000 characters under 16383 each");
+    assert!(alice.iter().all(|p| p["bot"] == "splunk-bot"));
+    for post in &alice[1..] {
+        assert_eq!(post["root_id"], alice[0]["id"]);
+    }
+    let joined: String = alice
+        .iter()
+        .map(|p| p["message"].as_str().unwrap().replace('\n', ""))
+        .collect();
+    assert_eq!(
+        joined,
+        format!("**report**{}", body.replace("\r\n", "").trim_end())
+    );
+    no_violations(&server).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_waited_out() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    server
+        .fault(
+            "POST",
+            "/api/v4/posts",
+            429,
+            0,
+            2,
+            json!({"X-Ratelimit-Limit": "10", "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "1"}),
+        )
+        .await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["bob@example.com"],
+            "limited",
+            "text",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert_eq!(report.actions[0].1, ActionResult::Sent, "{report:?}");
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts: Vec<Value> = server
+        .log()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/api/v4/posts")
+        .collect();
+    assert_eq!(posts.len(), 3, "two 429s, then the post: {posts:#?}");
+    assert_eq!(posts[0]["fault"], 429);
+    assert_eq!(posts[1]["fault"], 429);
+    assert_eq!(server.posts().await.len(), 1);
+    no_violations(&server).await;
+}
+
+#[tokio::test]
+async fn an_unknown_recipient_does_not_stop_the_others() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com", "zed@example.com", "bob@example.com"],
+            "to three",
+            "text",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.starts_with("post: mattermost:dm: not delivered to zed@example.com: ")
+            && reason.contains("404"),
+        "{reason}"
+    );
+    let posts = server.posts().await;
+    assert_eq!(posts_to(&posts, "alice").len(), 1);
+    assert_eq!(posts_to(&posts, "bob").len(), 1);
+    assert_eq!(posts.len(), 2);
+    no_violations(&server).await;
+}
+
+/// A 500 on bob's second post: the message goes to `retry/`; the next attempt posts only
+/// bob's second post, in bob's thread (alice's thread and bob's first post are recorded).
+/// A file over the limit the server does not announce is learnt from its 413 and named.
+#[tokio::test]
+async fn a_retry_after_a_500_posts_only_what_was_missing() {
+    let server = Mattermost::start(16383, 100_000, false).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let mut files = text_files(6);
+    files.push(File {
+        name: "huge.log".into(),
+        content_type: "text/plain",
+        encoding: "7bit",
+        body: "y".repeat(120_000),
+    });
+    // Alice's two posts and bob's first pass, bob's second gets a 500.
+    server
+        .fault("POST", "/api/v4/posts", 500, 3, 1, json!({}))
+        .await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com", "bob@example.com"],
+            "retry me",
+            "text",
+            &files,
+        ),
+    )
+    .await;
+    let first = handle_next(&worker).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    assert!(
+        matches!(&first.actions[0].1, ActionResult::Failed(e) if !e.is_permanent()),
+        "{first:?}"
+    );
+    assert_eq!(server.posts().await.len(), 3);
+    let second = handle_next(&worker).await;
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let posts = server.posts().await;
+    let (alice, bob) = (posts_to(&posts, "alice"), posts_to(&posts, "bob"));
+    assert_eq!((alice.len(), bob.len()), (2, 2), "{posts:#?}");
+    assert_eq!(
+        bob[1]["root_id"], bob[0]["id"],
+        "the retry continues bob's thread"
+    );
+    for thread in [&alice, &bob] {
+        assert_eq!(
+            thread[0]["files"],
+            json!([
+                "log-1.txt",
+                "log-2.txt",
+                "log-3.txt",
+                "log-4.txt",
+                "log-5.txt"
+            ])
+        );
+        assert_eq!(thread[1]["files"], json!(["log-6.txt"]));
+        assert!(
+            thread[1]["message"]
+                .as_str()
+                .unwrap()
+                .contains("over the server's file size limit): huge.log"),
+            "{:?}",
+            thread[1]
+        );
+    }
+    no_violations(&server).await;
+}
+
+#[tokio::test]
+async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(
+        &queue,
+        &rules(
+            &server,
+            "mattermost:~ops/alerts, mattermost:@carol, mattermost:webhook",
+            "",
+        ),
+    );
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["list@example.com"],
+            "three ways",
+            "hello",
+            &text_files(1),
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts = server.posts().await;
+    let channel: Vec<&Value> = posts.iter().filter(|p| p["channel"] == "alerts").collect();
+    assert_eq!(channel.len(), 1);
+    assert_eq!(channel[0]["files"], json!(["log-1.txt"]));
+    assert_eq!(posts_to(&posts, "carol").len(), 1);
+    let hooks: Vec<Value> = server
+        .log()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/hooks/hook123")
+        .collect();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0]["json"]["username"], "jira");
+    let text = hooks[0]["json"]["text"].as_str().unwrap();
+    assert!(text.starts_with("**three ways**\n\nhello"), "{text}");
+    assert!(text.contains("log-1.txt"), "attachments are named: {text}");
+
+    store(
+        &queue,
+        &message(
+            "svc-nagios@example.com",
+            &["list@example.com"],
+            "who?",
+            "x",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no bot for application \"nagios\""),
+        "{report:?}"
+    );
+    no_violations(&server).await;
+}
+
+/// LDAP decides: alice (in jira-users) gets it; mallory (in jira-users and the block
+/// group), bob (not in jira-users) and zed (not in the directory) are skipped and named;
+/// a message with no allowed recipient is done with that reason. Bound as the service
+/// account (the first worker) and anonymously (the second).
+#[tokio::test]
+async fn ldap_groups_decide_who_receives() {
+    let slapd = Slapd::start();
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    set_env("MM_TEST_LDAP_PASSWORD", "reader");
+    let ldap = |bind: &str| {
+        format!(
+            "  ldap:
+    url: {}
+    base: dc=example,dc=com
+{bind}    app_groups:
+      jira: cn=jira-users,ou=groups,dc=example,dc=com
+    block_group: cn=mattermost-blacklist,ou=groups,dc=example,dc=com
+",
+            slapd.url()
+        )
+    };
+    let bound = ldap(
+        "    bind_dn: uid=svc-reader,ou=people,dc=example,dc=com\n    password_env: MM_TEST_LDAP_PASSWORD\n",
+    );
+    for (n, settings) in [bound, ldap("")].into_iter().enumerate() {
+        let worker = worker(&queue, &rules(&server, "mattermost:dm", &settings));
+        store(
+            &queue,
+            &message(
+                "svc-jira@example.com",
+                &[
+                    "alice@example.com",
+                    "mallory@example.com",
+                    "bob@example.com",
+                    "zed@example.com",
+                ],
+                &format!("ldap {n}"),
+                "text",
+                &[],
+            ),
+        )
+        .await;
+        let report = handle_next(&worker).await;
+        assert!(report.finished.starts_with("done/"), "{report:?}");
+        let reason = report.reason.unwrap();
+        for expected in [
+            "mallory@example.com: a member of cn=mattermost-blacklist",
+            "bob@example.com: not a member of cn=jira-users",
+            "zed@example.com: not in the directory",
+        ] {
+            assert!(reason.contains(expected), "{expected:?} in {reason}");
+        }
+        let posts = server.posts().await;
+        assert_eq!(posts.len(), n + 1, "{posts:#?}");
+        assert_eq!(posts[n]["to"], json!(["alice"]));
+    }
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", &ldap("")));
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["bob@example.com"],
+            "nobody",
+            "x",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no allowed recipient: bob@example.com"),
+        "{report:?}"
+    );
+    assert_eq!(server.posts().await.len(), 2);
+    assert_eq!(setup.names(State::Done).await.len(), 3);
+    no_violations(&server).await;
+}
+
+/// End to end: mail from `svc-jira@...` to three recipients through `swiftdrop serve` into
+/// the store; the example worker (its own process, the token from its environment) posts
+/// a direct message from the jira bot to each allowed one (the `allow` list leaves bob
+/// out); the message ends in `done/` naming bob.
+#[tokio::test]
+async fn from_smtp_through_the_store_to_direct_messages() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let rules_file = setup.dir.path().join("rules.yml");
+    let rules = rules(
+        &server,
+        "mattermost:dm",
+        "  allow: [alice@example.com, '@ops.example.com', carol@example.com]\n",
+    );
+    std::fs::write(&rules_file, &rules).unwrap();
+    let webhook_var = format!("MM_TEST_WEBHOOK_{}", server.port);
+    let webhook_url = format!("{}/hooks/hook123", server.url());
+    let running = FilterAndWorker::start(
+        &setup,
+        &rules_file,
+        &[
+            ("MM_TEST_JIRA_TOKEN", "jira-token"),
+            ("MM_TEST_SPLUNK_TOKEN", "splunk-token"),
+            (&webhook_var, &webhook_url),
+        ],
+    )
+    .await;
+    let to = ["alice@example.com", "bob@example.com", "carol@example.com"];
+    let body = message(
+        "svc-jira@example.com",
+        &to,
+        "OPS-7 assigned",
+        "Please look.",
+        &[],
+    );
+    // The filter adds its own trace headers: send the message without the test's.
+    let headers_end = body.windows(6).position(|w| w == b"\r\nFrom").unwrap() + 2;
+    running
+        .send("svc-jira@example.com", &to, &body[headers_end..])
+        .await;
+    wait_until_done(&setup, 1).await;
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 2, "{posts:#?}");
+    for user in ["alice", "carol"] {
+        let to_user = posts_to(&posts, user);
+        assert_eq!(to_user.len(), 1, "{posts:#?}");
+        assert_eq!(to_user[0]["bot"], "jira-bot");
+        assert_eq!(to_user[0]["message"], "**OPS-7 assigned**\n\nPlease look.");
+    }
+    let done = setup.names(State::Done).await;
+    let copy = queue.head(State::Done, &done[0]).await.unwrap().unwrap();
+    let reason = copy.record.reason.unwrap();
+    assert!(
+        reason.contains("bob@example.com: not on the allow list"),
+        "{reason}"
+    );
+    assert_eq!(running.stop_worker(), Some(0));
+    no_violations(&server).await;
+}
