@@ -142,6 +142,28 @@ fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
 }
 
 async fn work(args: Args, rules: Rules) -> ExitCode {
+    // Signals are caught from the start: a SIGTERM during the set-up stops the worker
+    // before it claims anything. A second one ends the process at once (claims in hand
+    // come back when their leases run out).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("SIGINT handler");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new claims; the messages in hand are finished first");
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
     let config = match Config::load(args.ini.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -163,17 +185,6 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stopping: no new claims; the messages in hand are finished first");
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(
         concurrency = args.concurrency,
         destination = args.destination,

@@ -129,43 +129,73 @@ impl Worker {
                     continue;
                 }
             };
-            match self.handle(&mut claim).await {
-                Ok(report) => log(&report),
-                Err(e) => {
-                    tracing::warn!(key = claim.key(), error = %e, "message left for a later attempt");
+            if *stop.borrow() {
+                // Claimed while the stop came: not started, so handed back at once.
+                if let Err(e) = claim.release().await {
+                    tracing::warn!(key = claim.key(), error = %e, "cannot release; its lease will run out");
                 }
+                break;
             }
+            // Errors are in the message's log line; the message is claimed again later.
+            let _ = self.handle(&mut claim).await;
         }
     }
 
-    /// Handles one claimed message to its end (see the module documentation). An error
-    /// means the message was not moved on (a lost lease, a store failure): it is claimed
-    /// again once its lease runs out.
+    /// Handles one claimed message to its end (see the module documentation) and logs its
+    /// line. An error means the message was not moved on (a lost lease, a store failure):
+    /// it is claimed again once its lease runs out (actions recorded as done are not
+    /// taken again).
     pub async fn handle(&self, claim: &mut Claim) -> Result<Report, QueueError> {
-        let key = claim.key();
-        let (bytes, _) = claim.read().await?;
         let mut report = Report {
-            key,
+            key: claim.key(),
             manager: None,
             rules: Vec::new(),
             actions: Vec::new(),
             finished: String::new(),
             reason: None,
         };
-        if let Some(original) = claim.duplicate_of().await? {
-            let reason = format!("duplicate of {}", original.key);
-            return self
-                .finish(
-                    claim,
-                    report,
-                    Outcome::Done {
-                        reason: Some(reason),
-                    },
-                )
-                .await;
+        let result = match self.act(claim, &mut report).await {
+            Ok(outcome) => {
+                report.reason = match &outcome {
+                    Outcome::Done { reason } | Outcome::Retry { reason, .. } => reason.clone(),
+                    Outcome::Failed { reason } => Some(reason.clone()),
+                };
+                claim.finish(outcome).await.map(|f| f.key)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(finished) => {
+                report.finished = finished;
+                log(&report, None);
+                Ok(report)
+            }
+            Err(e) => {
+                log(&report, Some(&e));
+                Err(e)
+            }
         }
-        let mail = MailView::parse(&bytes);
-        let decision = self.rules.decide(&mail);
+    }
+
+    /// Takes the actions the rules decide for the message; where it goes next.
+    async fn act(&self, claim: &mut Claim, report: &mut Report) -> Result<Outcome, QueueError> {
+        let (bytes, _) = claim.read().await?;
+        if let Some(original) = claim.duplicate_of().await? {
+            return Ok(Outcome::Done {
+                reason: Some(format!("duplicate of {}", original.key)),
+            });
+        }
+        // Parsing (an HTML body turned into text, the rules' regexes) is CPU work that a
+        // large message makes long: off the runtime's threads.
+        let rules = self.rules.clone();
+        let parsed = bytes.clone();
+        let (mail, decision) = tokio::task::spawn_blocking(move || {
+            let mail = MailView::parse(&parsed);
+            let decision = rules.decide(&mail);
+            (mail, decision)
+        })
+        .await
+        .map_err(|e| QueueError::Refused(format!("parsing the message failed: {e}")))?;
         report.manager = decision.manager.clone();
         report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
         let outcome = match decision.disposal {
@@ -180,7 +210,7 @@ impl Worker {
             },
             Disposal::Unmatched(Unmatched::Forward(to)) => {
                 let label = format!("unmatched: forward to {to}");
-                let result = match done_before(claim, &label)? {
+                let result = match done_before(claim, &label).await? {
                     Some(result) => result,
                     None => {
                         let taken = async {
@@ -197,8 +227,15 @@ impl Worker {
                 outcome_of(&report.actions, Some(label))
             }
             Disposal::Act => {
+                // The same alert from two rules is sent once (as mail2alert merges them).
+                let mut mailed = std::collections::HashSet::new();
                 for fired in &decision.fired {
                     for action in &fired.actions {
+                        if let Action::Mailto(to) = action {
+                            if !mailed.insert(to.to_ascii_lowercase()) {
+                                continue;
+                            }
+                        }
                         let label = format!("{}: {action}", fired.rule);
                         let text = match action {
                             Action::Mattermost(_) => fired.markdown.clone().unwrap_or_else(|| {
@@ -206,7 +243,7 @@ impl Worker {
                             }),
                             _ => fired.text.clone(),
                         };
-                        let result = match (text, done_before(claim, &label)?) {
+                        let result = match (text, done_before(claim, &label).await?) {
                             (_, Some(result)) => result,
                             (Err(e), None) => ActionResult::Failed(SinkError::Permanent(e)),
                             (Ok(text), None) => {
@@ -221,7 +258,7 @@ impl Worker {
                 outcome_of(&report.actions, None)
             }
         };
-        self.finish(claim, report, outcome).await
+        Ok(outcome)
     }
 
     /// Takes one action (`label`: its rule and URI, under which its steps are recorded).
@@ -280,36 +317,25 @@ impl Worker {
             .map(|()| Taken::Sent)
     }
 
-    async fn finish(
-        &self,
-        claim: &mut Claim,
-        mut report: Report,
-        outcome: Outcome,
-    ) -> Result<Report, QueueError> {
-        report.reason = match &outcome {
-            Outcome::Done { reason } | Outcome::Retry { reason, .. } => reason.clone(),
-            Outcome::Failed { reason } => Some(reason.clone()),
-        };
-        let finished = claim.finish(outcome).await?;
-        report.finished = finished.key;
-        Ok(report)
-    }
-
     fn helo(&self) -> String {
         gethostname::gethostname().to_string_lossy().into_owned()
     }
 }
 
 /// Returns what an earlier attempt did with the action `label` when it recorded it as
-/// done; an error when the lease is lost (nothing more may be done).
-fn done_before(claim: &Claim, label: &str) -> Result<Option<ActionResult>, QueueError> {
-    if claim.done().contains(&action_id(label)) {
+/// done; else renews the lease before the action is taken: an error when it is lost
+/// (nothing more may be done). An action there is no room to record fails for good, since
+/// every later attempt would take it again.
+async fn done_before(claim: &Claim, label: &str) -> Result<Option<ActionResult>, QueueError> {
+    let id = action_id(label);
+    if claim.done().contains(&id) {
         return Ok(Some(ActionResult::DoneBefore));
     }
-    if claim.is_lost() {
-        return Err(QueueError::LeaseLost {
-            name: claim.name().to_string(),
-        });
+    claim.renew(None).await?;
+    if !claim.has_room_for(&id) {
+        return Ok(Some(ActionResult::Failed(SinkError::Permanent(
+            "no room left on the message to record the action".into(),
+        ))));
     }
     Ok(None)
 }
@@ -327,7 +353,15 @@ async fn settle(
         Ok(Taken::Skipped(why)) => return Ok(ActionResult::Skipped(why)),
         Err(e) => return Ok(ActionResult::Failed(e)),
     };
-    claim.record_done(&action_id(label)).await?;
+    // The action went out: the message goes on to its finish even when the record fails
+    // for a reason other than a lost lease (only a later attempt could repeat it).
+    match claim.record_done(&action_id(label)).await {
+        Err(e @ QueueError::LeaseLost { .. }) => return Err(e),
+        Err(e) => {
+            tracing::warn!(key = claim.key(), label, error = %e, "action taken but not recorded")
+        }
+        Ok(()) => {}
+    }
     Ok(result)
 }
 
@@ -440,8 +474,8 @@ pub fn action_id(label: &str) -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The one log line of a message.
-fn log(report: &Report) {
+/// The one log line of a message; `error`: why it was not moved on.
+fn log(report: &Report, error: Option<&QueueError>) {
     let actions: Vec<String> = report
         .actions
         .iter()
@@ -453,15 +487,26 @@ fn log(report: &Report) {
             ActionResult::Failed(e) => format!("{label} {e}"),
         })
         .collect();
-    tracing::info!(
-        key = report.key,
-        manager = report.manager.as_deref().unwrap_or("-"),
-        rules = ?report.rules,
-        actions = ?actions,
-        to = report.finished,
-        reason = report.reason.as_deref().unwrap_or("-"),
-        "message handled"
-    );
+    let manager = report.manager.as_deref().unwrap_or("-");
+    match error {
+        None => tracing::info!(
+            key = report.key,
+            manager,
+            rules = ?report.rules,
+            actions = ?actions,
+            to = report.finished,
+            reason = report.reason.as_deref().unwrap_or("-"),
+            "message handled"
+        ),
+        Some(e) => tracing::warn!(
+            key = report.key,
+            manager,
+            rules = ?report.rules,
+            actions = ?actions,
+            error = %e,
+            "message left for a later attempt"
+        ),
+    }
 }
 
 #[cfg(test)]

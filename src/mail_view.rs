@@ -1,6 +1,7 @@
 //! What the rules and the sinks see of a stored message: its envelope (from the trace
-//! headers the filter put first: `Return-Path:` and `Delivered-To:`), subject, header From
-//! and To, other headers, and its text body (an HTML-only message turned into text), parsed
+//! lines the filter put first: `Return-Path:` and `Delivered-To:`; the same headers
+//! further down were written by the sender and are not trusted), subject, header From and
+//! To, other headers, and its text body (an HTML-only message turned into text), parsed
 //! once with mail-parser.
 
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
@@ -47,17 +48,7 @@ impl MailView {
                 (h.name().to_string(), value)
             })
             .collect();
-        let header = |name: &'static str| {
-            headers
-                .iter()
-                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_string())
-        };
-        let envelope_from = header("Return-Path")
-            .next()
-            .map(|v| v.trim_matches(['<', '>']).to_string())
-            .unwrap_or_default();
-        let envelope_to = header("Delivered-To").collect();
+        let (envelope_from, envelope_to) = envelope(bytes);
         let addresses = |address: Option<&mail_parser::Address>| -> Vec<String> {
             address
                 .map(|a| {
@@ -110,6 +101,40 @@ impl MailView {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The envelope in the filter's leading trace lines: the sender (`Return-Path:`) and the
+/// recipients (`Delivered-To:`).
+pub fn envelope(message: &[u8]) -> (String, Vec<String>) {
+    let mut from = String::new();
+    let mut to = Vec::new();
+    for line in trace_lines(message) {
+        let text = String::from_utf8_lossy(line);
+        let (name, value) = text.split_once(':').unwrap_or((&text, ""));
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("return-path") {
+            from = value.trim_matches(['<', '>']).to_string();
+        } else {
+            to.push(value.to_string());
+        }
+    }
+    (from, to)
+}
+
+/// The message without the filter's leading trace lines.
+pub fn without_trace(message: &[u8]) -> &[u8] {
+    let skipped: usize = trace_lines(message).map(<[u8]>::len).sum();
+    &message[skipped..]
+}
+
+/// The filter's trace lines at the start of `message`: `Return-Path:` and `Delivered-To:`
+/// lines, up to the first other line.
+fn trace_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    message.split_inclusive(|&b| b == b'\n').take_while(|line| {
+        [&b"return-path:"[..], b"delivered-to:"]
+            .iter()
+            .any(|p| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p))
+    })
 }
 
 /// The HTML body of a message whose first body part is HTML (no text alternative).
@@ -198,6 +223,21 @@ mod tests {
         assert_eq!(view.header_values("x-priority").collect::<Vec<_>>(), ["1"]);
         assert!(view.body.contains("Disk /var is full"), "{:?}", view.body);
         assert!(!view.body.contains('<'));
+    }
+
+    #[test]
+    fn trace_headers_written_by_the_sender_are_not_the_envelope() {
+        let stored = b"Return-Path: <a@example.org>\r\nDelivered-To: ops@example.com\r\n\
+            Received: from x\r\nDelivered-To: victim@outside.example\r\nReturn-Path: <boss@example.com>\r\n\
+            Subject: hi\r\n\r\nbody\r\n";
+        let view = MailView::parse(stored);
+        assert_eq!(view.envelope_from, "a@example.org");
+        assert_eq!(view.envelope_to, ["ops@example.com"]);
+        assert!(without_trace(stored).starts_with(b"Received: from x\r\n"));
+        assert_eq!(
+            envelope(b"Subject: no trace\r\n\r\n"),
+            (String::new(), vec![])
+        );
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub enum QueueCommand {
     Requeue {
         /// The message's name, with or without its state folder.
         key: String,
+        /// Forget the work recorded as done, so that every action is taken again.
+        #[arg(long)]
+        forget_done: bool,
     },
     /// Delete the messages of a state that entered it more than DURATION ago.
     Purge {
@@ -174,7 +177,7 @@ pub async fn run(queue: &Queue, command: QueueCommand) -> ExitCode {
             not_before,
         } => finish(queue, &key, &token, to, reason, not_before).await,
         QueueCommand::Release { key, token } => release(queue, &key, &token).await,
-        QueueCommand::Requeue { key } => requeue(queue, &key).await,
+        QueueCommand::Requeue { key, forget_done } => requeue(queue, &key, forget_done).await,
         QueueCommand::Purge {
             state,
             older_than,
@@ -510,8 +513,8 @@ async fn release(queue: &Queue, key: &str, token: &Token) -> Result<(), QueueErr
     Ok(())
 }
 
-async fn requeue(queue: &Queue, key: &str) -> Result<(), QueueError> {
-    let finished = queue.requeue(key).await?;
+async fn requeue(queue: &Queue, key: &str, forget_done: bool) -> Result<(), QueueError> {
+    let finished = queue.requeue(key, forget_done).await?;
     println!("requeued to {}", finished.key);
     Ok(())
 }

@@ -329,6 +329,13 @@ impl Claim {
         &self.record.done
     }
 
+    /// Whether the done list has room to record `id`.
+    pub fn has_room_for(&self, id: &str) -> bool {
+        let mut record = self.record.clone();
+        record.done.push(id.replace(',', "_"));
+        record.done_fits()
+    }
+
     /// Records that the work `id` succeeded, on the message under `processing/` and under
     /// this claim's lease (refused once the lease is lost), so that a later attempt of the
     /// message skips it. Ids must not contain `,`; the list holds about 1000 bytes (short

@@ -38,8 +38,10 @@ impl Queue {
         ))
     }
 
-    /// Moves a `failed/`, `retry/` or `done/` message back to `cur/`, as never claimed.
-    pub async fn requeue(&self, key: &str) -> Result<Finished, QueueError> {
+    /// Moves a `failed/`, `retry/` or `done/` message back to `cur/`, with a new attempt
+    /// count. The record of work done is kept (a worker does not repeat what succeeded),
+    /// unless `forget_done`: then the message is handled again in full.
+    pub async fn requeue(&self, key: &str, forget_done: bool) -> Result<Finished, QueueError> {
         let reference: MessageRef = key.parse().map_err(QueueError::Refused)?;
         let name = reference.name;
         let lease = self.inner.settings.lease;
@@ -54,7 +56,7 @@ impl Queue {
                 None => format!("{name} is claimed; try again"),
             }));
         };
-        let result = self.requeue_leased(&name, &token, lease).await;
+        let result = self.requeue_leased(&name, &token, lease, forget_done).await;
         if let Err(e) = self.inner.lock.release(&name, &token).await {
             tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
         }
@@ -71,6 +73,7 @@ impl Queue {
         name: &str,
         token: &Token,
         lease: Duration,
+        forget_done: bool,
     ) -> Result<Finished, QueueError> {
         let newest = self
             .resolve(name, Held::taking(token, lease))
@@ -92,8 +95,11 @@ impl Queue {
             lease: Some(lease),
             not_before: None,
             reason: Some(format!("requeued from {from}/")),
-            // An operator requeues to have the message handled again, in full.
-            done: Vec::new(),
+            done: if forget_done {
+                Vec::new()
+            } else {
+                newest.record.done.clone()
+            },
         };
         self.transfer(
             name,

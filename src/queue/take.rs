@@ -316,7 +316,8 @@ impl Queue {
         taken
     }
 
-    /// Moves a never-claimed message from `cur/` to `processing/` as attempt 1. A leftover
+    /// Moves a message from `cur/` (never claimed, or requeued) to `processing/` as attempt
+    /// 1, with the work done that a requeue kept. A leftover
     /// under `processing/` (a claim or requeue of this message interrupted after its copy)
     /// is replaced: nobody holds it, since this claim holds the lease, and it describes the
     /// same never-finished message.
@@ -327,13 +328,19 @@ impl Queue {
         token: &super::Token,
         lease: Duration,
     ) -> Result<Option<Claim>, QueueError> {
+        // A requeued message carries the work done before it (kept unless forgotten).
+        let done = self
+            .head(State::Cur, name)
+            .await?
+            .map(|copy| copy.record.done)
+            .unwrap_or_default();
         let record = Record {
             attempt: 1,
             fence: token.fence(),
             lease: Some(lease),
             not_before: None,
             reason: None,
-            done: Vec::new(),
+            done,
         };
         self.transfer(
             name,

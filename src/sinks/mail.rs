@@ -13,6 +13,7 @@ use mail_send::SmtpClientBuilder;
 use mail_send::smtp::message::Message;
 
 use super::SinkError;
+use crate::mail_view::without_trace;
 
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,29 +101,10 @@ impl MailSink {
     }
 }
 
-/// The message without the filter's leading `Return-Path:` and `Delivered-To:` lines.
-pub fn without_trace(message: &[u8]) -> &[u8] {
-    let mut rest = message;
-    loop {
-        let line_end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
-        let line = &rest[..line_end];
-        let is_trace = [&b"return-path:"[..], b"delivered-to:"]
-            .iter()
-            .any(|p| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p));
-        if !is_trace {
-            return rest;
-        }
-        rest = &rest[line_end..];
-    }
-}
-
 /// The header section with `To:` (and `From:` when `from` is given) replaced, unfolded
 /// continuation lines of the replaced fields dropped; the body unchanged.
 pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> {
-    let header_end = find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    let header_end = header_end(message);
     let (head, body) = message.split_at(header_end);
     let mut out = Vec::with_capacity(message.len() + 64);
     let mut skipping = false;
@@ -165,13 +147,35 @@ pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> 
     out
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where the header section ends: after the line before the first empty line (CRLF or a
+/// bare LF), else the whole message.
+fn header_end(message: &[u8]) -> usize {
+    let mut at = 0;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            return at;
+        }
+        at += line.len();
+    }
+    message.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_lf_mail_keeps_its_body_below_the_headers() {
+        let alert = rewrite_headers(
+            b"To: a@x\nSubject: s\n\nbody\nTo: not a header\n",
+            "b@y",
+            None,
+        );
+        let text = String::from_utf8(alert).unwrap();
+        assert!(text.starts_with("To: <b@y>"), "{text}");
+        assert!(text.ends_with("\nbody\nTo: not a header\n"), "{text}");
+        assert_eq!(text.matches("To: <b@y>").count(), 1, "{text}");
+    }
 
     const STORED: &[u8] = b"Return-Path: <nagios@example.org>\r\nDelivered-To: ops@example.com\r\n\
 From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r\nSubject: disk\r\n\r\nTo: not a header\r\n";

@@ -221,6 +221,12 @@ async fn rooms_and_users_get_the_text_and_an_unknown_user_fails_the_message() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert_eq!(watcher.wait_for(text).await, 2);
+    assert_eq!(
+        watcher.direct.lock().unwrap().len(),
+        1,
+        "one direct message"
+    );
 
     let rules = rules_with(
         1,
@@ -237,6 +243,26 @@ async fn rooms_and_users_get_the_text_and_an_unknown_user_fails_the_message() {
     assert!(report.finished.starts_with("failed/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(reason.contains("nobody@xmpp.test answered"), "{reason}");
+
+    // A room nobody made: the join would create it, so it does not exist.
+    let rules = rules_with(
+        1,
+        ", xmpp:no-such-room@conference.xmpp.test",
+        &rules_account(prosody.port, "10s"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [");
+    let worker = self::worker(&queue, &rules, 1);
+    let third = String::from_utf8(NAGIOS.to_vec())
+        .unwrap()
+        .replace("<n1@", "<n4@");
+    store(&queue, third.as_bytes()).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("permanent: no room no-such-room@conference.xmpp.test"),
+        "{reason}"
+    );
 }
 
 /// Prosody restarted between two messages: the sink reconnects and rejoins by itself; each
@@ -361,6 +387,37 @@ async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
         .expect("the alert arrived");
     wait_until_done(&setup, 1).await;
     assert_eq!(running.stop_worker(), Some(0));
+}
+
+/// SIGTERM while a message is in hand (the SMTP server answers DATA 3 s late): the worker
+/// finishes it (the alert arrives, the message is in `done/`) and exits 0.
+#[tokio::test]
+async fn sigterm_finishes_the_message_in_hand() {
+    let sink = SmtpSink::start(&["-w", "3"]);
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let _queue = setup.queue().await;
+    let rules_file = setup.dir.path().join("rules.yml");
+    std::fs::write(&rules_file, rules_with(sink.port, "", "")).unwrap();
+    let running = FilterAndWorker::start(&setup, &rules_file, &[]).await;
+    let body = b"From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on web9\r\nMessage-ID: <term@mon.example.org>\r\n\r\n/tmp is at 100%\r\n";
+    running
+        .send("nagios@mon.example.org", &["ops@example.com"], body)
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while setup.names(State::Processing).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.stop_worker(), Some(0));
+    assert_eq!(
+        setup.names(State::Done).await.len(),
+        1,
+        "{:?}",
+        setup.everything().await
+    );
+    sink.wait_for_dump_ending("/tmp is at 100%")
+        .await
+        .expect("the alert arrived");
 }
 
 /// `swiftdrop serve` on a free port and the example worker with `rules`, as separate

@@ -999,3 +999,37 @@ async fn a_waiting_claim_wakes_when_the_filter_stores_mail() {
         assert_eq!(claim["name"], name.as_str(), "{backend:?}");
     }
 }
+
+/// A requeue keeps the record of work done (a worker does not repeat what succeeded);
+/// `forget_done` clears it.
+#[tokio::test]
+async fn requeue_keeps_the_work_done_unless_told_to_forget_it() {
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let name = setup.store(1).await.remove(0);
+    let options = ClaimOptions {
+        wait: Some(PATIENCE),
+        ..ClaimOptions::default()
+    };
+    let mut claim = queue.claim(&options).await.unwrap().unwrap();
+    claim.record_done("a1b2c3d4").await.unwrap();
+    claim
+        .finish(Outcome::Failed {
+            reason: "room misspelt".into(),
+        })
+        .await
+        .unwrap();
+    queue.requeue(&name, false).await.unwrap();
+    let mut claim = queue.claim(&options).await.unwrap().unwrap();
+    assert_eq!(claim.done(), ["a1b2c3d4"]);
+    assert_eq!(claim.attempt(), 1, "the attempt count starts again");
+    claim
+        .finish(Outcome::Failed {
+            reason: "again".into(),
+        })
+        .await
+        .unwrap();
+    queue.requeue(&name, true).await.unwrap();
+    let claim = queue.claim(&options).await.unwrap().unwrap();
+    assert!(claim.done().is_empty(), "{:?}", claim.done());
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::jid::BareJid;
+use tokio_xmpp::parsers::message::MessageType;
 use tokio_xmpp::parsers::muc::Muc;
 use tokio_xmpp::parsers::muc::muc::History;
 use tokio_xmpp::parsers::presence::Presence;
@@ -16,6 +17,9 @@ use tokio_xmpp::xmlstream::Timeouts;
 use tokio_xmpp::{Client, Event};
 
 use crate::support::*;
+
+/// How long a copy of a message that arrived is waited for.
+const SETTLE: Duration = Duration::from_secs(1);
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp/prosody.sh");
 /// The virtual host of the test Prosody.
@@ -91,6 +95,8 @@ impl Drop for Prosody {
 /// bodies of the messages it receives, rejoining after a reconnect.
 pub struct Watcher {
     pub bodies: Arc<Mutex<Vec<String>>>,
+    /// The bodies of the direct (`chat`) messages among them.
+    pub direct: Arc<Mutex<Vec<String>>>,
     /// Times it joined the room (once per session).
     pub joins: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -111,6 +117,8 @@ impl Watcher {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
         let collected = bodies.clone();
+        let direct = Arc::new(Mutex::new(Vec::new()));
+        let collected_direct = direct.clone();
         let joins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = joins.clone();
         let task = tokio::spawn(async move {
@@ -146,6 +154,9 @@ impl Watcher {
                     Event::Stanza(Stanza::Message(m)) => {
                         if let Some(body) = m.bodies.values().next() {
                             collected.lock().unwrap().push(body.clone());
+                            if m.type_ == MessageType::Chat {
+                                collected_direct.lock().unwrap().push(body.clone());
+                            }
                         }
                     }
                     _ => {}
@@ -158,18 +169,20 @@ impl Watcher {
             .unwrap();
         Watcher {
             bodies,
+            direct,
             joins,
             task,
         }
     }
 
-    /// Waits until a body containing `text` arrived; how many such bodies there are.
+    /// Waits until a body containing `text` arrived, then a while for copies of it; how
+    /// many such bodies there are.
     pub async fn wait_for(&self, text: &str) -> usize {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let n = self.count(text);
-            if n > 0 {
-                return n;
+            if self.count(text) > 0 {
+                tokio::time::sleep(SETTLE).await;
+                return self.count(text);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private Prosody (Debian's prosody 0.12) on loopback for tests and benchmarks: plaintext
 # c2s on 127.0.0.1:PORT, the virtual host xmpp.test, a multi-user chat component
-# conference.xmpp.test (rooms made by the first join, unlocked), stream management
+# conference.xmpp.test (rooms made by the first join, unlocked, persistent), stream management
 # (XEP-0198); configuration, data, log and pid file in DIR; no systemd, nothing in
 # /etc/prosody used. Needs root (run_as_root) and Debian's prosody.
 #
@@ -64,6 +64,8 @@ limits = { }
 VirtualHost "$HOST"
 Component "conference.$HOST" "muc"
     muc_room_locking = false
+    -- Rooms outlive a restart (a join that makes a room is refused by the sink).
+    muc_room_default_persistent = true
 CFG
     local user
     for user in "$@"; do
