@@ -196,10 +196,14 @@ async fn html_only_mail_becomes_markdown_and_text_is_never_posted_twice() {
         <h2>Build failed</h2><p>See <a href=\"https://ci.example.com/b/7\">build 7</a>.</p>\
         <ul><li>first step</li><li>second step</li></ul>\
         <table><tr><th>job</th><th>state</th></tr><tr><td>unit</td><td>failed</td></tr></table>\
-        <pre><code>cargo test\nerror[E0308]</code></pre></body></html>";
+        <pre><code>cargo test\nerror[E0308]</code></pre><img src=\"cid:logo\"></body></html>";
+    // HTML with an inline image (multipart/related): the image is a file of the post.
     let mail = format!(
         "Return-Path: <svc-jira@example.com>\r\nDelivered-To: bob@example.com\r\nFrom: svc-jira@example.com\r\n\
-         To: bob@example.com\r\nSubject: CI\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
+         To: bob@example.com\r\nSubject: CI\r\nMIME-Version: 1.0\r\nContent-Type: multipart/related; boundary=\"r\"\r\n\r\n\
+         --r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n\
+         --r\r\nContent-Type: image/png; name=\"logo.png\"\r\nContent-Disposition: inline; filename=\"logo.png\"\r\n\
+         Content-ID: <logo>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--r--\r\n"
     );
     store(&queue, mail.as_bytes()).await;
     let report = handle_next(&worker).await;
@@ -212,6 +216,7 @@ async fn html_only_mail_becomes_markdown_and_text_is_never_posted_twice() {
     handle_next(&worker).await;
     let posts = server.posts().await;
     let markdown = posts_to(&posts, "bob")[0]["message"].as_str().unwrap();
+    assert_eq!(posts_to(&posts, "bob")[0]["files"], json!(["logo.png"]));
     for expected in [
         "**CI**",
         "Build failed",
