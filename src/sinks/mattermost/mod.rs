@@ -91,7 +91,7 @@ impl MattermostSink {
         }
         let (app, token) = self.bot(mail)?;
         let files = attachments(bytes);
-        let limits = self.limits(token).await;
+        let limits = self.limits(token).await?;
         let posts = self.thread_plan(markdown, &files, &limits);
         let mut delivery = Delivery::default();
         match target {
@@ -207,22 +207,26 @@ impl MattermostSink {
             })
     }
 
-    /// The server's limits, asked once (a server that does not answer: none known).
-    async fn limits(&self, token: &Secret) -> Limits {
-        let no_limits = Limits {
-            max_post_chars: None,
-            max_file_bytes: None,
-        };
+    /// The server's limits, asked once. A server that cannot be asked now is a failure for
+    /// now (a guess could cut the text differently from a later attempt, which would then
+    /// post pieces twice); one that refuses to say is taken as an old server (no limits
+    /// known: posts cut at [`FALLBACK_POST_CHARS`]).
+    async fn limits(&self, token: &Secret) -> Result<Limits, SinkError> {
         if let Some(limits) = self.limits.get() {
-            return *limits;
+            return Ok(*limits);
         }
-        match self.api.limits(token).await {
-            Ok(limits) => *self.limits.get_or_init(|| async { limits }).await,
+        let limits = match self.api.limits(token).await {
+            Ok(limits) => limits,
+            Err(ApiError::Transient(why)) => return Err(SinkError::Transient(why)),
             Err(e) => {
-                tracing::warn!(error = %e, "mattermost: cannot read the server's limits; posts are cut at {FALLBACK_POST_CHARS}");
-                no_limits
+                tracing::warn!(error = %e, "mattermost: the server does not say its limits; posts are cut at {FALLBACK_POST_CHARS}");
+                Limits {
+                    max_post_chars: None,
+                    max_file_bytes: None,
+                }
             }
-        }
+        };
+        Ok(*self.limits.get_or_init(|| async { limits }).await)
     }
 
     /// The posts of a thread: the text (with a note on files over the server's limit)
