@@ -227,14 +227,15 @@ impl Worker {
                 outcome_of(&report.actions, Some(label))
             }
             Disposal::Act => {
-                // The same alert from two rules is sent once (as mail2alert merges them).
-                let mut mailed = std::collections::HashSet::new();
+                // The same alert or post from two rules is sent once (mail2alert merges
+                // them); chat messages with each rule's own text are not merged.
+                let mut taken = std::collections::HashSet::new();
                 for fired in &decision.fired {
                     for action in &fired.actions {
-                        if let Action::Mailto(to) = action {
-                            if !mailed.insert(to.to_ascii_lowercase()) {
-                                continue;
-                            }
+                        if matches!(action, Action::Mailto(_) | Action::Mattermost(_))
+                            && !taken.insert(action.to_string().to_ascii_lowercase())
+                        {
+                            continue;
                         }
                         let label = format!("{}: {action}", fired.rule);
                         let text = match action {
@@ -398,29 +399,55 @@ impl Steps<'_> {
     }
 }
 
+impl Steps<'_> {
+    /// The entries of the claim's done list that record `step`.
+    fn entries(&self, step: &str) -> Vec<String> {
+        let id = self.id(step);
+        self.claim
+            .done()
+            .iter()
+            .filter(|entry| entry.split('=').next() == Some(id.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
 impl Progress for Steps<'_> {
     fn done(&self, step: &str) -> Option<String> {
-        let id = self.id(step);
-        self.claim.done().iter().find_map(|entry| {
-            let (entry_id, value) = entry.split_once('=').unwrap_or((entry, ""));
-            (entry_id == id).then(|| value.to_string())
-        })
+        self.entries(step)
+            .first()
+            .map(|entry| entry.split_once('=').map_or("", |(_, v)| v).to_string())
     }
 
-    async fn record(&mut self, step: &str, value: Option<&str>) -> Result<(), String> {
+    fn held(&self) -> bool {
+        !self.claim.is_lost()
+    }
+
+    fn has_room(&self, step: &str, value_len: usize) -> bool {
+        let entry = match value_len {
+            0 => self.id(step),
+            n => format!("{}={}", self.id(step), "x".repeat(n)),
+        };
+        self.claim.has_room_for(&entry)
+    }
+
+    async fn record(
+        &mut self,
+        step: &str,
+        value: Option<&str>,
+        replaced: &[String],
+    ) -> Result<(), SinkError> {
         let entry = match value {
             Some(v) => format!("{}={v}", self.id(step)),
             None => self.id(step),
         };
-        match self.claim.record_done(&entry).await {
+        let replaced: Vec<String> = replaced.iter().flat_map(|r| self.entries(r)).collect();
+        match self.claim.record_done_replacing(&entry, &replaced).await {
             Ok(()) => Ok(()),
-            // No room left: the step stays unrecorded (a later attempt may repeat it),
-            // which is better than never finishing the message.
-            Err(QueueError::Refused(why)) => {
-                tracing::warn!(key = self.claim.key(), why, "step not recorded");
-                Ok(())
-            }
-            Err(e) => Err(format!("cannot record progress: {e}")),
+            Err(QueueError::Refused(why)) => Err(SinkError::Permanent(format!(
+                "cannot record progress: {why}"
+            ))),
+            Err(e) => Err(SinkError::Transient(format!("cannot record progress: {e}"))),
         }
     }
 }

@@ -341,13 +341,24 @@ impl Claim {
     /// message skips it. Ids must not contain `,`; the list holds about 1000 bytes (short
     /// ids: a hash prefix), past that the record is refused.
     pub async fn record_done(&mut self, id: &str) -> Result<(), QueueError> {
+        self.record_done_replacing(id, &[]).await
+    }
+
+    /// [`Claim::record_done`], with the ids `replaced` taken off the list in the same
+    /// update (work that `id` sums up, to keep the list short).
+    pub async fn record_done_replacing(
+        &mut self,
+        id: &str,
+        replaced: &[String],
+    ) -> Result<(), QueueError> {
         if self.spent || self.is_lost() {
             return Err(self.lost_error());
         }
-        if self.record.done.iter().any(|d| d == id) {
+        if self.record.done.iter().any(|d| d == id) && replaced.is_empty() {
             return Ok(());
         }
         let mut record = self.record.clone();
+        record.done.retain(|d| !replaced.contains(d) && d != id);
         record.done.push(id.replace(',', "_"));
         if !record.done_fits() {
             return Err(QueueError::Refused(format!(

@@ -177,6 +177,8 @@ struct BotDoc {
 #[serde(deny_unknown_fields)]
 struct LdapDoc {
     url: String,
+    #[serde(default)]
+    starttls: bool,
     base: String,
     bind_dn: Option<String>,
     password_env: Option<String>,
@@ -561,10 +563,15 @@ impl Checker<'_> {
     fn mattermost(&mut self, doc: MattermostDoc) -> MattermostSettings {
         let url = doc.url.trim().trim_end_matches('/').to_string();
         match url.split_once("://") {
-            Some(("https", rest)) | Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", rest)) if !rest.is_empty() => {}
+            Some(("http", rest)) if is_loopback(rest) => {}
+            Some(("http", _)) => self.problem(
+                &doc.url,
+                "mattermost url: http:// sends the bots' tokens in clear; only for a loopback host",
+            ),
             _ => self.problem(
                 &doc.url,
-                format!("mattermost url {:?} is not http(s)://host[:port]", doc.url),
+                format!("mattermost url {:?} is not https://host[:port]", doc.url),
             ),
         }
         let source = doc
@@ -585,18 +592,35 @@ impl Checker<'_> {
                 "mattermost: set bots (application: {token_env: VARIABLE}) or webhook_env",
             );
         }
+        // Applications are matched in lower case (as sender_app's capture is).
         let bots = doc
             .bots
             .iter()
             .map(|(app, bot)| {
                 let what = format!("mattermost bot {app:?} token_env");
-                (app.clone(), self.secret_env(&what, &bot.token_env))
+                (
+                    app.to_ascii_lowercase(),
+                    self.secret_env(&what, &bot.token_env),
+                )
             })
             .collect();
         let webhook = doc
             .webhook_env
             .as_deref()
             .map(|var| self.secret_env("mattermost webhook_env", var));
+        if let (Some(url), Some(var)) = (&webhook, &doc.webhook_env) {
+            let url = url.expose();
+            let plain = url
+                .strip_prefix("http://")
+                .is_some_and(|rest| !is_loopback(rest));
+            if plain || !(url.starts_with("https://") || url.starts_with("http://")) {
+                // The URL is a secret: only the variable is named.
+                self.problem(
+                    var,
+                    format!("mattermost webhook_env: {var} does not hold an https:// URL (http:// only for a loopback host)"),
+                );
+            }
+        }
         if doc.max_post_chars == Some(0) {
             self.problem(
                 "max_post_chars",
@@ -631,6 +655,18 @@ impl Checker<'_> {
                 ),
             );
         }
+        if doc.bind_dn.is_some()
+            && !doc.starttls
+            && doc
+                .url
+                .strip_prefix("ldap://")
+                .is_some_and(|rest| !is_loopback(rest))
+        {
+            self.problem(
+                &doc.url,
+                "ldap: bind_dn over ldap:// sends the password in clear: use ldaps:// or starttls: true",
+            );
+        }
         let bind = match (&doc.bind_dn, &doc.password_env) {
             (Some(dn), Some(var)) => Some((dn.clone(), self.secret_env("ldap password_env", var))),
             (None, None) => None,
@@ -645,9 +681,14 @@ impl Checker<'_> {
         };
         LdapSettings {
             url: doc.url,
+            starttls: doc.starttls,
             base: doc.base,
             bind,
-            app_groups: doc.app_groups,
+            app_groups: doc
+                .app_groups
+                .into_iter()
+                .map(|(app, group)| (app.to_ascii_lowercase(), group))
+                .collect(),
             block_group: doc.block_group,
             cache: self.duration(
                 "ldap cache",
@@ -729,6 +770,19 @@ fn mattermost_target(target: &str) -> Option<MattermostTarget> {
             }
         }
     }
+}
+
+/// Whether the host of `rest` (what follows `scheme://`) is a loopback address.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `user@host` with both parts.
@@ -865,6 +919,41 @@ managers:
             p[0].starts_with("r.yml:5: mattermost:dm needs a mattermost: server"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn secrets_do_not_go_in_clear_beyond_loopback() {
+        // SAFETY: a variable only this test uses.
+        unsafe { std::env::set_var("SWIFTDROP_TEST_MM_TOKEN", "t") };
+        let text = |url: &str, ldap: &str| {
+            format!(
+                "unmatched: done\nmattermost:\n  url: {url}\n  bots:\n    Jira: {{token_env: SWIFTDROP_TEST_MM_TOKEN}}\n  ldap:\n    url: {ldap}\n    base: dc=x\n    bind_dn: cn=r,dc=x\n    password_env: SWIFTDROP_TEST_MM_TOKEN\n    app_groups: {{JIRA: cn=g,dc=x}}\n"
+            )
+        };
+        let p = problems(&text("http://chat.example.com", "ldap://ldap.example.com"));
+        assert!(
+            p.iter()
+                .any(|l| l.contains("http:// sends the bots' tokens in clear")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l.contains("bind_dn over ldap://")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        for (url, ldap) in [
+            ("http://127.0.0.1:8065", "ldap://127.0.0.1:389"),
+            ("https://chat.example.com", "ldaps://ldap.example.com"),
+            ("http://[::1]:8065", "ldap://localhost"),
+        ] {
+            let rules = parse(&text(url, ldap), "r.yml").unwrap();
+            let m = rules.mattermost.unwrap();
+            assert!(
+                m.bots.contains_key("jira"),
+                "application names in lower case"
+            );
+            assert!(m.ldap.unwrap().app_groups.contains_key("jira"));
+        }
     }
 
     #[test]

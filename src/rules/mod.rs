@@ -247,6 +247,8 @@ pub struct MattermostSettings {
 pub struct LdapSettings {
     /// `ldap://host:port` or `ldaps://host:port` (`url`).
     pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS (`starttls`).
+    pub starttls: bool,
     /// Where users are searched by `mail` (`base`).
     pub base: String,
     /// The service account to bind as (`bind_dn`, password from `password_env`);

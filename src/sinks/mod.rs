@@ -18,21 +18,27 @@ use std::fmt;
 pub trait Progress {
     /// The value recorded with `step` (empty when none), or `None` when it is not done.
     fn done(&self, step: &str) -> Option<String>;
-    /// Records `step` as done, with a short value to remember (an id); an error means
-    /// it could not be recorded (the lease is lost): the action must stop.
+    /// Whether the claim still holds its lease: nothing may be sent once it does not.
+    fn held(&self) -> bool;
+    /// Whether `step`, with a value of `value_len` bytes, can still be recorded.
+    fn has_room(&self, step: &str, value_len: usize) -> bool;
+    /// Records `step` as done, with a short value to remember (an id), in place of the
+    /// steps `replaced` (which it sums up). An error says whether to try later (a lost
+    /// lease, a store error) or not (no room left).
     fn record(
         &mut self,
         step: &str,
         value: Option<&str>,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+        replaced: &[String],
+    ) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
 }
 
 /// Why an action did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
-    /// Trying again will not help (a 5xx, an unknown room or user, a rule error).
+    /// Trying again will not help (an SMTP 5xx, an unknown room or user, a rule error).
     Permanent(String),
-    /// Worth another attempt later (a connection, a timeout, a 4xx).
+    /// Worth another attempt later (no connection, a timeout, an SMTP 4xx, an HTTP 5xx).
     Transient(String),
 }
 

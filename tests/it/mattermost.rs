@@ -291,14 +291,25 @@ async fn a_rate_limit_is_waited_out() {
     let setup = QueueSetup::new(Backend::Maildir, &[]);
     let queue = setup.queue().await;
     let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    // First Retry-After (2 s), then X-Ratelimit-Reset (3 s): each is waited out.
     server
         .fault(
             "POST",
             "/api/v4/posts",
             429,
             0,
-            2,
-            json!({"X-Ratelimit-Limit": "10", "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "1"}),
+            1,
+            json!({"Retry-After": "2", "X-Ratelimit-Remaining": "0"}),
+        )
+        .await;
+    server
+        .fault(
+            "POST",
+            "/api/v4/posts",
+            429,
+            0,
+            1,
+            json!({"X-Ratelimit-Limit": "10", "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "3"}),
         )
         .await;
     store(
@@ -324,6 +335,9 @@ async fn a_rate_limit_is_waited_out() {
     assert_eq!(posts.len(), 3, "two 429s, then the post: {posts:#?}");
     assert_eq!(posts[0]["fault"], 429);
     assert_eq!(posts[1]["fault"], 429);
+    let at = |i: usize| posts[i]["at"].as_f64().unwrap();
+    assert!(at(1) - at(0) >= 1.9, "Retry-After 2 was waited out");
+    assert!(at(2) - at(1) >= 2.9, "X-Ratelimit-Reset 3 was waited out");
     assert_eq!(server.posts().await.len(), 1);
     no_violations(&server).await;
 }
@@ -501,7 +515,8 @@ async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
 /// LDAP decides: alice (in jira-users) gets it; mallory (in jira-users and the block
 /// group), bob (not in jira-users) and zed (not in the directory) are skipped and named;
 /// a message with no allowed recipient is done with that reason. Bound as the service
-/// account (the first worker) and anonymously (the second).
+/// account; anonymously this directory (as real ones) refuses to search: the message
+/// fails for good with the directory's answer.
 #[tokio::test]
 async fn ldap_groups_decide_who_receives() {
     let slapd = Slapd::start();
@@ -515,7 +530,7 @@ async fn ldap_groups_decide_who_receives() {
     url: {}
     base: dc=example,dc=com
 {bind}    app_groups:
-      jira: cn=jira-users,ou=groups,dc=example,dc=com
+      Jira: cn=jira-users,ou=groups,dc=example,dc=com
     block_group: cn=mattermost-blacklist,ou=groups,dc=example,dc=com
 ",
             slapd.url()
@@ -524,39 +539,32 @@ async fn ldap_groups_decide_who_receives() {
     let bound = ldap(
         "    bind_dn: uid=svc-reader,ou=people,dc=example,dc=com\n    password_env: MM_TEST_LDAP_PASSWORD\n",
     );
-    for (n, settings) in [bound, ldap("")].into_iter().enumerate() {
-        let worker = worker(&queue, &rules(&server, "mattermost:dm", &settings));
-        store(
-            &queue,
-            &message(
-                "svc-jira@example.com",
-                &[
-                    "alice@example.com",
-                    "mallory@example.com",
-                    "bob@example.com",
-                    "zed@example.com",
-                ],
-                &format!("ldap {n}"),
-                "text",
-                &[],
-            ),
-        )
-        .await;
-        let report = handle_next(&worker).await;
-        assert!(report.finished.starts_with("done/"), "{report:?}");
-        let reason = report.reason.unwrap();
-        for expected in [
-            "mallory@example.com: a member of cn=mattermost-blacklist",
-            "bob@example.com: not a member of cn=jira-users",
-            "zed@example.com: not in the directory",
-        ] {
-            assert!(reason.contains(expected), "{expected:?} in {reason}");
-        }
-        let posts = server.posts().await;
-        assert_eq!(posts.len(), n + 1, "{posts:#?}");
-        assert_eq!(posts[n]["to"], json!(["alice"]));
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", &bound));
+    let everyone = [
+        "alice@example.com",
+        "mallory@example.com",
+        "bob@example.com",
+        "zed@example.com",
+    ];
+    store(
+        &queue,
+        &message("svc-jira@example.com", &everyone, "ldap", "text", &[]),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    for expected in [
+        "mallory@example.com: a member of cn=mattermost-blacklist",
+        "bob@example.com: not a member of cn=jira-users",
+        "zed@example.com: not in the directory",
+    ] {
+        assert!(reason.contains(expected), "{expected:?} in {reason}");
     }
-    let worker = worker(&queue, &rules(&server, "mattermost:dm", &ldap("")));
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    assert_eq!(posts[0]["to"], json!(["alice"]));
+
     store(
         &queue,
         &message(
@@ -570,16 +578,116 @@ async fn ldap_groups_decide_who_receives() {
     .await;
     let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("no allowed recipient: bob@example.com"),
+        "{reason}"
+    );
+
+    let anonymous = self::worker(&queue, &rules(&server, "mattermost:dm", &ldap("")));
+    store(
+        &queue,
+        &message("svc-jira@example.com", &everyone, "anonymous", "x", &[]),
+    )
+    .await;
+    let report = handle_next(&anonymous).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("insufficientAccessRights"), "{reason}");
+    assert_eq!(server.posts().await.len(), 1);
+    assert_eq!(setup.names(State::Done).await.len(), 2);
+    no_violations(&server).await;
+}
+
+/// The limits a message's threads were cut with are recorded: after a 500 and a restart
+/// of the worker, with the server's limit raised meanwhile (an upgrade: 4000 to 16383),
+/// the retry goes on with the same cut (no piece twice, none missing). Threads done are recorded as one short entry
+/// each; a refused bot token fails the message for good without posting.
+#[tokio::test]
+async fn a_retry_cuts_as_the_first_attempt_and_keeps_the_record_short() {
+    let server = Mattermost::start(4000, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let line = "0123456789 ".repeat(9) + "end\r\n";
+    let body = line.repeat(40_000 / line.len() + 1);
+    // The second post (of 11 at 4000) gets a 500.
+    server
+        .fault("POST", "/api/v4/posts", 500, 1, 1, json!({}))
+        .await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com", "bob@example.com"],
+            "cut",
+            &body,
+            &[],
+        ),
+    )
+    .await;
+    let first = handle_next(&worker(&queue, &rules(&server, "mattermost:dm", ""))).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    assert_eq!(server.posts().await.len(), 1);
+    server.set_max_post_size(16383).await;
+    let second = handle_next(&worker(&queue, &rules(&server, "mattermost:dm", ""))).await;
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let posts = server.posts().await;
+    for user in ["alice", "bob"] {
+        let thread = posts_to(&posts, user);
+        assert_eq!(thread.len(), 11, "{user}: cut at 4000 as the first attempt");
+        assert!(
+            thread
+                .iter()
+                .all(|p| p["message"].as_str().unwrap().chars().count() <= 4000)
+        );
+        let joined: String = thread
+            .iter()
+            .map(|p| p["message"].as_str().unwrap().replace('\n', ""))
+            .collect();
+        assert_eq!(
+            joined,
+            format!("**cut**{}", body.replace("\r\n", "").trim_end())
+        );
+    }
+    let copy = queue
+        .head(State::Done, &setup.names(State::Done).await[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let done = copy.record.done;
+    // The plan, one entry per recipient and the action: no post-by-post records left.
+    assert_eq!(done.len(), 4, "{done:?}");
+    assert_eq!(
+        done.iter().filter(|d| d.contains('=')).count(),
+        1,
+        "{done:?}"
+    );
+
+    set_env("MM_TEST_WRONG_TOKEN", "not-a-token");
+    let rules_text =
+        rules(&server, "mattermost:dm", "").replace("MM_TEST_JIRA_TOKEN", "MM_TEST_WRONG_TOKEN");
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com"],
+            "token",
+            "x",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker(&queue, &rules_text)).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
     assert!(
         report
             .reason
             .as_deref()
             .unwrap()
-            .contains("no allowed recipient: bob@example.com"),
+            .contains("the bot is refused"),
         "{report:?}"
     );
-    assert_eq!(server.posts().await.len(), 2);
-    assert_eq!(setup.names(State::Done).await.len(), 3);
+    assert_eq!(server.posts().await.len(), 22);
     no_violations(&server).await;
 }
 

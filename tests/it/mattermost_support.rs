@@ -42,7 +42,9 @@ impl Mattermost {
     }
 
     async fn get(&self, what: &str) -> Value {
-        reqwest::get(format!("{}/_test/{what}", self.url()))
+        client()
+            .get(format!("{}/_test/{what}", self.url()))
+            .send()
             .await
             .unwrap()
             .json()
@@ -79,7 +81,7 @@ impl Mattermost {
             "method": method, "path": path, "status": status, "skip": skip,
             "times": times, "headers": headers,
         }]);
-        let response = reqwest::Client::new()
+        let response = client()
             .post(format!("{}/_test/faults", self.url()))
             .json(&fault)
             .send()
@@ -87,6 +89,22 @@ impl Mattermost {
             .unwrap();
         assert!(response.status().is_success());
     }
+
+    /// Sets the server's `MaxPostSize` from now on.
+    pub async fn set_max_post_size(&self, chars: usize) {
+        let response = client()
+            .post(format!("{}/_test/limits", self.url()))
+            .json(&serde_json::json!({ "MaxPostSize": chars }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+}
+
+/// An HTTP client (with the process's TLS provider installed).
+fn client() -> reqwest::Client {
+    swiftdrop::store::http_client().build().unwrap()
 }
 
 impl Drop for Mattermost {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A private OpenLDAP server (Debian's slapd 2.5) on loopback for the Mattermost sink's
 # authorisation tests: suffix dc=example,dc=com, root cn=admin,dc=example,dc=com with
-# password `secret`, the memberof overlay, anonymous reads allowed, and a small directory:
+# password `secret`, the memberof overlay, no anonymous reads (anonymous clients may bind
+# only), and a small directory:
 #
 #   users (ou=people, inetOrgPerson with mail): alice, bob, carol, mallory, svc-reader
 #     (svc-reader has the password `reader`, for tests that bind as a service account)
@@ -60,6 +61,9 @@ rootdn "$ROOT"
 rootpw secret
 directory $dir/data
 overlay memberof
+# As a real directory: anonymous clients may only bind (and read the root DSE).
+access to dn.base="" by * read
+access to * by anonymous auth by * read
 CONF
     slaptest -Q -f "$dir/slapd.conf" -u
     slapd -f "$dir/slapd.conf" -h "ldap://127.0.0.1:$port/"

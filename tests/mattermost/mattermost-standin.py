@@ -33,6 +33,7 @@ Test control (not Mattermost):
   GET  /_test/log         every API request: {method, path, bot, json | fields + files}
   GET  /_test/posts       every post created (with the creating bot and channel)
   GET  /_test/violations  what broke the contract
+  POST /_test/limits      {"MaxPostSize": n}: the limit from now on
 """
 import email.parser
 import email.policy
@@ -138,14 +139,15 @@ class Handler(BaseHTTPRequestHandler):
             if fault:
                 status, headers = fault
                 with LOCK:
-                    LOG.append({"method": method, "path": path, "fault": status})
+                    LOG.append({"method": method, "path": path, "fault": status,
+                                "at": time.time()})
                 return self.error(status, "injected fault", headers)
             if path.startswith("/hooks/"):
                 return self.hook(method, path, body)
             if not path.startswith("/api/v4/"):
                 raise Problem(404, f"no such path {path}")
             bot = self.authenticate()
-            entry = {"method": method, "path": path, "bot": bot["username"]}
+            entry = {"method": method, "path": path, "bot": bot["username"], "at": time.time()}
             status, answer = self.api(method, path, parse_qs(url.query), body, bot, entry)
             with LOCK:
                 LOG.append(entry)
@@ -192,13 +194,21 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, VIOLATIONS)
             if path == "/_test/users":
                 return self.send(200, USERS)
+            if path == "/_test/limits" and method == "POST":
+                global MAX_POST_SIZE
+                MAX_POST_SIZE = json.loads(body)["MaxPostSize"]
+                return self.send(200, {"ok": True})
         raise Problem(404, "unknown control path", violation=False)
 
     def authenticate(self):
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme != "Bearer" or token not in TOKENS:
-            raise Problem(401, "Invalid or expired session, please login again.")
+        if scheme != "Bearer" or not token:
+            raise Problem(401, "no bearer token")
+        if token not in TOKENS:
+            # A token the server does not know: its answer, not the client's mistake.
+            raise Problem(401, "Invalid or expired session, please login again.",
+                          violation=False)
         return USERS[TOKENS[token]]
 
     def json_body(self, body):
@@ -283,6 +293,9 @@ class Handler(BaseHTTPRequestHandler):
             if name == "files":
                 if not filename:
                     raise Problem(400, "a files part without a filename")
+                if "channel_id" not in fields:
+                    # The server reads the form as a stream: the channel must come first.
+                    raise Problem(400, "channel_id must come before the files")
                 files.append((filename, data))
             elif name in ("channel_id", "client_ids"):
                 fields[name] = data.decode()
@@ -336,8 +349,8 @@ class Handler(BaseHTTPRequestHandler):
         root = body.get("root_id", "")
         with LOCK:
             if root and not any(p["id"] == root and p["channel_id"] == channel["id"]
-                                for p in POSTS):
-                raise Problem(400, "root_id is not a post of this channel")
+                                and not p["root_id"] for p in POSTS):
+                raise Problem(400, "root_id is not a root post of this channel")
             for f in file_ids:
                 info = FILES.get(f)
                 if not info or info["user_id"] != bot["id"] or info["channel_id"] != channel["id"]:

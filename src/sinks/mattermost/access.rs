@@ -18,6 +18,7 @@ use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry, ldap_escape};
 
 use crate::rules::matcher::any_matches;
 use crate::rules::{LdapSettings, MattermostSettings};
+use crate::sinks::SinkError;
 
 /// How long a directory answer is reused when `cache` is not set.
 pub const CACHE_TIME: Duration = Duration::from_secs(300);
@@ -41,13 +42,14 @@ pub struct Access {
 
 impl Access {
     /// Whether `address` may receive the messages of `app`; an error when the directory
-    /// cannot be asked (worth trying later).
+    /// cannot be asked: for now (down, a timeout), or for good (it refuses the service
+    /// account's password, or `base` does not exist).
     pub async fn check(
         &self,
         settings: &MattermostSettings,
         app: &str,
         address: &str,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Verdict, SinkError> {
         let address = address.to_ascii_lowercase();
         if any_matches(&settings.block, [address.as_str()]) {
             return Ok(Verdict::Refused("on the block list".into()));
@@ -69,7 +71,20 @@ impl Access {
         let open = listed || settings.allow.is_empty();
         let verdict = ask_directory(ldap, app, &address, listed, open)
             .await
-            .map_err(|e| format!("ldap {}: {e}", ldap.url))?;
+            .map_err(|e| {
+                let why = format!("ldap {}: {e}", ldap.url);
+                match &e {
+                    // 49: invalid credentials; 32: no such object (the base); 50: not
+                    // allowed to search (an anonymous client, a service account without
+                    // rights): waiting will not change them.
+                    ldap3::LdapError::LdapResult { result }
+                        if [32, 49, 50].contains(&result.rc) =>
+                    {
+                        SinkError::Permanent(why)
+                    }
+                    _ => SinkError::Transient(why),
+                }
+            })?;
         self.cache
             .lock()
             .expect("cache")
@@ -87,7 +102,9 @@ async fn ask_directory(
     listed: bool,
     open: bool,
 ) -> Result<Verdict, ldap3::LdapError> {
-    let settings = LdapConnSettings::new().set_conn_timeout(LDAP_TIMEOUT);
+    let settings = LdapConnSettings::new()
+        .set_conn_timeout(LDAP_TIMEOUT)
+        .set_starttls(ldap.starttls);
     let (connection, mut client) = LdapConnAsync::with_settings(settings, &ldap.url).await?;
     ldap3::drive!(connection);
     client.with_timeout(LDAP_TIMEOUT);

@@ -30,8 +30,11 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub enum ApiError {
     /// 404: no such user, channel or team.
     NotFound(String),
-    /// 413: a file over the server's limit.
+    /// 413: a file over the server's limit; 501: file uploads are turned off.
     TooLarge(String),
+    /// 401 or 403: the bot's token is refused, or the bot may not do this (see e-mail
+    /// addresses, post in the channel): the whole action fails, not one recipient.
+    Unauthorized(String),
     /// Another 4xx: this request will not succeed as it is.
     Refused(String),
     /// 5xx, 429 for too long, no connection, a timeout, an unreadable answer.
@@ -43,6 +46,7 @@ impl std::fmt::Display for ApiError {
         match self {
             ApiError::NotFound(m)
             | ApiError::TooLarge(m)
+            | ApiError::Unauthorized(m)
             | ApiError::Refused(m)
             | ApiError::Transient(m) => f.write_str(m),
         }
@@ -280,20 +284,26 @@ impl Api {
     }
 }
 
-/// How long a 429 asks to wait: `Retry-After` (seconds), else `X-Ratelimit-Reset`
-/// (seconds until the reset, or a Unix time), else one second.
+/// How long a 429 asks to wait: `Retry-After` (seconds or an HTTP date), else
+/// `X-Ratelimit-Reset` (seconds until the reset, or a Unix time), else one second.
 pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Duration {
+    let text = |name: &str| -> Option<String> {
+        Some(headers.get(name)?.to_str().ok()?.trim().to_string())
+    };
     let seconds = |name: &str| -> Option<f64> {
-        headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
+        text(name)?
             .parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s >= 0.0)
     };
-    let wait = match (seconds("retry-after"), seconds("x-ratelimit-reset")) {
+    let retry_after = seconds("retry-after").or_else(|| {
+        let at = chrono::DateTime::parse_from_rfc2822(&text("retry-after")?).ok()?;
+        Some(
+            ((at.timestamp_millis() - chrono::Utc::now().timestamp_millis()) as f64 / 1000.0)
+                .max(0.0),
+        )
+    });
+    let wait = match (retry_after, seconds("x-ratelimit-reset")) {
         (Some(s), _) => s,
         // A value like 1.8e9 is a point in time, not a number of seconds.
         (None, Some(reset)) if reset > 1_000_000_000.0 => {
@@ -318,7 +328,9 @@ fn classify(status: StatusCode, what: &str, body: &str) -> ApiError {
     let text = format!("{what}: {} {message}", status.as_u16());
     match status.as_u16() {
         404 => ApiError::NotFound(text),
-        413 => ApiError::TooLarge(text),
+        413 | 501 => ApiError::TooLarge(text),
+        401 | 403 => ApiError::Unauthorized(text),
+        408 => ApiError::Transient(text),
         400..=499 => ApiError::Refused(text),
         _ => ApiError::Transient(text),
     }
@@ -349,6 +361,13 @@ mod tests {
         assert_eq!(rate_limit_wait(&headers), Duration::from_secs(3));
         headers.insert("retry-after", HeaderValue::from_static("2"));
         assert_eq!(rate_limit_wait(&headers), Duration::from_secs(2));
+        let date = (chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc2822();
+        headers.insert("retry-after", date.parse().unwrap());
+        let wait = rate_limit_wait(&headers);
+        assert!(
+            wait <= Duration::from_secs(4) && wait >= Duration::from_secs(2),
+            "{wait:?}"
+        );
         headers.remove("retry-after");
         let soon = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -373,7 +392,15 @@ mod tests {
         ));
         assert!(matches!(
             classify(StatusCode::FORBIDDEN, "f", ""),
+            ApiError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::CONFLICT, "f", ""),
             ApiError::Refused(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::REQUEST_TIMEOUT, "f", ""),
+            ApiError::Transient(_)
         ));
         assert!(matches!(
             classify(StatusCode::BAD_GATEWAY, "f", "<html>"),

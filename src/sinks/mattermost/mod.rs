@@ -5,16 +5,25 @@
 //!
 //! One delivery is a thread: the text (the rule's Markdown) cut under the server's post
 //! limit, the attachments uploaded five per post, later posts answering the first. Files
-//! over the server's limit are named instead. Each post is recorded as done on the claim
-//! when the server has it (the thread's first post with its id), so an attempt after a
-//! failure posts only what is missing, in the same thread.
+//! over the server's limit are named instead. What an attempt did is recorded on the claim
+//! ([`Progress`]), so that the next attempt posts only what is missing, in the same
+//! thread, cut the same way:
+//!
+//! - `plan`: the post and file limits the first attempt cut with (later attempts use them,
+//!   whatever the server says by then);
+//! - `<target>#<n>`: post `n` of a thread is posted (the first with its id when there are
+//!   more, for the replies);
+//! - `<target>`: the whole thread is posted (it replaces the posts' records, so a message
+//!   to many recipients keeps a short list).
 //!
 //! | what went wrong | result |
 //! |---|---|
 //! | the sender names no application, or it has no bot | permanent |
-//! | a recipient unknown (404) or refused (other 4xx) | that recipient is named, the others get theirs |
+//! | the bot's token refused, or the bot may not look users up (401, 403) | permanent |
+//! | a recipient, user or channel unknown (404) or refused (another 4xx) | that one is named, the others get theirs |
 //! | a recipient not allowed ([`access`]) | skipped and named |
 //! | 5xx, no connection, a timeout, 429 for too long, the directory down | transient: the rest is tried again later |
+//! | no room left on the claim to record the next post | permanent, before posting it |
 
 pub mod access;
 pub mod api;
@@ -24,7 +33,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 use crate::config::Secret;
 use crate::mail_view::{Attachment, MailView, attachments};
@@ -50,8 +59,36 @@ pub struct Delivery {
     pub delivered: usize,
     /// Recipients the server refused for good (`address: why`): unknown users, 4xx.
     pub refused: Vec<String>,
-    /// Recipients not allowed to receive (`address: why`).
+    /// Recipients not allowed to receive (`address: why`), or why there was nobody.
     pub skipped: Vec<String>,
+}
+
+/// Why a thread was not posted.
+enum Failure {
+    /// For this recipient, user or channel only (unknown, refused): the others go on.
+    Target(String),
+    /// For the whole action.
+    Action(SinkError),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Failure {
+        match e {
+            ApiError::NotFound(why) | ApiError::Refused(why) | ApiError::TooLarge(why) => {
+                Failure::Target(why)
+            }
+            ApiError::Unauthorized(why) => Failure::Action(SinkError::Permanent(format!(
+                "the bot is refused: {why} (its token, or its rights: see the README)"
+            ))),
+            ApiError::Transient(why) => Failure::Action(SinkError::Transient(why)),
+        }
+    }
+}
+
+impl From<SinkError> for Failure {
+    fn from(e: SinkError) -> Failure {
+        Failure::Action(e)
+    }
 }
 
 /// Posts to one Mattermost server.
@@ -62,8 +99,14 @@ pub struct MattermostSink {
     access: Access,
     /// Each application's bot user id, asked once.
     bot_ids: Mutex<HashMap<String, String>>,
-    /// The server's limits, asked once.
-    limits: OnceCell<Limits>,
+}
+
+/// The limits a thread is cut with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    max_chars: usize,
+    /// 0: no file limit known.
+    max_file_bytes: u64,
 }
 
 impl MattermostSink {
@@ -73,7 +116,6 @@ impl MattermostSink {
             settings,
             access: Access::default(),
             bot_ids: Mutex::new(HashMap::new()),
-            limits: OnceCell::new(),
         })
     }
 
@@ -91,8 +133,8 @@ impl MattermostSink {
         }
         let (app, token) = self.bot(mail)?;
         let files = attachments(bytes);
-        let limits = self.limits(token).await?;
-        let posts = self.thread_plan(markdown, &files, &limits);
+        let cut = self.cut(token, progress).await?;
+        let posts = thread_plan(markdown, &files, cut);
         let mut delivery = Delivery::default();
         match target {
             MattermostTarget::Dm => {
@@ -103,23 +145,25 @@ impl MattermostSink {
                     .collect();
                 let mut seen = std::collections::HashSet::new();
                 recipients.retain(|r| seen.insert(r.clone()));
+                if recipients.is_empty() {
+                    delivery.skipped.push("no envelope recipient".into());
+                }
                 for address in recipients {
                     let key = format!("dm:{address}");
-                    if all_done(progress, &key, posts.len()) {
-                        delivery.delivered += 1;
-                        continue;
-                    }
-                    let verdict = self
-                        .access
-                        .check(&self.settings, &app, &address)
-                        .await
-                        .map_err(SinkError::Transient)?;
-                    if let Verdict::Refused(why) = verdict {
+                    let verdict = if thread_done(progress, &key, posts.len()) {
+                        None
+                    } else {
+                        Some(self.access.check(&self.settings, &app, &address).await?)
+                    };
+                    if let Some(Verdict::Refused(why)) = verdict {
                         tracing::info!(recipient = address, app, why, "mattermost: not allowed");
                         delivery.skipped.push(format!("{address}: {why}"));
                         continue;
                     }
                     let sent = async {
+                        if thread_done(progress, &key, posts.len()) {
+                            return self.sum_up(progress, &key, posts.len()).await;
+                        }
                         let user = self.api.user_by_email(token, &address).await?;
                         let channel = self.direct_channel(&app, token, &user.id).await?;
                         self.post_thread(token, &channel, &key, &posts, &files, progress)
@@ -127,60 +171,78 @@ impl MattermostSink {
                     };
                     match sent.await {
                         Ok(()) => delivery.delivered += 1,
-                        Err(ApiError::Transient(why)) => return Err(SinkError::Transient(why)),
-                        Err(e) => delivery.refused.push(format!("{address}: {e}")),
+                        Err(Failure::Target(why)) => {
+                            delivery.refused.push(format!("{address}: {why}"))
+                        }
+                        Err(Failure::Action(e)) => return Err(e),
                     }
                 }
             }
             MattermostTarget::User(name) => {
                 let key = format!("user:{name}");
-                if !all_done(progress, &key, posts.len()) {
-                    let user = self
-                        .api
-                        .user_by_name(token, name)
-                        .await
-                        .map_err(permanent)?;
-                    if !user.email.is_empty() {
-                        let verdict = self
-                            .access
-                            .check(&self.settings, &app, &user.email)
+                let sent = async {
+                    if thread_done(progress, &key, posts.len()) {
+                        return self
+                            .sum_up(progress, &key, posts.len())
                             .await
-                            .map_err(SinkError::Transient)?;
-                        if let Verdict::Refused(why) = verdict {
-                            delivery.skipped.push(format!("@{name}: {why}"));
-                            return Ok(delivery);
-                        }
+                            .map(|()| None);
                     }
-                    let channel = self
-                        .direct_channel(&app, token, &user.id)
-                        .await
-                        .map_err(permanent)?;
+                    let user = self.api.user_by_name(token, name).await?;
+                    if let Some(why) = self.refusal(&app, &user.email).await? {
+                        return Ok(Some(why));
+                    }
+                    let channel = self.direct_channel(&app, token, &user.id).await?;
                     self.post_thread(token, &channel, &key, &posts, &files, progress)
                         .await
-                        .map_err(permanent)?;
+                        .map(|()| None)
+                };
+                match sent.await {
+                    Ok(None) => delivery.delivered += 1,
+                    Ok(Some(why)) => delivery.skipped.push(format!("@{name}: {why}")),
+                    Err(Failure::Target(why)) => delivery.refused.push(format!("@{name}: {why}")),
+                    Err(Failure::Action(e)) => return Err(e),
                 }
-                delivery.delivered += 1;
             }
             MattermostTarget::Channel { team, channel } => {
                 let key = format!("channel:{team}/{channel}");
-                if !all_done(progress, &key, posts.len()) {
-                    let id = self
-                        .api
-                        .channel_by_name(token, team, channel)
-                        .await
-                        .map_err(permanent)?;
+                let sent = async {
+                    if thread_done(progress, &key, posts.len()) {
+                        return self.sum_up(progress, &key, posts.len()).await;
+                    }
+                    let id = self.api.channel_by_name(token, team, channel).await?;
                     self.post_thread(token, &id, &key, &posts, &files, progress)
                         .await
-                        .map_err(permanent)?;
+                };
+                match sent.await {
+                    Ok(()) => delivery.delivered += 1,
+                    Err(Failure::Target(why)) => {
+                        delivery.refused.push(format!("~{team}/{channel}: {why}"))
+                    }
+                    Err(Failure::Action(e)) => return Err(e),
                 }
-                delivery.delivered += 1;
             }
             MattermostTarget::Webhook => unreachable!("handled above"),
         }
         Ok(delivery)
     }
 
-    /// The application the message comes from and its bot's token.
+    /// Why a user (by the address the server shows) may not receive, if not: with an
+    /// allow list, a block list or a directory, a user whose address the bot cannot see
+    /// is refused.
+    async fn refusal(&self, app: &str, email: &str) -> Result<Option<String>, Failure> {
+        let s = &self.settings;
+        if email.is_empty() {
+            let checked = !s.allow.is_empty() || !s.block.is_empty() || s.ldap.is_some();
+            return Ok(checked.then(|| "its address is hidden from the bot".to_string()));
+        }
+        Ok(match self.access.check(s, app, email).await? {
+            Verdict::Allowed => None,
+            Verdict::Refused(why) => Some(why),
+        })
+    }
+
+    /// The application the message comes from (the envelope sender, which the filter
+    /// wrote, matched by `sender_app`) and its bot's token.
     fn bot(&self, mail: &MailView) -> Result<(String, &Secret), SinkError> {
         let app = self.app(mail).ok_or_else(|| {
             SinkError::Permanent(format!(
@@ -197,27 +259,28 @@ impl MattermostSink {
         Ok((app, token))
     }
 
-    /// The application named by the envelope sender, else by the header From.
+    /// The application the envelope sender names (lower case).
     fn app(&self, mail: &MailView) -> Option<String> {
-        [mail.envelope_from.as_str(), mail.from.as_str()]
-            .into_iter()
-            .find_map(|sender| {
-                let found = self.settings.sender_app.captures(sender)?;
-                Some(found.name("app")?.as_str().to_ascii_lowercase())
-            })
+        let found = self.settings.sender_app.captures(&mail.envelope_from)?;
+        Some(found.name("app")?.as_str().to_ascii_lowercase())
     }
 
-    /// The server's limits, asked once. A server that cannot be asked now is a failure for
-    /// now (a guess could cut the text differently from a later attempt, which would then
-    /// post pieces twice); one that refuses to say is taken as an old server (no limits
-    /// known: posts cut at [`FALLBACK_POST_CHARS`]).
-    async fn limits(&self, token: &Secret) -> Result<Limits, SinkError> {
-        if let Some(limits) = self.limits.get() {
-            return Ok(*limits);
+    /// The limits to cut this action's threads with: those an earlier attempt recorded,
+    /// else the server's (`max_post_chars` lower still if set), recorded before the first
+    /// post. A server that cannot be asked now is a failure for now; one that will not say
+    /// is an old one ([`FALLBACK_POST_CHARS`], no file limit).
+    async fn cut(&self, token: &Secret, progress: &mut impl Progress) -> Result<Cut, SinkError> {
+        if let Some(recorded) = progress.done(PLAN).and_then(|v| parse_cut(&v)) {
+            return Ok(recorded);
         }
         let limits = match self.api.limits(token).await {
             Ok(limits) => limits,
-            Err(ApiError::Transient(why)) => return Err(SinkError::Transient(why)),
+            Err(e @ (ApiError::Transient(_) | ApiError::Unauthorized(_))) => {
+                return match Failure::from(e) {
+                    Failure::Action(e) => Err(e),
+                    Failure::Target(why) => Err(SinkError::Permanent(why)),
+                };
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "mattermost: the server does not say its limits; posts are cut at {FALLBACK_POST_CHARS}");
                 Limits {
@@ -226,50 +289,24 @@ impl MattermostSink {
                 }
             }
         };
-        Ok(*self.limits.get_or_init(|| async { limits }).await)
-    }
-
-    /// The posts of a thread: the text (with a note on files over the server's limit)
-    /// cut under the post limit, and which files each post carries.
-    fn thread_plan(&self, markdown: &str, files: &[Attachment], limits: &Limits) -> Vec<Post> {
-        let max_chars = self
-            .settings
-            .max_post_chars
-            .or(limits.max_post_chars)
-            .unwrap_or(FALLBACK_POST_CHARS);
-        let too_large = |f: &Attachment| {
-            limits
-                .max_file_bytes
-                .is_some_and(|max| f.bytes.len() as u64 > max)
+        let server = limits.max_post_chars.unwrap_or(FALLBACK_POST_CHARS);
+        let cut = Cut {
+            max_chars: self
+                .settings
+                .max_post_chars
+                .map_or(server, |m| m.min(server)),
+            max_file_bytes: limits.max_file_bytes.unwrap_or(0),
         };
-        let mut text = markdown.to_string();
-        let left_out: Vec<String> = files
-            .iter()
-            .filter(|f| too_large(f))
-            .map(|f| format!("{} ({} bytes)", f.name, f.bytes.len()))
-            .collect();
-        if !left_out.is_empty() {
-            text.push_str(&too_large_note(&left_out));
+        let value = format!("{}.{}", cut.max_chars, cut.max_file_bytes);
+        if !progress.has_room(PLAN, value.len()) {
+            return Err(SinkError::Permanent(NO_ROOM.into()));
         }
-        let kept: Vec<usize> = (0..files.len())
-            .filter(|&i| !too_large(&files[i]))
-            .collect();
-        let room = if kept.is_empty() {
-            max_chars
-        } else {
-            max_chars.saturating_sub(NOTE_ROOM).max(max_chars / 2)
-        };
-        plan(split(&text, room), kept.len())
-            .into_iter()
-            .map(|p| Post {
-                text: p.text,
-                files: p.files.into_iter().map(|i| kept[i]).collect(),
-            })
-            .collect()
+        progress.record(PLAN, Some(&value), &[]).await?;
+        Ok(cut)
     }
 
     /// Posts the thread `posts` into `channel`, skipping the posts an earlier attempt
-    /// recorded under `key`.
+    /// recorded under `key`; then records the whole thread under `key`.
     async fn post_thread(
         &self,
         token: &Secret,
@@ -278,7 +315,7 @@ impl MattermostSink {
         posts: &[Post],
         files: &[Attachment],
         progress: &mut impl Progress,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Failure> {
         let mut root: Option<String> = None;
         for (n, post) in posts.iter().enumerate() {
             let step = format!("{key}#{n}");
@@ -288,33 +325,52 @@ impl MattermostSink {
                 }
                 continue;
             }
+            // The first post's id is kept only when later posts answer it.
+            let keeps_root = n == 0 && posts.len() > 1;
+            if !progress.has_room(&step, if keeps_root { ID_LEN } else { 0 }) {
+                return Err(SinkError::Permanent(NO_ROOM.into()).into());
+            }
             let mut ids = Vec::new();
             let mut left_out = Vec::new();
             for &i in &post.files {
+                ensure_held(progress)?;
                 match self.api.upload(token, channel, &files[i]).await {
                     Ok(id) => ids.push(id),
                     Err(ApiError::TooLarge(_)) => left_out.push(files[i].name.clone()),
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
             let mut text = post.text.clone();
             if !left_out.is_empty() {
                 text.push_str(&too_large_note(&left_out));
             }
+            ensure_held(progress)?;
             let id = self
                 .api
                 .post(token, channel, text.trim(), &ids, root.as_deref())
                 .await?;
-            // The first post's id is kept only when later posts answer it.
-            let keep = (n == 0 && posts.len() > 1).then_some(id.as_str());
             progress
-                .record(&step, keep)
-                .await
-                .map_err(ApiError::Transient)?;
+                .record(&step, keeps_root.then_some(id.as_str()), &[])
+                .await?;
             if n == 0 {
                 root = Some(id);
             }
         }
+        self.sum_up(progress, key, posts.len()).await
+    }
+
+    /// Records the thread under `key` as posted, in place of its posts' records.
+    async fn sum_up(
+        &self,
+        progress: &mut impl Progress,
+        key: &str,
+        posts: usize,
+    ) -> Result<(), Failure> {
+        if progress.done(key).is_some() {
+            return Ok(());
+        }
+        let steps: Vec<String> = (0..posts).map(|n| format!("{key}#{n}")).collect();
+        progress.record(key, None, &steps).await?;
         Ok(())
     }
 
@@ -359,6 +415,9 @@ impl MattermostSink {
             self.settings.webhook.as_ref().ok_or_else(|| {
                 SinkError::Permanent("mattermost:webhook needs webhook_env".into())
             })?;
+        if !progress.has_room("webhook", 0) {
+            return Err(SinkError::Permanent(NO_ROOM.into()));
+        }
         let names: Vec<String> = attachments(bytes).into_iter().map(|a| a.name).collect();
         let mut text = markdown.to_string();
         if !names.is_empty() {
@@ -371,16 +430,75 @@ impl MattermostSink {
         if let Some(app) = self.app(mail) {
             payload["username"] = json!(app);
         }
+        if !progress.held() {
+            return Err(SinkError::Transient(LEASE_LOST.into()));
+        }
         self.api.webhook(url, &payload).await.map_err(|e| match e {
             ApiError::Transient(why) => SinkError::Transient(why),
             other => SinkError::Permanent(other.to_string()),
         })?;
-        progress
-            .record("webhook", None)
-            .await
-            .map_err(SinkError::Transient)?;
+        progress.record("webhook", None, &[]).await?;
         Ok(done)
     }
+}
+
+/// The step that holds the limits a message's threads are cut with.
+const PLAN: &str = "plan";
+/// Bytes of a post id (recorded for a thread's first post).
+const ID_LEN: usize = 26;
+const NO_ROOM: &str = "no room left on the message to record the next post";
+const LEASE_LOST: &str = "the claim's lease is lost: nothing more is posted";
+
+/// `max_chars.max_file_bytes` as recorded under [`PLAN`].
+fn parse_cut(value: &str) -> Option<Cut> {
+    let (chars, bytes) = value.split_once('.')?;
+    Some(Cut {
+        max_chars: chars.parse().ok().filter(|&c| c > 0)?,
+        max_file_bytes: bytes.parse().ok()?,
+    })
+}
+
+/// An error when the claim's lease is lost: nothing may be sent any more.
+fn ensure_held(progress: &impl Progress) -> Result<(), Failure> {
+    if progress.held() {
+        Ok(())
+    } else {
+        Err(SinkError::Transient(LEASE_LOST.into()).into())
+    }
+}
+
+/// The posts of a thread: the text (with a note on files over the file limit) cut under
+/// the post limit, and which files each post carries.
+fn thread_plan(markdown: &str, files: &[Attachment], cut: Cut) -> Vec<Post> {
+    let too_large =
+        |f: &Attachment| cut.max_file_bytes > 0 && f.bytes.len() as u64 > cut.max_file_bytes;
+    let mut text = markdown.to_string();
+    let left_out: Vec<String> = files
+        .iter()
+        .filter(|f| too_large(f))
+        .map(|f| format!("{} ({} bytes)", f.name, f.bytes.len()))
+        .collect();
+    if !left_out.is_empty() {
+        text.push_str(&too_large_note(&left_out));
+    }
+    let kept: Vec<usize> = (0..files.len())
+        .filter(|&i| !too_large(&files[i]))
+        .collect();
+    // Room for the note a post gets when the server refuses one of its files.
+    let room = if kept.is_empty() {
+        cut.max_chars
+    } else {
+        cut.max_chars
+            .saturating_sub(NOTE_ROOM)
+            .max(cut.max_chars / 2)
+    };
+    plan(split(&text, room), kept.len())
+        .into_iter()
+        .map(|p| Post {
+            text: p.text,
+            files: p.files.into_iter().map(|i| kept[i]).collect(),
+        })
+        .collect()
 }
 
 /// One post of a thread: its text and the indexes of the files it carries.
@@ -390,22 +508,55 @@ struct Post {
     files: Vec<usize>,
 }
 
-/// Whether every post of the thread under `key` was recorded as done.
-fn all_done(progress: &impl Progress, key: &str, posts: usize) -> bool {
-    (0..posts).all(|n| progress.done(&format!("{key}#{n}")).is_some())
+/// Whether the thread under `key` was posted: recorded as a whole, or post by post.
+fn thread_done(progress: &impl Progress, key: &str, posts: usize) -> bool {
+    progress.done(key).is_some()
+        || (0..posts).all(|n| progress.done(&format!("{key}#{n}")).is_some())
 }
 
+/// The note naming files that were not attached, within [`NOTE_ROOM`] characters.
 fn too_large_note(names: &[String]) -> String {
-    format!(
-        "\n\n_Not attached (over the server's file size limit): {}_",
-        names.join(", ")
-    )
+    const HEAD: &str = "\n\n_Not attached (over the server's file size limit): ";
+    let mut note = HEAD.to_string();
+    for (i, name) in names.iter().enumerate() {
+        let more = format!(" and {} more_", names.len() - i);
+        let sep = if i == 0 { "" } else { ", " };
+        if note.chars().count() + sep.len() + name.chars().count() + more.len() > NOTE_ROOM {
+            return note + &more;
+        }
+        note = note + sep + name;
+    }
+    note + "_"
 }
 
-/// An API error for a single target: anything but a transient one is for good.
-fn permanent(e: ApiError) -> SinkError {
-    match e {
-        ApiError::Transient(why) => SinkError::Transient(why),
-        other => SinkError::Permanent(other.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_on_files_left_out_stays_short() {
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("a-very-long-file-name-{i}.log"))
+            .collect();
+        let note = too_large_note(&names);
+        assert!(note.chars().count() <= NOTE_ROOM, "{note}");
+        assert!(note.ends_with(" more_"), "{note}");
+        assert_eq!(
+            too_large_note(&["a.bin".into()]),
+            "\n\n_Not attached (over the server's file size limit): a.bin_"
+        );
+    }
+
+    #[test]
+    fn a_recorded_cut_reads_back() {
+        assert_eq!(
+            parse_cut("16383.104857600"),
+            Some(Cut {
+                max_chars: 16383,
+                max_file_bytes: 104_857_600
+            })
+        );
+        assert_eq!(parse_cut("0.1"), None);
+        assert_eq!(parse_cut("x"), None);
     }
 }
