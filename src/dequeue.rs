@@ -227,14 +227,19 @@ impl Worker {
                 outcome_of(&report.actions, Some(label))
             }
             Disposal::Act => {
-                // The same alert or post from two rules is sent once (mail2alert merges
-                // them); chat messages with each rule's own text are not merged.
+                // The same alert, or the same post with the same text, from two rules is
+                // sent once (mail2alert merges them); other texts are each posted.
                 let mut taken = std::collections::HashSet::new();
                 for fired in &decision.fired {
                     for action in &fired.actions {
-                        if matches!(action, Action::Mailto(_) | Action::Mattermost(_))
-                            && !taken.insert(action.to_string().to_ascii_lowercase())
-                        {
+                        let same = match action {
+                            Action::Mailto(_) => Some(action.to_string().to_ascii_lowercase()),
+                            Action::Mattermost(_) => {
+                                Some(format!("{action}\n{:?}", fired.markdown))
+                            }
+                            _ => None,
+                        };
+                        if same.is_some_and(|key| !taken.insert(key)) {
                             continue;
                         }
                         let label = format!("{}: {action}", fired.rule);
@@ -394,8 +399,12 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
+    /// A step's id: 12 hex digits (48 bits) of the SHA-256 of the action's label and the
+    /// step, so that two steps of one message practically never share an id (one that did
+    /// would be taken as done and skipped).
     fn id(&self, step: &str) -> String {
-        action_id(&format!("{}|{step}", self.label))
+        let digest = Sha256::digest(format!("{}|{step}", self.label).as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -420,17 +429,22 @@ impl Progress for Steps<'_> {
     }
 
     fn held(&self) -> bool {
-        !self.claim.is_lost()
+        // The renewer marks a lost lease a little late when the lock engine is cut off;
+        // its end is known for sure.
+        !self.claim.is_lost() && chrono::Utc::now() < self.claim.lease_until()
     }
 
-    fn has_room(&self, step: &str, value_len: usize) -> bool {
-        let entry = match value_len {
-            0 => self.id(step),
-            n => format!("{}={}", self.id(step), "x".repeat(n)),
-        };
-        self.claim.has_room_for(&entry)
+    fn has_room(&self, steps: &[(String, usize)]) -> bool {
+        let mut entries: Vec<String> = steps
+            .iter()
+            .map(|(step, value_len)| match value_len {
+                0 => self.id(step),
+                n => format!("{}={}", self.id(step), "x".repeat(*n)),
+            })
+            .collect();
+        entries.push(action_id(self.label));
+        self.claim.has_room_for_all(&entries)
     }
-
     async fn record(
         &mut self,
         step: &str,

@@ -331,8 +331,15 @@ impl Claim {
 
     /// Whether the done list has room to record `id`.
     pub fn has_room_for(&self, id: &str) -> bool {
+        self.has_room_for_all(&[id.to_string()])
+    }
+
+    /// Whether the done list has room to record every id of `ids`.
+    pub fn has_room_for_all(&self, ids: &[String]) -> bool {
         let mut record = self.record.clone();
-        record.done.push(id.replace(',', "_"));
+        record
+            .done
+            .extend(ids.iter().map(|id| id.replace(',', "_")));
         record.done_fits()
     }
 

@@ -20,8 +20,9 @@ pub trait Progress {
     fn done(&self, step: &str) -> Option<String>;
     /// Whether the claim still holds its lease: nothing may be sent once it does not.
     fn held(&self) -> bool;
-    /// Whether `step`, with a value of `value_len` bytes, can still be recorded.
-    fn has_room(&self, step: &str, value_len: usize) -> bool;
+    /// Whether every step of `steps` (each with a value of so many bytes) can still be
+    /// recorded, with room kept for the action itself.
+    fn has_room(&self, steps: &[(String, usize)]) -> bool;
     /// Records `step` as done, with a short value to remember (an id), in place of the
     /// steps `replaced` (which it sums up). An error says whether to try later (a lost
     /// lease, a store error) or not (no room left).

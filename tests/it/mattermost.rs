@@ -751,3 +751,34 @@ async fn from_smtp_through_the_store_to_direct_messages() {
     assert_eq!(running.stop_worker(), Some(0));
     no_violations(&server).await;
 }
+
+/// A 403 on one recipient's direct channel (the bot may not message that user) is that
+/// recipient's: the others get theirs and the message is done, naming it.
+#[tokio::test]
+async fn a_403_for_one_recipient_does_not_stop_the_others() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    server
+        .fault("POST", "/api/v4/channels/direct", 403, 1, 1, json!({}))
+        .await;
+    let to = ["alice@example.com", "bob@example.com", "carol@example.com"];
+    store(
+        &queue,
+        &message("svc-jira@example.com", &to, "restricted", "text", &[]),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("not delivered to bob@example.com: ") && reason.contains("403"),
+        "{reason}"
+    );
+    let posts = server.posts().await;
+    assert_eq!(posts_to(&posts, "alice").len(), 1);
+    assert_eq!(posts_to(&posts, "carol").len(), 1);
+    assert_eq!(posts.len(), 2);
+    no_violations(&server).await;
+}

@@ -254,7 +254,19 @@ impl Api {
             .await
             .map_err(|e| ApiError::Transient(format!("{what}: reading the answer: {e}")))?;
         if !status.is_success() {
-            return Err(classify(status, &what, &String::from_utf8_lossy(&body)));
+            let mut error = classify(status, &what, &String::from_utf8_lossy(&body));
+            // A 403 is the bot's lack of rights only where it asks about itself or looks
+            // users up (hidden addresses); elsewhere (a direct channel, a post) it is about
+            // that one user or channel.
+            let about_the_bot = ["/users/me", "/users/email/", "/config/client"]
+                .iter()
+                .any(|p| what.contains(p));
+            if let (403, ApiError::Unauthorized(why), false) =
+                (status.as_u16(), &error, about_the_bot)
+            {
+                error = ApiError::Refused(why.clone());
+            }
+            return Err(error);
         }
         serde_json::from_slice(&body).map_err(|e| unreadable(&format!("{what}: {e}")))
     }

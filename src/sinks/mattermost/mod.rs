@@ -19,11 +19,11 @@
 //! | what went wrong | result |
 //! |---|---|
 //! | the sender names no application, or it has no bot | permanent |
-//! | the bot's token refused, or the bot may not look users up (401, 403) | permanent |
-//! | a recipient, user or channel unknown (404) or refused (another 4xx) | that one is named, the others get theirs |
+//! | the bot's token refused (401), or the bot may not look users up (403) | permanent |
+//! | a recipient, user or channel unknown (404) or refused (another 4xx, a 403 on it) | that one is named, the others get theirs |
 //! | a recipient not allowed ([`access`]) | skipped and named |
 //! | 5xx, no connection, a timeout, 429 for too long, the directory down | transient: the rest is tried again later |
-//! | no room left on the claim to record the next post | permanent, before posting it |
+//! | no room left on the claim to record the rest of a thread | permanent, before posting |
 
 pub mod access;
 pub mod api;
@@ -298,7 +298,7 @@ impl MattermostSink {
             max_file_bytes: limits.max_file_bytes.unwrap_or(0),
         };
         let value = format!("{}.{}", cut.max_chars, cut.max_file_bytes);
-        if !progress.has_room(PLAN, value.len()) {
+        if !progress.has_room(&[(PLAN.to_string(), value.len())]) {
             return Err(SinkError::Permanent(NO_ROOM.into()));
         }
         progress.record(PLAN, Some(&value), &[]).await?;
@@ -327,7 +327,16 @@ impl MattermostSink {
             }
             // The first post's id is kept only when later posts answer it.
             let keeps_root = n == 0 && posts.len() > 1;
-            if !progress.has_room(&step, if keeps_root { ID_LEN } else { 0 }) {
+            // Room for the rest of the thread, not only this post: never half a thread.
+            let rest: Vec<(String, usize)> = (n..posts.len())
+                .map(|m| {
+                    (
+                        format!("{key}#{m}"),
+                        if m == 0 && keeps_root { ID_LEN } else { 0 },
+                    )
+                })
+                .collect();
+            if !progress.has_room(&rest) {
                 return Err(SinkError::Permanent(NO_ROOM.into()).into());
             }
             let mut ids = Vec::new();
@@ -415,7 +424,7 @@ impl MattermostSink {
             self.settings.webhook.as_ref().ok_or_else(|| {
                 SinkError::Permanent("mattermost:webhook needs webhook_env".into())
             })?;
-        if !progress.has_room("webhook", 0) {
+        if !progress.has_room(&[("webhook".to_string(), 0)]) {
             return Err(SinkError::Permanent(NO_ROOM.into()));
         }
         let names: Vec<String> = attachments(bytes).into_iter().map(|a| a.name).collect();
