@@ -16,6 +16,7 @@
 #                             seeds the directory; returns when it answers
 #   slapd.sh stop DIR         stops it (by its pid) and waits for it to exit
 set -euo pipefail
+. "$(dirname "$0")/../lib/daemon.sh"
 
 SUFFIX=dc=example,dc=com
 ROOT=cn=admin,$SUFFIX
@@ -24,19 +25,8 @@ usage() { echo "usage: $0 install | start DIR PORT | stop DIR" >&2; exit 2; }
 
 install() {
     command -v slapd >/dev/null && command -v ldapadd >/dev/null && return 0
-    export DEBIAN_FRONTEND=noninteractive
-    # The package must neither configure a system directory nor start a system slapd.
     echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
-    local policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        policy=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' > "$policy"
-        chmod 755 "$policy"
-    fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slapd ldap-utils >/dev/null
-    [ -n "$policy" ] && rm -f "$policy"
-    return 0
+    apt_install_no_start slapd ldap-utils
 }
 
 start() {
@@ -128,16 +118,7 @@ group() { # name members...
 }
 
 stop() {
-    local dir=$1 pid=
-    [ -f "$dir/slapd.pid" ] && pid=$(cat "$dir/slapd.pid")
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || { rm -f "$dir/slapd.pid"; return 0; }
-        sleep 0.05
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/slapd.pid"
+    stop_pidfile "$1/slapd.pid"
 }
 
 case ${1:-} in

@@ -10,6 +10,7 @@
 #                                            (on xmpp.test), starts it, returns when PORT listens
 #   prosody.sh stop DIR                      stops it (by its pid) and waits for it to exit
 set -euo pipefail
+. "$(dirname "$0")/../lib/daemon.sh"
 
 HOST=xmpp.test
 
@@ -17,19 +18,7 @@ usage() { echo "usage: $0 install | start DIR PORT [USER:PASS...] | stop DIR" >&
 
 install() {
     command -v prosody >/dev/null && return 0
-    export DEBIAN_FRONTEND=noninteractive
-    # The package must not start a system-wide Prosody: policy-rc.d refuses every start
-    # (one that is already there, as in container images, is left as it is).
-    local policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        policy=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' > "$policy"
-        chmod 755 "$policy"
-    fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends prosody >/dev/null
-    [ -n "$policy" ] && rm -f "$policy"
-    return 0
+    apt_install_no_start prosody
 }
 
 wait_port() { # port
@@ -77,16 +66,7 @@ CFG
 }
 
 stop() {
-    local dir=$1 pid=
-    [ -f "$dir/prosody.pid" ] && pid=$(cat "$dir/prosody.pid")
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 1 200); do
-        kill -0 "$pid" 2>/dev/null || { rm -f "$dir/prosody.pid"; return 0; }
-        sleep 0.05
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/prosody.pid"
+    stop_pidfile "$1/prosody.pid"
 }
 
 case ${1:-} in
