@@ -1,5 +1,5 @@
-//! The dequeue worker: claims stored mail and routes it by rules (see `swiftdrop::rules`
-//! and `swiftdrop::dequeue`).
+//! The dequeue worker: claims stored mail and routes it by rules (see `swiftdrop::worker::rules`
+//! and `swiftdrop::worker::dequeue`).
 //!
 //! ```text
 //! dequeue --config RULES.yml [--concurrency N] [--destination NAME] [--ini SWIFTDROP.ini]
@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 use swiftdrop::config::Config;
-use swiftdrop::dequeue::Worker;
-use swiftdrop::mail_view::MailView;
 use swiftdrop::queue::Queue;
-use swiftdrop::rules::{self, Disposal, Rules, Unmatched};
+use swiftdrop::worker::dequeue::Worker;
+use swiftdrop::worker::mail_view::MailView;
+use swiftdrop::worker::rules::{self, Disposal, Rules, Unmatched};
 
 #[derive(Parser)]
 #[command(about = "Route stored mail by rules to chat rooms and e-mail alerts")]

@@ -1,35 +1,30 @@
-//! swiftdrop: a before-queue SMTP filter for Postfix that turns mail into durable objects.
+//! swiftdrop: a before-queue SMTP filter for Postfix that turns mail into durable objects,
+//! and a worker that turns that mail into messages where people work.
 //!
-//! Postfix's `smtpd_proxy_filter` hands each transaction to [`server`]; a [`session`] speaks
-//! ESMTP over any byte stream, [`route`] maps recipients to destinations, and [`deliver`]
-//! writes the message into every destination's [`store`] before the session answers `250`.
-//! [`config`] is the only place configuration (environment and ini file) is read. Workers
-//! claim stored mail with [`queue`].
+//! The crate is a house of rooms, each importing only from the rooms below it:
 //!
+//! ```text
+//! main.rs ─▶ cli/     the commands besides `serve`: queue, check, postfix-config
+//!            filter/  the SMTP filter: SMTP in, objects out (`serve`)
+//!            worker/  the dequeue worker: claimed mail in, messages out
+//!              ▼
+//!            queue/   claims under fenced leases; moves between state folders
+//!              ▼
+//!            store/   destinations: Maildir, Swift, S3 as `ObjectStore`s; object names
+//!              ▼
+//!            config/  the only place configuration (environment, ini file) is read
+//!              ▼
+//!            util/    small helpers that know nothing of mail (hex, fail-points)
+//! ```
+//!
+//! `cli/`, `filter/` and `worker/` do not import each other. Within a room, sibling files
+//! import each other in one direction only. `tests/it/house.rs` keeps both rules.
 //! See `ARCHITECTURE.md` for the data flow and the invariants that hold it together.
 
-pub mod check;
-pub mod cleanup;
+pub mod cli;
 pub mod config;
-pub mod deliver;
-pub mod dequeue;
-pub mod envelope;
-pub mod failpoint;
-pub mod mail_view;
-pub mod memory;
-pub mod message;
-pub mod object_write;
-pub mod postfix_config;
+pub mod filter;
 pub mod queue;
-pub mod relay;
-pub mod reply;
-pub mod route;
-pub mod rules;
-pub mod server;
-pub mod session;
-pub mod sinks;
-pub mod spool;
 pub mod store;
-pub mod sweep;
-pub mod xforward;
-pub mod xtext;
+pub mod util;
+pub mod worker;

@@ -1,19 +1,19 @@
-//! The `swiftdrop` command: `serve` runs the filter, `check` proves the configuration,
-//! `queue` claims and inspects stored mail ([`queue_command`]).
-
-mod queue_command;
+//! The `swiftdrop` command: `serve` runs the filter ([`swiftdrop::filter`]); `check`,
+//! `queue` and `postfix-config` are [`swiftdrop::cli`]'s, which return their exit status.
+//! The only place logging is set up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use swiftdrop::config::{Backend, Config, LOCK_VARIABLE, LockSetting, LogFormat};
-use swiftdrop::deliver::Deliverer;
+use swiftdrop::cli;
+use swiftdrop::config::{Backend, Config, LockSetting, LogFormat};
+use swiftdrop::filter::deliver::Deliverer;
+use swiftdrop::filter::relay::Relay;
+use swiftdrop::filter::route::Router;
+use swiftdrop::filter::server::Server;
 use swiftdrop::queue;
-use swiftdrop::relay::Relay;
-use swiftdrop::route::Router;
-use swiftdrop::server::Server;
 use swiftdrop::store::Destination;
 
 /// A before-queue SMTP filter that stores mail in object storage or a local Maildir.
@@ -45,7 +45,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Claim, finish and inspect stored mail (the queue of one destination).
-    Queue(queue_command::QueueArgs),
+    Queue(cli::queue::QueueArgs),
     /// Write Postfix's configuration (main.cf, master.cf, maps) for this gateway into DIR,
     /// from MYHOSTNAME, MYDOMAIN, RELAY_DOMAINS, FORWARDS and swiftdrop's own settings.
     PostfixConfig {
@@ -85,13 +85,19 @@ fn main() -> ExitCode {
             listen,
             log_format,
         } => runtime.block_on(serve(config, listen, log_format)),
-        Command::Check { config } => runtime.block_on(check(config)),
+        Command::Check { config } => match load(config.as_ref()) {
+            Some(config) => runtime.block_on(cli::check::run(&config)),
+            None => ExitCode::FAILURE,
+        },
         Command::Queue(args) => runtime.block_on(queue(args)),
         Command::PostfixConfig {
             output,
             config,
             public,
-        } => postfix_config(&output, config.as_ref(), public),
+        } => match load(config.as_ref()) {
+            Some(config) => cli::postfix_config::run(&config, &output, public),
+            None => ExitCode::FAILURE,
+        },
     }
 }
 
@@ -118,11 +124,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// `[NAME] <store>`: the store says itself where it writes, e.g. `Maildir(/srv/mail)`.
-fn describe(dest: &Destination) -> String {
-    format!("[{}] {}", dest.name, dest.store)
 }
 
 async fn serve(
@@ -158,7 +159,7 @@ async fn serve(
         }
     }
     if config.server.startup_check {
-        let failures = swiftdrop::check::containers(&destinations).await;
+        let failures = swiftdrop::store::check_containers(&destinations).await;
         if !failures.is_empty() {
             for failure in &failures {
                 tracing::error!("destination check failed: {failure}");
@@ -170,7 +171,7 @@ async fn serve(
         }
     }
     for dest in &destinations {
-        tracing::info!(destination = %describe(dest), "destination ready");
+        tracing::info!(destination = %dest.describe(), "destination ready");
     }
     let router = Router::new(&config.destinations);
     let relay = config.server.relay.map(|addr| {
@@ -243,108 +244,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn postfix_config(output: &std::path::Path, file: Option<&PathBuf>, public: String) -> ExitCode {
-    use swiftdrop::postfix_config::{PostfixEnvironment, Services, render};
-    let Some(config) = load(file) else {
-        return ExitCode::FAILURE;
-    };
-    let env = match PostfixEnvironment::from_vars(swiftdrop::config::process_environment()) {
-        Ok(env) => env,
-        Err(err) => {
-            for problem in &err.problems {
-                eprintln!("swiftdrop: configuration error: {problem}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(after_queue) = config.server.relay else {
-        eprintln!(
-            "swiftdrop: configuration error: SWIFTDROP_SERVER_RELAY is off, but the gateway needs Postfix's after-queue smtpd for postmaster@ and forwards"
-        );
-        return ExitCode::FAILURE;
-    };
-    let written = std::fs::create_dir_all(output)
-        .and_then(|()| std::fs::canonicalize(output))
-        .and_then(|dir| {
-            let services = Services {
-                public,
-                filter: config.server.listen,
-                after_queue,
-            };
-            for (name, contents) in render(&env, &config, &services, &dir.to_string_lossy()) {
-                std::fs::write(dir.join(name), contents)?;
-            }
-            Ok(dir)
-        });
-    match written {
-        Ok(dir) => {
-            println!(
-                "wrote main.cf, master.cf, relay_recipients, virtual to {}",
-                dir.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("swiftdrop: cannot write {}: {e}", output.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn check(file: Option<PathBuf>) -> ExitCode {
-    let Some(config) = load(file.as_ref()) else {
-        return ExitCode::FAILURE;
-    };
-    let mut failed = false;
-    for dest_config in &config.destinations {
-        let result = match Destination::open(dest_config) {
-            Ok(dest) => swiftdrop::check::probe(&dest)
-                .await
-                .map(|()| describe(&dest)),
-            Err(e) => Err(e.reason),
-        };
-        match result {
-            Ok(shown) => println!("ok: {shown}"),
-            Err(reason) => {
-                failed = true;
-                println!("FAILED: [{}] {reason}", dest_config.name);
-            }
-        }
-    }
-    // The queue's lock engine, when one is configured: a filter alone needs none.
-    if config.queue.lock.is_some() {
-        for dest_config in &config.destinations {
-            let checked = match Destination::open(dest_config) {
-                Ok(dest) => match queue::open_lock(&dest, &config.queue) {
-                    Ok(lock) => lock
-                        .check()
-                        .await
-                        .map(|shown| format!("{shown}, queue id {}", queue::queue_id(&dest)))
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                Err(e) => Err(e.reason),
-            };
-            match checked {
-                Ok(shown) => println!("ok: [{}] queue lock: {shown}", dest_config.name),
-                Err(reason) => {
-                    failed = true;
-                    println!(
-                        "FAILED: [{}] queue lock ({LOCK_VARIABLE}): {reason}",
-                        dest_config.name
-                    );
-                }
-            }
-        }
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-async fn queue(args: queue_command::QueueArgs) -> ExitCode {
+async fn queue(args: cli::queue::QueueArgs) -> ExitCode {
     let Some(config) = load(args.config.as_ref()) else {
         return ExitCode::FAILURE;
     };
@@ -362,5 +262,5 @@ async fn queue(args: queue_command::QueueArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    queue_command::run(&queue, args.command).await
+    cli::queue::run(&queue, args.command).await
 }

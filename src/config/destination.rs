@@ -7,8 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ENV_PREFIX;
-use super::sources::{RawSection, RawValue, problem};
+use super::sources::{ENV_PREFIX, RawSection, RawValue, problem};
 use super::values::{parse_bool, parse_duration};
 
 /// Options every destination understands.

@@ -1,4 +1,10 @@
-//! Configuration: the only place the environment and the ini file are read.
+//! Configuration: the only place the environment and the ini file are read (besides the
+//! crash tests' `SWIFTDROP_FAILPOINT`, which is no option and is read by
+//! `util::failpoint`).
+//!
+//! Owns: every option, its default, its check and its error text, and the memory figures
+//! `max_memory` is checked against ([`memory`]). May use: `util/` only; every other room
+//! reads its settings from here.
 //!
 //! Two sources, each read by one crate: `envy` turns `SWIFTDROP_<SECTION>_<OPTION>` variables
 //! into a map, `config` parses the ini file given with `--config`. Both become one raw table
@@ -17,6 +23,7 @@
 //! networks).
 
 mod destination;
+pub mod memory;
 pub mod queue;
 mod server;
 mod sources;
@@ -31,7 +38,7 @@ pub use destination::{
 };
 pub use queue::{LOCK_VARIABLE, LockSetting, QueueSettings, RedisUrl};
 pub use server::{DELIVERY_GRACE, LogFormat, ServerSettings};
-pub use sources::{FAILPOINT_VARIABLE, failpoint, process_environment};
+pub use sources::{DEFAULT_SECTION, ENV_PREFIX, SERVER_SECTION, process_environment};
 pub use values::{
     MAX_DURATION, parse_bool, parse_count, parse_duration, parse_networks, parse_relay, parse_size,
 };
@@ -40,13 +47,6 @@ use destination::{check_overlaps, validate_destination};
 use queue::{QUEUE_SECTION, validate_queue};
 use server::{check_memory, validate_server};
 use sources::{Origin, RawConfig, RawSection, RawValue, problem, read_env, read_file};
-
-/// The section that holds global settings.
-pub const SERVER_SECTION: &str = "SERVER";
-/// The section whose options every destination inherits.
-pub const DEFAULT_SECTION: &str = "DEFAULT";
-/// Prefix of every configuration variable.
-pub const ENV_PREFIX: &str = "SWIFTDROP_";
 
 /// Validated configuration.
 #[derive(Debug, Clone)]

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::sources::{RawSection, problem};
+use super::sources::{ENV_PREFIX, RawSection, SERVER_SECTION, problem};
 use super::values::{
     parse_bool, parse_count, parse_duration, parse_networks, parse_relay, parse_size,
 };
-use super::{ENV_PREFIX, SERVER_SECTION};
 
 /// What a delivery may take beyond `store_timeout`: its rollback (5 s) and its reply.
 /// Shutdown stops starting deliveries this long plus `store_timeout` before `drain_timeout`
@@ -85,7 +84,7 @@ pub struct ServerSettings {
     pub stream_threshold: usize,
     /// Message bytes all sessions may hold in memory at once (`max_memory`, default
     /// 192 MiB, for a 256 MiB pod); past it, new transactions get `452 4.3.1`
-    /// ([`crate::memory`]).
+    /// (figured in [`super::memory`]).
     pub max_memory: usize,
     /// Where relayed messages past `stream_threshold` wait for the relay, in files that have
     /// no name (`spool_dir`, default the system's temporary directory, `$TMPDIR` or `/tmp`).
@@ -224,7 +223,7 @@ pub(super) fn check_memory(
     destinations: usize,
     problems: &mut Vec<String>,
 ) {
-    let peak = crate::memory::transaction_peak(server.stream_threshold, destinations);
+    let peak = super::memory::transaction_peak(server.stream_threshold, destinations);
     if server.max_memory < peak {
         problems.push(format!(
             "[{SERVER_SECTION}] max_memory ({ENV_PREFIX}{SERVER_SECTION}_MAX_MEMORY) is {} bytes but one message may need {peak}: its buffer up to stream_threshold, then 15 MiB of upload parts for each of {destinations} destination(s) when it streams; raise max_memory or lower stream_threshold",

@@ -6,7 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use super::ENV_PREFIX;
+use crate::util::failpoint;
+
+/// The section that holds global settings.
+pub const SERVER_SECTION: &str = "SERVER";
+/// The section whose options every destination inherits.
+pub const DEFAULT_SECTION: &str = "DEFAULT";
+/// Prefix of every configuration variable.
+pub const ENV_PREFIX: &str = "SWIFTDROP_";
 
 /// Where a raw value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,17 +84,6 @@ impl RawConfig {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, s)| s)
     }
-}
-
-/// The variable that names a fail-point for crash tests (see [`crate::failpoint`]); it is
-/// not a configuration option.
-pub const FAILPOINT_VARIABLE: &str = "SWIFTDROP_FAILPOINT";
-
-/// The fail-point named by `SWIFTDROP_FAILPOINT`, if any.
-pub fn failpoint() -> Option<String> {
-    std::env::var(FAILPOINT_VARIABLE)
-        .ok()
-        .filter(|s| !s.is_empty())
 }
 
 /// The process environment: every other module gets its variables from here.
@@ -181,7 +177,7 @@ pub(super) fn read_env(
 ) {
     let vars: Vec<(String, String)> = vars
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != FAILPOINT_VARIABLE)
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != failpoint::VARIABLE)
         .collect();
     let map: HashMap<String, String> = match envy::prefixed(ENV_PREFIX).from_iter(vars) {
         Ok(map) => map,

@@ -17,12 +17,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::dedup::DedupDigest;
-use super::lock::{FinishedRef, Token};
-use super::record::{Record, State};
-use super::{
+use super::handle::{
     Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later, newest_copy,
 };
-use crate::failpoint;
+use super::lock::{FinishedRef, Token};
+use super::record::{Record, State};
+use crate::util::failpoint;
 
 /// How a worker ends a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]

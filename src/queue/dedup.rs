@@ -17,7 +17,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::swift::hex;
+use crate::util::hex::hex;
 
 /// A header section longer than this is hashed as it is (no sane message has one).
 const MAX_HEADER: usize = 1 << 20;

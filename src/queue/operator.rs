@@ -9,9 +9,11 @@ use chrono::Utc;
 use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
+use super::claim::{Claim, Finished};
+use super::handle::{Held, PurgeReport, Queue, QueueError, earlier, name_of};
+use super::lock::Token;
 use super::record::{MessageRef, Record, State};
-use super::{Claim, Finished, Held, PurgeReport, Queue, QueueError, Token, earlier, name_of};
-use crate::failpoint;
+use crate::util::failpoint;
 
 impl Queue {
     /// The claim that `token` holds on the message `key` (a token handed to another process,

@@ -11,51 +11,21 @@
 //! worker holds costs one lock-engine call; one that another worker already moved on costs
 //! one failed copy.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 
-use super::record::{Record, State};
-use super::{
-    Claim, ClaimOptions, Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, name_of, wake,
+use super::candidates::Candidates;
+use super::claim::Claim;
+use super::handle::{
+    ClaimOptions, Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, name_of,
 };
-use crate::failpoint;
-
-/// Messages a claim may take next, listed or announced.
-#[derive(Debug, Default)]
-pub(super) struct Candidates {
-    /// When the queue was opened: a fresh process looks at `cur/` first too, and gives
-    /// `retry/` and `processing/` their turn first only a `poll_interval` later.
-    opened: Option<Instant>,
-    pub(super) cur: VecDeque<ObjectMeta>,
-    /// Names in `cur`, so that an announcement does not queue a name twice.
-    pub(super) queued: HashSet<String>,
-    pub(super) cur_listed: Option<Instant>,
-    retry: VecDeque<ObjectMeta>,
-    retry_listed: Option<Instant>,
-    /// Records of `retry/` messages by name, with the object time they were read at.
-    retry_records: HashMap<String, (DateTime<Utc>, Record)>,
-    /// The earliest not-before time among `retry/` messages that are not due yet.
-    next_due: Option<DateTime<Utc>>,
-    /// The earliest time a `processing/` message seen with a live lease, or not yet
-    /// abandoned long enough, may become claimable: a waiting claim lists again then.
-    next_abandoned: Option<Instant>,
-    processing: VecDeque<ObjectMeta>,
-    processing_listed: Option<Instant>,
-}
-
-impl Candidates {
-    /// No candidates yet, for a queue opened now.
-    pub(super) fn new() -> Candidates {
-        Candidates {
-            opened: Some(Instant::now()),
-            ..Candidates::default()
-        }
-    }
-}
+use super::record::{Record, State};
+use super::wake;
+use crate::util::failpoint;
 
 impl Queue {
     /// Notes that a message in `retry/` becomes due at `at`, so that a waiting claim lists

@@ -7,29 +7,21 @@
 //! (`poll_interval`) finds.
 
 use std::path::Path as FsPath;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 use futures::StreamExt;
 use object_store::ObjectMeta;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
-use super::Inner;
+use super::handle::Inner;
 use super::lock::{Announcement, LockEngine};
 use super::record::{self, State};
 use crate::store::key::MessageKey;
 
 /// Announcements waiting to be published before new ones are dropped.
 const ANNOUNCE_BACKLOG: usize = 4096;
-
-/// What waiting claims wait on.
-#[derive(Debug, Default)]
-pub(super) struct Wake {
-    /// Notified when a name was announced.
-    pub(super) notify: Notify,
-    started: AtomicBool,
-}
 
 /// Starts listening for announcements, once per queue.
 pub(super) fn start(inner: &Arc<Inner>) {

@@ -18,6 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const CUR: &str = "cur";
 /// Where objects wait until they may appear under `cur/`; workers never look there.
 pub const STAGING: &str = "tmp";
+/// Folder of `swiftdrop check`'s probe objects; never `cur/`, so no worker ever sees them.
+pub const PROBE_FOLDER: &str = "swiftdrop-check";
 
 /// Delivery counter shared by every transaction of this process: with the pid and the host
 /// name it makes names unique even when two messages arrive in the same microsecond.

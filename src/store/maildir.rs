@@ -28,8 +28,8 @@ use object_store::{
     RenameOptions, Result,
 };
 
-use crate::failpoint;
 use crate::store::mover::{self, MetadataUpdate, Mover};
+use crate::util::failpoint;
 
 /// The extended attribute that holds an object's metadata: `key=value` lines, written in
 /// one call so that a crash never leaves half a record.

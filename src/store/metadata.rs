@@ -22,8 +22,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use object_store::{Attribute, Attributes};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::envelope::Client;
-
 /// Longest value Swift accepts.
 pub const MAX_VALUE: usize = 256;
 /// Most bytes of keys and values together.
@@ -43,8 +41,10 @@ pub struct Envelope {
     pub sender: String,
     /// This destination's recipients.
     pub recipients: Vec<String>,
-    /// The client, with XFORWARD attributes.
-    pub client: Client,
+    /// The original client's address (XFORWARD's, else the peer's).
+    pub client_addr: String,
+    /// The original client's HELO name (XFORWARD's, else the one the peer gave), if any.
+    pub client_helo: Option<String>,
     /// When the message was received.
     pub received: DateTime<Utc>,
     /// The Message-ID header's value.
@@ -54,23 +54,11 @@ pub struct Envelope {
 /// The object attributes for `envelope` and the SHA-256 (hex) of the stored bytes, when
 /// known: content type and metadata within the limits.
 pub fn attributes(envelope: &Envelope, sha256: Option<String>) -> Attributes {
-    let client_addr = envelope
-        .client
-        .forwarded
-        .addr
-        .clone()
-        .unwrap_or_else(|| envelope.client.peer.ip().to_string());
-    let client_helo = envelope
-        .client
-        .forwarded
-        .helo
-        .clone()
-        .or_else(|| envelope.client.helo.clone());
     let entries: [(&str, Option<String>); 7] = [
         ("sender", Some(encode(&envelope.sender))),
         ("recipients", Some(recipient_list(&envelope.recipients))),
-        ("client-addr", Some(encode(&client_addr))),
-        ("client-helo", client_helo.as_deref().map(encode)),
+        ("client-addr", Some(encode(&envelope.client_addr))),
+        ("client-helo", envelope.client_helo.as_deref().map(encode)),
         (
             "received",
             Some(
@@ -181,20 +169,6 @@ pub fn message_id(message: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xforward::ClientAttributes;
-
-    fn client() -> Client {
-        let forwarded = ClientAttributes {
-            addr: Some("192.0.2.7".into()),
-            helo: Some("mx.example.org".into()),
-            ..Default::default()
-        };
-        Client {
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            helo: Some("postfix.local".into()),
-            forwarded,
-        }
-    }
 
     fn meta(attributes: &Attributes, key: &'static str) -> Option<String> {
         attributes
@@ -207,7 +181,8 @@ mod tests {
         let envelope = Envelope {
             sender: "Grüße%@example.org".into(),
             recipients: vec!["ops@example.com".into(), "dev@example.com".into()],
-            client: client(),
+            client_addr: "192.0.2.7".into(),
+            client_helo: Some("mx.example.org".into()),
             received: DateTime::from_timestamp(1_700_000_000, 5_000).unwrap(),
             message_id: Some("<1@example.org>".into()),
         };
@@ -241,7 +216,8 @@ mod tests {
             recipients: (0..1000)
                 .map(|i| format!("recipient{i}@example.com"))
                 .collect(),
-            client: client(),
+            client_addr: "192.0.2.7".into(),
+            client_helo: Some("mx.example.org".into()),
             received: Utc::now(),
             message_id: Some(huge),
         };

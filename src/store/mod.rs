@@ -4,7 +4,12 @@
 //! one interface. [`key`] makes the object names and [`metadata`] the envelope metadata;
 //! [`maildir`] is the embedded default backend, [`swift`] speaks Swift's native API and
 //! [`s3`] sets up object_store's S3 client.
+//!
+//! Owns: the backends, object names and folders, envelope metadata, server-side moves (the
+//! queue's record travels through them as metadata, [`mover`]), the destinations' startup
+//! check. May use: `config/`, `util/`; knows nothing of SMTP, leases or the worker.
 
+mod http;
 pub mod key;
 pub mod maildir;
 pub mod metadata;
@@ -20,22 +25,7 @@ use object_store::aws::AmazonS3;
 
 use crate::config::{Backend, DestinationConfig};
 
-/// A builder for the HTTP clients of the object stores, after [`install_tls_provider`].
-pub fn http_client() -> reqwest::ClientBuilder {
-    install_tls_provider();
-    reqwest::Client::builder()
-}
-
-/// Installs rustls' ring crypto provider for the whole process, once: reqwest,
-/// object_store and tokio-xmpp take the process default and fail without one (redis and
-/// mail-send find ring by themselves).
-pub fn install_tls_provider() {
-    static PROVIDER: std::sync::Once = std::sync::Once::new();
-    PROVIDER.call_once(|| {
-        // Err: a provider is already installed (by the embedding program), which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use http::{http_client, install_tls_provider};
 
 /// A configured place to store mail.
 #[derive(Debug, Clone)]
@@ -77,6 +67,11 @@ impl fmt::Display for OpenError {
 impl std::error::Error for OpenError {}
 
 impl Destination {
+    /// `[NAME] <store>`: the store says itself where it writes, e.g. `Maildir(/srv/mail)`.
+    pub fn describe(&self) -> String {
+        format!("[{}] {}", self.name, self.store)
+    }
+
     /// How long a server-side copy of `size` bytes may go on at the store after it was
     /// asked for ([`mover::copy_timeout`]); zero for a Maildir, which copies nothing.
     pub fn copy_time(&self, size: u64) -> std::time::Duration {
@@ -183,18 +178,19 @@ impl Destination {
     }
 }
 
-/// The HTTP header of an object's content attribute (`Content-Type` and the like), the same
-/// for Swift and S3; `None` for metadata and other attributes.
-pub(crate) fn content_header(attribute: &object_store::Attribute) -> Option<&'static str> {
-    use object_store::Attribute;
-    match attribute {
-        Attribute::ContentType => Some("content-type"),
-        Attribute::ContentEncoding => Some("content-encoding"),
-        Attribute::ContentDisposition => Some("content-disposition"),
-        Attribute::ContentLanguage => Some("content-language"),
-        Attribute::CacheControl => Some("cache-control"),
-        _ => None,
-    }
+/// Checks every destination's container, concurrently; returns one line per failure,
+/// `[NAME] reason`, in configuration order.
+pub async fn check_containers(destinations: &[Destination]) -> Vec<String> {
+    let checks = destinations.iter().map(|d| async move {
+        d.ensure_container()
+            .await
+            .map_err(|reason| format!("[{}] {reason}", d.name))
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
 }
 
 /// `url` with its scheme and host in lower case and no trailing `/` (a name without a scheme,

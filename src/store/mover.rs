@@ -1,4 +1,4 @@
-//! Server-side moves that carry metadata: what the queue needs beyond [`ObjectStore`].
+//! Server-side moves that carry metadata: what the queue needs beyond [`object_store::ObjectStore`].
 //!
 //! A queue move takes a message from one state folder to another and rewrites the queue's
 //! metadata keys on the way (attempt count, fencing number, reason, not-before time). Each
@@ -22,7 +22,7 @@
 //! their stale copy is a separate object that the newer one outranks). (Swift applies `If-None-Match` of a copy to its
 //! source, and Swift's S3 API refuses conditional writes: neither could refuse it anyway.)
 //! A copy's request may take [`copy_timeout`] (longer for larger objects). A missing source is [`object_store::Error::NotFound`]. The fail-point `move.copied` (see
-//! [`crate::failpoint`]) sits between a copy and its check.
+//! [`crate::util::failpoint`]) sits between a copy and its check.
 
 use std::fmt::Debug;
 

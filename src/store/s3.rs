@@ -28,9 +28,9 @@ use object_store::{
 };
 
 use crate::config::S3Config;
-use crate::failpoint;
 use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, copy_timeout, is_plain_md5};
-use crate::store::swift::hex;
+use crate::util::failpoint;
+use crate::util::hex::hex;
 
 /// Builds the S3 store a destination describes.
 pub fn open(config: &S3Config) -> std::result::Result<Md5Verified<AmazonS3>, String> {
@@ -188,7 +188,7 @@ impl Md5Verified<AmazonS3> {
     /// is missing. Listing a prefix that holds nothing proves both the credentials and
     /// the bucket.
     pub async fn ensure_bucket(&self, create: bool) -> std::result::Result<(), String> {
-        let probe = Path::from(crate::check::PROBE_FOLDER);
+        let probe = Path::from(crate::store::key::PROBE_FOLDER);
         match self.inner.list_with_delimiter(Some(&probe)).await {
             Ok(_) => Ok(()),
             Err(e) if summary(&e.to_string()).contains("NoSuchBucket") => {
@@ -440,7 +440,7 @@ fn replacement_headers(
     use object_store::Attribute;
     let mut headers: Vec<(String, String)> = Vec::new();
     for (attribute, value) in attributes {
-        let name = match (super::content_header(attribute), attribute) {
+        let name = match (crate::store::http::content_header(attribute), attribute) {
             (Some(header), _) => header.to_string(),
             (None, Attribute::Metadata(key)) if !update.iter().any(|(k, _)| k == key.as_ref()) => {
                 format!("x-amz-meta-{key}")

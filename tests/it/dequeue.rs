@@ -8,10 +8,10 @@
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use swiftdrop::dequeue::{ActionResult, Worker};
 use swiftdrop::queue::{ClaimOptions, Queue, State};
-use swiftdrop::sinks::mail::MailSink;
 use swiftdrop::store::key::MessageKey;
+use swiftdrop::worker::dequeue::{ActionResult, Worker};
+use swiftdrop::worker::sinks::mail::MailSink;
 
 use crate::queue_support::*;
 use crate::support::*;
@@ -62,14 +62,14 @@ pub async fn store(queue: &Queue, bytes: &[u8]) -> String {
 }
 
 fn worker(queue: &Queue, rules_text: &str, sink_port: u16) -> Worker {
-    let rules = swiftdrop::rules::parse(rules_text, "rules.yml").unwrap();
+    let rules = swiftdrop::worker::rules::parse(rules_text, "rules.yml").unwrap();
     let mut worker = Worker::new(queue.clone(), rules).unwrap();
     worker.mail = Some(MailSink::new(&format!("127.0.0.1:{sink_port}"), "worker.test").unwrap());
     worker
 }
 
 /// Claims the next message and handles it; the report.
-pub async fn handle_next(worker: &Worker) -> swiftdrop::dequeue::Report {
+pub async fn handle_next(worker: &Worker) -> swiftdrop::worker::dequeue::Report {
     let options = ClaimOptions {
         lease: None,
         wait: Some(PATIENCE),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use mail_send::SmtpClient;
 use mail_send::smtp::message::{Address, Message, Parameters};
-use swiftdrop::server::Server;
+use swiftdrop::filter::server::Server;
 
 use crate::private_postfix::PrivatePostfix;
 use crate::support::*;

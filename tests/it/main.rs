@@ -5,13 +5,14 @@
 //! `postfix` goes through a real Postfix (`smtpd_proxy_filter`) started from a temporary
 //! directory; `swift` stores into the real Swift that tests/run.sh starts, and `store_faults` into it
 //! through `fault_proxy`, which injects faults; `process_faults` kills and stops the binary
-//! mid-transaction. `support` and
+//! mid-transaction; `house` reads `src/` and keeps the rooms' import rules. `support` and
 //! `swift_support` hold the shared helpers.
 
 mod cli;
 mod dequeue;
 mod fault_proxy;
 mod gateway;
+mod house;
 mod load;
 mod mattermost;
 mod mattermost_support;

@@ -8,8 +8,8 @@
 //! example worker.
 
 use serde_json::{Value, json};
-use swiftdrop::dequeue::{ActionResult, Worker};
 use swiftdrop::queue::{Queue, State};
+use swiftdrop::worker::dequeue::{ActionResult, Worker};
 
 use crate::dequeue::{FilterAndWorker, handle_next, store, wait_until_done};
 use crate::mattermost_support::*;
@@ -52,7 +52,7 @@ mattermost:
 fn worker(queue: &Queue, rules: &str) -> Worker {
     Worker::new(
         queue.clone(),
-        swiftdrop::rules::parse(rules, "rules.yml").unwrap(),
+        swiftdrop::worker::rules::parse(rules, "rules.yml").unwrap(),
     )
     .unwrap()
 }

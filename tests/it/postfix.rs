@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use mail_send::SmtpClient;
 use mail_send::smtp::message::{Address, Message, Parameters};
-use swiftdrop::server::Server;
+use swiftdrop::filter::server::Server;
 use tokio::sync::oneshot;
 
 use crate::private_postfix::{Options, PrivatePostfix};

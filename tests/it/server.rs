@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mail_send::SmtpClient;
 use mail_send::smtp::message::{Address, Message, Parameters};
-use swiftdrop::server::Server;
+use swiftdrop::filter::server::Server;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use swiftdrop::memory::MemoryBudget;
+use swiftdrop::filter::budget::MemoryBudget;
 
 use crate::support::*;
 

@@ -23,7 +23,11 @@ async fn setup(
     proxy: &FaultProxy,
     store_timeout: &str,
     timeout: &str,
-) -> (Setup, std::sync::Arc<swiftdrop::deliver::Deliverer>, String) {
+) -> (
+    Setup,
+    std::sync::Arc<swiftdrop::filter::deliver::Deliverer>,
+    String,
+) {
     setup_and(api, proxy, store_timeout, timeout, &[]).await
 }
 
@@ -34,7 +38,11 @@ async fn setup_and(
     store_timeout: &str,
     timeout: &str,
     extra: &[(&str, &str)],
-) -> (Setup, std::sync::Arc<swiftdrop::deliver::Deliverer>, String) {
+) -> (
+    Setup,
+    std::sync::Arc<swiftdrop::filter::deliver::Deliverer>,
+    String,
+) {
     let container = unique_container("faults");
     let vars_for = |port| match api {
         Api::Native => swift_vars("OPS", "ops@example.com", port, &container),
@@ -59,7 +67,7 @@ async fn setup_and(
 /// and the bytes sent after the trace headers.
 async fn send_message(
     setup: &Setup,
-    deliverer: std::sync::Arc<swiftdrop::deliver::Deliverer>,
+    deliverer: std::sync::Arc<swiftdrop::filter::deliver::Deliverer>,
     rcpts: &[&str],
 ) -> (String, String) {
     send_lines(setup, deliverer, rcpts, 11_000).await
@@ -68,7 +76,7 @@ async fn send_message(
 /// Sends one message of `lines` lines of 18 bytes; returns as [`send_message`].
 async fn send_lines(
     setup: &Setup,
-    deliverer: std::sync::Arc<swiftdrop::deliver::Deliverer>,
+    deliverer: std::sync::Arc<swiftdrop::filter::deliver::Deliverer>,
     rcpts: &[&str],
     lines: usize,
 ) -> (String, String) {

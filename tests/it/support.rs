@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swiftdrop::config::{Config, ServerSettings};
-use swiftdrop::deliver::Deliverer;
-use swiftdrop::memory::MemoryBudget;
-use swiftdrop::route::Router;
-use swiftdrop::session::Session;
+use swiftdrop::filter::budget::MemoryBudget;
+use swiftdrop::filter::deliver::Deliverer;
+use swiftdrop::filter::route::Router;
+use swiftdrop::filter::session::Session;
 use swiftdrop::store::Destination;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
@@ -75,7 +75,7 @@ impl Setup {
 
     pub fn deliverer_with(&self, destinations: Vec<Destination>) -> Deliverer {
         let relay = self.config.server.relay.map(|addr| {
-            swiftdrop::relay::Relay::new(
+            swiftdrop::filter::relay::Relay::new(
                 addr,
                 &self.config.server.hostname,
                 self.config.server.store_timeout,

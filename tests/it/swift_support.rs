@@ -88,7 +88,7 @@ pub fn setup_with(vars: &[(String, String)]) -> Setup {
 /// Opens the destinations of `setup` and creates their containers.
 pub async fn ready_destinations(setup: &Setup) -> Vec<swiftdrop::store::Destination> {
     let destinations = setup.destinations();
-    let failures = swiftdrop::check::containers(&destinations).await;
+    let failures = swiftdrop::store::check_containers(&destinations).await;
     assert!(failures.is_empty(), "{failures:?}");
     destinations
 }

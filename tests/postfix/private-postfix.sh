@@ -119,7 +119,7 @@ CF
   -o mynetworks=127.0.0.0/8 -o receive_override_options=no_unknown_recipient_checks
 CF
     fi
-    cat "$(dirname "$0")/../../src/postfix_services.cf" >> "$dir/etc/master.cf"
+    cat "$(dirname "$0")/../../src/cli/postfix_services.cf" >> "$dir/etc/master.cf"
     postfix -c "$dir/etc" check
     postfix -c "$dir/etc" start
     for pair in "${pairs[@]}"; do wait_port "${pair%%:*}"; done

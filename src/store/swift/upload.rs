@@ -17,7 +17,8 @@ use reqwest::Method;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
-use super::{Inner, Request, generic, hex, response_etag, status_error};
+use super::client::{Inner, Request, generic, response_etag, status_error};
+use crate::util::hex::hex;
 
 /// A segment that Swift confirmed.
 #[derive(Debug, Clone)]

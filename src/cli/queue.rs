@@ -1,0 +1,567 @@
+//! `swiftdrop queue`: the operator's and scripts' view of the queue, over
+//! [`crate::queue`]. Readable aligned tables by default, one JSON value with `--json`.
+//!
+//! Exit status: 0 done, 1 error, 2 bad usage, 3 nothing to claim, 4 the token no longer
+//! holds the lease (nothing was moved).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::parse_duration;
+use crate::config::queue::parse_lease;
+use crate::queue::{ClaimOptions, Outcome, Queue, QueueError, State, StoredCopy, Token};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+/// Exit status when nothing is claimable.
+const EXIT_NOTHING: u8 = 3;
+/// Exit status when the token no longer holds the lease.
+const EXIT_LEASE_LOST: u8 = 4;
+
+/// `swiftdrop queue` and its options.
+// The fields' doc comments are clap's help text, where `[SERVER]` is a section name.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[derive(Args)]
+pub struct QueueArgs {
+    /// Ini file with [SERVER], [QUEUE], [DEFAULT] and destination sections.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The destination (section name) whose stored mail to work on.
+    #[arg(long, value_name = "NAME", default_value = "DEFAULT", global = true)]
+    pub destination: String,
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The queue's commands.
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Count and oldest message per state.
+    Stats {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages of one state, in the order claims take them.
+    List {
+        /// cur | processing | retry | failed | done.
+        #[arg(default_value = "cur", value_parser = parse_state)]
+        state: State,
+        /// Show at most N messages.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Envelope, metadata, headers, state, attempts, lease and duplicate of one message.
+    Show {
+        /// The message's name, with or without its state folder.
+        key: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Claim the next due message (exit status 3 when there is none).
+    Claim {
+        /// Lease length (default: the `lease` setting).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
+        lease: Option<Duration>,
+        /// Wait up to DURATION for a message to become claimable.
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        wait: Option<Duration>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extend a claim's lease.
+    Renew {
+        /// The claimed message.
+        key: String,
+        /// The token `claim` printed.
+        #[arg(long, value_parser = Token::parse)]
+        token: Token,
+        /// New lease length from now (default: the `lease` setting).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lease)]
+        lease: Option<Duration>,
+    },
+    /// Move a claimed message to done/, failed/ or retry/.
+    Finish {
+        /// The claimed message.
+        key: String,
+        /// The token `claim` printed.
+        #[arg(long, value_parser = Token::parse)]
+        token: Token,
+        /// Where the message goes.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Why, kept with the message.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// With --to retry: not claimable before DURATION from now (default: the backoff).
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        not_before: Option<Duration>,
+    },
+    /// Give a claim back at once; it counts no attempt.
+    Release {
+        /// The claimed message.
+        key: String,
+        /// The token `claim` printed.
+        #[arg(long, value_parser = Token::parse)]
+        token: Token,
+    },
+    /// Move a failed/, retry/ or done/ message back to cur/.
+    Requeue {
+        /// The message's name, with or without its state folder.
+        key: String,
+        /// Forget the work recorded as done, so that every action is taken again.
+        #[arg(long)]
+        forget_done: bool,
+    },
+    /// Delete the messages of a state that entered it more than DURATION ago.
+    Purge {
+        /// cur | processing | retry | failed | done.
+        #[arg(value_parser = parse_state)]
+        state: State,
+        /// Age in the state, e.g. 30d or 12h.
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        older_than: Duration,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where `finish` moves a message.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Target {
+    Done,
+    Failed,
+    Retry,
+}
+
+fn parse_state(s: &str) -> Result<State, String> {
+    s.parse()
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn fail(e: &QueueError) -> ExitCode {
+    eprintln!("swiftdrop queue: {e}");
+    match e {
+        QueueError::LeaseLost { .. } => ExitCode::from(EXIT_LEASE_LOST),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Runs one `swiftdrop queue` command on `queue`.
+pub async fn run(queue: &Queue, command: QueueCommand) -> ExitCode {
+    let result = match command {
+        QueueCommand::Stats { json } => stats(queue, json).await,
+        QueueCommand::List { state, limit, json } => list(queue, state, limit, json).await,
+        QueueCommand::Show { key, json } => show(queue, &key, json).await,
+        QueueCommand::Claim { lease, wait, json } => return claim(queue, lease, wait, json).await,
+        QueueCommand::Renew { key, token, lease } => renew(queue, &key, &token, lease).await,
+        QueueCommand::Finish {
+            key,
+            token,
+            to,
+            reason,
+            not_before,
+        } => finish(queue, &key, &token, to, reason, not_before).await,
+        QueueCommand::Release { key, token } => release(queue, &key, &token).await,
+        QueueCommand::Requeue { key, forget_done } => requeue(queue, &key, forget_done).await,
+        QueueCommand::Purge {
+            state,
+            older_than,
+            dry_run,
+        } => purge(queue, state, older_than, dry_run).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
+    let stats = queue.stats().await?;
+    if json {
+        let object: serde_json::Map<String, Value> = stats
+            .iter()
+            .map(|(state, s)| {
+                (
+                    state.to_string(),
+                    json!({"count": s.count, "oldest": s.oldest.map(time)}),
+                )
+            })
+            .collect();
+        println!("{}", Value::Object(object));
+        return Ok(());
+    }
+    println!("{:<11} {:>8} {:>12}  oldest", "state", "count", "bytes");
+    for (state, s) in stats {
+        let oldest = s.oldest.map_or_else(
+            || "-".to_string(),
+            |t| format!("{} ({} ago)", time(t), age(Utc::now() - t)),
+        );
+        println!(
+            "{:<11} {:>8} {:>12}  {oldest}",
+            state.to_string(),
+            s.count,
+            s.bytes
+        );
+    }
+    Ok(())
+}
+
+/// A short human age: `42s`, `5m`, `3h`, `2d`.
+fn age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(), QueueError> {
+    let entries = queue.list(state, limit).await?;
+    if json {
+        let array: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "key": e.key,
+                    "name": e.name,
+                    "state": e.state.to_string(),
+                    "size": e.size,
+                    "received": time(e.received),
+                    "attempt": e.attempt,
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(array));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no messages in {state}/");
+        return Ok(());
+    }
+    println!("{:<24} {:>7} {:>10}  key", "received", "attempt", "size");
+    for e in entries {
+        println!(
+            "{:<24} {:>7} {:>10}  {}",
+            time(e.received),
+            e.attempt,
+            e.size,
+            e.key
+        );
+    }
+    Ok(())
+}
+
+async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
+    let copies = queue.find(key).await?;
+    let newest = &copies[0];
+    let name = newest
+        .meta
+        .location
+        .filename()
+        .unwrap_or_default()
+        .to_string();
+    let digests = queue.digests(&newest.meta).await?;
+    let holder = queue.holder(&name).await?;
+    let duplicate = queue.duplicate_of(&name, &digests.dedup).await?;
+    let head = read_head(queue, newest).await?;
+    let headers = crate::cli::message::header_fields(&head);
+    let (sender, recipients) = envelope(newest, &headers);
+    let metadata: serde_json::Map<String, Value> = newest
+        .attributes
+        .iter()
+        .filter_map(|(k, v)| match k {
+            object_store::Attribute::Metadata(k) => {
+                Some((k.to_string(), Value::String(v.to_string())))
+            }
+            _ => None,
+        })
+        .collect();
+    let record = &newest.record;
+    let leftovers: Vec<String> = copies[1..].iter().map(|c| c.state.to_string()).collect();
+    let received = crate::queue::record::received(&name).unwrap_or(newest.meta.last_modified);
+    let lease = holder.as_ref().map(|h| {
+        json!({
+            "owner": h.token.owner(),
+            "fence": h.token.fence(),
+            "until": time(Utc::now() + h.remaining),
+        })
+    });
+    let value = json!({
+        "key": format!("{}/{name}", newest.state),
+        "name": name,
+        "state": newest.state.to_string(),
+        "also_in": leftovers,
+        "size": newest.meta.size,
+        "received": time(received),
+        "since": time(newest.meta.last_modified),
+        "attempt": record.attempt,
+        "fence": record.fence,
+        "reason": record.reason,
+        "not_before": record.not_before.map(time),
+        "lease": lease,
+        "envelope": {"sender": sender, "recipients": recipients},
+        "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "metadata": metadata,
+        "sha256": digests.sha256,
+        "dedup_digest": digests.dedup,
+        "duplicate_of": duplicate.as_ref().map(|d| json!({"key": d.key, "finished": time(d.at)})),
+    });
+    if json {
+        println!("{value}");
+        return Ok(());
+    }
+    let field = |label: &str, text: String| println!("{label:<15}{text}");
+    field("key:", format!("{}/{name}", newest.state));
+    field("state:", newest.state.to_string());
+    if !leftovers.is_empty() {
+        field(
+            "also in:",
+            format!(
+                "{} (leftover of an interrupted move; a claim, requeue or purge that meets it removes it)",
+                leftovers.join(", ")
+            ),
+        );
+    }
+    field("size:", newest.meta.size.to_string());
+    field("received:", time(received));
+    field("since:", time(newest.meta.last_modified));
+    field("attempts:", record.attempt.to_string());
+    if let Some(reason) = &record.reason {
+        field("reason:", reason.clone());
+    }
+    if let Some(t) = record.not_before {
+        field("not before:", time(t));
+    }
+    field(
+        "lease:",
+        match &holder {
+            Some(h) => format!(
+                "held by {} until {} (fence {})",
+                h.token.owner(),
+                time(Utc::now() + h.remaining),
+                h.token.fence()
+            ),
+            None => "none".into(),
+        },
+    );
+    field("sender:", sender.unwrap_or_default());
+    field("recipients:", recipients.join(", "));
+    field("sha256:", digests.sha256);
+    field("dedup digest:", digests.dedup);
+    field(
+        "duplicate-of:",
+        duplicate.map_or_else(
+            || "none".into(),
+            |d| format!("{} (finished {})", d.key, time(d.at)),
+        ),
+    );
+    if !metadata.is_empty() {
+        println!("metadata:");
+        let mut keys: Vec<_> = metadata.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in keys {
+            println!("  {k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
+    println!("headers:");
+    for (k, v) in &headers {
+        println!("  {k}: {v}");
+    }
+    Ok(())
+}
+
+/// The first 64 KiB of a message: enough for its header section.
+async fn read_head(queue: &Queue, copy: &StoredCopy) -> Result<bytes::Bytes, QueueError> {
+    use object_store::ObjectStoreExt;
+    let end = copy.meta.size.min(64 * 1024);
+    if end == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    Ok(queue
+        .destination()
+        .store
+        .get_range(&copy.meta.location, 0..end)
+        .await?)
+}
+
+/// The envelope: the object's metadata, else the `Return-Path` and `Delivered-To` headers
+/// the filter writes at the top of every object.
+fn envelope(copy: &StoredCopy, headers: &[(String, String)]) -> (Option<String>, Vec<String>) {
+    let meta = |k: &str| {
+        copy.attributes
+            .get(&object_store::Attribute::Metadata(k.to_string().into()))
+            .map(|v| crate::store::metadata::decode(v))
+    };
+    let sender = meta("sender").or_else(|| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("return-path"))
+            .map(|(_, v)| {
+                v.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    });
+    let recipients = match meta("recipients") {
+        Some(list) => list.split(',').map(str::to_string).collect(),
+        None => headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("delivered-to"))
+            .map(|(_, v)| v.trim().to_string())
+            .collect(),
+    };
+    (sender, recipients)
+}
+
+async fn claim(
+    queue: &Queue,
+    lease: Option<Duration>,
+    wait: Option<Duration>,
+    json: bool,
+) -> ExitCode {
+    let claimed = queue.claim(&ClaimOptions { lease, wait }).await;
+    let claim = match claimed {
+        Ok(Some(claim)) => claim,
+        Ok(None) => {
+            if !json {
+                eprintln!("swiftdrop queue: nothing to claim");
+            }
+            return ExitCode::from(EXIT_NOTHING);
+        }
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!(
+            "{}",
+            json!({
+                "key": claim.key(),
+                "name": claim.name(),
+                "token": claim.token().as_str(),
+                "attempt": claim.attempt(),
+                "lease_until": time(claim.lease_until()),
+                "size": claim.size(),
+            })
+        );
+    } else {
+        println!("claimed:     {}", claim.key());
+        println!("token:       {}", claim.token());
+        println!("attempt:     {}", claim.attempt());
+        println!("lease until: {}", time(claim.lease_until()));
+        println!("size:        {}", claim.size());
+    }
+    // The lease stays in the lock engine for the process that uses the token.
+    claim.detach();
+    ExitCode::SUCCESS
+}
+
+async fn renew(
+    queue: &Queue,
+    key: &str,
+    token: &Token,
+    lease: Option<Duration>,
+) -> Result<(), QueueError> {
+    let claim = queue.resume(key, token).await?;
+    let until = claim.renew(lease).await?;
+    println!("renewed {} until {}", claim.key(), time(until));
+    claim.detach();
+    Ok(())
+}
+
+async fn finish(
+    queue: &Queue,
+    key: &str,
+    token: &Token,
+    to: Target,
+    reason: Option<String>,
+    not_before: Option<Duration>,
+) -> Result<(), QueueError> {
+    let outcome = match to {
+        Target::Done => Outcome::Done { reason },
+        Target::Failed => Outcome::Failed {
+            reason: reason.unwrap_or_else(|| "failed by an operator".into()),
+        },
+        Target::Retry => Outcome::Retry { reason, not_before },
+    };
+    let mut claim = queue.resume(key, token).await?;
+    let finished = claim.finish(outcome).await?;
+    println!("moved to {}", finished.key);
+    Ok(())
+}
+
+async fn release(queue: &Queue, key: &str, token: &Token) -> Result<(), QueueError> {
+    let mut claim = queue.resume(key, token).await?;
+    let finished = claim.release().await?;
+    println!("released to {}", finished.key);
+    Ok(())
+}
+
+async fn requeue(queue: &Queue, key: &str, forget_done: bool) -> Result<(), QueueError> {
+    let finished = queue.requeue(key, forget_done).await?;
+    println!("requeued to {}", finished.key);
+    Ok(())
+}
+
+async fn purge(
+    queue: &Queue,
+    state: State,
+    older_than: Duration,
+    dry_run: bool,
+) -> Result<(), QueueError> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} deleted ({eta} left)")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let progress = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let report = queue.purge(state, older_than, dry_run, &progress).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let age = humantime::format_duration(older_than);
+    if dry_run {
+        println!(
+            "would delete {} messages ({} bytes) from {state}/ older than {age}",
+            report.matched, report.bytes
+        );
+    } else {
+        println!(
+            "deleted {} of {} messages ({} bytes) from {state}/ older than {age}",
+            report.deleted, report.matched, report.bytes
+        );
+    }
+    if report.failed > 0 {
+        return Err(QueueError::Store(format!(
+            "{} deletions failed (see the log)",
+            report.failed
+        )));
+    }
+    Ok(())
+}

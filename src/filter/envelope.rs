@@ -1,0 +1,116 @@
+//! The envelope of one transaction, owned and converted once from smtp-proto's types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::filter::xforward::ClientAttributes;
+
+/// Who is talking to us, and who they say the original client was.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The TCP peer (Postfix, behind a proxy filter).
+    pub peer: SocketAddr,
+    /// The EHLO/HELO name the peer gave.
+    pub helo: Option<String>,
+    /// Attributes of the original client from XFORWARD, for this transaction.
+    pub forwarded: ClientAttributes,
+}
+
+impl Client {
+    /// The original client's address: XFORWARD's, else the peer's.
+    pub fn original_addr(&self) -> String {
+        self.forwarded
+            .addr
+            .clone()
+            .unwrap_or_else(|| self.peer.ip().to_string())
+    }
+
+    /// The original client's HELO name: XFORWARD's, else the one the peer gave.
+    pub fn original_helo(&self) -> Option<String> {
+        self.forwarded.helo.clone().or_else(|| self.helo.clone())
+    }
+
+    /// The original client for logs: XFORWARD's `name[addr]:port` when given, else the peer.
+    pub fn display(&self) -> String {
+        match &self.forwarded.addr {
+            Some(addr) => format!(
+                "{}[{}]{}",
+                self.forwarded.name.as_deref().unwrap_or("unknown"),
+                addr,
+                self.forwarded
+                    .port
+                    .as_ref()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default()
+            ),
+            None => self.peer.to_string(),
+        }
+    }
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as the client sent it.
+    pub address: String,
+    /// Index of the destination that stores this recipient's mail; `None` when the
+    /// recipient is relayed downstream instead.
+    pub destination: Option<usize>,
+    /// DSN `NOTIFY` flags (smtp-proto's `RCPT_NOTIFY_*`), 0 when absent.
+    pub notify: u64,
+    /// DSN `ORCPT` address (decoded, without its `rfc822;` type), if given.
+    pub orcpt: Option<String>,
+}
+
+/// Sender and recipients of one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    /// `SIZE=` announced by the client, 0 when absent.
+    pub declared_size: usize,
+    /// MAIL flags (smtp-proto's `MAIL_*`: BODY=, RET=, SMTPUTF8).
+    pub mail_flags: u64,
+    /// DSN `ENVID`, if given.
+    pub env_id: Option<String>,
+    /// Accepted recipients, in the order given.
+    pub recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// Stored recipients grouped by destination index, in index order: one object each.
+    pub fn by_destination(&self) -> BTreeMap<usize, Vec<&str>> {
+        let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for rcpt in &self.recipients {
+            if let Some(idx) = rcpt.destination {
+                groups.entry(idx).or_default().push(&rcpt.address);
+            }
+        }
+        groups
+    }
+
+    /// Recipients that no destination stores, to be relayed downstream.
+    pub fn relayed(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| r.destination.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_original_client_is_xforwards_when_given() {
+        let mut client = Client {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            helo: Some("postfix.local".into()),
+            forwarded: ClientAttributes::default(),
+        };
+        assert_eq!(client.original_addr(), "127.0.0.1");
+        assert_eq!(client.original_helo().as_deref(), Some("postfix.local"));
+        client.forwarded.addr = Some("192.0.2.7".into());
+        client.forwarded.helo = Some("mx.example.org".into());
+        assert_eq!(client.original_addr(), "192.0.2.7");
+        assert_eq!(client.original_helo().as_deref(), Some("mx.example.org"));
+    }
+}

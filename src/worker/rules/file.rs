@@ -1,0 +1,1037 @@
+//! The rules file (YAML): read with yaml_serde into plain structs that refuse unknown keys,
+//! then checked part by part into [`Rules`]. Every problem is collected (not only the
+//! first) and named as `FILE:LINE: what is wrong`; YAML and key errors carry the parser's
+//! line, the others the line where the offending value is written.
+//!
+//! A mail2alert `configuration.yml` is read unchanged: `local-smtp` and `admin-email` are
+//! accepted and ignored, a rule's `owner` too, and a manager's `name` is a label.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use minijinja::Environment;
+use regex::{Regex, RegexBuilder};
+use serde::Deserialize;
+
+use super::matcher::{AddressPattern, one_line};
+use super::model::{
+    Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Filter,
+    LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules, TEMPLATE_VARIABLES,
+    Unmatched, Wants, XmppSettings,
+};
+use crate::config::Secret;
+
+/// Everything wrong with a rules file, one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for RulesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for RulesError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(rename = "remote-smtp")]
+    remote_smtp: Option<String>,
+    /// mail2alert's own listening address: the filter receives mail here.
+    #[serde(rename = "local-smtp")]
+    _local_smtp: Option<yaml_serde::Value>,
+    #[serde(rename = "admin-email")]
+    _admin_email: Option<yaml_serde::Value>,
+    mailto_from: Option<String>,
+    unmatched: Option<String>,
+    template: Option<String>,
+    body_limit: Option<usize>,
+    xmpp: Option<XmppDoc>,
+    mattermost: Option<MattermostDoc>,
+    #[serde(default)]
+    managers: Vec<ManagerDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagerDoc {
+    name: String,
+    #[serde(rename = "messages-we-want", default)]
+    wants: WantsDoc,
+    #[serde(default)]
+    rules: Vec<RuleDoc>,
+    template: Option<String>,
+}
+
+/// One pattern or a list of them.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Patterns {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Patterns {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            Patterns::None => Vec::new(),
+            Patterns::One(p) => vec![p.as_str()],
+            Patterns::Many(ps) => ps.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WantsDoc {
+    #[serde(default)]
+    to: Patterns,
+    #[serde(default)]
+    from: Patterns,
+    #[serde(rename = "header-to", default)]
+    header_to: Patterns,
+    #[serde(rename = "header-from", default)]
+    header_from: Patterns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDoc {
+    name: Option<String>,
+    /// mail2alert's rule owner: accepted, unused.
+    #[serde(rename = "owner")]
+    _owner: Option<yaml_serde::Value>,
+    filter: Option<FilterDoc>,
+    #[serde(default)]
+    actions: Vec<String>,
+    template: Option<String>,
+    mattermost_template: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilterDoc {
+    function: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    subject: Option<String>,
+    body: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    to: Patterns,
+    #[serde(default)]
+    from: Patterns,
+    #[serde(rename = "header-to", default)]
+    header_to: Patterns,
+    #[serde(rename = "header-from", default)]
+    header_from: Patterns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct XmppDoc {
+    jabberid: String,
+    password: Option<String>,
+    password_env: Option<String>,
+    server: Option<String>,
+    #[serde(default)]
+    valid_from: Patterns,
+    tls: Option<bool>,
+    nick: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MattermostDoc {
+    url: String,
+    sender_app: Option<String>,
+    #[serde(default)]
+    bots: BTreeMap<String, BotDoc>,
+    #[serde(default)]
+    allow: Patterns,
+    #[serde(default)]
+    block: Patterns,
+    ldap: Option<LdapDoc>,
+    webhook_env: Option<String>,
+    max_post_chars: Option<usize>,
+    template: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotDoc {
+    token_env: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LdapDoc {
+    url: String,
+    #[serde(default)]
+    starttls: bool,
+    base: String,
+    bind_dn: Option<String>,
+    password_env: Option<String>,
+    #[serde(default)]
+    app_groups: BTreeMap<String, String>,
+    block_group: Option<String>,
+    cache: Option<String>,
+}
+
+/// Reads and checks the rules file at `path`; secrets named by `*_env` come from the
+/// process environment.
+pub fn load(path: &Path) -> Result<Rules, RulesError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RulesError {
+        problems: vec![format!("{}: cannot read: {e}", path.display())],
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Checks the rules in `text` (named `shown` in errors).
+pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
+    let doc: FileDoc = yaml_serde::from_str(text).map_err(|e| {
+        let line = e.location().map_or(0, |l| l.line());
+        RulesError {
+            problems: vec![format!("{shown}:{line}: {e}")],
+        }
+    })?;
+    let mut check = Checker {
+        text,
+        shown,
+        problems: Vec::new(),
+        first_xmpp: None,
+        first_mailto: None,
+        first_mattermost: None,
+        first_webhook: None,
+    };
+    let rules = check.rules(doc);
+    if check.problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(RulesError {
+            problems: check.problems,
+        })
+    }
+}
+
+/// Collects the problems of one file.
+struct Checker<'a> {
+    text: &'a str,
+    shown: &'a str,
+    problems: Vec<String>,
+    /// The first `xmpp:` and `mailto:` actions, as written: what needs an account.
+    first_xmpp: Option<String>,
+    first_mailto: Option<String>,
+    /// The first `mattermost:` and `mattermost:webhook` actions.
+    first_mattermost: Option<String>,
+    first_webhook: Option<String>,
+}
+
+impl Checker<'_> {
+    /// Records a problem at the first line where `near` is written (the file's first line
+    /// when it is nowhere).
+    fn problem(&mut self, near: &str, message: impl fmt::Display) {
+        let line = self
+            .text
+            .lines()
+            .position(|l| !near.is_empty() && l.contains(near))
+            .map_or(1, |i| i + 1);
+        self.problems
+            .push(format!("{}:{line}: {message}", self.shown));
+    }
+
+    fn rules(&mut self, doc: FileDoc) -> Rules {
+        let mut templates = Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+        let mut add_template = |checker: &mut Self, name: String, source: String| {
+            let unknown: Vec<String> = match templates.template_from_str(&source) {
+                Ok(t) => t
+                    .undeclared_variables(false)
+                    .into_iter()
+                    .filter(|v| !TEMPLATE_VARIABLES.contains(&v.as_str()))
+                    .collect(),
+                Err(e) => {
+                    checker.problem(&source, format!("bad template: {e}"));
+                    return;
+                }
+            };
+            for variable in unknown {
+                checker.problem(
+                    &source,
+                    format!(
+                        "unknown template variable {variable:?}; known: {}",
+                        TEMPLATE_VARIABLES.join(", ")
+                    ),
+                );
+            }
+            if let Err(e) = templates.add_template_owned(name, source.clone()) {
+                checker.problem(&source, format!("bad template: {e}"));
+            }
+        };
+        let default_template = doc.template.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+        let mattermost_template = doc
+            .mattermost
+            .as_ref()
+            .and_then(|m| m.template.clone())
+            .unwrap_or_else(|| DEFAULT_MATTERMOST_TEMPLATE.into());
+
+        let remote_smtp = doc.remote_smtp.filter(|r| self.host_port("remote-smtp", r));
+        let unmatched = match doc.unmatched.as_deref().map(str::trim) {
+            None | Some("forward") => match &remote_smtp {
+                Some(r) => Unmatched::Forward(r.clone()),
+                None => {
+                    self.problem(
+                        "unmatched",
+                        "unmatched mail is forwarded to remote-smtp (the default), which is not set: set remote-smtp, or unmatched: done or fail",
+                    );
+                    Unmatched::Done
+                }
+            },
+            Some("fail") => Unmatched::Fail,
+            Some("done") => Unmatched::Done,
+            Some(other) => match other
+                .strip_prefix("forward smtp://")
+                .filter(|hp| self.host_port("unmatched", hp))
+            {
+                Some(hp) => Unmatched::Forward(hp.to_string()),
+                None => {
+                    self.problem(
+                        other,
+                        format!("unmatched: {other:?} is none of forward, forward smtp://host:port, fail, done"),
+                    );
+                    Unmatched::Done
+                }
+            },
+        };
+        let xmpp = doc.xmpp.map(|x| self.xmpp(x));
+        let mattermost = doc.mattermost.map(|m| self.mattermost(m));
+        let mut managers = Vec::new();
+        for (m, manager) in doc.managers.into_iter().enumerate() {
+            let manager_template = manager.template.clone();
+            let mut rules = Vec::new();
+            for (r, rule) in manager.rules.into_iter().enumerate() {
+                let name = rule
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("rule {}", r + 1));
+                let template_name = format!("{m}/{r}");
+                let source = rule
+                    .template
+                    .clone()
+                    .or_else(|| manager_template.clone())
+                    .unwrap_or_else(|| default_template.clone());
+                add_template(self, template_name.clone(), source);
+                let mattermost_template_name = format!("{m}/{r}/mattermost");
+                add_template(
+                    self,
+                    mattermost_template_name.clone(),
+                    rule.mattermost_template
+                        .clone()
+                        .unwrap_or_else(|| mattermost_template.clone()),
+                );
+                let filter = self.filter(rule.filter.unwrap_or_default());
+                let actions = rule
+                    .actions
+                    .iter()
+                    .filter_map(|a| self.action(a))
+                    .collect::<Vec<_>>();
+                if rule.actions.is_empty() {
+                    self.problem(
+                        &name,
+                        format!("rule {name:?} of {:?} has no actions", manager.name),
+                    );
+                }
+                rules.push(Rule {
+                    name,
+                    filter,
+                    actions,
+                    template: template_name,
+                    mattermost_template: mattermost_template_name,
+                });
+            }
+            let wants = self.wants(&manager.wants);
+            managers.push(Manager {
+                name: manager.name,
+                wants,
+                rules,
+            });
+        }
+        if let (Some(action), None) = (self.first_xmpp.clone(), &xmpp) {
+            self.problem(
+                &action,
+                format!("{action} needs an xmpp: account (jabberid, password_env)"),
+            );
+        }
+        if let (Some(action), None) = (self.first_mattermost.clone(), &mattermost) {
+            self.problem(
+                &action,
+                format!("{action} needs a mattermost: server (url, bots)"),
+            );
+        }
+        if let (Some(action), Some(m)) = (self.first_webhook.clone(), &mattermost) {
+            if m.webhook.is_none() {
+                self.problem(
+                    &action,
+                    format!("{action} needs mattermost webhook_env (the variable holding the webhook URL)"),
+                );
+            }
+        }
+        if let (Some(action), None) = (self.first_mailto.clone(), &remote_smtp) {
+            self.problem(&action, format!("{action} needs remote-smtp (host:port)"));
+        }
+        if let Some(from) = &doc.mailto_from {
+            if !from.contains('@') {
+                self.problem(from, format!("mailto_from {from:?} is not an address"));
+            }
+        }
+        Rules {
+            managers,
+            remote_smtp,
+            mailto_from: doc.mailto_from,
+            unmatched,
+            body_limit: doc.body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
+            xmpp,
+            mattermost,
+            templates,
+        }
+    }
+
+    /// Whether `value` is host:port (else a problem is recorded).
+    fn host_port(&mut self, option: &str, value: &str) -> bool {
+        let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            self.problem(value, format!("{option}: {value:?} is not host:port"));
+        }
+        ok
+    }
+
+    fn patterns(&mut self, what: &str, patterns: &Patterns) -> Vec<AddressPattern> {
+        patterns
+            .list()
+            .into_iter()
+            .filter_map(|p| match AddressPattern::parse(p) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.problem(p, format!("{what}: {e}"));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn wants(&mut self, doc: &WantsDoc) -> Wants {
+        Wants {
+            to: self.patterns("to", &doc.to),
+            from: self.patterns("from", &doc.from),
+            header_to: self.patterns("header-to", &doc.header_to),
+            header_from: self.patterns("header-from", &doc.header_from),
+        }
+    }
+
+    fn regex(&mut self, what: &str, source: &str) -> Option<Regex> {
+        match RegexBuilder::new(source).case_insensitive(true).build() {
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.problem(
+                    source,
+                    format!("{what}: bad regex {source:?}: {}", one_line(&e.to_string())),
+                );
+                None
+            }
+        }
+    }
+
+    fn filter(&mut self, doc: FilterDoc) -> Filter {
+        let subject_words = match doc.function.as_deref() {
+            None if doc.args.is_empty() => Vec::new(),
+            Some("mail.in_subject") => doc.args.clone(),
+            None => {
+                self.problem("args", "filter args without a function (mail.in_subject)");
+                Vec::new()
+            }
+            Some(other) => {
+                self.problem(other, format!("filter function {other:?} is not known: use mail.in_subject, or subject/body/headers regexes"));
+                Vec::new()
+            }
+        };
+        let subject = doc
+            .subject
+            .as_deref()
+            .and_then(|s| self.regex("subject", s));
+        let body = doc.body.as_deref().and_then(|s| self.regex("body", s));
+        let headers = doc
+            .headers
+            .iter()
+            .filter_map(|(name, source)| Some((name.clone(), self.regex(name, source)?)))
+            .collect();
+        let wants = Wants {
+            to: self.patterns("to", &doc.to),
+            from: self.patterns("from", &doc.from),
+            header_to: self.patterns("header-to", &doc.header_to),
+            header_from: self.patterns("header-from", &doc.header_from),
+        };
+        Filter {
+            subject_words,
+            subject,
+            body,
+            headers,
+            wants,
+        }
+    }
+
+    /// Parses an action URI.
+    fn action(&mut self, uri: &str) -> Option<Action> {
+        let address = |s: &str| {
+            let s = s.trim();
+            let ok = s
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+                && !s.contains(|c: char| c.is_whitespace() || c == ',' || c == '<' || c == '>');
+            ok.then(|| s.to_string())
+        };
+        let action = if let Some(to) = uri.strip_prefix("mailto:") {
+            address(to).map(Action::Mailto)
+        } else if let Some(jid) = uri.strip_prefix("xmpp:") {
+            let (jid, query) = jid.split_once('?').unwrap_or((jid, ""));
+            match (address(jid), query) {
+                (Some(jid), "join") => Some(Action::XmppRoom(jid)),
+                (Some(jid), "message") => Some(Action::XmppDirect(jid)),
+                (Some(jid), "") if is_muc_domain(&jid) => Some(Action::XmppRoom(jid)),
+                (Some(jid), "") => Some(Action::XmppDirect(jid)),
+                _ => None,
+            }
+        } else if let Some(target) = uri.strip_prefix("mattermost:") {
+            mattermost_target(target.trim()).map(Action::Mattermost)
+        } else {
+            None
+        };
+        match &action {
+            Some(Action::Mailto(_)) => self.first_mailto.get_or_insert_with(|| uri.to_string()),
+            Some(Action::Mattermost(target)) => {
+                if *target == MattermostTarget::Webhook {
+                    self.first_webhook.get_or_insert_with(|| uri.to_string());
+                }
+                self.first_mattermost.get_or_insert_with(|| uri.to_string())
+            }
+            Some(_) => self.first_xmpp.get_or_insert_with(|| uri.to_string()),
+            None => uri,
+        };
+        if action.is_none() {
+            self.problem(
+                uri,
+                format!("action {uri:?} is not mailto:user@host, xmpp:room@conference.host, xmpp:user@host, mattermost:dm, mattermost:@user, mattermost:~team/channel or mattermost:webhook"),
+            );
+        }
+        action
+    }
+
+    /// The value of the environment variable `var` that `what` names (a problem when it is
+    /// unset or empty).
+    fn secret_env(&mut self, what: &str, var: &str) -> Secret {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Secret::new(v),
+            _ => {
+                self.problem(var, format!("{what} names {var}, which is not set"));
+                Secret::new(String::new())
+            }
+        }
+    }
+
+    fn duration(&mut self, what: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(crate::config::parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.problem(value.unwrap_or_default(), format!("{what}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn mattermost(&mut self, doc: MattermostDoc) -> MattermostSettings {
+        let url = doc.url.trim().trim_end_matches('/').to_string();
+        match url.split_once("://") {
+            Some(("https", rest)) if !rest.is_empty() => {}
+            Some(("http", rest)) if is_loopback(rest) => {}
+            Some(("http", _)) => self.problem(
+                &doc.url,
+                "mattermost url: http:// sends the bots' tokens in clear; only for a loopback host",
+            ),
+            _ => self.problem(
+                &doc.url,
+                format!("mattermost url {:?} is not https://host[:port]", doc.url),
+            ),
+        }
+        let source = doc
+            .sender_app
+            .as_deref()
+            .unwrap_or(MattermostSettings::DEFAULT_SENDER_APP);
+        let sender_app = match self.regex("sender_app", source) {
+            Some(re) if re.capture_names().flatten().any(|n| n == "app") => re,
+            Some(_) => {
+                self.problem(source, "sender_app needs a named group app: (?P<app>...)");
+                Regex::new(MattermostSettings::DEFAULT_SENDER_APP).expect("valid")
+            }
+            None => Regex::new(MattermostSettings::DEFAULT_SENDER_APP).expect("valid"),
+        };
+        if doc.bots.is_empty() && doc.webhook_env.is_none() {
+            self.problem(
+                "mattermost",
+                "mattermost: set bots (application: {token_env: VARIABLE}) or webhook_env",
+            );
+        }
+        // Applications are matched in lower case (as sender_app's capture is).
+        let bots = doc
+            .bots
+            .iter()
+            .map(|(app, bot)| {
+                let what = format!("mattermost bot {app:?} token_env");
+                (
+                    app.to_ascii_lowercase(),
+                    self.secret_env(&what, &bot.token_env),
+                )
+            })
+            .collect();
+        let webhook = doc
+            .webhook_env
+            .as_deref()
+            .map(|var| self.secret_env("mattermost webhook_env", var));
+        if let (Some(url), Some(var)) = (&webhook, &doc.webhook_env) {
+            let url = url.expose();
+            let plain = url
+                .strip_prefix("http://")
+                .is_some_and(|rest| !is_loopback(rest));
+            if plain || !(url.starts_with("https://") || url.starts_with("http://")) {
+                // The URL is a secret: only the variable is named.
+                self.problem(
+                    var,
+                    format!("mattermost webhook_env: {var} does not hold an https:// URL (http:// only for a loopback host)"),
+                );
+            }
+        }
+        if doc.max_post_chars == Some(0) {
+            self.problem(
+                "max_post_chars",
+                "mattermost max_post_chars must be above 0",
+            );
+        }
+        let ldap = doc.ldap.map(|l| self.ldap(l));
+        MattermostSettings {
+            url,
+            sender_app,
+            bots,
+            allow: self.patterns("allow", &doc.allow),
+            block: self.patterns("block", &doc.block),
+            ldap,
+            webhook,
+            max_post_chars: doc.max_post_chars.filter(|&m| m > 0),
+            timeout: self.duration(
+                "mattermost timeout",
+                doc.timeout.as_deref(),
+                MattermostSettings::DEFAULT_TIMEOUT,
+            ),
+        }
+    }
+
+    fn ldap(&mut self, doc: LdapDoc) -> LdapSettings {
+        if !(doc.url.starts_with("ldap://") || doc.url.starts_with("ldaps://")) {
+            self.problem(
+                &doc.url,
+                format!(
+                    "ldap url {:?} is not ldap://host:port or ldaps://host:port",
+                    doc.url
+                ),
+            );
+        }
+        if doc.bind_dn.is_some()
+            && !doc.starttls
+            && doc
+                .url
+                .strip_prefix("ldap://")
+                .is_some_and(|rest| !is_loopback(rest))
+        {
+            self.problem(
+                &doc.url,
+                "ldap: bind_dn over ldap:// sends the password in clear: use ldaps:// or starttls: true",
+            );
+        }
+        let bind = match (&doc.bind_dn, &doc.password_env) {
+            (Some(dn), Some(var)) => Some((dn.clone(), self.secret_env("ldap password_env", var))),
+            (None, None) => None,
+            (Some(dn), None) => {
+                self.problem(dn, "ldap bind_dn needs password_env");
+                None
+            }
+            (None, Some(var)) => {
+                self.problem(var, "ldap password_env without bind_dn");
+                None
+            }
+        };
+        LdapSettings {
+            url: doc.url,
+            starttls: doc.starttls,
+            base: doc.base,
+            bind,
+            app_groups: doc
+                .app_groups
+                .into_iter()
+                .map(|(app, group)| (app.to_ascii_lowercase(), group))
+                .collect(),
+            block_group: doc.block_group,
+            cache: self.duration(
+                "ldap cache",
+                doc.cache.as_deref(),
+                LdapSettings::DEFAULT_CACHE,
+            ),
+        }
+    }
+
+    fn xmpp(&mut self, doc: XmppDoc) -> XmppSettings {
+        if address_of(&doc.jabberid).is_none() {
+            self.problem(
+                &doc.jabberid,
+                format!("xmpp jabberid {:?} is not user@host", doc.jabberid),
+            );
+        }
+        let password = match (&doc.password, &doc.password_env) {
+            (Some(p), None) => Secret::new(p.clone()),
+            (None, Some(var)) => self.secret_env("xmpp password_env", var),
+            (Some(_), Some(_)) => {
+                self.problem("password", "xmpp: set password or password_env, not both");
+                Secret::new(String::new())
+            }
+            (None, None) => {
+                self.problem(
+                    "xmpp",
+                    "xmpp: password_env (the variable holding the password) is missing",
+                );
+                Secret::new(String::new())
+            }
+        };
+        if let Some(server) = &doc.server {
+            self.host_port("xmpp server", server);
+        }
+        let valid_from = self.patterns("valid_from", &doc.valid_from);
+        let timeout = self.duration(
+            "xmpp timeout",
+            doc.timeout.as_deref(),
+            XmppSettings::DEFAULT_TIMEOUT,
+        );
+        XmppSettings {
+            timeout,
+            nick: doc.nick.unwrap_or_else(|| {
+                doc.jabberid
+                    .split('@')
+                    .next()
+                    .unwrap_or("swiftdrop")
+                    .to_string()
+            }),
+            jabberid: doc.jabberid,
+            password,
+            server: doc.server,
+            valid_from,
+            tls: doc.tls.unwrap_or(true),
+        }
+    }
+}
+
+/// The target of a `mattermost:` action URI (what follows `mattermost:`).
+fn mattermost_target(target: &str) -> Option<MattermostTarget> {
+    let name = |s: &str| {
+        let ok = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        ok.then(|| s.to_string())
+    };
+    match target {
+        "dm" => Some(MattermostTarget::Dm),
+        "webhook" => Some(MattermostTarget::Webhook),
+        _ => {
+            if let Some(user) = target.strip_prefix('@') {
+                name(user).map(MattermostTarget::User)
+            } else {
+                let (team, channel) = target.strip_prefix('~')?.split_once('/')?;
+                Some(MattermostTarget::Channel {
+                    team: name(team)?,
+                    channel: name(channel)?,
+                })
+            }
+        }
+    }
+}
+
+/// Whether the host of `rest` (what follows `scheme://`) is a loopback address.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `user@host` with both parts.
+fn address_of(s: &str) -> Option<(&str, &str)> {
+    s.split_once('@')
+        .filter(|(l, d)| !l.is_empty() && !d.is_empty())
+}
+
+/// Whether an XMPP address without `?join`/`?message` names a room: its domain is a
+/// multi-user chat service by the usual names.
+fn is_muc_domain(jid: &str) -> bool {
+    address_of(jid).is_some_and(|(_, d)| {
+        ["conference.", "muc.", "rooms.", "chat."]
+            .iter()
+            .any(|p| d.starts_with(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIL2ALERT: &str = "---
+local-smtp: localhost:1025
+remote-smtp: localhost:8025
+managers:
+  - name: mail
+    messages-we-want:
+      from: go@example.com
+    rules:
+      - actions:
+          - mailto:sys@example.com
+          - mailto:op@example.com
+        filter:
+          function: mail.in_subject
+          args:
+            - server
+            - backup
+";
+
+    #[test]
+    fn a_mail2alert_configuration_is_read_unchanged() {
+        let rules = parse(MAIL2ALERT, "configuration.yml").unwrap();
+        assert_eq!(rules.remote_smtp.as_deref(), Some("localhost:8025"));
+        assert_eq!(rules.unmatched, Unmatched::Forward("localhost:8025".into()));
+        let m = &rules.managers[0];
+        assert_eq!(m.name, "mail");
+        assert_eq!(m.rules[0].filter.subject_words, ["server", "backup"]);
+        assert_eq!(
+            m.rules[0].actions,
+            [
+                Action::Mailto("sys@example.com".into()),
+                Action::Mailto("op@example.com".into())
+            ]
+        );
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text, "r.yml").unwrap_err().problems
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_line() {
+        let text = "remote-smtp: localhost:25
+unmatched: bounce
+managers:
+  - name: a
+    messages-we-want:
+      to: '/(unclosed/'
+    rules:
+      - filter:
+          subject: '(?P<x'
+          function: gocd.in_group
+        actions:
+          - xmpp:ops@conference.example.com
+          - sms:+100
+        template: '{{ subjekt }}'
+";
+        let p = problems(text);
+        let expect = [
+            "r.yml:2: unmatched: \"bounce\"",
+            "r.yml:6: to: bad regex",
+            "r.yml:9: subject: bad regex",
+            "r.yml:10: filter function \"gocd.in_group\"",
+            "r.yml:13: action \"sms:+100\"",
+            "r.yml:14: unknown template variable \"subjekt\"",
+            "r.yml:12: xmpp:ops@conference.example.com needs an xmpp: account",
+        ];
+        for e in expect {
+            assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn mattermost_problems_are_named_with_their_line() {
+        let text = "unmatched: done
+mattermost:
+  url: ftp://chat.example.com
+  sender_app: '^svc-(?P<application>[^@]+)@'
+  bots:
+    jira: {token_env: SWIFTDROP_TEST_UNSET_TOKEN}
+  ldap:
+    url: ldap://127.0.0.1:389
+    base: dc=example,dc=com
+    bind_dn: cn=reader,dc=example,dc=com
+managers:
+  - name: a
+    rules:
+      - actions:
+          - mattermost:dm
+          - mattermost:webhook
+          - mattermost:#general
+        mattermost_template: '{{ bodie }}'
+";
+        let p = problems(text);
+        let expect = [
+            "r.yml:3: mattermost url \"ftp://chat.example.com\"",
+            "r.yml:4: sender_app needs a named group app",
+            "r.yml:6: mattermost bot \"jira\" token_env names SWIFTDROP_TEST_UNSET_TOKEN, which is not set",
+            "r.yml:10: ldap bind_dn needs password_env",
+            "r.yml:17: action \"mattermost:#general\"",
+            "r.yml:18: unknown template variable \"bodie\"",
+            "r.yml:16: mattermost:webhook needs mattermost webhook_env",
+        ];
+        for e in expect {
+            assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        let p = problems(
+            "unmatched: done\nmanagers:\n  - name: a\n    rules:\n      - actions: [mattermost:dm]\n",
+        );
+        assert!(
+            p[0].starts_with("r.yml:5: mattermost:dm needs a mattermost: server"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_go_in_clear_beyond_loopback() {
+        // SAFETY: a variable only this test uses.
+        unsafe { std::env::set_var("SWIFTDROP_TEST_MM_TOKEN", "t") };
+        let text = |url: &str, ldap: &str| {
+            format!(
+                "unmatched: done\nmattermost:\n  url: {url}\n  bots:\n    Jira: {{token_env: SWIFTDROP_TEST_MM_TOKEN}}\n  ldap:\n    url: {ldap}\n    base: dc=x\n    bind_dn: cn=r,dc=x\n    password_env: SWIFTDROP_TEST_MM_TOKEN\n    app_groups: {{JIRA: cn=g,dc=x}}\n"
+            )
+        };
+        let p = problems(&text("http://chat.example.com", "ldap://ldap.example.com"));
+        assert!(
+            p.iter()
+                .any(|l| l.contains("http:// sends the bots' tokens in clear")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l.contains("bind_dn over ldap://")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        for (url, ldap) in [
+            ("http://127.0.0.1:8065", "ldap://127.0.0.1:389"),
+            ("https://chat.example.com", "ldaps://ldap.example.com"),
+            ("http://[::1]:8065", "ldap://localhost"),
+        ] {
+            let rules = parse(&text(url, ldap), "r.yml").unwrap();
+            let m = rules.mattermost.unwrap();
+            assert!(
+                m.bots.contains_key("jira"),
+                "application names in lower case"
+            );
+            assert!(m.ldap.unwrap().app_groups.contains_key("jira"));
+        }
+    }
+
+    #[test]
+    fn mattermost_actions_parse() {
+        let target = |uri: &str| mattermost_target(uri.strip_prefix("mattermost:").unwrap());
+        assert_eq!(target("mattermost:dm"), Some(MattermostTarget::Dm));
+        assert_eq!(
+            target("mattermost:webhook"),
+            Some(MattermostTarget::Webhook)
+        );
+        assert_eq!(
+            target("mattermost:@jane.doe"),
+            Some(MattermostTarget::User("jane.doe".into()))
+        );
+        assert_eq!(
+            target("mattermost:~ops/town-square"),
+            Some(MattermostTarget::Channel {
+                team: "ops".into(),
+                channel: "town-square".into()
+            })
+        );
+        for bad in [
+            "mattermost:",
+            "mattermost:@",
+            "mattermost:~ops",
+            "mattermost:~/x",
+            "mattermost:@a/b",
+        ] {
+            assert_eq!(target(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_yaml_name_their_line() {
+        let p = problems("remote-smtp: a:25\nmanagers:\n  - name: a\n    colour: red\n");
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("r.yml:4: ") && p[0].contains("colour"),
+            "{p:?}"
+        );
+        let p = problems("managers: [\n");
+        assert!(
+            p[0].starts_with("r.yml:2: ") || p[0].starts_with("r.yml:1: "),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_xmpp_password_comes_from_the_variable_named() {
+        let text = "xmpp:\n  jabberid: bot@example.com\n  password_env: SWIFTDROP_TEST_UNSET_PASSWORD\nunmatched: done\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("r.yml:3: xmpp password_env names SWIFTDROP_TEST_UNSET_PASSWORD"),
+            "{p:?}"
+        );
+        let rules = parse(
+            "xmpp:\n  jabberid: bot@example.com\n  password_env: PATH\nunmatched: done\n",
+            "r.yml",
+        )
+        .unwrap();
+        let x = rules.xmpp.unwrap();
+        assert_eq!((x.nick.as_str(), x.tls), ("bot", true));
+        assert_eq!(x.password.expose(), std::env::var("PATH").unwrap());
+    }
+
+    #[test]
+    fn xmpp_addresses_are_rooms_by_query_or_by_service_name() {
+        let text = "remote-smtp: h:25\nxmpp:\n  jabberid: b@x.org\n  password: p\nmanagers:\n  - name: m\n    rules:\n      - actions: [xmpp:a@conference.x.org, xmpp:b@x.org, xmpp:c@x.org?join, xmpp:d@muc.x.org?message]\n";
+        let rules = parse(text, "r.yml").unwrap();
+        assert_eq!(
+            rules.managers[0].rules[0].actions,
+            [
+                Action::XmppRoom("a@conference.x.org".into()),
+                Action::XmppDirect("b@x.org".into()),
+                Action::XmppRoom("c@x.org".into()),
+                Action::XmppDirect("d@muc.x.org".into()),
+            ]
+        );
+    }
+}

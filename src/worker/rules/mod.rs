@@ -1,0 +1,230 @@
+//! Routing rules for the dequeue worker: the mail2alert model, made safe.
+//!
+//! An ordered list of **managers**; the first that wants a message (by envelope or header
+//! addresses, see [`matcher`]) gets it. Each of its **rules** whose filter matches fires:
+//! its **actions** (URIs: `mailto:`, `xmpp:`) are taken with a text rendered from the
+//! rule's template. Mail no manager wants is forwarded unchanged, failed or dropped as
+//! `unmatched` says; mail a manager wants but none of its rules matches is done ("no rule
+//! matched"). [`mod@file`] reads the YAML file (a mail2alert `configuration.yml` works
+//! unchanged) and checks every part of it, naming the line of each problem.
+
+pub mod file;
+pub mod matcher;
+mod model;
+
+use std::collections::BTreeMap;
+
+use crate::worker::mail_view::MailView;
+
+pub use file::{RulesError, load, parse};
+pub use model::{
+    Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Decision, Disposal,
+    Filter, Fired, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules,
+    TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
+};
+
+impl Rules {
+    /// Decides what to do with `mail`.
+    pub fn decide(&self, mail: &MailView) -> Decision {
+        let Some(manager) = self.managers.iter().find(|m| m.wants.matches(mail)) else {
+            return Decision {
+                manager: None,
+                fired: Vec::new(),
+                disposal: Disposal::Unmatched(self.unmatched.clone()),
+            };
+        };
+        let fired: Vec<Fired> = manager
+            .rules
+            .iter()
+            .filter_map(|rule| {
+                let captures = rule.filter.matches(mail)?;
+                let body = truncate(mail.body.trim(), self.body_limit);
+                let render = |template: &str, body: &str| {
+                    self.render(template, mail, body, &captures, &manager.name, &rule.name)
+                };
+                let posts_to_mattermost = rule
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Mattermost(_)));
+                Some(Fired {
+                    rule: rule.name.clone(),
+                    actions: rule.actions.clone(),
+                    text: render(&rule.template, &body),
+                    markdown: posts_to_mattermost
+                        .then(|| render(&rule.mattermost_template, mail.markdown().trim())),
+                })
+            })
+            .collect();
+        let disposal = if fired.is_empty() {
+            Disposal::NoRuleMatched
+        } else {
+            Disposal::Act
+        };
+        Decision {
+            manager: Some(manager.name.clone()),
+            fired,
+            disposal,
+        }
+    }
+
+    fn render(
+        &self,
+        template: &str,
+        mail: &MailView,
+        body: &str,
+        captures: &BTreeMap<String, String>,
+        manager: &str,
+        rule: &str,
+    ) -> Result<String, String> {
+        let context = minijinja::context! {
+            subject => &mail.subject,
+            from => &mail.from,
+            to => mail.to.join(", "),
+            envelope_from => &mail.envelope_from,
+            envelope_to => mail.envelope_to.join(", "),
+            body => body,
+            message_id => &mail.message_id,
+            captures => captures,
+            manager => manager,
+            rule => rule,
+        };
+        self.templates
+            .get_template(template)
+            .and_then(|t| t.render(context))
+            .map_err(|e| format!("template of {rule}: {e}"))
+    }
+}
+
+/// `text` cut to `limit` characters, with `…` when cut.
+pub fn truncate(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+remote-smtp: 127.0.0.1:2525
+xmpp:
+  jabberid: bot@example.com
+  password: not-used-here
+managers:
+  - name: nagios
+    messages-we-want:
+      from: "@mon.example.org"
+    rules:
+      - name: disk
+        filter:
+          function: mail.in_subject
+          args: [DISK, full]
+          subject: '^(?P<state>\w+): disk full on (?P<host>\S+)'
+        actions:
+          - xmpp:ops@conference.example.com
+          - mailto:oncall@example.com
+        template: "{{ captures.host }} is {{ captures.state }} ({{ rule }}@{{ manager }})"
+      - name: everything
+        actions: [xmpp:audit@example.com]
+  - name: ci
+    messages-we-want:
+      to: "*-ci@example.com"
+    rules:
+      - filter:
+          headers:
+            X-Build-Status: '^failed$'
+        actions: [xmpp:ci@conference.example.com]
+"#;
+
+    fn mail(from: &str, to: &str, subject: &str, extra: &str) -> MailView {
+        MailView::parse(
+            format!(
+                "Return-Path: <{from}>\r\nDelivered-To: {to}\r\nFrom: {from}\r\nSubject: {subject}\r\n{extra}\r\nThe body\r\n"
+            )
+            .as_bytes(),
+        )
+    }
+
+    #[test]
+    fn the_first_manager_that_wants_it_gets_it_and_every_matching_rule_fires() {
+        let rules = parse(RULES, "rules.yml").unwrap();
+        let d = rules.decide(&mail(
+            "nagios@mon.example.org",
+            "ops@example.com",
+            "CRITICAL: disk full on db1",
+            "",
+        ));
+        assert_eq!(d.manager.as_deref(), Some("nagios"));
+        assert_eq!(d.disposal, Disposal::Act);
+        assert_eq!(d.fired.len(), 2);
+        assert_eq!(
+            d.fired[0].actions,
+            [
+                Action::XmppRoom("ops@conference.example.com".into()),
+                Action::Mailto("oncall@example.com".into())
+            ]
+        );
+        assert_eq!(
+            d.fired[0].text.as_deref(),
+            Ok("db1 is CRITICAL (disk@nagios)")
+        );
+        assert_eq!(
+            d.fired[1].text.as_deref(),
+            Ok("[CRITICAL: disk full on db1] nagios@mon.example.org: The body")
+        );
+        assert_eq!(
+            d.fired[1].actions,
+            [Action::XmppDirect("audit@example.com".into())]
+        );
+    }
+
+    #[test]
+    fn words_must_all_be_in_the_subject_and_a_header_regex_must_match() {
+        let rules = parse(RULES, "rules.yml").unwrap();
+        let d = rules.decide(&mail(
+            "nagios@mon.example.org",
+            "ops@example.com",
+            "disk ok",
+            "",
+        ));
+        assert_eq!(
+            d.fired.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+            ["everything"]
+        );
+        let failed = rules.decide(&mail(
+            "ci@example.org",
+            "web-ci@example.com",
+            "build 7",
+            "X-Build-Status: failed\r\n",
+        ));
+        assert_eq!(failed.manager.as_deref(), Some("ci"));
+        assert_eq!(failed.fired[0].rule, "rule 1");
+        let passed = rules.decide(&mail(
+            "ci@example.org",
+            "web-ci@example.com",
+            "build 8",
+            "X-Build-Status: passed\r\n",
+        ));
+        assert_eq!(passed.disposal, Disposal::NoRuleMatched);
+    }
+
+    #[test]
+    fn mail_no_manager_wants_is_forwarded_to_remote_smtp_by_default() {
+        let rules = parse(RULES, "rules.yml").unwrap();
+        let d = rules.decide(&mail("x@example.net", "y@example.com", "hi", ""));
+        assert_eq!(d.manager, None);
+        assert_eq!(
+            d.disposal,
+            Disposal::Unmatched(Unmatched::Forward("127.0.0.1:2525".into()))
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_cut() {
+        assert_eq!(truncate("abcdef", 3), "abc…");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("ééé", 2), "éé…");
+    }
+}
