@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! claimed <name> <attempt>
+//! recorded <name> <attempt> <id>   (with --record: the work id recorded as done)
 //! finished <name> <attempt> <new key>
 //! lost <name> <attempt>            (the lease was lost: nothing moved)
 //! error <name> <attempt> <error>
@@ -55,6 +56,9 @@ struct Args {
     /// End every line with ` @<Unix time in ms>`.
     #[arg(long)]
     stamp: bool,
+    /// Record this work id as done on each claim before working on it.
+    #[arg(long, value_name = "ID")]
+    record: Option<String>,
 }
 
 /// Prints one event line, stamped when asked.
@@ -71,6 +75,8 @@ enum To {
     Done,
     Retry,
     Failed,
+    /// The first attempt to `retry/` (due at once), later ones to `done/`.
+    RetryOnce,
 }
 
 #[tokio::main]
@@ -145,6 +151,19 @@ async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result
                 continue;
             }
         }
+        if let Some(id) = &args.record {
+            match claim.record_done(id).await {
+                Ok(()) => say(&args, format!("recorded {name} {attempt} {id}")),
+                Err(QueueError::LeaseLost { .. }) => {
+                    say(&args, format!("lost {name} {attempt}"));
+                    continue;
+                }
+                Err(e) => {
+                    say(&args, format!("error {name} {attempt} {e}"));
+                    continue;
+                }
+            }
+        }
         if let Some(job) = args.job {
             tokio::time::sleep(job).await;
         }
@@ -157,6 +176,11 @@ async fn work(queue: Queue, args: Arc<Args>, finished: Arc<AtomicU64>) -> Result
             To::Failed => Outcome::Failed {
                 reason: "worker failed it".into(),
             },
+            To::RetryOnce if attempt == 1 => Outcome::Retry {
+                reason: Some("first attempt".into()),
+                not_before: Some(Duration::ZERO),
+            },
+            To::RetryOnce => Outcome::Done { reason: None },
         };
         // A store or lock-engine error leaves the claim holding its lease: try again, as a
         // worker should, for a while.

@@ -2,7 +2,7 @@
 //! [`crate::queue`]. Readable aligned tables by default, one JSON value with `--json`.
 //!
 //! Exit status: 0 done, 1 error, 2 bad usage, 3 nothing to claim, 4 the token no longer
-//! holds the lease (nothing was moved).
+//! holds the lease (nothing was moved), 5 the store or the lock engine failed (try again).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +20,10 @@ use serde_json::{Value, json};
 const EXIT_NOTHING: u8 = 3;
 /// Exit status when the token no longer holds the lease.
 const EXIT_LEASE_LOST: u8 = 4;
+/// Exit status when the store or the lock engine failed: nothing is known about the queue.
+const EXIT_UNAVAILABLE: u8 = 5;
+/// Exit status of bad usage (as clap's).
+const EXIT_USAGE: u8 = 2;
 
 /// `swiftdrop queue` and its options.
 // The fields' doc comments are clap's help text, where `[SERVER]` is a section name.
@@ -101,7 +105,8 @@ pub enum QueueCommand {
         /// Why, kept with the message.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        /// With --to retry: not claimable before DURATION from now (default: the backoff).
+        /// With --to retry only: not claimable before DURATION from now (default: the
+        /// backoff).
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         not_before: Option<Duration>,
     },
@@ -159,6 +164,7 @@ fn fail(e: &QueueError) -> ExitCode {
     eprintln!("swiftdrop queue: {e}");
     match e {
         QueueError::LeaseLost { .. } => ExitCode::from(EXIT_LEASE_LOST),
+        QueueError::Store(_) | QueueError::Lock(_) => ExitCode::from(EXIT_UNAVAILABLE),
         _ => ExitCode::FAILURE,
     }
 }
@@ -171,6 +177,14 @@ pub async fn run(queue: &Queue, command: QueueCommand) -> ExitCode {
         QueueCommand::Show { key, json } => show(queue, &key, json).await,
         QueueCommand::Claim { lease, wait, json } => return claim(queue, lease, wait, json).await,
         QueueCommand::Renew { key, token, lease } => renew(queue, &key, &token, lease).await,
+        QueueCommand::Finish {
+            not_before: Some(_),
+            to: Target::Done | Target::Failed,
+            ..
+        } => {
+            eprintln!("swiftdrop queue: --not-before goes with --to retry only");
+            return ExitCode::from(EXIT_USAGE);
+        }
         QueueCommand::Finish {
             key,
             token,
@@ -200,7 +214,7 @@ async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
             .map(|(state, s)| {
                 (
                     state.to_string(),
-                    json!({"count": s.count, "oldest": s.oldest.map(time)}),
+                    json!({"count": s.count, "bytes": s.bytes, "oldest": s.oldest.map(time)}),
                 )
             })
             .collect();
@@ -273,12 +287,7 @@ async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(
 async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
     let copies = queue.find(key).await?;
     let newest = &copies[0];
-    let name = newest
-        .meta
-        .location
-        .filename()
-        .unwrap_or_default()
-        .to_string();
+    let name = newest.key.name.clone();
     let digests = queue.digests(&newest.meta).await?;
     let holder = queue.holder(&name).await?;
     let duplicate = queue.duplicate_of(&name, &digests.dedup).await?;
@@ -296,7 +305,7 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         })
         .collect();
     let record = &newest.record;
-    let leftovers: Vec<String> = copies[1..].iter().map(|c| c.state.to_string()).collect();
+    let leftovers: Vec<String> = copies[1..].iter().map(|c| c.key.to_string()).collect();
     let received = crate::queue::record::received(&name).unwrap_or(newest.meta.last_modified);
     let lease = holder.as_ref().map(|h| {
         json!({
@@ -306,9 +315,9 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         })
     });
     let value = json!({
-        "key": format!("{}/{name}", newest.state),
+        "key": newest.key.to_string(),
         "name": name,
-        "state": newest.state.to_string(),
+        "state": newest.state().to_string(),
         "also_in": leftovers,
         "size": newest.meta.size,
         "received": time(received),
@@ -330,13 +339,13 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         return Ok(());
     }
     let field = |label: &str, text: String| println!("{label:<15}{text}");
-    field("key:", format!("{}/{name}", newest.state));
-    field("state:", newest.state.to_string());
+    field("key:", newest.key.to_string());
+    field("state:", newest.state().to_string());
     if !leftovers.is_empty() {
         field(
             "also in:",
             format!(
-                "{} (leftover of an interrupted move; a claim, requeue or purge that meets it removes it)",
+                "{} (outranked copies: left by an interrupted move or a paused worker; a claim, requeue or purge that meets them removes them)",
                 leftovers.join(", ")
             ),
         );

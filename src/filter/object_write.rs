@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::config::memory::{PART_SIZE, PARTS_IN_FLIGHT};
 use crate::filter::outcome::DeliveryError;
-use crate::queue::record::State;
+use crate::queue::moved_on;
 use crate::store::key::{self, MessageKey};
 use crate::store::{Destination, metadata};
 use crate::util::hex::hex;
@@ -341,7 +341,8 @@ impl ObjectWrite {
                 Ok(put.e_tag)
             }
         };
-        let landed = |path: Path| put_landed(store.as_ref(), path, &md5);
+        let dest = &self.dest;
+        let landed = |path: Path| put_landed(dest, path, &md5);
         let (path, key, e_tag) = write_under_free_name(
             &self.dest,
             Attempts {
@@ -406,7 +407,7 @@ impl ObjectWrite {
             let (mover, staged) = (self.dest.mover(), staged.clone());
             let step = move || {
                 let (mover, staged) = (mover.clone(), staged.clone());
-                async move { mover.delete_source(&staged).await }
+                async move { mover.remove(&staged).await }
             };
             clean_up(self.dest.clone(), location, "remove the staged copy", step).await;
         }
@@ -678,14 +679,10 @@ where
 
 /// Whether the object at `path` is the one written: its ETag is `md5` (the MD5 of the
 /// bytes sent, hex).
-async fn put_landed(
-    store: &dyn object_store::ObjectStore,
-    path: Path,
-    md5: &str,
-) -> object_store::Result<Landed> {
-    let head = match store.head(&path).await {
+async fn put_landed(dest: &Destination, path: Path, md5: &str) -> object_store::Result<Landed> {
+    let head = match dest.store.head(&path).await {
         Ok(head) => head,
-        Err(object_store::Error::NotFound { .. }) => return taken_on(store, &path).await,
+        Err(object_store::Error::NotFound { .. }) => return taken_on(dest, &path).await,
         Err(e) => return Err(e),
     };
     let found = head.e_tag.as_deref().map(|e| e.trim_matches('"'));
@@ -700,26 +697,15 @@ async fn put_landed(
 /// it to `processing/`, and on). Names are unique, so any copy under the same name in a
 /// later queue folder is this message: it landed, and writing it again would hand a worker
 /// a second copy.
-async fn taken_on(
-    store: &dyn object_store::ObjectStore,
-    path: &Path,
-) -> object_store::Result<Landed> {
+async fn taken_on(dest: &Destination, path: &Path) -> object_store::Result<Landed> {
     let Some(name) = path.as_ref().strip_prefix("cur/") else {
         return Ok(Landed::No);
     };
-    // One after another, in the order of a message's life: a move copies before it
-    // deletes, so a message moving on while we look is found in one folder or the next.
-    // A folder that cannot be looked at does not hide a copy found in the next one.
-    let mut failed = None;
-    for state in State::ALL.into_iter().filter(|s| *s != State::Cur) {
-        let path = Path::from(format!("{}/{name}", state.folder()));
-        match store.head(&path).await {
-            Ok(_) => return Ok(Landed::Whole(None)),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => failed = failed.or(Some(e)),
-        }
-    }
-    failed.map_or(Ok(Landed::No), Err)
+    Ok(if moved_on(dest, name).await? {
+        Landed::Whole(None)
+    } else {
+        Landed::No
+    })
 }
 
 /// Whether the object at `target` is the published copy of this message: it carries the
@@ -737,7 +723,7 @@ async fn move_landed(
     {
         Ok(head) => head,
         Err(object_store::Error::NotFound { .. }) => {
-            return taken_on(dest.store.as_ref(), &target).await;
+            return taken_on(dest, &target).await;
         }
         Err(e) => return Err(e),
     };

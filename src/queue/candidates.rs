@@ -1,7 +1,11 @@
-//! What one process's claims share: the candidates they take next ([`Candidates`], filled
-//! by listings and announcements) and what waiting claims wait on ([`Wake`]).
+//! What one process's claims share: the candidates they take next ([`Candidates`], one page
+//! of each folder a claim takes from, filled by listings and announcements) and what waiting
+//! claims wait on ([`Wake`]).
+//!
+//! Memory is bounded whatever the queue's depth: a page holds at most [`super::handle::PAGE`]
+//! keys, announcements join only an empty page, up to [`ANNOUNCED`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -9,45 +13,73 @@ use chrono::{DateTime, Utc};
 use object_store::ObjectMeta;
 use tokio::sync::Notify;
 
-use super::record::Record;
+use super::record::{CopyKey, State};
 
-/// Messages a claim may take next, listed or announced.
+/// Announced names a page takes while it waits for its next listing.
+pub(super) const ANNOUNCED: usize = 1024;
+
+/// The folders a claim takes from, in the order of the [`Candidates::folders`] array.
+pub(super) const CLAIMED_FROM: [State; 3] = [State::Cur, State::Retry, State::Processing];
+
+/// One folder's page of candidates.
 #[derive(Debug, Default)]
+pub(super) struct Page {
+    /// Keys to try, in claim order.
+    pub(super) keys: VecDeque<(CopyKey, ObjectMeta)>,
+    /// When the page was listed; `None`: list at the next look.
+    pub(super) listed: Option<Instant>,
+}
+
+/// Messages a claim may take next.
+#[derive(Debug)]
 pub(super) struct Candidates {
     /// When the queue was opened: a fresh process looks at `cur/` first too, and gives
     /// `retry/` and `processing/` their turn first only a `poll_interval` later.
-    pub(super) opened: Option<Instant>,
-    pub(super) cur: VecDeque<ObjectMeta>,
-    /// Names in `cur`, so that an announcement does not queue a name twice.
-    pub(super) queued: HashSet<String>,
-    pub(super) cur_listed: Option<Instant>,
-    pub(super) retry: VecDeque<ObjectMeta>,
-    pub(super) retry_listed: Option<Instant>,
-    /// Records of `retry/` messages by name, with the object time they were read at.
-    pub(super) retry_records: HashMap<String, (DateTime<Utc>, Record)>,
-    /// The earliest not-before time among `retry/` messages that are not due yet.
+    pub(super) opened: Instant,
+    /// `cur/`, `retry/`, `processing/` ([`CLAIMED_FROM`]).
+    pub(super) folders: [Page; 3],
+    /// The earliest due time of a `retry/` copy that is not due yet.
     pub(super) next_due: Option<DateTime<Utc>>,
-    /// The earliest time a `processing/` message seen with a live lease, or not yet
-    /// abandoned long enough, may become claimable: a waiting claim lists again then.
+    /// The earliest time a `processing/` copy seen with a live lease, or not yet abandoned
+    /// long enough, may become claimable.
     pub(super) next_abandoned: Option<Instant>,
-    pub(super) processing: VecDeque<ObjectMeta>,
-    pub(super) processing_listed: Option<Instant>,
 }
 
 impl Candidates {
     /// No candidates yet, for a queue opened now.
     pub(super) fn new() -> Candidates {
         Candidates {
-            opened: Some(Instant::now()),
-            ..Candidates::default()
+            opened: Instant::now(),
+            folders: Default::default(),
+            next_due: None,
+            next_abandoned: None,
         }
+    }
+
+    /// The page of `state` (one of [`CLAIMED_FROM`]).
+    pub(super) fn page(&mut self, state: State) -> &mut Page {
+        let index = CLAIMED_FROM
+            .iter()
+            .position(|s| *s == state)
+            .expect("claims take from cur/, retry/ and processing/ only");
+        &mut self.folders[index]
+    }
+
+    /// Keeps the earliest of the times a `processing/` copy may become claimable.
+    pub(super) fn note_abandoned_at(&mut self, at: Instant) {
+        self.next_abandoned = Some(self.next_abandoned.map_or(at, |e| e.min(at)));
+    }
+
+    /// Keeps the earliest due time of a `retry/` copy.
+    pub(super) fn note_due_at(&mut self, at: DateTime<Utc>) {
+        self.next_due = Some(self.next_due.map_or(at, |due| due.min(at)));
     }
 }
 
 /// What waiting claims wait on.
 #[derive(Debug, Default)]
 pub(super) struct Wake {
-    /// Notified when a name was announced.
+    /// Notified when a name was announced, or a listing may find something new.
     pub(super) notify: Notify,
     pub(super) started: AtomicBool,
 }

@@ -1,10 +1,13 @@
-//! A claim: the lease on one message in `processing/`, renewed in the background while the
-//! claim lives, and the fenced moves that end it ([`Claim::finish`], [`Claim::release`]).
+//! A claim: the lease on one message's copy `processing/<name>@<fence>`, renewed in the
+//! background while the claim lives, and the fenced moves that end it ([`Claim::finish`],
+//! [`Claim::release`]).
 //!
-//! Every move first renews the lease in the lock engine (compare-and-expire on the token):
-//! a claim whose token no longer holds the lease gets [`QueueError::LeaseLost`] and moves
-//! nothing. The lease keeps being renewed while the move runs, so a slow store cannot let
-//! it expire under the move.
+//! A claim only ever writes, rewrites or deletes keys that carry its own fencing number, so
+//! a claim paused past its lease can touch nothing of the claim that took the message over.
+//! A finish reports by its lease alone: where a move copies (Swift, S3), the lease is
+//! checked before the copy and again once the copy has landed, and only then is the claim's
+//! own `processing/` copy deleted; on a Maildir the rename runs under the lease table's lock,
+//! the lease checked in the same step.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +20,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::dedup::DedupDigest;
-use super::handle::{
-    Held, Queue, QueueError, Restorable, StoredCopy, TOO_MANY_ATTEMPTS, later, newest_copy,
-};
+use super::handle::{Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, later, moved};
 use super::lock::{FinishedRef, Token};
-use super::record::{Record, State};
+use super::record::{CopyKey, Record, State};
 use crate::util::failpoint;
 
 /// How a worker ends a claim.
@@ -50,7 +51,7 @@ pub enum Outcome {
 /// Where a message went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
-    /// Its new key, `<state>/<name>`.
+    /// Its new key, e.g. `done/<name>@<fence>`.
     pub key: String,
     /// Its new state.
     pub state: State,
@@ -64,25 +65,6 @@ struct LeaseState {
     until: Mutex<DateTime<Utc>>,
     /// The lease's length, which every renewal asks for ([`Claim::renew`] may change it).
     length: Mutex<Duration>,
-    /// For a claim taken by this process (not one resumed from a token handed over, whose
-    /// lease may have run out long ago): the lease its record holds, within which a lease
-    /// lost with the lock engine's data may be taken back.
-    restorable: Option<Duration>,
-}
-
-impl LeaseState {
-    /// What a renewal presents: a claim of this process may take back a lease lost with
-    /// the lock engine's data until its lease runs out by this process's clock.
-    fn held<'a>(&self, token: &'a Token, lease: Duration) -> Held<'a> {
-        Held {
-            token,
-            lease,
-            restorable: self.restorable.map(|recorded| Restorable {
-                recorded,
-                until: *self.until.lock().unwrap(),
-            }),
-        }
-    }
 }
 
 impl LeaseState {
@@ -97,10 +79,11 @@ impl LeaseState {
 #[derive(Debug)]
 pub struct Claim {
     queue: Queue,
-    name: String,
+    /// Its copy: `processing/<name>@<fence>`.
+    key: CopyKey,
     token: Token,
     record: Record,
-    /// The object under `processing/`.
+    /// The object at `key`.
     meta: ObjectMeta,
     state: Arc<LeaseState>,
     renewer: Option<JoinHandle<()>>,
@@ -108,23 +91,62 @@ pub struct Claim {
     digest: Mutex<Option<String>>,
     /// Finished or released: nothing more to do.
     spent: bool,
-    /// The folder an earlier finish or release that failed midway may have copied to.
-    attempted: Option<State>,
+    /// The copy an earlier finish or release that failed midway may have made.
+    attempted: Option<CopyKey>,
+    /// Taken over from a claim whose lease ran out: that claim may still land a copy of its
+    /// own (it was paused after its last check), which this claim's finish deletes.
+    takeover: bool,
 }
 
 impl Claim {
     /// A claim just taken: renews itself every third of `lease`.
     pub(super) fn new(
         queue: Queue,
-        name: String,
+        key: CopyKey,
+        token: Token,
+        record: Record,
+        meta: ObjectMeta,
+        lease: Duration,
+        takeover: bool,
+    ) -> Claim {
+        let mut claim = Claim::with(queue, key, token, record, meta, lease);
+        claim.takeover = takeover;
+        claim.start_renewing();
+        claim
+    }
+
+    /// A claim on a message claimed by another process, which handed the token over; it
+    /// does not renew itself.
+    pub(super) fn resumed(queue: Queue, token: Token, copy: StoredCopy, lease: Duration) -> Claim {
+        Claim::with(queue, copy.key, token, copy.record, copy.meta, lease)
+    }
+
+    fn with(
+        queue: Queue,
+        key: CopyKey,
         token: Token,
         record: Record,
         meta: ObjectMeta,
         lease: Duration,
     ) -> Claim {
-        let mut claim = Claim::resumed_with(queue, name, token, record, meta, lease, true);
-        claim.start_renewing();
-        claim
+        Claim {
+            queue,
+            key,
+            token,
+            record,
+            meta,
+            state: Arc::new(LeaseState {
+                lost: AtomicBool::new(false),
+                lost_notify: Notify::new(),
+                until: Mutex::new(later(Utc::now(), lease)),
+                length: Mutex::new(lease),
+            }),
+            renewer: None,
+            digest: Mutex::new(None),
+            spent: false,
+            attempted: None,
+            takeover: false,
+        }
     }
 
     /// Renews the lease every third of its length in the background, until stopped; marks
@@ -135,8 +157,8 @@ impl Claim {
             return;
         }
         let state = Arc::downgrade(&self.state);
-        let queue = self.queue.clone();
-        let (name, token) = (self.name.clone(), self.token.clone());
+        let lock = self.queue.lock().clone();
+        let (name, token) = (self.key.name.clone(), self.token.clone());
         let mut wait = self.lease() / 3;
         self.renewer = Some(tokio::spawn(async move {
             loop {
@@ -144,7 +166,7 @@ impl Claim {
                 let Some(state) = state.upgrade() else { return };
                 let lease = *state.length.lock().unwrap();
                 let every = lease / 3;
-                match queue.hold(&name, state.held(&token, lease)).await {
+                match lock.renew(&name, &token, lease).await {
                     Ok(true) => {
                         *state.until.lock().unwrap() = later(Utc::now(), lease);
                         wait = every;
@@ -171,59 +193,14 @@ impl Claim {
         }));
     }
 
-    /// A claim on a message claimed by another process, which handed the token over; it
-    /// does not renew itself.
-    pub(super) fn resumed(
-        queue: Queue,
-        name: String,
-        token: Token,
-        copy: StoredCopy,
-        lease: Duration,
-    ) -> Claim {
-        Claim::resumed_with(queue, name, token, copy.record, copy.meta, lease, false)
-    }
-
-    /// `ours`: taken by this process, so that a lease lost with the lock engine's data may
-    /// be taken back.
-    #[allow(clippy::too_many_arguments)]
-    fn resumed_with(
-        queue: Queue,
-        name: String,
-        token: Token,
-        record: Record,
-        meta: ObjectMeta,
-        lease: Duration,
-        ours: bool,
-    ) -> Claim {
-        let restorable = ours.then(|| queue.recorded_lease(&record));
-        Claim {
-            queue,
-            name,
-            token,
-            record,
-            meta,
-            state: Arc::new(LeaseState {
-                lost: AtomicBool::new(false),
-                lost_notify: Notify::new(),
-                until: Mutex::new(later(Utc::now(), lease)),
-                length: Mutex::new(lease),
-                restorable,
-            }),
-            renewer: None,
-            digest: Mutex::new(None),
-            spent: false,
-            attempted: None,
-        }
-    }
-
     /// The message's Maildir name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.key.name
     }
 
-    /// Its key, `processing/<name>`.
+    /// Its key, `processing/<name>@<fence>`.
     pub fn key(&self) -> String {
-        format!("processing/{}", self.name)
+        self.key.to_string()
     }
 
     /// The token that holds the lease.
@@ -274,9 +251,15 @@ impl Claim {
 
     /// The message's bytes and metadata. Remembers their duplicate digest.
     pub async fn read(&self) -> Result<(Bytes, Attributes), QueueError> {
-        let result = self.queue.inner().store().get(&self.meta.location).await?;
+        let result = self
+            .queue
+            .destination()
+            .store
+            .get(&self.meta.location)
+            .await
+            .map_err(|e| self.moved_away(e))?;
         let attributes = result.attributes.clone();
-        let bytes = result.bytes().await?;
+        let bytes = result.bytes().await.map_err(|e| self.moved_away(e))?;
         if self.digest.lock().unwrap().is_none() {
             let digest = DedupDigest::of(&bytes);
             *self.digest.lock().unwrap() = Some(digest);
@@ -291,9 +274,7 @@ impl Claim {
             return Ok(digest);
         }
         let digest = match self.queue.digests(&self.meta).await {
-            Err(QueueError::NotFound(_)) => {
-                return Err(self.lost_error());
-            }
+            Err(QueueError::NotFound(_)) => return Err(self.lost_error()),
             other => other?.dedup,
         };
         *self.digest.lock().unwrap() = Some(digest.clone());
@@ -306,14 +287,20 @@ impl Claim {
     /// object for it.
     pub async fn duplicate_of(&self) -> Result<Option<FinishedRef>, QueueError> {
         let digest = self.digest().await?;
-        self.queue.duplicate_of(&self.name, &digest).await
+        self.queue.duplicate_of(self.name(), &digest).await
     }
 
     /// Extends the lease to `lease` (default: the claim's) from now; a new length also
     /// applies to the background renewals that follow.
     pub async fn renew(&self, lease: Option<Duration>) -> Result<DateTime<Utc>, QueueError> {
         let lease = lease.unwrap_or(self.lease());
-        if self.is_lost() || !self.queue.hold(&self.name, self.held(lease)).await? {
+        let held = !self.is_lost()
+            && self
+                .queue
+                .lock()
+                .renew(self.name(), &self.token, lease)
+                .await?;
+        if !held {
             self.state.mark_lost();
             return Err(self.lost_error());
         }
@@ -343,10 +330,10 @@ impl Claim {
         record.done_fits()
     }
 
-    /// Records that the work `id` succeeded, on the message under `processing/` and under
-    /// this claim's lease (refused once the lease is lost), so that a later attempt of the
-    /// message skips it. Ids must not contain `,`; the list holds about 1000 bytes (short
-    /// ids: a hash prefix), past that the record is refused.
+    /// Records that the work `id` succeeded, on the claim's own copy under `processing/`
+    /// and under this claim's lease (refused once the lease is lost), so that a later
+    /// attempt of the message skips it. Ids must not contain `,`; the list holds about 1000
+    /// bytes (short ids: a hash prefix), past that the record is refused.
     pub async fn record_done(&mut self, id: &str) -> Result<(), QueueError> {
         self.record_done_replacing(id, &[]).await
     }
@@ -370,13 +357,42 @@ impl Claim {
         if !record.done_fits() {
             return Err(QueueError::Refused(format!(
                 "{}: no room left to record done ids",
-                self.name
+                self.name()
             )));
         }
         let lease = self.lease();
-        self.queue
-            .update_in_place(&self.name, &self.meta, &record, self.held(lease))
-            .await?;
+        let update = record.to_update();
+        match self.queue.renamer().cloned() {
+            Some(renamer) => {
+                failpoint::hit("record.checked");
+                let at = self.key.path();
+                let step = Box::new(move || renamer.update(&at, &update));
+                match self
+                    .queue
+                    .lock()
+                    .with_lease(self.name(), &self.token, lease, step)
+                    .await?
+                {
+                    None => return Err(self.mark_lost()),
+                    Some(result) => result.map_err(|e| self.moved_away(e))?,
+                }
+            }
+            None => {
+                self.queue
+                    .check_lease(self.name(), &self.token, lease)
+                    .await
+                    .map_err(|e| self.lost_if(e))?;
+                failpoint::hit("record.checked");
+                // The claim's own key: a holder that took the message over wrote its copy
+                // under another, and this write cannot reach it.
+                self.queue
+                    .destination()
+                    .mover()
+                    .update_metadata(&self.meta, &update)
+                    .await
+                    .map_err(|e| self.moved_away(e))?;
+            }
+        }
         self.record = record;
         Ok(())
     }
@@ -384,19 +400,24 @@ impl Claim {
     /// Moves the message on: `done/`, `failed/` or `retry/`. After a store error the claim
     /// keeps its lease (still renewed) and the finish can be tried again.
     pub async fn finish(&mut self, outcome: Outcome) -> Result<Finished, QueueError> {
-        let settings = self.queue.inner().settings().clone();
+        let settings = self.queue.settings().clone();
         let now = Utc::now();
-        let (state, reason, not_before) = match outcome {
-            Outcome::Done { reason } => (State::Done, reason, None),
-            Outcome::Failed { reason } => (State::Failed, Some(reason), None),
+        let fence = self.token.fence();
+        let name = self.name().to_string();
+        let (target, reason) = match outcome {
+            Outcome::Done { reason } => (CopyKey::new(State::Done, &name, fence), reason),
+            Outcome::Failed { reason } => (CopyKey::new(State::Failed, &name, fence), Some(reason)),
             Outcome::Retry { reason, .. } if self.record.attempt >= settings.max_attempts => {
                 tracing::warn!(
-                    name = self.name,
+                    name,
                     attempts = self.record.attempt,
                     last_reason = reason.as_deref().unwrap_or(""),
                     "message failed: {TOO_MANY_ATTEMPTS}"
                 );
-                (State::Failed, Some(TOO_MANY_ATTEMPTS.to_string()), None)
+                (
+                    CopyKey::new(State::Failed, &name, fence),
+                    Some(TOO_MANY_ATTEMPTS.to_string()),
+                )
             }
             Outcome::Retry { reason, not_before } => {
                 let wait = not_before.unwrap_or_else(|| {
@@ -406,17 +427,16 @@ impl Claim {
                         settings.retry_backoff_max,
                     )
                 });
-                let at = later(now, wait);
-                (State::Retry, reason, Some(at))
+                (CopyKey::retry(&name, fence, later(now, wait)), reason)
             }
         };
         // The dedup index needs the digest; read it while the object is still here. Only
         // handled mail is remembered: the twin of a failed message deserves its own try.
-        let digest = match state {
+        let digest = match target.state {
             State::Done => match self.digest().await {
                 Ok(digest) => Some(digest),
                 Err(e) => {
-                    tracing::warn!(name = self.name, error = %e, "cannot read the message; it stays out of the dedup index");
+                    tracing::warn!(name, error = %e, "cannot read the message; it stays out of the dedup index");
                     None
                 }
             },
@@ -424,24 +444,25 @@ impl Claim {
         };
         let record = Record {
             attempt: self.record.attempt,
-            fence: self.token.fence(),
+            fence,
             lease: None,
-            not_before,
+            not_before: target.due,
             reason,
             done: self.record.done.clone(),
         };
-        let finished = self.fenced_move(state, record).await?;
+        let finished = self.move_out(target, record).await?;
         if let Some(digest) = digest {
             let remembered = FinishedRef {
                 key: finished.key.clone(),
                 at: now,
             };
-            let lock = self.queue.inner().lock();
-            if let Err(e) = lock
+            if let Err(e) = self
+                .queue
+                .lock()
                 .remember_finished(&digest, &remembered, settings.dedup_window)
                 .await
             {
-                tracing::warn!(name = self.name, error = %e, "cannot record the message in the dedup index");
+                tracing::warn!(name, error = %e, "cannot record the message in the dedup index");
             }
         }
         Ok(finished)
@@ -450,15 +471,16 @@ impl Claim {
     /// Gives the message back at once, counting no attempt: to `retry/`, due now, with the
     /// attempt count it had before this claim, so the next claim has this claim's number.
     pub async fn release(&mut self) -> Result<Finished, QueueError> {
+        let target = CopyKey::retry(self.name(), self.token.fence(), Utc::now());
         let record = Record {
             attempt: self.record.attempt.saturating_sub(1),
             fence: self.token.fence(),
             lease: None,
-            not_before: Some(Utc::now()),
+            not_before: target.due,
             reason: self.record.reason.clone(),
             done: self.record.done.clone(),
         };
-        self.fenced_move(State::Retry, record).await
+        self.move_out(target, record).await
     }
 
     /// Stops renewing without giving the lease back (for a token handed to another
@@ -473,206 +495,167 @@ impl Claim {
         }
     }
 
-    /// This claim's lease, renewed to `lease`.
-    fn held(&self, lease: Duration) -> Held<'_> {
-        self.state.held(&self.token, lease)
-    }
-
     fn lost_error(&self) -> QueueError {
         QueueError::LeaseLost {
-            name: self.name.clone(),
+            name: self.name().to_string(),
         }
     }
 
-    /// Checks the lease in the lock engine, then moves `processing/<name>` to `state` with
-    /// `record` while the lease keeps being renewed, then gives the lease up.
-    async fn fenced_move(&mut self, state: State, record: Record) -> Result<Finished, QueueError> {
+    /// Marks the claim lost; the error to return.
+    fn mark_lost(&mut self) -> QueueError {
+        self.stop_renewing();
+        self.state.mark_lost();
+        self.lost_error()
+    }
+
+    /// A lost lease also marks the claim lost; other errors pass.
+    fn lost_if(&mut self, e: QueueError) -> QueueError {
+        match e {
+            QueueError::LeaseLost { .. } => self.mark_lost(),
+            e => e,
+        }
+    }
+
+    /// The claim's own copy is gone: a worker that took the message over (after this lease
+    /// ran out) deleted it, so this claim has lost the message.
+    fn moved_away(&self, e: object_store::Error) -> QueueError {
+        match e {
+            object_store::Error::NotFound { .. } => {
+                self.state.mark_lost();
+                self.lost_error()
+            }
+            e => e.into(),
+        }
+    }
+
+    /// Moves the claim's copy to `target` with `record`, under the lease, then gives the
+    /// lease up. A second try after a failed one may not go to a folder ranked below the
+    /// first's: its copy may have landed, and would win.
+    async fn move_out(&mut self, target: CopyKey, record: Record) -> Result<Finished, QueueError> {
         if self.spent {
             return Err(QueueError::Refused(format!(
                 "the claim on {} has already ended",
-                self.name
+                self.name()
             )));
         }
-        let checked = if self.is_lost() {
-            Err(self.lost_error())
-        } else {
-            let held = self.held(self.lease());
-            self.queue.check_lease(&self.name, held).await.map(drop)
-        };
-        let moved = match checked {
-            Ok(()) => {
+        if let Some(earlier) = self.attempted.as_ref().filter(|e| e.rank() > target.rank()) {
+            return Err(QueueError::Refused(format!(
+                "an earlier move of {} to {}/ may have landed: finish to {}/ again, or drop the claim",
+                self.name(),
+                earlier.state,
+                earlier.state
+            )));
+        }
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let lease = self.lease();
+        match self.queue.renamer().cloned() {
+            Some(renamer) => {
+                failpoint::hit("finish.checked");
+                let earlier = self.attempted.replace(target.clone());
+                let moved = self
+                    .queue
+                    .rename_held(&renamer, &self.token, lease, &self.key, &target, &record)
+                    .await;
+                match moved {
+                    Ok(()) => {}
+                    // An earlier try of this move renamed it, and failed after: it is there.
+                    Err(QueueError::NotFound(_)) if self.queue.head(&target).await?.is_some() => {}
+                    Err(QueueError::NotFound(_)) => match earlier {
+                        Some(earlier) if self.queue.head(&earlier).await?.is_some() => {
+                            self.attempted = Some(earlier.clone());
+                            return Err(QueueError::Refused(format!(
+                                "an earlier move of {} to {}/ landed: finish to {}/ again",
+                                self.name(),
+                                earlier.state,
+                                earlier.state
+                            )));
+                        }
+                        _ => return Err(self.mark_lost()),
+                    },
+                    Err(QueueError::LeaseLost { .. }) => return Err(self.mark_lost()),
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                self.queue
+                    .check_lease(self.name(), &self.token, lease)
+                    .await
+                    .map_err(|e| self.lost_if(e))?;
                 failpoint::hit("finish.checked");
                 self.start_renewing();
-                match self.earlier_copy(state).await {
-                    Ok(earlier) => {
-                        self.attempted = Some(state);
-                        let moved = self.move_to(state, &record).await;
-                        if let (Ok(()), Some(earlier)) = (&moved, earlier) {
-                            self.delete_earlier(&earlier).await;
-                        }
-                        moved
-                    }
-                    Err(e) => Err(e),
+                let earlier = self.attempted.replace(target.clone());
+                self.queue.put_marker(&target).await?;
+                self.queue
+                    .copy_to(&self.meta, &target, &record)
+                    .await
+                    .map_err(|e| match e {
+                        QueueError::NotFound(_) => self.lost_error(),
+                        e => e,
+                    })?;
+                failpoint::hit("move.verified");
+                // The finish's report: the lease still held once the copy had landed.
+                self.queue
+                    .check_lease(self.name(), &self.token, lease)
+                    .await
+                    .map_err(|e| self.lost_if(e))?;
+                failpoint::hit("move.checked");
+                self.delete_own(&self.key.clone(), &self.meta.clone()).await;
+                if let Some(earlier) = earlier.filter(|e| *e != target) {
+                    let meta = moved(&self.meta, &earlier);
+                    self.delete_own(&earlier, &meta).await;
+                }
+                if self.takeover && target.state.is_final() {
+                    self.sweep_older_copies(&target).await;
                 }
             }
-            Err(e) => Err(e),
-        };
-        let mut holds_lease = true;
-        match moved {
-            Ok(()) => {}
-            Err(e @ QueueError::LeaseLost { .. }) => {
-                self.stop_renewing();
-                self.state.mark_lost();
-                holds_lease = false;
-                // The move may have landed all the same: a Maildir rename before the lease
-                // check after it, or an earlier try of this move whose source a worker that
-                // met both copies deleted (the later state wins). Then the message is
-                // finished, by this claim.
-                if self.attempted != Some(state) || !self.landed_once_settled(state).await? {
-                    return Err(e);
-                }
-                tracing::warn!(
-                    name = self.name,
-                    "the lease was lost, but the move had landed: finished"
-                );
-            }
-            // The claim still holds its lease, renewed: the caller may try again.
-            Err(e) => return Err(e),
         }
         self.stop_renewing();
         self.spent = true;
-        if let (State::Retry, Some(at)) = (state, record.not_before) {
+        if let Some(due) = target.due {
             // This process's waiting claims need not wait for a listing to see it.
-            self.queue.retry_due_at(at).await;
+            self.queue.retry_due_at(due);
         }
         failpoint::hit("finish.moved");
-        if holds_lease {
-            let lock = self.queue.inner().lock();
-            match lock.retire(&self.name, &self.token, RETIRED_MARK).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(
-                    name = self.name,
-                    "the lease ended during the move: a newer claim's copy supersedes this one"
-                ),
-                Err(e) => {
-                    tracing::warn!(name = self.name, error = %e, "cannot release the lease; it expires by itself")
-                }
+        match self
+            .queue
+            .lock()
+            .retire(self.name(), &self.token, RETIRED_MARK)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                name = self.name(),
+                "the lease ended during the move: a newer claim's copy supersedes this one"
+            ),
+            Err(e) => {
+                tracing::warn!(name = self.name(), error = %e, "cannot release the lease; it expires by itself")
             }
         }
         Ok(Finished {
-            key: format!("{state}/{}", self.name),
-            state,
+            key: target.to_string(),
+            state: target.state,
         })
     }
 
-    /// The copy an earlier, failed finish or release of this claim left in another folder
-    /// than `state`, which must not stay beside this move's (a message in two end states):
-    /// - if it outranks `state` (the later state wins), the move is refused: deleting or
-    ///   moving it down is unsafe, as a worker that met both copies while this one was
-    ///   paused may have kept it and deleted `processing/`. Finish to its state again, or
-    ///   drop the claim (that copy then wins);
-    /// - with `processing/` gone, that move landed (a Maildir rename): its copy is the
-    ///   message and becomes this move's source;
-    /// - otherwise it is returned, to be deleted once this move's copy, which outranks
-    ///   it, has landed.
-    async fn earlier_copy(&mut self, state: State) -> Result<Option<StoredCopy>, QueueError> {
-        let Some(earlier) = self.attempted.filter(|s| *s != state) else {
-            return Ok(None);
-        };
-        let Some(copy) = self.queue.head(earlier, &self.name).await? else {
-            return Ok(None);
-        };
-        if copy.record.fence != self.token.fence() {
-            return Ok(None);
-        }
-        if earlier > state {
-            return Err(QueueError::Refused(format!(
-                "an earlier move of {} to {earlier}/ may have landed: finish to {earlier}/ again, or drop the claim",
-                self.name
-            )));
-        }
-        if self
-            .queue
-            .head(State::Processing, &self.name)
-            .await?
-            .is_none()
-        {
-            self.meta = copy.meta;
-            return Ok(None);
-        }
-        Ok(Some(copy))
-    }
-
-    /// Deletes the outranked copy an earlier try of this claim left, under the lease (best
-    /// effort: the next claim that meets both copies deletes it too).
-    async fn delete_earlier(&self, earlier: &StoredCopy) {
-        let held = self.held(self.lease());
-        if let Err(e) = self
-            .queue
-            .delete_under_lease(&self.name, earlier, held, &mut None)
-            .await
-        {
-            tracing::warn!(
-                name = self.name,
-                key = %earlier.meta.location,
-                error = %e,
-                "the copy of an earlier try is left; it is outranked by this move's"
-            );
+    /// Deletes one of the claim's own copies (best effort: a copy left is outranked by the
+    /// one just made, and whoever meets both deletes it).
+    async fn delete_own(&self, key: &CopyKey, meta: &ObjectMeta) {
+        if let Err(e) = self.queue.delete_copy(key, meta).await {
+            tracing::warn!(key = %key, error = %e, "cannot delete a copy this claim moved on from; it is outranked");
         }
     }
 
-    /// The move of a fenced finish or release. A source already gone is fine only when an
-    /// earlier try of this very move (same lease) landed.
-    async fn move_to(&self, state: State, record: &Record) -> Result<(), QueueError> {
-        let moved = self
-            .queue
-            .transfer(
-                &self.name,
-                &self.meta,
-                state,
-                record,
-                self.held(self.lease()),
-            )
-            .await;
-        match moved {
-            Err(QueueError::NotFound(_)) if self.landed(state).await? => Ok(()),
-            Err(QueueError::NotFound(_)) => Err(self.lost_error()),
-            other => other,
-        }
-    }
-
-    /// Whether this claim's move to `state` is the message's last: no copy is left under
-    /// `processing/`, and the newest copy is this claim's in `state` (a newer holder's
-    /// copies carry a higher fence, and it copies before it deletes). Nobody takes the
-    /// message over then: takers start from the newest copy.
-    async fn landed(&self, state: State) -> Result<bool, QueueError> {
-        let copies = self.queue.copies(&self.name).await?;
-        Ok(self.landed_in(&copies, state))
-    }
-
-    fn landed_in(&self, copies: &[StoredCopy], state: State) -> bool {
-        if copies.iter().any(|c| c.state == State::Processing) {
-            return false;
-        }
-        newest_copy(copies)
-            .is_some_and(|c| c.state == state && c.record.fence == self.token.fence())
-    }
-
-    /// [`Claim::landed`] after a lost lease, waiting (up to a lease) while this claim's own
-    /// copy under `processing/` is still there: the worker that took the lease meanwhile may
-    /// be about to delete it, having met this move's copy, which outranks it. Without the
-    /// wait the message would be finished but reported by nobody.
-    async fn landed_once_settled(&self, state: State) -> Result<bool, QueueError> {
-        let give_up = std::time::Instant::now() + self.lease();
-        loop {
-            let copies = self.queue.copies(&self.name).await?;
-            let own_source_left = copies
-                .iter()
-                .any(|c| c.state == State::Processing && c.record.fence == self.token.fence());
-            if !own_source_left || std::time::Instant::now() >= give_up {
-                return Ok(self.landed_in(&copies, state));
+    /// After the final move of a claim taken over from a stale one: the copies of the
+    /// message with lower fencing numbers in the final folders and `retry/` (the stale
+    /// claim's finish may have landed after this claim looked), deleted as outranked.
+    async fn sweep_older_copies(&self, newest: &CopyKey) {
+        match self.queue.copies(self.name()).await {
+            Ok(copies) => self.queue.delete_outranked(&copies, newest).await,
+            Err(e) => {
+                tracing::warn!(name = self.name(), error = %e, "cannot look for outranked copies; the next look deletes them")
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

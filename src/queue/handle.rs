@@ -1,37 +1,38 @@
-//! The [`Queue`] handle of one destination: opening it (lock engine, queue id), a message's
-//! copies and their resolution (fence, then state), the fenced `transfer` every move uses,
-//! lease checks, stats, lists and dedup lookups. Claiming is [`super::take`]'s, a claim's
-//! life [`super::claim`]'s, operators' moves [`super::operator`]'s.
+//! The [`Queue`] handle of one destination: opening it (lock engine, queue id), finding a
+//! message's copies and the newest of them, the store steps every move is made of, lease
+//! checks, stats, lists and dedup lookups. Claiming is [`super::take`]'s, a claim's life
+//! [`super::claim`]'s, operators' moves [`super::operator`]'s.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectMeta, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 use super::candidates::{Candidates, Wake};
 use super::dedup::DedupDigest;
 use super::lock::{self, FinishedRef, Holder, LockEngine, LockError, Token};
-use super::record::{self, MessageRef, Record, State};
+use super::record::{CopyKey, MessageRef, Record, State};
 use crate::config::{Config, LOCK_VARIABLE, LockSetting, QueueSettings};
 use crate::store::Destination;
-use crate::store::mover::Mover;
-use crate::util::failpoint;
+use crate::store::mover::{Mover, Renamer};
 use crate::util::hex::hex;
 
 /// The reason given to a message failed for having been claimed too often.
 pub const TOO_MANY_ATTEMPTS: &str = "too many attempts";
 /// The state directory's name inside a Maildir, for the `local` lock.
 pub const STATE_DIR_IN_MAILDIR: &str = ".swiftdrop-queue";
+/// Keys asked for in one listing request.
+pub(super) const PAGE: usize = 1000;
 
 /// What went wrong with a queue operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueError {
-    /// The token no longer holds the message's lease: the claim moves nothing more (a copy
-    /// it made before it learnt so may remain, outranked by a newer holder's).
+    /// The token no longer holds the message's lease: the claim moves nothing more.
     LeaseLost {
         /// The message's name.
         name: String,
@@ -99,11 +100,11 @@ pub struct ClaimOptions {
     pub wait: Option<Duration>,
 }
 
-/// One copy of a message: where it is, its object and its record.
+/// One copy of a message: its key, its object and its record.
 #[derive(Debug, Clone)]
 pub struct StoredCopy {
-    /// Its state folder.
-    pub state: State,
+    /// Its key: state, name, fence.
+    pub key: CopyKey,
     /// The object, as a HEAD saw it.
     pub meta: ObjectMeta,
     /// The queue's record in its metadata.
@@ -112,10 +113,17 @@ pub struct StoredCopy {
     pub attributes: object_store::Attributes,
 }
 
+impl StoredCopy {
+    /// Its state folder.
+    pub fn state(&self) -> State {
+        self.key.state
+    }
+}
+
 /// One line of `list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// `<state>/<name>`.
+    /// The copy's key, e.g. `processing/<name>@<fence>`.
     pub key: String,
     /// The Maildir name.
     pub name: String,
@@ -147,7 +155,8 @@ pub struct PurgeReport {
     pub matched: u64,
     /// Of those, deleted (0 with `dry_run`).
     pub deleted: u64,
-    /// Of those, left alone: held by a worker, or a newer copy is elsewhere.
+    /// Of those, left alone: held by a worker (or possibly held: the lock engine's data is
+    /// younger than a lease), or a newer copy is elsewhere.
     pub skipped: u64,
     /// Deletions that failed.
     pub failed: u64,
@@ -161,13 +170,16 @@ pub struct Queue {
     pub(super) inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+pub(super) struct Inner {
     pub(super) destination: Destination,
     pub(super) mover: Arc<dyn Mover>,
+    /// Where a move is one rename (a Maildir): made under the lease table's lock.
+    pub(super) renamer: Option<Arc<dyn Renamer>>,
     pub(super) lock: Arc<dyn LockEngine>,
     pub(super) settings: QueueSettings,
     pub(super) owner: String,
-    pub(super) candidates: tokio::sync::Mutex<Candidates>,
+    /// Held only to take or put candidates, never across a request.
+    pub(super) candidates: Mutex<Candidates>,
     pub(super) wake: Wake,
 }
 
@@ -224,6 +236,48 @@ pub fn open_lock(
     }
 }
 
+/// Whether `name`, not under `cur/` any more, was taken on by a worker: a copy of it is in
+/// a later folder. For the filter, which must not write again a message that left `cur/`.
+pub async fn moved_on(destination: &Destination, name: &str) -> object_store::Result<bool> {
+    let keys = copy_keys(destination.mover().as_ref(), name).await?;
+    Ok(keys.iter().any(|k| k.state != State::Cur))
+}
+
+/// The keys under which copies of `name` may be: found by listing each folder by the
+/// name (a `retry/` copy by its marker where moves copy; by a look at all of `retry/` on a
+/// Maildir, where no move leaves two copies and only operators and the filter's error
+/// paths ask).
+async fn copy_keys(mover: &dyn Mover, name: &str) -> object_store::Result<Vec<CopyKey>> {
+    let renames = mover.renamer().is_some();
+    let mut keys = Vec::new();
+    for prefix in CopyKey::prefixes_of(name) {
+        let prefix = if renames && prefix.starts_with(State::Retry.folder()) {
+            format!("{}/", State::Retry.folder())
+        } else {
+            prefix
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = mover.list_page(&prefix, after.as_deref(), PAGE).await?;
+            let full = page.len() >= PAGE;
+            after = page.last().map(|m| m.location.to_string());
+            for meta in &page {
+                let key = meta.location.as_ref();
+                let found = CopyKey::parse(key).or_else(|| CopyKey::parse_marker(key));
+                if let Some(k) = found.filter(|k| k.name == name) {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(keys)
+}
+
 impl Queue {
     /// Opens the queue of the destination named `destination` (a section name, any case).
     pub fn open(config: &Config, destination: &str) -> Result<Queue, QueueError> {
@@ -264,14 +318,16 @@ impl Queue {
         hostname: &str,
         lock: Arc<dyn LockEngine>,
     ) -> Queue {
+        let mover = destination.mover();
         Queue {
             inner: Arc::new(Inner {
-                mover: destination.mover(),
+                renamer: mover.renamer(),
+                mover,
                 destination,
                 lock,
                 settings: settings.clone(),
                 owner: lock::new_owner_id(hostname),
-                candidates: tokio::sync::Mutex::new(Candidates::new()),
+                candidates: Mutex::new(Candidates::new()),
                 wake: Wake::default(),
             }),
         }
@@ -302,21 +358,22 @@ impl Queue {
         Ok(self.inner.lock.check().await?)
     }
 
-    /// Every copy of `name`, one per folder that holds it.
+    /// Every copy of `name` there is, with its record.
     pub async fn copies(&self, name: &str) -> Result<Vec<StoredCopy>, QueueError> {
-        let heads = futures::future::join_all(State::ALL.map(|s| self.head(s, name))).await;
+        let keys = copy_keys(self.inner.mover.as_ref(), name).await?;
+        let heads = futures::future::join_all(keys.iter().map(|k| self.head(k))).await;
         heads.into_iter().filter_map(Result::transpose).collect()
     }
 
-    /// The copy of `name` in `state`, if there is one.
-    pub async fn head(&self, state: State, name: &str) -> Result<Option<StoredCopy>, QueueError> {
+    /// The copy at `key`, if there is one.
+    pub async fn head(&self, key: &CopyKey) -> Result<Option<StoredCopy>, QueueError> {
         let store = &self.inner.destination.store;
         match store
-            .get_opts(&state.path(name), GetOptions::new().with_head(true))
+            .get_opts(&key.path(), GetOptions::new().with_head(true))
             .await
         {
             Ok(result) => Ok(Some(StoredCopy {
-                state,
+                key: key.clone(),
                 record: Record::from_attributes(&result.attributes),
                 meta: result.meta,
                 attributes: result.attributes,
@@ -326,105 +383,52 @@ impl Queue {
         }
     }
 
-    /// The newest copy of `name`; older copies (leftovers of interrupted moves) are deleted,
-    /// each under the lease `held` ([`Queue::delete_under_lease`]).
-    pub(super) async fn resolve(
+    /// Up to `max` keys of `state` in key order after `after`: claim order (oldest mail
+    /// first; in `retry/`, earliest due first). Markers and objects of other names are left
+    /// out.
+    pub(super) async fn list_keys(
         &self,
-        name: &str,
-        held: Held<'_>,
-    ) -> Result<Option<StoredCopy>, QueueError> {
-        let copies = self.copies(name).await?;
-        failpoint::hit("resolve.looked");
-        let Some(newest) = newest_copy(&copies).cloned() else {
-            return Ok(None);
-        };
-        let mut confirmed = None;
-        for stale in copies.iter().filter(|c| c.state != newest.state) {
-            tracing::warn!(
-                name,
-                kept = %newest.state,
-                deleted = %stale.state,
-                "message found in two states (an interrupted move): keeping the later copy"
-            );
-            self.delete_under_lease(name, stale, held, &mut confirmed)
-                .await?;
-        }
-        Ok(Some(newest))
+        state: State,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<(CopyKey, ObjectMeta)>, Option<String>), QueueError> {
+        let prefix = format!("{}/", state.folder());
+        let page = self.inner.mover.list_page(&prefix, after, max).await?;
+        let next = (page.len() >= max)
+            .then(|| page.last().map(|m| m.location.to_string()))
+            .flatten();
+        let keys = page
+            .into_iter()
+            .filter_map(|meta| Some((CopyKey::parse(meta.location.as_ref())?, meta)))
+            .filter(|(key, _)| key.state == state)
+            .collect();
+        Ok((keys, next))
     }
 
-    /// Deletes `copy` under the lease `held`, confirmed in the lock engine unless `confirmed`
-    /// (when the last confirmation began) leaves at least half the lease, and only if the
-    /// object is still that copy (same fence and ETag, looked at again just before). The
-    /// copies were looked at earlier: a worker paused past its lease since then must not
-    /// delete what a newer holder has written at the same key meanwhile.
-    pub(crate) async fn delete_under_lease(
-        &self,
-        name: &str,
-        copy: &StoredCopy,
-        held: Held<'_>,
-        confirmed: &mut Option<Instant>,
-    ) -> Result<(), QueueError> {
-        if confirmed.is_none_or(|c| c.elapsed() >= held.lease / 2) {
-            *confirmed = Some(self.check_lease(name, held).await?);
+    /// Every key of `state`, page after page (operators' commands; a claim never does this).
+    async fn all_keys(&self, state: State) -> Result<Vec<(CopyKey, ObjectMeta)>, QueueError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = self.list_keys(state, after.as_deref(), PAGE).await?;
+            all.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
         }
-        failpoint::hit("delete.checked");
-        let Some(now) = self.head(copy.state, name).await? else {
-            return Ok(());
-        };
-        if now.record.fence != copy.record.fence || now.meta.e_tag != copy.meta.e_tag {
-            tracing::warn!(
-                name,
-                state = %copy.state,
-                "not deleted: the copy changed since it was looked at (a newer holder wrote it)"
-            );
-            return Err(QueueError::LeaseLost {
-                name: name.to_string(),
-            });
-        }
-        match self
-            .inner
-            .destination
-            .store
-            .delete(&copy.meta.location)
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Lists the messages directly under a state folder, in the order claims take them:
-    /// by the time in the name (else the object's time), then by name.
-    pub(super) async fn list_folder(&self, state: State) -> Result<Vec<ObjectMeta>, QueueError> {
-        let prefix = state.prefix();
-        let mut listed: Vec<ObjectMeta> = self
-            .inner
-            .destination
-            .store
-            .list(Some(&prefix))
-            .try_filter(|m| {
-                let direct = m.location.parts().count() == 2;
-                std::future::ready(direct && record::is_message_name(&name_of(m)))
-            })
-            .try_collect()
-            .await?;
-        listed.sort_by_cached_key(|m| {
-            let name = name_of(m);
-            (record::received(&name).unwrap_or(m.last_modified), name)
-        });
-        Ok(listed)
     }
 
     /// Count, bytes and the oldest entry time of every state.
     pub async fn stats(&self) -> Result<Vec<(State, StateStats)>, QueueError> {
         let lists = futures::future::join_all(State::ALL.map(|s| async move {
-            let listed = self.list_folder(s).await?;
+            let listed = self.all_keys(s).await?;
             Ok::<_, QueueError>((
                 s,
                 StateStats {
                     count: listed.len() as u64,
-                    bytes: listed.iter().map(|m| m.size).sum(),
-                    oldest: listed.iter().map(|m| m.last_modified).min(),
+                    bytes: listed.iter().map(|(_, m)| m.size).sum(),
+                    oldest: listed.iter().map(|(_, m)| m.last_modified).min(),
                 },
             ))
         }))
@@ -432,25 +436,34 @@ impl Queue {
         lists.into_iter().collect()
     }
 
-    /// Up to `limit` messages of `state`, in claim order, with their attempt counts.
+    /// The first `limit` messages of `state`, in claim order, with their attempt counts.
     pub async fn list(&self, state: State, limit: usize) -> Result<Vec<Entry>, QueueError> {
-        let listed = self.list_folder(state).await?;
+        let mut listed = Vec::new();
+        let mut after = None;
+        while listed.len() < limit {
+            let want = (limit - listed.len()).min(PAGE);
+            let (page, next) = self.list_keys(state, after.as_deref(), want).await?;
+            listed.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
         let entries = futures::stream::iter(listed.into_iter().take(limit))
-            .map(|meta| async move {
-                let name = name_of(&meta);
-                // Messages under cur/ were never claimed: no need to read their record.
+            .map(|(key, meta)| async move {
+                // Messages under cur/ were never claimed since they got there.
                 let attempt = match state {
                     State::Cur => 0,
                     _ => self
-                        .head(state, &name)
+                        .head(&key)
                         .await?
                         .map(|c| c.record.attempt)
                         .unwrap_or(0),
                 };
                 Ok::<_, QueueError>(Entry {
-                    key: format!("{state}/{name}"),
-                    received: record::received(&name).unwrap_or(meta.last_modified),
-                    name,
+                    key: key.to_string(),
+                    received: super::record::received(&key.name).unwrap_or(meta.last_modified),
+                    name: key.name,
                     state,
                     size: meta.size,
                     attempt,
@@ -469,7 +482,7 @@ impl Queue {
         if copies.is_empty() {
             return Err(QueueError::NotFound(key.to_string()));
         }
-        copies.sort_by_key(|c| std::cmp::Reverse(recency(c)));
+        copies.sort_by_key(|c| std::cmp::Reverse(c.key.rank()));
         Ok(copies)
     }
 
@@ -502,7 +515,7 @@ impl Queue {
         digest: &str,
     ) -> Result<Option<FinishedRef>, QueueError> {
         let found = self.inner.lock.finished(digest).await?;
-        Ok(found.filter(|f| f.key.rsplit('/').next() != Some(name)))
+        Ok(found.filter(|f| f.key.parse::<MessageRef>().map_or(true, |r| r.name != name)))
     }
 
     /// The holder of `name`'s lease, if any.
@@ -524,51 +537,9 @@ impl Queue {
         }
     }
 
-    /// Moves `name` from `from` to `state` with `record`, under the lease `held`: a verified
-    /// copy, then the lease checked again in the lock engine, then the delete of the source.
-    /// A holder that lost its lease since its last check (paused, partitioned) gets
-    /// [`QueueError::LeaseLost`] and deletes nothing: its copy, written under an older
-    /// fencing number, gives way to the newer holder's when the two meet.
-    pub(crate) async fn transfer(
-        &self,
-        name: &str,
-        from: &ObjectMeta,
-        state: State,
-        record: &Record,
-        held: Held<'_>,
-    ) -> Result<(), QueueError> {
-        let mover = &self.inner.mover;
-        mover
-            .copy_verified(from, &state.path(name), &record.to_update())
-            .await
-            .map_err(|e| fenced_error(name, e))?;
-        failpoint::hit("move.verified");
-        self.check_lease(name, held).await?;
-        mover.delete_source(from).await?;
-        Ok(())
-    }
-
-    /// Sets `record` on the copy at `at` in place (the take-over of an abandoned claim),
-    /// under the lease `held`, checked again afterwards: a holder paused during the update
-    /// must not go on as if it held the claim.
-    pub(crate) async fn update_in_place(
-        &self,
-        name: &str,
-        at: &ObjectMeta,
-        record: &Record,
-        held: Held<'_>,
-    ) -> Result<(), QueueError> {
-        self.inner
-            .mover
-            .update_metadata(at, &record.to_update())
-            .await
-            .map_err(|e| fenced_error(name, e))?;
-        self.check_lease(name, held).await.map(drop)
-    }
-
     /// Takes the lease on `name` for this queue's owner; `None` when somebody holds it (or,
     /// `from_cur`, when it is marked as having left `cur/`).
-    pub(crate) async fn acquire(
+    pub(super) async fn acquire(
         &self,
         name: &str,
         lease: Duration,
@@ -582,113 +553,168 @@ impl Queue {
         })
     }
 
-    /// Renews the lease `held`; `false` when it is lost. A live claim's lease that the lock
-    /// engine lost with its data (a Redis restart without persistence) is taken back when
-    /// nobody holds it and the engine's new data is younger than the lease the claim
-    /// recorded ([`LockEngine::restore`]): before then nobody takes a `processing/` message
-    /// over. It is kept only if the copy under `processing/`, looked at once the lease is
-    /// held again (so that nobody can take the message meanwhile), is still the claim's:
-    /// its fence and recorded lease. Any doubt gives the lease up: the claim is lost.
-    pub(crate) async fn hold(&self, name: &str, held: Held<'_>) -> Result<bool, QueueError> {
-        let lock = &self.inner.lock;
-        if lock.renew(name, held.token, held.lease).await? {
-            return Ok(true);
+    /// Gives a lease up (best effort: it runs out by itself).
+    pub(super) async fn release_lease(&self, name: &str, token: &Token) {
+        if let Err(e) = self.inner.lock.release(name, token).await {
+            tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
         }
-        let Some(Restorable { recorded, .. }) = held.restorable.filter(|r| Utc::now() < r.until)
-        else {
-            return Ok(false);
-        };
-        if !lock.restore(name, held.token, held.lease, recorded).await? {
-            return Ok(false);
-        }
-        let ours = match self.head(State::Processing, name).await {
-            Ok(copy) => copy.is_some_and(|c| {
-                c.record.fence == held.token.fence() && self.recorded_lease(&c.record) == recorded
-            }),
-            Err(e) => {
-                tracing::warn!(name, error = %e, "cannot check the copy of a lease taken back; giving it up");
-                false
-            }
-        };
-        if !ours {
-            if let Err(e) = lock.release(name, held.token).await {
-                tracing::warn!(name, error = %e, "could not give a lease back; it expires by itself");
-            }
-            return Ok(false);
-        }
-        // An incident for the operator: the lock engine lost its data.
-        tracing::warn!(name, "lease taken back after the lock engine lost its data");
-        Ok(true)
     }
 
-    /// [`Queue::hold`], or [`QueueError::LeaseLost`]. A lock engine that cannot be reached
-    /// (restarting) is asked again for up to one lease before the error is returned: this
-    /// check stands between a landed copy and the delete of its source, and a move left
-    /// half done there is one its caller believes failed. Returns when the confirming check
-    /// began; a check that took half a lease or more is made again, so that what follows
-    /// has at least half a lease left.
-    pub(crate) async fn check_lease(
+    /// Renews the lease of `token` on `name` to `lease`; [`QueueError::LeaseLost`] when it
+    /// no longer holds it. A lock engine that cannot be reached (restarting) is asked again
+    /// for up to one lease before the error is returned: this check stands between a
+    /// landed copy and what follows it. Returns when the confirming check began; a check
+    /// that took half a lease or more is made again, so that what follows has at least half
+    /// a lease left.
+    pub(super) async fn check_lease(
         &self,
         name: &str,
-        held: Held<'_>,
+        token: &Token,
+        lease: Duration,
     ) -> Result<Instant, QueueError> {
-        let give_up = Instant::now().checked_add(held.lease);
+        let give_up = Instant::now().checked_add(lease);
         let mut pause = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            let past = |wait: Duration| give_up.is_some_and(|g| Instant::now() + wait >= g);
-            match self.hold(name, held).await {
-                // What follows a check (a delete) relies on most of the lease being left.
-                Ok(true) if started.elapsed() < held.lease / 2 => return Ok(started),
+            let past = |wait: Duration| give_up.is_none_or(|g| Instant::now() + wait >= g);
+            match self.inner.lock.renew(name, token, lease).await {
+                Ok(true) if started.elapsed() < lease / 2 => return Ok(started),
                 Ok(true) if !past(Duration::ZERO) => {
                     tracing::warn!(name, "the lease check took half a lease; checking again");
                 }
-                // Renewed after `started`, so held until at least `started` + lease; the
-                // caller judges whether that leaves enough.
-                Ok(true) if started.elapsed() < held.lease => return Ok(started),
+                Ok(true) if started.elapsed() < lease => return Ok(started),
                 Ok(_) => {
                     return Err(QueueError::LeaseLost {
                         name: name.to_string(),
                     });
                 }
-                Err(QueueError::Lock(e)) if !past(pause) => {
+                Err(e) if !past(pause) => {
                     tracing::warn!(name, error = %e, "cannot check the lease; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// The lease a claim's record names (the queue's default for records without one):
-    /// the time a claim without a live lease waits before it is taken over.
-    pub(crate) fn recorded_lease(&self, record: &Record) -> Duration {
-        record.lease.unwrap_or(self.inner.settings.lease)
+    /// How long until a claim under `processing/` whose record is `record` and that has no
+    /// live lease may be taken over: `None` once the lock engine's data is older than the
+    /// claim's lease, so that a lease lost with the engine's data (renewed at most when the
+    /// data began) has run out and its claim has learnt it. Both durations come from the
+    /// engine's clock, none from the store's timestamps or this machine's.
+    pub(super) async fn until_abandoned(
+        &self,
+        record: &Record,
+    ) -> Result<Option<Duration>, QueueError> {
+        let lease = record.lease.unwrap_or(self.inner.settings.lease);
+        let age = self.inner.lock.data_age().await?;
+        Ok(lease.checked_sub(age).filter(|wait| !wait.is_zero()))
     }
 
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
+    /// On a store where a move is a rename: renames `from` to `to` with `record` while
+    /// `token` holds the lease, under the lease table's lock where the lock engine has one,
+    /// then makes it durable. [`QueueError::NotFound`]: `from` is not there (moved on).
+    pub(super) async fn rename_held(
+        &self,
+        renamer: &Arc<dyn Renamer>,
+        token: &Token,
+        lease: Duration,
+        from: &CopyKey,
+        to: &CopyKey,
+        record: &Record,
+    ) -> Result<(), QueueError> {
+        let (from_path, to_path, update) = (from.path(), to.path(), record.to_update());
+        let step_renamer = Arc::clone(renamer);
+        let (f, t) = (from_path.clone(), to_path.clone());
+        let step = Box::new(move || step_renamer.rename(&f, &t, &update));
+        match self
+            .inner
+            .lock
+            .with_lease(&from.name, token, lease, step)
+            .await?
+        {
+            None => Err(QueueError::LeaseLost {
+                name: from.name.clone(),
+            }),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(())) => {
+                let renamer = Arc::clone(renamer);
+                blocking(move || renamer.sync(&from_path, &to_path)).await
+            }
+        }
     }
-}
 
-impl Inner {
-    pub(crate) fn lock(&self) -> &Arc<dyn LockEngine> {
-        &self.lock
+    /// On a store where a move copies: copies `from` to `to` with `record`, verified.
+    pub(super) async fn copy_to(
+        &self,
+        from: &ObjectMeta,
+        to: &CopyKey,
+        record: &Record,
+    ) -> Result<(), QueueError> {
+        self.inner
+            .mover
+            .copy_verified(from, &to.path(), &record.to_update())
+            .await
+            .map_err(QueueError::from)
     }
 
-    pub(crate) fn settings(&self) -> &QueueSettings {
-        &self.settings
+    /// Deletes one copy (and its marker); a missing one is fine.
+    pub(super) async fn delete_copy(
+        &self,
+        key: &CopyKey,
+        meta: &ObjectMeta,
+    ) -> Result<(), QueueError> {
+        self.inner.mover.remove(meta).await?;
+        if let Some(marker) = key.marker() {
+            self.delete_object(&marker).await?;
+        }
+        Ok(())
     }
 
-    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.destination.store
+    /// Deletes the object at `path`; a missing one is fine.
+    pub(super) async fn delete_object(&self, path: &Path) -> Result<(), QueueError> {
+        match self.inner.destination.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the marker of a `retry/` copy (empty), before the copy itself.
+    pub(super) async fn put_marker(&self, key: &CopyKey) -> Result<(), QueueError> {
+        if let Some(marker) = key.marker() {
+            self.inner
+                .destination
+                .store
+                .put(&marker, PutPayload::new())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the copies of `copies` that `newest` outranks: anyone who has seen a copy
+    /// outranked may delete it, since no copy ranked above another ever goes away before a
+    /// copy ranked higher still exists (`ARCHITECTURE.md`). Best effort: a copy left is met
+    /// again by the next look.
+    pub(super) async fn delete_outranked(&self, copies: &[StoredCopy], newest: &CopyKey) {
+        for copy in copies.iter().filter(|c| c.key.rank() < newest.rank()) {
+            if let Err(e) = self.delete_copy(&copy.key, &copy.meta).await {
+                tracing::warn!(key = %copy.key, error = %e, "cannot delete an outranked copy; the next look deletes it");
+            } else {
+                tracing::info!(key = %copy.key, newest = %newest, "outranked copy deleted");
+            }
+        }
+    }
+
+    /// Whether moves on this store are renames.
+    pub(super) fn renamer(&self) -> Option<&Arc<dyn Renamer>> {
+        self.inner.renamer.as_ref()
     }
 }
 
 /// `t` plus `d`, at most the latest time chrono knows (a library caller may pass any
 /// duration; a sum must not panic).
-pub(crate) fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(super) fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
@@ -696,72 +722,37 @@ pub(crate) fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 /// `t` minus `d`, at least the earliest time chrono knows.
-pub(crate) fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(super) fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// A store error of a move: a refusal by the fence a newer holder wrote means this holder's
-/// lease is gone.
-pub(super) fn fenced_error(name: &str, e: object_store::Error) -> QueueError {
-    match e {
-        object_store::Error::Precondition { .. } => QueueError::LeaseLost {
-            name: name.to_string(),
-        },
-        e => e.into(),
-    }
-}
-
-/// How recent a copy of a message is: the later of two copies has the higher fencing
-/// number, or (two moves under one lease) the later state.
-pub(super) fn recency(copy: &StoredCopy) -> (u64, State) {
-    (copy.record.fence, copy.state)
-}
-
-/// A lease as a move or a renewal presents it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Held<'a> {
-    /// The token that holds it.
-    pub token: &'a Token,
-    /// The length each renewal asks for.
-    pub lease: Duration,
-    /// For a live claim of this process: the lease lost with the lock engine's data that
-    /// it may take back ([`Queue::hold`]).
-    pub restorable: Option<Restorable>,
-}
-
-/// What a live claim of this process may take back after the lock engine lost its data.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Restorable {
-    /// The lease its copy under `processing/` records.
-    pub recorded: Duration,
-    /// When its lease runs out by this process's clock: never taken back after that (a
-    /// worker paused past its lease may have been taken over).
-    pub until: DateTime<Utc>,
-}
-
-impl<'a> Held<'a> {
-    /// The lease of a take, never taken back: the message may still be in the folder it
-    /// is taken from, where others may take it without waiting.
-    pub(crate) fn taking(token: &'a Token, lease: Duration) -> Held<'a> {
-        Held {
-            token,
-            lease,
-            restorable: None,
-        }
-    }
-}
-
-/// The newest of several copies of one message.
+/// The newest of several copies of one message: the highest rank.
 pub fn newest_copy(copies: &[StoredCopy]) -> Option<&StoredCopy> {
-    copies.iter().max_by_key(|c| recency(c))
+    copies.iter().max_by_key(|c| c.key.rank())
 }
 
-/// The Maildir name of a listed object (its last path segment).
-pub(super) fn name_of(meta: &ObjectMeta) -> String {
-    meta.location.filename().unwrap_or_default().to_string()
+/// The object `source` became at `target` after a verified move: the same size and ETag.
+pub(super) fn moved(source: &ObjectMeta, target: &CopyKey) -> ObjectMeta {
+    ObjectMeta {
+        location: target.path(),
+        last_modified: Utc::now(),
+        size: source.size,
+        e_tag: source.e_tag.clone(),
+        version: None,
+    }
+}
+
+/// Runs blocking store work off the runtime's threads.
+pub(super) async fn blocking(
+    work: impl FnOnce() -> object_store::Result<()> + Send + 'static,
+) -> Result<(), QueueError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| QueueError::Store(e.to_string()))?
+        .map_err(QueueError::from)
 }
 
 #[cfg(test)]
@@ -769,26 +760,29 @@ mod tests {
     use super::*;
 
     fn copy(state: State, fence: u64) -> StoredCopy {
-        StoredCopy {
+        let key = CopyKey {
             state,
+            name: "m".into(),
+            fence,
+            due: (state == State::Retry).then(Utc::now),
+        };
+        StoredCopy {
             meta: ObjectMeta {
-                location: state.path("m"),
+                location: key.path(),
                 last_modified: Utc::now(),
                 size: 1,
                 e_tag: None,
                 version: None,
             },
-            record: Record {
-                fence,
-                ..Record::default()
-            },
+            key,
+            record: Record::default(),
             attributes: object_store::Attributes::new(),
         }
     }
 
     #[test]
     fn the_later_copy_wins_by_fence_then_state() {
-        let newest = |copies: &[StoredCopy]| newest_copy(copies).map(|c| (c.state, c.record.fence));
+        let newest = |copies: &[StoredCopy]| newest_copy(copies).map(|c| (c.state(), c.key.fence));
         // A newer lease's copy wins whatever its folder (a requeue's cur/ over done/).
         assert_eq!(
             newest(&[copy(State::Done, 5), copy(State::Cur, 9)]),

@@ -8,27 +8,31 @@
 //! A message lives under one state folder of its destination ([`record::State`]): the filter
 //! writes `cur/`; [`Queue::claim`] moves the oldest message to `processing/` under a lease
 //! from a [`lock::LockEngine`]; [`Claim::finish`] moves it on to `done/`, `failed/` or
-//! `retry/`, and [`Claim::release`] gives it back. Every move is a copy, a check and a
-//! delete ([`crate::store::mover`]), and every move is made under the message's lease, whose
-//! token the lock engine checks first.
+//! `retry/`, and [`Claim::release`] gives it back. Every copy a claim writes carries the
+//! fencing number of its lease in its key ([`record::CopyKey`]), so a holder only ever
+//! writes, rewrites or deletes its own copies; the copy with the highest rank (fencing
+//! number, then state) is the message.
 //!
-//! Guarantees (README.rst says them for users):
-//! - **Nothing is lost**: a crash at any instant leaves the message in at least one folder;
-//!   a message found in two (the leftover of a crash) is resolved by the next claim or
-//!   finish that meets it: the copy with the higher fencing number, then the later folder,
-//!   wins, and the other is deleted.
-//! - **One holder, fenced finish**: finish, renew and release first check in the lock
-//!   engine that the token still holds the lease; if not, [`QueueError::LeaseLost`] and
-//!   nothing moves. Each message is *finished* once; processing is at least once.
+//! Guarantees (README.rst says them for users; ARCHITECTURE.md argues them step by step):
+//! - **Nothing is lost**: a crash or a pause at any instant leaves the message in at least
+//!   one folder; no copy is deleted before a copy ranked above it exists, and a copy is only
+//!   deleted by its own holder or by whoever has seen a copy that outranks it.
+//! - **One holder, fenced finish**: a finish reports by its lease: where a move copies, the
+//!   lease is checked again once the copy has landed, before the claim's own copy is
+//!   deleted; on a Maildir the rename runs under the lease table's lock. A claim whose lease
+//!   is lost gets [`QueueError::LeaseLost`]. Each message is *finished* once; processing is
+//!   at least once.
 //! - **Slow jobs keep their claim**: a [`Claim`] renews its lease at a third of its length.
-//!   A message in `processing/` with no live lease is claimable again (a new attempt).
+//!   A message in `processing/` with no live lease is claimable again (a new attempt), once
+//!   the lock engine's data is older than the claim's lease.
 //! - **Poison messages stop**: a claim that would pass `max_attempts` moves the message to
 //!   `failed/` with the reason "too many attempts"; `retry/` waits with backoff.
 //!
 //! Claims take `cur/` first in first out (by the time in the Maildir name), then due
-//! `retry/` messages, then `processing/` messages without a live lease. A claim that waits
-//! wakes on announcements of new mail (Redis pub/sub from the filter, inotify on a local
-//! Maildir) and lists the store every `poll_interval` anyway.
+//! `retry/` copies (their keys begin with the due time), then `processing/` copies without
+//! a live lease, one page at a time whatever the depth. A claim that waits wakes on
+//! announcements of new mail (Redis pub/sub from the filter, inotify on a local Maildir)
+//! and lists the store every `poll_interval` anyway.
 
 pub mod claim;
 pub mod dedup;
@@ -43,10 +47,11 @@ mod wake;
 
 pub use claim::{Claim, Finished, Outcome};
 pub use dedup::DedupDigest;
+pub use handle::moved_on;
 pub use handle::{
     ClaimOptions, Digests, Entry, PurgeReport, Queue, QueueError, STATE_DIR_IN_MAILDIR, StateStats,
     StoredCopy, TOO_MANY_ATTEMPTS, newest_copy, open_lock, queue_id,
 };
 pub use lock::{FinishedRef, Holder, LockEngine, LockError, Token};
-pub use record::{MessageRef, Record, State};
+pub use record::{CopyKey, MessageRef, Record, State};
 pub use wake::Announcer;

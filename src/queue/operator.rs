@@ -7,42 +7,44 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::claim::{Claim, Finished};
-use super::handle::{Held, PurgeReport, Queue, QueueError, earlier, name_of};
+use super::handle::{PurgeReport, Queue, QueueError, StoredCopy, earlier, newest_copy};
 use super::lock::Token;
-use super::record::{MessageRef, Record, State};
+use super::record::{CopyKey, MessageRef, Record, State};
 use crate::util::failpoint;
 
 impl Queue {
     /// The claim that `token` holds on the message `key` (a token handed to another process,
-    /// as the CLI does): [`QueueError::LeaseLost`] when the message in `processing/` was
-    /// written under another lease, or is not there.
+    /// as the CLI does). [`QueueError::NotFound`] when no copy of the message is anywhere
+    /// (a mistyped key); [`QueueError::Refused`] when the claim already finished it;
+    /// [`QueueError::LeaseLost`] when its copy under `processing/` is gone otherwise (the
+    /// message was taken over).
     pub async fn resume(&self, key: &str, token: &Token) -> Result<Claim, QueueError> {
         let reference: MessageRef = key.parse().map_err(QueueError::Refused)?;
         let name = reference.name;
-        let lost = || QueueError::LeaseLost { name: name.clone() };
-        let copy = self
-            .head(State::Processing, &name)
-            .await?
-            .ok_or_else(lost)?;
-        if copy.record.fence != token.fence() {
-            return Err(lost());
+        let own = CopyKey::new(State::Processing, &name, token.fence());
+        if let Some(copy) = self.head(&own).await? {
+            let lease = copy.record.lease.unwrap_or(self.inner.settings.lease);
+            return Ok(Claim::resumed(self.clone(), token.clone(), copy, lease));
         }
-        let lease = self.recorded_lease(&copy.record);
-        Ok(Claim::resumed(
-            self.clone(),
-            name.clone(),
-            token.clone(),
-            copy,
-            lease,
-        ))
+        let copies = self.copies(&name).await?;
+        match newest_copy(&copies) {
+            None => Err(QueueError::NotFound(key.to_string())),
+            Some(newest) if newest.key.fence == token.fence() && newest.state().is_final() => {
+                Err(QueueError::Refused(format!(
+                    "{name} is already finished by this claim: {}",
+                    newest.key
+                )))
+            }
+            Some(_) => Err(QueueError::LeaseLost { name }),
+        }
     }
 
-    /// Moves a `failed/`, `retry/` or `done/` message back to `cur/`, with a new attempt
-    /// count. The record of work done is kept (a worker does not repeat what succeeded),
-    /// unless `forget_done`: then the message is handled again in full.
+    /// Moves a `failed/`, `retry/` or `done/` message, or one in `processing/` whose claim
+    /// was abandoned, back to `cur/`, with a new attempt count. The record of work done is
+    /// kept (a worker does not repeat what succeeded), unless `forget_done`: then the
+    /// message is handled again in full.
     pub async fn requeue(&self, key: &str, forget_done: bool) -> Result<Finished, QueueError> {
         let reference: MessageRef = key.parse().map_err(QueueError::Refused)?;
         let name = reference.name;
@@ -59,17 +61,14 @@ impl Queue {
             }));
         };
         let result = self.requeue_leased(&name, &token, lease, forget_done).await;
-        if let Err(e) = self.inner.lock.release(&name, &token).await {
-            tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
-        }
+        self.release_lease(&name, &token).await;
         let finished = result?;
         self.announce(&name).await;
         Ok(finished)
     }
 
-    /// The requeue under the lease: through `processing/`, so that a crash halfway leaves a
-    /// copy there, which claims resolve, and never a second copy beside `cur/` in a folder
-    /// that claims from `cur/` would not look at.
+    /// The requeue under the lease: the newest copy goes to `cur/<name>@<fence>`, and every
+    /// other copy is deleted once it is there.
     async fn requeue_leased(
         &self,
         name: &str,
@@ -77,24 +76,27 @@ impl Queue {
         lease: Duration,
         forget_done: bool,
     ) -> Result<Finished, QueueError> {
-        let newest = self
-            .resolve(name, Held::taking(token, lease))
-            .await?
+        let copies = self.copies(name).await?;
+        let newest = newest_copy(&copies)
+            .cloned()
             .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
-        let from = newest.state;
+        let from = newest.state();
         match from {
             State::Cur => return Err(QueueError::Refused(format!("{name} is already in cur/"))),
             State::Processing => {
-                return Err(QueueError::Refused(format!(
-                    "{name} is in processing/: finish or release its claim, or wait until its lease expires"
-                )));
+                if let Some(wait) = self.until_abandoned(&newest.record).await? {
+                    return Err(QueueError::Refused(format!(
+                        "{name} is in processing/ and its claim may still be alive (the lock engine's data is younger than its lease): try again in {}s",
+                        wait.as_secs() + 1
+                    )));
+                }
             }
             _ => {}
         }
-        let mut record = Record {
+        let record = Record {
             attempt: 0,
             fence: token.fence(),
-            lease: Some(lease),
+            lease: None,
             not_before: None,
             reason: Some(format!("requeued from {from}/")),
             done: if forget_done {
@@ -103,32 +105,22 @@ impl Queue {
                 newest.record.done.clone()
             },
         };
-        self.transfer(
-            name,
-            &newest.meta,
-            State::Processing,
-            &record,
-            Held::taking(token, lease),
-        )
-        .await?;
-        failpoint::hit("requeue.half");
-        let moved = ObjectMeta {
-            location: State::Processing.path(name),
-            last_modified: Utc::now(),
-            ..newest.meta
-        };
-        record.lease = None;
-        self.transfer(
-            name,
-            &moved,
-            State::Cur,
-            &record,
-            Held::taking(token, lease),
-        )
-        .await?;
+        let target = CopyKey::new(State::Cur, name, token.fence());
+        match self.renamer() {
+            Some(renamer) => {
+                self.rename_held(renamer, token, lease, &newest.key, &target, &record)
+                    .await?
+            }
+            None => {
+                self.copy_to(&newest.meta, &target, &record).await?;
+                failpoint::hit("requeue.half");
+                self.check_lease(name, token, lease).await?;
+                self.delete_outranked(&copies, &target).await;
+            }
+        }
         tracing::info!(name, %from, "requeued");
         Ok(Finished {
-            key: format!("cur/{name}"),
+            key: target.to_string(),
             state: State::Cur,
         })
     }
@@ -136,11 +128,11 @@ impl Queue {
     /// Deletes the messages of `state` that entered it more than `older_than` ago.
     /// `progress` is called after each.
     ///
-    /// A message that also has a copy in a folder claims work from (`cur/`, `processing/`,
-    /// `retry/`: the leftover of an interrupted move), and every message of `processing/`,
-    /// is handled under its lease: its copies are resolved first, and it is deleted only when
-    /// the copy being purged is the newest, so that a purge never leaves an older copy to be
-    /// claimed again. Messages held by a worker are skipped.
+    /// Every copy in `processing/` is deleted under its lease, and only when its claim is
+    /// abandoned (no live lease, and the lock engine's data older than the claim's lease);
+    /// so is a copy whose message has a copy in another folder too (found by listing every
+    /// folder once): then only when the copy being purged is the newest, so that a purge
+    /// never leaves an older copy to be claimed again.
     pub async fn purge(
         &self,
         state: State,
@@ -149,15 +141,15 @@ impl Queue {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<PurgeReport, QueueError> {
         let cutoff = earlier(Utc::now(), older_than);
-        let old: Vec<ObjectMeta> = self
-            .list_folder(state)
+        let old: Vec<(CopyKey, object_store::ObjectMeta)> = self
+            .all_state_keys(state)
             .await?
             .into_iter()
-            .filter(|m| m.last_modified < cutoff)
+            .filter(|(_, m)| m.last_modified < cutoff)
             .collect();
         let mut report = PurgeReport {
             matched: old.len() as u64,
-            bytes: old.iter().map(|m| m.size).sum(),
+            bytes: old.iter().map(|(_, m)| m.size).sum(),
             ..PurgeReport::default()
         };
         if dry_run {
@@ -166,10 +158,13 @@ impl Queue {
         // A name also found in another folder is a leftover pair: resolved under its lease
         // (the newest copy stays), never just deleted.
         let mut elsewhere = HashSet::new();
-        for other in State::ALL {
-            if other != state {
-                elsewhere.extend(self.list_folder(other).await?.iter().map(name_of));
-            }
+        for other in State::ALL.into_iter().filter(|s| *s != state) {
+            elsewhere.extend(
+                self.all_state_keys(other)
+                    .await?
+                    .into_iter()
+                    .map(|(k, _)| k.name),
+            );
         }
         if let Err(e) = self.inner.lock.forget_expired().await {
             tracing::warn!(error = %e, "cannot clean the dedup index");
@@ -177,26 +172,22 @@ impl Queue {
         let total = report.matched;
         let elsewhere = &elsewhere;
         let mut deletions = futures::stream::iter(old)
-            .map(|meta| async move {
-                let name = name_of(&meta);
-                let result = if state == State::Processing || elsewhere.contains(&name) {
-                    self.purge_leased(&name, state, cutoff).await
+            .map(|(key, meta)| async move {
+                let result = if state == State::Processing || elsewhere.contains(&key.name) {
+                    self.purge_leased(&key, cutoff).await
                 } else {
-                    match self.inner.destination.store.delete(&meta.location).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-                        Err(e) => Err(QueueError::from(e)),
-                    }
+                    self.delete_copy(&key, &meta).await.map(|()| true)
                 };
-                (meta, result)
+                (key, result)
             })
             .buffer_unordered(8);
-        while let Some((meta, result)) = deletions.next().await {
+        while let Some((key, result)) = deletions.next().await {
             match result {
                 Ok(true) => report.deleted += 1,
                 Ok(false) => report.skipped += 1,
                 Err(e) => {
                     report.failed += 1;
-                    tracing::warn!(key = %meta.location, error = %e, "could not purge");
+                    tracing::warn!(key = %key, error = %e, "could not purge");
                 }
             }
             progress(report.deleted + report.skipped + report.failed, total);
@@ -204,34 +195,66 @@ impl Queue {
         Ok(report)
     }
 
-    /// Purges `name` from `state` under its lease, after resolving its copies: `false` when
-    /// it is held, or its newest copy is elsewhere or young.
+    /// Every key of `state`.
+    async fn all_state_keys(
+        &self,
+        state: State,
+    ) -> Result<Vec<(CopyKey, object_store::ObjectMeta)>, QueueError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = self
+                .list_keys(state, after.as_deref(), super::handle::PAGE)
+                .await?;
+            all.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Purges the copy `key` under its message's lease: `false` when the message is held,
+    /// its claim may be alive, or its newest copy is another or young.
     async fn purge_leased(
         &self,
-        name: &str,
-        state: State,
+        key: &CopyKey,
         cutoff: chrono::DateTime<Utc>,
     ) -> Result<bool, QueueError> {
+        let name = &key.name;
+        if key.state == State::Processing {
+            // Before the lease: after the lock engine lost its data, nobody knows for a
+            // lease whether a claim in processing/ is alive.
+            let Some(copy) = self.head(key).await? else {
+                return Ok(true);
+            };
+            if self.until_abandoned(&copy.record).await?.is_some() {
+                return Ok(false);
+            }
+        }
         let lease = self.inner.settings.lease;
         let Some(token) = self.acquire(name, lease, false).await? else {
             return Ok(false);
         };
         let purged = async {
-            let held = Held::taking(&token, lease);
-            let Some(newest) = self.resolve(name, held).await? else {
+            let copies: Vec<StoredCopy> = self.copies(name).await?;
+            let Some(newest) = newest_copy(&copies) else {
                 return Ok(true);
             };
-            if newest.state != state || newest.meta.last_modified >= cutoff {
+            if newest.key != *key {
+                self.delete_outranked(&copies, &newest.key).await;
                 return Ok(false);
             }
-            self.delete_under_lease(name, &newest, held, &mut None)
-                .await?;
+            if newest.meta.last_modified >= cutoff {
+                return Ok(false);
+            }
+            self.check_lease(name, &token, lease).await?;
+            self.delete_outranked(&copies, &newest.key).await;
+            self.delete_copy(&newest.key, &newest.meta).await?;
             Ok(true)
         }
         .await;
-        if let Err(e) = self.inner.lock.release(name, &token).await {
-            tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
-        }
+        self.release_lease(name, &token).await;
         purged
     }
 }

@@ -1,28 +1,45 @@
-//! The states a stored message goes through, the keys that name it in each, and the record
-//! the queue keeps with the object (its metadata).
+//! The states a stored message goes through, the keys that name each of its copies, and the
+//! record the queue keeps with each copy (its metadata).
 //!
-//! A message keeps its Maildir name in every state; only the folder changes:
-//! `cur/<name>` → `processing/<name>` → `done/<name>` | `failed/<name>` | `retry/<name>`.
+//! A message keeps its Maildir name in every state. Every copy a worker writes carries, in its
+//! key, the fencing number of the lease it was written under, so that a holder only ever
+//! writes, rewrites or deletes its own copies:
 //!
-//! The record travels with the object, so it survives the loss of the lock engine's data:
+//! | state | key |
+//! |---|---|
+//! | [`State::Cur`] | `cur/<name>` (the filter's), `cur/<name>@<fence>` (requeued) |
+//! | [`State::Processing`] | `processing/<name>@<fence>` |
+//! | [`State::Retry`] | `retry/<due>_<name>@<fence>`, due as `YYYYMMDDTHHMMSS.mmmZ` (UTC) |
+//! | [`State::Failed`] | `failed/<name>@<fence>` |
+//! | [`State::Done`] | `done/<name>@<fence>` |
+//!
+//! Names sort by the time the filter received them and `retry/` keys by their due time, so
+//! a listing in key order gives the oldest mail first and the due retries first. Where a
+//! move is a copy and a delete (Swift, S3), a copy in `retry/` has a marker,
+//! `retry/marker+<name>@<fence>+<due>` (empty), so that it can be found by its name; markers
+//! sort after every due key.
+//!
+//! A copy's **rank** is its fencing number, then its state in the order
+//! `cur < processing < retry < failed < done` (two copies of one lease: the later move's).
+//! The copy with the highest rank is the message; any other is outranked, and whoever sees
+//! both may delete it (see `ARCHITECTURE.md`).
+//!
+//! The record travels with the copy, so it survives the loss of the lock engine's data:
 //!
 //! | metadata key | value |
 //! |---|---|
-//! | `queue-attempt` | claims so far (0 under `cur/`, which holds only never-claimed mail) |
-//! | `queue-fence` | fencing number of the lease under which this copy was written |
+//! | `queue-attempt` | claims so far (0 under `cur/`) |
+//! | `queue-fence` | fencing number of the lease under which this copy was written (also in its key) |
 //! | `queue-lease` | under `processing/`: the claim's lease length in milliseconds |
-//! | `queue-not-before` | RFC 3339 time before which a `retry/` message is not claimed, or `-` |
+//! | `queue-not-before` | RFC 3339 time before which a `retry/` message is not claimed (also in its key), or `-` |
 //! | `queue-reason` | why the message is where it is (percent-encoded), or `-` |
-//!
-//! When a crash leaves one message in two folders, the copy with the higher fencing number
-//! is the later one; for equal numbers (two moves under one lease) the later folder in
-//! `cur < processing < retry < failed < done` wins.
+//! | `queue-done`, `queue-done-2`... | ids of work already done, comma-separated |
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use object_store::path::Path;
 use object_store::{Attribute, Attributes};
 
@@ -31,6 +48,12 @@ use crate::store::metadata;
 
 /// Longest reason kept, in bytes of its encoded form (Swift allows 256 per value).
 const MAX_REASON: usize = 200;
+/// The due time in a `retry/` key: fixed width, so that keys sort by it.
+const DUE_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
+/// Characters of [`DUE_FORMAT`]'s output.
+const DUE_LEN: usize = 20;
+/// What begins a `retry/` marker's name: it sorts after every due time (digits).
+const MARKER: &str = "marker+";
 
 /// Where a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,14 +91,14 @@ impl State {
         }
     }
 
-    /// The object key of `name` in this state.
-    pub fn path(self, name: &str) -> Path {
-        Path::from_iter([self.folder(), name])
-    }
-
     /// The folder as an object_store prefix.
     pub fn prefix(self) -> Path {
         Path::from(self.folder())
+    }
+
+    /// Whether a message in this state is finished (it stays there).
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Done | State::Failed)
     }
 }
 
@@ -98,7 +121,155 @@ impl FromStr for State {
     }
 }
 
-/// A KEY as users give it: a Maildir name, with or without a state folder in front.
+/// The key of one copy of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CopyKey {
+    /// Its state folder.
+    pub state: State,
+    /// The message's Maildir name.
+    pub name: String,
+    /// The fencing number it was written under; 0 for the filter's copy in `cur/`.
+    pub fence: u64,
+    /// In `retry/`: when the copy becomes claimable.
+    pub due: Option<DateTime<Utc>>,
+}
+
+impl CopyKey {
+    /// The key of `name` in `state`, written under `fence` (a `retry/` key also needs its
+    /// due time: [`CopyKey::retry`]).
+    pub fn new(state: State, name: &str, fence: u64) -> CopyKey {
+        CopyKey {
+            state,
+            name: name.to_string(),
+            fence,
+            due: None,
+        }
+    }
+
+    /// The `retry/` key of `name` written under `fence`, due at `due`.
+    pub fn retry(name: &str, fence: u64, due: DateTime<Utc>) -> CopyKey {
+        CopyKey {
+            state: State::Retry,
+            name: name.to_string(),
+            fence,
+            // The key keeps milliseconds: the copy's due time is what its key says.
+            due: Some(truncate_to_millis(due)),
+        }
+    }
+
+    /// The object key, e.g. `processing/<name>@<fence>`.
+    pub fn path(&self) -> Path {
+        Path::from(self.to_string())
+    }
+
+    /// The copy's rank: the later copy of two has the higher fence, or (two moves of one
+    /// lease) the later state.
+    pub fn rank(&self) -> (u64, State) {
+        (self.fence, self.state)
+    }
+
+    /// For a `retry/` copy on a store whose moves copy: its marker, which makes the copy
+    /// findable by name.
+    pub fn marker(&self) -> Option<Path> {
+        let due = self.due?;
+        Some(Path::from(format!(
+            "{}/{MARKER}{}@{}+{}",
+            State::Retry.folder(),
+            self.name,
+            self.fence,
+            due.format(DUE_FORMAT)
+        )))
+    }
+
+    /// Parses an object key made by [`CopyKey::path`]; `None` for anything else (other
+    /// objects, markers, names this crate did not make).
+    pub fn parse(key: &str) -> Option<CopyKey> {
+        let (folder, rest) = key.split_once('/')?;
+        let state: State = folder.parse().ok()?;
+        let (due, rest) = match state {
+            State::Retry => {
+                let due = rest.get(..DUE_LEN)?;
+                let rest = rest.get(DUE_LEN..)?.strip_prefix('_')?;
+                (Some(parse_due(due)?), rest)
+            }
+            _ => (None, rest),
+        };
+        let (name, fence) = match rest.rsplit_once('@') {
+            Some((name, fence)) => (name, fence.parse::<u64>().ok()?),
+            None if state == State::Cur => (rest, 0),
+            None => return None,
+        };
+        if !is_message_name(name) || (state != State::Cur && fence == 0) {
+            return None;
+        }
+        Some(CopyKey {
+            state,
+            name: name.to_string(),
+            fence,
+            due,
+        })
+    }
+
+    /// Parses a `retry/` marker's key: the key of the copy it stands for.
+    pub fn parse_marker(key: &str) -> Option<CopyKey> {
+        let rest = key
+            .strip_prefix(State::Retry.folder())?
+            .strip_prefix('/')?
+            .strip_prefix(MARKER)?;
+        let (rest, due) = rest.rsplit_once('+')?;
+        let (name, fence) = rest.rsplit_once('@')?;
+        if !is_message_name(name) {
+            return None;
+        }
+        Some(CopyKey {
+            state: State::Retry,
+            name: name.to_string(),
+            fence: fence.parse().ok()?,
+            due: Some(parse_due(due)?),
+        })
+    }
+
+    /// The prefixes under which every copy and marker of `name` is found, one per folder
+    /// (`cur/` and `retry/` markers included).
+    pub fn prefixes_of(name: &str) -> [String; 5] {
+        [
+            format!("{}/{name}", State::Cur.folder()),
+            format!("{}/{name}@", State::Processing.folder()),
+            format!("{}/{MARKER}{name}@", State::Retry.folder()),
+            format!("{}/{name}@", State::Failed.folder()),
+            format!("{}/{name}@", State::Done.folder()),
+        ]
+    }
+}
+
+impl fmt::Display for CopyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let folder = self.state.folder();
+        match (self.state, self.due, self.fence) {
+            (State::Cur, _, 0) => write!(f, "{folder}/{}", self.name),
+            (State::Retry, Some(due), fence) => write!(
+                f,
+                "{folder}/{}_{}@{fence}",
+                due.format(DUE_FORMAT),
+                self.name
+            ),
+            (_, _, fence) => write!(f, "{folder}/{}@{fence}", self.name),
+        }
+    }
+}
+
+fn parse_due(s: &str) -> Option<DateTime<Utc>> {
+    NaiveDateTime::parse_from_str(s, DUE_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn truncate_to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// A KEY as users give it: a Maildir name, with or without a state folder in front, or a
+/// copy's whole key as `list` and `claim` print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRef {
     /// The state named in the key, if any.
@@ -111,14 +282,19 @@ impl FromStr for MessageRef {
     type Err = String;
 
     fn from_str(key: &str) -> Result<MessageRef, String> {
+        let bad = || format!("{key:?} is not a message key such as cur/<name> or <name>");
+        if let Some(copy) = CopyKey::parse(key) {
+            return Ok(MessageRef {
+                state: Some(copy.state),
+                name: copy.name,
+            });
+        }
         let (state, name) = match key.split_once('/') {
             Some((folder, name)) => (Some(folder.parse::<State>()?), name),
             None => (None, key),
         };
         if !is_message_name(name) {
-            return Err(format!(
-                "{key:?} is not a message key such as cur/<name> or <name>"
-            ));
+            return Err(bad());
         }
         Ok(MessageRef {
             state,
@@ -127,13 +303,12 @@ impl FromStr for MessageRef {
     }
 }
 
-/// Whether `name` can be a message's name: one path segment, printable, not `.` or `..`.
+/// Whether `name` can be a message's name: one path segment, printable, not `.` or `..`,
+/// and without the `@` and `+` of the queue's keys.
 pub fn is_message_name(name: &str) -> bool {
     !name.is_empty()
-        && name != "."
-        && name != ".."
         && !name.starts_with('.')
-        && !name.contains(['/', '\\'])
+        && !name.contains(['/', '\\', '@', '+'])
         && !name.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
@@ -164,7 +339,7 @@ pub struct Record {
 }
 
 const ATTEMPT: &str = "queue-attempt";
-const FENCE: &str = crate::store::mover::FENCE_KEY;
+const FENCE: &str = "queue-fence";
 const LEASE: &str = "queue-lease";
 const NOT_BEFORE: &str = "queue-not-before";
 const REASON: &str = "queue-reason";
@@ -288,6 +463,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn copy_keys_round_trip_and_sort() {
+        let name = "1700000000.M5P6Q7.mx,S=10";
+        let due = DateTime::from_timestamp_millis(1_800_000_000_123).unwrap();
+        for key in [
+            CopyKey::new(State::Cur, name, 0),
+            CopyKey::new(State::Cur, name, 9),
+            CopyKey::new(State::Processing, name, 1_764_000_000_123_456),
+            CopyKey::retry(name, 12, due),
+            CopyKey::new(State::Failed, name, 13),
+            CopyKey::new(State::Done, name, 14),
+        ] {
+            assert_eq!(CopyKey::parse(&key.to_string()), Some(key.clone()), "{key}");
+            let reference: MessageRef = key.to_string().parse().unwrap();
+            assert_eq!(
+                (reference.state, reference.name.as_str()),
+                (Some(key.state), name)
+            );
+        }
+        assert_eq!(
+            CopyKey::new(State::Cur, name, 0).to_string(),
+            format!("cur/{name}")
+        );
+        let retry = CopyKey::retry(name, 12, due);
+        assert_eq!(
+            retry.to_string(),
+            format!("retry/20270115T080000.123Z_{name}@12")
+        );
+        let marker = retry.marker().unwrap();
+        assert_eq!(CopyKey::parse_marker(marker.as_ref()), Some(retry.clone()));
+        assert_eq!(CopyKey::parse(marker.as_ref()), None);
+        assert!(
+            marker.as_ref() > retry.to_string().as_str(),
+            "markers sort after every due key"
+        );
+        let later = CopyKey::retry(name, 1, due + chrono::Duration::milliseconds(1));
+        assert!(
+            later.to_string() > retry.to_string(),
+            "retry keys sort by due time"
+        );
+        assert!(retry.rank() > CopyKey::new(State::Processing, name, 12).rank());
+        assert!(CopyKey::new(State::Processing, name, 13).rank() > retry.rank());
+        for bad in [
+            "new/x",
+            "cur/",
+            "cur/../x",
+            "processing/x",
+            "processing/x@y",
+            "processing/x@0",
+            "retry/x@1",
+            "done/a+b@1",
+        ] {
+            assert_eq!(CopyKey::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn keys_with_and_without_a_state() {
         let name = "1700000000.M5P6Q7.mx,S=10";
         assert_eq!(
@@ -299,11 +530,10 @@ mod tests {
         );
         assert_eq!(name.parse::<MessageRef>().unwrap().state, None);
         for bad in [
-            "", "new/x", "cur/", "cur/../x", "..", ".hidden", "a b", "cur/a/b",
+            "", "new/x", "cur/", "cur/../x", "..", ".hidden", "a b", "cur/a/b", "a@b",
         ] {
             assert!(bad.parse::<MessageRef>().is_err(), "{bad:?}");
         }
-        assert_eq!(State::Retry.path(name).as_ref(), format!("retry/{name}"));
     }
 
     #[test]

@@ -1,40 +1,44 @@
 //! Claiming: which message a claim takes next, and the moves that take it.
 //!
 //! Claims take `cur/` first in first out (by the time in the Maildir name), then due
-//! `retry/` messages, then `processing/` messages without a live lease. Once every
-//! `poll_interval` the `retry/` and `processing/` folders are looked at first, so that a
-//! backlog in `cur/` cannot hold back a due retry or an abandoned claim for longer.
+//! `retry/` copies (earliest due first: their keys begin with the due time), then
+//! `processing/` copies without a live lease. Once every `poll_interval` the `retry/` and
+//! `processing/` folders are looked at first, so that a backlog in `cur/` cannot hold back
+//! a due retry or an abandoned claim for longer.
 //!
-//! Candidates come from listings and from announcements. `cur/` is listed again only when
-//! the candidates of the last listing ran out (and that listing is older than
-//! `poll_interval`): new mail in between arrives by announcement. A candidate that another
-//! worker holds costs one lock-engine call; one that another worker already moved on costs
-//! one failed copy.
+//! Every look at a folder lists its first page in key order, so a claim costs the same
+//! whatever the depth: a page of `cur/` serves many claims and is listed again when it runs
+//! out or is a `poll_interval` old (so a name skipped because another worker held it is
+//! tried again then, not after the whole backlog). A candidate that another worker holds
+//! costs one lock-engine call.
+//!
+//! A take moves the message to `processing/<name>@<fence>` under the new lease. Where a move
+//! copies (Swift, S3) the source is deleted before the claim is handed out, and if that
+//! fails the take is undone: a copy left under `cur/` or `retry/` must never be the start of
+//! a second claim of a message already being processed. A copy the filter wrote has no
+//! other copy (the first take deletes it before anybody works on the message); any other
+//! candidate is taken only after every copy of its message was looked at, and only if it is
+//! the newest.
 
-use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use chrono::Utc;
 use object_store::ObjectMeta;
 
-use super::candidates::Candidates;
+use super::candidates::ANNOUNCED;
 use super::claim::Claim;
 use super::handle::{
-    ClaimOptions, Held, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, name_of,
+    ClaimOptions, PAGE, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, moved, newest_copy,
 };
-use super::record::{Record, State};
+use super::lock::Token;
+use super::record::{CopyKey, Record, State};
 use super::wake;
 use crate::util::failpoint;
 
-impl Queue {
-    /// Notes that a message in `retry/` becomes due at `at`, so that a waiting claim lists
-    /// `retry/` again then.
-    pub(super) async fn retry_due_at(&self, at: DateTime<Utc>) {
-        let mut candidates = self.inner.candidates.lock().await;
-        candidates.next_due = Some(candidates.next_due.map_or(at, |due| due.min(at)));
-    }
+/// Tries of deleting a take's source before the take is undone.
+const SOURCE_DELETE_TRIES: u32 = 3;
 
+impl Queue {
     /// Claims the next due message (see the module docs for the order). With `wait`, blocks
     /// until one is claimable or the wait is over. `None`: nothing claimable.
     pub async fn claim(&self, options: &ClaimOptions) -> Result<Option<Claim>, QueueError> {
@@ -60,32 +64,9 @@ impl Queue {
             if now >= deadline {
                 return Ok(None);
             }
-            let mut next = instant_after(now, self.inner.settings.poll_interval);
-            {
-                let mut candidates = self.inner.candidates.lock().await;
-                if let Some(due) = candidates.next_due {
-                    match (due - Utc::now()).to_std() {
-                        Ok(until) => next = next.min(instant_after(now, until)),
-                        // Due now: the next look lists retry/ again.
-                        Err(_) => {
-                            candidates.retry_listed = None;
-                            candidates.next_due = None;
-                            continue;
-                        }
-                    }
-                }
-            }
-            {
-                let mut candidates = self.inner.candidates.lock().await;
-                if let Some(at) = candidates.next_abandoned {
-                    if at <= Instant::now() {
-                        candidates.processing_listed = None;
-                        candidates.next_abandoned = None;
-                        continue;
-                    }
-                    next = next.min(tokio::time::Instant::from_std(at));
-                }
-            }
+            let Some(next) = self.next_look(now) else {
+                continue;
+            };
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(next.min(deadline)) => {}
@@ -93,37 +74,73 @@ impl Queue {
         }
     }
 
+    /// When a waiting claim looks again: a `poll_interval` from `now`, or earlier when a
+    /// `retry/` copy becomes due or a `processing/` copy claimable; `None` when that is now
+    /// (the folder is marked for listing).
+    fn next_look(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut next = instant_after(now, self.inner.settings.poll_interval);
+        let mut candidates = self.inner.candidates.lock().unwrap();
+        if let Some(due) = candidates.next_due {
+            match (due - Utc::now()).to_std() {
+                Ok(until) => next = next.min(instant_after(now, until)),
+                Err(_) => {
+                    candidates.next_due = None;
+                    candidates.page(State::Retry).listed = None;
+                    return None;
+                }
+            }
+        }
+        if let Some(at) = candidates.next_abandoned {
+            if at <= Instant::now() {
+                candidates.next_abandoned = None;
+                candidates.page(State::Processing).listed = None;
+                return None;
+            }
+            next = next.min(tokio::time::Instant::from_std(at));
+        }
+        Some(next)
+    }
+
     async fn claim_once(&self, lease: Duration) -> Result<Option<Claim>, QueueError> {
         let poll = self.inner.settings.poll_interval;
         let periodic = {
-            let candidates = self.inner.candidates.lock().await;
-            [candidates.retry_listed, candidates.processing_listed]
-                .iter()
-                .any(|listed| {
-                    listed
-                        .or(candidates.opened)
-                        .is_none_or(|t| t.elapsed() >= poll)
-                })
+            let mut candidates = self.inner.candidates.lock().unwrap();
+            let opened = candidates.opened;
+            [State::Retry, State::Processing].into_iter().any(|s| {
+                candidates
+                    .page(s)
+                    .listed
+                    .map_or(opened.elapsed() >= poll, |t| t.elapsed() >= poll)
+            })
         };
         let order = if periodic {
             [State::Retry, State::Processing, State::Cur]
         } else {
             [State::Cur, State::Retry, State::Processing]
         };
-        // Each folder is listed at most once per look: a long list of candidates that cannot
-        // be taken (leases lost with Redis's data, not yet a lease old) must not be listed
-        // again and again while it is being walked.
-        let mut listed = HashSet::new();
         for state in order {
-            while let Some(meta) = self.next_candidate(state, &mut listed).await? {
-                match self.claim_candidate(state, &meta, lease).await {
+            // Each folder is listed at most once per look: a page of candidates that cannot
+            // be taken now must not be listed again and again while it is walked.
+            let mut listed = false;
+            loop {
+                let candidate = match self.next_candidate(state) {
+                    Some(candidate) => candidate,
+                    None if !listed && self.listing_due(state) => {
+                        listed = true;
+                        self.list_candidates(state).await?;
+                        continue;
+                    }
+                    None => break,
+                };
+                let key = candidate.0.to_string();
+                match self.take(candidate, lease).await {
                     Ok(Some(claim)) => return Ok(Some(claim)),
                     Ok(None) => {}
                     // One object the store cannot move (refused metadata, a copy that does
-                    // not verify) must not stop every claim: it is met again at the next
-                    // listing, and logged each time.
+                    // not verify, a source it cannot delete) must not stop every claim: it
+                    // is met again at the next listing, and logged each time.
                     Err(QueueError::Store(e)) => {
-                        tracing::warn!(name = %name_of(&meta), error = %e, "cannot claim a message; skipping it for now");
+                        tracing::warn!(key, error = %e, "cannot claim a message; skipping it for now");
                     }
                     Err(e) => return Err(e),
                 }
@@ -132,329 +149,263 @@ impl Queue {
         Ok(None)
     }
 
-    /// The next message of `state` to try. `cur/` is listed again when its candidates ran
-    /// out and the last listing is older than `poll_interval`; the other folders whenever
-    /// their listing is older; none twice in one look (`listed`).
-    async fn next_candidate(
-        &self,
-        state: State,
-        listed: &mut HashSet<State>,
-    ) -> Result<Option<ObjectMeta>, QueueError> {
+    /// The next candidate of `state`'s page; a page a `poll_interval` old is dropped first.
+    fn next_candidate(&self, state: State) -> Option<(CopyKey, ObjectMeta)> {
         let poll = self.inner.settings.poll_interval;
-        let mut candidates = self.inner.candidates.lock().await;
-        let may_list = !listed.contains(&state);
-        let stale = |at: Option<Instant>| may_list && at.is_none_or(|t| t.elapsed() >= poll);
-        match state {
-            State::Cur => {
-                if candidates.cur.is_empty() && stale(candidates.cur_listed) {
-                    listed.insert(state);
-                    let listed = self.list_folder(State::Cur).await?;
-                    candidates.queued = listed.iter().map(name_of).collect();
-                    candidates.cur = listed.into();
-                    candidates.cur_listed = Some(Instant::now());
-                }
-                let next = candidates.cur.pop_front();
-                if let Some(meta) = &next {
-                    candidates.queued.remove(&name_of(meta));
-                }
-                Ok(next)
-            }
+        let mut candidates = self.inner.candidates.lock().unwrap();
+        let page = candidates.page(state);
+        if page.listed.is_some_and(|t| t.elapsed() >= poll) {
+            page.keys.clear();
+            page.listed = None;
+        }
+        page.keys.pop_front()
+    }
+
+    /// Whether `state`'s page should be listed: it never was, it was dropped, or (for
+    /// `cur/`, whose backlog goes on past one page) it ran out.
+    fn listing_due(&self, state: State) -> bool {
+        let mut candidates = self.inner.candidates.lock().unwrap();
+        let page = candidates.page(state);
+        page.listed.is_none() || (state == State::Cur && page.keys.is_empty())
+    }
+
+    /// Lists the first page of `state` into its candidates.
+    async fn list_candidates(&self, state: State) -> Result<(), QueueError> {
+        let size = if self.renamer().is_some() {
+            // A Maildir folder is read whole anyway: keep more of it.
+            10 * PAGE
+        } else {
+            PAGE
+        };
+        let (listed, _) = self.list_keys(state, None, size).await?;
+        let now = Utc::now();
+        let keys: Vec<(CopyKey, ObjectMeta)> = match state {
             State::Retry => {
-                if stale(candidates.retry_listed) {
-                    listed.insert(state);
-                    let listed = self.list_folder(State::Retry).await?;
-                    let (due, next_due) = self.due_retries(&mut candidates, listed).await?;
-                    candidates.retry = due.into();
-                    candidates.next_due = next_due;
-                    candidates.retry_listed = Some(Instant::now());
+                let due = listed
+                    .iter()
+                    .position(|(k, _)| k.due.is_some_and(|d| d > now))
+                    .unwrap_or(listed.len());
+                let mut listed = listed;
+                let later = listed.split_off(due);
+                if let Some(at) = later.first().and_then(|(k, _)| k.due) {
+                    self.inner.candidates.lock().unwrap().note_due_at(at);
                 }
-                Ok(candidates.retry.pop_front())
+                listed
             }
             State::Processing => {
-                if stale(candidates.processing_listed) {
-                    listed.insert(state);
-                    let listed = self.list_folder(State::Processing).await?;
-                    let names: Vec<String> = listed.iter().map(name_of).collect();
-                    let holders = self.inner.lock.holders(&names).await?;
-                    let now = Instant::now();
-                    let mut processing = VecDeque::new();
-                    for (meta, holder) in listed.into_iter().zip(holders) {
-                        match holder {
-                            None => processing.push_back(meta),
-                            Some(holder) => note_abandoned_at(
-                                &mut candidates.next_abandoned,
-                                now + holder.remaining,
-                            ),
-                        }
+                let names: Vec<String> = listed.iter().map(|(k, _)| k.name.clone()).collect();
+                let holders = self.inner.lock.holders(&names).await?;
+                let mut free = Vec::new();
+                let now = Instant::now();
+                let mut candidates = self.inner.candidates.lock().unwrap();
+                for (entry, holder) in listed.into_iter().zip(holders) {
+                    match holder {
+                        None => free.push(entry),
+                        Some(h) => candidates.note_abandoned_at(now + h.remaining),
                     }
-                    candidates.processing = processing;
-                    candidates.processing_listed = Some(Instant::now());
                 }
-                Ok(candidates.processing.pop_front())
+                free
             }
-            State::Failed | State::Done => Ok(None),
+            _ => listed,
+        };
+        let mut candidates = self.inner.candidates.lock().unwrap();
+        let page = candidates.page(state);
+        page.keys = keys.into();
+        page.listed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Adds a name announced as new under `cur/` to an empty page (a page that is not empty
+    /// holds older mail, which comes first; the next listing finds the new name anyway).
+    pub(super) fn announced(&self, key: CopyKey, meta: ObjectMeta) {
+        let mut candidates = self.inner.candidates.lock().unwrap();
+        let page = candidates.page(State::Cur);
+        if page.keys.len() < ANNOUNCED && page.keys.iter().all(|(k, _)| *k != key) {
+            page.keys.push_back((key, meta));
         }
     }
 
-    /// The `retry/` messages that are due, oldest due first, and the earliest time one that
-    /// is not due yet becomes due. Records are read once per object version.
-    async fn due_retries(
-        &self,
-        candidates: &mut Candidates,
-        listed: Vec<ObjectMeta>,
-    ) -> Result<(Vec<ObjectMeta>, Option<DateTime<Utc>>), QueueError> {
-        let unknown: Vec<ObjectMeta> = listed
-            .iter()
-            .filter(|m| {
-                candidates
-                    .retry_records
-                    .get(&name_of(m))
-                    .is_none_or(|(at, _)| *at != m.last_modified)
-            })
-            .cloned()
-            .collect();
-        let read: Vec<(ObjectMeta, Option<StoredCopy>)> = futures::stream::iter(unknown)
-            .map(|meta| async move {
-                let copy = self.head(State::Retry, &name_of(&meta)).await;
-                copy.map(|c| (meta, c))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        for (meta, copy) in read {
-            if let Some(copy) = copy {
-                candidates
-                    .retry_records
-                    .insert(name_of(&meta), (meta.last_modified, copy.record));
-            }
-        }
-        let names: HashSet<String> = listed.iter().map(name_of).collect();
-        candidates
-            .retry_records
-            .retain(|name, _| names.contains(name));
-        let now = Utc::now();
-        let mut due = Vec::new();
-        let mut next_due: Option<DateTime<Utc>> = None;
-        for meta in listed {
-            let not_before = candidates
-                .retry_records
-                .get(&name_of(&meta))
-                .and_then(|(_, r)| r.not_before);
-            match not_before {
-                Some(t) if t > now => next_due = Some(next_due.map_or(t, |n| n.min(t))),
-                t => due.push((t, meta)),
-            }
-        }
-        due.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then(a.1.last_modified.cmp(&b.1.last_modified))
-        });
-        Ok((due.into_iter().map(|(_, m)| m).collect(), next_due))
+    /// Notes that a message in `retry/` becomes due at `at`, so that a waiting claim lists
+    /// `retry/` again then.
+    pub(super) fn retry_due_at(&self, at: chrono::DateTime<Utc>) {
+        self.inner.candidates.lock().unwrap().note_due_at(at);
     }
 
-    /// Tries to claim one candidate: takes its lease, then moves it to `processing/`.
-    /// `None` when somebody else holds it or has moved it on.
-    async fn claim_candidate(
+    /// Tries to claim one candidate: `None` when somebody else holds it, has moved it on,
+    /// or it is not the message's newest copy.
+    async fn take(
         &self,
-        state: State,
-        meta: &ObjectMeta,
+        (key, meta): (CopyKey, ObjectMeta),
         lease: Duration,
     ) -> Result<Option<Claim>, QueueError> {
-        let name = name_of(meta);
-        let Some(token) = self.acquire(&name, lease, state == State::Cur).await? else {
+        if key.state == State::Processing {
+            // Before the lease: a claim whose lease the lock engine lost with its data must
+            // have learnt it before anybody takes the message from it.
+            let Some(copy) = self.head(&key).await? else {
+                return Ok(None);
+            };
+            if let Some(wait) = self.until_abandoned(&copy.record).await? {
+                let at = Instant::now() + wait;
+                self.inner.candidates.lock().unwrap().note_abandoned_at(at);
+                return Ok(None);
+            }
+        }
+        let name = key.name.clone();
+        let Some(token) = self.acquire(&name, lease, key.state == State::Cur).await? else {
             return Ok(None);
         };
         failpoint::hit("claim.leased");
-        let taken = match state {
-            State::Cur => self.take_from_cur(&name, meta, &token, lease).await,
-            _ => self.take_resolved(&name, &token, lease).await,
-        };
+        let taken = self.take_leased(&key, &meta, &token, lease).await;
         let taken = match taken {
             // Moved on by another worker since it was listed, or this lease ran out
-            // during the move (a pause): either way, not ours.
+            // during the take (a pause): either way, not ours.
             Err(e @ (QueueError::NotFound(_) | QueueError::LeaseLost { .. })) => {
-                tracing::debug!(name, error = %e, "not taken: moved on, or the lease ran out during the move");
+                tracing::debug!(name, error = %e, "not taken: moved on, or the lease ran out during the take");
                 Ok(None)
             }
             other => other,
         };
         if !matches!(taken, Ok(Some(_))) {
-            if let Err(e) = self.inner.lock.release(&name, &token).await {
-                tracing::warn!(name, error = %e, "could not release a lease; it expires by itself");
-            }
+            self.release_lease(&name, &token).await;
         }
         taken
     }
 
-    /// Moves a message from `cur/` (never claimed, or requeued) to `processing/` as attempt
-    /// 1, with the work done that a requeue kept. A leftover
-    /// under `processing/` (a claim or requeue of this message interrupted after its copy)
-    /// is replaced: nobody holds it, since this claim holds the lease, and it describes the
-    /// same never-finished message.
-    async fn take_from_cur(
+    /// The take of `key` under the lease `token` holds: the source's record, the newest-copy
+    /// check where it is needed, then the move to `processing/`.
+    async fn take_leased(
         &self,
-        name: &str,
+        key: &CopyKey,
         meta: &ObjectMeta,
-        token: &super::Token,
+        token: &Token,
         lease: Duration,
     ) -> Result<Option<Claim>, QueueError> {
-        // A requeued message carries the work done before it (kept unless forgotten).
-        let done = self
-            .head(State::Cur, name)
-            .await?
-            .map(|copy| copy.record.done)
-            .unwrap_or_default();
+        let filters_copy = key.state == State::Cur && key.fence == 0;
+        let (source, others) = if filters_copy {
+            // Never claimed: its record is empty, and it has no other copy.
+            (Record::default(), Vec::new())
+        } else if self.renamer().is_some() {
+            // A rename leaves no second copy.
+            let copy = self
+                .head(key)
+                .await?
+                .ok_or_else(|| QueueError::NotFound(key.to_string()))?;
+            (copy.record, Vec::new())
+        } else {
+            let copies = self.copies(&key.name).await?;
+            failpoint::hit("resolve.looked");
+            let Some(newest) = newest_copy(&copies) else {
+                return Ok(None);
+            };
+            if newest.key != *key {
+                self.delete_outranked(&copies, &newest.key).await;
+                return Ok(None);
+            }
+            let record = newest.record.clone();
+            (
+                record,
+                copies.into_iter().filter(|c| c.key != *key).collect(),
+            )
+        };
+        if key.state == State::Retry && key.due.is_some_and(|d| d > Utc::now()) {
+            return Ok(None);
+        }
         let record = Record {
-            attempt: 1,
+            attempt: source.attempt + 1,
             fence: token.fence(),
             lease: Some(lease),
             not_before: None,
-            reason: None,
-            done,
+            reason: source.reason,
+            done: source.done,
         };
-        self.transfer(
-            name,
-            meta,
-            State::Processing,
-            &record,
-            Held::taking(token, lease),
-        )
-        .await?;
-        Ok(Some(self.new_claim(name, token, record, meta, lease)))
+        self.take_to_processing(key, meta, token, lease, record, &others)
+            .await
     }
 
-    /// Claims `name` from whichever folder holds its newest copy, after deleting the
-    /// leftovers of interrupted moves. The caller holds the lease.
-    async fn take_resolved(
+    /// Moves the message from `source` to `processing/<name>@<fence>` as `record` (to
+    /// `failed/` when that would pass `max_attempts`), deleting the source and the outranked
+    /// copies `others` where the move copies. The claim is handed out only once its copy is
+    /// the message's only live one and the lease still holds.
+    async fn take_to_processing(
         &self,
-        name: &str,
-        token: &super::Token,
+        source: &CopyKey,
+        meta: &ObjectMeta,
+        token: &Token,
         lease: Duration,
+        mut record: Record,
+        others: &[StoredCopy],
     ) -> Result<Option<Claim>, QueueError> {
-        let Some(newest) = self.resolve(name, Held::taking(token, lease)).await? else {
-            return Ok(None);
+        let name = &source.name;
+        let too_many = record.attempt > self.inner.settings.max_attempts;
+        let last_reason = record.reason.clone().unwrap_or_default();
+        let target = if too_many {
+            record.attempt -= 1;
+            record.lease = None;
+            record.reason = Some(TOO_MANY_ATTEMPTS.to_string());
+            CopyKey::new(State::Failed, name, token.fence())
+        } else {
+            CopyKey::new(State::Processing, name, token.fence())
         };
-        let due = newest.record.not_before.is_none_or(|t| t <= Utc::now());
-        match newest.state {
-            State::Cur => self.take_from_cur(name, &newest.meta, token, lease).await,
-            State::Retry if due => self.take_again(name, newest, token, lease).await,
-            State::Processing => match self.abandoned(&newest).await? {
-                None => self.take_again(name, newest, token, lease).await,
-                Some(wait) => {
-                    let at = Instant::now() + wait;
-                    note_abandoned_at(&mut self.inner.candidates.lock().await.next_abandoned, at);
-                    Ok(None)
+        match self.renamer() {
+            Some(renamer) => {
+                self.rename_held(renamer, token, lease, source, &target, &record)
+                    .await?
+            }
+            None => {
+                self.copy_to(meta, &target, &record).await?;
+                failpoint::hit("take.copied");
+                let target_meta = moved(meta, &target);
+                if let Err(e) = self.delete_patiently(source, meta).await {
+                    if let Err(undo) = self.inner.mover.remove(&target_meta).await {
+                        tracing::warn!(key = %target, error = %undo, "cannot undo a take; its copy is met again as an abandoned claim");
+                    }
+                    return Err(QueueError::Store(format!(
+                        "{name}: its copy {source} could not be deleted ({e}): the take is undone"
+                    )));
                 }
-            },
-            State::Retry | State::Failed | State::Done => Ok(None),
+                self.delete_outranked(others, &target).await;
+                self.check_lease(name, token, lease).await?;
+            }
         }
-    }
-
-    /// Whether a claim under `processing/` without a live lease may be taken over (`None`)
-    /// or how long until it may: only once the lock engine's data is older than the claim's
-    /// lease, so that a lease lost with the engine's data (renewed at most when the data
-    /// began) has run out. Both durations come from the engine's clock, none from the
-    /// store's timestamps or this machine's.
-    async fn abandoned(&self, copy: &StoredCopy) -> Result<Option<Duration>, QueueError> {
-        let lease = self.recorded_lease(&copy.record);
-        let age = self.inner.lock.data_age().await?;
-        Ok(lease.checked_sub(age).filter(|wait| !wait.is_zero()))
-    }
-
-    /// Claims a message that was claimed before: a new attempt, or `failed/` when that
-    /// would pass `max_attempts`.
-    async fn take_again(
-        &self,
-        name: &str,
-        copy: StoredCopy,
-        token: &super::Token,
-        lease: Duration,
-    ) -> Result<Option<Claim>, QueueError> {
-        let attempt = copy.record.attempt + 1;
-        if attempt > self.inner.settings.max_attempts {
-            let record = Record {
-                attempt: copy.record.attempt,
-                fence: token.fence(),
-                lease: None,
-                not_before: None,
-                reason: Some(TOO_MANY_ATTEMPTS.to_string()),
-                done: copy.record.done.clone(),
-            };
-            self.transfer(
-                name,
-                &copy.meta,
-                State::Failed,
-                &record,
-                Held::taking(token, lease),
-            )
-            .await?;
+        if too_many {
             tracing::warn!(
                 name,
-                attempts = copy.record.attempt,
-                last_reason = copy.record.reason.as_deref().unwrap_or(""),
+                attempts = record.attempt,
+                last_reason,
                 "message failed: {TOO_MANY_ATTEMPTS}"
             );
             return Ok(None);
         }
-        let record = Record {
-            attempt,
-            fence: token.fence(),
-            lease: Some(lease),
-            not_before: None,
-            reason: copy.record.reason.clone(),
-            done: copy.record.done.clone(),
-        };
-        match copy.state {
-            // An abandoned claim is taken over where it is.
-            State::Processing => {
-                self.update_in_place(name, &copy.meta, &record, Held::taking(token, lease))
-                    .await?
-            }
-            _ => {
-                self.transfer(
-                    name,
-                    &copy.meta,
-                    State::Processing,
-                    &record,
-                    Held::taking(token, lease),
-                )
-                .await?
-            }
-        }
-        Ok(Some(self.new_claim(name, token, record, &copy.meta, lease)))
-    }
-
-    /// The claim on `name`, now under `processing/`, moved there from `source` (whose size
-    /// and ETag it keeps: a verified copy has both).
-    fn new_claim(
-        &self,
-        name: &str,
-        token: &super::Token,
-        record: Record,
-        source: &ObjectMeta,
-        lease: Duration,
-    ) -> Claim {
-        let meta = ObjectMeta {
-            location: State::Processing.path(name),
-            last_modified: Utc::now(),
-            size: source.size,
-            e_tag: source.e_tag.clone(),
-            version: None,
-        };
-        Claim::new(
+        let takeover = source.state == State::Processing;
+        Ok(Some(Claim::new(
             self.clone(),
-            name.to_string(),
+            target.clone(),
             token.clone(),
             record,
-            meta,
+            moved(meta, &target),
             lease,
-        )
+            takeover,
+        )))
     }
-}
 
-/// Keeps the earliest of the times a `processing/` message may become claimable.
-fn note_abandoned_at(earliest: &mut Option<Instant>, at: Instant) {
-    *earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    /// Deletes a take's source, trying a few times: a claim is handed out only once it is
+    /// gone.
+    async fn delete_patiently(&self, key: &CopyKey, meta: &ObjectMeta) -> Result<(), QueueError> {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match self.delete_copy(key, meta).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries + 1 >= SOURCE_DELETE_TRIES => return Err(e),
+                Err(e) => {
+                    tracing::debug!(key = %key, error = %e, "cannot delete a take's source; trying again");
+                    tries += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+            }
+        }
+    }
 }
 
 /// `t` plus `d`, or a year later where that would overflow (a library caller may pass any

@@ -15,9 +15,9 @@ use futures::StreamExt;
 use object_store::ObjectMeta;
 use tokio::sync::mpsc;
 
-use super::handle::Inner;
+use super::handle::{Inner, Queue};
 use super::lock::{Announcement, LockEngine};
-use super::record::{self, State};
+use super::record::{self, CopyKey, State};
 use crate::store::key::MessageKey;
 
 /// Announcements waiting to be published before new ones are dropped.
@@ -74,22 +74,23 @@ async fn arrived(queue: &Weak<Inner>, name: &str) -> bool {
     };
     // Only names the filter makes: their size is in the name, which verifies the move of a
     // candidate that was never listed.
-    let Some(key) = MessageKey::parse(name).filter(|_| record::is_message_name(name)) else {
+    let Some(size) = MessageKey::parse(name)
+        .filter(|_| record::is_message_name(name))
+        .map(|k| k.size)
+    else {
         return true;
     };
-    {
-        let mut candidates = inner.candidates.lock().await;
-        if candidates.queued.insert(name.to_string()) {
-            candidates.cur.push_back(ObjectMeta {
-                location: State::Cur.path(name),
-                last_modified: Utc::now(),
-                size: key.size,
-                e_tag: None,
-                version: None,
-            });
-        }
-    }
-    inner.wake.notify.notify_waiters();
+    let key = CopyKey::new(State::Cur, name, 0);
+    let meta = ObjectMeta {
+        location: key.path(),
+        last_modified: Utc::now(),
+        size,
+        e_tag: None,
+        version: None,
+    };
+    let queue = Queue { inner };
+    queue.announced(key, meta);
+    queue.inner.wake.notify.notify_waiters();
     true
 }
 
@@ -99,7 +100,7 @@ async fn relist(queue: &Weak<Inner>) -> bool {
     let Some(inner) = queue.upgrade() else {
         return false;
     };
-    inner.candidates.lock().await.cur_listed = None;
+    inner.candidates.lock().unwrap().page(State::Cur).listed = None;
     inner.wake.notify.notify_waiters();
     true
 }

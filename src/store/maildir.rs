@@ -7,9 +7,9 @@
 //!
 //! Metadata (the queue's record of a message) lives in one extended attribute,
 //! `user.swiftdrop` (`key=value` lines), which travels with the file through renames; reads
-//! return it as [`Attribute::Metadata`]. Queue moves ([`Mover`]) set the attributes, then rename (one
-//! atomic step: a crash leaves the file in one folder or the other), set the file's time to
-//! the move's and fsync both folders.
+//! return it as [`Attribute::Metadata`]. Queue moves ([`Renamer`]) rename (one atomic step: a
+//! crash leaves the file in one folder or the other), then set the record on the renamed
+//! file and its time to the move's, and fsync it and both folders.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -28,7 +28,7 @@ use object_store::{
     RenameOptions, Result,
 };
 
-use crate::store::mover::{self, MetadataUpdate, Mover};
+use crate::store::mover::{MetadataUpdate, Mover, Renamer};
 use crate::util::failpoint;
 
 /// The extended attribute that holds an object's metadata: `key=value` lines, written in
@@ -392,83 +392,191 @@ fn not_found(location: &Path, err: io::Error) -> object_store::Error {
     }
 }
 
-/// Refuses to touch `path` when a newer holder wrote it: its fencing number is above the
-/// one `update` sets. A missing file passes (the caller's own step reports it).
-fn check_fence(path: &FsPath, location: &Path, update: &MetadataUpdate) -> Result<()> {
-    let Some(wanted) = mover::fence_of(update) else {
-        return Ok(());
-    };
-    let record = match read_record(path) {
-        Ok(record) => record,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(generic(e)),
-    };
-    let found = record
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| *k == mover::FENCE_KEY)
-        .and_then(|(_, v)| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if found > wanted {
-        return Err(mover::superseded(location, found, wanted));
-    }
-    Ok(())
-}
-
-/// The queue move of a Maildir file: the fence checks, the record, rename, time, folder
-/// fsyncs.
-fn move_file(
-    from: &FsPath,
-    to: &FsPath,
-    location: &Path,
-    target: &Path,
-    update: &MetadataUpdate,
-) -> Result<()> {
-    check_fence(from, location, update)?;
-    check_fence(to, target, update)?;
-    write_metadata(from, update).map_err(|e| not_found(location, e))?;
-    rename_creating_folder(from, to).map_err(|e| not_found(location, e))?;
-    failpoint::hit("move.copied");
-    touch(to).map_err(generic)?;
-    sync_parent(to)
-        .and_then(|()| sync_parent(from))
-        .map_err(generic)
-}
-
 #[async_trait]
 impl Mover for MaildirStore {
-    /// A rename: one atomic step, so the source is gone when it returns.
+    /// A rename ([`Renamer::rename`] and its fsyncs): the source is gone when it returns.
     async fn copy_verified(
         &self,
         from: &ObjectMeta,
         to: &Path,
         update: &MetadataUpdate,
     ) -> Result<()> {
-        let source = self.local.path_to_filesystem(&from.location)?;
-        let target = self.local.path_to_filesystem(to)?;
-        let (location, to, update) = (from.location.clone(), to.clone(), update.to_vec());
-        tokio::task::spawn_blocking(move || move_file(&source, &target, &location, &to, &update))
-            .await
-            .map_err(|e| generic(io::Error::other(e)))?
+        let (from, to, update) = (from.location.clone(), to.clone(), update.to_vec());
+        let renamer = self.renamer_of();
+        blocking(move || {
+            renamer.rename(&from, &to, &update)?;
+            renamer.sync(&from, &to)
+        })
+        .await
     }
 
-    async fn delete_source(&self, _from: &ObjectMeta) -> Result<()> {
-        Ok(())
+    async fn remove(&self, at: &ObjectMeta) -> Result<()> {
+        let (at, renamer) = (at.location.clone(), self.renamer_of());
+        blocking(move || renamer.delete(&at)).await
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
-        let path = self.local.path_to_filesystem(&at.location)?;
-        let (location, update) = (at.location.clone(), update.to_vec());
-        tokio::task::spawn_blocking(move || {
-            check_fence(&path, &location, &update)?;
-            write_metadata(&path, &update)
-                .and_then(|()| touch(&path))
-                .and_then(|()| File::open(&path)?.sync_all())
-                .map_err(|e| not_found(&location, e))
+        let (at, update, renamer) = (at.location.clone(), update.to_vec(), self.renamer_of());
+        blocking(move || renamer.update(&at, &update)).await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectMeta>> {
+        let (root, prefix, after) = (
+            self.root.clone(),
+            prefix.to_string(),
+            after.map(String::from),
+        );
+        blocking(move || list_page(&root, &prefix, after.as_deref(), max).map_err(generic)).await
+    }
+
+    fn renamer(&self) -> Option<Arc<dyn Renamer>> {
+        Some(self.renamer_of())
+    }
+}
+
+impl MaildirStore {
+    fn renamer_of(&self) -> Arc<MaildirRenamer> {
+        Arc::new(MaildirRenamer {
+            root: self.root.clone(),
         })
+    }
+}
+
+/// The blocking side of a Maildir's queue moves, on paths under its root.
+#[derive(Debug)]
+struct MaildirRenamer {
+    root: PathBuf,
+}
+
+impl MaildirRenamer {
+    /// The file of `location`: object keys are relative paths of plain names (the queue
+    /// makes them), never `..`.
+    fn file(&self, location: &Path) -> Result<PathBuf> {
+        if location
+            .parts()
+            .any(|p| p.as_ref() == ".." || p.as_ref() == ".")
+        {
+            return Err(generic(io::Error::other(format!(
+                "not a key of this Maildir: {location}"
+            ))));
+        }
+        Ok(self.root.join(location.as_ref()))
+    }
+}
+
+impl Renamer for MaildirRenamer {
+    /// The rename first, then the record on the file that now carries the new key (which
+    /// only its writer touches), then its time: a crash in between leaves the message
+    /// under its new key with the record it had.
+    fn rename(&self, from: &Path, to: &Path, update: &MetadataUpdate) -> Result<()> {
+        let (source, target) = (self.file(from)?, self.file(to)?);
+        rename_creating_folder(&source, &target).map_err(|e| not_found(from, e))?;
+        failpoint::hit("move.copied");
+        write_metadata(&target, update)
+            .and_then(|()| touch(&target))
+            .map_err(|e| not_found(to, e))
+    }
+
+    fn update(&self, at: &Path, update: &MetadataUpdate) -> Result<()> {
+        let path = self.file(at)?;
+        write_metadata(&path, update)
+            .and_then(|()| touch(&path))
+            .and_then(|()| File::open(&path)?.sync_all())
+            .map_err(|e| not_found(at, e))
+    }
+
+    fn sync(&self, from: &Path, to: &Path) -> Result<()> {
+        let target = self.file(to)?;
+        File::open(&target)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| sync_parent(&target))
+            .and_then(|()| sync_parent(&self.file(from)?))
+            .map_err(|e| not_found(to, e))
+    }
+
+    fn delete(&self, at: &Path) -> Result<()> {
+        let path = self.file(at)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_parent(&path).map_err(generic),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(generic(e)),
+        }
+    }
+}
+
+/// Up to `max` files whose keys begin with `prefix` (`<folder>/<start of a name>`) and sort
+/// after `after`, in key order. One `readdir` of the folder: the names are selected and
+/// sorted before any file is looked at.
+fn list_page(
+    root: &FsPath,
+    prefix: &str,
+    after: Option<&str>,
+    max: usize,
+) -> io::Result<Vec<ObjectMeta>> {
+    let (folder, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let dir = root.join(folder);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let after = after.and_then(|a| a.strip_prefix(folder)?.strip_prefix('/').or(Some("")));
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with(start) && after.is_none_or(|a| name.as_str() > a) {
+            names.push(name);
+        }
+    }
+    if names.len() > max {
+        names.select_nth_unstable(max);
+        names.truncate(max);
+    }
+    names.sort_unstable();
+    let mut page = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        let meta = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            // Moved on since the directory was read, or not a message.
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let last_modified = meta
+            .modified()
+            .map(chrono::DateTime::<chrono::Utc>::from)
+            .unwrap_or_default();
+        page.push(ObjectMeta {
+            location: Path::from(if folder.is_empty() {
+                name
+            } else {
+                format!("{folder}/{name}")
+            }),
+            last_modified,
+            size: meta.len(),
+            e_tag: Some(etag(&meta)),
+            version: None,
+        });
+    }
+    Ok(page)
+}
+
+/// Runs blocking file work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| generic(io::Error::other(e)))?
-    }
 }
 
 #[cfg(test)]
@@ -477,38 +585,73 @@ mod tests {
     use object_store::ObjectStoreExt;
 
     #[tokio::test]
-    async fn a_move_under_an_older_fence_than_the_file_s_is_refused() {
+    async fn queue_moves_rename_and_pages_list_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = MaildirStore::open(dir.path()).unwrap();
-        let from = Path::from("processing/1.M2P3Q4.host,S=5");
-        store
-            .put(&from, PutPayload::from_static(b"hello"))
+        for name in ["3.M1P1Q1.h,S=5", "1.M1P1Q1.h,S=5", "2.M1P1Q1.h,S=5"] {
+            let key = Path::from(format!("cur/{name}"));
+            store
+                .put(&key, PutPayload::from_static(b"hello"))
+                .await
+                .unwrap();
+        }
+        let names = |page: Vec<ObjectMeta>| -> Vec<String> {
+            page.into_iter().map(|m| m.location.to_string()).collect()
+        };
+        assert_eq!(
+            names(store.list_page("cur/", None, 2).await.unwrap()),
+            ["cur/1.M1P1Q1.h,S=5", "cur/2.M1P1Q1.h,S=5"]
+        );
+        assert_eq!(
+            names(
+                store
+                    .list_page("cur/", Some("cur/2.M1P1Q1.h,S=5"), 2)
+                    .await
+                    .unwrap()
+            ),
+            ["cur/3.M1P1Q1.h,S=5"]
+        );
+        assert_eq!(
+            names(store.list_page("cur/2", None, 10).await.unwrap()),
+            ["cur/2.M1P1Q1.h,S=5"]
+        );
+        assert!(
+            store
+                .list_page("done/2", None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let from = store.head(&Path::from("cur/1.M1P1Q1.h,S=5")).await.unwrap();
+        let to = Path::from("processing/1.M1P1Q1.h,S=5@7");
+        let record = vec![("queue-fence".to_string(), "7".to_string())];
+        store.copy_verified(&from, &to, &record).await.unwrap();
+        assert!(
+            store.head(&from.location).await.is_err(),
+            "a rename leaves no source"
+        );
+        let moved = store
+            .get_opts(&to, GetOptions::new().with_head(true))
             .await
             .unwrap();
-        let meta = store.head(&from).await.unwrap();
-        let fence = |n: u64| vec![(mover::FENCE_KEY.to_string(), n.to_string())];
-        // A newer holder took the claim over in place.
-        store.update_metadata(&meta, &fence(200)).await.unwrap();
-        // The old holder, paused past its lease, can neither update nor move it.
-        let refused = store.update_metadata(&meta, &fence(100)).await;
-        assert!(
-            matches!(refused, Err(object_store::Error::Precondition { .. })),
-            "{refused:?}"
-        );
-        let to = Path::from("done/1.M2P3Q4.host,S=5");
-        let refused = store.copy_verified(&meta, &to, &fence(100)).await;
-        assert!(
-            matches!(refused, Err(object_store::Error::Precondition { .. })),
-            "{refused:?}"
-        );
-        assert!(store.head(&to).await.is_err());
         assert_eq!(
-            read_record(&store.root().join("processing/1.M2P3Q4.host,S=5")).unwrap(),
-            "queue-fence=200\n"
+            moved
+                .attributes
+                .get(&Attribute::Metadata("queue-fence".into()))
+                .map(|v| v.as_ref()),
+            Some("7")
         );
-        // The holder itself moves it.
-        store.copy_verified(&meta, &to, &fence(200)).await.unwrap();
-        assert!(store.head(&to).await.is_ok());
+        let again = store
+            .copy_verified(&from, &Path::from("done/x@7"), &record)
+            .await;
+        assert!(
+            matches!(again, Err(object_store::Error::NotFound { .. })),
+            "{again:?}"
+        );
+        Mover::remove(&store, &moved.meta).await.unwrap();
+        Mover::remove(&store, &moved.meta).await.unwrap();
+        assert!(store.head(&to).await.is_err());
     }
 
     #[tokio::test]

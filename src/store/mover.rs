@@ -1,30 +1,24 @@
-//! Server-side moves that carry metadata: what the queue needs beyond [`object_store::ObjectStore`].
+//! What the queue (and the filter's publishing of staged objects) needs of a store beyond
+//! [`object_store::ObjectStore`]: moves that carry metadata, in-place metadata updates, and
+//! listings by a raw key prefix, in key order, one page at a time.
 //!
-//! A queue move takes a message from one state folder to another and rewrites the queue's
-//! metadata keys on the way (attempt count, fencing number, reason, not-before time). Each
-//! backend does it the cheapest way its API allows, always in the same order: **copy, verify,
-//! then delete**, so that a crash at any instant leaves the message in at least one place.
-//! The two halves are separate calls, so that the queue can check the lease between them:
+//! A move takes an object to another key and sets metadata on the way. Each backend does it
+//! the cheapest way its API allows:
 //!
-//! | backend | [`Mover::copy_verified`] | [`Mover::delete_source`] |
+//! | backend | move | listing |
 //! |---|---|---|
-//! | Maildir | the record in one extended attribute, then `rename`, fsync both folders | nothing (the rename moved it) |
-//! | Swift | `PUT` + `X-Copy-From` + `X-Object-Meta-*`; Etag = the source's MD5, else size | `DELETE` |
-//! | S3 | `CopyObject` with `x-amz-metadata-directive: REPLACE`; ETag, else size | `DELETE` |
+//! | Maildir | [`Renamer`]: `rename`, then the record in one extended attribute, fsyncs; one atomic step, the source is gone | `readdir` of the folder, names filtered and sorted |
+//! | Swift | [`Mover::copy_verified`]: `PUT` + `X-Copy-From` + `X-Object-Meta-*`, Etag = the source's MD5, else size; then [`Mover::remove`] | `GET` with `prefix`, `marker`, `limit` |
+//! | S3 | `CopyObject` with `x-amz-metadata-directive: REPLACE`; ETag, else size; then `DELETE` | `ListObjectsV2` with `prefix`, `start-after`, `max-keys` |
 //!
-//! A copy replaces what is at the target. Moves run under the message's lease, so what is
-//! there is normally the leftover of an earlier interrupted move of the same message, which
-//! the new copy supersedes. A holder paused past its lease may still move, though: where
-//! the backend can compare it at the object itself, a move or update whose
-//! [`FENCE_KEY`] is below the one the source or target already carries is refused with
-//! [`object_store::Error::Precondition`] (a Maildir does, since there a move takes the very
-//! file a newer holder has updated in place; Swift and S3 cannot compare atomically, and
-//! their stale copy is a separate object that the newer one outranks). (Swift applies `If-None-Match` of a copy to its
-//! source, and Swift's S3 API refuses conditional writes: neither could refuse it anyway.)
-//! A copy's request may take [`copy_timeout`] (longer for larger objects). A missing source is [`object_store::Error::NotFound`]. The fail-point `move.copied` (see
+//! A copy replaces what is at the target: the queue's keys carry the fencing number of the
+//! lease they are written under, so a target is only ever the writer's own. A copy's request
+//! may take [`copy_timeout`] (longer for larger objects). A missing source is
+//! [`object_store::Error::NotFound`]. The fail-point `move.copied` (see
 //! [`crate::util::failpoint`]) sits between a copy and its check.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use object_store::path::Path;
@@ -33,31 +27,12 @@ use object_store::{ObjectMeta, Result};
 /// Metadata keys and values to set; keys not named keep their value.
 pub type MetadataUpdate = [(String, String)];
 
-/// The metadata key of the fencing number under which the queue wrote an object.
-pub const FENCE_KEY: &str = "queue-fence";
-
-/// The fencing number `update` sets, if any.
-pub fn fence_of(update: &MetadataUpdate) -> Option<u64> {
-    update
-        .iter()
-        .find(|(k, _)| k == FENCE_KEY)
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-/// The error for a move or update refused because a newer holder wrote the object.
-pub fn superseded(at: &Path, found: u64, wanted: u64) -> object_store::Error {
-    object_store::Error::Precondition {
-        path: at.to_string(),
-        source: format!("written under fencing number {found}, above this move's {wanted}").into(),
-    }
-}
-
-/// Moves in two halves, and in-place metadata updates.
+/// Moves, metadata updates and paged listings of one store.
 #[async_trait]
 pub trait Mover: Send + Sync + Debug {
     /// Copies `from` (as listed or headed: its size and ETag are used to verify the copy) to
-    /// `to`, setting `update` on the way, and verifies the copy. Where the copy is a rename
-    /// (a Maildir), the source is gone afterwards.
+    /// `to`, setting `update` on the way, and verifies the copy; the source stays. On a
+    /// Maildir it is a rename, and the source is gone afterwards.
     async fn copy_verified(
         &self,
         from: &ObjectMeta,
@@ -65,11 +40,43 @@ pub trait Mover: Send + Sync + Debug {
         update: &MetadataUpdate,
     ) -> Result<()>;
 
-    /// Deletes the source of a verified copy; a missing source is fine.
-    async fn delete_source(&self, from: &ObjectMeta) -> Result<()>;
+    /// Deletes the object `at` (a large object with its segments); a missing one is fine.
+    async fn remove(&self, at: &ObjectMeta) -> Result<()>;
 
     /// Sets `update` on the object at `at`, keeping its bytes and its other metadata.
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()>;
+
+    /// Up to `max` objects whose keys begin with `prefix` (a string, not only a folder) and
+    /// sort after `after`, in key order.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectMeta>>;
+
+    /// For a store whose moves are one atomic rename (a Maildir): the blocking steps the
+    /// queue runs under its lease table's lock.
+    fn renamer(&self) -> Option<Arc<dyn Renamer>> {
+        None
+    }
+}
+
+/// Blocking moves of a store where a move is one atomic rename: the source is gone once it
+/// returns, so a move made under the lease table's lock can never race another holder's.
+pub trait Renamer: Send + Sync + Debug {
+    /// Renames `from` to `to` and sets `update` on it. A missing source is
+    /// [`object_store::Error::NotFound`].
+    fn rename(&self, from: &Path, to: &Path, update: &MetadataUpdate) -> Result<()>;
+
+    /// Sets `update` on the object at `at`.
+    fn update(&self, at: &Path, update: &MetadataUpdate) -> Result<()>;
+
+    /// Makes a rename of `from` to `to`, and what was set on `to`, durable.
+    fn sync(&self, from: &Path, to: &Path) -> Result<()>;
+
+    /// Deletes the object at `at`, durably; a missing one is fine.
+    fn delete(&self, at: &Path) -> Result<()>;
 }
 
 /// Bytes a server-side copy is given one more second for, beyond the per-request timeout.

@@ -416,8 +416,30 @@ impl Mover for Md5Verified<AmazonS3> {
         Ok(())
     }
 
-    async fn delete_source(&self, from: &ObjectMeta) -> Result<()> {
-        self.inner.delete(&from.location).await
+    async fn remove(&self, at: &ObjectMeta) -> Result<()> {
+        match self.inner.delete(&at.location).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectMeta>> {
+        use object_store::list::{PaginatedListOptions, PaginatedListStore};
+        let options = PaginatedListOptions {
+            offset: after.map(String::from),
+            max_keys: Some(max),
+            ..PaginatedListOptions::default()
+        };
+        let page = self.inner.list_paginated(Some(prefix), options).await?;
+        let mut objects = page.result.objects;
+        // ListObjectsV2 answers in key order; say so rather than trust every S3.
+        objects.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+        Ok(objects)
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {

@@ -49,6 +49,8 @@ struct Plan {
     seen: usize,
     /// Copies held by [`Fault::HoldCopy`] and then passed on.
     held: usize,
+    /// DELETEs of objects under this folder answered `500` by the proxy, and how many more.
+    failing_deletes: Option<(String, usize)>,
 }
 
 /// A running proxy; stopped when dropped.
@@ -76,6 +78,7 @@ impl FaultProxy {
             then,
             seen: 0,
             held: 0,
+            failing_deletes: None,
         }));
         let shared = plan.clone();
         let task = tokio::spawn(async move {
@@ -98,6 +101,12 @@ impl FaultProxy {
     /// How many message PUTs arrived so far.
     pub fn puts_seen(&self) -> usize {
         self.plan.lock().unwrap().seen
+    }
+
+    /// Answers the next `count` DELETEs of objects under `folder/` with `500` (Swift never
+    /// sees them), as a store failing for a moment would.
+    pub fn fail_deletes(&self, folder: &str, count: usize) {
+        self.plan.lock().unwrap().failing_deletes = Some((format!("/{folder}/"), count));
     }
 
     /// How many copies [`Fault::HoldCopy`] held and then passed to Swift.
@@ -146,8 +155,9 @@ fn rewrite(head: &str, edit: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Moves the object at `path` (`/v1/<account>/<container>/cur/<name>`) to `processing/` as a
-/// claim does, with the auth token of the request `head`.
+/// Moves the object at `path` (`/v1/<account>/<container>/cur/<name>`) to
+/// `processing/<name>@1` as a claim (under fencing number 1) does, with the auth token of the
+/// request `head`.
 async fn claim(upstream: u16, head: &str, path: &str) -> std::io::Result<()> {
     let token = head
         .split("\r\n")
@@ -156,7 +166,10 @@ async fn claim(upstream: u16, head: &str, path: &str) -> std::io::Result<()> {
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
     let container_and_object = path.splitn(4, '/').nth(3).unwrap_or_default();
-    let destination = container_and_object.replacen("/cur/", "/processing/", 1);
+    let destination = format!(
+        "{}@1",
+        container_and_object.replacen("/cur/", "/processing/", 1)
+    );
     for request in [
         format!("COPY {path} HTTP/1.1\r\nDestination: {destination}\r\n"),
         format!("DELETE {path} HTTP/1.1\r\n"),
@@ -200,6 +213,13 @@ async fn proxy_one(
                 plan.first.pop_front().unwrap_or(then)
             }
             Some("HEAD" | "GET") if message && plan.then == Fault::WrongEtag => Fault::WrongEtag,
+            Some("DELETE") => match &mut plan.failing_deletes {
+                Some((folder, left)) if *left > 0 && path.contains(folder.as_str()) => {
+                    *left -= 1;
+                    Fault::Status500
+                }
+                _ => Fault::Pass,
+            },
             _ => Fault::Pass,
         }
     };

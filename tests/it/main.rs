@@ -20,6 +20,8 @@ mod postfix;
 mod private_postfix;
 mod process_faults;
 mod queue;
+mod queue_chaos;
+mod queue_pauses;
 mod queue_support;
 mod relay;
 mod server;

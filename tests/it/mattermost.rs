@@ -650,10 +650,10 @@ async fn a_retry_cuts_as_the_first_attempt_and_keeps_the_record_short() {
         );
     }
     let copy = queue
-        .head(State::Done, &setup.names(State::Done).await[0])
+        .find(&setup.names(State::Done).await[0])
         .await
         .unwrap()
-        .unwrap();
+        .remove(0);
     let done = copy.record.done;
     // The plan, one entry per recipient and the action: no post-by-post records left.
     assert_eq!(done.len(), 4, "{done:?}");
@@ -742,7 +742,7 @@ async fn from_smtp_through_the_store_to_direct_messages() {
         assert_eq!(to_user[0]["message"], "**OPS-7 assigned**\n\nPlease look.");
     }
     let done = setup.names(State::Done).await;
-    let copy = queue.head(State::Done, &done[0]).await.unwrap().unwrap();
+    let copy = queue.find(&done[0]).await.unwrap().remove(0);
     let reason = copy.record.reason.unwrap();
     assert!(
         reason.contains("bob@example.com: not on the allow list"),

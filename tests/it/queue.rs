@@ -3,12 +3,11 @@
 //! `swiftdrop queue` command); crashes are real SIGKILLs, at fail-points or from outside.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use swiftdrop::queue::{ClaimOptions, Outcome, QueueError, State};
+use swiftdrop::queue::{ClaimOptions, CopyKey, Outcome, QueueError, State};
 
 use crate::queue_support::*;
 use crate::support::{HEAVY, PATIENCE};
@@ -21,7 +20,7 @@ async fn states_of(setup: &QueueSetup, name: &str) -> Vec<State> {
         .copies(name)
         .await
         .into_iter()
-        .map(|c| c.state)
+        .map(|c| c.state())
         .collect();
     states.sort();
     states
@@ -101,7 +100,7 @@ async fn a_killed_worker_s_message_is_finished_by_another_as_attempt_2() {
         let (status, lines, err) = second.finish(Duration::from_secs(10));
         assert!(status.success(), "{err}");
         assert_eq!(
-            lines,
+            plain_lines(&lines),
             vec![
                 format!("claimed {name} 2"),
                 format!("finished {name} 2 done/{name}")
@@ -119,6 +118,8 @@ struct Crash {
     failpoint: &'static str,
     /// How many finishes the recovering worker makes (0: the crashed finish had moved it).
     recovered_finishes: usize,
+    /// The fail-point lies between a copy and a delete: on a Maildir a move is one rename.
+    copying_only: bool,
 }
 
 const CRASHES: &[Crash] = &[
@@ -126,61 +127,73 @@ const CRASHES: &[Crash] = &[
         during: "claim",
         failpoint: "claim.leased",
         recovered_finishes: 1,
+        copying_only: false,
     },
     Crash {
         during: "claim",
         failpoint: "move.copied",
         recovered_finishes: 1,
+        copying_only: false,
     },
     Crash {
         during: "claim",
-        failpoint: "move.verified",
+        failpoint: "take.copied",
         recovered_finishes: 1,
+        copying_only: true,
     },
     Crash {
         during: "finish",
         failpoint: "finish.checked",
         recovered_finishes: 1,
+        copying_only: false,
     },
     Crash {
         during: "finish",
         failpoint: "move.copied",
         recovered_finishes: 0,
+        copying_only: false,
     },
     Crash {
         during: "finish",
         failpoint: "move.verified",
         recovered_finishes: 0,
+        copying_only: true,
+    },
+    Crash {
+        during: "finish",
+        failpoint: "move.checked",
+        recovered_finishes: 0,
+        copying_only: true,
     },
     Crash {
         during: "finish",
         failpoint: "finish.moved",
         recovered_finishes: 0,
+        copying_only: false,
+    },
+    Crash {
+        during: "release",
+        failpoint: "move.copied",
+        recovered_finishes: 1,
+        copying_only: false,
+    },
+    Crash {
+        during: "release",
+        failpoint: "move.checked",
+        recovered_finishes: 1,
+        copying_only: true,
     },
     Crash {
         during: "requeue",
         failpoint: "move.copied",
         recovered_finishes: 1,
-    },
-    Crash {
-        during: "requeue",
-        failpoint: "move.verified",
-        recovered_finishes: 1,
+        copying_only: false,
     },
     Crash {
         during: "requeue",
         failpoint: "requeue.half",
         recovered_finishes: 1,
-    },
-    Crash {
-        during: "requeue",
-        failpoint: "move.copied@2",
-        recovered_finishes: 1,
-    },
-    Crash {
-        during: "requeue",
-        failpoint: "move.verified@2",
-        recovered_finishes: 1,
+        copying_only: true,
     },
 ];
 
@@ -198,13 +211,14 @@ async fn crash_and_recover(backend: Backend, crash: &Crash) -> Result<(), String
     let failpoint = [("SWIFTDROP_FAILPOINT", crash.failpoint)];
     let crashed = match crash.during {
         "claim" => setup.cli(&["claim", "--json"], &failpoint),
-        "finish" => {
+        "finish" | "release" => {
             let claim = setup.claim(&[]).ok_or("nothing to claim")?;
             let token = claim["token"].as_str().unwrap();
-            setup.cli(
-                &["finish", &name, "--token", token, "--to", "done"],
-                &failpoint,
-            )
+            let mut args = vec![crash.during, name.as_str(), "--token", token];
+            if crash.during == "finish" {
+                args.extend(["--to", "done"]);
+            }
+            setup.cli(&args, &failpoint)
         }
         _ => {
             let claim = setup.claim(&[]).ok_or("nothing to claim")?;
@@ -256,7 +270,9 @@ async fn crashes_lose_nothing_and_finish_once(backend: Backend) {
         Backend::Maildir => None,
         _ => Some(HEAVY.lock().await),
     };
-    let runs = CRASHES.iter().map(|crash| async move {
+    let copying = backend != Backend::Maildir;
+    let crashes = CRASHES.iter().filter(|c| copying || !c.copying_only);
+    let runs = crashes.map(|crash| async move {
         let result = crash_and_recover(backend, crash).await;
         (crash.during, crash.failpoint, result)
     });
@@ -302,7 +318,7 @@ async fn a_worker_paused_past_its_lease_cannot_finish() {
         let (status, taken, err) = taker.finish(Duration::from_secs(5));
         assert!(status.success(), "{err}");
         assert_eq!(
-            taken,
+            plain_lines(&taken),
             vec![
                 format!("claimed {name} 2"),
                 format!("finished {name} 2 done/{name}")
@@ -319,58 +335,33 @@ async fn a_worker_paused_past_its_lease_cannot_finish() {
     }
 }
 
-/// A claim paused (SIGSTOP at a fail-point) after it looked at a message's two copies and
-/// before it deleted the outranked one (before its lease check, or between that check and
-/// the delete): meanwhile its lease ran out and another claim took the message, writing its
-/// own copy under that very key. After SIGCONT the paused claim deletes nothing: the other
-/// claim's copy, the message's only one, stays.
+/// A claim paused (SIGSTOP at a fail-point) after it looked at a message's copies (the
+/// leftover pair of a release killed after its copy: `processing/` and `retry/`, one lease)
+/// and before it moves or deletes anything: meanwhile its lease runs out and another claim
+/// takes the message. After SIGCONT the paused claim deletes nothing of the new holder's:
+/// the new holder's copy stays, and it finishes the message.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_claim_paused_before_deleting_a_leftover_deletes_nothing() {
-    for failpoint in ["resolve.looked:stop", "delete.checked:stop"] {
-        paused_before_deleting_a_leftover(failpoint).await;
-    }
-}
-
-async fn paused_before_deleting_a_leftover(failpoint: &str) {
-    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_LEASE", "3s")]);
+async fn a_claim_paused_after_looking_at_the_copies_deletes_nothing_of_the_next() {
+    let setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "3s")]);
     let name = setup.store(1).await.remove(0);
-    // The leftover of a release interrupted after its copy: the message in retry/ (due at
-    // once) and the same copy still in processing/.
     let claim = setup.claim(&[]).unwrap();
     let token = claim["token"].as_str().unwrap();
-    let (code, _, err) = setup.cli(&["release", &name, "--token", token], &[]);
-    assert_eq!(code, Some(0), "{err}");
-    let maildir = setup.dir.path().join("maildir");
-    let status = Command::new("cp")
-        .arg("--preserve=xattr")
-        .arg(maildir.join("retry").join(&name))
-        .arg(maildir.join("processing").join(&name))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (code, _, err) = setup.cli(
+        &["release", &name, "--token", token],
+        &[("SWIFTDROP_FAILPOINT", "move.verified")],
+    );
+    assert_eq!(code, None, "the release was killed after its copy: {err}");
     assert_eq!(
         states_of(&setup, &name).await,
         vec![State::Processing, State::Retry]
     );
+    tokio::time::sleep(Duration::from_millis(3200)).await;
 
     let paused = setup.worker_with(
         &["--idle-exit", "2s"],
-        &[("SWIFTDROP_FAILPOINT", failpoint)],
+        &[("SWIFTDROP_FAILPOINT", "resolve.looked:stop")],
     );
-    let stat = format!("/proc/{}/stat", paused.pid());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    // The state field follows the command name in parentheses: `T` when stopped.
-    while !std::fs::read_to_string(&stat)
-        .unwrap()
-        .rsplit_once(") ")
-        .is_some_and(|(_, rest)| rest.starts_with('T'))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stopped(paused.pid() as u32);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let (code, out, err) = setup.cli(&["claim", "--json"], &[("SWIFTDROP_QUEUE_LEASE", "60s")]);
     assert_eq!(code, Some(0), "{err}");
@@ -382,12 +373,12 @@ async fn paused_before_deleting_a_leftover(failpoint: &str) {
     let (status, lines, err) = paused.finish(Duration::from_secs(5));
     assert!(status.success(), "{err}");
     assert!(events(&lines, "claimed").is_empty(), "{lines:?}");
+    let copies = setup.copies(&name).await;
     assert_eq!(
-        states_of(&setup, &name).await,
-        vec![State::Processing],
-        "{failpoint}: the paused claim deleted the other claim's copy: {err}"
+        copies.iter().map(|c| c.key.to_string()).collect::<Vec<_>>(),
+        vec![taken["key"].as_str().unwrap().to_string()],
+        "the paused claim touched the new holder's copy: {err}"
     );
-    // The claim that took it finishes it.
     let token = taken["token"].as_str().unwrap();
     let (code, _, err) = setup.cli(&["finish", &name, "--token", token, "--to", "done"], &[]);
     assert_eq!(code, Some(0), "{err}");
@@ -399,8 +390,9 @@ async fn paused_before_deleting_a_leftover(failpoint: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
     let _turn = HEAVY.lock().await;
-    // Claims ride out the restart by taking their leases back, so the lease need not be
-    // short; long leases keep this VM's Swift stalls from losing any before the restart.
+    // Claims whose leases Redis lost stop at their next renewal; their messages are taken
+    // over once Redis's new data is a lease old, so the workers wait longer than a lease.
+    // Long leases keep this VM's Swift stalls from losing any before the restart.
     let mut setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "10s")]);
     let stored: HashSet<String> = setup.store(200).await.into_iter().collect();
     let args = [
@@ -410,7 +402,7 @@ async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
         "--job",
         "1s",
         "--idle-exit",
-        "6s",
+        "15s",
     ];
     let workers: Vec<Worker> = (0..2).map(|_| setup.worker(&args)).collect();
     // Restart once some are done.
@@ -439,18 +431,17 @@ async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
     assert_finished_once(&setup, &finished, &stored).await;
 }
 
-/// A lease Redis lost in a restart without persistence is taken back by the live claim
-/// that held it, and the claim finishes; a claim whose token was handed to another process
-/// (the CLI) is not taken back: that process may be long gone, and another claim takes the
-/// message over as a new attempt once the lease has run out.
+/// A lease Redis lost in a restart without persistence: the claim that held it learns at
+/// its next renewal or finish that it is lost (nothing moves); nobody takes the message
+/// over while Redis's new data is younger than the claim's lease (the claim may still be
+/// working, unaware); then another claim takes it as the next attempt and finishes it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lease_lost_with_redis_data_is_taken_back_by_its_live_claim() {
-    let mut setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "2s")]);
-    setup.store(2).await;
-
+async fn a_lease_lost_with_redis_data_is_taken_over_a_lease_later() {
+    let mut setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "8s")]);
+    let name = setup.store(1).await.remove(0);
     let queue = setup.queue().await;
     let options = ClaimOptions {
-        lease: Some(Duration::from_secs(30)),
+        lease: Some(Duration::from_secs(8)),
         wait: None,
     };
     let mut kept = queue.claim(&options).await.unwrap().expect("a claim");
@@ -464,30 +455,31 @@ async fn a_lease_lost_with_redis_data_is_taken_back_by_its_live_claim() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         renewed = kept.renew(None).await;
     }
-    renewed.expect("the lease taken back");
-    let finished = kept.finish(Outcome::Done { reason: None }).await.unwrap();
-    assert_eq!(finished.key, format!("done/{}", kept.name()));
-
-    let handed = setup.claim(&["--lease", "2s"]).expect("a claim");
-    setup.redis.as_mut().unwrap().restart();
-    let (key, token) = (
-        handed["key"].as_str().unwrap(),
-        handed["token"].as_str().unwrap(),
+    assert!(
+        matches!(renewed, Err(QueueError::LeaseLost { .. })),
+        "{renewed:?}"
     );
-    let (code, _, err) = setup.cli(&["finish", key, "--token", token, "--to", "done"], &[]);
-    assert_eq!(code, Some(4), "{err}");
+    let finished = kept.finish(Outcome::Done { reason: None }).await;
+    assert!(
+        matches!(finished, Err(QueueError::LeaseLost { .. })),
+        "{finished:?}"
+    );
+    assert_eq!(
+        setup.claim(&[]),
+        None,
+        "taken over while Redis's data is younger than the lease"
+    );
     let again = setup
         .claim(&["--wait", "30s"])
         .expect("taken over a lease later");
     assert_eq!(
-        (&again["name"], again["attempt"].as_u64()),
-        (&handed["name"], handed["attempt"].as_u64().map(|a| a + 1))
+        (again["name"].as_str(), again["attempt"].as_u64()),
+        (Some(name.as_str()), Some(2))
     );
-    let name = again["name"].as_str().unwrap();
     let token = again["token"].as_str().unwrap();
-    let (code, _, err) = setup.cli(&["finish", name, "--token", token, "--to", "done"], &[]);
+    let (code, _, err) = setup.cli(&["finish", &name, "--token", token, "--to", "done"], &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(states_of(&setup, name).await, vec![State::Done]);
+    assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
 }
 
 /// Every stored message finished exactly once, and all of them in done/ alone.
@@ -521,7 +513,7 @@ async fn a_job_three_times_the_lease_keeps_its_claim() {
         let (status, lines, err) = slow.finish(Duration::from_secs(5));
         assert!(status.success(), "{err}");
         assert_eq!(
-            lines,
+            plain_lines(&lines),
             vec![
                 format!("claimed {name} 1"),
                 format!("finished {name} 1 done/{name}")
@@ -557,7 +549,7 @@ async fn a_poison_message_stops_after_max_attempts() {
                 ]
             })
             .collect();
-        assert_eq!(lines, expected, "{backend:?}");
+        assert_eq!(plain_lines(&lines), expected, "{backend:?}");
         let (code, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
         assert_eq!(code, Some(0));
         let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -576,12 +568,12 @@ async fn a_poison_message_stops_after_max_attempts() {
         assert_eq!(setup.claim(&["--lease", "6s"]), None);
         let copies = setup.copies(&names[1]).await;
         assert_eq!(
-            copies.iter().map(|c| c.state).collect::<Vec<_>>(),
+            copies.iter().map(|c| c.state()).collect::<Vec<_>>(),
             vec![State::Failed],
             "{backend:?}: {:?}",
             copies
                 .iter()
-                .map(|c| (c.state, &c.record, c.meta.last_modified))
+                .map(|c| (c.state(), &c.record, c.meta.last_modified))
                 .collect::<Vec<_>>()
         );
         let (_, out, _) = setup.cli(&["show", &names[1], "--json"], &[]);
@@ -606,6 +598,7 @@ async fn cli_commands(backend: Backend) {
     assert_eq!(code, Some(0));
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(stats["cur"]["count"], 3);
+    assert_eq!(stats["cur"]["bytes"].as_u64(), Some(3 * size), "{stats}");
     // Swift's S3 API rounds a listing's LastModified up to the next second.
     assert!(rfc3339(&stats["cur"]["oldest"]) <= Utc::now() + chrono::Duration::seconds(1));
     for state in ["processing", "retry", "failed", "done"] {
@@ -648,7 +641,7 @@ async fn cli_commands(backend: Backend) {
     // claim: the oldest, as JSON.
     let before = Utc::now();
     let claim = setup.claim(&["--lease", "30s"]).unwrap();
-    assert_eq!(claim["key"], format!("processing/{}", names[0]));
+    assert_eq!(plain(&claim["key"]), format!("processing/{}", names[0]));
     assert_eq!(claim["name"], names[0].as_str());
     assert_eq!(claim["attempt"], 1);
     assert_eq!(claim["size"], size);
@@ -658,8 +651,16 @@ async fn cli_commands(backend: Backend) {
             && until <= Utc::now() + chrono::Duration::seconds(30)
     );
     let token = claim["token"].as_str().unwrap().to_string();
+    assert!(
+        claim["key"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("@{}", fence(&token))),
+        "the key carries the lease's fencing number: {claim}"
+    );
 
-    // A token that does not hold the lease moves nothing: exit 4.
+    // A token that does not hold the lease moves nothing: exit 4. A key that names no
+    // message says so (exit 1), and --not-before goes with --to retry only (exit 2).
     let forged = format!(
         "{}:someone:0000000000000000",
         token.split(':').next().unwrap()
@@ -670,6 +671,28 @@ async fn cli_commands(backend: Backend) {
     );
     assert_eq!(code, Some(4), "{err}");
     assert_eq!(states_of(&setup, &names[0]).await, vec![State::Processing]);
+    let unknown = names[0].replace("filter.test", "filter.tset");
+    let (code, _, err) = setup.cli(
+        &["finish", &unknown, "--token", &token, "--to", "done"],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no message"), "{err}");
+    let (code, _, err) = setup.cli(
+        &[
+            "finish",
+            &names[0],
+            "--token",
+            &token,
+            "--to",
+            "done",
+            "--not-before",
+            "1m",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--to retry only"), "{err}");
     assert_eq!(
         setup.cli(&["renew", &names[0], "--token", &forged], &[]).0,
         Some(4)
@@ -693,7 +716,7 @@ async fn cli_commands(backend: Backend) {
     let (code, out, err) = setup.cli(
         &[
             "renew",
-            &format!("processing/{}", names[0]),
+            claim["key"].as_str().unwrap(),
             "--token",
             &token,
             "--lease",
@@ -703,12 +726,15 @@ async fn cli_commands(backend: Backend) {
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.starts_with(&format!("renewed processing/{}", names[0])),
+        out.starts_with(&format!("renewed processing/{}@", names[0])),
         "{out}"
     );
     let (code, out, err) = setup.cli(&["release", &names[0], "--token", &token], &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out.trim(), format!("released to retry/{}", names[0]));
+    assert_eq!(
+        plain(out.trim().strip_prefix("released to ").unwrap()),
+        format!("retry/{}", names[0])
+    );
     let (_, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -757,7 +783,10 @@ async fn cli_commands(backend: Backend) {
         &[],
     );
     assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), format!("moved to retry/{}", names[0]));
+    assert_eq!(
+        plain(out.trim().strip_prefix("moved to ").unwrap()),
+        format!("retry/{}", names[0])
+    );
     let (_, out, _) = setup.cli(&["show", &names[0], "--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["state"], "retry");
@@ -788,7 +817,10 @@ async fn cli_commands(backend: Backend) {
     // requeue: failed/ and retry/ back to cur/, attempts reset.
     let (code, out, err) = setup.cli(&["requeue", &format!("failed/{}", names[1])], &[]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out.trim(), format!("requeued to cur/{}", names[1]));
+    assert_eq!(
+        plain(out.trim().strip_prefix("requeued to ").unwrap()),
+        format!("cur/{}", names[1])
+    );
     assert_eq!(setup.cli(&["requeue", &names[0]], &[]).0, Some(0));
     let (code, _, err) = setup.cli(&["requeue", &names[0]], &[]);
     assert_eq!(code, Some(1));
@@ -844,13 +876,13 @@ async fn cli_commands(backend: Backend) {
     let (_, out, _) = setup.cli(&["show", &twins[0], "--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
-        shown["duplicate_of"]["key"],
+        plain(&shown["duplicate_of"]["key"]),
         format!("done/{}", names[2]),
         "{shown}"
     );
     let (_, text, _) = setup.cli(&["show", &twins[0]], &[]);
     assert!(
-        text.contains(&format!("duplicate-of:  done/{}", names[2])),
+        text.contains(&format!("duplicate-of:  done/{}@", names[2])),
         "{text}"
     );
     let (_, out, _) = setup.cli(&["show", &twins[1], "--json"], &[]);
@@ -879,6 +911,36 @@ async fn cli_commands(backend: Backend) {
     assert_eq!(err.lines().count(), 1, "{err}");
     let (code, _, _) = setup.cli(&["list", "new"], &[]);
     assert_eq!(code, Some(2));
+}
+
+/// `<state>/<name>` of a copy's key (which also carries a fencing number and, in `retry/`,
+/// a due time).
+fn plain(key: impl std::fmt::Display) -> String {
+    let key = key.to_string();
+    let key = key.trim_matches('"');
+    let copy = CopyKey::parse(key).unwrap_or_else(|| panic!("{key:?} is not a copy's key"));
+    format!("{}/{}", copy.state, copy.name)
+}
+
+/// The fencing number of a token.
+fn fence(token: &str) -> u64 {
+    token.split(':').next().unwrap().parse().unwrap()
+}
+
+/// Lines of `queue_worker` with the keys in them made plain (see [`plain`]).
+fn plain_lines(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            l.split(' ')
+                .map(|w| match CopyKey::parse(w) {
+                    Some(_) => plain(w),
+                    None => w.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

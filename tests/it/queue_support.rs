@@ -268,6 +268,18 @@ impl QueueSetup {
         )
     }
 
+    /// `swiftdrop queue <args>` with `env` added, running: its output piped.
+    pub fn cli_child(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        self.command(Path::new(env!("CARGO_BIN_EXE_swiftdrop")))
+            .arg("queue")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `swiftdrop queue claim --json ...`: the claim's JSON, or `None` (status 3).
     pub fn claim(&self, args: &[&str]) -> Option<serde_json::Value> {
         let mut all = vec!["claim", "--json"];
@@ -421,6 +433,30 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the process `pid` is stopped (SIGSTOP, as a `:stop` fail-point sends).
+pub fn wait_stopped(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + PATIENCE;
+    // The state field follows the command name in parentheses: `T` when stopped.
+    while !std::fs::read_to_string(&stat)
+        .unwrap_or_default()
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+    {
+        assert!(Instant::now() < deadline, "process {pid} never stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` (e.g. `CONT`) to the process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// The names in lines `<event> <name> ...`.

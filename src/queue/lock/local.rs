@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{FinishedRef, Holder, LockEngine, LockError, Token, next_fence, now_micros};
+use super::{FinishedRef, Holder, LockEngine, LockError, Step, Token, next_fence, now_micros};
 
 /// First word of the table's first line, with the format's version.
 const TABLE_HEADER: &str = "swiftdrop-leases 1";
@@ -275,28 +275,23 @@ impl LockEngine for LocalEngine {
         .await
     }
 
-    /// A torn table begins a new epoch without its leases: see [`LockEngine::restore`].
-    async fn restore(
+    /// The step runs inline, under the table's `flock`: every lease check of every process
+    /// on this machine waits for it, so no other holder can take the lease between the
+    /// check and the step. The step is one rename or one attribute write (microseconds).
+    async fn with_lease(
         &self,
         name: &str,
         token: &Token,
         ttl: Duration,
-        within: Duration,
-    ) -> Result<bool, LockError> {
+        step: Step,
+    ) -> Result<Option<object_store::Result<()>>, LockError> {
         let (name, token) = (name.to_string(), token.clone());
-        self.with_table(move |table| {
-            let now = now_ms();
-            let young = now as i64 - table.epoch_ms < within.as_millis() as i64;
-            match table.live(&name) {
-                Some((held, _)) if *held == token => {}
-                Some(_) => return false,
-                None if !young => return false,
-                None => {}
+        self.with_table(move |table| match table.leases.get_mut(&name) {
+            Some((held, expiry)) if *held == token => {
+                *expiry = now_ms() + ttl.as_millis() as u64;
+                Some(step())
             }
-            table
-                .leases
-                .insert(name, (token, now + ttl.as_millis() as u64));
-            true
+            _ => None,
         })
         .await
     }

@@ -138,6 +138,9 @@ pub enum Announcement {
     Gap,
 }
 
+/// A blocking store step run under a lease ([`LockEngine::with_lease`]).
+pub type Step = Box<dyn FnOnce() -> object_store::Result<()> + Send>;
+
 /// Leases, fencing numbers and the finished-message index of one queue.
 #[async_trait]
 pub trait LockEngine: Send + Sync + fmt::Debug {
@@ -173,21 +176,28 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// Extends the lease to `ttl` from now if `token` still holds it; `false` if not.
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError>;
 
-    /// Takes the lease back for `token` after the engine lost its data (a restart without
-    /// persistence): only while nobody holds `name` and the data is younger than `within`,
-    /// the lease recorded with the claim, before which nobody takes the claim over (see
-    /// [`LockEngine::data_age`]). `token` holding it already (a restore that raced
-    /// another for the same claim) is renewed and `true`. `false` otherwise, and from
-    /// engines that never lose leases this way.
-    async fn restore(
+    /// Runs the blocking `step` while `token` holds the lease on `name` (renewed to `ttl`);
+    /// `None`, and `step` not run, when it does not. Where the engine can (the local table),
+    /// `step` runs under the lock every other check of the lease takes, so that no other
+    /// holder's check comes between the two; elsewhere it runs right after the check.
+    async fn with_lease(
         &self,
         name: &str,
         token: &Token,
         ttl: Duration,
-        within: Duration,
-    ) -> Result<bool, LockError> {
-        let _ = (name, token, ttl, within);
-        Ok(false)
+        step: Step,
+    ) -> Result<Option<object_store::Result<()>>, LockError> {
+        if !self.renew(name, token, ttl).await? {
+            return Ok(None);
+        }
+        Ok(Some(
+            tokio::task::spawn_blocking(step).await.unwrap_or_else(|e| {
+                Err(object_store::Error::Generic {
+                    store: "queue",
+                    source: Box::new(e),
+                })
+            }),
+        ))
     }
 
     /// Gives the lease up if `token` still holds it; `false` if it did not.

@@ -12,12 +12,13 @@
 //! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
 //!
 //! Renew, release and the finish check are Lua scripts that compare the token and act in
-//! one step. Restore sets a lease lost with the data back for its token, only while the
-//! epoch is younger than the lease the claim recorded (takers of `processing/` messages
-//! wait that long). A fencing number is one more than the last, but at least the Redis server's
+//! one step. A fencing number is one more than the last, but at least the Redis server's
 //! clock in microseconds (`TIME`), so numbers keep growing when Redis restarts without
-//! data. The connection is re-established after errors by redis-rs's `ConnectionManager`;
-//! a call that fails meanwhile returns a [`LockError`].
+//! data; the epoch tells takers of `processing/` messages how long to wait after such a
+//! restart. The connection is re-established after errors by redis-rs's
+//! `ConnectionManager`; a call that fails meanwhile returns a [`LockError`]. The
+//! announcement subscription is checked with a `PING` every [`KEEPALIVE`] and made again
+//! when it does not answer (a NAT that forgot an idle connection never says so).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -37,6 +38,9 @@ use crate::config::RedisUrl;
 pub const MIN_VERSION: (u32, u32) = (6, 2);
 /// Bound on connecting and on each answer, so that a hung Redis cannot hang a worker.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the announcement subscription is asked for a `PING`'s answer: a subscription
+/// that went quiet is noticed, and made again, within this plus [`TIMEOUT`].
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// `ARGV[4]` is `cur` for a claim from `cur/`, which the mark of a retired lease also
 /// stops; other takers replace the mark.
@@ -90,20 +94,6 @@ end
 
 const DATA_AGE: &str = "return data_age(KEYS[1], KEYS[2], ARGV[1])";
 
-/// Takes a lease back for its token (`ARGV[1]`) while nobody holds the name and the data
-/// is younger than `ARGV[3]` ms: before then nobody may take the claim over.
-const RESTORE: &str = r"
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if held then return 0 end
-if data_age(KEYS[2], KEYS[3], ARGV[4]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-";
-
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -134,7 +124,6 @@ struct Scripts {
     acquire: Script,
     data_age: Script,
     renew: Script,
-    restore: Script,
     release: Script,
     retire: Script,
 }
@@ -195,7 +184,6 @@ impl RedisEngine {
                 acquire: Script::new(ACQUIRE),
                 data_age: Script::new(&format!("{DATA_AGE_FUNCTION}{DATA_AGE}")),
                 renew: Script::new(RENEW),
-                restore: Script::new(&format!("{DATA_AGE_FUNCTION}{RESTORE}")),
                 release: Script::new(RELEASE),
                 retire: Script::new(RETIRE),
             },
@@ -258,18 +246,34 @@ async fn subscribe(
         }
         .await;
         match subscribed {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 delay = Duration::from_millis(100);
                 tracing::debug!(channel, "subscribed to new-mail announcements");
                 // Whatever was published before this moment was missed.
                 let _ = tx.send(Announcement::Gap);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    if let Ok(name) = message.get_payload::<String>() {
-                        let _ = tx.send(Announcement::New(name));
+                let (mut sink, mut messages) = pubsub.split();
+                let mut keepalive = tokio::time::interval(KEEPALIVE);
+                keepalive.tick().await;
+                let why = loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Ok(name) = message.get_payload::<String>() {
+                                    let _ = tx.send(Announcement::New(name));
+                                }
+                            }
+                            None => break "the subscription ended".to_string(),
+                        },
+                        _ = keepalive.tick() => {
+                            match tokio::time::timeout(TIMEOUT, sink.ping::<String>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break format!("PING failed: {e}"),
+                                Err(_) => break format!("no answer to PING within {TIMEOUT:?}"),
+                            }
+                        }
                     }
-                }
-                tracing::warn!(redis = %url, "announcement subscription ended; reconnecting");
+                };
+                tracing::warn!(redis = %url, reason = %redact(&why, &url), "announcement subscription lost; subscribing again (claims poll meanwhile)");
             }
             Err(e) => {
                 tracing::warn!(redis = %url, error = %redact(&e, &url), "cannot subscribe to announcements; retrying (claims poll meanwhile)");
@@ -343,30 +347,6 @@ impl LockEngine for RedisEngine {
             .await
             .map_err(|e| self.error(e))?;
         Ok(renewed == 1)
-    }
-
-    async fn restore(
-        &self,
-        name: &str,
-        token: &Token,
-        ttl: Duration,
-        within: Duration,
-    ) -> Result<bool, LockError> {
-        let run_id = self.run_id().await?;
-        let restored: i64 = self
-            .scripts
-            .restore
-            .key(self.key("lease", name))
-            .key(format!("{}:epoch", self.namespace))
-            .key(format!("{}:epoch-server", self.namespace))
-            .arg(token.as_str())
-            .arg(ttl.as_millis() as u64)
-            .arg(within.as_millis() as u64)
-            .arg(run_id)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(restored == 1)
     }
 
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {

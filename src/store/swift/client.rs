@@ -291,10 +291,11 @@ impl Inner {
         prefix: &str,
         delimiter: bool,
         marker: &str,
+        limit: usize,
     ) -> Result<Vec<ListEntry>> {
         let mut request = Request::container(Method::GET, &self.container)
             .query("format", "json")
-            .query("limit", LIST_LIMIT.to_string());
+            .query("limit", limit.min(LIST_LIMIT).to_string());
         if !prefix.is_empty() {
             request = request.query("prefix", prefix);
         }

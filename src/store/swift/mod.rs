@@ -307,7 +307,10 @@ impl ObjectStore for SwiftStore {
         };
         let mut marker = String::new();
         loop {
-            let page = self.inner.list_page(&prefix, true, &marker).await?;
+            let page = self
+                .inner
+                .list_page(&prefix, true, &marker, LIST_LIMIT)
+                .await?;
             let full = page.len() >= LIST_LIMIT;
             for entry in page {
                 if let Some(subdir) = &entry.subdir {
@@ -418,11 +421,27 @@ impl Mover for SwiftStore {
         }
     }
 
-    async fn delete_source(&self, from: &ObjectMeta) -> Result<()> {
-        match plain_etag(from) {
-            Some(_) => self.inner.delete_plain(from.location.as_ref()).await,
-            None => self.inner.delete_one(&from.location).await,
+    async fn remove(&self, at: &ObjectMeta) -> Result<()> {
+        match plain_etag(at) {
+            Some(_) => self.inner.delete_plain(at.location.as_ref()).await,
+            None => self.inner.delete_one(&at.location).await,
         }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectMeta>> {
+        let entries = self
+            .inner
+            .list_page(prefix, false, after.unwrap_or_default(), max)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(ListEntry::into_meta)
+            .collect())
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
@@ -469,7 +488,7 @@ impl SwiftStore {
                 let Some(marker) = marker else {
                     return Ok::<_, object_store::Error>(None);
                 };
-                let page = inner.list_page(&prefix, false, &marker).await?;
+                let page = inner.list_page(&prefix, false, &marker, LIST_LIMIT).await?;
                 let next = (page.len() >= LIST_LIMIT)
                     .then(|| page.last().and_then(|e| e.name.clone()))
                     .flatten();
