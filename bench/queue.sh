@@ -5,24 +5,35 @@
 #
 # Throughput: claims + finishes per second with 1, 4 and 8 worker processes
 # (examples/queue_worker.rs, each claiming, reading and finishing one message at a time) on a
-# Maildir (local lock) and on Swift (Redis lock), beside the bare move rate of the same store:
-# examples/queue_bench.rs listing cur/ once and then doing GET + copy + DELETE for every
-# message at the same concurrency, with no lease, metadata or checks.
+# Maildir (local lock) and on Swift (Redis lock), beside the bare rate of the same store doing
+# what durability requires of any queue (examples/queue_bench.rs: cur/ listed once, then two
+# moves per message, cur/ -> processing/ -> done/, with a read between them; on a Maildir each
+# move a rename with the fsyncs of the file and both folders, on Swift a copy and a DELETE),
+# at the same concurrency, with no lease, metadata or checks. Store requests per message are
+# counted by the workers (queue_worker --report).
+#
+# Depth: the same with 4 workers over the first DEPTH_SAMPLE messages of a queue 100 deep and
+# of one DEEP deep (Maildir 100000, Swift SWIFT_DEEP), with requests per message and the
+# workers' peak resident memory.
 #
 # Latency: the time from swiftdrop serve's 250 to a waiting worker's claim, p50 and p99, over
 # LAT_COUNT messages sent one at a time, each once the worker finished the one before, so that
 # it waits (Maildir: inotify; Swift: Redis announcements).
 #
 # Environment: MAILDIR_COUNT (default 2000), SWIFT_COUNT (default 400), WORKERS (default
-# "1 4 8"), LAT_COUNT (default 200), BENCH_PORT (Swift proxy port, default 28080), PARTS
-# (default "throughput latency": either alone runs only that part).
+# "1 4 8"), LAT_COUNT (default 200), DEEP (default 100000), SWIFT_DEEP (default 20000),
+# DEPTH_SAMPLE (default 2000), BENCH_PORT (Swift proxy port, default 28080), PARTS (default
+# "throughput depth latency": any of them alone runs only that part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAILDIR_COUNT=${MAILDIR_COUNT:-2000}
 SWIFT_COUNT=${SWIFT_COUNT:-400}
 WORKERS=${WORKERS:-"1 4 8"}
 LAT_COUNT=${LAT_COUNT:-200}
-PARTS=${PARTS:-"throughput latency"}
+DEEP=${DEEP:-100000}
+SWIFT_DEEP=${SWIFT_DEEP:-20000}
+DEPTH_SAMPLE=${DEPTH_SAMPLE:-2000}
+PARTS=${PARTS:-"throughput depth latency"}
 PORT=${BENCH_PORT:-28080}
 
 bash tests/swift/swift-aio.sh install
@@ -64,24 +75,38 @@ queue_env() {
     esac
 }
 
-# Throughput of W workers over COUNT messages: prints messages per second.
-workers_rate() { # store count workers
-    local store=$1 count=$2 n=$3 name env start last
+# W workers over the first SAMPLE of DEPTH messages: prints "<messages per second>
+# <store requests per message> <peak RSS of a worker, MiB>".
+workers_rate() { # store depth workers [sample]
+    local store=$1 depth=$2 n=$3 sample=${4:-$2} name env start
     name="w$n-$RANDOM"
     read -ra env <<<"$(queue_env "$store" "$name")"
-    env "${common[@]}" "${env[@]}" "$helper" load "$count" 1024 16
-    start=$(date +%s%3N)
+    env "${common[@]}" "${env[@]}" "$helper" load "$depth" 1024 16
+    local each=$(( (sample + n - 1) / n ))
     local outs=()
     for i in $(seq 1 "$n"); do
-        env "${common[@]}" "${env[@]}" "$worker" --read --stamp --idle-exit 2s >"$work/$name.$i" &
+        env "${common[@]}" "${env[@]}" "$worker" --read --stamp --report --count "$each" \
+            --idle-exit 2s >"$work/$name.$i" &
         outs+=($!)
     done
     for pid in "${outs[@]}"; do wait "$pid"; done
-    local finished
-    finished=$(cat "$work/$name".* | grep -c '^finished ' || true)
-    [ "$finished" = "$count" ] || { echo "workers finished $finished of $count" >&2; exit 1; }
-    last=$(cat "$work/$name".* | grep '^finished ' | sed 's/.*@//' | sort -n | tail -1)
-    python3 -c "print(f'{$count / (($last - $start) / 1000):.0f}')"
+    python3 - "$work/$name" "$n" <<'PY'
+import glob, sys
+finished, claimed, requests, rss = [], [], 0, 0
+for path in glob.glob(sys.argv[1] + ".*"):
+    for line in open(path):
+        words = line.split()
+        if words[0] == "finished":
+            finished.append(int(words[-1].lstrip("@")))
+        elif words[0] == "claimed":
+            claimed.append(int(words[-1].lstrip("@")))
+        elif words[0] == "requests":
+            requests += int(words[1])
+        elif words[0] == "peak_rss_kib":
+            rss = max(rss, int(words[1]))
+seconds = (max(finished) - min(claimed)) / 1000
+print(f"{len(finished) / seconds:.0f} {requests / len(finished):.1f} {rss / 1024:.0f}")
+PY
 }
 
 # The bare move rate at concurrency N over COUNT messages: prints moves per second.
@@ -90,21 +115,34 @@ bare_rate() { # store count concurrency
     name="b$n-$RANDOM"
     read -ra env <<<"$(queue_env "$store" "$name")"
     env "${common[@]}" "${env[@]}" "$helper" load "$count" 1024 16
-    env "${common[@]}" "${env[@]}" "$helper" bare "$n" | python3 -c 'import sys; m, s = sys.stdin.read().split(); print(f"{int(m) / float(s):.0f}")'
+    env "${common[@]}" "${env[@]}" "$helper" bare "$n" "$count" | python3 -c 'import sys; m, s = sys.stdin.read().split(); print(f"{int(m) / float(s):.0f}")'
 }
 
 if [[ " $PARTS " == *" throughput "* ]]; then
     echo "== claims + finishes per second (1 KiB messages; worker reads each message) =="
-    printf "%-8s %7s %10s %12s %6s\n" store workers "bare mv/s" "queue msg/s" ratio
+    printf "%-8s %7s %10s %12s %6s %9s\n" store workers "bare msg/s" "queue msg/s" ratio "req/msg"
     for store in maildir swift; do
         count=$MAILDIR_COUNT
         [ "$store" = swift ] && count=$SWIFT_COUNT
         for n in $WORKERS; do
             bare=$(bare_rate "$store" "$count" "$n")
-            queue=$(workers_rate "$store" "$count" "$n")
-            printf "%-8s %7s %10s %12s %6s\n" "$store" "$n" "$bare" "$queue" \
-                "$(python3 -c "print(f'{$queue / $bare:.2f}')")"
+            read -r queue requests _ <<<"$(workers_rate "$store" "$count" "$n")"
+            printf "%-8s %7s %10s %12s %6s %9s\n" "$store" "$n" "$bare" "$queue" \
+                "$(python3 -c "print(f'{$queue / $bare:.2f}')")" "$requests"
         done
+    done
+fi
+if [[ " $PARTS " == *" depth "* ]]; then
+    echo "== claims + finishes at depth: 4 workers, the first $DEPTH_SAMPLE messages (all of a shallow queue) =="
+    printf "%-8s %8s %12s %9s %14s %10s\n" store depth "queue msg/s" "req/msg" "peak RSS MiB" "deep/shallow"
+    for store in maildir swift; do
+        deep=$DEEP
+        [ "$store" = swift ] && deep=$SWIFT_DEEP
+        read -r shallow_rate requests rss <<<"$(workers_rate "$store" 100 4)"
+        printf "%-8s %8s %12s %9s %14s %10s\n" "$store" 100 "$shallow_rate" "$requests" "$rss" -
+        read -r deep_rate requests rss <<<"$(workers_rate "$store" "$deep" 4 "$DEPTH_SAMPLE")"
+        printf "%-8s %8s %12s %9s %14s %10s\n" "$store" "$deep" "$deep_rate" "$requests" "$rss" \
+            "$(python3 -c "print(f'{$deep_rate / $shallow_rate:.2f}')")"
     done
 fi
 [[ " $PARTS " == *" latency "* ]] || exit 0

@@ -4,14 +4,15 @@
 //! queue_bench load COUNT [SIZE] [CONCURRENCY]
 //!     stores COUNT messages of SIZE bytes under cur/ as the filter names them (on object
 //!     stores with their sha256 metadata); prints nothing
-//! queue_bench bare [CONCURRENCY]
-//!     the reference: lists cur/ once, then for every message GET, copy to done/, DELETE,
-//!     CONCURRENCY at a time, with nothing around it (no lease, no metadata, no checks);
-//!     prints "<moves> <seconds>"
+//! queue_bench bare [CONCURRENCY] [LIMIT]
+//!     the reference: lists the first LIMIT messages of cur/ once, then moves each to
+//!     processing/, reads it, and moves it to done/, CONCURRENCY at a time, with nothing
+//!     around it (no lease, no metadata, no checks); prints "<messages> <seconds>"
 //! ```
 //!
 //! The bare moves use plain HTTP for Swift (one `PUT` with `X-Copy-From`, one `DELETE`) and
-//! plain file operations for a Maildir (read, write the copy, unlink), not swiftdrop's code.
+//! plain file operations for a Maildir (`rename`, fsync of the file and both folders), not
+//! swiftdrop's code. On a Maildir `load` writes plain files (setup, not measured).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,11 +56,19 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Some("bare") => {
-            let (moves, seconds) = bare(&dest_config.backend, &destination, number(1, 8)?).await?;
+            let (moves, seconds) = bare(
+                &dest_config.backend,
+                &destination,
+                number(1, 8)?,
+                number(2, usize::MAX)?,
+            )
+            .await?;
             println!("{moves} {seconds:.3}");
             Ok(())
         }
-        _ => bail!("usage: queue_bench load COUNT [SIZE] [CONCURRENCY] | bare [CONCURRENCY]"),
+        _ => {
+            bail!("usage: queue_bench load COUNT [SIZE] [CONCURRENCY] | bare [CONCURRENCY] [LIMIT]")
+        }
     }
 }
 
@@ -83,6 +92,17 @@ async fn load(
     size: usize,
     concurrency: usize,
 ) -> anyhow::Result<()> {
+    if let Some(root) = destination.maildir_root() {
+        // Setup, not what is measured: plain writes, one fsync of the folder at the end.
+        let cur = root.join("cur");
+        for i in 0..count {
+            let body = message(i, size);
+            let key = MessageKey::new("bench.test", body.len() as u64);
+            std::fs::write(cur.join(key.file_name()), body)?;
+        }
+        std::fs::File::open(&cur)?.sync_all()?;
+        return Ok(());
+    }
     stream::iter(0..count)
         .map(|i| async move {
             let body = message(i, size);
@@ -109,10 +129,17 @@ async fn load(
     Ok(())
 }
 
+/// The reference: what durability requires of any queue, with nothing around it (no lease,
+/// no metadata, no checks): for each of the first `limit` messages of `cur/` (one listing),
+/// two moves, `cur/` → `processing/` → `done/`, and a read between them, as a worker reads
+/// the message it works on. A Maildir move is a rename with the fsyncs that make it durable
+/// (the file, both folders); a Swift move is a server-side copy (`PUT` + `X-Copy-From`) and
+/// the `DELETE` of its source.
 async fn bare(
     backend: &Backend,
     destination: &Destination,
     concurrency: usize,
+    limit: usize,
 ) -> anyhow::Result<(usize, f64)> {
     let started = Instant::now();
     let moves = match backend {
@@ -121,19 +148,29 @@ async fn bare(
                 .maildir_root()
                 .context("a Maildir")?
                 .to_path_buf();
-            std::fs::create_dir_all(root.join("done"))?;
-            let names: Vec<_> = std::fs::read_dir(root.join("cur"))?
+            for folder in ["processing", "done"] {
+                std::fs::create_dir_all(root.join(folder))?;
+            }
+            let mut names: Vec<_> = std::fs::read_dir(root.join("cur"))?
                 .map(|e| e.map(|e| e.file_name()))
                 .collect::<Result<_, _>>()?;
+            names.sort();
+            names.truncate(limit);
             let root = Arc::new(root);
             stream::iter(names.iter().cloned())
                 .map(|name| {
                     let root = root.clone();
                     tokio::task::spawn_blocking(move || {
-                        let from = root.join("cur").join(&name);
-                        let bytes = std::fs::read(&from)?;
-                        std::fs::write(root.join("done").join(&name), bytes)?;
-                        std::fs::remove_file(from)
+                        let durable_move = |from: &str, to: &str| {
+                            let target = root.join(to).join(&name);
+                            std::fs::rename(root.join(from).join(&name), &target)?;
+                            std::fs::File::open(&target)?.sync_all()?;
+                            std::fs::File::open(root.join(to))?.sync_all()?;
+                            std::fs::File::open(root.join(from))?.sync_all()
+                        };
+                        durable_move("cur", "processing")?;
+                        std::fs::read(root.join("processing").join(&name))?;
+                        durable_move("processing", "done")
                     })
                 })
                 .buffer_unordered(concurrency)
@@ -161,7 +198,10 @@ async fn bare(
             let url = auth.headers()["x-storage-url"].to_str()?.to_string();
             let container = swift.container.clone();
             let listing: Vec<serde_json::Value> = client
-                .get(format!("{url}/{container}?prefix=cur/&format=json"))
+                .get(format!(
+                    "{url}/{container}?prefix=cur/&format=json&limit={}",
+                    limit.min(10_000)
+                ))
                 .header("X-Auth-Token", &token)
                 .send()
                 .await?
@@ -178,29 +218,32 @@ async fn bare(
             let (url, container) = (&url, &container);
             stream::iter(names.iter())
                 .map(|name| async move {
-                    let object = format!("{url}/{container}/cur/{name}");
+                    let copy = |from: &str, to: &str| {
+                        client
+                            .put(format!("{url}/{container}/{to}/{name}"))
+                            .header("X-Auth-Token", token)
+                            .header("X-Copy-From", format!("/{container}/{from}/{name}"))
+                            .header("Content-Length", "0")
+                            .send()
+                    };
+                    let delete = |folder: &str| {
+                        client
+                            .delete(format!("{url}/{container}/{folder}/{name}"))
+                            .header("X-Auth-Token", token)
+                            .send()
+                    };
+                    copy("cur", "processing").await?.error_for_status()?;
+                    delete("cur").await?.error_for_status()?;
                     client
-                        .get(&object)
+                        .get(format!("{url}/{container}/processing/{name}"))
                         .header("X-Auth-Token", token)
                         .send()
                         .await?
                         .error_for_status()?
                         .bytes()
                         .await?;
-                    client
-                        .put(format!("{url}/{container}/done/{name}"))
-                        .header("X-Auth-Token", token)
-                        .header("X-Copy-From", format!("/{container}/cur/{name}"))
-                        .header("Content-Length", "0")
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                    client
-                        .delete(&object)
-                        .header("X-Auth-Token", token)
-                        .send()
-                        .await?
-                        .error_for_status()?;
+                    copy("processing", "done").await?.error_for_status()?;
+                    delete("processing").await?.error_for_status()?;
                     anyhow::Ok(())
                 })
                 .buffer_unordered(concurrency)

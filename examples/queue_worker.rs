@@ -11,7 +11,8 @@
 //! ```
 //!
 //! With `--stamp`, each line ends with ` @<Unix time in ms>`. It exits 0 after `--idle-exit`
-//! without anything to claim, or after `--count` finishes.
+//! without anything to claim, or after `--count` finishes. With `--report` it ends with
+//! `requests <store requests made>` and `peak_rss_kib <its peak resident memory>`.
 //! The queue comes from the same `SWIFTDROP_*` settings as `swiftdrop queue`.
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use swiftdrop::config::{Config, parse_duration};
 use swiftdrop::queue::{ClaimOptions, Outcome, Queue, QueueError};
+use swiftdrop::store::Destination;
 
 #[derive(Parser)]
 struct Args {
@@ -59,6 +61,9 @@ struct Args {
     /// Record this work id as done on each claim before working on it.
     #[arg(long, value_name = "ID")]
     record: Option<String>,
+    /// At the end, print the store requests made and the peak resident memory.
+    #[arg(long)]
+    report: bool,
 }
 
 /// Prints one event line, stamped when asked.
@@ -96,7 +101,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let queue = match Queue::open(&config, &args.destination) {
+    let Some(dest_config) = config
+        .destinations
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(&args.destination))
+    else {
+        eprintln!("queue_worker: no destination [{}]", args.destination);
+        return ExitCode::FAILURE;
+    };
+    let (destination, requests) = match Destination::open(dest_config) {
+        Ok(d) => d.counted(),
+        Err(e) => {
+            eprintln!("queue_worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let queue = match Queue::new(destination, &config.queue, &config.server.hostname) {
         Ok(q) => q,
         Err(e) => {
             eprintln!("queue_worker: {e}");
@@ -112,11 +132,28 @@ async fn main() -> ExitCode {
     for job in jobs {
         ok &= matches!(job.await, Ok(Ok(())));
     }
+    if args.report {
+        println!("requests {}", requests.load(Ordering::Relaxed));
+        println!("peak_rss_kib {}", peak_rss_kib());
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// How often a finish that failed on a store or lock-engine error is tried again.

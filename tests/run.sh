@@ -14,8 +14,10 @@ command -v cargo >/dev/null || { echo "tests/run.sh: needs a Rust toolchain (car
 # Postfix (with smtp-sink/smtp-source): the real MTA in front of the filter.
 missing=()
 [ -x /usr/sbin/postfix ] || missing+=(postfix)
-# Redis: the queue tests' lock engine (each test starts and stops its own redis-server).
+# Redis: the queue tests' lock engine (each test starts and stops its own redis-server, and
+# for the failover test a primary, a replica and three redis-sentinel processes).
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v mount >/dev/null || missing+=(mount)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -489,8 +489,11 @@ async fn renew(
     token: &Token,
     lease: Option<Duration>,
 ) -> Result<(), QueueError> {
-    let claim = queue.resume(key, token).await?;
-    let until = claim.renew(lease).await?;
+    let mut claim = queue.resume(key, token).await?;
+    let until = match lease {
+        Some(lease) => claim.set_lease(lease).await?,
+        None => claim.renew(None).await?,
+    };
     println!("renewed {} until {}", claim.key(), time(until));
     claim.detach();
     Ok(())

@@ -3,7 +3,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `lock` | `local` for a Maildir | `local` or `redis://[:password@]host:port/db` (`rediss://` for TLS) |
+//! | `lock` | `local` for a Maildir | `local`, `redis://[:password@]host:port/db` (`rediss://` for TLS), or `redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` |
 //! | `lease` | `5m` | how long a claim lasts without renewal |
 //! | `max_attempts` | `5` | claims before a message goes to `failed/` |
 //! | `retry_backoff` | `1m` | wait before the first retry, doubled for each next one |
@@ -89,6 +89,19 @@ impl Default for QueueSettings {
     }
 }
 
+/// Where `redis+sentinel://` finds the primary: ask these Sentinels for `service`.
+#[derive(Debug, Clone)]
+pub struct SentinelTarget {
+    /// `redis://host:port` of each Sentinel.
+    pub sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary by.
+    pub service: String,
+    /// The database on the primary.
+    pub db: i64,
+    /// The primary's password (the Sentinels are asked without one).
+    pub password: Option<Secret>,
+}
+
 /// Which lock engine holds the leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockSetting {
@@ -98,7 +111,9 @@ pub enum LockSetting {
     Redis(RedisUrl),
 }
 
-/// A `redis://` or `rediss://` URL; its password never shows in `Debug` or `Display`.
+/// A `redis://` or `rediss://` URL, or a `redis+sentinel://` (`rediss+sentinel://`) one that
+/// names Sentinels and the service whose primary they point to; its password never shows in
+/// `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     url: Secret,
@@ -106,14 +121,14 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
-    /// Parses a `redis://` or `rediss://` URL.
+    /// Parses a `redis://`, `rediss://`, `redis+sentinel://` or `rediss+sentinel://` URL.
     pub fn parse(s: &str) -> Result<RedisUrl, String> {
         let (scheme, rest) = s
             .split_once("://")
             .ok_or_else(|| "is not a URL such as redis://127.0.0.1:6379/0".to_string())?;
-        if scheme != "redis" && scheme != "rediss" {
+        if !["redis", "rediss", "redis+sentinel", "rediss+sentinel"].contains(&scheme) {
             return Err(format!(
-                "scheme {scheme:?} is not a lock engine: use local, redis:// or rediss://"
+                "scheme {scheme:?} is not a lock engine: use local, redis://, rediss:// or redis+sentinel://"
             ));
         }
         let (userinfo, hostpart) = match rest.rsplit_once('@') {
@@ -124,7 +139,22 @@ impl RedisUrl {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err("has no host: use redis://host:port/db".to_string());
         }
-        if let Some(db) = hostpart.split_once('/').map(|(_, db)| db) {
+        let path: Vec<&str> = hostpart.split('/').skip(1).collect();
+        let db = if scheme.ends_with("+sentinel") {
+            if path.first().is_none_or(|service| service.is_empty()) {
+                return Err(
+                    "names no service: use redis+sentinel://host:port[,host:port...]/service[/db]"
+                        .to_string(),
+                );
+            }
+            path.get(1)
+        } else {
+            if host.contains(',') {
+                return Err("names several hosts: use redis+sentinel:// for Sentinels".into());
+            }
+            path.first()
+        };
+        if let Some(db) = db {
             if !db.is_empty() && db.parse::<u32>().is_err() {
                 return Err(format!("database {db:?} is not a number"));
             }
@@ -148,9 +178,41 @@ impl RedisUrl {
         self.url.expose()
     }
 
-    /// Whether the connection uses TLS (`rediss://`).
+    /// Whether the connection uses TLS (`rediss://`, `rediss+sentinel://`).
     pub fn tls(&self) -> bool {
-        self.url.expose().starts_with("rediss://")
+        self.url.expose().starts_with("rediss")
+    }
+
+    /// For a `redis+sentinel://` URL: the Sentinels, the service, the database and the
+    /// password of the primary.
+    pub fn sentinel(&self) -> Option<SentinelTarget> {
+        let url = self.url.expose();
+        let (scheme, rest) = url.split_once("://")?;
+        if !scheme.ends_with("+sentinel") {
+            return None;
+        }
+        let (userinfo, hostpart) = match rest.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, rest),
+        };
+        let mut parts = hostpart.split('/');
+        let hosts = parts.next()?;
+        let service = parts.next()?.to_string();
+        let db = parts.next().and_then(|db| db.parse().ok()).unwrap_or(0);
+        let plain = if self.tls() { "rediss" } else { "redis" };
+        Some(SentinelTarget {
+            sentinels: hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("{plain}://{h}"))
+                .collect(),
+            service,
+            db,
+            password: userinfo
+                .map(|u| u.split_once(':').map_or(u, |(_, p)| p))
+                .filter(|p| !p.is_empty())
+                .map(Secret::new),
+        })
     }
 }
 
@@ -248,6 +310,31 @@ mod tests {
         assert!(url.tls());
         let err = parse_lock("http://:hunter2@x").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_service_and_database() {
+        let url =
+            RedisUrl::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/queue/2").unwrap();
+        assert_eq!(
+            url.to_string(),
+            "redis+sentinel://:***@10.0.0.1:26379,10.0.0.2:26379/queue/2"
+        );
+        let target = url.sentinel().unwrap();
+        assert_eq!(
+            target.sentinels,
+            ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+        );
+        assert_eq!((target.service.as_str(), target.db), ("queue", 2));
+        assert_eq!(target.password.unwrap().expose(), "pw");
+        assert!(RedisUrl::parse("redis+sentinel://10.0.0.1:26379").is_err());
+        assert!(RedisUrl::parse("redis://a:1,b:2/0").is_err());
+        assert!(
+            RedisUrl::parse("redis://127.0.0.1:6379/0")
+                .unwrap()
+                .sentinel()
+                .is_none()
+        );
     }
 
     #[test]

@@ -155,7 +155,12 @@ impl Deliverer {
                     received,
                     message_id: message_id.clone().filter(|_| dest.remote),
                 };
-                ObjectWrite::new(dest.clone(), &self.hostname, object)
+                let claims = self
+                    .announcers
+                    .get(idx)
+                    .and_then(Option::as_ref)
+                    .map(|a| a.lock().clone());
+                ObjectWrite::new(dest.clone(), &self.hostname, object).watching(claims)
             })
             .collect();
         Delivery { writes }

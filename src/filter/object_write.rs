@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::config::memory::{PART_SIZE, PARTS_IN_FLIGHT};
 use crate::filter::outcome::DeliveryError;
-use crate::queue::moved_on;
+use crate::queue::{LockEngine, moved_on};
 use crate::store::key::{self, MessageKey};
 use crate::store::{Destination, metadata};
 use crate::util::hex::hex;
@@ -165,6 +165,9 @@ pub struct ObjectWrite {
     /// A try failed without a definite answer (cut off by the deadline, a request timeout,
     /// a lost connection): its request may still land after the clean-up.
     outcome_unknown: bool,
+    /// The lock engine workers take this destination's mail under, when the filter knows
+    /// it: asked whether a worker took on a message whose write's answer was lost.
+    claims: Option<Arc<dyn LockEngine>>,
 }
 
 impl std::fmt::Debug for ObjectWrite {
@@ -228,7 +231,15 @@ impl ObjectWrite {
             placed: None,
             touched: Vec::new(),
             outcome_unknown: false,
+            claims: None,
         }
+    }
+
+    /// The same write, asking `claims` (the queue's lock engine) whether a worker took on
+    /// the message before it writes it again after a lost answer.
+    pub fn watching(mut self, claims: Option<Arc<dyn LockEngine>>) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// The destination's name.
@@ -341,8 +352,8 @@ impl ObjectWrite {
                 Ok(put.e_tag)
             }
         };
-        let dest = &self.dest;
-        let landed = |path: Path| put_landed(dest, path, &md5);
+        let (dest, claims) = (&self.dest, self.claims.as_deref());
+        let landed = |path: Path| put_landed(dest, claims, path, &md5);
         let (path, key, e_tag) = write_under_free_name(
             &self.dest,
             Attempts {
@@ -375,7 +386,7 @@ impl ObjectWrite {
             Some(Placed::Staged { staged, key }) => (staged, key),
             None => return Err(failed(&self.dest, "publish before the object was finished")),
         };
-        let (dest, sha256) = (&self.dest, self.sha256.as_ref());
+        let (dest, sha256, claims) = (&self.dest, self.sha256.as_ref(), self.claims.as_deref());
         let staged = &staged;
         let move_to = |target: Path| async move {
             move_staged(dest, staged, &target, sha256).await?;
@@ -384,7 +395,7 @@ impl ObjectWrite {
         // A copy that landed although its answer was lost carries our SHA-256 (only remote
         // stores try a move again, and their objects carry it).
         let hash = sha256.map(|s| hex(&s.clone().finalize()));
-        let landed = |target: Path| move_landed(dest, target, staged.size, hash.clone());
+        let landed = |target: Path| move_landed(dest, claims, target, staged.size, hash.clone());
         let (target, _, _) = write_under_free_name(
             dest,
             Attempts {
@@ -666,11 +677,25 @@ where
         }
         tracing::warn!(destination = %dest.name, key = %path, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
         tokio::time::sleep(backoff).await;
-        if let Ok(Ok(Landed::Whole(e_tag))) =
-            tokio::time::timeout_at(deadline, landed(path.clone())).await
-        {
-            tracing::info!(destination = %dest.name, key = %path, attempt, "the failed write had landed whole");
-            return Ok((path, key, e_tag));
+        match tokio::time::timeout_at(deadline, landed(path.clone())).await {
+            Ok(Ok(Landed::Whole(e_tag))) => {
+                tracing::info!(destination = %dest.name, key = %path, attempt, "the failed write had landed whole");
+                return Ok((path, key, e_tag));
+            }
+            Ok(Ok(Landed::No)) => {}
+            // Whether the lost try landed (and a worker took it) is not known: writing it
+            // again could hand a worker a second copy. The client tries again instead.
+            Ok(Err(e)) => {
+                *attempts.outcome_unknown = true;
+                return Err(failed(
+                    dest,
+                    format!("cannot tell whether a failed write landed: {e}"),
+                ));
+            }
+            Err(_) => {
+                *attempts.outcome_unknown = true;
+                return Err(timed_out(dest));
+            }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         attempt += 1;
@@ -679,10 +704,15 @@ where
 
 /// Whether the object at `path` is the one written: its ETag is `md5` (the MD5 of the
 /// bytes sent, hex).
-async fn put_landed(dest: &Destination, path: Path, md5: &str) -> object_store::Result<Landed> {
+async fn put_landed(
+    dest: &Destination,
+    claims: Option<&dyn LockEngine>,
+    path: Path,
+    md5: &str,
+) -> object_store::Result<Landed> {
     let head = match dest.store.head(&path).await {
         Ok(head) => head,
-        Err(object_store::Error::NotFound { .. }) => return taken_on(dest, &path).await,
+        Err(object_store::Error::NotFound { .. }) => return taken_on(dest, claims, &path).await,
         Err(e) => return Err(e),
     };
     let found = head.e_tag.as_deref().map(|e| e.trim_matches('"'));
@@ -697,21 +727,29 @@ async fn put_landed(dest: &Destination, path: Path, md5: &str) -> object_store::
 /// it to `processing/`, and on). Names are unique, so any copy under the same name in a
 /// later queue folder is this message: it landed, and writing it again would hand a worker
 /// a second copy.
-async fn taken_on(dest: &Destination, path: &Path) -> object_store::Result<Landed> {
+async fn taken_on(
+    dest: &Destination,
+    claims: Option<&dyn LockEngine>,
+    path: &Path,
+) -> object_store::Result<Landed> {
     let Some(name) = path.as_ref().strip_prefix("cur/") else {
         return Ok(Landed::No);
     };
-    Ok(if moved_on(dest, name).await? {
-        Landed::Whole(None)
-    } else {
-        Landed::No
-    })
+    match moved_on(dest, claims, name).await {
+        Ok(true) => Ok(Landed::Whole(None)),
+        Ok(false) => Ok(Landed::No),
+        Err(e) => Err(object_store::Error::Generic {
+            store: "queue",
+            source: Box::new(e),
+        }),
+    }
 }
 
 /// Whether the object at `target` is the published copy of this message: it carries the
 /// message's `sha256` (which only the verified move sets) and its size.
 async fn move_landed(
     dest: &Destination,
+    claims: Option<&dyn LockEngine>,
     target: Path,
     size: u64,
     sha256: Option<String>,
@@ -723,7 +761,7 @@ async fn move_landed(
     {
         Ok(head) => head,
         Err(object_store::Error::NotFound { .. }) => {
-            return taken_on(dest, &target).await;
+            return taken_on(dest, claims, &target).await;
         }
         Err(e) => return Err(e),
     };

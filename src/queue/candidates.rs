@@ -2,10 +2,11 @@
 //! of each folder a claim takes from, filled by listings and announcements) and what waiting
 //! claims wait on ([`Wake`]).
 //!
-//! Memory is bounded whatever the queue's depth: a page holds at most [`super::handle::PAGE`]
-//! keys, announcements join only an empty page, up to [`ANNOUNCED`].
+//! Memory is bounded whatever the queue's depth: a page holds at most one listing's keys
+//! (`PAGE`, ten times that on a Maildir), announcements join a page up to [`ANNOUNCED`],
+//! keys that failed lately are remembered up to [`FAILING`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -17,6 +18,10 @@ use super::record::{CopyKey, State};
 
 /// Announced names a page takes while it waits for its next listing.
 pub(super) const ANNOUNCED: usize = 1024;
+/// Keys whose take failed lately, remembered so that a listing passes over them.
+const FAILING: usize = 1024;
+/// How long a key whose take failed is passed over.
+const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The folders a claim takes from, in the order of the [`Candidates::folders`] array.
 pub(super) const CLAIMED_FROM: [State; 3] = [State::Cur, State::Retry, State::Processing];
@@ -43,6 +48,8 @@ pub(super) struct Candidates {
     /// The earliest time a `processing/` copy seen with a live lease, or not yet abandoned
     /// long enough, may become claimable.
     pub(super) next_abandoned: Option<Instant>,
+    /// Keys whose take failed on a store error, and until when they are passed over.
+    failing: HashMap<String, Instant>,
 }
 
 impl Candidates {
@@ -53,6 +60,7 @@ impl Candidates {
             folders: Default::default(),
             next_due: None,
             next_abandoned: None,
+            failing: HashMap::new(),
         }
     }
 
@@ -68,6 +76,22 @@ impl Candidates {
     /// Keeps the earliest of the times a `processing/` copy may become claimable.
     pub(super) fn note_abandoned_at(&mut self, at: Instant) {
         self.next_abandoned = Some(self.next_abandoned.map_or(at, |e| e.min(at)));
+    }
+
+    /// Notes that the take of `key` failed: listings pass over it for a while.
+    pub(super) fn failed(&mut self, key: String) {
+        let now = Instant::now();
+        self.failing.retain(|_, until| *until > now);
+        if self.failing.len() < FAILING {
+            self.failing.insert(key, now + FAILING_FOR);
+        }
+    }
+
+    /// Whether the take of `key` failed lately.
+    pub(super) fn failing_lately(&self, key: &str) -> bool {
+        self.failing
+            .get(key)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     /// Keeps the earliest due time of a `retry/` copy.

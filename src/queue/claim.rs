@@ -93,9 +93,10 @@ pub struct Claim {
     spent: bool,
     /// The copy an earlier finish or release that failed midway may have made.
     attempted: Option<CopyKey>,
-    /// Taken over from a claim whose lease ran out: that claim may still land a copy of its
-    /// own (it was paused after its last check), which this claim's finish deletes.
-    takeover: bool,
+    /// Taken from the filter's own copy: no other copy of the message ever was. Any other
+    /// claim's final move looks for lower copies left beside it (a stale claim's finish,
+    /// paused after its last check, may land after this claim looked) and deletes them.
+    from_filter: bool,
 }
 
 impl Claim {
@@ -107,10 +108,10 @@ impl Claim {
         record: Record,
         meta: ObjectMeta,
         lease: Duration,
-        takeover: bool,
+        from_filter: bool,
     ) -> Claim {
         let mut claim = Claim::with(queue, key, token, record, meta, lease);
-        claim.takeover = takeover;
+        claim.from_filter = from_filter;
         claim.start_renewing();
         claim
     }
@@ -145,7 +146,7 @@ impl Claim {
             digest: Mutex::new(None),
             spent: false,
             attempted: None,
-            takeover: false,
+            from_filter: false,
         }
     }
 
@@ -290,8 +291,21 @@ impl Claim {
         self.queue.duplicate_of(self.name(), &digest).await
     }
 
+    /// Gives the claim a lease of `lease` from now, for the renewals that follow too; a
+    /// longer one than its record names is written into the record first (a take-over after
+    /// the lock engine lost its data waits for the recorded lease).
+    pub async fn set_lease(&mut self, lease: Duration) -> Result<DateTime<Utc>, QueueError> {
+        if Some(lease) > self.record.lease {
+            let mut record = self.record.clone();
+            record.lease = Some(lease);
+            self.write_record(record).await?;
+        }
+        self.renew(Some(lease)).await
+    }
+
     /// Extends the lease to `lease` (default: the claim's) from now; a new length also
-    /// applies to the background renewals that follow.
+    /// applies to the background renewals that follow ([`Claim::set_lease`] writes a longer
+    /// one into the record).
     pub async fn renew(&self, lease: Option<Duration>) -> Result<DateTime<Utc>, QueueError> {
         let lease = lease.unwrap_or(self.lease());
         let held = !self.is_lost()
@@ -359,6 +373,14 @@ impl Claim {
                 "{}: no room left to record done ids",
                 self.name()
             )));
+        }
+        self.write_record(record).await
+    }
+
+    /// Writes `record` on the claim's own copy under `processing/`, under the lease.
+    async fn write_record(&mut self, record: Record) -> Result<(), QueueError> {
+        if self.spent || self.is_lost() {
+            return Err(self.lost_error());
         }
         let lease = self.lease();
         let update = record.to_update();
@@ -606,7 +628,7 @@ impl Claim {
                     let meta = moved(&self.meta, &earlier);
                     self.delete_own(&earlier, &meta).await;
                 }
-                if self.takeover && target.state.is_final() {
+                if !self.from_filter && target.state.is_final() {
                     self.sweep_older_copies(&target).await;
                 }
             }
@@ -651,11 +673,12 @@ impl Claim {
     /// message with lower fencing numbers in the final folders and `retry/` (the stale
     /// claim's finish may have landed after this claim looked), deleted as outranked.
     async fn sweep_older_copies(&self, newest: &CopyKey) {
-        match self.queue.copies(self.name()).await {
-            Ok(copies) => self.queue.delete_outranked(&copies, newest).await,
-            Err(e) => {
-                tracing::warn!(name = self.name(), error = %e, "cannot look for outranked copies; the next look deletes them")
-            }
+        let swept = match self.queue.look_at(self.name()).await {
+            Ok(found) => self.queue.delete_outranked(&found, newest).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = swept {
+            tracing::warn!(name = self.name(), error = %e, "an outranked copy of a finished message stays; the next look deletes it");
         }
     }
 }

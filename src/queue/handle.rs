@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectMeta, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 
 use super::candidates::{Candidates, Wake};
@@ -236,46 +236,92 @@ pub fn open_lock(
     }
 }
 
-/// Whether `name`, not under `cur/` any more, was taken on by a worker: a copy of it is in
-/// a later folder. For the filter, which must not write again a message that left `cur/`.
-pub async fn moved_on(destination: &Destination, name: &str) -> object_store::Result<bool> {
-    let keys = copy_keys(destination.mover().as_ref(), name).await?;
-    Ok(keys.iter().any(|k| k.state != State::Cur))
+/// Whether `name`, not under `cur/` any more, was taken on by a worker: the lock engine
+/// that workers take it under has (or lately had) a lease on it, or a copy of it is in a
+/// later folder. For the filter, which must not write again a message that left `cur/`.
+pub async fn moved_on(
+    destination: &Destination,
+    lock: Option<&dyn LockEngine>,
+    name: &str,
+) -> Result<bool, QueueError> {
+    if let Some(lock) = lock {
+        if lock.taken(name).await? {
+            return Ok(true);
+        }
+    }
+    let found = look(destination.mover().as_ref(), &destination.store, name).await?;
+    Ok(found.keys.iter().any(|k| k.state != State::Cur))
 }
 
-/// The keys under which copies of `name` may be: found by listing each folder by the
-/// name (a `retry/` copy by its marker where moves copy; by a look at all of `retry/` on a
-/// Maildir, where no move leaves two copies and only operators and the filter's error
-/// paths ask).
-async fn copy_keys(mover: &dyn Mover, name: &str) -> object_store::Result<Vec<CopyKey>> {
+/// What the store holds of one message by name: the keys of its copies, and the `retry/`
+/// markers whose copies could not be read (an orphan: its copy is gone, or was never
+/// made).
+#[derive(Debug, Default)]
+struct Found {
+    keys: Vec<CopyKey>,
+    orphans: Vec<(u64, Path)>,
+}
+
+/// Finds the copies of `name` by listing each folder by the name. A `retry/` copy is found
+/// by its marker where moves copy (the marker's body is its key); on a Maildir, where no
+/// move leaves two copies and only operators ask, by one look at all of `retry/`.
+async fn look(
+    mover: &dyn Mover,
+    store: &Arc<dyn ObjectStore>,
+    name: &str,
+) -> Result<Found, QueueError> {
     let renames = mover.renamer().is_some();
-    let mut keys = Vec::new();
+    let mut found = Found::default();
     for prefix in CopyKey::prefixes_of(name) {
-        let prefix = if renames && prefix.starts_with(State::Retry.folder()) {
-            format!("{}/", State::Retry.folder())
+        let retry = prefix.starts_with(State::Retry.folder());
+        let (prefix, max) = if renames && retry {
+            (format!("{}/", State::Retry.folder()), usize::MAX)
         } else {
-            prefix
+            (prefix, PAGE)
         };
         let mut after: Option<String> = None;
         loop {
-            let page = mover.list_page(&prefix, after.as_deref(), PAGE).await?;
-            let full = page.len() >= PAGE;
-            after = page.last().map(|m| m.location.to_string());
-            for meta in &page {
+            let page = mover.list_page(&prefix, after.as_deref(), max).await?;
+            after = page.objects.last().map(|m| m.location.to_string());
+            for meta in &page.objects {
                 let key = meta.location.as_ref();
-                let found = CopyKey::parse(key).or_else(|| CopyKey::parse_marker(key));
-                if let Some(k) = found.filter(|k| k.name == name) {
-                    if !keys.contains(&k) {
-                        keys.push(k);
+                if let Some(k) = CopyKey::parse(key).filter(|k| k.name == name) {
+                    if !found.keys.contains(&k) {
+                        found.keys.push(k);
+                    }
+                } else if let Some((marked, fence)) = CopyKey::parse_marker(key) {
+                    if marked == name {
+                        match read_marker(store, &meta.location).await? {
+                            Some(k) if k.name == name && !found.keys.contains(&k) => {
+                                found.keys.push(k)
+                            }
+                            Some(_) => {}
+                            None => found.orphans.push((fence, meta.location.clone())),
+                        }
                     }
                 }
             }
-            if !full {
+            if !page.more || page.objects.is_empty() {
                 break;
             }
         }
     }
-    Ok(keys)
+    Ok(found)
+}
+
+/// The key a `retry/` marker names (its body); `None` when it is gone or unreadable.
+async fn read_marker(
+    store: &Arc<dyn ObjectStore>,
+    marker: &Path,
+) -> Result<Option<CopyKey>, QueueError> {
+    match store.get(marker).await {
+        Ok(result) => {
+            let body = result.bytes().await?;
+            Ok(CopyKey::parse(String::from_utf8_lossy(&body).trim()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Queue {
@@ -360,7 +406,52 @@ impl Queue {
 
     /// Every copy of `name` there is, with its record.
     pub async fn copies(&self, name: &str) -> Result<Vec<StoredCopy>, QueueError> {
-        let keys = copy_keys(self.inner.mover.as_ref(), name).await?;
+        Ok(self.look_at(name).await?.copies)
+    }
+
+    /// Every copy of `name` there is, with its record, and the orphan `retry/` markers.
+    pub(super) async fn look_at(&self, name: &str) -> Result<Copies, QueueError> {
+        let found = look(
+            self.inner.mover.as_ref(),
+            &self.inner.destination.store,
+            name,
+        )
+        .await?;
+        let heads = futures::future::join_all(found.keys.iter().map(|k| self.head(k))).await;
+        let copies = heads
+            .into_iter()
+            .filter_map(Result::transpose)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut orphans = found.orphans;
+        // A marker whose copy is not there is an orphan too.
+        for key in found.keys.iter().filter(|k| k.state == State::Retry) {
+            if let Some(marker) = key.marker() {
+                if !copies.iter().any(|c| c.key == *key) {
+                    orphans.push((key.fence, marker));
+                }
+            }
+        }
+        Ok(Copies { copies, orphans })
+    }
+
+    /// The copies a claim under `fence` left in the folders after `processing/` (its
+    /// finish), looked up by their exact keys: a read, unlike a listing, sees an object the
+    /// moment it is written.
+    pub(super) async fn finished_by(
+        &self,
+        name: &str,
+        fence: u64,
+    ) -> Result<Vec<StoredCopy>, QueueError> {
+        let mut keys = vec![
+            CopyKey::new(State::Failed, name, fence),
+            CopyKey::new(State::Done, name, fence),
+        ];
+        if self.inner.renamer.is_none() {
+            let marker = super::record::marker_of(name, fence);
+            if let Some(key) = read_marker(&self.inner.destination.store, &marker).await? {
+                keys.push(key);
+            }
+        }
         let heads = futures::future::join_all(keys.iter().map(|k| self.head(k))).await;
         heads.into_iter().filter_map(Result::transpose).collect()
     }
@@ -394,10 +485,12 @@ impl Queue {
     ) -> Result<(Vec<(CopyKey, ObjectMeta)>, Option<String>), QueueError> {
         let prefix = format!("{}/", state.folder());
         let page = self.inner.mover.list_page(&prefix, after, max).await?;
-        let next = (page.len() >= max)
-            .then(|| page.last().map(|m| m.location.to_string()))
+        let next = page
+            .more
+            .then(|| page.objects.last().map(|m| m.location.to_string()))
             .flatten();
         let keys = page
+            .objects
             .into_iter()
             .filter_map(|meta| Some((CopyKey::parse(meta.location.as_ref())?, meta)))
             .filter(|(key, _)| key.state == state)
@@ -406,7 +499,10 @@ impl Queue {
     }
 
     /// Every key of `state`, page after page (operators' commands; a claim never does this).
-    async fn all_keys(&self, state: State) -> Result<Vec<(CopyKey, ObjectMeta)>, QueueError> {
+    pub(super) async fn all_keys(
+        &self,
+        state: State,
+    ) -> Result<Vec<(CopyKey, ObjectMeta)>, QueueError> {
         let mut all = Vec::new();
         let mut after = None;
         loop {
@@ -659,14 +755,14 @@ impl Queue {
             .map_err(QueueError::from)
     }
 
-    /// Deletes one copy (and its marker); a missing one is fine.
+    /// Deletes one copy (and, where moves copy, its marker); a missing one is fine.
     pub(super) async fn delete_copy(
         &self,
         key: &CopyKey,
         meta: &ObjectMeta,
     ) -> Result<(), QueueError> {
         self.inner.mover.remove(meta).await?;
-        if let Some(marker) = key.marker() {
+        if let Some(marker) = key.marker().filter(|_| self.inner.renamer.is_none()) {
             self.delete_object(&marker).await?;
         }
         Ok(())
@@ -680,30 +776,52 @@ impl Queue {
         }
     }
 
-    /// Writes the marker of a `retry/` copy (empty), before the copy itself.
+    /// Writes the marker of a `retry/` copy (its body the copy's key), before the copy.
     pub(super) async fn put_marker(&self, key: &CopyKey) -> Result<(), QueueError> {
         if let Some(marker) = key.marker() {
             self.inner
                 .destination
                 .store
-                .put(&marker, PutPayload::new())
+                .put(&marker, PutPayload::from(key.to_string().into_bytes()))
                 .await?;
         }
         Ok(())
     }
 
-    /// Deletes the copies of `copies` that `newest` outranks: anyone who has seen a copy
-    /// outranked may delete it, since no copy ranked above another ever goes away before a
-    /// copy ranked higher still exists (`ARCHITECTURE.md`). Best effort: a copy left is met
-    /// again by the next look.
-    pub(super) async fn delete_outranked(&self, copies: &[StoredCopy], newest: &CopyKey) {
-        for copy in copies.iter().filter(|c| c.key.rank() < newest.rank()) {
-            if let Err(e) = self.delete_copy(&copy.key, &copy.meta).await {
-                tracing::warn!(key = %copy.key, error = %e, "cannot delete an outranked copy; the next look deletes it");
-            } else {
-                tracing::info!(key = %copy.key, newest = %newest, "outranked copy deleted");
+    /// Deletes what `newest` outranks in `found`: copies, and orphan markers of lower
+    /// fencing numbers. Anyone who has seen a copy outranked may delete it, since no copy
+    /// ranked above another ever goes away before a copy ranked higher still exists
+    /// (`ARCHITECTURE.md`). A copy a claim could start from (`cur/`, `retry/`) must go before
+    /// a claim is handed out: an error then; others are best effort (logged), met again by
+    /// the next look.
+    pub(super) async fn delete_outranked(
+        &self,
+        found: &Copies,
+        newest: &CopyKey,
+    ) -> Result<(), QueueError> {
+        let mut takeable_left = None;
+        for copy in found.copies.iter().filter(|c| c.key.rank() < newest.rank()) {
+            match self.delete_copy(&copy.key, &copy.meta).await {
+                Ok(()) => {
+                    tracing::info!(key = %copy.key, newest = %newest, "outranked copy deleted")
+                }
+                Err(e) if matches!(copy.state(), State::Cur | State::Retry) => {
+                    takeable_left = Some(QueueError::Store(format!(
+                        "cannot delete the outranked copy {}: {e}",
+                        copy.key
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %copy.key, error = %e, "cannot delete an outranked copy; the next look deletes it")
+                }
             }
         }
+        for (fence, marker) in found.orphans.iter().filter(|(f, _)| *f < newest.fence) {
+            if let Err(e) = self.delete_object(marker).await {
+                tracing::warn!(%marker, fence, error = %e, "cannot delete an orphan marker");
+            }
+        }
+        takeable_left.map_or(Ok(()), Err)
     }
 
     /// Whether moves on this store are renames.
@@ -727,6 +845,20 @@ pub(super) fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|d| t.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The copies of one message, and the orphan `retry/` markers met on the way.
+#[derive(Debug, Default)]
+pub(super) struct Copies {
+    pub(super) copies: Vec<StoredCopy>,
+    pub(super) orphans: Vec<(u64, Path)>,
+}
+
+impl Copies {
+    /// The newest copy.
+    pub(super) fn newest(&self) -> Option<&StoredCopy> {
+        newest_copy(&self.copies)
+    }
 }
 
 /// The newest of several copies of one message: the highest rank.

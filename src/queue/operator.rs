@@ -9,7 +9,7 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use super::claim::{Claim, Finished};
-use super::handle::{PurgeReport, Queue, QueueError, StoredCopy, earlier, newest_copy};
+use super::handle::{PurgeReport, Queue, QueueError, earlier, newest_copy};
 use super::lock::Token;
 use super::record::{CopyKey, MessageRef, Record, State};
 use crate::util::failpoint;
@@ -76,8 +76,9 @@ impl Queue {
         lease: Duration,
         forget_done: bool,
     ) -> Result<Finished, QueueError> {
-        let copies = self.copies(name).await?;
-        let newest = newest_copy(&copies)
+        let found = self.look_at(name).await?;
+        let newest = found
+            .newest()
             .cloned()
             .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
         let from = newest.state();
@@ -114,8 +115,11 @@ impl Queue {
             None => {
                 self.copy_to(&newest.meta, &target, &record).await?;
                 failpoint::hit("requeue.half");
-                self.check_lease(name, token, lease).await?;
-                self.delete_outranked(&copies, &target).await;
+                // Its copy outranks every other: the requeue is done, whatever the lease.
+                // What stays of the others, the take of the new copy deletes.
+                if let Err(e) = self.delete_outranked(&found, &target).await {
+                    tracing::warn!(name, error = %e, "an outranked copy stays for now");
+                }
             }
         }
         tracing::info!(name, %from, "requeued");
@@ -142,7 +146,7 @@ impl Queue {
     ) -> Result<PurgeReport, QueueError> {
         let cutoff = earlier(Utc::now(), older_than);
         let old: Vec<(CopyKey, object_store::ObjectMeta)> = self
-            .all_state_keys(state)
+            .all_keys(state)
             .await?
             .into_iter()
             .filter(|(_, m)| m.last_modified < cutoff)
@@ -159,12 +163,7 @@ impl Queue {
         // (the newest copy stays), never just deleted.
         let mut elsewhere = HashSet::new();
         for other in State::ALL.into_iter().filter(|s| *s != state) {
-            elsewhere.extend(
-                self.all_state_keys(other)
-                    .await?
-                    .into_iter()
-                    .map(|(k, _)| k.name),
-            );
+            elsewhere.extend(self.all_keys(other).await?.into_iter().map(|(k, _)| k.name));
         }
         if let Err(e) = self.inner.lock.forget_expired().await {
             tracing::warn!(error = %e, "cannot clean the dedup index");
@@ -195,25 +194,6 @@ impl Queue {
         Ok(report)
     }
 
-    /// Every key of `state`.
-    async fn all_state_keys(
-        &self,
-        state: State,
-    ) -> Result<Vec<(CopyKey, object_store::ObjectMeta)>, QueueError> {
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let (page, next) = self
-                .list_keys(state, after.as_deref(), super::handle::PAGE)
-                .await?;
-            all.extend(page);
-            match next {
-                Some(next) => after = Some(next),
-                None => return Ok(all),
-            }
-        }
-    }
-
     /// Purges the copy `key` under its message's lease: `false` when the message is held,
     /// its claim may be alive, or its newest copy is another or young.
     async fn purge_leased(
@@ -237,19 +217,17 @@ impl Queue {
             return Ok(false);
         };
         let purged = async {
-            let copies: Vec<StoredCopy> = self.copies(name).await?;
-            let Some(newest) = newest_copy(&copies) else {
+            let found = self.look_at(name).await?;
+            let Some(newest) = found.newest().cloned() else {
                 return Ok(true);
             };
-            if newest.key != *key {
-                self.delete_outranked(&copies, &newest.key).await;
+            // The outranked ones go in any case: whoever has seen them outranked may.
+            let outranked = self.delete_outranked(&found, &newest.key).await;
+            if newest.key != *key || newest.meta.last_modified >= cutoff {
                 return Ok(false);
             }
-            if newest.meta.last_modified >= cutoff {
-                return Ok(false);
-            }
+            outranked?;
             self.check_lease(name, &token, lease).await?;
-            self.delete_outranked(&copies, &newest.key).await;
             self.delete_copy(&newest.key, &newest.meta).await?;
             Ok(true)
         }

@@ -16,8 +16,13 @@
 //! Names sort by the time the filter received them and `retry/` keys by their due time, so
 //! a listing in key order gives the oldest mail first and the due retries first. Where a
 //! move is a copy and a delete (Swift, S3), a copy in `retry/` has a marker,
-//! `retry/marker+<name>@<fence>+<due>` (empty), so that it can be found by its name; markers
-//! sort after every due key.
+//! `retry/marker+<name>@<fence>`, whose body is the copy's key, so that the copy can be found
+//! by its name (listing) and by its name and fencing number (one read, which, unlike a
+//! listing, sees a new object at once); markers sort after every due key.
+//!
+//! Keys of older versions (`processing/<name>`, `retry/<name>`, `done/<name>`...) read as
+//! copies written under fencing number 0 (a `retry/` one due at once): every newer copy
+//! outranks them.
 //!
 //! A copy's **rank** is its fencing number, then its state in the order
 //! `cur < processing < retry < failed < done` (two copies of one lease: the later move's).
@@ -168,17 +173,9 @@ impl CopyKey {
         (self.fence, self.state)
     }
 
-    /// For a `retry/` copy on a store whose moves copy: its marker, which makes the copy
-    /// findable by name.
+    /// For a `retry/` copy: the key of its marker (see the module docs).
     pub fn marker(&self) -> Option<Path> {
-        let due = self.due?;
-        Some(Path::from(format!(
-            "{}/{MARKER}{}@{}+{}",
-            State::Retry.folder(),
-            self.name,
-            self.fence,
-            due.format(DUE_FORMAT)
-        )))
+        (self.state == State::Retry && self.fence > 0).then(|| marker_of(&self.name, self.fence))
     }
 
     /// Parses an object key made by [`CopyKey::path`]; `None` for anything else (other
@@ -186,20 +183,28 @@ impl CopyKey {
     pub fn parse(key: &str) -> Option<CopyKey> {
         let (folder, rest) = key.split_once('/')?;
         let state: State = folder.parse().ok()?;
-        let (due, rest) = match state {
-            State::Retry => {
-                let due = rest.get(..DUE_LEN)?;
-                let rest = rest.get(DUE_LEN..)?.strip_prefix('_')?;
-                (Some(parse_due(due)?), rest)
-            }
-            _ => (None, rest),
+        let due = (state == State::Retry)
+            .then(|| {
+                let due = parse_due(rest.get(..DUE_LEN)?)?;
+                Some((due, rest.get(DUE_LEN..)?.strip_prefix('_')?))
+            })
+            .flatten();
+        let (due, rest) = match due {
+            Some((due, rest)) => (Some(due), rest),
+            // Not a due time: a key of an older version, `retry/<name>`.
+            None => (None, rest),
         };
         let (name, fence) = match rest.rsplit_once('@') {
             Some((name, fence)) => (name, fence.parse::<u64>().ok()?),
-            None if state == State::Cur => (rest, 0),
-            None => return None,
+            // The filter's copy, or a key of an older version.
+            None => (rest, 0),
         };
-        if !is_message_name(name) || (state != State::Cur && fence == 0) {
+        // Fenced keys carry a fencing number above 0; a fenced retry key, its due time.
+        let fenced = fence > 0;
+        if !is_message_name(name)
+            || (rest.contains('@') != fenced)
+            || (due.is_some() != (fenced && state == State::Retry))
+        {
             return None;
         }
         Some(CopyKey {
@@ -210,23 +215,15 @@ impl CopyKey {
         })
     }
 
-    /// Parses a `retry/` marker's key: the key of the copy it stands for.
-    pub fn parse_marker(key: &str) -> Option<CopyKey> {
+    /// Parses a `retry/` marker's key: the name and fencing number of the copy it stands for.
+    pub fn parse_marker(key: &str) -> Option<(String, u64)> {
         let rest = key
             .strip_prefix(State::Retry.folder())?
             .strip_prefix('/')?
             .strip_prefix(MARKER)?;
-        let (rest, due) = rest.rsplit_once('+')?;
         let (name, fence) = rest.rsplit_once('@')?;
-        if !is_message_name(name) {
-            return None;
-        }
-        Some(CopyKey {
-            state: State::Retry,
-            name: name.to_string(),
-            fence: fence.parse().ok()?,
-            due: Some(parse_due(due)?),
-        })
+        let fence = fence.parse().ok().filter(|f| *f > 0)?;
+        is_message_name(name).then(|| (name.to_string(), fence))
     }
 
     /// The prefixes under which every copy and marker of `name` is found, one per folder
@@ -246,7 +243,7 @@ impl fmt::Display for CopyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let folder = self.state.folder();
         match (self.state, self.due, self.fence) {
-            (State::Cur, _, 0) => write!(f, "{folder}/{}", self.name),
+            (_, _, 0) => write!(f, "{folder}/{}", self.name),
             (State::Retry, Some(due), fence) => write!(
                 f,
                 "{folder}/{}_{}@{fence}",
@@ -256,6 +253,11 @@ impl fmt::Display for CopyKey {
             (_, _, fence) => write!(f, "{folder}/{}@{fence}", self.name),
         }
     }
+}
+
+/// The key of the marker of the `retry/` copy of `name` written under `fence`.
+pub fn marker_of(name: &str, fence: u64) -> Path {
+    Path::from(format!("{}/{MARKER}{name}@{fence}", State::Retry.folder()))
 }
 
 fn parse_due(s: &str) -> Option<DateTime<Utc>> {
@@ -491,7 +493,11 @@ mod tests {
             format!("retry/20270115T080000.123Z_{name}@12")
         );
         let marker = retry.marker().unwrap();
-        assert_eq!(CopyKey::parse_marker(marker.as_ref()), Some(retry.clone()));
+        assert_eq!(marker.as_ref(), format!("retry/marker+{name}@12"));
+        assert_eq!(
+            CopyKey::parse_marker(marker.as_ref()),
+            Some((name.to_string(), 12))
+        );
         assert_eq!(CopyKey::parse(marker.as_ref()), None);
         assert!(
             marker.as_ref() > retry.to_string().as_str(),
@@ -508,13 +514,22 @@ mod tests {
             "new/x",
             "cur/",
             "cur/../x",
-            "processing/x",
             "processing/x@y",
             "processing/x@0",
             "retry/x@1",
             "done/a+b@1",
         ] {
             assert_eq!(CopyKey::parse(bad), None, "{bad:?}");
+        }
+        // Keys of older versions: fencing number 0, due at once, outranked by any other.
+        for legacy in [
+            format!("processing/{name}"),
+            format!("retry/{name}"),
+            format!("done/{name}"),
+        ] {
+            let key = CopyKey::parse(&legacy).unwrap();
+            assert_eq!((key.fence, key.due, key.to_string()), (0, None, legacy));
+            assert!(key.rank() < CopyKey::new(State::Cur, name, 1).rank());
         }
     }
 

@@ -13,12 +13,14 @@
 //! costs one lock-engine call.
 //!
 //! A take moves the message to `processing/<name>@<fence>` under the new lease. Where a move
-//! copies (Swift, S3) the source is deleted before the claim is handed out, and if that
-//! fails the take is undone: a copy left under `cur/` or `retry/` must never be the start of
-//! a second claim of a message already being processed. A copy the filter wrote has no
-//! other copy (the first take deletes it before anybody works on the message); any other
-//! candidate is taken only after every copy of its message was looked at, and only if it is
-//! the newest.
+//! copies (Swift, S3) the source is deleted before the claim is handed out; if that fails
+//! the new copy stays (it is never undone: the delete may have been applied) and the claim
+//! is not handed out, so a copy left under `cur/` or `retry/` is never the start of a
+//! second claim of a message already being processed. A copy the filter wrote is taken
+//! without looking for others: only a take that crashed before its delete leaves one (its
+//! `processing/` copy, never handed out, which the next look at `processing/` finds
+//! outranked). Any other candidate is taken only after every copy of its message was looked
+//! at, and only if it is the newest.
 
 use std::time::{Duration, Instant};
 
@@ -27,16 +29,16 @@ use object_store::ObjectMeta;
 
 use super::candidates::ANNOUNCED;
 use super::claim::Claim;
-use super::handle::{
-    ClaimOptions, PAGE, Queue, QueueError, StoredCopy, TOO_MANY_ATTEMPTS, moved, newest_copy,
-};
+use super::handle::{ClaimOptions, Copies, PAGE, Queue, QueueError, TOO_MANY_ATTEMPTS, moved};
 use super::lock::Token;
 use super::record::{CopyKey, Record, State};
 use super::wake;
 use crate::util::failpoint;
 
-/// Tries of deleting a take's source before the take is undone.
+/// Tries of deleting a take's source before the take gives up (its copy stays).
 const SOURCE_DELETE_TRIES: u32 = 3;
+/// Pages of one folder a look lists at most, when the first ones hold no candidate.
+const PAGES_PER_LOOK: usize = 8;
 
 impl Queue {
     /// Claims the next due message (see the module docs for the order). With `wait`, blocks
@@ -141,6 +143,7 @@ impl Queue {
                     // is met again at the next listing, and logged each time.
                     Err(QueueError::Store(e)) => {
                         tracing::warn!(key, error = %e, "cannot claim a message; skipping it for now");
+                        self.inner.candidates.lock().unwrap().failed(key);
                     }
                     Err(e) => return Err(e),
                 }
@@ -177,37 +180,62 @@ impl Queue {
         } else {
             PAGE
         };
-        let (listed, _) = self.list_keys(state, None, size).await?;
-        let now = Utc::now();
-        let keys: Vec<(CopyKey, ObjectMeta)> = match state {
-            State::Retry => {
-                let due = listed
-                    .iter()
-                    .position(|(k, _)| k.due.is_some_and(|d| d > now))
-                    .unwrap_or(listed.len());
-                let mut listed = listed;
-                let later = listed.split_off(due);
-                if let Some(at) = later.first().and_then(|(k, _)| k.due) {
-                    self.inner.candidates.lock().unwrap().note_due_at(at);
-                }
-                listed
-            }
-            State::Processing => {
-                let names: Vec<String> = listed.iter().map(|(k, _)| k.name.clone()).collect();
-                let holders = self.inner.lock.holders(&names).await?;
-                let mut free = Vec::new();
-                let now = Instant::now();
-                let mut candidates = self.inner.candidates.lock().unwrap();
-                for (entry, holder) in listed.into_iter().zip(holders) {
-                    match holder {
-                        None => free.push(entry),
-                        Some(h) => candidates.note_abandoned_at(now + h.remaining),
+        // Pages in key order until one holds a candidate: keys that cannot be taken now
+        // (foreign objects, held claims, keys that failed lately) never hide what follows
+        // them for long, and a look still costs a bounded number of listings.
+        let mut keys: Vec<(CopyKey, ObjectMeta)> = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..PAGES_PER_LOOK {
+            let (listed, next) = self.list_keys(state, after.as_deref(), size).await?;
+            let mut later_due = false;
+            let usable: Vec<(CopyKey, ObjectMeta)> = match state {
+                State::Retry => {
+                    let now = Utc::now();
+                    let due = listed
+                        .iter()
+                        .position(|(k, _)| k.due.is_some_and(|d| d > now))
+                        .unwrap_or(listed.len());
+                    let mut listed = listed;
+                    let later = listed.split_off(due);
+                    if let Some(at) = later.first().and_then(|(k, _)| k.due) {
+                        self.inner.candidates.lock().unwrap().note_due_at(at);
+                        later_due = true;
                     }
+                    listed
                 }
-                free
+                State::Processing => {
+                    let names: Vec<String> = listed.iter().map(|(k, _)| k.name.clone()).collect();
+                    let holders = self.inner.lock.holders(&names).await?;
+                    let mut free = Vec::new();
+                    let now = Instant::now();
+                    let mut candidates = self.inner.candidates.lock().unwrap();
+                    for (entry, holder) in listed.into_iter().zip(holders) {
+                        match holder {
+                            None => free.push(entry),
+                            Some(h) => candidates.note_abandoned_at(now + h.remaining),
+                        }
+                    }
+                    free
+                }
+                _ => listed,
+            };
+            {
+                let candidates = self.inner.candidates.lock().unwrap();
+                keys.extend(
+                    usable
+                        .into_iter()
+                        .filter(|(k, _)| !candidates.failing_lately(&k.to_string())),
+                );
             }
-            _ => listed,
-        };
+            // Retry keys sort by due time: past a key not yet due, none is due.
+            if !keys.is_empty() || later_due {
+                break;
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
         let mut candidates = self.inner.candidates.lock().unwrap();
         let page = candidates.page(state);
         page.keys = keys.into();
@@ -215,8 +243,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Adds a name announced as new under `cur/` to an empty page (a page that is not empty
-    /// holds older mail, which comes first; the next listing finds the new name anyway).
+    /// Adds a name announced as new under `cur/` to the page of `cur/` (after the older
+    /// mail there), up to [`ANNOUNCED`] names; the next listing finds the others anyway.
     pub(super) fn announced(&self, key: CopyKey, meta: ObjectMeta) {
         let mut candidates = self.inner.candidates.lock().unwrap();
         let page = candidates.page(State::Cur);
@@ -251,7 +279,15 @@ impl Queue {
             }
         }
         let name = key.name.clone();
-        let Some(token) = self.acquire(&name, lease, key.state == State::Cur).await? else {
+        // A fresh retired mark (a claim just finished it) stops takes from cur/ and the
+        // take-over of a leftover under processing/; a release's retry/ copy is due at once.
+        let respect_mark = key.state != State::Retry;
+        let Some(token) = self.acquire(&name, lease, respect_mark).await? else {
+            if key.state == State::Processing && self.renamer().is_none() {
+                // Held again, or marked finished: a crashed take's copy beside a newer
+                // claim's is deleted now, not when the mark has run out.
+                self.delete_if_outranked(&key).await?;
+            }
             return Ok(None);
         };
         failpoint::hit("claim.leased");
@@ -271,6 +307,19 @@ impl Queue {
         taken
     }
 
+    /// Deletes `key` (and what else is outranked) when a newer copy of its message exists;
+    /// no lease is needed to delete what is outranked.
+    async fn delete_if_outranked(&self, key: &CopyKey) -> Result<(), QueueError> {
+        let found = self.look_at(&key.name).await?;
+        match found.newest() {
+            Some(newest) if newest.key != *key => {
+                let newest = newest.key.clone();
+                self.delete_outranked(&found, &newest).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The take of `key` under the lease `token` holds: the source's record, the newest-copy
     /// check where it is needed, then the move to `processing/`.
     async fn take_leased(
@@ -280,52 +329,73 @@ impl Queue {
         token: &Token,
         lease: Duration,
     ) -> Result<Option<Claim>, QueueError> {
-        let filters_copy = key.state == State::Cur && key.fence == 0;
-        let (source, others) = if filters_copy {
-            // Never claimed: its record is empty, and it has no other copy.
-            (Record::default(), Vec::new())
+        let from_filter = key.state == State::Cur && key.fence == 0;
+        let (source, others) = if from_filter {
+            // Never claimed: its record is empty, and it has no other copy (a take deletes
+            // it before anybody works on the message).
+            (Record::default(), Copies::default())
         } else if self.renamer().is_some() {
             // A rename leaves no second copy.
             let copy = self
                 .head(key)
                 .await?
                 .ok_or_else(|| QueueError::NotFound(key.to_string()))?;
-            (copy.record, Vec::new())
+            (copy.record, Copies::default())
         } else {
-            let copies = self.copies(&key.name).await?;
+            let mut found = self.look_at(&key.name).await?;
+            if key.state == State::Processing {
+                // What the claim under this fence finished to, read by its exact keys: a
+                // listing may not show it yet.
+                for copy in self.finished_by(&key.name, key.fence).await? {
+                    if !found.copies.iter().any(|c| c.key == copy.key) {
+                        found.copies.push(copy);
+                    }
+                }
+            }
             failpoint::hit("resolve.looked");
-            let Some(newest) = newest_copy(&copies) else {
+            let Some(newest) = found.newest().cloned() else {
                 return Ok(None);
             };
             if newest.key != *key {
-                self.delete_outranked(&copies, &newest.key).await;
+                if let Err(e) = self.delete_outranked(&found, &newest.key).await {
+                    tracing::debug!(key = %key, error = %e, "an outranked copy stays for now");
+                }
                 return Ok(None);
             }
-            let record = newest.record.clone();
-            (
-                record,
-                copies.into_iter().filter(|c| c.key != *key).collect(),
-            )
+            found.copies.retain(|c| c.key != *key);
+            (newest.record, found)
         };
         if key.state == State::Retry && key.due.is_some_and(|d| d > Utc::now()) {
             return Ok(None);
         }
+        // A copy this one was taken from is still there: that take never handed the message
+        // out (it does so only once its source is gone), so it counts no attempt.
+        let handed_out = !others.copies.iter().any(|c| {
+            c.key.rank() < key.rank()
+                && matches!(c.state(), State::Cur | State::Retry | State::Processing)
+        });
+        let attempt = match key.state {
+            State::Processing if !handed_out => source.attempt,
+            _ => source.attempt + 1,
+        };
         let record = Record {
-            attempt: source.attempt + 1,
+            attempt,
             fence: token.fence(),
             lease: Some(lease),
             not_before: None,
             reason: source.reason,
             done: source.done,
         };
-        self.take_to_processing(key, meta, token, lease, record, &others)
+        self.take_to_processing(key, meta, token, lease, record, &others, from_filter)
             .await
     }
 
     /// Moves the message from `source` to `processing/<name>@<fence>` as `record` (to
     /// `failed/` when that would pass `max_attempts`), deleting the source and the outranked
-    /// copies `others` where the move copies. The claim is handed out only once its copy is
-    /// the message's only live one and the lease still holds.
+    /// copies `others` where the move copies. The claim is handed out only once no other
+    /// copy a claim could start from is left and the lease still holds; otherwise its copy
+    /// stays, an abandoned claim that the next take-over finds beside its source.
+    #[allow(clippy::too_many_arguments)]
     async fn take_to_processing(
         &self,
         source: &CopyKey,
@@ -333,7 +403,8 @@ impl Queue {
         token: &Token,
         lease: Duration,
         mut record: Record,
-        others: &[StoredCopy],
+        others: &Copies,
+        from_filter: bool,
     ) -> Result<Option<Claim>, QueueError> {
         let name = &source.name;
         let too_many = record.attempt > self.inner.settings.max_attempts;
@@ -354,16 +425,14 @@ impl Queue {
             None => {
                 self.copy_to(meta, &target, &record).await?;
                 failpoint::hit("take.copied");
-                let target_meta = moved(meta, &target);
+                // A delete that failed may still have been applied (a quorum not reached, an
+                // answer lost): the new copy stays whatever happens, never undone.
                 if let Err(e) = self.delete_patiently(source, meta).await {
-                    if let Err(undo) = self.inner.mover.remove(&target_meta).await {
-                        tracing::warn!(key = %target, error = %undo, "cannot undo a take; its copy is met again as an abandoned claim");
-                    }
                     return Err(QueueError::Store(format!(
-                        "{name}: its copy {source} could not be deleted ({e}): the take is undone"
+                        "{name}: its copy {source} could not be deleted ({e}): not handed out; {target} waits as an abandoned claim"
                     )));
                 }
-                self.delete_outranked(others, &target).await;
+                self.delete_outranked(others, &target).await?;
                 self.check_lease(name, token, lease).await?;
             }
         }
@@ -376,7 +445,6 @@ impl Queue {
             );
             return Ok(None);
         }
-        let takeover = source.state == State::Processing;
         Ok(Some(Claim::new(
             self.clone(),
             target.clone(),
@@ -384,7 +452,7 @@ impl Queue {
             record,
             moved(meta, &target),
             lease,
-            takeover,
+            from_filter,
         )))
     }
 

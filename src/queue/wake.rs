@@ -132,13 +132,16 @@ fn watch(dir: &FsPath) -> std::io::Result<mpsc::Receiver<String>> {
 #[derive(Debug, Clone)]
 pub struct Announcer {
     tx: mpsc::Sender<String>,
+    lock: Arc<dyn LockEngine>,
 }
 
 impl Announcer {
     /// An announcer publishing through `lock`, with its own task.
     pub fn spawn(lock: Arc<dyn LockEngine>) -> Announcer {
         let (tx, mut rx) = mpsc::channel::<String>(ANNOUNCE_BACKLOG);
+        let publisher = lock.clone();
         tokio::spawn(async move {
+            let lock = publisher;
             let mut failing = false;
             while let Some(name) = rx.recv().await {
                 match lock.announce(&name).await {
@@ -155,7 +158,13 @@ impl Announcer {
                 }
             }
         });
-        Announcer { tx }
+        Announcer { tx, lock }
+    }
+
+    /// The lock engine workers take this destination's mail under: it knows which names a
+    /// worker took on lately.
+    pub fn lock(&self) -> &Arc<dyn LockEngine> {
+        &self.lock
     }
 
     /// Queues the announcement of `name`.

@@ -28,7 +28,7 @@ use object_store::{
     RenameOptions, Result,
 };
 
-use crate::store::mover::{MetadataUpdate, Mover, Renamer};
+use crate::store::mover::{MetadataUpdate, Mover, Page, Renamer};
 use crate::util::failpoint;
 
 /// The extended attribute that holds an object's metadata: `key=value` lines, written in
@@ -365,7 +365,7 @@ fn rename_creating_folder(from: &FsPath, to: &FsPath) -> io::Result<()> {
 }
 
 /// Sets a file's modification time to now: it tells when the queue last moved or updated the
-/// message, which `purge --older-than` and the take-over of abandoned claims read.
+/// message, which `purge --older-than` reads.
 fn touch(path: &FsPath) -> io::Result<()> {
     use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT, utimensat};
     let times = Timestamps {
@@ -420,12 +420,7 @@ impl Mover for MaildirStore {
         blocking(move || renamer.update(&at, &update)).await
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<ObjectMeta>> {
+    async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page> {
         let (root, prefix, after) = (
             self.root.clone(),
             prefix.to_string(),
@@ -510,38 +505,39 @@ impl Renamer for MaildirRenamer {
 }
 
 /// Up to `max` files whose keys begin with `prefix` (`<folder>/<start of a name>`) and sort
-/// after `after`, in key order. One `readdir` of the folder: the names are selected and
-/// sorted before any file is looked at.
-fn list_page(
-    root: &FsPath,
-    prefix: &str,
-    after: Option<&str>,
-    max: usize,
-) -> io::Result<Vec<ObjectMeta>> {
+/// after `after`, in key order. One `readdir` of the folder, keeping only the first `max`
+/// names (a heap, so memory stays bounded whatever the folder holds); only those are looked at.
+fn list_page(root: &FsPath, prefix: &str, after: Option<&str>, max: usize) -> io::Result<Page> {
     let (folder, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
     let dir = root.join(folder);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Page::default()),
         Err(e) => return Err(e),
     };
     let after = after.and_then(|a| a.strip_prefix(folder)?.strip_prefix('/').or(Some("")));
-    let mut names: Vec<String> = Vec::new();
+    let mut first: std::collections::BinaryHeap<String> = std::collections::BinaryHeap::new();
+    let mut more = false;
     for entry in entries {
         let entry = entry?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        if name.starts_with(start) && after.is_none_or(|a| name.as_str() > a) {
-            names.push(name);
+        if !name.starts_with(start) || after.is_some_and(|a| name.as_str() <= a) {
+            continue;
+        }
+        if first.len() < max {
+            first.push(name);
+            continue;
+        }
+        more = true;
+        if first.peek().is_some_and(|last| name < *last) {
+            first.pop();
+            first.push(name);
         }
     }
-    if names.len() > max {
-        names.select_nth_unstable(max);
-        names.truncate(max);
-    }
-    names.sort_unstable();
-    let mut page = Vec::with_capacity(names.len());
+    let names = first.into_sorted_vec();
+    let mut objects = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(&name);
         let meta = match fs::metadata(&path) {
@@ -555,7 +551,7 @@ fn list_page(
             .modified()
             .map(chrono::DateTime::<chrono::Utc>::from)
             .unwrap_or_default();
-        page.push(ObjectMeta {
+        objects.push(ObjectMeta {
             location: Path::from(if folder.is_empty() {
                 name
             } else {
@@ -567,7 +563,7 @@ fn list_page(
             version: None,
         });
     }
-    Ok(page)
+    Ok(Page { objects, more })
 }
 
 /// Runs blocking file work off the runtime's threads.
@@ -595,8 +591,11 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let names = |page: Vec<ObjectMeta>| -> Vec<String> {
-            page.into_iter().map(|m| m.location.to_string()).collect()
+        let names = |page: Page| -> Vec<String> {
+            page.objects
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .collect()
         };
         assert_eq!(
             names(store.list_page("cur/", None, 2).await.unwrap()),
@@ -620,6 +619,7 @@ mod tests {
                 .list_page("done/2", None, 10)
                 .await
                 .unwrap()
+                .objects
                 .is_empty()
         );
 

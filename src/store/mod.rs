@@ -9,6 +9,7 @@
 //! queue's record travels through them as metadata, [`mover`]), the destinations' startup
 //! check. May use: `config/`, `util/`; knows nothing of SMTP, leases or the worker.
 
+pub mod counted;
 mod http;
 pub mod key;
 pub mod maildir;
@@ -38,6 +39,8 @@ pub struct Destination {
     /// metadata (a Maildir file has no place for it) and failed writes are retried.
     pub remote: bool,
     container: Container,
+    /// Counts every request when set ([`Destination::counted`]).
+    counter: Option<counted::RequestCount>,
 }
 
 /// The container or bucket behind a destination, for the startup check and queue moves.
@@ -115,6 +118,7 @@ impl Destination {
             remote: !matches!(container, Container::Directory(_)),
             store,
             container,
+            counter: None,
         })
     }
 
@@ -124,12 +128,32 @@ impl Destination {
         Destination { store, ..self }
     }
 
+    /// The same destination, counting every request it makes from now on (for
+    /// benchmarks): the count.
+    pub fn counted(self) -> (Destination, counted::RequestCount) {
+        let count = counted::RequestCount::default();
+        let store = Arc::new(counted::CountedStore::new(
+            self.store.clone(),
+            count.clone(),
+        ));
+        let destination = Destination {
+            store,
+            counter: Some(count.clone()),
+            ..self
+        };
+        (destination, count)
+    }
+
     /// The destination's queue moves ([`mover::Mover`]), made the way its backend allows.
     pub fn mover(&self) -> Arc<dyn mover::Mover> {
-        match &self.container {
+        let mover: Arc<dyn mover::Mover> = match &self.container {
             Container::Directory(store) => store.clone(),
             Container::Swift(store, _) => Arc::new(store.clone()),
             Container::S3(store, _) => store.clone(),
+        };
+        match &self.counter {
+            Some(count) => Arc::new(counted::CountedMover::new(mover, count.clone())),
+            None => mover,
         }
     }
 

@@ -48,18 +48,22 @@ pub trait Mover: Send + Sync + Debug {
 
     /// Up to `max` objects whose keys begin with `prefix` (a string, not only a folder) and
     /// sort after `after`, in key order.
-    async fn list_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<ObjectMeta>>;
+    async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page>;
 
     /// For a store whose moves are one atomic rename (a Maildir): the blocking steps the
     /// queue runs under its lease table's lock.
     fn renamer(&self) -> Option<Arc<dyn Renamer>> {
         None
     }
+}
+
+/// One page of a listing in key order.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The objects, in key order.
+    pub objects: Vec<ObjectMeta>,
+    /// Whether keys after the last one may match too (list again after it).
+    pub more: bool,
 }
 
 /// Blocking moves of a store where a move is one atomic rename: the source is gone once it

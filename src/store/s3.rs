@@ -28,7 +28,7 @@ use object_store::{
 };
 
 use crate::config::S3Config;
-use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, copy_timeout, is_plain_md5};
+use crate::store::mover::{MetadataUpdate, Mover, Page, copy_mismatch, copy_timeout, is_plain_md5};
 use crate::util::failpoint;
 use crate::util::hex::hex;
 
@@ -423,12 +423,7 @@ impl Mover for Md5Verified<AmazonS3> {
         }
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<ObjectMeta>> {
+    async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page> {
         use object_store::list::{PaginatedListOptions, PaginatedListStore};
         let options = PaginatedListOptions {
             offset: after.map(String::from),
@@ -439,7 +434,11 @@ impl Mover for Md5Verified<AmazonS3> {
         let mut objects = page.result.objects;
         // ListObjectsV2 answers in key order; say so rather than trust every S3.
         objects.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
-        Ok(objects)
+        Ok(Page {
+            // IsTruncated (a continuation token): a store may cut a page short.
+            more: page.page_token.is_some(),
+            objects,
+        })
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {

@@ -482,6 +482,62 @@ async fn a_lease_lost_with_redis_data_is_taken_over_a_lease_later() {
     assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
 }
 
+/// Redis behind Sentinels (`redis+sentinel://`), its primary killed mid-run: the workers
+/// follow the replica the Sentinels promote, nothing is lost, and every message is finished
+/// once, by one claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_follow_a_sentinel_failover_and_finish_each_message_once() {
+    let _turn = HEAVY.lock().await;
+    let mut sentinels = Sentinels::start();
+    let url = sentinels.url();
+    let setup = QueueSetup::new(
+        Backend::Swift,
+        &[
+            ("SWIFTDROP_QUEUE_LEASE", "5s"),
+            ("SWIFTDROP_QUEUE_LOCK", &url),
+        ],
+    );
+    let stored: HashSet<String> = setup.store(150).await.into_iter().collect();
+    let before = sentinels.primary_port();
+    let args = [
+        "--read",
+        "--job",
+        "100ms",
+        "--concurrency",
+        "2",
+        "--idle-exit",
+        "20s",
+    ];
+    let workers: Vec<Worker> = (0..2).map(|_| setup.worker(&args)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while workers
+        .iter()
+        .map(|w| events(&w.lines(), "finished").len())
+        .sum::<usize>()
+        < 40
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers do not progress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sentinels.kill_primary();
+    let mut finished = Vec::new();
+    for worker in workers {
+        let (status, lines, err) = worker.finish(Duration::from_secs(120));
+        assert!(status.success(), "{err}");
+        eprint!("{err}");
+        finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
+    }
+    let after = sentinels.primary_port();
+    assert!(
+        after.is_some() && after != before,
+        "no failover: {before:?} → {after:?}"
+    );
+    assert_finished_once(&setup, &finished, &stored).await;
+}
+
 /// Every stored message finished exactly once, and all of them in done/ alone.
 async fn assert_finished_once(setup: &QueueSetup, finished: &[String], stored: &HashSet<String>) {
     let unique: HashSet<String> = finished.iter().cloned().collect();

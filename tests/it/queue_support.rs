@@ -75,6 +75,135 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
     child
 }
 
+/// A Redis primary with one replica, watched by three Sentinels (Debian's `redis-sentinel`)
+/// under the service name `queue`; every process is killed on drop.
+pub struct Sentinels {
+    primary: Child,
+    replica: Child,
+    sentinels: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinels {
+    pub fn start() -> Sentinels {
+        let dir = tempfile::Builder::new()
+            .prefix("swiftdrop-sentinel")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let (primary_port, replica_port) = (free_port(), free_port());
+        let primary = spawn_redis(dir.path(), primary_port);
+        let replica_dir = dir.path().join("replica");
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        let replica = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &replica_port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--replicaof", "127.0.0.1", &primary_port.to_string()])
+            .arg("--dir")
+            .arg(&replica_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let mut sentinels = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                     sentinel monitor queue 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds queue 1000\n\
+                     sentinel failover-timeout queue 4000\n\
+                     sentinel parallel-syncs queue 1\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel runs (tests/run.sh installs it)");
+            let deadline = Instant::now() + PATIENCE;
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-sentinel did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sentinels.push(child);
+            ports.push(port);
+        }
+        // The replica has synced and the Sentinels have found it.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "sentinel", "replicas", "queue"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(&replica_port.to_string()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels never saw the replica"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Sentinels {
+            primary,
+            replica,
+            sentinels,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// The lock setting that reaches the primary through the Sentinels.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/queue/0", hosts.join(","))
+    }
+
+    /// Kills the primary (SIGKILL): the Sentinels promote the replica.
+    pub fn kill_primary(&mut self) {
+        let _ = self.primary.kill();
+        let _ = self.primary.wait();
+    }
+
+    /// The port of the primary the Sentinels name now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.ports[0].to_string()])
+            .args(["sentinel", "get-master-addr-by-name", "queue"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in self
+            .sentinels
+            .iter_mut()
+            .chain([&mut self.primary, &mut self.replica])
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Where the messages are stored and who holds the leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -23,6 +23,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -31,6 +33,8 @@ use super::{FinishedRef, Holder, LockEngine, LockError, Step, Token, next_fence,
 
 /// First word of the table's first line, with the format's version.
 const TABLE_HEADER: &str = "swiftdrop-leases 1";
+/// First word of the line of a retired mark (a token never reads so).
+const RETIRED: &str = "retired";
 
 /// Leases in a table file under one directory.
 #[derive(Debug, Clone)]
@@ -45,6 +49,9 @@ struct Table {
     epoch_ms: i64,
     /// By name: the holder's token and the lease's expiry (Unix ms).
     leases: BTreeMap<String, (Token, u64)>,
+    /// By name: until when (Unix ms) a message that left `cur/` is marked so
+    /// ([`LockEngine::retire`]).
+    retired: BTreeMap<String, u64>,
 }
 
 impl Table {
@@ -54,6 +61,7 @@ impl Table {
             fence,
             epoch_ms: now_ms() as i64,
             leases: BTreeMap::new(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -82,7 +90,7 @@ impl Table {
                 _ => {}
             }
         }
-        let mut leases = BTreeMap::new();
+        let (mut leases, mut retired) = (BTreeMap::new(), BTreeMap::new());
         for line in lines {
             let mut parts = line.splitn(3, ' ');
             let (Some(token), Some(expiry), Some(name)) =
@@ -90,15 +98,20 @@ impl Table {
             else {
                 return None;
             };
-            leases.insert(
-                name.to_string(),
-                (Token::parse(token).ok()?, expiry.parse().ok()?),
-            );
+            if token == RETIRED {
+                retired.insert(name.to_string(), expiry.parse().ok()?);
+            } else {
+                leases.insert(
+                    name.to_string(),
+                    (Token::parse(token).ok()?, expiry.parse().ok()?),
+                );
+            }
         }
         Some(Table {
             fence: fence?,
             epoch_ms: epoch_ms?,
             leases,
+            retired,
         })
     }
 
@@ -109,6 +122,9 @@ impl Table {
         );
         for (name, (token, expiry)) in &self.leases {
             let _ = writeln!(body, "{token} {expiry} {name}");
+        }
+        for (name, expiry) in &self.retired {
+            let _ = writeln!(body, "{RETIRED} {expiry} {name}");
         }
         let sum = checksum(&body);
         let _ = writeln!(body, "end {sum:016x}");
@@ -145,61 +161,99 @@ impl LocalEngine {
     }
 
     /// Runs `op` on the lease table under its `flock` and writes the table back when `op`
-    /// (or the expiry of a lease) changed it. Inline, not on a blocking thread: the table is
-    /// small and the lock is held for microseconds, less than a thread hand-off costs. The
-    /// lock is taken without blocking and tried again after a short sleep, so that a holder
-    /// stopped while holding it (SIGSTOP) cannot freeze this process's other tasks.
-    async fn with_table<T>(&self, op: impl FnOnce(&mut Table) -> T) -> Result<T, LockError> {
+    /// (or the expiry of a lease) changed it. On a blocking thread, which waits for the
+    /// `flock` as long as another process holds it (microseconds, but a holder stopped by
+    /// SIGSTOP holds it until SIGCONT): a caller that gave up after [`LOCK_PATIENCE`] has
+    /// its `op` skipped when the lock comes, so no step runs for a caller that is gone.
+    async fn with_table<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Table) -> T + Send + 'static,
+    ) -> Result<T, LockError> {
         let path = self.dir.join("leases");
-        let fail = |e: io::Error| LockError(format!("local lock in {}: {e}", self.dir.display()));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(fail)?;
-        let started = std::time::Instant::now();
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < LOCK_PATIENCE => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+        let gave_up = Arc::new(AtomicBool::new(false));
+        let gave_up_flag = gave_up.clone();
+        let shown = self.dir.display().to_string();
+        let work = tokio::task::spawn_blocking(move || -> Result<Option<T>, LockError> {
+            let fail = |e: io::Error| LockError(format!("local lock in {shown}: {e}"));
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(fail)?;
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| fail(e.into()))?;
+            if gave_up_flag.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(fail)?;
+            // Junk that is not UTF-8 (a torn write on a damaged disk) fails the checksum like
+            // any other damage.
+            let text = String::from_utf8_lossy(&bytes);
+            let mut table = match Table::parse(&text) {
+                Some(table) => table,
+                None => {
+                    if !text.is_empty() {
+                        tracing::warn!(file = %path.display(), "the lease table is damaged: its leases are lost");
+                    }
+                    Table::fresh(0)
                 }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(LockError(format!(
-                        "the lease table {} stayed locked for {LOCK_PATIENCE:?} (a process stopped while holding it?)",
-                        path.display()
-                    )));
-                }
-                Err(e) => return Err(fail(e.into())),
+            };
+            let now = now_ms();
+            table.leases.retain(|_, (_, expiry)| *expiry > now);
+            table.retired.retain(|_, expiry| *expiry > now);
+            let result = op(&mut table);
+            let rendered = table.render();
+            if rendered.as_bytes() != bytes.as_slice() {
+                // In place: no new inode per operation. A process killed between the two
+                // calls leaves the new table followed by the old one's tail, which parsing
+                // ignores.
+                file.write_all_at(rendered.as_bytes(), 0).map_err(fail)?;
+                file.set_len(rendered.len() as u64).map_err(fail)?;
+            }
+            Ok(Some(result)) // closing the file releases the flock
+        });
+        match tokio::time::timeout(LOCK_PATIENCE, work).await {
+            Ok(Ok(Ok(Some(result)))) => Ok(result),
+            Ok(Ok(Ok(None))) => unreachable!("only a caller that gave up skips its step"),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(LockError(format!("local lock: {e}"))),
+            Err(_) => {
+                gave_up.store(true, Ordering::SeqCst);
+                Err(LockError(format!(
+                    "the lease table {}/leases stayed locked for {LOCK_PATIENCE:?} (a process stopped while holding it?)",
+                    self.dir.display()
+                )))
             }
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(fail)?;
-        // Junk that is not UTF-8 (a torn write on a damaged disk) fails the checksum like
-        // any other damage.
-        let text = String::from_utf8_lossy(&bytes);
-        let mut table = match Table::parse(&text) {
-            Some(table) => table,
-            None => {
-                if !text.is_empty() {
-                    tracing::warn!(file = %path.display(), "the lease table is damaged: its leases are lost");
-                }
-                Table::fresh(0)
+    }
+}
+
+impl LocalEngine {
+    /// Takes the lease on `name` when nobody holds it; `from_cur`: not while the name is
+    /// marked as having left `cur/` either (any other taker replaces the mark).
+    async fn take(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+        from_cur: bool,
+    ) -> Result<Option<Token>, LockError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.with_table(move |table| {
+            if table.live(&name).is_some() || (from_cur && table.retired.contains_key(&name)) {
+                return None;
             }
-        };
-        let now = now_ms();
-        table.leases.retain(|_, (_, expiry)| *expiry > now);
-        let result = op(&mut table);
-        let rendered = table.render();
-        if rendered.as_bytes() != bytes.as_slice() {
-            // In place: no new inode per operation. A process killed between the two calls
-            // leaves the new table followed by the old one's tail, which parsing ignores.
-            file.write_all_at(rendered.as_bytes(), 0).map_err(fail)?;
-            file.set_len(rendered.len() as u64).map_err(fail)?;
-        }
-        Ok(result) // closing the file releases the flock
+            table.retired.remove(&name);
+            table.fence = next_fence(table.fence, now_micros());
+            let token = Token::new(table.fence, &owner);
+            let expiry = now_ms() + ttl.as_millis() as u64;
+            table.leases.insert(name, (token.clone(), expiry));
+            Some(token)
+        })
+        .await
     }
 }
 
@@ -249,16 +303,37 @@ impl LockEngine for LocalEngine {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Token>, LockError> {
-        let (name, owner) = (name.to_string(), owner.to_string());
-        self.with_table(move |table| {
-            if table.live(&name).is_some() {
-                return None;
+        self.take(name, owner, ttl, false).await
+    }
+
+    async fn acquire_from_cur(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Token>, LockError> {
+        self.take(name, owner, ttl, true).await
+    }
+
+    async fn retire(&self, name: &str, token: &Token, keep: Duration) -> Result<bool, LockError> {
+        let (name, token) = (name.to_string(), token.clone());
+        self.with_table(move |table| match table.leases.get(&name) {
+            Some((held, _)) if *held == token => {
+                table.leases.remove(&name);
+                table
+                    .retired
+                    .insert(name, now_ms() + keep.as_millis().max(1) as u64);
+                true
             }
-            table.fence = next_fence(table.fence, now_micros());
-            let token = Token::new(table.fence, &owner);
-            let expiry = now_ms() + ttl.as_millis() as u64;
-            table.leases.insert(name, (token.clone(), expiry));
-            Some(token)
+            _ => false,
+        })
+        .await
+    }
+
+    async fn taken(&self, name: &str) -> Result<bool, LockError> {
+        let name = name.to_string();
+        self.with_table(move |table| {
+            table.live(&name).is_some() || table.retired.contains_key(&name)
         })
         .await
     }

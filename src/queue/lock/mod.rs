@@ -200,6 +200,17 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
         ))
     }
 
+    /// Whether `name` has a lease, live or lately given up (the mark of
+    /// [`LockEngine::retire`]): a worker took it on. Engines without marks: a live lease.
+    async fn taken(&self, name: &str) -> Result<bool, LockError> {
+        Ok(self
+            .holders(&[name.to_string()])
+            .await?
+            .pop()
+            .flatten()
+            .is_some())
+    }
+
     /// Gives the lease up if `token` still holds it; `false` if it did not.
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError>;
 

@@ -110,10 +110,71 @@ end
 return 0
 ";
 
+/// Where the engine's Redis is: one server, or the primary Sentinels point to now.
+enum Connector {
+    Direct(redis::Client),
+    Sentinel {
+        sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+        service: String,
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+    },
+}
+
+impl Connector {
+    fn open(url: &RedisUrl) -> redis::RedisResult<Connector> {
+        let Some(target) = url.sentinel() else {
+            return Ok(Connector::Direct(redis::Client::open(url.expose())?));
+        };
+        let mut info = redis::RedisConnectionInfo::default().set_db(target.db);
+        if let Some(password) = &target.password {
+            info = info.set_password(password.expose());
+        }
+        let mut node =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+        if url.tls() {
+            node = node.set_tls_mode(redis::TlsMode::Secure);
+        }
+        Ok(Connector::Sentinel {
+            sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(target.sentinels)?),
+            service: target.service,
+            node,
+        })
+    }
+
+    /// A client of the server to talk to now: with Sentinels, the primary they name now
+    /// (checked to be one).
+    async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Connector::Direct(client) => Ok(client.clone()),
+            Connector::Sentinel {
+                sentinel,
+                service,
+                node,
+            } => tokio::time::timeout(
+                TIMEOUT,
+                sentinel.lock().await.async_master_for(service, Some(node)),
+            )
+            .await
+            .map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer from the Sentinels in time",
+                ))
+            })?,
+        }
+    }
+
+    fn follows_failovers(&self) -> bool {
+        matches!(self, Connector::Sentinel { .. })
+    }
+}
+
 /// Leases in a Redis server shared by every worker of a queue.
 pub struct RedisEngine {
-    client: redis::Client,
-    connection: ConnectionManager,
+    connector: std::sync::Arc<Connector>,
+    /// The connection to the server of [`Connector::client`], made at the first call and
+    /// again (with Sentinels: to the primary they name then) after a connection error.
+    connection: std::sync::Mutex<Option<ConnectionManager>>,
     namespace: String,
     url: RedisUrl,
     scripts: Scripts,
@@ -154,7 +215,7 @@ impl RedisEngine {
             .arg(&nonce[..16])
             .arg(ttl.as_millis() as u64)
             .arg(mode)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))?;
         token
@@ -165,19 +226,11 @@ impl RedisEngine {
     /// An engine for the queue `queue_id` at `url`. Connects lazily: nothing is sent until
     /// the first call.
     pub fn new(url: &RedisUrl, queue_id: &str) -> Result<RedisEngine, LockError> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| LockError(format!("{url}: {}", redact(&e.to_string(), url))))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = client
-            .get_connection_manager_lazy(config)
+        let connector = Connector::open(url)
             .map_err(|e| LockError(format!("{url}: {}", redact(&e.to_string(), url))))?;
         Ok(RedisEngine {
-            client,
-            connection,
+            connector: std::sync::Arc::new(connector),
+            connection: std::sync::Mutex::new(None),
             namespace: format!("swiftdrop:{{{queue_id}}}"),
             url: url.clone(),
             scripts: Scripts {
@@ -189,6 +242,24 @@ impl RedisEngine {
             },
             announcements: OnceLock::new(),
         })
+    }
+
+    /// The connection to use: the one made, or a new one.
+    async fn conn(&self) -> Result<ConnectionManager, LockError> {
+        if let Some(connection) = self.connection.lock().unwrap().clone() {
+            return Ok(connection);
+        }
+        let client = self.connector.client().await.map_err(|e| self.error(e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| self.error(e))?;
+        *self.connection.lock().unwrap() = Some(connection.clone());
+        Ok(connection)
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -203,7 +274,7 @@ impl RedisEngine {
     async fn server_info(&self) -> Result<String, LockError> {
         redis::cmd("INFO")
             .arg("server")
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))
     }
@@ -214,7 +285,18 @@ impl RedisEngine {
         Ok(info_field(&info, "run_id").unwrap_or_default())
     }
 
+    /// The error as a [`LockError`]. With Sentinels, a connection that failed or a server
+    /// that is no primary any more (after a failover) is dropped: the next call asks the
+    /// Sentinels for the primary again.
     fn error(&self, e: redis::RedisError) -> LockError {
+        let stale = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if stale && self.connector.follows_failovers() {
+            *self.connection.lock().unwrap() = None;
+        }
         LockError(format!(
             "Redis {}: {}",
             self.url,
@@ -226,7 +308,7 @@ impl RedisEngine {
 /// Subscribes to `channel` and forwards every message into `tx`, reconnecting with backoff,
 /// for as long as the process lives (a send without receivers is simply dropped).
 async fn subscribe(
-    client: redis::Client,
+    connector: std::sync::Arc<Connector>,
     channel: String,
     url: RedisUrl,
     tx: broadcast::Sender<Announcement>,
@@ -234,6 +316,7 @@ async fn subscribe(
     let mut delay = Duration::from_millis(100);
     loop {
         let subscribed = async {
+            let client = connector.client().await.map_err(|e| e.to_string())?;
             let mut pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| "connection timed out".to_string())?
@@ -265,7 +348,8 @@ async fn subscribe(
                             None => break "the subscription ended".to_string(),
                         },
                         _ = keepalive.tick() => {
-                            match tokio::time::timeout(TIMEOUT, sink.ping::<String>()).await {
+                            // Subscribed, the answer is the array ["pong", ""]: any answer will do.
+                            match tokio::time::timeout(TIMEOUT, sink.ping::<redis::Value>()).await {
                                 Ok(Ok(_)) => {}
                                 Ok(Err(e)) => break format!("PING failed: {e}"),
                                 Err(_) => break format!("no answer to PING within {TIMEOUT:?}"),
@@ -330,7 +414,7 @@ impl LockEngine for RedisEngine {
             .key(self.key("lease", name))
             .arg(token.as_str())
             .arg(keep.as_millis().max(1) as u64)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))?;
         Ok(retired == 1)
@@ -343,10 +427,20 @@ impl LockEngine for RedisEngine {
             .key(self.key("lease", name))
             .arg(token.as_str())
             .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))?;
         Ok(renewed == 1)
+    }
+
+    async fn taken(&self, name: &str) -> Result<bool, LockError> {
+        let exists: bool = self
+            .conn()
+            .await?
+            .exists(self.key("lease", name))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(exists)
     }
 
     async fn release(&self, name: &str, token: &Token) -> Result<bool, LockError> {
@@ -355,7 +449,7 @@ impl LockEngine for RedisEngine {
             .release
             .key(self.key("lease", name))
             .arg(token.as_str())
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))?;
         Ok(released == 1)
@@ -370,7 +464,7 @@ impl LockEngine for RedisEngine {
                 pipe.get(&key).pttl(&key);
             }
             let answers: Vec<(Option<String>, i64)> = pipe
-                .query_async(&mut self.connection.clone())
+                .query_async(&mut self.conn().await?)
                 .await
                 .map_err(|e| self.error(e))?;
             out.extend(answers.into_iter().map(|(token, pttl)| {
@@ -392,8 +486,8 @@ impl LockEngine for RedisEngine {
     ) -> Result<(), LockError> {
         let value = format!("{} {}", finished.key, finished.at.timestamp_millis());
         let _: () = self
-            .connection
-            .clone()
+            .conn()
+            .await?
             .pset_ex(
                 self.key("finished", sha256),
                 value,
@@ -406,8 +500,8 @@ impl LockEngine for RedisEngine {
 
     async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError> {
         let value: Option<String> = self
-            .connection
-            .clone()
+            .conn()
+            .await?
             .get(self.key("finished", sha256))
             .await
             .map_err(|e| self.error(e))?;
@@ -416,8 +510,8 @@ impl LockEngine for RedisEngine {
 
     async fn announce(&self, name: &str) -> Result<(), LockError> {
         let _: i64 = self
-            .connection
-            .clone()
+            .conn()
+            .await?
             .publish(self.channel(), name)
             .await
             .map_err(|e| self.error(e))?;
@@ -431,7 +525,7 @@ impl LockEngine for RedisEngine {
         let sender = self.announcements.get_or_init(|| {
             let (tx, _) = broadcast::channel(1024);
             tokio::spawn(subscribe(
-                self.client.clone(),
+                self.connector.clone(),
                 self.channel(),
                 self.url.clone(),
                 tx.clone(),
@@ -449,7 +543,7 @@ impl LockEngine for RedisEngine {
             .key(format!("{}:epoch", self.namespace))
             .key(format!("{}:epoch-server", self.namespace))
             .arg(run_id)
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.conn().await?)
             .await
             .map_err(|e| self.error(e))?;
         Ok(Duration::from_millis(ms.max(0) as u64))

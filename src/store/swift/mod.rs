@@ -38,7 +38,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
 use crate::config::SwiftConfig;
-use crate::store::mover::{MetadataUpdate, Mover, copy_mismatch, copy_timeout, is_plain_md5};
+use crate::store::mover::{MetadataUpdate, Mover, Page, copy_mismatch, copy_timeout, is_plain_md5};
 use crate::util::failpoint;
 use auth::{TokenCache, error_chain};
 use client::{
@@ -428,20 +428,21 @@ impl Mover for SwiftStore {
         }
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        max: usize,
-    ) -> Result<Vec<ObjectMeta>> {
+    async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page> {
+        let max = max.min(LIST_LIMIT);
         let entries = self
             .inner
             .list_page(prefix, false, after.unwrap_or_default(), max)
             .await?;
-        Ok(entries
-            .into_iter()
-            .filter_map(ListEntry::into_meta)
-            .collect())
+        // Swift says nothing of more keys: a full page may have some after it.
+        let more = entries.len() >= max;
+        Ok(Page {
+            objects: entries
+                .into_iter()
+                .filter_map(ListEntry::into_meta)
+                .collect(),
+            more,
+        })
     }
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
