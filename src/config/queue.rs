@@ -8,7 +8,7 @@
 //! | `max_attempts` | `5` | claims before a message goes to `failed/` |
 //! | `retry_backoff` | `1m` | wait before the first retry, doubled for each next one |
 //! | `retry_backoff_max` | `1h` | longest wait between retries |
-//! | `dedup_window` | `24h` | how long a finished message's duplicate digest is remembered |
+//! | `dedup_window` | `24h` | how long a finished message's duplicate digest is remembered (`0`: not at all) |
 //! | `poll_interval` | `5s` | how often a waiting claim lists the store anyway |
 //! | `state_dir` | `<maildir>/.swiftdrop-queue` | where the `local` lock keeps its files |
 
@@ -253,7 +253,14 @@ pub(super) fn validate_queue(section: &RawSection, problems: &mut Vec<String>) -
             "retry_backoff_max" => {
                 parse_duration(&value.value).map(|d| settings.retry_backoff_max = d)
             }
-            "dedup_window" => parse_duration(&value.value).map(|d| settings.dedup_window = d),
+            // 0 turns the duplicate index off.
+            "dedup_window" => match value.value.trim() {
+                "0" => {
+                    settings.dedup_window = Duration::ZERO;
+                    Ok(())
+                }
+                v => parse_duration(v).map(|d| settings.dedup_window = d),
+            },
             "poll_interval" => parse_duration(&value.value).map(|d| settings.poll_interval = d),
             "state_dir" => match value.value.trim() {
                 "" => Err("must not be empty".to_string()),

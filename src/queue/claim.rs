@@ -287,6 +287,9 @@ impl Claim {
     /// after [`Claim::read`], which computes the digest on the way; before, it reads the
     /// object for it.
     pub async fn duplicate_of(&self) -> Result<Option<FinishedRef>, QueueError> {
+        if self.queue.settings().dedup_window.is_zero() {
+            return Ok(None);
+        }
         let digest = self.digest().await?;
         self.queue.duplicate_of(self.name(), &digest).await
     }
@@ -455,7 +458,7 @@ impl Claim {
         // The dedup index needs the digest; read it while the object is still here. Only
         // handled mail is remembered: the twin of a failed message deserves its own try.
         let digest = match target.state {
-            State::Done => match self.digest().await {
+            State::Done if !settings.dedup_window.is_zero() => match self.digest().await {
                 Ok(digest) => Some(digest),
                 Err(e) => {
                     tracing::warn!(name, error = %e, "cannot read the message; it stays out of the dedup index");
@@ -640,12 +643,16 @@ impl Claim {
             self.queue.retry_due_at(due);
         }
         failpoint::hit("finish.moved");
-        match self
-            .queue
-            .lock()
-            .retire(self.name(), &self.token, RETIRED_MARK)
-            .await
-        {
+        // The mark spares other workers' older listings a take that fails on a copy already
+        // gone; where moves rename, that failure costs a rename, and the mark (a line of the
+        // local table that every lease operation reads) would cost more.
+        let lock = self.queue.lock();
+        let given_up = if self.queue.renamer().is_some() {
+            lock.release(self.name(), &self.token).await
+        } else {
+            lock.retire(self.name(), &self.token, RETIRED_MARK).await
+        };
+        match given_up {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 name = self.name(),

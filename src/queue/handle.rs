@@ -659,26 +659,25 @@ impl Queue {
     /// Renews the lease of `token` on `name` to `lease`; [`QueueError::LeaseLost`] when it
     /// no longer holds it. A lock engine that cannot be reached (restarting) is asked again
     /// for up to one lease before the error is returned: this check stands between a
-    /// landed copy and what follows it. Returns when the confirming check began; a check
-    /// that took half a lease or more is made again, so that what follows has at least half
-    /// a lease left.
+    /// landed copy and what follows it. A check that took half a lease or more is made
+    /// again, so that what follows has at least half a lease left.
     pub(super) async fn check_lease(
         &self,
         name: &str,
         token: &Token,
         lease: Duration,
-    ) -> Result<Instant, QueueError> {
+    ) -> Result<(), QueueError> {
         let give_up = Instant::now().checked_add(lease);
         let mut pause = Duration::from_millis(100);
         loop {
             let started = Instant::now();
             let past = |wait: Duration| give_up.is_none_or(|g| Instant::now() + wait >= g);
             match self.inner.lock.renew(name, token, lease).await {
-                Ok(true) if started.elapsed() < lease / 2 => return Ok(started),
+                Ok(true) if started.elapsed() < lease / 2 => return Ok(()),
                 Ok(true) if !past(Duration::ZERO) => {
                     tracing::warn!(name, "the lease check took half a lease; checking again");
                 }
-                Ok(true) if started.elapsed() < lease => return Ok(started),
+                Ok(true) if started.elapsed() < lease => return Ok(()),
                 Ok(_) => {
                     return Err(QueueError::LeaseLost {
                         name: name.to_string(),

@@ -185,4 +185,9 @@ impl Renamer for CountedRenamer {
         self.one();
         self.inner.delete(at)
     }
+
+    fn exists(&self, at: &Path) -> bool {
+        self.one();
+        self.inner.exists(at)
+    }
 }

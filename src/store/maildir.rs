@@ -502,6 +502,14 @@ impl Renamer for MaildirRenamer {
             Err(e) => Err(generic(e)),
         }
     }
+
+    /// Only a missing file says no: any other error is met by the rename, which reports it.
+    fn exists(&self, at: &Path) -> bool {
+        match self.file(at).map(fs::symlink_metadata) {
+            Ok(Err(e)) => e.kind() != io::ErrorKind::NotFound,
+            _ => true,
+        }
+    }
 }
 
 /// Up to `max` files whose keys begin with `prefix` (`<folder>/<start of a name>`) and sort

@@ -81,6 +81,9 @@ pub trait Renamer: Send + Sync + Debug {
 
     /// Deletes the object at `at`, durably; a missing one is fine.
     fn delete(&self, at: &Path) -> Result<()>;
+
+    /// Whether an object is at `at` (a stat: cheap enough for an async thread).
+    fn exists(&self, at: &Path) -> bool;
 }
 
 /// Bytes a server-side copy is given one more second for, beyond the per-request timeout.

@@ -60,13 +60,13 @@ pub enum ActionResult {
 /// What the worker did with one message: the one log line's fields.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The message's key when claimed (`processing/<name>`).
+    /// The message's key when claimed (`processing/<name>@<fence>`).
     pub key: String,
     pub manager: Option<String>,
     pub rules: Vec<String>,
     /// Each action (`<rule>: <uri>`) and what happened.
     pub actions: Vec<(String, ActionResult)>,
-    /// Where the message went (`done/<name>`...), and why.
+    /// Where the message went (`done/<name>@<fence>`...), and why.
     pub finished: String,
     pub reason: Option<String>,
 }

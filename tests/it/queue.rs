@@ -51,7 +51,7 @@ async fn four_workers_finish_each_message_once(backend: Backend, messages: usize
         assert!(events(&lines, "error").is_empty(), "{lines:?}");
         finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
     }
-    assert_finished_once(&setup, &finished, &stored).await;
+    assert_finished_once(&setup, &finished, &[], &stored).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -421,14 +421,16 @@ async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
     }
     setup.redis.as_mut().unwrap().restart();
     let mut finished = Vec::new();
+    let mut lost = Vec::new();
     for worker in workers {
         let (status, lines, err) = worker.finish(Duration::from_secs(120));
         assert!(status.success(), "{err}");
         // The workers' warnings show with a failing test.
         eprint!("{err}");
         finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
+        lost.extend(events(&lines, "lost").into_iter().map(str::to_string));
     }
-    assert_finished_once(&setup, &finished, &stored).await;
+    assert_finished_once(&setup, &finished, &lost, &stored).await;
 }
 
 /// A lease Redis lost in a restart without persistence: the claim that held it learns at
@@ -524,32 +526,50 @@ async fn workers_follow_a_sentinel_failover_and_finish_each_message_once() {
     }
     sentinels.kill_primary();
     let mut finished = Vec::new();
+    let mut lost = Vec::new();
     for worker in workers {
         let (status, lines, err) = worker.finish(Duration::from_secs(120));
         assert!(status.success(), "{err}");
         eprint!("{err}");
         finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
+        lost.extend(events(&lines, "lost").into_iter().map(str::to_string));
     }
     let after = sentinels.primary_port();
     assert!(
         after.is_some() && after != before,
         "no failover: {before:?} → {after:?}"
     );
-    assert_finished_once(&setup, &finished, &stored).await;
+    assert_finished_once(&setup, &finished, &lost, &stored).await;
 }
 
-/// Every stored message finished exactly once, and all of them in done/ alone.
-async fn assert_finished_once(setup: &QueueSetup, finished: &[String], stored: &HashSet<String>) {
+/// Every stored message finished exactly once, and all of them in done/ alone. A message
+/// nobody reported finished must have had a finish reported `lost` (its copy landed, then the
+/// lease was found gone: Redis lost it), and still ends in done/ once.
+async fn assert_finished_once(
+    setup: &QueueSetup,
+    finished: &[String],
+    lost: &[String],
+    stored: &HashSet<String>,
+) {
     let unique: HashSet<String> = finished.iter().cloned().collect();
+    let lost: HashSet<String> = lost.iter().cloned().collect();
     let all = setup.everything().await;
     let counts: Vec<(State, usize)> = all.iter().map(|(s, n)| (*s, n.len())).collect();
-    let never: Vec<&String> = stored.difference(&unique).take(5).collect();
+    let never: Vec<&String> = stored
+        .difference(&unique)
+        .filter(|n| !lost.contains(*n))
+        .take(5)
+        .collect();
     assert!(
         never.is_empty(),
         "never finished, e.g. {never:?}; states: {counts:?}"
     );
     assert_eq!(finished.len(), unique.len(), "a message was finished twice");
-    assert_eq!(&unique, stored);
+    assert!(unique.is_subset(stored), "finished what was never stored");
+    let landed_lost = stored.difference(&unique).count();
+    if landed_lost > 0 {
+        eprintln!("{landed_lost} finishes landed but reported a lost lease");
+    }
     assert_eq!(all[&State::Done].len(), stored.len(), "{counts:?}");
     empty_except(&all, State::Done);
 }

@@ -161,59 +161,43 @@ impl LocalEngine {
     }
 
     /// Runs `op` on the lease table under its `flock` and writes the table back when `op`
-    /// (or the expiry of a lease) changed it. On a blocking thread, which waits for the
-    /// `flock` as long as another process holds it (microseconds, but a holder stopped by
-    /// SIGSTOP holds it until SIGCONT): a caller that gave up after [`LOCK_PATIENCE`] has
-    /// its `op` skipped when the lock comes, so no step runs for a caller that is gone.
+    /// (or the expiry of a lease) changed it. When nobody holds the `flock` (the common
+    /// case) that is microseconds of page-cache I/O, done on this thread; a wait for it goes
+    /// to a blocking thread, which waits as long as another process holds it (microseconds,
+    /// but a holder stopped by SIGSTOP holds it until SIGCONT): a caller that gave up after
+    /// [`LOCK_PATIENCE`] has its `op` skipped when the lock comes, so no step runs for a
+    /// caller that is gone.
     async fn with_table<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Table) -> T + Send + 'static,
     ) -> Result<T, LockError> {
         let path = self.dir.join("leases");
+        let shown = self.dir.display().to_string();
+        let fail = move |e: io::Error| LockError(format!("local lock in {shown}: {e}"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(&fail)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return change_table(file, &path, op).map_err(fail),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
+            Err(e) => return Err(fail(e.into())),
+        }
         let gave_up = Arc::new(AtomicBool::new(false));
         let gave_up_flag = gave_up.clone();
-        let shown = self.dir.display().to_string();
+        let blocking_fail = fail.clone();
         let work = tokio::task::spawn_blocking(move || -> Result<Option<T>, LockError> {
-            let fail = |e: io::Error| LockError(format!("local lock in {shown}: {e}"));
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(fail)?;
             rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-                .map_err(|e| fail(e.into()))?;
+                .map_err(|e| blocking_fail(e.into()))?;
             if gave_up_flag.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(fail)?;
-            // Junk that is not UTF-8 (a torn write on a damaged disk) fails the checksum like
-            // any other damage.
-            let text = String::from_utf8_lossy(&bytes);
-            let mut table = match Table::parse(&text) {
-                Some(table) => table,
-                None => {
-                    if !text.is_empty() {
-                        tracing::warn!(file = %path.display(), "the lease table is damaged: its leases are lost");
-                    }
-                    Table::fresh(0)
-                }
-            };
-            let now = now_ms();
-            table.leases.retain(|_, (_, expiry)| *expiry > now);
-            table.retired.retain(|_, expiry| *expiry > now);
-            let result = op(&mut table);
-            let rendered = table.render();
-            if rendered.as_bytes() != bytes.as_slice() {
-                // In place: no new inode per operation. A process killed between the two
-                // calls leaves the new table followed by the old one's tail, which parsing
-                // ignores.
-                file.write_all_at(rendered.as_bytes(), 0).map_err(fail)?;
-                file.set_len(rendered.len() as u64).map_err(fail)?;
-            }
-            Ok(Some(result)) // closing the file releases the flock
+            change_table(file, &path, op)
+                .map(Some)
+                .map_err(blocking_fail)
         });
         match tokio::time::timeout(LOCK_PATIENCE, work).await {
             Ok(Ok(Ok(Some(result)))) => Ok(result),
@@ -229,6 +213,37 @@ impl LocalEngine {
             }
         }
     }
+}
+
+/// Reads the table from `file` (whose `flock` the caller holds), runs `op` on it and writes
+/// it back if it changed; closing the file releases the `flock`.
+fn change_table<T>(mut file: File, path: &Path, op: impl FnOnce(&mut Table) -> T) -> io::Result<T> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    // Junk that is not UTF-8 (a torn write on a damaged disk) fails the checksum like any
+    // other damage.
+    let text = String::from_utf8_lossy(&bytes);
+    let mut table = match Table::parse(&text) {
+        Some(table) => table,
+        None => {
+            if !text.is_empty() {
+                tracing::warn!(file = %path.display(), "the lease table is damaged: its leases are lost");
+            }
+            Table::fresh(0)
+        }
+    };
+    let now = now_ms();
+    table.leases.retain(|_, (_, expiry)| *expiry > now);
+    table.retired.retain(|_, expiry| *expiry > now);
+    let result = op(&mut table);
+    let rendered = table.render();
+    if rendered.as_bytes() != bytes.as_slice() {
+        // In place: no new inode per operation. A process killed between the two calls
+        // leaves the new table followed by the old one's tail, which parsing ignores.
+        file.write_all_at(rendered.as_bytes(), 0)?;
+        file.set_len(rendered.len() as u64)?;
+    }
+    Ok(result)
 }
 
 impl LocalEngine {

@@ -110,7 +110,7 @@ pub struct Holder {
 /// A message remembered as finished, found by the SHA-256 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedRef {
-    /// Its key when it was finished, e.g. `done/<name>`.
+    /// Its key when it was finished, e.g. `done/<name>@<fence>`.
     pub key: String,
     /// When it was finished.
     pub at: DateTime<Utc>,
