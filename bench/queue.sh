@@ -10,7 +10,8 @@
 # moves per message, cur/ -> processing/ -> done/, with a read between them; on a Maildir each
 # move a rename with the fsyncs of the file and both folders, on Swift a copy and a DELETE),
 # at the same concurrency, with no lease, metadata or checks. Store requests per message are
-# counted by the workers (queue_worker --report).
+# counted by the workers (queue_worker --report). The same again with dedup_window = 0 shows
+# what the duplicate index costs (one entry per finish).
 #
 # Depth: the same with 4 workers over the first DEPTH_SAMPLE messages of a queue 100 deep and
 # of one DEEP deep (Maildir 100000, Swift SWIFT_DEEP), with requests per message and the
@@ -85,7 +86,7 @@ workers_rate() { # store depth workers [sample]
     local each=$(( (sample + n - 1) / n ))
     local outs=()
     for i in $(seq 1 "$n"); do
-        env "${common[@]}" "${env[@]}" "$worker" --read --stamp --report --count "$each" \
+        env "${common[@]}" "${env[@]}" "${extra[@]}" "$worker" --read --stamp --report --count "$each" \
             --idle-exit 2s >"$work/$name.$i" &
         outs+=($!)
     done
@@ -109,6 +110,8 @@ print(f"{len(finished) / seconds:.0f} {requests / len(finished):.1f} {rss / 1024
 PY
 }
 
+extra=() # more variables for the workers of workers_rate
+
 # The bare move rate at concurrency N over COUNT messages: prints moves per second.
 bare_rate() { # store count concurrency
     local store=$1 count=$2 n=$3 name env
@@ -120,15 +123,21 @@ bare_rate() { # store count concurrency
 
 if [[ " $PARTS " == *" throughput "* ]]; then
     echo "== claims + finishes per second (1 KiB messages; worker reads each message) =="
-    printf "%-8s %7s %10s %12s %6s %9s\n" store workers "bare msg/s" "queue msg/s" ratio "req/msg"
+    echo "(no dedup: the same with dedup_window = 0, no duplicate index entry per finish)"
+    printf "%-8s %7s %10s %12s %6s %9s %15s %6s\n" store workers "bare msg/s" "queue msg/s" ratio "req/msg" \
+        "no dedup msg/s" ratio
     for store in maildir swift; do
         count=$MAILDIR_COUNT
         [ "$store" = swift ] && count=$SWIFT_COUNT
         for n in $WORKERS; do
             bare=$(bare_rate "$store" "$count" "$n")
             read -r queue requests _ <<<"$(workers_rate "$store" "$count" "$n")"
-            printf "%-8s %7s %10s %12s %6s %9s\n" "$store" "$n" "$bare" "$queue" \
-                "$(python3 -c "print(f'{$queue / $bare:.2f}')")" "$requests"
+            extra=(SWIFTDROP_QUEUE_DEDUP_WINDOW=0)
+            read -r plain _ <<<"$(workers_rate "$store" "$count" "$n")"
+            extra=()
+            printf "%-8s %7s %10s %12s %6s %9s %15s %6s\n" "$store" "$n" "$bare" "$queue" \
+                "$(python3 -c "print(f'{$queue / $bare:.2f}')")" "$requests" "$plain" \
+                "$(python3 -c "print(f'{$plain / $bare:.2f}')")"
         done
     done
 fi

@@ -204,22 +204,28 @@ async fn serve(
     ExitCode::SUCCESS
 }
 
-/// One announcer per destination when the queue's lock engine carries announcements (Redis),
-/// so that waiting workers claim new mail at once.
+/// One announcer per destination whose workers share a lock engine with the filter: Redis
+/// carries announcements, so that waiting workers claim new mail at once; and on a remote
+/// store either engine tells the filter whether a message it cannot find under `cur/` was
+/// taken by a worker (a listing alone may lag), so that it never writes it a second time.
+/// A Maildir with the local lock needs neither (inotify wakes workers; its writes are
+/// renames, never tried again).
 fn announcers(config: &Config, destinations: &[Destination]) -> Vec<Option<queue::Announcer>> {
-    let Some(LockSetting::Redis(url)) = &config.queue.lock else {
-        return vec![None; destinations.len()];
-    };
     destinations
         .iter()
         .map(|dest| {
-            match queue::lock::redis::RedisEngine::new(url, &queue::queue_id(dest)) {
+            match &config.queue.lock {
+                Some(LockSetting::Redis(_)) => {}
+                Some(LockSetting::Local) if dest.remote => {}
+                _ => return None,
+            }
+            match queue::open_lock(dest, &config.queue) {
                 Ok(engine) => {
-                    tracing::info!(destination = %dest.name, redis = %url, "announcing new mail to workers");
-                    Some(queue::Announcer::spawn(std::sync::Arc::new(engine)))
+                    tracing::info!(destination = %dest.name, lock = %config.queue.lock.as_ref().map(ToString::to_string).unwrap_or_default(), "sharing the workers' lock engine");
+                    Some(queue::Announcer::spawn(engine))
                 }
                 Err(e) => {
-                    tracing::warn!(destination = %dest.name, error = %e, "cannot announce new mail; workers find it by listing");
+                    tracing::warn!(destination = %dest.name, error = %e, "cannot open the workers' lock engine; workers find new mail by listing");
                     None
                 }
             }

@@ -41,6 +41,7 @@ use crate::config::memory::{PART_SIZE, PARTS_IN_FLIGHT};
 use crate::filter::outcome::DeliveryError;
 use crate::queue::{LockEngine, moved_on};
 use crate::store::key::{self, MessageKey};
+use crate::store::mover::is_copy_mismatch;
 use crate::store::{Destination, metadata};
 use crate::util::hex::hex;
 
@@ -581,7 +582,17 @@ async fn move_staged(
         .into_iter()
         .collect();
     let mover = dest.mover();
-    mover.copy_verified(staged, target, &update).await
+    match mover.copy_verified(staged, target, &update).await {
+        // A copy that is not the message must not stand under cur/ (the try again, or the
+        // landed check, would take it for the message).
+        Err(e) if is_copy_mismatch(&e) => {
+            if let Err(deleted) = dest.store.delete(target).await {
+                tracing::warn!(key = %target, error = %deleted, "cannot delete a copy that does not match; the clean-up tries again");
+            }
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 /// Whether a failed try of a write landed after all (its answer lost).

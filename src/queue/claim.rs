@@ -391,7 +391,8 @@ impl Claim {
             Some(renamer) => {
                 failpoint::hit("record.checked");
                 let at = self.key.path();
-                let step = Box::new(move || renamer.update(&at, &update));
+                let (step_renamer, step_at) = (renamer.clone(), at.clone());
+                let step = Box::new(move || step_renamer.update(&step_at, &update));
                 match self
                     .queue
                     .lock()
@@ -401,6 +402,8 @@ impl Claim {
                     None => return Err(self.mark_lost()),
                     Some(result) => result.map_err(|e| self.moved_away(e))?,
                 }
+                // After the lock: an fsync must not hold every other lease operation up.
+                super::handle::blocking(move || renamer.sync_file(&at)).await?;
             }
             None => {
                 self.queue
@@ -555,8 +558,22 @@ impl Claim {
 
     /// Moves the claim's copy to `target` with `record`, under the lease, then gives the
     /// lease up. A second try after a failed one may not go to a folder ranked below the
-    /// first's: its copy may have landed, and would win.
-    async fn move_out(&mut self, target: CopyKey, record: Record) -> Result<Finished, QueueError> {
+    /// first's: its copy may have landed, and would win. A second try to `retry/` goes to
+    /// the first try's key (its due time): both would share one marker, which the clean-up
+    /// of the first key would otherwise delete from under the second.
+    async fn move_out(
+        &mut self,
+        mut target: CopyKey,
+        mut record: Record,
+    ) -> Result<Finished, QueueError> {
+        if let Some(earlier) = self
+            .attempted
+            .as_ref()
+            .filter(|e| e.state == State::Retry && target.state == State::Retry)
+        {
+            target = earlier.clone();
+            record.not_before = earlier.due;
+        }
         if self.spent {
             return Err(QueueError::Refused(format!(
                 "the claim on {} has already ended",

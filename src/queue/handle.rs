@@ -272,9 +272,13 @@ async fn look(
 ) -> Result<Found, QueueError> {
     let renames = mover.renamer().is_some();
     let mut found = Found::default();
+    let mut retry_read = false;
     for prefix in CopyKey::prefixes_of(name) {
         let retry = prefix.starts_with(State::Retry.folder());
         let (prefix, max) = if renames && retry {
+            if std::mem::replace(&mut retry_read, true) {
+                continue;
+            }
             (format!("{}/", State::Retry.folder()), usize::MAX)
         } else {
             (prefix, PAGE)
@@ -432,6 +436,19 @@ impl Queue {
             }
         }
         Ok(Copies { copies, orphans })
+    }
+
+    /// The copies of `key`'s message, `key` itself included when it is there: a listing may
+    /// not show it yet, and a copy the look by name cannot find (a `retry/` copy whose
+    /// marker is gone) must still be weighed against the others.
+    pub(super) async fn look_around(&self, key: &CopyKey) -> Result<Copies, QueueError> {
+        let mut found = self.look_at(&key.name).await?;
+        if !found.copies.iter().any(|c| c.key == *key) {
+            if let Some(copy) = self.head(key).await? {
+                found.copies.push(copy);
+            }
+        }
+        Ok(found)
     }
 
     /// The copies a claim under `fence` left in the folders after `processing/` (its
@@ -625,25 +642,25 @@ impl Queue {
             .flatten())
     }
 
-    /// Says that `name` is new under `cur/` (best effort: the periodic listing finds what
-    /// an announcement misses).
-    pub(super) async fn announce(&self, name: &str) {
-        if let Err(e) = self.inner.lock.announce(name).await {
-            tracing::debug!(name, error = %e, "announcement failed");
+    /// Announces a new copy under `cur/`: its name (the filter's copy) or its key (a
+    /// requeued copy). Best effort: the periodic listing finds what an announcement misses.
+    pub(super) async fn announce(&self, name_or_key: &str) {
+        if let Err(e) = self.inner.lock.announce(name_or_key).await {
+            tracing::debug!(name_or_key, error = %e, "announcement failed");
         }
     }
 
     /// Takes the lease on `name` for this queue's owner; `None` when somebody holds it (or,
-    /// `from_cur`, when it is marked as having left `cur/`).
+    /// `respect_mark`, when it carries the mark of a claim that lately finished it).
     pub(super) async fn acquire(
         &self,
         name: &str,
         lease: Duration,
-        from_cur: bool,
+        respect_mark: bool,
     ) -> Result<Option<Token>, QueueError> {
         let (lock, owner) = (&self.inner.lock, &self.inner.owner);
-        Ok(if from_cur {
-            lock.acquire_from_cur(name, owner, lease).await?
+        Ok(if respect_mark {
+            lock.acquire_unmarked(name, owner, lease).await?
         } else {
             lock.acquire(name, owner, lease).await?
         })

@@ -63,7 +63,7 @@ impl Queue {
         let result = self.requeue_leased(&name, &token, lease, forget_done).await;
         self.release_lease(&name, &token).await;
         let finished = result?;
-        self.announce(&name).await;
+        self.announce(&finished.key).await;
         Ok(finished)
     }
 
@@ -217,7 +217,7 @@ impl Queue {
             return Ok(false);
         };
         let purged = async {
-            let found = self.look_at(name).await?;
+            let found = self.look_around(key).await?;
             let Some(newest) = found.newest().cloned() else {
                 return Ok(true);
             };

@@ -226,15 +226,17 @@ impl CopyKey {
         is_message_name(name).then(|| (name.to_string(), fence))
     }
 
-    /// The prefixes under which every copy and marker of `name` is found, one per folder
-    /// (`cur/` and `retry/` markers included).
-    pub fn prefixes_of(name: &str) -> [String; 5] {
+    /// The prefixes under which every copy and marker of `name` is found: one per folder,
+    /// and in `retry/` the markers and the key of an older version (`retry/<name>`). A
+    /// listing by prefix may also return longer names, which the caller leaves out.
+    pub fn prefixes_of(name: &str) -> [String; 6] {
         [
             format!("{}/{name}", State::Cur.folder()),
-            format!("{}/{name}@", State::Processing.folder()),
+            format!("{}/{name}", State::Processing.folder()),
             format!("{}/{MARKER}{name}@", State::Retry.folder()),
-            format!("{}/{name}@", State::Failed.folder()),
-            format!("{}/{name}@", State::Done.folder()),
+            format!("{}/{name}", State::Retry.folder()),
+            format!("{}/{name}", State::Failed.folder()),
+            format!("{}/{name}", State::Done.folder()),
         ]
     }
 }

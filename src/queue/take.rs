@@ -9,8 +9,11 @@
 //! Every look at a folder lists its first page in key order, so a claim costs the same
 //! whatever the depth: a page of `cur/` serves many claims and is listed again when it runs
 //! out or is a `poll_interval` old (so a name skipped because another worker held it is
-//! tried again then, not after the whole backlog). A candidate that another worker holds
-//! costs one lock-engine call.
+//! tried again then, not after the whole backlog). A `cur/` or `retry/` candidate that
+//! another worker holds costs one lock-engine call (on a Maildir, one taken since the
+//! listing costs a stat); a `processing/` one is listed only when the lock engine shows no
+//! lease on it, and costs a read of its record and of the engine's data age before any
+//! lease.
 //!
 //! A take moves the message to `processing/<name>@<fence>` under the new lease. Where a move
 //! copies (Swift, S3) the source is deleted before the claim is handed out; if that fails
@@ -317,7 +320,7 @@ impl Queue {
     /// Deletes `key` (and what else is outranked) when a newer copy of its message exists;
     /// no lease is needed to delete what is outranked.
     async fn delete_if_outranked(&self, key: &CopyKey) -> Result<(), QueueError> {
-        let found = self.look_at(&key.name).await?;
+        let found = self.look_around(key).await?;
         match found.newest() {
             Some(newest) if newest.key != *key => {
                 let newest = newest.key.clone();
@@ -349,7 +352,7 @@ impl Queue {
                 .ok_or_else(|| QueueError::NotFound(key.to_string()))?;
             (copy.record, Copies::default())
         } else {
-            let mut found = self.look_at(&key.name).await?;
+            let mut found = self.look_around(key).await?;
             if key.state == State::Processing {
                 // What the claim under this fence finished to, read by its exact keys: a
                 // listing may not show it yet.
@@ -427,7 +430,12 @@ impl Queue {
         match self.renamer() {
             Some(renamer) => {
                 self.rename_held(renamer, token, lease, source, &target, &record)
-                    .await?
+                    .await?;
+                if !self.inner.lock.steps_under_lock() {
+                    // The rename ran after the check: a pause in between may have outlasted
+                    // the lease, and a claim that may be lost is not handed out.
+                    self.check_lease(name, token, lease).await?;
+                }
             }
             None => {
                 self.copy_to(meta, &target, &record).await?;

@@ -66,12 +66,19 @@ pub(super) fn start(inner: &Arc<Inner>) {
     }
 }
 
-/// Adds an announced name to the candidates and wakes the waiting claims; `false` when the
+/// Adds an announced name (the filter's copy, `cur/<name>`) or key (a requeued copy,
+/// `cur/<name>@<fence>`) to the candidates and wakes the waiting claims; `false` when the
 /// queue is gone.
-async fn arrived(queue: &Weak<Inner>, name: &str) -> bool {
+async fn arrived(queue: &Weak<Inner>, announced: &str) -> bool {
     let Some(inner) = queue.upgrade() else {
         return false;
     };
+    let key = match CopyKey::parse(announced) {
+        Some(key) if key.state == State::Cur => key,
+        Some(_) => return true,
+        None => CopyKey::new(State::Cur, announced, 0),
+    };
+    let name = key.name.as_str();
     // Only names the filter makes: their size is in the name, which verifies the move of a
     // candidate that was never listed.
     let Some(size) = MessageKey::parse(name)
@@ -80,7 +87,6 @@ async fn arrived(queue: &Weak<Inner>, name: &str) -> bool {
     else {
         return true;
     };
-    let key = CopyKey::new(State::Cur, name, 0);
     let meta = ObjectMeta {
         location: key.path(),
         last_modified: Utc::now(),

@@ -176,6 +176,11 @@ impl Renamer for CountedRenamer {
         self.inner.update(at, update)
     }
 
+    fn sync_file(&self, at: &Path) -> Result<()> {
+        self.one();
+        self.inner.sync_file(at)
+    }
+
     fn sync(&self, from: &Path, to: &Path) -> Result<()> {
         self.one();
         self.inner.sync(from, to)

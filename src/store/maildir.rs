@@ -417,7 +417,11 @@ impl Mover for MaildirStore {
 
     async fn update_metadata(&self, at: &ObjectMeta, update: &MetadataUpdate) -> Result<()> {
         let (at, update, renamer) = (at.location.clone(), update.to_vec(), self.renamer_of());
-        blocking(move || renamer.update(&at, &update)).await
+        blocking(move || {
+            renamer.update(&at, &update)?;
+            renamer.sync_file(&at)
+        })
+        .await
     }
 
     async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page> {
@@ -481,7 +485,13 @@ impl Renamer for MaildirRenamer {
         let path = self.file(at)?;
         write_metadata(&path, update)
             .and_then(|()| touch(&path))
-            .and_then(|()| File::open(&path)?.sync_all())
+            .map_err(|e| not_found(at, e))
+    }
+
+    fn sync_file(&self, at: &Path) -> Result<()> {
+        let path = self.file(at)?;
+        File::open(&path)
+            .and_then(|f| f.sync_all())
             .map_err(|e| not_found(at, e))
     }
 

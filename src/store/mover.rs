@@ -32,7 +32,10 @@ pub type MetadataUpdate = [(String, String)];
 pub trait Mover: Send + Sync + Debug {
     /// Copies `from` (as listed or headed: its size and ETag are used to verify the copy) to
     /// `to`, setting `update` on the way, and verifies the copy; the source stays. On a
-    /// Maildir it is a rename, and the source is gone afterwards.
+    /// Maildir it is a rename, and the source is gone afterwards. A copy that does not match
+    /// ([`is_copy_mismatch`]) is left where it landed: deleting it is the caller's call (a
+    /// queue's fenced copy may already be what others weighed as the newest; a try again
+    /// overwrites it).
     async fn copy_verified(
         &self,
         from: &ObjectMeta,
@@ -73,8 +76,11 @@ pub trait Renamer: Send + Sync + Debug {
     /// [`object_store::Error::NotFound`].
     fn rename(&self, from: &Path, to: &Path, update: &MetadataUpdate) -> Result<()>;
 
-    /// Sets `update` on the object at `at`.
+    /// Sets `update` on the object at `at` (durable once [`Renamer::sync_file`] ran).
     fn update(&self, at: &Path, update: &MetadataUpdate) -> Result<()>;
+
+    /// Makes the object at `at`, and what was set on it, durable.
+    fn sync_file(&self, at: &Path) -> Result<()>;
 
     /// Makes a rename of `from` to `to`, and what was set on `to`, durable.
     fn sync(&self, from: &Path, to: &Path) -> Result<()>;
@@ -103,10 +109,29 @@ pub fn is_plain_md5(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A copy whose result does not match its source.
+#[derive(Debug)]
+pub struct CopyMismatch(String);
+
+impl std::fmt::Display for CopyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CopyMismatch {}
+
 /// The error for a copy whose result does not match its source.
 pub fn copy_mismatch(store: &'static str, from: &Path, what: String) -> object_store::Error {
     object_store::Error::Generic {
         store,
-        source: format!("copy of {from} does not match its source: {what}").into(),
+        source: Box::new(CopyMismatch(format!(
+            "copy of {from} does not match its source: {what}"
+        ))),
     }
+}
+
+/// Whether `e` says that a copy landed but does not match its source.
+pub fn is_copy_mismatch(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { source, .. } if source.is::<CopyMismatch>())
 }

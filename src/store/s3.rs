@@ -406,7 +406,6 @@ impl Mover for Md5Verified<AmazonS3> {
             _ => self.head(to).await?.size == source.meta.size,
         };
         if !verified {
-            self.inner.delete(to).await?;
             return Err(copy_mismatch(
                 "S3",
                 &from.location,

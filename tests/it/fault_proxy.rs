@@ -51,6 +51,9 @@ struct Plan {
     held: usize,
     /// DELETEs of objects under this folder answered `500` by the proxy, and how many more.
     failing_deletes: Option<(String, usize)>,
+    /// Server-side copies (PUTs with `X-Copy-From`) to this folder, how many more get a
+    /// fault, and which.
+    failing_copies: Option<(String, usize, Fault)>,
 }
 
 /// A running proxy; stopped when dropped.
@@ -79,6 +82,7 @@ impl FaultProxy {
             seen: 0,
             held: 0,
             failing_deletes: None,
+            failing_copies: None,
         }));
         let shared = plan.clone();
         let task = tokio::spawn(async move {
@@ -107,6 +111,12 @@ impl FaultProxy {
     /// sees them), as a store failing for a moment would.
     pub fn fail_deletes(&self, folder: &str, count: usize) {
         self.plan.lock().unwrap().failing_deletes = Some((format!("/{folder}/"), count));
+    }
+
+    /// Applies `fault` to the next `count` server-side copies to objects under `folder/`
+    /// (`Status500`: Swift never sees them; `WrongEtag`: Swift copies, the answer lies).
+    pub fn fail_copies(&self, folder: &str, count: usize, fault: Fault) {
+        self.plan.lock().unwrap().failing_copies = Some((format!("/{folder}/"), count, fault));
     }
 
     /// How many copies [`Fault::HoldCopy`] held and then passed to Swift.
@@ -204,9 +214,26 @@ async fn proxy_one(
     let mut request_line = head.split_whitespace();
     let (method, path) = (request_line.next(), request_line.next().unwrap_or_default());
     let message = path.contains("/cur/") || path.contains("/tmp/");
+    let copy = head.split("\r\n").any(|line| {
+        let name = line.split(':').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("x-copy-from") || name.eq_ignore_ascii_case("x-amz-copy-source")
+    });
     let fault = {
         let mut plan = plan.lock().unwrap();
         match method {
+            Some("PUT")
+                if copy
+                    && plan
+                        .failing_copies
+                        .as_ref()
+                        .is_some_and(|(folder, left, _)| {
+                            *left > 0 && path.contains(folder.as_str())
+                        }) =>
+            {
+                let (_, left, fault) = plan.failing_copies.as_mut().unwrap();
+                *left -= 1;
+                *fault
+            }
             Some("PUT") if message => {
                 plan.seen += 1;
                 let then = plan.then;
@@ -223,10 +250,6 @@ async fn proxy_one(
             _ => Fault::Pass,
         }
     };
-    let copy = head.split("\r\n").any(|line| {
-        let name = line.split(':').next().unwrap_or_default();
-        name.eq_ignore_ascii_case("x-copy-from") || name.eq_ignore_ascii_case("x-amz-copy-source")
-    });
     if fault == Fault::HoldCopy && copy && body.len() >= length {
         // A copy has no body: anything read now is the client closing the connection.
         let mut probe = [0u8; 1];

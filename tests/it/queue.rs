@@ -1172,3 +1172,55 @@ async fn requeue_keeps_the_work_done_unless_told_to_forget_it() {
     let claim = queue.claim(&options).await.unwrap().unwrap();
     assert!(claim.done().is_empty(), "{:?}", claim.done());
 }
+
+/// Keys written before fencing numbers were part of them (`processing/<name>`,
+/// `retry/<name>`, `done/<name>`): found by name, and the in-flight ones claimed and finished
+/// (the abandoned claim as its next attempt, the retry at once).
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_of_the_version_before_fences_are_found_and_claimed() {
+    let _turn = HEAVY.lock().await;
+    let setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "2s")]);
+    let names = setup.store(3).await;
+    let queue = setup.queue().await;
+    let destination = queue.destination();
+    let mover = destination.mover();
+    for (name, old_key, attempt) in [
+        (&names[0], format!("processing/{}", names[0]), "1"),
+        (&names[1], format!("retry/{}", names[1]), "1"),
+        (&names[2], format!("done/{}", names[2]), "1"),
+    ] {
+        let from = format!("cur/{name}").as_str().into();
+        let meta = object_store::ObjectStoreExt::head(destination.store.as_ref(), &from)
+            .await
+            .unwrap();
+        let record = [("queue-attempt".to_string(), attempt.to_string())];
+        mover
+            .copy_verified(&meta, &old_key.as_str().into(), &record)
+            .await
+            .unwrap();
+        mover.remove(&meta).await.unwrap();
+    }
+    for name in &names {
+        let (code, out, err) = setup.cli(&["show", name, "--json"], &[]);
+        assert_eq!(code, Some(0), "{name}: {out}{err}");
+    }
+    // The abandoned claim is taken over once the lock's data is a lease old.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let worker = setup.worker(&["--idle-exit", "4s"]);
+    let (status, lines, err) = worker.finish(Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+    let mut claimed = plain_lines(&lines)
+        .into_iter()
+        .filter(|l| l.starts_with("claimed "))
+        .collect::<Vec<_>>();
+    claimed.sort();
+    let mut expected = vec![
+        format!("claimed {} 2", names[0]),
+        format!("claimed {} 2", names[1]),
+    ];
+    expected.sort();
+    assert_eq!(claimed, expected, "{lines:?}");
+    for name in &names {
+        assert_eq!(states_of(&setup, name).await, vec![State::Done], "{name}");
+    }
+}

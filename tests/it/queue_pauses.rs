@@ -258,6 +258,91 @@ async fn a_take_whose_delete_failed_counts_no_attempt() {
     drop(upstream);
 }
 
+/// Finding 6: a finish to retry/ whose copy failed, tried again. The second try goes to the
+/// first try's key, so the marker both would share stays with the copy: the message is
+/// found by its name, and claimed again once due. (Before: the second try picked a new due
+/// time, and deleting the first try's key deleted the shared marker with it; the copy was
+/// then found by no look, and never claimed.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finish_to_retry_tried_again_keeps_its_copy_findable() {
+    let upstream = swift();
+    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
+    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
+    let setup = QueueSetup::new(
+        Backend::Swift,
+        &[
+            ("SWIFTDROP_DEFAULT_AUTHURL", &auth),
+            ("SWIFTDROP_QUEUE_LEASE", "8s"),
+        ],
+    );
+    let name = setup.store(1).await.remove(0);
+    let queue = setup.queue().await;
+    let mut claim = queue
+        .claim(&ClaimOptions::default())
+        .await
+        .unwrap()
+        .expect("claimed");
+    let retry = || Outcome::Retry {
+        reason: Some("try later".to_string()),
+        not_before: Some(Duration::from_secs(1)),
+    };
+    proxy.fail_copies("retry", 1, Fault::Status500);
+    assert!(claim.finish(retry()).await.is_err(), "the copy failed");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let finished = claim.finish(retry()).await.expect("the second try");
+    assert_eq!(finished.state, State::Retry);
+    assert_eq!(states_of(&setup, &name).await, vec![State::Retry]);
+    let waiting = ClaimOptions {
+        wait: Some(Duration::from_secs(15)),
+        ..ClaimOptions::default()
+    };
+    let again = queue
+        .claim(&waiting)
+        .await
+        .unwrap()
+        .expect("claimed again once due");
+    assert_eq!((again.name(), again.attempt()), (name.as_str(), 2));
+    drop(upstream);
+}
+
+/// Finding 7: a finish whose copy the store reports as not matching its source. The claim
+/// leaves that copy where it landed (another worker may already have weighed it as the
+/// message's newest copy, and deleted the older ones), and a finish tried again copies over
+/// it. (Before: the claim deleted its own newest copy, which, with a leftover cleaned up
+/// meanwhile, could leave no copy at all.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_that_does_not_verify_stays_and_is_copied_over() {
+    let upstream = swift();
+    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
+    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
+    let setup = QueueSetup::new(
+        Backend::Swift,
+        &[
+            ("SWIFTDROP_DEFAULT_AUTHURL", &auth),
+            ("SWIFTDROP_QUEUE_LEASE", "8s"),
+        ],
+    );
+    let name = setup.store(1).await.remove(0);
+    let queue = setup.queue().await;
+    let mut claim = queue
+        .claim(&ClaimOptions::default())
+        .await
+        .unwrap()
+        .expect("claimed");
+    proxy.fail_copies("done", 1, Fault::WrongEtag);
+    let refused = claim.finish(Outcome::Done { reason: None }).await;
+    assert!(refused.is_err(), "a copy that does not verify: {refused:?}");
+    let mut states = states_of(&setup, &name).await;
+    states.sort();
+    assert_eq!(states, vec![State::Processing, State::Done]);
+    claim
+        .finish(Outcome::Done { reason: None })
+        .await
+        .expect("the second try");
+    assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
+    drop(upstream);
+}
+
 /// A TCP proxy to a local Redis that can freeze the subscriptions it carries (connections
 /// whose client sent `SUBSCRIBE`): they stay open but carry nothing more, as a connection a
 /// NAT forgot. Other connections, and subscriptions made after, stay live.

@@ -8,14 +8,17 @@
 //! | `finished/<sha256>` | `<key> <finished, Unix ms> <forget after, Unix ms>` |
 //!
 //! The table's first line holds the last fencing number and the epoch (when the table's
-//! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease; a line
-//! `end <checksum>` proves the table whole (anything after it is ignored). A table that is
-//! not whole (a power loss in the middle of a write) counts as lost data, like a Redis
-//! restart: its leases are gone and the epoch starts again. Leases expire by the clock like Redis leases do, so a stopped worker loses
-//! its claim after the lease; the `flock` is held only for the microseconds of one operation
-//! and the kernel releases it when a process dies. No operation creates a file except a
-//! finish (its dedup entry). This protects nothing beyond one machine: the queue refuses
-//! `local` for a remote store unless it is chosen explicitly.
+//! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease and one line
+//! `retired <expiry, Unix ms> <name>` per retired mark (only where moves copy: a Maildir's
+//! claims release instead); a line `end <checksum>` proves the table whole (anything after
+//! it is ignored). A table that is not whole (a power loss in the middle of a write) counts
+//! as lost data, like a Redis restart: its leases are gone and the epoch starts again.
+//! Leases expire by the clock like Redis leases do, so a stopped worker loses its claim
+//! after the lease. The `flock` is held for one operation: reading and writing the table,
+//! and the one rename or attribute write of a step under a lease (no fsync); the kernel
+//! releases it when a process dies. No operation creates a file except the first (the
+//! table) and a finish (its dedup entry). This protects nothing beyond one machine: the
+//! queue refuses `local` for a remote store unless it is chosen explicitly.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,7 +27,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -186,31 +189,46 @@ impl LocalEngine {
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => {}
             Err(e) => return Err(fail(e.into())),
         }
-        let gave_up = Arc::new(AtomicBool::new(false));
-        let gave_up_flag = gave_up.clone();
+        // Who goes first once the flock comes: the waiting thread (it runs `op`) or the
+        // caller giving up (then `op` never runs). Never both: a caller told that the
+        // operation failed must not have it done behind its back.
+        let turn = Arc::new(AtomicU8::new(WAITING));
+        let thread_turn = turn.clone();
         let blocking_fail = fail.clone();
-        let work = tokio::task::spawn_blocking(move || -> Result<Option<T>, LockError> {
+        let mut work = tokio::task::spawn_blocking(move || -> Result<Option<T>, LockError> {
             rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
                 .map_err(|e| blocking_fail(e.into()))?;
-            if gave_up_flag.load(Ordering::SeqCst) {
+            if thread_turn
+                .compare_exchange(WAITING, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
                 return Ok(None);
             }
             change_table(file, &path, op)
                 .map(Some)
                 .map_err(blocking_fail)
         });
-        match tokio::time::timeout(LOCK_PATIENCE, work).await {
-            Ok(Ok(Ok(Some(result)))) => Ok(result),
-            Ok(Ok(Ok(None))) => unreachable!("only a caller that gave up skips its step"),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(e)) => Err(LockError(format!("local lock: {e}"))),
+        let done = match tokio::time::timeout(LOCK_PATIENCE, &mut work).await {
+            Ok(done) => done,
             Err(_) => {
-                gave_up.store(true, Ordering::SeqCst);
-                Err(LockError(format!(
-                    "the lease table {}/leases stayed locked for {LOCK_PATIENCE:?} (a process stopped while holding it?)",
-                    self.dir.display()
-                )))
+                if turn
+                    .compare_exchange(WAITING, GAVE_UP, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Err(LockError(format!(
+                        "the lease table {}/leases stayed locked for {LOCK_PATIENCE:?} (a process stopped while holding it?)",
+                        self.dir.display()
+                    )));
+                }
+                // The lock came just now and `op` runs: its outcome is the answer.
+                work.await
             }
+        };
+        match done {
+            Ok(Ok(Some(result))) => Ok(result),
+            Ok(Ok(None)) => unreachable!("only a caller that gave up skips its step"),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(LockError(format!("local lock: {e}"))),
         }
     }
 }
@@ -247,18 +265,18 @@ fn change_table<T>(mut file: File, path: &Path, op: impl FnOnce(&mut Table) -> T
 }
 
 impl LocalEngine {
-    /// Takes the lease on `name` when nobody holds it; `from_cur`: not while the name is
-    /// marked as having left `cur/` either (any other taker replaces the mark).
+    /// Takes the lease on `name` when nobody holds it; `respect_mark`: not while the name is
+    /// marked finished either (any other taker replaces the mark).
     async fn take(
         &self,
         name: &str,
         owner: &str,
         ttl: Duration,
-        from_cur: bool,
+        respect_mark: bool,
     ) -> Result<Option<Token>, LockError> {
         let (name, owner) = (name.to_string(), owner.to_string());
         self.with_table(move |table| {
-            if table.live(&name).is_some() || (from_cur && table.retired.contains_key(&name)) {
+            if table.live(&name).is_some() || (respect_mark && table.retired.contains_key(&name)) {
                 return None;
             }
             table.retired.remove(&name);
@@ -271,6 +289,11 @@ impl LocalEngine {
         .await
     }
 }
+
+/// The turns of a wait for the lease table's lock ([`LocalEngine::with_table`]).
+const WAITING: u8 = 0;
+const RUNNING: u8 = 1;
+const GAVE_UP: u8 = 2;
 
 /// How long an operation waits for the lease table's lock before it fails.
 const LOCK_PATIENCE: Duration = Duration::from_secs(10);
@@ -321,7 +344,7 @@ impl LockEngine for LocalEngine {
         self.take(name, owner, ttl, false).await
     }
 
-    async fn acquire_from_cur(
+    async fn acquire_unmarked(
         &self,
         name: &str,
         owner: &str,
@@ -368,6 +391,10 @@ impl LockEngine for LocalEngine {
     /// The step runs inline, under the table's `flock`: every lease check of every process
     /// on this machine waits for it, so no other holder can take the lease between the
     /// check and the step. The step is one rename or one attribute write (microseconds).
+    fn steps_under_lock(&self) -> bool {
+        true
+    }
+
     async fn with_lease(
         &self,
         name: &str,

@@ -131,7 +131,7 @@ impl std::error::Error for LockError {}
 /// What an engine's announcement subscriber passes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announcement {
-    /// This name is new under `cur/`.
+    /// This name (or, for a requeued copy, this key `cur/<name>@<fence>`) is new under `cur/`.
     New(String),
     /// Announcements may have been missed (the subscription began or began again): what
     /// arrived meanwhile is found only by listing.
@@ -152,11 +152,12 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> Result<Option<Token>, LockError>;
 
-    /// Takes the lease for a claim from `cur/`: as [`LockEngine::acquire`], and also `None`
-    /// while the name carries the mark of [`LockEngine::retire`]. Workers walk listings of
-    /// `cur/` that may be older than the moves of other workers; the mark spares them a
-    /// store request per message that already left.
-    async fn acquire_from_cur(
+    /// Takes the lease for a claim from `cur/` or the take-over of a `processing/` copy: as
+    /// [`LockEngine::acquire`], and also `None` while the name carries the mark of
+    /// [`LockEngine::retire`]. Workers walk listings that may be older than the moves of
+    /// other workers (and on Swift, older than its deletes); the mark stops them from taking
+    /// a message a claim lately finished. Takes from `retry/` and requeues replace the mark.
+    async fn acquire_unmarked(
         &self,
         name: &str,
         owner: &str,
@@ -175,6 +176,13 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
 
     /// Extends the lease to `ttl` from now if `token` still holds it; `false` if not.
     async fn renew(&self, name: &str, token: &Token, ttl: Duration) -> Result<bool, LockError>;
+
+    /// Whether [`LockEngine::with_lease`] runs its step under the lock every check of a
+    /// lease takes (no check of another holder can come between); otherwise the step runs
+    /// right after the check, and a pause in between can outlast the lease.
+    fn steps_under_lock(&self) -> bool {
+        false
+    }
 
     /// Runs the blocking `step` while `token` holds the lease on `name` (renewed to `ttl`);
     /// `None`, and `step` not run, when it does not. Where the engine can (the local table),
@@ -229,7 +237,8 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// The message with this duplicate digest finished within the window, if any.
     async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError>;
 
-    /// Says that `name` is new under `cur/`, to the claims waiting for mail (engines without
+    /// Says that `name` (the filter's copy; or the key `cur/<name>@<fence>` of a requeued
+    /// copy) is new under `cur/`, to the claims waiting for mail (engines without
     /// announcements do nothing).
     async fn announce(&self, name: &str) -> Result<(), LockError>;
 

@@ -4,7 +4,7 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `swiftdrop:{id}:lease:<name>` | the holder's token, with the lease as its expiry (`SET PX` after a check); after a finish or release `retired` for a while, which stops claims from `cur/` only |
+//! | `swiftdrop:{id}:lease:<name>` | the holder's token, with the lease as its expiry (`SET PX` after a check); after a finish or release `retired` for two minutes, which stops takes from `cur/` and take-overs of `processing/` (takes from `retry/` and requeues replace it) |
 //! | `swiftdrop:{id}:fence` | the last fencing number given |
 //! | `swiftdrop:{id}:epoch` | when this Redis's data for the queue began (Unix ms, server clock) |
 //! | `swiftdrop:{id}:epoch-server` | the `run_id` of the server that began it: another server (restarted from a snapshot, a promoted replica) begins it again |
@@ -398,7 +398,7 @@ impl LockEngine for RedisEngine {
         self.take(name, owner, ttl, "any").await
     }
 
-    async fn acquire_from_cur(
+    async fn acquire_unmarked(
         &self,
         name: &str,
         owner: &str,

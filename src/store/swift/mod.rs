@@ -397,21 +397,17 @@ impl Mover for SwiftStore {
         failpoint::hit("move.copied");
         match plain_etag(from) {
             Some(etag) if copied.as_deref() == Some(etag) => Ok(()),
-            Some(etag) => {
-                self.inner.delete_plain(to.as_ref()).await?;
-                Err(copy_mismatch(
-                    STORE,
-                    &from.location,
-                    format!("Etag {copied:?}, source {etag}"),
-                ))
-            }
+            Some(etag) => Err(copy_mismatch(
+                STORE,
+                &from.location,
+                format!("Etag {copied:?}, source {etag}"),
+            )),
             None => {
                 // An SLO is copied into one plain object: its Etag differs, its size must not.
                 let head = self.get_opts(to, GetOptions::new().with_head(true)).await?;
                 if head.meta.size == from.size {
                     return Ok(());
                 }
-                self.inner.delete_plain(to.as_ref()).await?;
                 Err(copy_mismatch(
                     STORE,
                     &from.location,
