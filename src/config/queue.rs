@@ -140,6 +140,13 @@ impl RedisUrl {
             return Err("has no host: use redis://host:port/db".to_string());
         }
         let path: Vec<&str> = hostpart.split('/').skip(1).collect();
+        let user = userinfo.and_then(|u| u.split_once(':')).map(|(user, _)| user);
+        if scheme.ends_with("+sentinel") && user.is_some_and(|u| !u.is_empty()) {
+            // Not passed on to the primary: refused rather than dropped unseen.
+            return Err(
+                "names a user: redis+sentinel:// takes a password only (:password@)".to_string(),
+            );
+        }
         let db = if scheme.ends_with("+sentinel") {
             if path.first().is_none_or(|service| service.is_empty()) {
                 return Err(
@@ -335,6 +342,7 @@ mod tests {
         assert_eq!((target.service.as_str(), target.db), ("queue", 2));
         assert_eq!(target.password.unwrap().expose(), "pw");
         assert!(RedisUrl::parse("redis+sentinel://10.0.0.1:26379").is_err());
+        assert!(RedisUrl::parse("redis+sentinel://user:pw@10.0.0.1:26379/queue").is_err());
         assert!(RedisUrl::parse("redis://a:1,b:2/0").is_err());
         assert!(
             RedisUrl::parse("redis://127.0.0.1:6379/0")

@@ -321,9 +321,11 @@ async fn subscribe(
                 .await
                 .map_err(|_| "connection timed out".to_string())?
                 .map_err(|e| e.to_string())?;
-            pubsub
-                .subscribe(&channel)
+            // A server that takes the connection and never answers must not hold the
+            // subscriber forever: it tries again.
+            tokio::time::timeout(TIMEOUT, pubsub.subscribe(&channel))
                 .await
+                .map_err(|_| "SUBSCRIBE timed out".to_string())?
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(pubsub)
         }
