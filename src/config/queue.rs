@@ -140,7 +140,9 @@ impl RedisUrl {
             return Err("has no host: use redis://host:port/db".to_string());
         }
         let path: Vec<&str> = hostpart.split('/').skip(1).collect();
-        let user = userinfo.and_then(|u| u.split_once(':')).map(|(user, _)| user);
+        let user = userinfo
+            .and_then(|u| u.split_once(':'))
+            .map(|(user, _)| user);
         if scheme.ends_with("+sentinel") && user.is_some_and(|u| !u.is_empty()) {
             // Not passed on to the primary: refused rather than dropped unseen.
             return Err(
