@@ -406,30 +406,9 @@ async fn redis_restarted_mid_run_loses_nothing_and_finishes_once() {
     ];
     let workers: Vec<Worker> = (0..2).map(|_| setup.worker(&args)).collect();
     // Restart once some are done.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while workers
-        .iter()
-        .map(|w| events(&w.lines(), "finished").len())
-        .sum::<usize>()
-        < 60
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "workers do not progress"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_finished(&workers, 60).await;
     setup.redis.as_mut().unwrap().restart();
-    let mut finished = Vec::new();
-    let mut lost = Vec::new();
-    for worker in workers {
-        let (status, lines, err) = worker.finish(Duration::from_secs(120));
-        assert!(status.success(), "{err}");
-        // The workers' warnings show with a failing test.
-        eprint!("{err}");
-        finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
-        lost.extend(events(&lines, "lost").into_iter().map(str::to_string));
-    }
+    let (finished, lost) = finished_and_lost(workers);
     assert_finished_once(&setup, &finished, &lost, &stored).await;
 }
 
@@ -511,12 +490,25 @@ async fn workers_follow_a_sentinel_failover_and_finish_each_message_once() {
         "20s",
     ];
     let workers: Vec<Worker> = (0..2).map(|_| setup.worker(&args)).collect();
+    until_finished(&workers, 40).await;
+    sentinels.kill_primary();
+    let (finished, lost) = finished_and_lost(workers);
+    let after = sentinels.primary_port();
+    assert!(
+        after.is_some() && after != before,
+        "no failover: {before:?} → {after:?}"
+    );
+    assert_finished_once(&setup, &finished, &lost, &stored).await;
+}
+
+/// Waits until the workers together printed `count` finishes (two minutes at most).
+async fn until_finished(workers: &[Worker], count: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while workers
         .iter()
         .map(|w| events(&w.lines(), "finished").len())
         .sum::<usize>()
-        < 40
+        < count
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -524,22 +516,20 @@ async fn workers_follow_a_sentinel_failover_and_finish_each_message_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sentinels.kill_primary();
-    let mut finished = Vec::new();
-    let mut lost = Vec::new();
+}
+
+/// Lets the workers run out; the names they reported finished, and those they reported lost.
+fn finished_and_lost(workers: Vec<Worker>) -> (Vec<String>, Vec<String>) {
+    let (mut finished, mut lost) = (Vec::new(), Vec::new());
     for worker in workers {
         let (status, lines, err) = worker.finish(Duration::from_secs(120));
         assert!(status.success(), "{err}");
+        // The workers' warnings show with a failing test.
         eprint!("{err}");
         finished.extend(events(&lines, "finished").into_iter().map(str::to_string));
         lost.extend(events(&lines, "lost").into_iter().map(str::to_string));
     }
-    let after = sentinels.primary_port();
-    assert!(
-        after.is_some() && after != before,
-        "no failover: {before:?} → {after:?}"
-    );
-    assert_finished_once(&setup, &finished, &lost, &stored).await;
+    (finished, lost)
 }
 
 /// Every stored message finished exactly once, and all of them in done/ alone. A message

@@ -12,7 +12,7 @@ use swiftdrop::queue::{ClaimOptions, Outcome, State};
 
 use crate::fault_proxy::{Fault, FaultProxy};
 use crate::queue_support::*;
-use crate::swift_support::swift;
+use crate::swift_support::{Swift, swift};
 
 /// The copies of `name`: their states, sorted.
 async fn states_of(setup: &QueueSetup, name: &str) -> Vec<State> {
@@ -219,18 +219,11 @@ async fn a_purge_after_redis_lost_its_data_spares_live_claims() {
 /// is still claimed as attempt 1 and finished, not failed for "too many attempts".
 #[tokio::test(flavor = "multi_thread")]
 async fn a_take_whose_delete_failed_counts_no_attempt() {
-    let upstream = swift();
-    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
-    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
-    let setup = QueueSetup::new(
-        Backend::Swift,
-        &[
-            ("SWIFTDROP_DEFAULT_AUTHURL", &auth),
-            ("SWIFTDROP_QUEUE_MAX_ATTEMPTS", "1"),
-            ("SWIFTDROP_QUEUE_LEASE", "2s"),
-        ],
-    );
-    let name = setup.store(1).await.remove(0);
+    let (upstream, proxy, setup, name) = proxied(&[
+        ("SWIFTDROP_QUEUE_MAX_ATTEMPTS", "1"),
+        ("SWIFTDROP_QUEUE_LEASE", "2s"),
+    ])
+    .await;
     let queue = setup.queue().await;
     proxy.fail_deletes("cur", 20);
     let options = ClaimOptions::default();
@@ -265,17 +258,7 @@ async fn a_take_whose_delete_failed_counts_no_attempt() {
 /// then found by no look, and never claimed.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finish_to_retry_tried_again_keeps_its_copy_findable() {
-    let upstream = swift();
-    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
-    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
-    let setup = QueueSetup::new(
-        Backend::Swift,
-        &[
-            ("SWIFTDROP_DEFAULT_AUTHURL", &auth),
-            ("SWIFTDROP_QUEUE_LEASE", "8s"),
-        ],
-    );
-    let name = setup.store(1).await.remove(0);
+    let (upstream, proxy, setup, name) = proxied(&[("SWIFTDROP_QUEUE_LEASE", "8s")]).await;
     let queue = setup.queue().await;
     let mut claim = queue
         .claim(&ClaimOptions::default())
@@ -312,17 +295,7 @@ async fn a_finish_to_retry_tried_again_keeps_its_copy_findable() {
 /// meanwhile, could leave no copy at all.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_that_does_not_verify_stays_and_is_copied_over() {
-    let upstream = swift();
-    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
-    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
-    let setup = QueueSetup::new(
-        Backend::Swift,
-        &[
-            ("SWIFTDROP_DEFAULT_AUTHURL", &auth),
-            ("SWIFTDROP_QUEUE_LEASE", "8s"),
-        ],
-    );
-    let name = setup.store(1).await.remove(0);
+    let (upstream, proxy, setup, name) = proxied(&[("SWIFTDROP_QUEUE_LEASE", "8s")]).await;
     let queue = setup.queue().await;
     let mut claim = queue
         .claim(&ClaimOptions::default())
@@ -341,6 +314,20 @@ async fn a_copy_that_does_not_verify_stays_and_is_copied_over() {
         .expect("the second try");
     assert_eq!(states_of(&setup, &name).await, vec![State::Done]);
     drop(upstream);
+}
+
+/// A queue on the test Swift reached through a [`FaultProxy`] (no faults until asked), with
+/// `extra` settings, and one message stored; the proxy and the Swift guard live as long as
+/// the test holds them.
+async fn proxied(extra: &[(&str, &str)]) -> (Swift, FaultProxy, QueueSetup, String) {
+    let upstream = swift();
+    let proxy = FaultProxy::start(upstream.port, &[], Fault::Pass).await;
+    let auth = format!("http://127.0.0.1:{}/auth/v1.0", proxy.port);
+    let mut vars = vec![("SWIFTDROP_DEFAULT_AUTHURL", auth.as_str())];
+    vars.extend_from_slice(extra);
+    let setup = QueueSetup::new(Backend::Swift, &vars);
+    let name = setup.store(1).await.remove(0);
+    (upstream, proxy, setup, name)
 }
 
 /// A TCP proxy to a local Redis that can freeze the subscriptions it carries (connections
