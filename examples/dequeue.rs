@@ -2,15 +2,22 @@
 //! and `swiftdrop::worker::dequeue`).
 //!
 //! ```text
-//! dequeue --config RULES.yml [--concurrency N] [--destination NAME] [--ini SWIFTDROP.ini]
+//! dequeue [--config RULES.yml] [--concurrency N] [--destination NAME] [--ini SWIFTDROP.ini]
 //! dequeue --check RULES.yml
-//! dequeue --config RULES.yml --dry-run MESSAGE.eml
+//! dequeue [--config RULES.yml] --dry-run MESSAGE.eml
+//! dequeue [--config RULES.yml] --report
 //! ```
+//!
+//! Without `--config`, the rules file is the one `MAIL2ALERT_CONFIGURATION` names, else
+//! `configuration.yml` in the working directory (as mail2alert finds its own). `--report`
+//! is mail2alert's self-test: for each `gocd` manager, each pipeline group and pipeline
+//! GoCD has and the actions each event would take, as YAML.
 //!
 //! The queue (store, lock engine) comes from the same `SWIFTDROP_*` settings (and ini file,
 //! `--ini`) as `swiftdrop queue`. Exit codes: 0 done (after SIGTERM/SIGINT, once the jobs in
-//! flight ended), 1 a problem in the rules file (each printed as `FILE:LINE: ...`), 2 the
-//! queue or the message cannot be opened.
+//! flight ended), 1 a problem in the rules file (each printed as `FILE:LINE: ...`; warnings
+//! as `FILE:LINE: warning: ...` do not fail), 2 the queue, the message or GoCD cannot be
+//! opened.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,13 +27,16 @@ use clap::Parser;
 use swiftdrop::config::Config;
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
+use swiftdrop::worker::gocd::Gocd;
 use swiftdrop::worker::mail_view::MailView;
-use swiftdrop::worker::rules::{self, Disposal, Rules, Unmatched};
+use swiftdrop::worker::rules::gocd::{GocdFacts, stage_result};
+use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
 
 #[derive(Parser)]
 #[command(about = "Route stored mail by rules to chat rooms and e-mail alerts")]
 struct Args {
-    /// The rules file (YAML; a mail2alert configuration.yml works unchanged).
+    /// The rules file (YAML; a mail2alert configuration.yml works unchanged). Default:
+    /// $MAIL2ALERT_CONFIGURATION, else configuration.yml.
     #[arg(long, conflicts_with = "check")]
     config: Option<PathBuf>,
     /// Check this rules file, print every problem with its line, and exit.
@@ -34,8 +44,12 @@ struct Args {
     check: Option<PathBuf>,
     /// Print which manager, rules and actions this message would fire, with the rendered
     /// text; send nothing.
-    #[arg(long, value_name = "MESSAGE.eml", requires = "config")]
+    #[arg(long, value_name = "MESSAGE.eml")]
     dry_run: Option<PathBuf>,
+    /// Print, for each gocd manager, which events of which pipeline take which actions
+    /// (mail2alert's self-test), as YAML; send nothing.
+    #[arg(long, conflicts_with_all = ["check", "dry_run"])]
+    report: bool,
     /// Messages handled at once.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
@@ -56,11 +70,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Some(path) = args.check.as_ref().or(args.config.as_ref()) else {
-        eprintln!("dequeue: give --config RULES.yml or --check RULES.yml");
-        return ExitCode::from(2);
+    let default = std::env::var_os("MAIL2ALERT_CONFIGURATION")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("configuration.yml"), PathBuf::from);
+    let path = args
+        .check
+        .clone()
+        .or(args.config.clone())
+        .unwrap_or(default);
+    let purpose = if args.check.is_some() {
+        Purpose::Check
+    } else {
+        Purpose::Run
     };
-    let rules = match rules::load(path) {
+    let rules = match rules::load(&path, purpose) {
         Ok(rules) => rules,
         Err(e) => {
             for problem in &e.problems {
@@ -69,6 +92,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for warning in &rules.warnings {
+        println!("{warning}");
+    }
     if args.check.is_some() {
         let count: usize = rules.managers.iter().map(|m| m.rules.len()).sum();
         println!(
@@ -78,11 +104,67 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Some(message) = &args.dry_run {
-        return dry_run(&rules, message);
-    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Some(message) = &args.dry_run {
+        return runtime.block_on(dry_run(&rules, message));
+    }
+    if args.report {
+        return runtime.block_on(report(&rules));
+    }
     runtime.block_on(work(args, rules))
+}
+
+/// A GoCD client for each `gocd` manager, by its place (the history in a local engine
+/// nobody else reads: it is not consulted by `--dry-run` and `--report`).
+fn gocd_servers(rules: &Rules) -> Result<Vec<(usize, Gocd)>, String> {
+    let scratch = std::env::temp_dir().join(format!("swiftdrop-dequeue-{}", std::process::id()));
+    let lock: Arc<dyn swiftdrop::queue::LockEngine> = Arc::new(
+        swiftdrop::queue::lock::local::LocalEngine::open(&scratch).map_err(|e| e.to_string())?,
+    );
+    let servers = rules
+        .managers
+        .iter()
+        .enumerate()
+        .filter_map(|(at, m)| Some((at, m.gocd.clone()?)))
+        .map(|(at, settings)| Ok((at, Gocd::new(settings, lock.clone())?)))
+        .collect();
+    let _ = std::fs::remove_dir_all(&scratch);
+    servers
+}
+
+/// Prints mail2alert's self-test report for the gocd managers (others: null).
+async fn report(rules: &Rules) -> ExitCode {
+    let servers = match gocd_servers(rules) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dequeue: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut report = std::collections::BTreeMap::new();
+    for (at, manager) in rules.managers.iter().enumerate() {
+        let entry = match servers.iter().find(|(i, _)| *i == at) {
+            Some((_, gocd)) => match gocd.fetch_groups().await {
+                Ok(groups) => Some(swiftdrop::worker::gocd::report(manager, &Arc::new(groups))),
+                Err(e) => {
+                    eprintln!("dequeue: gocd manager {:?}: {e}", manager.name);
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        report.insert(manager.name.clone(), entry);
+    }
+    match yaml_serde::to_string(&report) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dequeue: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Prints a rendered text, indented, or why it could not be rendered.
@@ -98,8 +180,9 @@ fn print_text(what: &str, text: &Result<String, String>) {
     }
 }
 
-/// Prints what `rules` would do with the message in `path`.
-fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
+/// Prints what `rules` would do with the message in `path` (a gocd manager's notification
+/// with the event its subject says: the shared history is not consulted).
+async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -108,7 +191,21 @@ fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
         }
     };
     let mail = MailView::parse(&bytes);
-    let decision = rules.decide(&mail);
+    let manager = rules.manager_at(&mail);
+    let servers = gocd_servers(rules).unwrap_or_default();
+    let mut facts = None;
+    if let Some((_, gocd)) = servers.iter().find(|(at, _)| Some(*at) == manager) {
+        let stage = stage_result(&mail.subject);
+        facts = Some(GocdFacts {
+            event: stage.as_ref().map(|s| s.said),
+            stage,
+            groups: Arc::new(gocd.fetch_groups().await.unwrap_or_else(|e| {
+                println!("gocd: {e}: no pipeline groups");
+                Default::default()
+            })),
+        });
+    }
+    let decision = rules.decide(&mail, facts.as_ref());
     println!(
         "envelope: from <{}> to {:?}",
         mail.envelope_from, mail.envelope_to
@@ -185,6 +282,7 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    worker.seed_gocd_history().await;
     tracing::info!(
         concurrency = args.concurrency,
         destination = args.destination,

@@ -5,15 +5,25 @@
 //! | what happened | where it goes | reason |
 //! |---|---|---|
 //! | a duplicate finished within `dedup_window` | `done/` | `duplicate of <key>` |
+//! | it carries this queue's own loop mark ([`LOOP_HEADER`]) | `done/` | `mail loop: ...` |
 //! | every action succeeded | `done/` | — |
-//! | an action failed for good (5xx, unknown room, rule error) | `failed/` | the failures |
-//! | an action failed for now | `retry/` (backoff) | the failures |
+//! | an action failed for now | `retry/` (backoff) | the failures (those for good too) |
+//! | actions failed for good (5xx, unknown room, rule error), none for now | `failed/` | the failures |
 //! | a manager wanted it, no rule matched | `done/` | `no rule matched` |
 //! | no manager wanted it | as `unmatched` says | `unmatched: ...` |
 //!
 //! Each action that succeeds is recorded on the claim ([`Claim::record_done`]) before the
 //! next one, so an attempt after a failure, a crash or a lost lease never repeats it (no
-//! second chat message). A claim whose lease is lost stops at once and moves nothing.
+//! second chat message); one that failed for good is recorded too, so that the attempts
+//! for its transient neighbours do not try it again. The record is keyed by what the
+//! action does (its target and text: [`Planned::receipt`]), not by the rule that asked for
+//! it, so a rules file changed meanwhile repeats nothing. A claim whose lease is lost stops
+//! at once and moves nothing.
+//!
+//! `mailto:` actions are taken as mail2alert takes them: one alert per message, to every
+//! address of every rule that fired, its `To:` listing them. Everything the worker sends
+//! carries [`LOOP_HEADER`] with the queue's id, and alerts `Auto-Submitted:
+//! auto-generated` (RFC 3834): mail that comes back to the same queue is not sent again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +31,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
+use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::rules::matcher::any_matches;
-use crate::worker::rules::{Action, Disposal, Rules, Unmatched};
-use crate::worker::sinks::mail::MailSink;
+use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
+use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
 use crate::worker::sinks::xmpp::{Target, XmppSink};
 use crate::worker::sinks::{Progress, SinkError};
@@ -42,6 +53,10 @@ pub struct Worker {
     pub xmpp: Option<XmppSink>,
     /// The Mattermost server, for `mattermost:` actions.
     pub mattermost: Option<MattermostSink>,
+    /// The GoCD server of each `gocd` manager, by the manager's place in the rules.
+    pub gocd: std::collections::BTreeMap<usize, Arc<Gocd>>,
+    /// The marks on everything sent: the queue's id in [`LOOP_HEADER`].
+    pub marks: Marks,
 }
 
 /// What happened to one action.
@@ -52,6 +67,8 @@ pub enum ActionResult {
     Skipped(String),
     /// Recorded as done by an earlier attempt: not taken again.
     DoneBefore,
+    /// Recorded as failed for good by an earlier attempt: not taken again.
+    FailedBefore,
     /// Taken, but some recipients refused for good or were not allowed (who and why).
     Partly(String),
     Failed(SinkError),
@@ -87,13 +104,36 @@ impl Worker {
             .clone()
             .map(MattermostSink::new)
             .transpose()?;
+        let mut gocd = std::collections::BTreeMap::new();
+        for (at, manager) in rules.managers.iter().enumerate() {
+            if let Some(settings) = &manager.gocd {
+                let server = Gocd::new(settings.clone(), queue.lock().clone())?;
+                gocd.insert(at, Arc::new(server));
+            }
+        }
+        let marks = Marks::for_queue(&crate::queue::queue_id(queue.destination()));
         Ok(Worker {
             queue,
             rules: Arc::new(rules),
             mail,
             xmpp,
             mattermost,
+            gocd,
+            marks,
         })
+    }
+
+    /// Seeds each GoCD manager's shared history from its server's cctray.xml (pipelines
+    /// another worker already knows keep what it learnt).
+    pub async fn seed_gocd_history(&self) {
+        for gocd in self.gocd.values() {
+            let seeded = gocd.seed_history().await;
+            tracing::info!(
+                url = gocd.url(),
+                seeded,
+                "gocd: pipeline states read from cctray.xml"
+            );
+        }
     }
 
     /// Runs `concurrency` jobs that claim and handle messages until `stop` says so; jobs in
@@ -177,6 +217,36 @@ impl Worker {
         }
     }
 
+    /// What the rules decide for `bytes` (the claim named `name`): the message parsed once,
+    /// a `gocd` manager's facts asked of GoCD and the shared history. An error: the
+    /// history cannot be read (the message is tried again later).
+    pub async fn decide(
+        &self,
+        bytes: &bytes::Bytes,
+        name: &str,
+    ) -> Result<(Arc<MailView>, Decision), QueueError> {
+        // Parsing (an HTML body turned into text, the rules' regexes) is CPU work that a
+        // large message makes long: off the runtime's threads.
+        let parsed = bytes.clone();
+        let mail = tokio::task::spawn_blocking(move || Arc::new(MailView::parse(&parsed)))
+            .await
+            .map_err(|e| QueueError::Refused(format!("parsing the message failed: {e}")))?;
+        let manager = self.rules.manager_at(&mail);
+        let facts = match manager.and_then(|at| self.gocd.get(&at)) {
+            Some(gocd) => Some(
+                gocd.facts(&mail.subject, name)
+                    .await
+                    .map_err(|e| QueueError::Lock(format!("gocd history: {e}")))?,
+            ),
+            None => None,
+        };
+        let (rules, view) = (self.rules.clone(), mail.clone());
+        let decision = tokio::task::spawn_blocking(move || rules.decide(&view, facts.as_ref()))
+            .await
+            .map_err(|e| QueueError::Refused(format!("the rules failed: {e}")))?;
+        Ok((mail, decision))
+    }
+
     /// Takes the actions the rules decide for the message; where it goes next.
     async fn act(&self, claim: &mut Claim, report: &mut Report) -> Result<Outcome, QueueError> {
         let (bytes, _) = claim.read().await?;
@@ -185,20 +255,19 @@ impl Worker {
                 reason: Some(format!("duplicate of {}", original.key)),
             });
         }
-        // Parsing (an HTML body turned into text, the rules' regexes) is CPU work that a
-        // large message makes long: off the runtime's threads.
-        let rules = self.rules.clone();
-        let parsed = bytes.clone();
-        let (mail, decision) = tokio::task::spawn_blocking(move || {
-            let mail = MailView::parse(&parsed);
-            let decision = rules.decide(&mail);
-            (mail, decision)
-        })
-        .await
-        .map_err(|e| QueueError::Refused(format!("parsing the message failed: {e}")))?;
+        if self.marks.is_ours(&bytes) {
+            return Ok(Outcome::Done {
+                reason: Some(format!(
+                    "mail loop: it carries this queue's own {LOOP_HEADER}: {}, so this worker sent it before; not sent again",
+                    self.marks.id()
+                )),
+            });
+        }
+        let name = claim.name().to_string();
+        let (mail, decision) = self.decide(&bytes, &name).await?;
         report.manager = decision.manager.clone();
         report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
-        let outcome = match decision.disposal {
+        let outcome = match &decision.disposal {
             Disposal::NoRuleMatched => Outcome::Done {
                 reason: Some("no rule matched".into()),
             },
@@ -210,56 +279,19 @@ impl Worker {
             },
             Disposal::Unmatched(Unmatched::Forward(to)) => {
                 let label = format!("unmatched: forward to {to}");
-                let result = match done_before(claim, &label).await? {
-                    Some(result) => result,
-                    None => {
-                        let taken = async {
-                            MailSink::new(&to, &self.helo())
-                                .map_err(SinkError::Permanent)?
-                                .forward(&bytes, &mail.envelope_from, &mail.envelope_to)
-                                .await
-                                .map(|()| Taken::Sent)
-                        };
-                        settle(claim, &label, taken.await).await?
-                    }
+                let planned = Planned {
+                    receipt: label.clone(),
+                    label: label.clone(),
+                    what: What::Forward(to.clone()),
                 };
+                let result = self.take_once(claim, &planned, &bytes, &mail).await?;
                 report.actions.push((label.clone(), result));
                 outcome_of(&report.actions, Some(label))
             }
             Disposal::Act => {
-                // The same alert, or the same post with the same text, from two rules is
-                // sent once (mail2alert merges them); other texts are each posted.
-                let mut taken = std::collections::HashSet::new();
-                for fired in &decision.fired {
-                    for action in &fired.actions {
-                        let same = match action {
-                            Action::Mailto(_) => Some(action.to_string().to_ascii_lowercase()),
-                            Action::Mattermost(_) => {
-                                Some(format!("{action}\n{:?}", fired.markdown))
-                            }
-                            _ => None,
-                        };
-                        if same.is_some_and(|key| !taken.insert(key)) {
-                            continue;
-                        }
-                        let label = format!("{}: {action}", fired.rule);
-                        let text = match action {
-                            Action::Mattermost(_) => fired.markdown.clone().unwrap_or_else(|| {
-                                Err("no Markdown rendered for a mattermost: action".into())
-                            }),
-                            _ => fired.text.clone(),
-                        };
-                        let result = match (text, done_before(claim, &label).await?) {
-                            (_, Some(result)) => result,
-                            (Err(e), None) => ActionResult::Failed(SinkError::Permanent(e)),
-                            (Ok(text), None) => {
-                                let taken =
-                                    self.take(claim, &label, action, &text, &bytes, &mail).await;
-                                settle(claim, &label, taken).await?
-                            }
-                        };
-                        report.actions.push((label, result));
-                    }
+                for planned in plan(&decision) {
+                    let result = self.take_once(claim, &planned, &bytes, &mail).await?;
+                    report.actions.push((planned.label, result));
                 }
                 outcome_of(&report.actions, None)
             }
@@ -267,11 +299,59 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Takes one action (`label`: its rule and URI, under which its steps are recorded).
+    /// Takes `planned` unless an earlier attempt recorded it (done, or failed for good),
+    /// and records what happened.
+    async fn take_once(
+        &self,
+        claim: &mut Claim,
+        planned: &Planned,
+        bytes: &[u8],
+        mail: &MailView,
+    ) -> Result<ActionResult, QueueError> {
+        if let Some(result) = done_before(claim, planned).await? {
+            return Ok(result);
+        }
+        let taken = match &planned.what {
+            What::Forward(to) => {
+                let sink = MailSink::new(to, &self.helo()).map_err(SinkError::Permanent);
+                match sink {
+                    Ok(sink) => sink
+                        .forward(bytes, &mail.envelope_from, &mail.envelope_to, &self.marks)
+                        .await
+                        .map(|()| Taken::Sent),
+                    Err(e) => Err(e),
+                }
+            }
+            What::Alert(to) => match &self.mail {
+                Some(sink) => sink
+                    .mailto(
+                        bytes,
+                        &mail.envelope_from,
+                        to,
+                        self.rules.mailto_from.as_deref(),
+                        &self.marks,
+                    )
+                    .await
+                    .map(|()| Taken::Sent),
+                None => Err(SinkError::Permanent("mailto: needs remote-smtp".into())),
+            },
+            What::Post(action, Err(e)) => {
+                let _ = action;
+                Err(SinkError::Permanent(e.clone()))
+            }
+            What::Post(action, Ok(text)) => {
+                self.take(claim, &planned.receipt, action, text, bytes, mail)
+                    .await
+            }
+        };
+        settle(claim, planned, taken).await
+    }
+
+    /// Takes one post (`receipt`: what it does, under which its steps are recorded).
     async fn take(
         &self,
         claim: &mut Claim,
-        label: &str,
+        receipt: &str,
         action: &Action,
         text: &str,
         bytes: &[u8],
@@ -282,24 +362,17 @@ impl Worker {
                 let sink = self.mattermost.as_ref().ok_or_else(|| {
                     SinkError::Permanent("mattermost: actions need the mattermost: server".into())
                 })?;
-                let mut steps = Steps { claim, label };
+                let mut steps = Steps {
+                    claim,
+                    label: receipt,
+                };
                 let delivery = sink.deliver(target, mail, text, bytes, &mut steps).await?;
                 return Ok(Taken::from(delivery));
             }
-            Action::Mailto(to) => {
-                let sink = self
-                    .mail
-                    .as_ref()
-                    .ok_or_else(|| SinkError::Permanent("mailto: needs remote-smtp".into()))?;
-                return sink
-                    .mailto(
-                        bytes,
-                        &mail.envelope_from,
-                        to,
-                        self.rules.mailto_from.as_deref(),
-                    )
-                    .await
-                    .map(|()| Taken::Sent);
+            Action::Mailto(_) => {
+                return Err(SinkError::Permanent(
+                    "a mailto: action is taken as the message's alert".into(),
+                ));
             }
             Action::XmppRoom(room) => (room, true),
             Action::XmppDirect(user) => (user, false),
@@ -328,14 +401,99 @@ impl Worker {
     }
 }
 
-/// Returns what an earlier attempt did with the action `label` when it recorded it as
-/// done; else renews the lease before the action is taken: an error when it is lost
+/// One action the worker takes for a message.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// How the report names it: `<rule>: <uri>` (`<rule>+<rule>: mailto:<a>,<b>` for the
+    /// alert of several rules).
+    pub label: String,
+    /// What it does, by which its record on the claim is kept: the target and the text.
+    pub receipt: String,
+    what: What,
+}
+
+#[derive(Debug, Clone)]
+enum What {
+    /// Unmatched mail, forwarded unchanged to this SMTP server.
+    Forward(String),
+    /// The alert to these addresses.
+    Alert(Vec<String>),
+    /// A post, with its text (or why it could not be rendered).
+    Post(Action, Result<String, String>),
+}
+
+/// The actions for the rules that fired, in order: one alert to every `mailto:` address
+/// (each once, where the first appears), then each post; a post with the same target and
+/// text as one before it is taken once.
+pub fn plan(decision: &Decision) -> Vec<Planned> {
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut alert: Option<(usize, Vec<String>, Vec<String>)> = None;
+    let mut receipts = std::collections::HashSet::new();
+    for fired in &decision.fired {
+        for action in &fired.actions {
+            if let Action::Mailto(address) = action {
+                let (at, rules, addresses) = alert.get_or_insert_with(|| {
+                    planned.push(Planned {
+                        label: String::new(),
+                        receipt: String::new(),
+                        what: What::Alert(Vec::new()),
+                    });
+                    (planned.len() - 1, Vec::new(), Vec::new())
+                });
+                let _ = at;
+                if !rules.contains(&fired.rule) {
+                    rules.push(fired.rule.clone());
+                }
+                if !addresses.iter().any(|a| a.eq_ignore_ascii_case(address)) {
+                    addresses.push(address.clone());
+                }
+                continue;
+            }
+            let text = match action {
+                Action::Mattermost(_) => fired
+                    .markdown
+                    .clone()
+                    .unwrap_or_else(|| Err("no Markdown rendered for a mattermost: action".into())),
+                _ => fired.text.clone(),
+            };
+            let receipt = match &text {
+                Ok(text) => format!("{action}\n{text}"),
+                Err(_) => format!("{}: {action}", fired.rule),
+            };
+            if !receipts.insert(receipt.clone()) {
+                continue;
+            }
+            planned.push(Planned {
+                label: format!("{}: {action}", fired.rule),
+                receipt,
+                what: What::Post(action.clone(), text),
+            });
+        }
+    }
+    if let Some((at, rules, addresses)) = alert {
+        let mut sorted: Vec<String> = addresses.iter().map(|a| a.to_ascii_lowercase()).collect();
+        sorted.sort();
+        planned[at] = Planned {
+            label: format!("{}: mailto:{}", rules.join("+"), addresses.join(",")),
+            receipt: format!("mailto:{}", sorted.join(",")),
+            what: What::Alert(addresses),
+        };
+    }
+    planned
+}
+
+/// Returns what an earlier attempt did with `planned` when it recorded it (done, or failed
+/// for good); else renews the lease before the action is taken: an error when it is lost
 /// (nothing more may be done). An action there is no room to record fails for good, since
 /// every later attempt would take it again.
-async fn done_before(claim: &Claim, label: &str) -> Result<Option<ActionResult>, QueueError> {
-    let id = action_id(label);
-    if claim.done().contains(&id) {
+async fn done_before(claim: &Claim, planned: &Planned) -> Result<Option<ActionResult>, QueueError> {
+    let id = action_id(&planned.receipt);
+    // Records of the version before receipts were keyed by the rule and URI.
+    if claim.done().contains(&id) || claim.done().contains(&action_id(&planned.label)) {
         return Ok(Some(ActionResult::DoneBefore));
+    }
+    if claim.done().contains(&format!("{id}!")) {
+        return Ok(Some(ActionResult::FailedBefore));
     }
     claim.renew(None).await?;
     if !claim.has_room_for(&id) {
@@ -346,25 +504,28 @@ async fn done_before(claim: &Claim, label: &str) -> Result<Option<ActionResult>,
     Ok(None)
 }
 
-/// Records the action `label` as done when it was taken (a lease lost on the way is an
-/// error: nothing more is done); what happened, for the report.
+/// Records `planned` as done when it was taken, or as failed for good (a lease lost on the
+/// way is an error: nothing more is done); what happened, for the report.
 async fn settle(
     claim: &mut Claim,
-    label: &str,
+    planned: &Planned,
     taken: Result<Taken, SinkError>,
 ) -> Result<ActionResult, QueueError> {
-    let result = match taken {
-        Ok(Taken::Sent) => ActionResult::Sent,
-        Ok(Taken::Partly(why)) => ActionResult::Partly(why),
+    let id = action_id(&planned.receipt);
+    let (result, entry) = match taken {
+        Ok(Taken::Sent) => (ActionResult::Sent, id),
+        Ok(Taken::Partly(why)) => (ActionResult::Partly(why), id),
         Ok(Taken::Skipped(why)) => return Ok(ActionResult::Skipped(why)),
+        Err(e @ SinkError::Permanent(_)) => (ActionResult::Failed(e), format!("{id}!")),
         Err(e) => return Ok(ActionResult::Failed(e)),
     };
-    // The action went out: the message goes on to its finish even when the record fails
-    // for a reason other than a lost lease (only a later attempt could repeat it).
-    match claim.record_done(&action_id(label)).await {
+    // The action went out (or never will): the message goes on to its finish even when
+    // the record fails for a reason other than a lost lease (only a later attempt could
+    // repeat it).
+    match claim.record_done(&entry).await {
         Err(e @ QueueError::LeaseLost { .. }) => return Err(e),
         Err(e) => {
-            tracing::warn!(key = claim.key(), label, error = %e, "action taken but not recorded")
+            tracing::warn!(key = claim.key(), label = planned.label, error = %e, "action's end not recorded")
         }
         Ok(()) => {}
     }
@@ -466,8 +627,9 @@ impl Progress for Steps<'_> {
     }
 }
 
-/// The outcome of a message whose actions ended as `actions`: any permanent failure sends
-/// it to `failed/`, else any transient one to `retry/`, else it is done (with `reason`).
+/// The outcome of a message whose actions ended as `actions`: any transient failure sends
+/// it to `retry/` (what failed for good is recorded and not tried again), else any
+/// permanent one to `failed/`, else it is done (with `reason`).
 fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Outcome {
     let failures = |permanent: bool| -> Vec<String> {
         actions
@@ -476,21 +638,29 @@ fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Out
                 ActionResult::Failed(e) if e.is_permanent() == permanent => {
                     Some(format!("{label}: {e}"))
                 }
+                ActionResult::FailedBefore if permanent => {
+                    Some(format!("{label}: failed for good in an earlier attempt"))
+                }
                 _ => None,
             })
             .collect()
     };
-    let permanent = failures(true);
+    let (transient, permanent) = (failures(false), failures(true));
+    if !transient.is_empty() {
+        return Outcome::Retry {
+            reason: Some(
+                transient
+                    .into_iter()
+                    .chain(permanent)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            not_before: None,
+        };
+    }
     if !permanent.is_empty() {
         return Outcome::Failed {
             reason: permanent.join("; "),
-        };
-    }
-    let transient = failures(false);
-    if !transient.is_empty() {
-        return Outcome::Retry {
-            reason: Some(transient.join("; ")),
-            not_before: None,
         };
     }
     // Recipients left out on purpose or refused for good are named in the reason.
@@ -524,6 +694,7 @@ fn log(report: &Report, error: Option<&QueueError>) {
             ActionResult::Sent => format!("{label} sent"),
             ActionResult::Skipped(why) => format!("{label} skipped: {why}"),
             ActionResult::DoneBefore => format!("{label} done before"),
+            ActionResult::FailedBefore => format!("{label} failed for good before"),
             ActionResult::Partly(why) => format!("{label} sent, {why}"),
             ActionResult::Failed(e) => format!("{label} {e}"),
         })
@@ -563,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn permanent_failures_win_then_transient_ones() {
+    fn transient_failures_are_retried_beside_permanent_ones() {
         let a = |r| ("r: mailto:a@b".to_string(), r);
         assert_eq!(
             outcome_of(&[a(ActionResult::Sent), a(ActionResult::DoneBefore)], None),
@@ -574,7 +745,25 @@ mod tests {
             Outcome::Retry { .. }
         ));
         assert_eq!(
-            outcome_of(&[a(failed(false)), a(failed(true))], None),
+            outcome_of(&[a(failed(true)), a(failed(false))], None),
+            Outcome::Retry {
+                reason: Some(
+                    "r: mailto:a@b: transient: refused; r: mailto:a@b: permanent: 550 no".into()
+                ),
+                not_before: None
+            }
+        );
+        assert_eq!(
+            outcome_of(
+                &[a(ActionResult::FailedBefore), a(ActionResult::Sent)],
+                None
+            ),
+            Outcome::Failed {
+                reason: "r: mailto:a@b: failed for good in an earlier attempt".into()
+            }
+        );
+        assert_eq!(
+            outcome_of(&[a(failed(true))], None),
             Outcome::Failed {
                 reason: "r: mailto:a@b: permanent: 550 no".into()
             }

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `leases` | the lease table, read and rewritten in place under its `flock` by every operation |
 //! | `finished/<sha256>` | `<key> <finished, Unix ms> <forget after, Unix ms>` |
+//! | `shared/<key>` | a value the workers share (a GoCD pipeline's last state), replaced by a rename under the table's `flock` |
 //!
 //! The table's first line holds the last fencing number and the epoch (when the table's
 //! data began); then one line `<token> <expiry, Unix ms> <name>` per live lease and one line
@@ -17,7 +18,7 @@
 //! after the lease. The `flock` is held for one operation: reading and writing the table,
 //! and the one rename or attribute write of a step under a lease (no fsync); the kernel
 //! releases it when a process dies. No operation creates a file except the first (the
-//! table) and a finish (its dedup entry). This protects nothing beyond one machine: the
+//! table), a finish (its dedup entry) and a swap of a shared value. This protects nothing beyond one machine: the
 //! queue refuses `local` for a remote store unless it is chosen explicitly.
 
 use std::collections::BTreeMap;
@@ -152,12 +153,14 @@ fn checksum(text: &str) -> u64 {
 impl LocalEngine {
     /// An engine keeping its files in `dir`, created when missing.
     pub fn open(dir: &Path) -> Result<LocalEngine, LockError> {
-        fs::create_dir_all(dir.join("finished")).map_err(|e| {
-            LockError(format!(
-                "cannot create the state directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        fs::create_dir_all(dir.join("finished"))
+            .and_then(|()| fs::create_dir_all(dir.join("shared")))
+            .map_err(|e| {
+                LockError(format!(
+                    "cannot create the state directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
         Ok(LocalEngine {
             dir: dir.to_path_buf(),
         })
@@ -474,6 +477,44 @@ impl LockEngine for LocalEngine {
             .await
             .map_err(|e| LockError(format!("local dedup index: {e}")))?
             .map_err(|e: io::Error| LockError(format!("local dedup index: {e}")))
+    }
+
+    async fn shared_value(&self, key: &str) -> Result<Option<String>, LockError> {
+        if !super::is_shared_key(key) {
+            return Err(LockError(format!("{key:?} cannot name a shared value")));
+        }
+        let path = self.dir.join("shared").join(key);
+        tokio::task::spawn_blocking(move || read(&path))
+            .await
+            .map_err(|e| LockError(format!("local shared value: {e}")))?
+            .map_err(|e| LockError(format!("local shared value {key}: {e}")))
+    }
+
+    async fn swap_shared_value(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, LockError> {
+        if !super::is_shared_key(key) || value.is_empty() || value.contains('\n') {
+            return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
+        }
+        let path = self.dir.join("shared").join(key);
+        let (expected, value) = (expected.map(str::to_string), value.to_string());
+        // The table's flock orders every swap of this machine's workers.
+        self.with_table(move |_| -> io::Result<bool> {
+            if read(&path)? != expected {
+                return Ok(false);
+            }
+            // `~` is never in a key: no other value's file.
+            let mut staged = path.clone().into_os_string();
+            staged.push("~");
+            fs::write(&staged, &value)?;
+            fs::rename(&staged, &path)?;
+            Ok(true)
+        })
+        .await?
+        .map_err(|e| LockError(format!("local shared value {key}: {e}")))
     }
 
     async fn announce(&self, _name: &str) -> Result<(), LockError> {

@@ -237,6 +237,20 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
     /// The message with this duplicate digest finished within the window, if any.
     async fn finished(&self, sha256: &str) -> Result<Option<FinishedRef>, LockError>;
 
+    /// A small value the workers of the queue share (the GoCD pipelines' history), by
+    /// `key` (letters, digits and `._:-`); `None` when it is unset.
+    async fn shared_value(&self, key: &str) -> Result<Option<String>, LockError>;
+
+    /// Sets the shared value of `key` to `value` (one line, not empty) if it still is
+    /// `expected` (`None`: unset), in one step no other worker can come between; whether
+    /// it was set. Values are kept for [`SHARED_VALUE_KEEP`].
+    async fn swap_shared_value(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, LockError>;
+
     /// Says that `name` (the filter's copy; or the key `cur/<name>@<fence>` of a requeued
     /// copy) is new under `cur/`, to the claims waiting for mail (engines without
     /// announcements do nothing).
@@ -261,6 +275,19 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
 
     /// Checks that the engine is reachable and fit; `Ok` describes it.
     async fn check(&self) -> Result<String, LockError>;
+}
+
+/// How long a shared value ([`LockEngine::swap_shared_value`]) is kept after its last
+/// change: a pipeline not built for a year is forgotten.
+pub const SHARED_VALUE_KEEP: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// Whether `key` may name a shared value: letters, digits and `._:-`, at most 200 bytes.
+pub fn is_shared_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The next fencing number: one more than the last, but never less than the clock in

@@ -9,6 +9,7 @@
 //! | `swiftdrop:{id}:epoch` | when this Redis's data for the queue began (Unix ms, server clock) |
 //! | `swiftdrop:{id}:epoch-server` | the `run_id` of the server that began it: another server (restarted from a snapshot, a promoted replica) begins it again |
 //! | `swiftdrop:{id}:finished:<digest>` | `<key> <unix ms>` of a finished message, expiring after the dedup window |
+//! | `swiftdrop:{id}:shared:<key>` | a value the workers share (a GoCD pipeline's last state), set by a compare-and-set script, kept 400 days |
 //! | `swiftdrop:{id}:new` (channel) | names of new `cur/` messages, published by the filter |
 //!
 //! Renew, release and the finish check are Lua scripts that compare the token and act in
@@ -41,6 +42,17 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the announcement subscription is asked for a `PING`'s answer: a subscription
 /// that went quiet is noticed, and made again, within this plus [`TIMEOUT`].
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Sets `KEYS[1]` to `ARGV[2]` (expiring after `ARGV[3]` seconds) if it holds `ARGV[1]`
+/// (`''`: if it is unset).
+const SWAP_SHARED: &str = r"
+local held = redis.call('GET', KEYS[1])
+if (held == false and ARGV[1] == '') or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+";
 
 /// `ARGV[4]` is `cur` for a claim from `cur/`, which the mark of a retired lease also
 /// stops; other takers replace the mark.
@@ -187,6 +199,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     retire: Script,
+    swap_shared: Script,
 }
 
 impl fmt::Debug for RedisEngine {
@@ -238,6 +251,7 @@ impl RedisEngine {
                 data_age: Script::new(&format!("{DATA_AGE_FUNCTION}{DATA_AGE}")),
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
+                swap_shared: Script::new(SWAP_SHARED),
                 retire: Script::new(RETIRE),
             },
             announcements: OnceLock::new(),
@@ -508,6 +522,39 @@ impl LockEngine for RedisEngine {
             .await
             .map_err(|e| self.error(e))?;
         Ok(value.and_then(|v| parse_finished(&v)))
+    }
+
+    async fn shared_value(&self, key: &str) -> Result<Option<String>, LockError> {
+        if !super::is_shared_key(key) {
+            return Err(LockError(format!("{key:?} cannot name a shared value")));
+        }
+        self.conn()
+            .await?
+            .get(self.key("shared", key))
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn swap_shared_value(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, LockError> {
+        if !super::is_shared_key(key) || value.is_empty() || value.contains('\n') {
+            return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
+        }
+        let swapped: i64 = self
+            .scripts
+            .swap_shared
+            .key(self.key("shared", key))
+            .arg(expected.unwrap_or(""))
+            .arg(value)
+            .arg(super::SHARED_VALUE_KEEP.as_secs())
+            .invoke_async(&mut self.conn().await?)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(swapped == 1)
     }
 
     async fn announce(&self, name: &str) -> Result<(), LockError> {

@@ -133,7 +133,9 @@ impl TokenCache {
             .header("X-Auth-Key", key.expose())
             .send()
             .await
-            .map_err(|e| AuthError::Failed(format!("{authurl}: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                AuthError::Failed(format!("{authurl}: {}", crate::util::error_chain(&e)))
+            })?;
         let status = response.status();
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(AuthError::Refused(format!(
@@ -200,7 +202,7 @@ impl TokenCache {
             .json(&body)
             .send()
             .await
-            .map_err(|e| AuthError::Failed(format!("{url}: {}", error_chain(&e))))?;
+            .map_err(|e| AuthError::Failed(format!("{url}: {}", crate::util::error_chain(&e))))?;
         let status = response.status();
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(AuthError::Refused(format!(
@@ -249,18 +251,6 @@ impl TokenCache {
 fn renew_at(lifetime: Duration) -> Instant {
     // A token shorter-lived than the margin is still used once rather than never.
     Instant::now() + lifetime.saturating_sub(RENEW_BEFORE).max(lifetime / 2)
-}
-
-/// A reqwest error with its causes, which hold the useful part ("connection refused").
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The parts of a Keystone v3 token body that Swift clients use.

@@ -16,7 +16,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::auth::{self, TokenCache, error_chain};
+use super::auth::{self, TokenCache};
+use crate::util::error_chain;
 use crate::util::hex::hex;
 
 /// Name of this store in `object_store` errors.

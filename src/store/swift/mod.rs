@@ -39,8 +39,9 @@ use reqwest::{Method, StatusCode};
 
 use crate::config::SwiftConfig;
 use crate::store::mover::{MetadataUpdate, Mover, Page, copy_mismatch, copy_timeout, is_plain_md5};
+use crate::util::error_chain;
 use crate::util::failpoint;
-use auth::{TokenCache, error_chain};
+use auth::TokenCache;
 use client::{
     DELETE_CONCURRENCY, Inner, LIST_LIMIT, ListEntry, Request, STORE, attribute_headers,
     content_range, encoded_path, generic, header_str, http_date, response_attributes,

@@ -4,7 +4,13 @@
 //! line, the others the line where the offending value is written.
 //!
 //! A mail2alert `configuration.yml` is read unchanged: `local-smtp` and `admin-email` are
-//! accepted and ignored, a rule's `owner` too, and a manager's `name` is a label.
+//! accepted and ignored, a rule's `owner` too; a manager's `name` is a label, except
+//! `gocd`, mail2alert's GoCD manager (`url`, `user`, `passwd`; rules with `events:` and
+//! `pipelines.*` functions). As mail2alert does, `$VAR` and `${VAR}` in every value but a
+//! template are replaced by the environment's (`\$` keeps a dollar sign), and a
+//! `remote-smtp` without a port means port 25. A variable that is not set is a problem
+//! when the rules are read to run, and a warning for `--check` (which may run where the
+//! secrets are not).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,11 +21,12 @@ use minijinja::Environment;
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
+use super::gocd::{Event, GocdFilter, PipelineFunction};
 use super::matcher::{AddressPattern, one_line};
 use super::model::{
     Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Filter,
-    LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules, TEMPLATE_VARIABLES,
-    Unmatched, Wants, XmppSettings,
+    GocdSettings, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules,
+    TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
 };
 use crate::config::Secret;
 
@@ -61,6 +68,10 @@ struct FileDoc {
 #[serde(deny_unknown_fields)]
 struct ManagerDoc {
     name: String,
+    /// The `gocd` manager's server, and its basic auth.
+    url: Option<String>,
+    user: Option<String>,
+    passwd: Option<String>,
     #[serde(rename = "messages-we-want", default)]
     wants: WantsDoc,
     #[serde(default)]
@@ -121,6 +132,9 @@ struct FilterDoc {
     function: Option<String>,
     #[serde(default)]
     args: Vec<String>,
+    /// The `gocd` manager's events (mail2alert's README once says `event`).
+    #[serde(default, alias = "event")]
+    events: Vec<String>,
     subject: Option<String>,
     body: Option<String>,
     #[serde(default)]
@@ -188,17 +202,30 @@ struct LdapDoc {
     cache: Option<String>,
 }
 
-/// Reads and checks the rules file at `path`; secrets named by `*_env` come from the
-/// process environment.
-pub fn load(path: &Path) -> Result<Rules, RulesError> {
+/// Why a rules file is read: to run it (every variable it names must be set), or for
+/// `--check` (an unset variable is a warning: the check may run where secrets are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Run,
+    Check,
+}
+
+/// Reads and checks the rules file at `path`; secrets named by `*_env` and `$VAR` come
+/// from the process environment.
+pub fn load(path: &Path, purpose: Purpose) -> Result<Rules, RulesError> {
     let text = std::fs::read_to_string(path).map_err(|e| RulesError {
         problems: vec![format!("{}: cannot read: {e}", path.display())],
     })?;
-    parse(&text, &path.display().to_string())
+    parse_for(&text, &path.display().to_string(), purpose)
 }
 
-/// Checks the rules in `text` (named `shown` in errors).
+/// Checks the rules in `text` (named `shown` in errors) for running them.
 pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
+    parse_for(text, shown, Purpose::Run)
+}
+
+/// Checks the rules in `text` (named `shown` in errors) for `purpose`.
+pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, RulesError> {
     let doc: FileDoc = yaml_serde::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
         RulesError {
@@ -209,13 +236,16 @@ pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
         text,
         shown,
         problems: Vec::new(),
+        warnings: Vec::new(),
+        purpose,
         first_xmpp: None,
         first_mailto: None,
         first_mattermost: None,
         first_webhook: None,
     };
-    let rules = check.rules(doc);
+    let mut rules = check.rules(doc);
     if check.problems.is_empty() {
+        rules.warnings = check.warnings;
         Ok(rules)
     } else {
         Err(RulesError {
@@ -229,6 +259,8 @@ struct Checker<'a> {
     text: &'a str,
     shown: &'a str,
     problems: Vec<String>,
+    warnings: Vec<String>,
+    purpose: Purpose,
     /// The first `xmpp:` and `mailto:` actions, as written: what needs an account.
     first_xmpp: Option<String>,
     first_mailto: Option<String>,
@@ -241,13 +273,73 @@ impl Checker<'_> {
     /// Records a problem at the first line where `near` is written (the file's first line
     /// when it is nowhere).
     fn problem(&mut self, near: &str, message: impl fmt::Display) {
-        let line = self
-            .text
-            .lines()
-            .position(|l| !near.is_empty() && l.contains(near))
-            .map_or(1, |i| i + 1);
+        let line = self.line_of(near);
         self.problems
             .push(format!("{}:{line}: {message}", self.shown));
+    }
+
+    /// Records a warning, as [`Checker::problem`] names its line.
+    fn warning(&mut self, near: &str, message: impl fmt::Display) {
+        let line = self.line_of(near);
+        self.warnings
+            .push(format!("{}:{line}: warning: {message}", self.shown));
+    }
+
+    fn line_of(&self, near: &str) -> usize {
+        self.text
+            .lines()
+            .position(|l| !near.is_empty() && l.contains(near))
+            .map_or(1, |i| i + 1)
+    }
+
+    /// A variable `value` names that is not set: a problem to run, a warning to check.
+    fn unset(&mut self, near: &str, message: String) {
+        match self.purpose {
+            Purpose::Run => self.problem(near, message),
+            Purpose::Check => self.warning(
+                near,
+                format!("{message} here (set it where the worker runs)"),
+            ),
+        }
+    }
+
+    /// `value` with `$VAR` and `${VAR}` replaced by the environment's values (as
+    /// mail2alert's `os.path.expandvars`; `\$` keeps a dollar sign and its backslash). A
+    /// variable that is not set stays as written, and is named.
+    fn expand(&mut self, value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(at) = rest.find('$') {
+            let (before, after) = (&rest[..at], &rest[at + 1..]);
+            out.push_str(before);
+            let (name, written) = match after.strip_prefix('{') {
+                Some(inner) => match inner.find('}') {
+                    Some(end) if is_variable(&inner[..end]) => (&inner[..end], end + 2),
+                    _ => ("", 0),
+                },
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..end], end)
+                }
+            };
+            if !is_variable(name) || before.ends_with('\\') {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            match std::env::var(name) {
+                Ok(v) => out.push_str(&v),
+                Err(_) => {
+                    self.unset(value, format!("{name} is not set"));
+                    out.push_str(&rest[at..at + 1 + written]);
+                }
+            }
+            rest = &after[written..];
+        }
+        out.push_str(rest);
+        out
     }
 
     fn rules(&mut self, doc: FileDoc) -> Rules {
@@ -285,7 +377,10 @@ impl Checker<'_> {
             .and_then(|m| m.template.clone())
             .unwrap_or_else(|| DEFAULT_MATTERMOST_TEMPLATE.into());
 
-        let remote_smtp = doc.remote_smtp.filter(|r| self.host_port("remote-smtp", r));
+        let remote_smtp = doc
+            .remote_smtp
+            .map(|r| self.expand(&r))
+            .and_then(|r| self.smtp_server("remote-smtp", &r));
         let unmatched = match doc.unmatched.as_deref().map(str::trim) {
             None | Some("forward") => match &remote_smtp {
                 Some(r) => Unmatched::Forward(r.clone()),
@@ -318,6 +413,8 @@ impl Checker<'_> {
         let mut managers = Vec::new();
         for (m, manager) in doc.managers.into_iter().enumerate() {
             let manager_template = manager.template.clone();
+            let gocd = self.gocd(&manager);
+            let gocd_rules = is_gocd(&manager);
             let mut rules = Vec::new();
             for (r, rule) in manager.rules.into_iter().enumerate() {
                 let name = rule
@@ -339,11 +436,14 @@ impl Checker<'_> {
                         .clone()
                         .unwrap_or_else(|| mattermost_template.clone()),
                 );
-                let filter = self.filter(rule.filter.unwrap_or_default());
+                let filter = self.filter(rule.filter.unwrap_or_default(), gocd_rules);
                 let actions = rule
                     .actions
                     .iter()
-                    .filter_map(|a| self.action(a))
+                    .filter_map(|a| {
+                        let a = self.expand(a);
+                        self.action(&a)
+                    })
                     .collect::<Vec<_>>();
                 if rule.actions.is_empty() {
                     self.problem(
@@ -360,10 +460,21 @@ impl Checker<'_> {
                 });
             }
             let wants = self.wants(&manager.wants);
+            if wants.to.is_empty()
+                && wants.from.is_empty()
+                && wants.header_to.is_empty()
+                && wants.header_from.is_empty()
+            {
+                self.warning(
+                    &manager.name,
+                    format!("manager {:?} has no messages-we-want: it takes every message, and no manager after it gets any (mail2alert refused such a manager)", manager.name),
+                );
+            }
             managers.push(Manager {
                 name: manager.name,
                 wants,
                 rules,
+                gocd,
             });
         }
         if let (Some(action), None) = (self.first_xmpp.clone(), &xmpp) {
@@ -389,7 +500,8 @@ impl Checker<'_> {
         if let (Some(action), None) = (self.first_mailto.clone(), &remote_smtp) {
             self.problem(&action, format!("{action} needs remote-smtp (host:port)"));
         }
-        if let Some(from) = &doc.mailto_from {
+        let mailto_from = doc.mailto_from.map(|f| self.expand(&f));
+        if let Some(from) = &mailto_from {
             if !from.contains('@') {
                 self.problem(from, format!("mailto_from {from:?} is not an address"));
             }
@@ -397,13 +509,83 @@ impl Checker<'_> {
         Rules {
             managers,
             remote_smtp,
-            mailto_from: doc.mailto_from,
+            mailto_from,
+            warnings: Vec::new(),
             unmatched,
             body_limit: doc.body_limit.unwrap_or(DEFAULT_BODY_LIMIT),
             xmpp,
             mattermost,
             templates,
         }
+    }
+
+    /// An SMTP server as `host:port`, port 25 when `value` has none (as mail2alert reads
+    /// it); `None` (a problem recorded) when it is neither.
+    fn smtp_server(&mut self, option: &str, value: &str) -> Option<String> {
+        let value = value.trim();
+        let has_port = match value.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => value.matches(':').count() == 1,
+        };
+        let full =
+            if has_port || value.is_empty() || (value.contains(':') && !value.starts_with('[')) {
+                value.to_string()
+            } else {
+                format!("{value}:25")
+            };
+        self.host_port(option, &full).then_some(full)
+    }
+
+    /// The `gocd` manager's server (mail2alert's `url`, `user`, `passwd`); settings of
+    /// the kind on another manager, or a `gocd` manager without a URL, are problems.
+    fn gocd(&mut self, manager: &ManagerDoc) -> Option<GocdSettings> {
+        let Some(url) = manager.url.as_deref().filter(|_| is_gocd(manager)) else {
+            if is_gocd(manager) {
+                self.problem(
+                    &format!("name: {}", manager.name),
+                    "the gocd manager needs url (the server's base, e.g. https://gocd.example.com:8154/go), user and passwd",
+                );
+            } else if let Some(setting) = [&manager.url, &manager.user, &manager.passwd]
+                .into_iter()
+                .flatten()
+                .next()
+            {
+                self.problem(
+                    setting,
+                    format!("url, user and passwd are settings of the gocd manager (name: gocd), not of {:?}", manager.name),
+                );
+            }
+            return None;
+        };
+        let url = self.expand(url).trim().trim_end_matches('/').to_string();
+        match url.split_once("://") {
+            Some(("https", rest)) if !rest.is_empty() => {}
+            Some(("http", rest)) if is_loopback(rest) || manager.user.is_none() => {}
+            Some(("http", _)) => self.warning(
+                &url,
+                "gocd url: http:// sends user and passwd in clear beyond this machine; use https://",
+            ),
+            _ => self.problem(
+                manager.url.as_deref().unwrap_or(&url),
+                format!("gocd url {url:?} is not http(s)://host[:port]/go"),
+            ),
+        }
+        let login = match (&manager.user, &manager.passwd) {
+            (Some(user), Some(passwd)) => {
+                let passwd = self.expand(passwd);
+                Some((self.expand(user), Secret::new(passwd)))
+            }
+            (None, None) => None,
+            (Some(user), None) => {
+                self.problem(user, "gocd: user without passwd");
+                None
+            }
+            (None, Some(_)) => {
+                self.problem("passwd", "gocd: passwd without user");
+                None
+            }
+        };
+        Some(GocdSettings { url, login })
     }
 
     /// Whether `value` is host:port (else a problem is recorded).
@@ -421,7 +603,10 @@ impl Checker<'_> {
         patterns
             .list()
             .into_iter()
-            .filter_map(|p| match AddressPattern::parse(p) {
+            .map(|p| (p, self.expand(p)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|(p, expanded)| match AddressPattern::parse(&expanded) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     self.problem(p, format!("{what}: {e}"));
@@ -453,19 +638,85 @@ impl Checker<'_> {
         }
     }
 
-    fn filter(&mut self, doc: FilterDoc) -> Filter {
-        let subject_words = match doc.function.as_deref() {
-            None if doc.args.is_empty() => Vec::new(),
-            Some("mail.in_subject") => doc.args.clone(),
+    fn filter(&mut self, doc: FilterDoc, is_gocd: bool) -> Filter {
+        let args: Vec<String> = doc.args.iter().map(|a| self.expand(a)).collect();
+        let mut gocd = GocdFilter::default();
+        let function = doc.function.as_deref().map(str::trim);
+        let wrong_args = |checker: &mut Self, function: &str, wanted: &str| {
+            checker.problem(function, format!("{function} takes {wanted}, not {args:?}"));
+        };
+        let subject_words = match function {
+            None if args.is_empty() => Vec::new(),
+            Some("mail.in_subject") => args.clone(),
+            Some(f) if f.starts_with("pipelines.") && !is_gocd => {
+                self.problem(
+                    f,
+                    format!("filter function {f} is the gocd manager's (name: gocd)"),
+                );
+                Vec::new()
+            }
+            Some(f @ ("pipelines.any" | "pipelines.all")) => {
+                if !args.is_empty() {
+                    wrong_args(self, f, "no args");
+                }
+                gocd.function = Some(PipelineFunction::Any);
+                Vec::new()
+            }
+            Some(f @ "pipelines.in_group") => {
+                match args.as_slice() {
+                    [group] => gocd.function = Some(PipelineFunction::InGroup(group.clone())),
+                    _ => wrong_args(self, f, "one arg (the group)"),
+                }
+                Vec::new()
+            }
+            Some(f @ "pipelines.name_like_in_group") => {
+                match args.as_slice() {
+                    [pattern, group] => match Regex::new(pattern) {
+                        Ok(re) if re.captures_len() > 1 => {
+                            gocd.function =
+                                Some(PipelineFunction::NameLikeInGroup(re, group.clone()))
+                        }
+                        Ok(_) => self.problem(
+                            pattern,
+                            format!("{f}: the regex {pattern:?} needs a group, (...), naming the pipeline to look up"),
+                        ),
+                        Err(e) => self.problem(
+                            pattern,
+                            format!("{f}: bad regex {pattern:?}: {}", one_line(&e.to_string())),
+                        ),
+                    },
+                    _ => wrong_args(self, f, "two args (a regex with a group, and the group)"),
+                }
+                Vec::new()
+            }
             None => {
                 self.problem("args", "filter args without a function (mail.in_subject)");
                 Vec::new()
             }
             Some(other) => {
-                self.problem(other, format!("filter function {other:?} is not known: use mail.in_subject, or subject/body/headers regexes"));
+                self.problem(other, format!("filter function {other:?} is not known: use mail.in_subject, pipelines.any, pipelines.in_group or pipelines.name_like_in_group (gocd manager), or subject/body/headers regexes"));
                 Vec::new()
             }
         };
+        for name in &doc.events {
+            match Event::parse(name) {
+                Some(_) if !is_gocd => {
+                    self.problem(
+                        name,
+                        format!(
+                            "events ({name}) are for the gocd manager's notifications (name: gocd)"
+                        ),
+                    );
+                }
+                Some(event) => {
+                    gocd.events.insert(event);
+                }
+                None => self.problem(
+                    name,
+                    format!("event {name:?} is none of PASSES, FAILS, BREAKS, FIXED, CANCELLED"),
+                ),
+            }
+        }
         let subject = doc
             .subject
             .as_deref()
@@ -488,6 +739,7 @@ impl Checker<'_> {
             body,
             headers,
             wants,
+            gocd,
         }
     }
 
@@ -543,7 +795,7 @@ impl Checker<'_> {
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => Secret::new(v),
             _ => {
-                self.problem(var, format!("{what} names {var}, which is not set"));
+                self.unset(var, format!("{what} names {var}, which is not set"));
                 Secret::new(String::new())
             }
         }
@@ -561,7 +813,8 @@ impl Checker<'_> {
     }
 
     fn mattermost(&mut self, doc: MattermostDoc) -> MattermostSettings {
-        let url = doc.url.trim().trim_end_matches('/').to_string();
+        let url = self.expand(&doc.url);
+        let url = url.trim().trim_end_matches('/').to_string();
         match url.split_once("://") {
             Some(("https", rest)) if !rest.is_empty() => {}
             Some(("http", rest)) if is_loopback(rest) => {}
@@ -698,7 +951,10 @@ impl Checker<'_> {
         }
     }
 
-    fn xmpp(&mut self, doc: XmppDoc) -> XmppSettings {
+    fn xmpp(&mut self, mut doc: XmppDoc) -> XmppSettings {
+        doc.jabberid = self.expand(&doc.jabberid);
+        doc.password = doc.password.map(|p| self.expand(&p));
+        doc.server = doc.server.map(|s| self.expand(&s));
         if address_of(&doc.jabberid).is_none() {
             self.problem(
                 &doc.jabberid,
@@ -785,6 +1041,19 @@ fn is_loopback(rest: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `manager` is mail2alert's GoCD manager (`name: gocd`).
+fn is_gocd(manager: &ManagerDoc) -> bool {
+    manager.name.trim() == "gocd"
+}
+
+/// Whether `name` is a variable's name (`[A-Za-z_][A-Za-z0-9_]*`).
+fn is_variable(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// `user@host` with both parts.
 fn address_of(s: &str) -> Option<(&str, &str)> {
     s.split_once('@')
@@ -837,6 +1106,125 @@ managers:
                 Action::Mailto("sys@example.com".into()),
                 Action::Mailto("op@example.com".into())
             ]
+        );
+    }
+
+    /// mail2alert's README example (its addresses, which the README's copy lost, made up).
+    const MAIL2ALERT_README: &str = include_str!("../../../tests/mail2alert/configuration.yml");
+
+    #[test]
+    fn mail2alerts_readme_example_is_read_with_its_gocd_manager() {
+        let rules = parse(MAIL2ALERT_README, "configuration.yml").unwrap();
+        assert_eq!(rules.remote_smtp.as_deref(), Some("localhost:8025"));
+        let gocd = &rules.managers[0];
+        let server = gocd.gocd.as_ref().unwrap();
+        assert_eq!(server.url, "http://localhost:8080/go");
+        let (user, passwd) = server.login.as_ref().unwrap();
+        assert_eq!((user.as_str(), passwd.expose()), ("olle", "pelle"));
+        let first = &gocd.rules[0].filter.gocd;
+        assert_eq!(first.events, [Event::Breaks].into());
+        assert!(
+            matches!(first.function, Some(PipelineFunction::InGroup(ref g)) if g == "my-group")
+        );
+        let second = &gocd.rules[1].filter.gocd;
+        assert_eq!(second.events, [Event::Breaks, Event::Fixed].into());
+        assert!(
+            matches!(second.function, Some(PipelineFunction::NameLikeInGroup(_, ref g)) if g == "my-group")
+        );
+        assert!(rules.managers[1].gocd.is_none());
+        assert!(rules.warnings.is_empty(), "{:?}", rules.warnings);
+    }
+
+    #[test]
+    fn variables_are_expanded_in_values_and_unset_ones_named() {
+        // SAFETY: variables only this test uses.
+        unsafe {
+            std::env::set_var("SWIFTDROP_TEST_GOUSER", "olle");
+            std::env::set_var("SWIFTDROP_TEST_GOPASS", "p#s: 'x\"");
+            std::env::set_var("SWIFTDROP_TEST_RELAY", "relay.example.com");
+        }
+        let text = "remote-smtp: $SWIFTDROP_TEST_RELAY
+managers:
+  - name: gocd
+    url: https://gocd.example.com/go/
+    user: ${SWIFTDROP_TEST_GOUSER}
+    passwd: $SWIFTDROP_TEST_GOPASS
+    messages-we-want:
+      to: ci@example.com
+    rules:
+      - actions: [mailto:a@example.com]
+        filter:
+          subject: 'cost \\$SWIFTDROP_TEST_GOUSER$'
+";
+        let rules = parse(text, "r.yml").unwrap();
+        assert_eq!(rules.remote_smtp.as_deref(), Some("relay.example.com:25"));
+        let server = rules.managers[0].gocd.as_ref().unwrap();
+        assert_eq!(server.url, "https://gocd.example.com/go");
+        let (user, passwd) = server.login.as_ref().unwrap();
+        assert_eq!((user.as_str(), passwd.expose()), ("olle", "p#s: 'x\""));
+        let subject = rules.managers[0].rules[0].filter.subject.as_ref().unwrap();
+        assert!(subject.is_match("cost $SWIFTDROP_TEST_GOUSER"), "{subject}");
+
+        let unset = text.replace("SWIFTDROP_TEST_GOPASS", "SWIFTDROP_TEST_UNSET_GOPASS");
+        let p = problems(&unset);
+        assert_eq!(p, ["r.yml:6: SWIFTDROP_TEST_UNSET_GOPASS is not set"]);
+        let checked = parse_for(&unset, "r.yml", Purpose::Check).unwrap();
+        assert_eq!(
+            checked.warnings,
+            [
+                "r.yml:6: warning: SWIFTDROP_TEST_UNSET_GOPASS is not set here (set it where the worker runs)"
+            ]
+        );
+    }
+
+    #[test]
+    fn gocd_settings_and_functions_are_checked() {
+        let text = "remote-smtp: h
+managers:
+  - name: builds
+    url: https://gocd.example.com/go
+    rules:
+      - actions: [mailto:a@example.com]
+        filter:
+          events: [BREAKS]
+          function: pipelines.any
+  - name: gocd
+    messages-we-want:
+      to: ci@example.com
+    rules:
+      - actions: [mailto:a@example.com]
+        filter:
+          events: [BROKEN]
+          function: pipelines.name_like_in_group
+          args: ['.+-release', my-group]
+      - actions: [mailto:a@example.com]
+        filter:
+          function: pipelines.in_group
+";
+        let p = problems(text);
+        let expect = [
+            "r.yml:4: url, user and passwd are settings of the gocd manager",
+            "r.yml:8: events (BREAKS) are for the gocd manager's notifications",
+            "r.yml:9: filter function pipelines.any is the gocd manager's",
+            "r.yml:10: the gocd manager needs url",
+            "r.yml:16: event \"BROKEN\" is none of",
+            "r.yml:18: pipelines.name_like_in_group: the regex \".+-release\" needs a group",
+            "r.yml:21: pipelines.in_group takes one arg",
+        ];
+        for e in expect {
+            assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        let rules = parse(
+            "remote-smtp: '[::1]'\nmanagers: [{name: all, rules: [{actions: [mailto:a@b.c]}]}]\n",
+            "r.yml",
+        )
+        .unwrap();
+        assert_eq!(rules.remote_smtp.as_deref(), Some("[::1]:25"));
+        assert!(
+            rules.warnings[0].contains("manager \"all\" has no messages-we-want"),
+            "{:?}",
+            rules.warnings
         );
     }
 

@@ -9,6 +9,7 @@
 //! unchanged) and checks every part of it, naming the line of each problem.
 
 pub mod file;
+pub mod gocd;
 pub mod matcher;
 mod model;
 
@@ -16,17 +17,30 @@ use std::collections::BTreeMap;
 
 use crate::worker::mail_view::MailView;
 
-pub use file::{RulesError, load, parse};
+pub use file::{Purpose, RulesError, load, parse, parse_for};
+use gocd::GocdFacts;
 pub use model::{
     Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Decision, Disposal,
-    Filter, Fired, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules,
-    TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
+    Filter, Fired, GocdSettings, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule,
+    Rules, TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
 };
 
 impl Rules {
-    /// Decides what to do with `mail`.
-    pub fn decide(&self, mail: &MailView) -> Decision {
-        let Some(manager) = self.managers.iter().find(|m| m.wants.matches(mail)) else {
+    /// The place of the manager that wants `mail`: the first whose `messages-we-want`
+    /// match.
+    pub fn manager_at(&self, mail: &MailView) -> Option<usize> {
+        self.managers.iter().position(|m| m.wants.matches(mail))
+    }
+
+    /// The manager that wants `mail` ([`Rules::manager_at`]).
+    pub fn manager_for(&self, mail: &MailView) -> Option<&Manager> {
+        self.manager_at(mail).map(|at| &self.managers[at])
+    }
+
+    /// Decides what to do with `mail`; `gocd`: what a `gocd` manager knows of it (its
+    /// stage result, event and the pipeline groups), when that manager wants it.
+    pub fn decide(&self, mail: &MailView, gocd: Option<&GocdFacts>) -> Decision {
+        let Some(manager) = self.manager_for(mail) else {
             return Decision {
                 manager: None,
                 fired: Vec::new(),
@@ -37,10 +51,17 @@ impl Rules {
             .rules
             .iter()
             .filter_map(|rule| {
-                let captures = rule.filter.matches(mail)?;
+                let gocd = gocd.filter(|_| manager.gocd.is_some());
+                let captures = rule.filter.matches(mail, gocd)?;
                 let body = truncate(mail.body.trim(), self.body_limit);
                 let render = |template: &str, body: &str| {
-                    self.render(template, mail, body, &captures, &manager.name, &rule.name)
+                    let names = Names {
+                        captures: &captures,
+                        manager: &manager.name,
+                        rule: &rule.name,
+                        gocd,
+                    };
+                    self.render(template, mail, body, &names)
                 };
                 let posts_to_mattermost = rule
                     .actions
@@ -72,10 +93,22 @@ impl Rules {
         template: &str,
         mail: &MailView,
         body: &str,
-        captures: &BTreeMap<String, String>,
-        manager: &str,
-        rule: &str,
+        names: &Names,
     ) -> Result<String, String> {
+        let Names {
+            captures,
+            manager,
+            rule,
+            gocd,
+        } = *names;
+        // Each header by its lower-case name (the first of several).
+        let mut headers = BTreeMap::new();
+        for (name, value) in &mail.headers {
+            headers
+                .entry(name.to_ascii_lowercase())
+                .or_insert_with(|| value.clone());
+        }
+        let stage = gocd.and_then(|g| g.stage.as_ref());
         let context = minijinja::context! {
             subject => &mail.subject,
             from => &mail.from,
@@ -87,12 +120,26 @@ impl Rules {
             captures => captures,
             manager => manager,
             rule => rule,
+            date => mail.header_values("date").next().unwrap_or_default().trim().to_string(),
+            headers => headers,
+            event => gocd.and_then(|g| g.event).map(|e| e.to_string()),
+            pipeline => stage.map(|s| s.pipeline.clone()),
+            stage => stage.map(|s| s.stage.clone()),
         };
         self.templates
             .get_template(template)
             .and_then(|t| t.render(context))
             .map_err(|e| format!("template of {rule}: {e}"))
     }
+}
+
+/// What a template is told besides the message.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    captures: &'a BTreeMap<String, String>,
+    manager: &'a str,
+    rule: &'a str,
+    gocd: Option<&'a GocdFacts>,
 }
 
 /// `text` cut to `limit` characters, with `…` when cut.
@@ -138,6 +185,12 @@ managers:
         actions: [xmpp:ci@conference.example.com]
 "#;
 
+    impl Rules {
+        fn decide_plain(&self, mail: &MailView) -> Decision {
+            self.decide(mail, None)
+        }
+    }
+
     fn mail(from: &str, to: &str, subject: &str, extra: &str) -> MailView {
         MailView::parse(
             format!(
@@ -150,7 +203,7 @@ managers:
     #[test]
     fn the_first_manager_that_wants_it_gets_it_and_every_matching_rule_fires() {
         let rules = parse(RULES, "rules.yml").unwrap();
-        let d = rules.decide(&mail(
+        let d = rules.decide_plain(&mail(
             "nagios@mon.example.org",
             "ops@example.com",
             "CRITICAL: disk full on db1",
@@ -183,7 +236,7 @@ managers:
     #[test]
     fn words_must_all_be_in_the_subject_and_a_header_regex_must_match() {
         let rules = parse(RULES, "rules.yml").unwrap();
-        let d = rules.decide(&mail(
+        let d = rules.decide_plain(&mail(
             "nagios@mon.example.org",
             "ops@example.com",
             "disk ok",
@@ -193,7 +246,7 @@ managers:
             d.fired.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
             ["everything"]
         );
-        let failed = rules.decide(&mail(
+        let failed = rules.decide_plain(&mail(
             "ci@example.org",
             "web-ci@example.com",
             "build 7",
@@ -201,7 +254,7 @@ managers:
         ));
         assert_eq!(failed.manager.as_deref(), Some("ci"));
         assert_eq!(failed.fired[0].rule, "rule 1");
-        let passed = rules.decide(&mail(
+        let passed = rules.decide_plain(&mail(
             "ci@example.org",
             "web-ci@example.com",
             "build 8",
@@ -213,7 +266,7 @@ managers:
     #[test]
     fn mail_no_manager_wants_is_forwarded_to_remote_smtp_by_default() {
         let rules = parse(RULES, "rules.yml").unwrap();
-        let d = rules.decide(&mail("x@example.net", "y@example.com", "hi", ""));
+        let d = rules.decide_plain(&mail("x@example.net", "y@example.com", "hi", ""));
         assert_eq!(d.manager, None);
         assert_eq!(
             d.disposal,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use minijinja::Environment;
 use regex::Regex;
 
+use super::gocd::{GocdFacts, GocdFilter};
 use super::matcher::{AddressPattern, any_matches};
 use crate::worker::mail_view::MailView;
 
@@ -30,6 +31,11 @@ pub const TEMPLATE_VARIABLES: &[&str] = &[
     "captures",
     "manager",
     "rule",
+    "date",
+    "headers",
+    "event",
+    "pipeline",
+    "stage",
 ];
 
 /// Checked rules, ready to decide.
@@ -45,6 +51,9 @@ pub struct Rules {
     pub body_limit: usize,
     pub xmpp: Option<XmppSettings>,
     pub mattermost: Option<MattermostSettings>,
+    /// What `--check` had to say that does not stop the rules from running (a variable
+    /// not set where the check runs).
+    pub warnings: Vec<String>,
     /// Compiled templates, by the name [`Rule::template`] holds.
     pub(super) templates: Environment<'static>,
 }
@@ -55,6 +64,17 @@ pub struct Manager {
     pub name: String,
     pub wants: Wants,
     pub rules: Vec<Rule>,
+    /// The GoCD server of mail2alert's `gocd` manager (`url`, `user`, `passwd`).
+    pub gocd: Option<GocdSettings>,
+}
+
+/// The GoCD server a `gocd` manager asks for pipeline groups and build states.
+#[derive(Debug, Clone)]
+pub struct GocdSettings {
+    /// The base URL including `/go`, without a trailing `/` (`url`).
+    pub url: String,
+    /// HTTP basic auth (`user`, `passwd`); unset: none (a GoCD without security).
+    pub login: Option<(String, crate::config::Secret)>,
 }
 
 /// Which messages a manager wants: every pattern given must match (none given: all).
@@ -112,11 +132,20 @@ pub struct Filter {
     /// Regexes on named headers (any value of the header may match).
     pub headers: Vec<(String, Regex)>,
     pub wants: Wants,
+    /// A `gocd` manager's `events:` and `pipelines.*` function.
+    pub gocd: GocdFilter,
 }
 
 impl Filter {
     /// The named captures when the filter matches, else `None`.
-    pub(super) fn matches(&self, mail: &MailView) -> Option<BTreeMap<String, String>> {
+    pub(super) fn matches(
+        &self,
+        mail: &MailView,
+        gocd: Option<&GocdFacts>,
+    ) -> Option<BTreeMap<String, String>> {
+        if !self.gocd.matches(gocd) {
+            return None;
+        }
         let subject = mail.subject.to_lowercase();
         if !self
             .subject_words

@@ -2,10 +2,15 @@
 //! mail-send to one SMTP server (`remote-smtp`), one connection per message.
 //!
 //! The stored message begins with the filter's trace headers (`Return-Path:`,
-//! `Delivered-To:`): they are dropped, since the receiving server writes its own. A
-//! `mailto:` alert is the message with its `To:` replaced by the alert's address and, when
-//! `mailto_from` is set, its `From:` (and the envelope sender) replaced too; every other
-//! byte is unchanged. A forward keeps the message and its envelope as they were.
+//! `Delivered-To:`): they are dropped, since the receiving server writes its own. Both kinds
+//! begin with the queue's loop mark ([`LOOP_HEADER`]), which a worker of the same queue that
+//! meets it again ends as a loop. A `mailto:` alert is the message with its `To:` replaced
+//! by the alert's addresses (`To: a@example.com, b@example.com`, as mail2alert writes it),
+//! `Auto-Submitted: auto-generated` (RFC 3834) in place of any `Auto-Submitted:` it had and,
+//! when `mailto_from` is set, its `From:` (and the envelope sender) replaced too; every
+//! other byte is unchanged. A forward is the stored message after the trace headers, byte
+//! for byte, under the loop mark, to its own envelope: it is the sender's message, not
+//! ours, so it gets no `Auto-Submitted:` (which would silence its recipients' replies).
 
 use std::time::Duration;
 
@@ -17,6 +22,56 @@ use crate::worker::mail_view::without_trace;
 
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The header on everything the worker sends, holding the id of the queue it came from.
+pub const LOOP_HEADER: &str = "X-Swiftdrop-Loop";
+
+/// The marks a worker puts on what it sends, and finds on what comes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks {
+    /// The queue's id (`swiftdrop check` prints it): every worker of the queue shares it.
+    id: String,
+}
+
+impl Marks {
+    /// The marks of the queue `queue_id`.
+    pub fn for_queue(queue_id: &str) -> Marks {
+        Marks {
+            id: queue_id.to_string(),
+        }
+    }
+
+    /// The id in [`LOOP_HEADER`].
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether `message` (as stored) carries this queue's [`LOOP_HEADER`] in its header
+    /// section: a worker of this queue sent it.
+    pub fn is_ours(&self, message: &[u8]) -> bool {
+        let head = &message[..header_end(message)];
+        head.split(|&b| b == b'\n').any(|line| {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return false;
+            };
+            line[..colon].eq_ignore_ascii_case(LOOP_HEADER.as_bytes())
+                && line[colon + 1..].trim_ascii() == self.id.as_bytes()
+        })
+    }
+
+    /// The loop mark's line, with `eol` (the message's own line ending).
+    fn line(&self, eol: &str) -> String {
+        format!("{LOOP_HEADER}: {}{eol}", self.id)
+    }
+}
+
+/// The line ending `message` uses: CRLF unless its first line ends with a bare LF.
+fn line_ending(message: &[u8]) -> &'static str {
+    match memchr::memchr(b'\n', message) {
+        Some(at) if at == 0 || message[at - 1] != b'\r' => "\n",
+        _ => "\r\n",
+    }
+}
 
 /// An SMTP server to send to.
 #[derive(Debug, Clone)]
@@ -41,25 +96,33 @@ impl MailSink {
         })
     }
 
-    /// Sends `message` (as stored) to `to` as an alert, with `from` replacing the sender
+    /// Sends `message` (as stored) to `to` as one alert, with `from` replacing the sender
     /// when given.
     pub async fn mailto(
         &self,
         message: &[u8],
         envelope_from: &str,
-        to: &str,
+        to: &[String],
         from: Option<&str>,
+        marks: &Marks,
     ) -> Result<(), SinkError> {
-        let body = rewrite_headers(without_trace(message), to, from);
-        self.send(from.unwrap_or(envelope_from), &[to], body).await
+        let content = without_trace(message);
+        let eol = line_ending(content);
+        let mut body = marks.line(eol).into_bytes();
+        body.extend_from_slice(format!("Auto-Submitted: auto-generated{eol}").as_bytes());
+        body.extend(rewrite_headers(content, &to.join(", "), from));
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        self.send(from.unwrap_or(envelope_from), &to, body).await
     }
 
-    /// Sends `message` (as stored, less the trace headers) to its own envelope.
+    /// Sends `message` (as stored, less the trace headers, under the loop mark) to its own
+    /// envelope.
     pub async fn forward(
         &self,
         message: &[u8],
         envelope_from: &str,
         envelope_to: &[String],
+        marks: &Marks,
     ) -> Result<(), SinkError> {
         if envelope_to.is_empty() {
             return Err(SinkError::Permanent(
@@ -67,11 +130,21 @@ impl MailSink {
             ));
         }
         let to: Vec<&str> = envelope_to.iter().map(String::as_str).collect();
-        self.send(envelope_from, &to, without_trace(message).to_vec())
-            .await
+        let content = without_trace(message);
+        let mut body = marks.line(line_ending(content)).into_bytes();
+        body.extend_from_slice(content);
+        self.send(envelope_from, &to, body).await
     }
 
-    async fn send(&self, from: &str, to: &[&str], body: Vec<u8>) -> Result<(), SinkError> {
+    /// Sends `body` (the message's bytes) in one SMTP transaction.
+    async fn send(&self, from: &str, to: &[&str], mut body: Vec<u8>) -> Result<(), SinkError> {
+        // mail-send ends the data with CRLF "." CRLF whatever the message ends with: the
+        // message's own last line ending is that first CRLF, not one more line.
+        if body.ends_with(b"\r\n") {
+            body.truncate(body.len() - 2);
+        } else if body.ends_with(b"\n") {
+            body.truncate(body.len() - 1);
+        }
         let transient = |e: &dyn std::fmt::Display| {
             SinkError::Transient(format!("{}:{}: {e}", self.host, self.port))
         };
@@ -101,9 +174,12 @@ impl MailSink {
     }
 }
 
-/// The header section with `To:` (and `From:` when `from` is given) replaced, unfolded
-/// continuation lines of the replaced fields dropped; the body unchanged.
+/// The header section with `To:` set to `to` (and `From:` to `<from>` when given) and any
+/// `Auto-Submitted:` dropped (the caller writes its own), the continuation lines of the
+/// replaced fields dropped too; written with the message's own line ending; the body
+/// unchanged.
 pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> {
+    let eol = line_ending(message);
     let header_end = header_end(message);
     let (head, body) = message.split_at(header_end);
     let mut out = Vec::with_capacity(message.len() + 64);
@@ -119,10 +195,14 @@ pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> 
             .position(|&b| b == b':')
             .map(|i| &line[..i])
             .unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"auto-submitted") {
+            skipping = true;
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"to") {
             skipping = true;
             if !wrote_to {
-                out.extend_from_slice(format!("To: <{to}>\r\n").as_bytes());
+                out.extend_from_slice(format!("To: {to}{eol}").as_bytes());
                 wrote_to = true;
             }
             continue;
@@ -130,7 +210,7 @@ pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> 
         if let (true, Some(from)) = (name.eq_ignore_ascii_case(b"from"), from) {
             skipping = true;
             if !wrote_from {
-                out.extend_from_slice(format!("From: <{from}>\r\n").as_bytes());
+                out.extend_from_slice(format!("From: <{from}>{eol}").as_bytes());
                 wrote_from = true;
             }
             continue;
@@ -138,10 +218,10 @@ pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> 
         out.extend_from_slice(line);
     }
     if !wrote_to {
-        out.extend_from_slice(format!("To: <{to}>\r\n").as_bytes());
+        out.extend_from_slice(format!("To: {to}{eol}").as_bytes());
     }
     if let (false, Some(from)) = (wrote_from, from) {
-        out.extend_from_slice(format!("From: <{from}>\r\n").as_bytes());
+        out.extend_from_slice(format!("From: <{from}>{eol}").as_bytes());
     }
     out.extend_from_slice(body);
     out
@@ -172,9 +252,9 @@ mod tests {
             None,
         );
         let text = String::from_utf8(alert).unwrap();
-        assert!(text.starts_with("To: <b@y>"), "{text}");
+        assert!(text.starts_with("To: b@y\nSubject"), "{text}");
         assert!(text.ends_with("\nbody\nTo: not a header\n"), "{text}");
-        assert_eq!(text.matches("To: <b@y>").count(), 1, "{text}");
+        assert_eq!(text.matches("To: b@y").count(), 1, "{text}");
     }
 
     const STORED: &[u8] = b"Return-Path: <nagios@example.org>\r\nDelivered-To: ops@example.com\r\n\
@@ -186,7 +266,7 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
         let alert = rewrite_headers(without_trace(STORED), "oncall@example.com", None);
         assert_eq!(
             String::from_utf8(alert).unwrap(),
-            "From: Nagios <nagios@example.org>\r\nTo: <oncall@example.com>\r\nSubject: disk\r\n\r\nTo: not a header\r\n"
+            "From: Nagios <nagios@example.org>\r\nTo: oncall@example.com\r\nSubject: disk\r\n\r\nTo: not a header\r\n"
         );
         let alert = rewrite_headers(
             without_trace(STORED),
@@ -195,13 +275,30 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
         );
         assert_eq!(
             String::from_utf8(alert).unwrap(),
-            "From: <alerts@example.com>\r\nTo: <oncall@example.com>\r\nSubject: disk\r\n\r\nTo: not a header\r\n"
+            "From: <alerts@example.com>\r\nTo: oncall@example.com\r\nSubject: disk\r\n\r\nTo: not a header\r\n"
         );
     }
 
     #[test]
     fn a_message_without_to_gets_one() {
-        let alert = rewrite_headers(b"Subject: x\r\n\r\nbody\r\n", "a@example.com", None);
-        assert_eq!(alert, b"Subject: x\r\nTo: <a@example.com>\r\n\r\nbody\r\n");
+        let alert = rewrite_headers(
+            b"Subject: x\r\nAuto-Submitted: no\r\n\r\nbody\r\n",
+            "a@example.com, b@example.com",
+            None,
+        );
+        assert_eq!(
+            alert,
+            b"Subject: x\r\nTo: a@example.com, b@example.com\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn the_loop_mark_is_found_in_the_header_section_only() {
+        let marks = Marks::for_queue("q0123456789ab");
+        assert!(marks.is_ours(b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab \r\nSubject: s\r\n\r\nbody\r\n"));
+        assert!(!marks.is_ours(b"X-Swiftdrop-Loop: q999\r\n\r\nbody\r\n"));
+        assert!(!marks.is_ours(b"Subject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab\r\n"));
+        assert_eq!(line_ending(b"a: b\nc"), "\n");
+        assert_eq!(line_ending(b"a: b\r\nc"), "\r\n");
     }
 }
