@@ -106,7 +106,7 @@ async fn an_alert_is_mailed_rewritten_and_unmatched_mail_forwarded_unchanged() {
         .await
         .expect("the alert arrived");
     // smtp-sink's dump: LF line ends, the envelope first.
-    assert!(alert.contains("From: <alerts@example.com>\nTo: <oncall@example.com>\nSubject: CRITICAL: disk full on db1\n"), "{alert}");
+    assert!(alert.contains("From: <alerts@example.com>\nTo: oncall@example.com\nSubject: CRITICAL: disk full on db1\n"), "{alert}");
     assert!(
         alert.contains("\n\n/var is at 100%\n..dot line\n"),
         "body unchanged: {alert}"
@@ -434,6 +434,16 @@ impl FilterAndWorker {
         rules: &std::path::Path,
         extra_env: &[(&str, &str)],
     ) -> FilterAndWorker {
+        Self::start_on(setup, rules, extra_env, free_port()).await
+    }
+
+    /// [`FilterAndWorker::start`] with the filter on `port`.
+    pub async fn start_on(
+        setup: &QueueSetup,
+        rules: &std::path::Path,
+        extra_env: &[(&str, &str)],
+        port: u16,
+    ) -> FilterAndWorker {
         let spawn = |program: std::path::PathBuf, args: Vec<String>| {
             std::process::Command::new(program)
                 .env_clear()
@@ -446,7 +456,6 @@ impl FilterAndWorker {
                 .spawn()
                 .unwrap()
         };
-        let port = free_port();
         let serve = spawn(
             std::path::PathBuf::from(env!("CARGO_BIN_EXE_swiftdrop")),
             vec![

@@ -8,6 +8,7 @@
 //! mid-transaction; `house` reads `src/` and keeps the rooms' import rules. `support` and
 //! `swift_support` hold the shared helpers.
 
+mod alerts;
 mod cli;
 mod dequeue;
 mod fault_proxy;
@@ -26,6 +27,7 @@ mod queue_support;
 mod relay;
 mod server;
 mod session;
+mod smtp_recorder;
 mod store_failures;
 mod store_faults;
 mod support;
