@@ -340,8 +340,7 @@ impl Worker {
                 Err(SinkError::Permanent(e.clone()))
             }
             What::Post(action, Ok(text)) => {
-                self.take(claim, &planned.receipt, action, text, bytes, mail)
-                    .await
+                self.take(claim, &planned.receipt, action, text, mail).await
             }
         };
         settle(claim, planned, taken).await
@@ -354,7 +353,6 @@ impl Worker {
         receipt: &str,
         action: &Action,
         text: &str,
-        bytes: &[u8],
         mail: &MailView,
     ) -> Result<Taken, SinkError> {
         let (address, room) = match action {
@@ -366,7 +364,7 @@ impl Worker {
                     claim,
                     label: receipt,
                 };
-                let delivery = sink.deliver(target, mail, text, bytes, &mut steps).await?;
+                let delivery = sink.deliver(target, mail, text, &mut steps).await?;
                 return Ok(Taken::from(delivery));
             }
             Action::Mailto(_) => {

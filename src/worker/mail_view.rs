@@ -1,8 +1,10 @@
 //! What the rules and the sinks see of a stored message: its envelope (from the trace
 //! lines the filter put first: `Return-Path:` and `Delivered-To:`; the same headers
 //! further down were written by the sender and are not trusted), subject, header From and
-//! To, other headers, and its text body (an HTML-only message turned into text), parsed
-//! once with mail-parser.
+//! To, other headers, its text body (an HTML-only message turned into text) and its
+//! attachments, parsed once per message with mail-parser: every action of the message
+//! shares the one view, and an attachment's decoded bytes are held once (moved out of the
+//! parser's tree, not copied), so a job holds at most the message and its decoded parts.
 
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 
@@ -27,6 +29,8 @@ pub struct MailView {
     pub body: String,
     /// The HTML body when the message has no text part (for [`MailView::markdown`]).
     pub html_only: Option<String>,
+    /// Its attachments (inline images included), in order.
+    pub attachments: Vec<Attachment>,
 }
 
 impl MailView {
@@ -34,9 +38,10 @@ impl MailView {
     /// rules then see an empty subject and body, and a manager can still want it by its
     /// envelope).
     pub fn parse(bytes: &[u8]) -> MailView {
-        let Some(message) = MessageParser::default().parse(bytes) else {
+        let Some(mut message) = MessageParser::default().parse(bytes) else {
             return MailView::default();
         };
+        let attachments = take_attachments(&mut message);
         let headers: Vec<(String, String)> = message
             .headers()
             .iter()
@@ -77,6 +82,7 @@ impl MailView {
                 .map(|b| b.into_owned())
                 .unwrap_or_default(),
             headers,
+            attachments,
         }
     }
 
@@ -153,19 +159,19 @@ pub struct Attachment {
     pub name: String,
     /// Its content type (`type/subtype`).
     pub content_type: String,
-    pub bytes: Vec<u8>,
+    /// Its decoded bytes (shared: a clone is cheap).
+    pub bytes: bytes::Bytes,
 }
 
-/// Every attachment of the message in `bytes`, in order; parts that are the message's
-/// text or HTML body are not attachments.
-pub fn attachments(bytes: &[u8]) -> Vec<Attachment> {
-    let Some(message) = MessageParser::default().parse(bytes) else {
-        return Vec::new();
-    };
-    message
-        .attachments()
+/// The attachments of `message` (parts that are its text or HTML body are not), their
+/// decoded bytes moved out of the parser's tree (a part the parser did not decode, which
+/// borrows the message, is copied).
+fn take_attachments(message: &mut mail_parser::Message) -> Vec<Attachment> {
+    let ids: Vec<usize> = message.attachments.iter().map(|&id| id as usize).collect();
+    ids.into_iter()
         .enumerate()
-        .map(|(n, part)| {
+        .filter_map(|(n, id)| {
+            let part = message.parts.get_mut(id)?;
             let content_type = part
                 .content_type()
                 .map(|ct| match ct.subtype() {
@@ -181,11 +187,26 @@ pub fn attachments(bytes: &[u8]) -> Vec<Attachment> {
                     let ext = content_type.rsplit('/').next().unwrap_or("bin");
                     format!("part-{}.{ext}", n + 1)
                 });
-            Attachment {
+            let empty = mail_parser::PartType::Binary(std::borrow::Cow::Borrowed(&[]));
+            let body = match std::mem::replace(&mut part.body, empty) {
+                mail_parser::PartType::Binary(std::borrow::Cow::Owned(v))
+                | mail_parser::PartType::InlineBinary(std::borrow::Cow::Owned(v)) => {
+                    bytes::Bytes::from(v)
+                }
+                mail_parser::PartType::Text(std::borrow::Cow::Owned(t))
+                | mail_parser::PartType::Html(std::borrow::Cow::Owned(t)) => {
+                    bytes::Bytes::from(t.into_bytes())
+                }
+                other => {
+                    part.body = other;
+                    bytes::Bytes::copy_from_slice(part.contents())
+                }
+            };
+            Some(Attachment {
                 name,
                 content_type,
-                bytes: part.contents().to_vec(),
-            }
+                bytes: body,
+            })
         })
         .collect()
 }

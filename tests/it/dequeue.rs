@@ -499,6 +499,11 @@ impl FilterAndWorker {
             .unwrap();
     }
 
+    /// The worker's process id.
+    pub fn worker_pid(&self) -> u32 {
+        self.worker.id()
+    }
+
     /// Sends SIGTERM to the worker; its exit code.
     pub fn stop_worker(mut self) -> Option<i32> {
         let kill = std::process::Command::new("kill")

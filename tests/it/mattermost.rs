@@ -782,3 +782,120 @@ async fn a_403_for_one_recipient_does_not_stop_the_others() {
     assert_eq!(posts.len(), 2);
     no_violations(&server).await;
 }
+
+/// A kB figure of `/proc/<pid>/status` (`VmHWM`: the peak resident size so far).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// A message with a 50 MiB attachment posted by two actions (a direct message and a
+/// channel post, each uploading the file): the worker process parses it once and holds its
+/// bytes and the decoded file once, so its peak resident size grows by at most twice the
+/// message.
+#[tokio::test]
+async fn a_50_mib_attachment_is_parsed_once_and_held_once() {
+    let server = Mattermost::start(16383, 64 << 20, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_LEASE", "5m")]);
+    let queue = setup.queue().await;
+    let rules_file = setup.dir.path().join("rules.yml");
+    std::fs::write(
+        &rules_file,
+        rules(&server, "mattermost:dm, mattermost:~ops/alerts", ""),
+    )
+    .unwrap();
+    let webhook_var = format!("MM_TEST_WEBHOOK_{}", server.port);
+    let webhook_url = format!("{}/hooks/hook123", server.url());
+    let running = FilterAndWorker::start(
+        &setup,
+        &rules_file,
+        &[
+            ("MM_TEST_JIRA_TOKEN", "jira-token"),
+            ("MM_TEST_SPLUNK_TOKEN", "splunk-token"),
+            (&webhook_var, &webhook_url),
+        ],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let pid = running.worker_pid();
+    let before = proc_status_kb(pid, "VmHWM:");
+    // 50 MiB of varied bytes, base64 in 76-character lines.
+    let file: Vec<u8> = (0..50u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let encoded = base64(&file);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let big = message(
+        "svc-jira@example.com",
+        &["alice@example.com"],
+        "a large file",
+        "See the file.",
+        &[File {
+            name: "dump.bin".into(),
+            content_type: "application/octet-stream",
+            encoding: "base64",
+            body: lines.join("\r\n"),
+        }],
+    );
+    drop((file, encoded));
+    store(&queue, &big).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    while setup.names(State::Done).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            setup.everything().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let grown = (proc_status_kb(pid, "VmHWM:") - before) * 1024;
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 2, "{posts:#?}");
+    assert!(
+        posts
+            .iter()
+            .all(|p| p["files"].as_array().is_some_and(|f| f.len() == 1)),
+        "{posts:#?}"
+    );
+    assert!(
+        grown <= 2 * big.len() as u64,
+        "the worker grew by {grown} bytes for a message of {}",
+        big.len()
+    );
+    assert_eq!(running.stop_worker(), Some(0));
+    no_violations(&server).await;
+}
+
+/// `bytes` in base64 (RFC 4648, with padding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -156,13 +156,18 @@ impl Api {
         file: &Attachment,
     ) -> Result<String, ApiError> {
         let url = self.url(&["files"]);
+        // The bytes are shared, not copied, by every attempt's form.
+        let part_of = || {
+            reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::from(file.bytes.clone()),
+                file.bytes.len() as u64,
+            )
+            .file_name(file.name.clone())
+        };
         let form = || {
-            let part = reqwest::multipart::Part::bytes(file.bytes.clone())
-                .file_name(file.name.clone())
+            let part = part_of()
                 .mime_str(&file.content_type)
-                .unwrap_or_else(|_| {
-                    reqwest::multipart::Part::bytes(file.bytes.clone()).file_name(file.name.clone())
-                });
+                .unwrap_or_else(|_| part_of());
             reqwest::multipart::Form::new()
                 .text("channel_id", channel_id.to_string())
                 .part("files", part)

@@ -35,7 +35,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::config::Secret;
-use crate::worker::mail_view::{Attachment, MailView, attachments};
+use crate::worker::mail_view::{Attachment, MailView};
 use crate::worker::rules::{MattermostSettings, MattermostTarget};
 use crate::worker::sinks::{Progress, SinkError};
 use access::{Access, Verdict};
@@ -114,22 +114,21 @@ impl MattermostSink {
         })
     }
 
-    /// Delivers `markdown` (and the attachments of the message `bytes`) to `target`.
+    /// Delivers `markdown` (and the message's attachments) to `target`.
     pub async fn deliver(
         &self,
         target: &MattermostTarget,
         mail: &MailView,
         markdown: &str,
-        bytes: &[u8],
         progress: &mut impl Progress,
     ) -> Result<Delivery, SinkError> {
         if *target == MattermostTarget::Webhook {
-            return self.webhook(mail, markdown, bytes, progress).await;
+            return self.webhook(mail, markdown, progress).await;
         }
         let (app, token) = self.bot(mail)?;
-        let files = attachments(bytes);
+        let files = &mail.attachments;
         let cut = self.cut(token, progress).await?;
-        let posts = thread_plan(markdown, &files, cut);
+        let posts = thread_plan(markdown, files, cut);
         let mut delivery = Delivery::default();
         match target {
             MattermostTarget::Dm => {
@@ -161,7 +160,7 @@ impl MattermostSink {
                         }
                         let user = self.api.user_by_email(token, &address).await?;
                         let channel = self.direct_channel(&app, token, &user.id).await?;
-                        self.post_thread(token, &channel, &key, &posts, &files, progress)
+                        self.post_thread(token, &channel, &key, &posts, files, progress)
                             .await
                     };
                     match sent.await {
@@ -187,7 +186,7 @@ impl MattermostSink {
                         return Ok(Some(why));
                     }
                     let channel = self.direct_channel(&app, token, &user.id).await?;
-                    self.post_thread(token, &channel, &key, &posts, &files, progress)
+                    self.post_thread(token, &channel, &key, &posts, files, progress)
                         .await
                         .map(|()| None)
                 };
@@ -205,7 +204,7 @@ impl MattermostSink {
                         return self.sum_up(progress, &key, posts.len()).await;
                     }
                     let id = self.api.channel_by_name(token, team, channel).await?;
-                    self.post_thread(token, &id, &key, &posts, &files, progress)
+                    self.post_thread(token, &id, &key, &posts, files, progress)
                         .await
                 };
                 match sent.await {
@@ -405,7 +404,6 @@ impl MattermostSink {
         &self,
         mail: &MailView,
         markdown: &str,
-        bytes: &[u8],
         progress: &mut impl Progress,
     ) -> Result<Delivery, SinkError> {
         let done = Delivery {
@@ -422,7 +420,7 @@ impl MattermostSink {
         if !progress.has_room(&[("webhook".to_string(), 0)]) {
             return Err(SinkError::Permanent(NO_ROOM.into()));
         }
-        let names: Vec<String> = attachments(bytes).into_iter().map(|a| a.name).collect();
+        let names: Vec<String> = mail.attachments.iter().map(|a| a.name.clone()).collect();
         let mut text = markdown.to_string();
         if !names.is_empty() {
             text.push_str(&format!(
