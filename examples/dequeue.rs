@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! dequeue [--config RULES.yml] [--concurrency N] [--destination NAME] [--ini SWIFTDROP.ini]
-//! dequeue --check RULES.yml
+//! dequeue --check RULES.yml | --check milter-xmpp.ini
+//! dequeue --milter-xmpp milter-xmpp.ini
 //! dequeue [--config RULES.yml] --dry-run MESSAGE.eml
 //! dequeue [--config RULES.yml] --report
 //! ```
@@ -35,10 +36,14 @@ use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
 #[derive(Parser)]
 #[command(about = "Route stored mail by rules to chat rooms and e-mail alerts")]
 struct Args {
-    /// The rules file (YAML; a mail2alert configuration.yml works unchanged). Default:
-    /// $MAIL2ALERT_CONFIGURATION, else configuration.yml.
+    /// The rules file (YAML; a mail2alert configuration.yml works unchanged; a file
+    /// ending in .ini is a milter-xmpp.ini). Default: $MAIL2ALERT_CONFIGURATION, else
+    /// configuration.yml.
     #[arg(long, conflicts_with = "check")]
     config: Option<PathBuf>,
+    /// A milter-xmpp.ini to run as it is (the same as --config FILE.ini).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["check", "config"])]
+    milter_xmpp: Option<PathBuf>,
     /// Check this rules file, print every problem with its line, and exit.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
@@ -83,7 +88,11 @@ fn main() -> ExitCode {
     } else {
         Purpose::Run
     };
-    let rules = match rules::load(&path, purpose) {
+    let rules = match &args.milter_xmpp {
+        Some(ini) => rules::milter_xmpp_rules(ini, Purpose::Run),
+        None => rules::load(&path, purpose),
+    };
+    let rules = match rules {
         Ok(rules) => rules,
         Err(e) => {
             for problem in &e.problems {

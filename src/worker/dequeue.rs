@@ -33,7 +33,6 @@ use sha2::{Digest, Sha256};
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
-use crate::worker::rules::matcher::any_matches;
 use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
 use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
@@ -372,8 +371,9 @@ impl Worker {
                     "a mailto: action is taken as the message's alert".into(),
                 ));
             }
-            Action::XmppRoom(room) => (room, true),
-            Action::XmppDirect(user) => (user, false),
+            Action::XmppRoom(room) => (room, Some(true)),
+            Action::XmppDirect(user) => (user, Some(false)),
+            Action::Xmpp(jid) => (jid, None),
         };
         let settings = self.rules.xmpp.as_ref();
         let sink =
@@ -381,9 +381,10 @@ impl Worker {
                 SinkError::Permanent("xmpp: actions need the xmpp: account".into())
             })?;
         let allowed = &sink.1.valid_from;
-        if !allowed.is_empty() && !any_matches(allowed, [mail.envelope_from.as_str()]) {
+        if !allowed.is_empty() && !allowed.iter().any(|v| v.allows(mail)) {
+            let from = mail.header_values("from").next().unwrap_or_default();
             return Ok(Taken::Skipped(format!(
-                "sender {:?} is not in valid_from",
+                "sender {:?} (From: {from}) is not in valid_from",
                 mail.envelope_from
             )));
         }

@@ -26,7 +26,7 @@ use super::matcher::{AddressPattern, one_line};
 use super::model::{
     Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Filter,
     GocdSettings, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules,
-    TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
+    TEMPLATE_VARIABLES, Unmatched, ValidFrom, Wants, XmppSettings,
 };
 use crate::config::Secret;
 
@@ -60,6 +60,9 @@ struct FileDoc {
     body_limit: Option<usize>,
     xmpp: Option<XmppDoc>,
     mattermost: Option<MattermostDoc>,
+    /// A milter-xmpp ini file whose account, room and `valid_from` to use.
+    #[serde(rename = "milter-xmpp")]
+    milter_xmpp: Option<String>,
     #[serde(default)]
     managers: Vec<ManagerDoc>,
 }
@@ -77,6 +80,9 @@ struct ManagerDoc {
     #[serde(default)]
     rules: Vec<RuleDoc>,
     template: Option<String>,
+    /// Made from a milter-xmpp ini, not written in the rules file.
+    #[serde(skip)]
+    from_ini: bool,
 }
 
 /// One pattern or a list of them.
@@ -161,6 +167,9 @@ struct XmppDoc {
     tls: Option<bool>,
     nick: Option<String>,
     timeout: Option<String>,
+    /// Made from a milter-xmpp ini: its values are taken as written (no `$VAR`).
+    #[serde(skip)]
+    from_ini: bool,
 }
 
 #[derive(Deserialize)]
@@ -210,9 +219,13 @@ pub enum Purpose {
     Check,
 }
 
-/// Reads and checks the rules file at `path`; secrets named by `*_env` and `$VAR` come
-/// from the process environment.
+/// Reads and checks the rules file at `path` (a file ending in `.ini` is a milter-xmpp
+/// ini: [`milter_xmpp_rules`]); secrets named by `*_env` and `$VAR` come from the process
+/// environment.
 pub fn load(path: &Path, purpose: Purpose) -> Result<Rules, RulesError> {
+    if path.extension().is_some_and(|e| e == "ini") {
+        return milter_xmpp_rules(path, purpose);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| RulesError {
         problems: vec![format!("{}: cannot read: {e}", path.display())],
     })?;
@@ -224,9 +237,16 @@ pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
     parse_for(text, shown, Purpose::Run)
 }
 
+/// The rules a milter-xmpp ini file stood for (`dequeue --milter-xmpp FILE`): every
+/// message whose `From:` header is its `valid_from` posted to its room, other mail done.
+pub fn milter_xmpp_rules(ini: &Path, purpose: Purpose) -> Result<Rules, RulesError> {
+    let text = format!("unmatched: done\nmilter-xmpp: {:?}\n", ini.display().to_string());
+    parse_for(&text, &ini.display().to_string(), purpose)
+}
+
 /// Checks the rules in `text` (named `shown` in errors) for `purpose`.
 pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, RulesError> {
-    let doc: FileDoc = yaml_serde::from_str(text).map_err(|e| {
+    let mut doc: FileDoc = yaml_serde::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
         RulesError {
             problems: vec![format!("{shown}:{line}: {e}")],
@@ -243,6 +263,12 @@ pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, Rul
         first_mattermost: None,
         first_webhook: None,
     };
+    if let Some(ini) = doc.milter_xmpp.take() {
+        match super::milter_xmpp::read(Path::new(&ini)) {
+            Ok(ini) => check.milter_xmpp(&mut doc, ini),
+            Err(problems) => check.problems.extend(problems),
+        }
+    }
     let mut rules = check.rules(doc);
     if check.problems.is_empty() {
         rules.warnings = check.warnings;
@@ -460,7 +486,8 @@ impl Checker<'_> {
                 });
             }
             let wants = self.wants(&manager.wants);
-            if wants.to.is_empty()
+            if !manager.from_ini
+                && wants.to.is_empty()
                 && wants.from.is_empty()
                 && wants.header_to.is_empty()
                 && wants.header_from.is_empty()
@@ -616,6 +643,21 @@ impl Checker<'_> {
             .collect()
     }
 
+    /// The senders an XMPP account posts for: address patterns on the envelope sender, or
+    /// (a value with `<` or `"`) a `From:` header as milter-xmpp compares it, exactly.
+    fn valid_from(&mut self, patterns: &Patterns) -> Vec<ValidFrom> {
+        let mut valid = Vec::new();
+        for p in patterns.list() {
+            if p.contains(['<', '"']) {
+                valid.push(ValidFrom::Header(p.trim().to_string()));
+            } else {
+                let list = Patterns::One(p.to_string());
+                valid.extend(self.patterns("valid_from", &list).into_iter().map(ValidFrom::Sender));
+            }
+        }
+        valid
+    }
+
     fn wants(&mut self, doc: &WantsDoc) -> Wants {
         Wants {
             to: self.patterns("to", &doc.to),
@@ -760,8 +802,7 @@ impl Checker<'_> {
             match (address(jid), query) {
                 (Some(jid), "join") => Some(Action::XmppRoom(jid)),
                 (Some(jid), "message") => Some(Action::XmppDirect(jid)),
-                (Some(jid), "") if is_muc_domain(&jid) => Some(Action::XmppRoom(jid)),
-                (Some(jid), "") => Some(Action::XmppDirect(jid)),
+                (Some(jid), "") => Some(Action::Xmpp(jid)),
                 _ => None,
             }
         } else if let Some(target) = uri.strip_prefix("mattermost:") {
@@ -951,10 +992,64 @@ impl Checker<'_> {
         }
     }
 
+    /// Adds what a milter-xmpp ini stands for to `doc`: its account (unless `doc` has
+    /// one: a problem) and a manager posting every message from `valid_from` to its room
+    /// in milter-xmpp's form.
+    fn milter_xmpp(&mut self, doc: &mut FileDoc, ini: super::milter_xmpp::MilterXmpp) {
+        if doc.xmpp.is_some() {
+            self.problem(
+                "milter-xmpp",
+                "milter-xmpp: the ini file names the XMPP account: leave xmpp: out",
+            );
+            return;
+        }
+        if ini
+            .valid_from
+            .as_deref()
+            .is_some_and(|v| v.starts_with('"') && v.ends_with('"'))
+        {
+            self.warning(
+                "milter-xmpp",
+                "milter-xmpp valid_from is quoted: as milter-xmpp, the quotes are compared too, so only a From: header written with them matches (its README: do not quote the value)",
+            );
+        }
+        doc.xmpp = Some(XmppDoc {
+            jabberid: ini.jabberid,
+            password: Some(ini.password),
+            password_env: None,
+            // xmpppy used STARTTLS when offered: here it is required, but on loopback.
+            tls: ini.server.as_deref().map(|s| !is_loopback(s)),
+            server: ini.server,
+            valid_from: ini.valid_from.map_or(Patterns::None, Patterns::One),
+            nick: None,
+            timeout: None,
+            from_ini: true,
+        });
+        doc.managers.push(ManagerDoc {
+            name: "milter-xmpp".into(),
+            url: None,
+            user: None,
+            passwd: None,
+            wants: WantsDoc::default(),
+            rules: vec![RuleDoc {
+                name: Some("milter-xmpp".into()),
+                _owner: None,
+                filter: None,
+                actions: vec![format!("xmpp:{}?join", ini.room)],
+                template: Some(super::milter_xmpp::TEMPLATE.into()),
+                mattermost_template: None,
+            }],
+            template: None,
+            from_ini: true,
+        });
+    }
+
     fn xmpp(&mut self, mut doc: XmppDoc) -> XmppSettings {
-        doc.jabberid = self.expand(&doc.jabberid);
-        doc.password = doc.password.map(|p| self.expand(&p));
-        doc.server = doc.server.map(|s| self.expand(&s));
+        if !doc.from_ini {
+            doc.jabberid = self.expand(&doc.jabberid);
+            doc.password = doc.password.map(|p| self.expand(&p));
+            doc.server = doc.server.map(|s| self.expand(&s));
+        }
         if address_of(&doc.jabberid).is_none() {
             self.problem(
                 &doc.jabberid,
@@ -976,10 +1071,17 @@ impl Checker<'_> {
                 Secret::new(String::new())
             }
         };
-        if let Some(server) = &doc.server {
-            self.host_port("xmpp server", server);
-        }
-        let valid_from = self.patterns("valid_from", &doc.valid_from);
+        let server = doc.server.as_deref().and_then(|server| {
+            let server = server.trim();
+            let with_port = if server.contains(':') {
+                server.to_string()
+            } else {
+                format!("{server}:5222")
+            };
+            self.host_port("xmpp server", &with_port)
+                .then_some(with_port)
+        });
+        let valid_from = self.valid_from(&doc.valid_from);
         let timeout = self.duration(
             "xmpp timeout",
             doc.timeout.as_deref(),
@@ -996,7 +1098,7 @@ impl Checker<'_> {
             }),
             jabberid: doc.jabberid,
             password,
-            server: doc.server,
+            server,
             valid_from,
             tls: doc.tls.unwrap_or(true),
         }
@@ -1058,16 +1160,6 @@ fn is_variable(name: &str) -> bool {
 fn address_of(s: &str) -> Option<(&str, &str)> {
     s.split_once('@')
         .filter(|(l, d)| !l.is_empty() && !d.is_empty())
-}
-
-/// Whether an XMPP address without `?join`/`?message` names a room: its domain is a
-/// multi-user chat service by the usual names.
-fn is_muc_domain(jid: &str) -> bool {
-    address_of(jid).is_some_and(|(_, d)| {
-        ["conference.", "muc.", "rooms.", "chat."]
-            .iter()
-            .any(|p| d.starts_with(p))
-    })
 }
 
 #[cfg(test)]
@@ -1409,14 +1501,14 @@ managers:
     }
 
     #[test]
-    fn xmpp_addresses_are_rooms_by_query_or_by_service_name() {
-        let text = "remote-smtp: h:25\nxmpp:\n  jabberid: b@x.org\n  password: p\nmanagers:\n  - name: m\n    rules:\n      - actions: [xmpp:a@conference.x.org, xmpp:b@x.org, xmpp:c@x.org?join, xmpp:d@muc.x.org?message]\n";
+    fn xmpp_addresses_are_rooms_by_query_or_asked_of_the_server() {
+        let text = "remote-smtp: h:25\nxmpp:\n  jabberid: b@x.org\n  password: p\nmanagers:\n  - name: m\n    rules:\n      - actions: [xmpp:a@conference.x.org, xmpp:b@chat.x.org, xmpp:c@x.org?join, xmpp:d@muc.x.org?message]\n";
         let rules = parse(text, "r.yml").unwrap();
         assert_eq!(
             rules.managers[0].rules[0].actions,
             [
-                Action::XmppRoom("a@conference.x.org".into()),
-                Action::XmppDirect("b@x.org".into()),
+                Action::Xmpp("a@conference.x.org".into()),
+                Action::Xmpp("b@chat.x.org".into()),
                 Action::XmppRoom("c@x.org".into()),
                 Action::XmppDirect("d@muc.x.org".into()),
             ]

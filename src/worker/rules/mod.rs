@@ -11,18 +11,19 @@
 pub mod file;
 pub mod gocd;
 pub mod matcher;
+pub mod milter_xmpp;
 mod model;
 
 use std::collections::BTreeMap;
 
 use crate::worker::mail_view::MailView;
 
-pub use file::{Purpose, RulesError, load, parse, parse_for};
+pub use file::{Purpose, RulesError, load, milter_xmpp_rules, parse, parse_for};
 use gocd::GocdFacts;
 pub use model::{
     Action, DEFAULT_BODY_LIMIT, DEFAULT_MATTERMOST_TEMPLATE, DEFAULT_TEMPLATE, Decision, Disposal,
     Filter, Fired, GocdSettings, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule,
-    Rules, TEMPLATE_VARIABLES, Unmatched, Wants, XmppSettings,
+    Rules, TEMPLATE_VARIABLES, Unmatched, ValidFrom, Wants, XmppSettings,
 };
 
 impl Rules {
@@ -215,7 +216,7 @@ managers:
         assert_eq!(
             d.fired[0].actions,
             [
-                Action::XmppRoom("ops@conference.example.com".into()),
+                Action::Xmpp("ops@conference.example.com".into()),
                 Action::Mailto("oncall@example.com".into())
             ]
         );
@@ -229,7 +230,7 @@ managers:
         );
         assert_eq!(
             d.fired[1].actions,
-            [Action::XmppDirect("audit@example.com".into())]
+            [Action::Xmpp("audit@example.com".into())]
         );
     }
 

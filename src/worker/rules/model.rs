@@ -193,10 +193,12 @@ impl Filter {
 pub enum Action {
     /// `mailto:addr`: the message re-sent to `addr` through `remote-smtp`.
     Mailto(String),
-    /// `xmpp:room@conference.host`: a groupchat message to a room.
+    /// `xmpp:room@conference.host?join`: a groupchat message to a room.
     XmppRoom(String),
-    /// `xmpp:user@host`: a chat message to one address.
+    /// `xmpp:user@host?message`: a chat message to one address.
     XmppDirect(String),
+    /// `xmpp:jid`: a room or a user, as the server of its domain says (disco#info).
+    Xmpp(String),
     /// `mattermost:...`: a post from the sender's application bot.
     Mattermost(MattermostTarget),
 }
@@ -232,7 +234,8 @@ impl std::fmt::Display for Action {
         match self {
             Action::Mailto(a) => write!(f, "mailto:{a}"),
             Action::XmppRoom(r) => write!(f, "xmpp:{r}?join"),
-            Action::XmppDirect(u) => write!(f, "xmpp:{u}"),
+            Action::XmppDirect(u) => write!(f, "xmpp:{u}?message"),
+            Action::Xmpp(jid) => write!(f, "xmpp:{jid}"),
             Action::Mattermost(target) => target.fmt(f),
         }
     }
@@ -309,15 +312,36 @@ pub struct XmppSettings {
     pub jabberid: String,
     /// From `password`, or the variable `password_env` names.
     pub password: crate::config::Secret,
-    /// host:port; unset: from the JID's domain.
+    /// host:port (`server`, port 5222 when not given); unset: the JID's domain, by its
+    /// `_xmpp-client._tcp` SRV record (else port 5222).
     pub server: Option<String>,
     /// Senders whose mail may be posted (`valid_from`); empty: everyone.
-    pub valid_from: Vec<AddressPattern>,
+    pub valid_from: Vec<ValidFrom>,
     pub tls: bool,
     pub nick: String,
     /// How long one post may take, connecting and joining included (`timeout`, default
     /// 30 s); past it the action failed for now.
     pub timeout: std::time::Duration,
+}
+
+/// One `valid_from` entry.
+#[derive(Debug, Clone)]
+pub enum ValidFrom {
+    /// The envelope sender matches this pattern.
+    Sender(AddressPattern),
+    /// The `From:` header is this, exactly (as milter-xmpp compares it: display name and
+    /// quotes included, white space around it aside).
+    Header(String),
+}
+
+impl ValidFrom {
+    /// Whether `mail` comes from a sender this entry allows.
+    pub fn allows(&self, mail: &MailView) -> bool {
+        match self {
+            ValidFrom::Sender(pattern) => pattern.matches(&mail.envelope_from),
+            ValidFrom::Header(exact) => mail.header_values("from").any(|v| v.trim() == exact),
+        }
+    }
 }
 
 impl XmppSettings {

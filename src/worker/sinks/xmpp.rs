@@ -21,7 +21,7 @@
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
 //!   [`MAX_BODY`] bytes (servers close the stream on large stanzas).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -29,7 +29,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::jid::{BareJid, Jid};
+use tokio_xmpp::parsers::disco::{DiscoInfoQuery, DiscoInfoResult};
+use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::{Id, Lang, Message, MessageType};
+use tokio_xmpp::parsers::stanza_error::ErrorType;
 use tokio_xmpp::parsers::muc::Muc;
 use tokio_xmpp::parsers::muc::muc::History;
 use tokio_xmpp::parsers::ns;
@@ -54,18 +57,22 @@ pub enum Target {
     Room(BareJid),
     /// One user (`chat`).
     User(BareJid),
+    /// A room or a user, as the server of its domain says (disco#info: a `conference`
+    /// identity is a chat-room service).
+    Ask(BareJid),
 }
 
 impl Target {
-    /// A room or a user from its address.
-    pub fn parse(address: &str, room: bool) -> Result<Target, SinkError> {
+    /// A room (`Some(true)`), a user (`Some(false)`) or either (`None`: asked of the
+    /// server) from its address.
+    pub fn parse(address: &str, room: Option<bool>) -> Result<Target, SinkError> {
         let jid = BareJid::new(address).map_err(|e| {
             SinkError::Permanent(format!("{address:?} is not an XMPP address: {e}"))
         })?;
-        Ok(if room {
-            Target::Room(jid)
-        } else {
-            Target::User(jid)
+        Ok(match room {
+            Some(true) => Target::Room(jid),
+            Some(false) => Target::User(jid),
+            None => Target::Ask(jid),
         })
     }
 }
@@ -96,6 +103,7 @@ impl XmppSink {
             online: false,
             acks: false,
             joined: HashSet::new(),
+            services: HashMap::new(),
             nick: settings.nick.clone(),
             sent: 0,
             timeout: settings.timeout,
@@ -119,12 +127,12 @@ impl XmppSink {
 /// A client for the account (it connects, and reconnects, by itself).
 fn new_client(settings: &XmppSettings) -> Client {
     let jid = BareJid::new(&settings.jabberid).expect("checked by XmppSink::start");
-    let server = settings
-        .server
-        .clone()
-        .unwrap_or_else(|| format!("{}:5222", jid.domain()));
     let password = settings.password.expose().to_string();
-    let dns = DnsConfig::addr(&server);
+    let dns = match &settings.server {
+        Some(server) => DnsConfig::addr(server),
+        // As clients do: the domain's _xmpp-client._tcp SRV record, else port 5222.
+        None => DnsConfig::srv_default_client(jid.domain().as_str()),
+    };
     if settings.tls {
         Client::new_starttls(jid, password, dns, Timeouts::tight())
     } else {
@@ -141,6 +149,8 @@ struct Connection {
     acks: bool,
     /// Rooms joined in this session.
     joined: HashSet<BareJid>,
+    /// Whether each domain asked is a chat-room service (disco#info).
+    services: HashMap<String, bool>,
     nick: String,
     /// Messages sent, for their ids.
     sent: u64,
@@ -245,6 +255,18 @@ impl Connection {
                 let event = self.next_event().await?;
                 self.on_event(event);
             }
+            let asked;
+            let to = match to {
+                Target::Ask(jid) => {
+                    asked = if self.is_room(jid).await? {
+                        Target::Room(jid.clone())
+                    } else {
+                        Target::User(jid.clone())
+                    };
+                    &asked
+                }
+                to => to,
+            };
             if let Target::Room(room) = to {
                 if !self.joined.contains(room) {
                     self.join(room).await?;
@@ -267,6 +289,54 @@ impl Connection {
                 }
                 Waited::Refused { why, .. } => return Err(SinkError::Permanent(why)),
             }
+        }
+    }
+
+    /// Whether `jid`'s domain is a chat-room service: its disco#info lists a `conference`
+    /// identity (asked once per domain and session's connection). An error reply means a
+    /// user's server; one of type `wait` fails the post for now.
+    async fn is_room(&mut self, jid: &BareJid) -> Result<bool, SinkError> {
+        let domain = jid.domain().to_string();
+        if let Some(&known) = self.services.get(&domain) {
+            return Ok(known);
+        }
+        self.sent += 1;
+        let id = format!("swiftdrop-disco-{}-{}", std::process::id(), self.sent);
+        let service = BareJid::new(&domain)
+            .map_err(|e| SinkError::Permanent(format!("{domain:?}: {e}")))?;
+        let query = Iq::from_get(id.clone(), DiscoInfoQuery { node: None }).with_to(service.into());
+        self.client
+            .send_stanza(query.into())
+            .await
+            .map_err(|e| SinkError::Transient(format!("disco#info {domain}: {e}")))?;
+        loop {
+            let iq = match self.next_event().await? {
+                Event::Stanza(Stanza::Iq(iq)) if iq.id() == id => iq,
+                other => {
+                    if self.on_event(other) {
+                        return Err(SinkError::Transient(format!(
+                            "disco#info {domain}: reconnected"
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let room = match iq {
+                Iq::Result {
+                    payload: Some(payload),
+                    ..
+                } => DiscoInfoResult::try_from(payload)
+                    .is_ok_and(|info| info.identities.iter().any(|i| i.category == "conference")),
+                Iq::Error { error, .. } if error.type_ == ErrorType::Wait => {
+                    return Err(SinkError::Transient(format!(
+                        "disco#info {domain}: the server asks to wait"
+                    )));
+                }
+                _ => false,
+            };
+            tracing::info!(domain, room, "XMPP: asked whether the domain hosts chat rooms");
+            self.services.insert(domain, room);
+            return Ok(room);
         }
     }
 
@@ -332,7 +402,7 @@ impl Connection {
         let id = Id(format!("swiftdrop-{}-{}", std::process::id(), self.sent));
         let (jid, mut message) = match to {
             Target::Room(room) => (room, Message::groupchat(Jid::from(room.clone()))),
-            Target::User(user) => (user, Message::chat(Jid::from(user.clone()))),
+            Target::User(user) | Target::Ask(user) => (user, Message::chat(Jid::from(user.clone()))),
         };
         message.id = Some(id.clone());
         message.bodies.insert(Lang::default(), xml_text(body));

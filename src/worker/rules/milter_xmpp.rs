@@ -1,0 +1,147 @@
+//! milter-xmpp's `milter-xmpp.ini`, read as its Python `configparser` reads it: `[xmpp]`
+//! `jabberid`, `password`, `room`, `server`; `[milter]` `valid_from` (its `iface`, `port`
+//! and `proto` name the milter's socket, which swiftdrop has no use for). Values are kept
+//! as written (quotes included, as configparser keeps them); keys are any case; `#` and `;`
+//! begin comment lines; an indented line continues the value above it. [`super::file`]
+//! turns it into the rules milter-xmpp stood for: every message whose `From:` header is
+//! `valid_from` exactly posted to the room as [`TEMPLATE`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// milter-xmpp's message: the `Date:`, `From:` and `Subject:` lines, then the body.
+pub const TEMPLATE: &str =
+    "Date: {{ date }}\nFrom: {{ headers.from }}\nSubject: {{ headers.subject }}\n\n{{ body }}";
+
+/// What a `milter-xmpp.ini` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MilterXmpp {
+    pub jabberid: String,
+    pub password: String,
+    pub room: String,
+    /// `server`: a host (port 5222) or host:port; `None`: the JID's domain by its SRV
+    /// record.
+    pub server: Option<String>,
+    /// `valid_from`: the `From:` header a message must have, exactly; `None`: every message
+    /// (milter-xmpp's first versions).
+    pub valid_from: Option<String>,
+}
+
+/// Reads the ini file at `path`; each problem as `FILE:LINE: what`.
+pub fn read(path: &Path) -> Result<MilterXmpp, Vec<String>> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{shown}: cannot read: {e}")])?;
+    parse(&text, &shown)
+}
+
+/// Reads an ini file's `text` (named `shown` in problems).
+pub fn parse(text: &str, shown: &str) -> Result<MilterXmpp, Vec<String>> {
+    let mut problems = Vec::new();
+    // (section, key) -> (value, line)
+    let mut values: BTreeMap<(String, String), (String, usize)> = BTreeMap::new();
+    let mut section: Option<String> = None;
+    let mut last: Option<(String, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let number = n + 1;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(entry) = last.as_ref().and_then(|key| values.get_mut(key)) {
+                entry.0.push('\n');
+                entry.0.push_str(trimmed);
+                continue;
+            }
+        }
+        if let Some(name) = trimmed.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = Some(name.trim().to_string());
+            last = None;
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(['=', ':']) else {
+            problems.push(format!("{shown}:{number}: not key=value: {trimmed:?}"));
+            continue;
+        };
+        let Some(section) = &section else {
+            problems.push(format!("{shown}:{number}: {key:?} is outside any [section]"));
+            continue;
+        };
+        let key = (section.clone(), key.trim().to_ascii_lowercase());
+        values.insert(key.clone(), (value.trim().to_string(), number));
+        last = Some(key);
+    }
+    let mut get = |section: &str, key: &str, needed: bool| -> Option<String> {
+        let found = values.get(&(section.to_string(), key.to_string()));
+        match found {
+            Some((value, _)) if !value.is_empty() => Some(value.clone()),
+            _ if needed => {
+                problems.push(format!("{shown}: [{section}] {key} is missing"));
+                None
+            }
+            _ => None,
+        }
+    };
+    let jabberid = get("xmpp", "jabberid", true);
+    let password = get("xmpp", "password", true);
+    let room = get("xmpp", "room", true);
+    let server = get("xmpp", "server", false);
+    let valid_from = get("milter", "valid_from", false);
+    match (jabberid, password, room) {
+        (Some(jabberid), Some(password), Some(room)) if problems.is_empty() => Ok(MilterXmpp {
+            jabberid,
+            password,
+            room,
+            server,
+            valid_from,
+        }),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// milter-xmpp's `milter-xmpp.ini.sample`.
+    const SAMPLE: &str = "[xmpp]
+jabberid=alertbot@chat.example.org
+password=secret
+room=alerts@conference.example.org
+server=chat.example.org
+
+[milter]
+#proto=inet
+#iface=localhost
+#port=8894
+valid_from=\"root <root@milter-xmpp.local>\"
+";
+
+    #[test]
+    fn the_sample_is_read_as_configparser_reads_it() {
+        let ini = parse(SAMPLE, "milter-xmpp.ini").unwrap();
+        assert_eq!(
+            ini,
+            MilterXmpp {
+                jabberid: "alertbot@chat.example.org".into(),
+                password: "secret".into(),
+                room: "alerts@conference.example.org".into(),
+                server: Some("chat.example.org".into()),
+                // configparser keeps quotes.
+                valid_from: Some("\"root <root@milter-xmpp.local>\"".into()),
+            }
+        );
+        // configparser's sections are case-sensitive.
+        assert!(parse("[XMPP]\n", "m.ini").is_err());
+        let problems = parse("[xmpp]\nJabberID : a@b\npassword=p\n  continued\nstray\n", "m.ini")
+            .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "m.ini:5: not key=value: \"stray\"",
+                "m.ini: [xmpp] room is missing"
+            ]
+        );
+    }
+}
