@@ -28,7 +28,7 @@ use clap::Parser;
 use swiftdrop::config::Config;
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
-use swiftdrop::worker::gocd::Gocd;
+use swiftdrop::worker::gocd::GocdClient;
 use swiftdrop::worker::mail_view::MailView;
 use swiftdrop::worker::rules::gocd::{GocdFacts, stage_result};
 use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
@@ -123,27 +123,21 @@ fn main() -> ExitCode {
     runtime.block_on(work(args, rules))
 }
 
-/// A GoCD client for each `gocd` manager, by its place (the history in a local engine
-/// nobody else reads: it is not consulted by `--dry-run` and `--report`).
-fn gocd_servers(rules: &Rules) -> Result<Vec<(usize, Gocd)>, String> {
-    let scratch = std::env::temp_dir().join(format!("swiftdrop-dequeue-{}", std::process::id()));
-    let lock: Arc<dyn swiftdrop::queue::LockEngine> = Arc::new(
-        swiftdrop::queue::lock::local::LocalEngine::open(&scratch).map_err(|e| e.to_string())?,
-    );
-    let servers = rules
+/// A GoCD client for each `gocd` manager, by its place (`--dry-run` and `--report` ask GoCD,
+/// and do not read or change the shared history).
+fn gocd_clients(rules: &Rules) -> Result<Vec<(usize, GocdClient)>, String> {
+    rules
         .managers
         .iter()
         .enumerate()
         .filter_map(|(at, m)| Some((at, m.gocd.clone()?)))
-        .map(|(at, settings)| Ok((at, Gocd::new(settings, lock.clone())?)))
-        .collect();
-    let _ = std::fs::remove_dir_all(&scratch);
-    servers
+        .map(|(at, settings)| Ok((at, GocdClient::new(settings)?)))
+        .collect()
 }
 
 /// Prints mail2alert's self-test report for the gocd managers (others: null).
 async fn report(rules: &Rules) -> ExitCode {
-    let servers = match gocd_servers(rules) {
+    let servers = match gocd_clients(rules) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dequeue: {e}");
@@ -201,17 +195,28 @@ async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
     };
     let mail = MailView::parse(&bytes);
     let manager = rules.manager_at(&mail);
-    let servers = gocd_servers(rules).unwrap_or_default();
+    let servers = match gocd_clients(rules) {
+        Ok(servers) => servers,
+        Err(e) => {
+            eprintln!("dequeue: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut facts = None;
     if let Some((_, gocd)) = servers.iter().find(|(at, _)| Some(*at) == manager) {
         let stage = stage_result(&mail.subject);
+        let groups = match gocd.fetch_groups().await {
+            Ok(groups) => groups,
+            Err(e) => {
+                eprintln!("dequeue: gocd: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        println!("gocd: the event is the subject's own (the shared history is not read)");
         facts = Some(GocdFacts {
-            event: stage.as_ref().map(|s| s.said),
+            event: stage.as_ref().and_then(|s| s.said),
             stage,
-            groups: Arc::new(gocd.fetch_groups().await.unwrap_or_else(|e| {
-                println!("gocd: {e}: no pipeline groups");
-                Default::default()
-            })),
+            groups: Arc::new(groups),
         });
     }
     let decision = rules.decide(&mail, facts.as_ref());

@@ -100,10 +100,18 @@ impl Queue {
             lease: None,
             not_before: None,
             reason: Some(format!("requeued from {from}/")),
+            // Work that failed for good (`<id>!`) is tried again: the operator requeues
+            // after fixing its cause. Work done stays done.
             done: if forget_done {
                 Vec::new()
             } else {
-                newest.record.done.clone()
+                newest
+                    .record
+                    .done
+                    .iter()
+                    .filter(|id| !id.ends_with('!'))
+                    .cloned()
+                    .collect()
             },
         };
         let target = CopyKey::new(State::Cur, name, token.fence());

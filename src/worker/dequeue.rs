@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
+use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
 use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
 use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
@@ -105,9 +106,8 @@ impl Worker {
             .transpose()?;
         let mut gocd = std::collections::BTreeMap::new();
         for (at, manager) in rules.managers.iter().enumerate() {
-            if let Some(settings) = &manager.gocd {
-                let server = Gocd::new(settings.clone(), queue.lock().clone())?;
-                gocd.insert(at, Arc::new(server));
+            if manager.gocd.is_some() {
+                gocd.insert(at, Arc::new(Gocd::new(manager, queue.lock().clone())?));
             }
         }
         let marks = Marks::for_queue(&crate::queue::queue_id(queue.destination()));
@@ -126,12 +126,7 @@ impl Worker {
     /// another worker already knows keep what it learnt).
     pub async fn seed_gocd_history(&self) {
         for gocd in self.gocd.values() {
-            let seeded = gocd.seed_history().await;
-            tracing::info!(
-                url = gocd.url(),
-                seeded,
-                "gocd: pipeline states read from cctray.xml"
-            );
+            gocd.seed_history().await;
         }
     }
 
@@ -254,48 +249,58 @@ impl Worker {
                 reason: Some(format!("duplicate of {}", original.key)),
             });
         }
-        if self.marks.is_ours(&bytes) {
-            return Ok(Outcome::Done {
-                reason: Some(format!(
-                    "mail loop: it carries this queue's own {LOOP_HEADER}: {}, so this worker sent it before; not sent again",
-                    self.marks.id()
-                )),
-            });
-        }
         let name = claim.name().to_string();
         let (mail, decision) = self.decide(&bytes, &name).await?;
         report.manager = decision.manager.clone();
         report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
-        let outcome = match &decision.disposal {
-            Disposal::NoRuleMatched => Outcome::Done {
-                reason: Some("no rule matched".into()),
-            },
-            Disposal::Unmatched(Unmatched::Done) => Outcome::Done {
-                reason: Some("unmatched: no manager wants it".into()),
-            },
-            Disposal::Unmatched(Unmatched::Fail) => Outcome::Failed {
-                reason: "unmatched: no manager wants it".into(),
-            },
-            Disposal::Unmatched(Unmatched::Forward(to)) => {
-                let label = format!("unmatched: forward to {to}");
-                let planned = Planned {
-                    receipt: label.clone(),
-                    label: label.clone(),
-                    what: What::Forward(to.clone()),
-                };
-                let result = self.take_once(claim, &planned, &bytes, &mail).await?;
-                report.actions.push((label.clone(), result));
-                outcome_of(&report.actions, Some(label))
+        let (planned, reason) = match &decision.disposal {
+            Disposal::NoRuleMatched => {
+                return Ok(Outcome::Done {
+                    reason: Some("no rule matched".into()),
+                });
             }
-            Disposal::Act => {
-                for planned in plan(&decision) {
-                    let result = self.take_once(claim, &planned, &bytes, &mail).await?;
-                    report.actions.push((planned.label, result));
-                }
-                outcome_of(&report.actions, None)
+            Disposal::Unmatched(Unmatched::Done) => {
+                return Ok(Outcome::Done {
+                    reason: Some("unmatched: no manager wants it".into()),
+                });
             }
+            Disposal::Unmatched(Unmatched::Fail) => {
+                return Ok(Outcome::Failed {
+                    reason: "unmatched: no manager wants it".into(),
+                });
+            }
+            Disposal::Unmatched(Unmatched::Forward(server)) => {
+                let forward = plan::forward(server, &mail.envelope_to);
+                let reason = forward.label.clone();
+                (vec![forward], Some(reason))
+            }
+            Disposal::Act => (plan::plan(&decision), None),
         };
-        Ok(outcome)
+        // What this queue's workers sent before, by which action: the same action again
+        // would be a loop (an alert or forward that came back); another one is a chain.
+        let sent_by = self.marks.actions_in(&bytes);
+        let looped = |p: &Planned| sent_by.contains(&action_id(&p.receipt));
+        if !planned.is_empty() && planned.iter().all(looped) {
+            return Ok(Outcome::Done {
+                reason: Some(format!(
+                    "mail loop: this queue sent the message before by the same actions ({LOOP_HEADER}: {} ...); not sent again",
+                    self.marks.id()
+                )),
+            });
+        }
+        for planned in planned {
+            let result = if looped(&planned) {
+                ActionResult::Skipped(format!(
+                    "mail loop: this queue sent the message by this action before ({LOOP_HEADER}: {} {})",
+                    self.marks.id(),
+                    action_id(&planned.receipt)
+                ))
+            } else {
+                self.take_once(claim, &planned, &bytes, &mail).await?
+            };
+            report.actions.push((planned.label, result));
+        }
+        Ok(outcome_of(&report.actions, reason, claim.previous_reason()))
     }
 
     /// Takes `planned` unless an earlier attempt recorded it (done, or failed for good),
@@ -307,42 +312,125 @@ impl Worker {
         bytes: &[u8],
         mail: &MailView,
     ) -> Result<ActionResult, QueueError> {
+        let (action, text) = match &planned.what {
+            What::Mail(job) => return self.send_mail(claim, planned, job, bytes, mail).await,
+            What::Post(action, text) => (action, text),
+        };
         if let Some(result) = done_before(claim, planned).await? {
             return Ok(result);
         }
-        let taken = match &planned.what {
-            What::Forward(to) => {
-                let sink = MailSink::new(to, &self.helo()).map_err(SinkError::Permanent);
-                match sink {
-                    Ok(sink) => sink
-                        .forward(bytes, &mail.envelope_from, &mail.envelope_to, &self.marks)
-                        .await
-                        .map(|()| Taken::Sent),
-                    Err(e) => Err(e),
-                }
-            }
-            What::Alert(to) => match &self.mail {
-                Some(sink) => sink
-                    .mailto(
-                        bytes,
-                        &mail.envelope_from,
-                        to,
-                        self.rules.mailto_from.as_deref(),
-                        &self.marks,
-                    )
-                    .await
-                    .map(|()| Taken::Sent),
-                None => Err(SinkError::Permanent("mailto: needs remote-smtp".into())),
-            },
-            What::Post(action, Err(e)) => {
-                let _ = action;
-                Err(SinkError::Permanent(e.clone()))
-            }
-            What::Post(action, Ok(text)) => {
-                self.take(claim, &planned.receipt, action, text, mail).await
-            }
+        let taken = match text {
+            Err(e) => Err(SinkError::Permanent(e.clone())),
+            Ok(text) => self.take(claim, &planned.receipt, action, text, mail).await,
         };
         settle(claim, planned, taken).await
+    }
+
+    /// Sends the alert or forward `job` to each recipient no earlier attempt recorded, and
+    /// records each recipient's end: taken, or refused for good.
+    async fn send_mail(
+        &self,
+        claim: &mut Claim,
+        planned: &Planned,
+        job: &MailJob,
+        bytes: &[u8],
+        mail: &MailView,
+    ) -> Result<ActionResult, QueueError> {
+        let id = |recipient: &str| action_id(&job.receipt(recipient));
+        let done = claim.done();
+        let (mut pending, mut refused_before) = (Vec::new(), Vec::new());
+        for recipient in &job.to {
+            let before = job.earlier_receipts(recipient);
+            if done.contains(&id(recipient)) || before.iter().any(|r| done.contains(&action_id(r)))
+            {
+                continue;
+            }
+            if done.contains(&format!("{}!", id(recipient))) {
+                refused_before.push(recipient.clone());
+            } else {
+                pending.push(recipient.clone());
+            }
+        }
+        if pending.is_empty() {
+            return Ok(match refused_before.len() {
+                0 if !job.to.is_empty() => ActionResult::DoneBefore,
+                n if n == job.to.len() => ActionResult::FailedBefore,
+                _ => ActionResult::Partly(format!(
+                    "not delivered to {} (refused for good before)",
+                    refused_before.join(", ")
+                )),
+            });
+        }
+        claim.renew(None).await?;
+        let entries: Vec<String> = pending.iter().map(|r| format!("{}!", id(r))).collect();
+        if !claim.has_room_for_all(&entries) {
+            return Ok(ActionResult::Failed(SinkError::Permanent(
+                "no room left on the message to record the action".into(),
+            )));
+        }
+        let loop_mark = self.marks.line(&action_id(&planned.receipt));
+        let sent = match &job.kind {
+            MailKind::Alert { .. } => match &self.mail {
+                Some(sink) => {
+                    let from = self.rules.mailto_from.as_deref();
+                    sink.mailto(
+                        bytes,
+                        &mail.envelope_from,
+                        &pending,
+                        &job.to,
+                        from,
+                        &loop_mark,
+                    )
+                    .await
+                }
+                None => Err(SinkError::Permanent("mailto: needs remote-smtp".into())),
+            },
+            MailKind::Forward { server } => match MailSink::new(server, &self.helo()) {
+                Ok(sink) => {
+                    sink.forward(bytes, &mail.envelope_from, &pending, &loop_mark)
+                        .await
+                }
+                Err(e) => Err(SinkError::Permanent(e)),
+            },
+        };
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                if e.is_permanent() {
+                    for recipient in &pending {
+                        record(claim, &planned.label, &format!("{}!", id(recipient))).await?;
+                    }
+                }
+                return Ok(ActionResult::Failed(e));
+            }
+        };
+        for recipient in &sent.accepted {
+            record(claim, &planned.label, &id(recipient)).await?;
+        }
+        for (recipient, _) in &sent.refused {
+            record(claim, &planned.label, &format!("{}!", id(recipient))).await?;
+        }
+        let refused: Vec<String> = refused_before
+            .iter()
+            .map(|r| format!("{r} (refused for good before)"))
+            .chain(sent.refused.iter().map(|(_, why)| why.clone()))
+            .collect();
+        Ok(if !sent.deferred.is_empty() {
+            let deferred: Vec<&str> = sent.deferred.iter().map(|(_, why)| why.as_str()).collect();
+            ActionResult::Failed(SinkError::Transient(format!(
+                "refused for now: {}",
+                deferred.join("; ")
+            )))
+        } else if refused.is_empty() {
+            ActionResult::Sent
+        } else if sent.accepted.is_empty() && refused.len() == job.to.len() {
+            ActionResult::Failed(SinkError::Permanent(format!(
+                "refused: {}",
+                refused.join("; ")
+            )))
+        } else {
+            ActionResult::Partly(format!("not delivered to {}", refused.join("; ")))
+        })
     }
 
     /// Takes one post (`receipt`: what it does, under which its steps are recorded).
@@ -366,11 +454,7 @@ impl Worker {
                 let delivery = sink.deliver(target, mail, text, &mut steps).await?;
                 return Ok(Taken::from(delivery));
             }
-            Action::Mailto(_) => {
-                return Err(SinkError::Permanent(
-                    "a mailto: action is taken as the message's alert".into(),
-                ));
-            }
+            Action::Mailto(_) => unreachable!("mailto: actions are planned as the alert"),
             Action::XmppRoom(room) => (room, Some(true)),
             Action::XmppDirect(user) => (user, Some(false)),
             Action::Xmpp(jid) => (jid, None),
@@ -400,87 +484,6 @@ impl Worker {
     }
 }
 
-/// One action the worker takes for a message.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// How the report names it: `<rule>: <uri>` (`<rule>+<rule>: mailto:<a>,<b>` for the
-    /// alert of several rules).
-    pub label: String,
-    /// What it does, by which its record on the claim is kept: the target and the text.
-    pub receipt: String,
-    what: What,
-}
-
-#[derive(Debug, Clone)]
-enum What {
-    /// Unmatched mail, forwarded unchanged to this SMTP server.
-    Forward(String),
-    /// The alert to these addresses.
-    Alert(Vec<String>),
-    /// A post, with its text (or why it could not be rendered).
-    Post(Action, Result<String, String>),
-}
-
-/// The actions for the rules that fired, in order: one alert to every `mailto:` address
-/// (each once, where the first appears), then each post; a post with the same target and
-/// text as one before it is taken once.
-pub fn plan(decision: &Decision) -> Vec<Planned> {
-    let mut planned: Vec<Planned> = Vec::new();
-    let mut alert: Option<(usize, Vec<String>, Vec<String>)> = None;
-    let mut receipts = std::collections::HashSet::new();
-    for fired in &decision.fired {
-        for action in &fired.actions {
-            if let Action::Mailto(address) = action {
-                let (at, rules, addresses) = alert.get_or_insert_with(|| {
-                    planned.push(Planned {
-                        label: String::new(),
-                        receipt: String::new(),
-                        what: What::Alert(Vec::new()),
-                    });
-                    (planned.len() - 1, Vec::new(), Vec::new())
-                });
-                let _ = at;
-                if !rules.contains(&fired.rule) {
-                    rules.push(fired.rule.clone());
-                }
-                if !addresses.iter().any(|a| a.eq_ignore_ascii_case(address)) {
-                    addresses.push(address.clone());
-                }
-                continue;
-            }
-            let text = match action {
-                Action::Mattermost(_) => fired
-                    .markdown
-                    .clone()
-                    .unwrap_or_else(|| Err("no Markdown rendered for a mattermost: action".into())),
-                _ => fired.text.clone(),
-            };
-            let receipt = match &text {
-                Ok(text) => format!("{action}\n{text}"),
-                Err(_) => format!("{}: {action}", fired.rule),
-            };
-            if !receipts.insert(receipt.clone()) {
-                continue;
-            }
-            planned.push(Planned {
-                label: format!("{}: {action}", fired.rule),
-                receipt,
-                what: What::Post(action.clone(), text),
-            });
-        }
-    }
-    if let Some((at, rules, addresses)) = alert {
-        let mut sorted: Vec<String> = addresses.iter().map(|a| a.to_ascii_lowercase()).collect();
-        sorted.sort();
-        planned[at] = Planned {
-            label: format!("{}: mailto:{}", rules.join("+"), addresses.join(",")),
-            receipt: format!("mailto:{}", sorted.join(",")),
-            what: What::Alert(addresses),
-        };
-    }
-    planned
-}
-
 /// Returns what an earlier attempt did with `planned` when it recorded it (done, or failed
 /// for good); else renews the lease before the action is taken: an error when it is lost
 /// (nothing more may be done). An action there is no room to record fails for good, since
@@ -495,7 +498,8 @@ async fn done_before(claim: &Claim, planned: &Planned) -> Result<Option<ActionRe
         return Ok(Some(ActionResult::FailedBefore));
     }
     claim.renew(None).await?;
-    if !claim.has_room_for(&id) {
+    // The longer of its two records.
+    if !claim.has_room_for(&format!("{id}!")) {
         return Ok(Some(ActionResult::Failed(SinkError::Permanent(
             "no room left on the message to record the action".into(),
         ))));
@@ -518,17 +522,22 @@ async fn settle(
         Err(e @ SinkError::Permanent(_)) => (ActionResult::Failed(e), format!("{id}!")),
         Err(e) => return Ok(ActionResult::Failed(e)),
     };
-    // The action went out (or never will): the message goes on to its finish even when
-    // the record fails for a reason other than a lost lease (only a later attempt could
-    // repeat it).
-    match claim.record_done(&entry).await {
-        Err(e @ QueueError::LeaseLost { .. }) => return Err(e),
-        Err(e) => {
-            tracing::warn!(key = claim.key(), label = planned.label, error = %e, "action's end not recorded")
-        }
-        Ok(()) => {}
-    }
+    record(claim, &planned.label, &entry).await?;
     Ok(result)
+}
+
+/// Records `entry` (an action's end) on the claim. The action went out (or never will):
+/// the message goes on to its finish even when the record fails for a reason other than
+/// a lost lease (only a later attempt could repeat it).
+async fn record(claim: &mut Claim, label: &str, entry: &str) -> Result<(), QueueError> {
+    match claim.record_done(entry).await {
+        Err(e @ QueueError::LeaseLost { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(key = claim.key(), label, error = %e, "action's end not recorded");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 /// What taking an action did.
@@ -628,8 +637,13 @@ impl Progress for Steps<'_> {
 
 /// The outcome of a message whose actions ended as `actions`: any transient failure sends
 /// it to `retry/` (what failed for good is recorded and not tried again), else any
-/// permanent one to `failed/`, else it is done (with `reason`).
-fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Outcome {
+/// permanent one to `failed/` (`previous`: the reason of the attempt before, which named
+/// the failures recorded then), else it is done (with `reason`).
+fn outcome_of(
+    actions: &[(String, ActionResult)],
+    reason: Option<String>,
+    previous: Option<&str>,
+) -> Outcome {
     let failures = |permanent: bool| -> Vec<String> {
         actions
             .iter()
@@ -637,9 +651,12 @@ fn outcome_of(actions: &[(String, ActionResult)], reason: Option<String>) -> Out
                 ActionResult::Failed(e) if e.is_permanent() == permanent => {
                     Some(format!("{label}: {e}"))
                 }
-                ActionResult::FailedBefore if permanent => {
-                    Some(format!("{label}: failed for good in an earlier attempt"))
-                }
+                ActionResult::FailedBefore if permanent => Some(match previous {
+                    Some(before) => format!(
+                        "{label}: failed for good in an earlier attempt (it said: {before})"
+                    ),
+                    None => format!("{label}: failed for good in an earlier attempt"),
+                }),
                 _ => None,
             })
             .collect()
@@ -736,15 +753,19 @@ mod tests {
     fn transient_failures_are_retried_beside_permanent_ones() {
         let a = |r| ("r: mailto:a@b".to_string(), r);
         assert_eq!(
-            outcome_of(&[a(ActionResult::Sent), a(ActionResult::DoneBefore)], None),
+            outcome_of(
+                &[a(ActionResult::Sent), a(ActionResult::DoneBefore)],
+                None,
+                None
+            ),
             Outcome::Done { reason: None }
         );
         assert!(matches!(
-            outcome_of(&[a(failed(false)), a(ActionResult::Sent)], None),
+            outcome_of(&[a(failed(false)), a(ActionResult::Sent)], None, None),
             Outcome::Retry { .. }
         ));
         assert_eq!(
-            outcome_of(&[a(failed(true)), a(failed(false))], None),
+            outcome_of(&[a(failed(true)), a(failed(false))], None, None),
             Outcome::Retry {
                 reason: Some(
                     "r: mailto:a@b: transient: refused; r: mailto:a@b: permanent: 550 no".into()
@@ -755,6 +776,7 @@ mod tests {
         assert_eq!(
             outcome_of(
                 &[a(ActionResult::FailedBefore), a(ActionResult::Sent)],
+                None,
                 None
             ),
             Outcome::Failed {
@@ -762,7 +784,7 @@ mod tests {
             }
         );
         assert_eq!(
-            outcome_of(&[a(failed(true))], None),
+            outcome_of(&[a(failed(true))], None, None),
             Outcome::Failed {
                 reason: "r: mailto:a@b: permanent: 550 no".into()
             }

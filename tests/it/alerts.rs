@@ -12,8 +12,8 @@ use swiftdrop::queue::State;
 use swiftdrop::queue::lock::LockEngine;
 use swiftdrop::queue::lock::local::LocalEngine;
 use swiftdrop::queue::lock::redis::RedisEngine;
-use swiftdrop::worker::dequeue::{ActionResult, Worker};
-use swiftdrop::worker::gocd::Gocd;
+use swiftdrop::worker::dequeue::{ActionResult, Worker, action_id};
+use swiftdrop::worker::gocd::{GocdClient, History};
 use swiftdrop::worker::rules::gocd::{Event, stage_result};
 use swiftdrop::worker::rules::{self, GocdSettings};
 use swiftdrop::worker::sinks::mail::{LOOP_HEADER, MailSink};
@@ -55,7 +55,7 @@ impl GocdStandin {
     }
 
     async fn post(&self, what: &str, body: serde_json::Value) {
-        let status = reqwest::Client::new()
+        let status = client()
             .post(format!("http://127.0.0.1:{}/_test/{what}", self.port))
             .json(&body)
             .send()
@@ -67,13 +67,14 @@ impl GocdStandin {
 
     /// Every GoCD request: (path, whether its basic auth was right).
     pub async fn log(&self) -> Vec<(String, bool)> {
-        let log: Vec<serde_json::Value> =
-            reqwest::get(format!("http://127.0.0.1:{}/_test/log", self.port))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let log: Vec<serde_json::Value> = client()
+            .get(format!("http://127.0.0.1:{}/_test/log", self.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         log.iter()
             .map(|e| {
                 (
@@ -92,8 +93,13 @@ impl Drop for GocdStandin {
     }
 }
 
+/// An HTTP client (with the process's TLS provider installed).
+fn client() -> reqwest::Client {
+    swiftdrop::store::http_client().build().unwrap()
+}
+
 fn groups() -> serde_json::Value {
-    serde_json::json!({"my-group": ["app", "tools"], "other": ["web"]})
+    serde_json::json!({"my-group": ["tools", "app", "app-release-2"], "other": ["web"]})
 }
 
 fn cctray() -> serde_json::Value {
@@ -224,41 +230,123 @@ async fn the_pipelines_history_is_shared_and_a_message_asked_again_gets_the_same
             swiftdrop::config::Secret::new("pelle".to_string()),
         )),
     };
+    let states = GocdClient::new(settings.clone())
+        .unwrap()
+        .fetch_states()
+        .await
+        .unwrap();
     for engine in engines {
-        let a = Gocd::new(settings.clone(), engine.clone()).unwrap();
-        let b = Gocd::new(settings.clone(), engine.clone()).unwrap();
-        assert_eq!(a.seed_history().await, 2, "{engine:?}");
+        let a = History::new(&settings.url, engine.clone());
+        let b = History::new(&settings.url, engine.clone());
+        assert_eq!(a.seed(&states).await.unwrap(), 2, "{engine:?}");
         let failed = stage_result("Stage [app/5/build/1] failed").unwrap();
+        let passed = stage_result("Stage [app/6/build/1] passed").unwrap();
+        let (m1, m2, m3) = (
+            "1800000001.M1P1.t",
+            "1800000002.M1P1.t",
+            "1800000003.M1P1.t",
+        );
         assert_eq!(
-            a.event(&failed, "m1").await.unwrap(),
-            Event::Breaks,
+            a.event(&failed, m1).await.unwrap(),
+            Some(Event::Breaks),
             "{engine:?}"
         );
         assert_eq!(
-            b.event(&failed, "m1").await.unwrap(),
-            Event::Breaks,
+            b.event(&failed, m1).await.unwrap(),
+            Some(Event::Breaks),
             "asked again: {engine:?}"
         );
         assert_eq!(
-            b.event(&failed, "m2").await.unwrap(),
-            Event::Fails,
+            b.event(&failed, m2).await.unwrap(),
+            Some(Event::Fails),
+            "{engine:?}"
+        );
+        assert_eq!(
+            a.event(&passed, m3).await.unwrap(),
+            Some(Event::Fixed),
+            "{engine:?}"
+        );
+        // m1 again after others came: still BREAKS, and the pipeline stays fixed.
+        assert_eq!(
+            a.event(&failed, m1).await.unwrap(),
+            Some(Event::Breaks),
+            "{engine:?}"
+        );
+        let next = stage_result("Stage [app/7/build/1] failed").unwrap();
+        assert_eq!(
+            a.event(&next, "1800000004.M1P1.t").await.unwrap(),
+            Some(Event::Breaks),
             "{engine:?}"
         );
         // Seeding again keeps what the workers learnt.
-        assert_eq!(b.seed_history().await, 0, "{engine:?}");
-        let passed = stage_result("Stage [app/6/build/1] passed").unwrap();
-        assert_eq!(
-            a.event(&passed, "m3").await.unwrap(),
-            Event::Fixed,
-            "{engine:?}"
-        );
+        assert_eq!(b.seed(&states).await.unwrap(), 0, "{engine:?}");
         let unknown = stage_result("Stage [new/1/build/1] failed").unwrap();
         assert_eq!(
-            a.event(&unknown, "m4").await.unwrap(),
-            Event::Fails,
+            a.event(&unknown, m1).await.unwrap(),
+            Some(Event::Fails),
             "{engine:?}"
         );
+        // Another server's pipeline of the same name has a history of its own.
+        let other = History::new("http://other.example.com/go", engine.clone());
+        assert_eq!(
+            other.event(&failed, m2).await.unwrap(),
+            Some(Event::Fails),
+            "{engine:?}"
+        );
+
+        // Workers racing on one pipeline: each message's event is decided once, against
+        // the state its compare-and-set saw, and the history ends with all of them.
+        let histories: Vec<Arc<History>> = (0..8)
+            .map(|_| Arc::new(History::new(&settings.url, engine.clone())))
+            .collect();
+        let racing = stage_result("Stage [race/1/build/1] failed").unwrap();
+        let mut handles = Vec::new();
+        for (n, history) in histories.iter().enumerate() {
+            let (history, racing) = (history.clone(), racing.clone());
+            handles.push(tokio::spawn(async move {
+                history
+                    .event(&racing, &format!("1800000100.M{n}P1.t"))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut events = Vec::new();
+        for handle in handles {
+            events.push(handle.await.unwrap().unwrap());
+        }
+        assert!(
+            events.iter().all(|e| *e == Event::Fails),
+            "{events:?} {engine:?}"
+        );
+        let key = format!("gocd:{}:race", hex8(&settings.url));
+        let value = engine.shared_value(&key).await.unwrap().unwrap_or_default();
+        let key_count = (0..8)
+            .filter(|n| value.contains(&format!("1800000100.M{n}P1.t|failure")))
+            .count();
+        assert_eq!(key_count, 8, "{engine:?}");
+        // A compare-and-set against a stale value changes nothing.
+        assert!(
+            !engine
+                .swap_shared_value(&key, Some("v2 unknown"), "v2 success")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !engine
+                .swap_shared_value(&key, None, "v2 success")
+                .await
+                .unwrap()
+        );
     }
+}
+
+/// The 8 hex digits naming a GoCD server in history keys.
+fn hex8(url: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// mail2alert's README example, unchanged: `--check` passes; `--report` (its self-test)
@@ -302,13 +390,24 @@ async fn the_readme_configuration_checks_and_reports_as_mail2alert_did() {
       - mailto:my-group-team@example.com
       events:
       - BREAKS
+    pipeline: tools
+  - alerts:
+    - actions:
+      - mailto:my-group-team@example.com
+      events:
+      - BREAKS
     pipeline: app
   - alerts:
     - actions:
       - mailto:my-group-team@example.com
       events:
       - BREAKS
-    pipeline: tools
+    - actions:
+      - mailto:release-managers@example.com
+      events:
+      - BREAKS
+      - FIXED
+    pipeline: app-release-2
 - pipeline_group: other
   pipelines:
   - pipeline: web
@@ -373,7 +472,10 @@ managers:
     );
 
     let received = smtp.wait_for(2).await;
-    let mark = format!("{LOOP_HEADER}: {}\r\n", worker.marks.id());
+    let mark = worker
+        .marks
+        .line(&action_id(&format!("forward:127.0.0.1:{}", smtp.port)));
+    assert!(mark.starts_with(&format!("{LOOP_HEADER}: {} ", worker.marks.id())));
     let mut expected = mark.clone().into_bytes();
     expected.extend_from_slice(content);
     assert_eq!(
@@ -387,6 +489,9 @@ managers:
             &["postmaster@example.com".to_string()][..]
         )
     );
+    let mark = worker
+        .marks
+        .line(&action_id("mailto:ops@example.com,sysadmins@example.com"));
     let expected_alert = format!(
         "{mark}Auto-Submitted: auto-generated\r\nFrom: Backup <backup@example.com>\r\nTo: sysadmins@example.com, ops@example.com\r\nSubject: Server backup failed\r\n\r\nbody line\r\n\r\n"
     );
@@ -499,4 +604,70 @@ async fn a_permanent_failure_beside_a_transient_one_is_retried_and_receipts_surv
         "{report:?}"
     );
     assert_eq!(watcher.wait_for("disk: CRITICAL: disk full").await, 1);
+}
+
+/// An alert to three addresses: one refused for good (550) costs the others nothing (the
+/// message is done, naming it); one refused for now (451) sends the message to `retry/`,
+/// and the next attempt sends to it alone. A message without a last line ending arrives
+/// with one.
+#[tokio::test]
+async fn one_refused_address_costs_the_others_nothing_and_a_deferred_one_is_sent_alone_later() {
+    let smtp = SmtpRecorder::start().await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let config = format!(
+        "remote-smtp: 127.0.0.1:{}
+managers:
+  - name: mail
+    messages-we-want:
+      from: backup@example.com
+    rules:
+      - name: first
+        actions: [mailto:ops@example.com, mailto:refused-x@example.com]
+      - name: second
+        actions: [mailto:deferred-y@example.com, mailto:OPS@example.com]
+",
+        smtp.port
+    );
+    let worker = worker(&queue, &config);
+    store(&queue, b"Return-Path: <backup@example.com>\r\nDelivered-To: root@example.com\r\nFrom: backup@example.com\r\nSubject: backup failed\r\n\r\nno final line ending").await;
+    let first = handle_next(&worker).await;
+    assert_eq!(
+        first.actions[0].0,
+        "first+second: mailto:ops@example.com,refused-x@example.com,deferred-y@example.com"
+    );
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    let reason = first.reason.clone().unwrap();
+    assert!(reason.contains("deferred-y@example.com: 451"), "{reason}");
+
+    let second = handle_next(&worker).await;
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let reason = second.reason.clone().unwrap();
+    assert!(
+        reason.contains("refused-x@example.com (refused for good before)"),
+        "{reason}"
+    );
+    let received: Vec<_> = smtp
+        .wait_for(3)
+        .await
+        .into_iter()
+        .filter(|r| !r.to.is_empty())
+        .collect();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[0].to, ["ops@example.com"]);
+    assert_eq!(
+        received[1].to,
+        ["deferred-y@example.com"],
+        "the retry sends to the deferred address alone"
+    );
+    let alert = String::from_utf8_lossy(&received[1].bytes);
+    assert!(
+        alert
+            .contains("\r\nTo: ops@example.com, refused-x@example.com, deferred-y@example.com\r\n"),
+        "{alert}"
+    );
+    assert!(
+        alert.ends_with("\r\n\r\nno final line ending\r\n"),
+        "{alert:?}"
+    );
 }

@@ -1,7 +1,10 @@
 //! A recording SMTP receiver: it answers like a permissive server and keeps each
 //! transaction's envelope and the exact bytes of its message (dot-stuffing undone), so that
 //! tests can compare what arrived with what was sent byte for byte (smtp-sink's dumps turn
-//! line endings into LF). Stopped when dropped.
+//! line endings into LF). A recipient whose address begins with `refused` is refused for
+//! good (550); one beginning with `deferred` is refused for now (451) the first time, which
+//! is kept as a transaction from `deferred:<address>` with no recipients. Stopped when
+//! dropped.
 
 use std::sync::{Arc, Mutex};
 
@@ -105,8 +108,26 @@ async fn conversation(
             to.clear();
             write.write_all(b"250 2.1.0 Ok\r\n").await?;
         } else if upper.starts_with("RCPT TO:") {
-            to.push(address());
-            write.write_all(b"250 2.1.5 Ok\r\n").await?;
+            let rcpt = address();
+            let deferred_before = kept
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.from == format!("deferred:{rcpt}"));
+            if rcpt.starts_with("refused") {
+                write.write_all(b"550 5.1.1 No such user\r\n").await?;
+            } else if rcpt.starts_with("deferred") && !deferred_before {
+                // Deferred once, then taken: noted as a transaction of its own.
+                kept.lock().unwrap().push(Received {
+                    from: format!("deferred:{rcpt}"),
+                    to: Vec::new(),
+                    bytes: Vec::new(),
+                });
+                write.write_all(b"451 4.2.0 Try again later\r\n").await?;
+            } else {
+                to.push(rcpt);
+                write.write_all(b"250 2.1.5 Ok\r\n").await?;
+            }
         } else if upper == "DATA" {
             write
                 .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")

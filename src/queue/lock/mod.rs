@@ -243,7 +243,8 @@ pub trait LockEngine: Send + Sync + fmt::Debug {
 
     /// Sets the shared value of `key` to `value` (one line, not empty) if it still is
     /// `expected` (`None`: unset), in one step no other worker can come between; whether
-    /// it was set. Values are kept for [`SHARED_VALUE_KEEP`].
+    /// it was set. Redis forgets a value [`SHARED_VALUE_KEEP`] after its last change; the
+    /// local engine keeps it until its file is removed.
     async fn swap_shared_value(
         &self,
         key: &str,

@@ -6,11 +6,13 @@
 //! A mail2alert `configuration.yml` is read unchanged: `local-smtp` and `admin-email` are
 //! accepted and ignored, a rule's `owner` too; a manager's `name` is a label, except
 //! `gocd`, mail2alert's GoCD manager (`url`, `user`, `passwd`; rules with `events:` and
-//! `pipelines.*` functions). As mail2alert does, `$VAR` and `${VAR}` in every value but a
-//! template are replaced by the environment's (`\$` keeps a dollar sign), and a
-//! `remote-smtp` without a port means port 25. A variable that is not set is a problem
-//! when the rules are read to run, and a warning for `--check` (which may run where the
-//! secrets are not).
+//! `pipelines.*` functions). As mail2alert does, `$VAR` and `${VAR}` are replaced by the
+//! environment's values in the values of settings, addresses, actions, filter args and
+//! regexes (not in names, templates or `unmatched`; `\$` keeps a dollar sign), and a
+//! `remote-smtp` without a port means port 25. A variable that is not set, where it is the
+//! whole value, is a problem when the rules are read to run and a warning for `--check`
+//! (which may run where the secrets are not; the value is then not checked); inside
+//! other text (`pa$word`) it is taken as written, with a warning.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -240,7 +242,10 @@ pub fn parse(text: &str, shown: &str) -> Result<Rules, RulesError> {
 /// The rules a milter-xmpp ini file stood for (`dequeue --milter-xmpp FILE`): every
 /// message whose `From:` header is its `valid_from` posted to its room, other mail done.
 pub fn milter_xmpp_rules(ini: &Path, purpose: Purpose) -> Result<Rules, RulesError> {
-    let text = format!("unmatched: done\nmilter-xmpp: {:?}\n", ini.display().to_string());
+    let text = format!(
+        "unmatched: done\nmilter-xmpp: {:?}\n",
+        ini.display().to_string()
+    );
     parse_for(&text, &ini.display().to_string(), purpose)
 }
 
@@ -258,6 +263,7 @@ pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, Rul
         problems: Vec::new(),
         warnings: Vec::new(),
         purpose,
+        kept_reference: false,
         first_xmpp: None,
         first_mailto: None,
         first_mattermost: None,
@@ -287,6 +293,8 @@ struct Checker<'a> {
     problems: Vec<String>,
     warnings: Vec<String>,
     purpose: Purpose,
+    /// The last [`Checker::expand`] met a value that is an unset variable.
+    kept_reference: bool,
     /// The first `xmpp:` and `mailto:` actions, as written: what needs an account.
     first_xmpp: Option<String>,
     first_mailto: Option<String>,
@@ -331,8 +339,18 @@ impl Checker<'_> {
 
     /// `value` with `$VAR` and `${VAR}` replaced by the environment's values (as
     /// mail2alert's `os.path.expandvars`; `\$` keeps a dollar sign and its backslash). A
-    /// variable that is not set stays as written, and is named.
+    /// variable that is not set stays as written: a value that is nothing but it is a
+    /// problem to run (a warning to check); one inside other text (`pa$word`) is taken as
+    /// written, with a warning. [`Checker::judged`] then says whether to check the value.
     fn expand(&mut self, value: &str) -> String {
+        self.kept_reference = false;
+        let lone = value.trim().strip_prefix('$').is_some_and(|name| {
+            is_variable(name)
+                || name
+                    .strip_prefix('{')
+                    .and_then(|n| n.strip_suffix('}'))
+                    .is_some_and(is_variable)
+        });
         let mut out = String::with_capacity(value.len());
         let mut rest = value;
         while let Some(at) = rest.find('$') {
@@ -358,7 +376,15 @@ impl Checker<'_> {
             match std::env::var(name) {
                 Ok(v) => out.push_str(&v),
                 Err(_) => {
-                    self.unset(value, format!("{name} is not set"));
+                    if lone {
+                        self.unset(value, format!("{name} is not set"));
+                        self.kept_reference = true;
+                    } else {
+                        self.warning(
+                            value,
+                            format!("{name} is not set: ${name} is taken as written"),
+                        );
+                    }
                     out.push_str(&rest[at..at + 1 + written]);
                 }
             }
@@ -366,6 +392,12 @@ impl Checker<'_> {
         }
         out.push_str(rest);
         out
+    }
+
+    /// Whether the value [`Checker::expand`] gave last can be checked: not when it is an
+    /// unset variable (already named as such).
+    fn judged(&self) -> bool {
+        !self.kept_reference
     }
 
     fn rules(&mut self, doc: FileDoc) -> Rules {
@@ -403,10 +435,13 @@ impl Checker<'_> {
             .and_then(|m| m.template.clone())
             .unwrap_or_else(|| DEFAULT_MATTERMOST_TEMPLATE.into());
 
-        let remote_smtp = doc
-            .remote_smtp
-            .map(|r| self.expand(&r))
-            .and_then(|r| self.smtp_server("remote-smtp", &r));
+        let remote_smtp = doc.remote_smtp.and_then(|r| {
+            let r = self.expand(&r);
+            match self.judged() {
+                true => self.smtp_server("remote-smtp", &r),
+                false => Some(r),
+            }
+        });
         let unmatched = match doc.unmatched.as_deref().map(str::trim) {
             None | Some("forward") => match &remote_smtp {
                 Some(r) => Unmatched::Forward(r.clone()),
@@ -468,7 +503,7 @@ impl Checker<'_> {
                     .iter()
                     .filter_map(|a| {
                         let a = self.expand(a);
-                        self.action(&a)
+                        self.judged().then(|| self.action(&a)).flatten()
                     })
                     .collect::<Vec<_>>();
                 if rule.actions.is_empty() {
@@ -494,7 +529,7 @@ impl Checker<'_> {
             {
                 self.warning(
                     &manager.name,
-                    format!("manager {:?} has no messages-we-want: it takes every message, and no manager after it gets any (mail2alert refused such a manager)", manager.name),
+                    format!("manager {:?} has no messages-we-want: it takes every message, and no manager after it gets any (mail2alert failed on the first message for such a manager)", manager.name),
                 );
             }
             managers.push(Manager {
@@ -528,7 +563,7 @@ impl Checker<'_> {
             self.problem(&action, format!("{action} needs remote-smtp (host:port)"));
         }
         let mailto_from = doc.mailto_from.map(|f| self.expand(&f));
-        if let Some(from) = &mailto_from {
+        if let Some(from) = mailto_from.as_ref().filter(|_| self.judged()) {
             if !from.contains('@') {
                 self.problem(from, format!("mailto_from {from:?} is not an address"));
             }
@@ -550,16 +585,22 @@ impl Checker<'_> {
     /// it); `None` (a problem recorded) when it is neither.
     fn smtp_server(&mut self, option: &str, value: &str) -> Option<String> {
         let value = value.trim();
+        if !value.starts_with('[') && value.matches(':').count() > 1 {
+            self.problem(
+                value,
+                format!("{option}: {value:?}: write an IPv6 address in brackets, [::1]:25"),
+            );
+            return None;
+        }
         let has_port = match value.strip_prefix('[') {
             Some(v6) => v6.contains("]:"),
-            None => value.matches(':').count() == 1,
+            None => value.contains(':'),
         };
-        let full =
-            if has_port || value.is_empty() || (value.contains(':') && !value.starts_with('[')) {
-                value.to_string()
-            } else {
-                format!("{value}:25")
-            };
+        let full = if has_port {
+            value.to_string()
+        } else {
+            format!("{value}:25")
+        };
         self.host_port(option, &full).then_some(full)
     }
 
@@ -585,7 +626,22 @@ impl Checker<'_> {
             return None;
         };
         let url = self.expand(url).trim().trim_end_matches('/').to_string();
-        match url.split_once("://") {
+        let checked = self.judged();
+        let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+        if authority
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .contains('@')
+        {
+            // A URL's user:password would be logged with every error about it.
+            self.problem(
+                manager.url.as_deref().unwrap_or_default(),
+                "gocd url: put the login in user and passwd, not in the URL",
+            );
+        }
+        match url.split_once("://").filter(|_| checked) {
+            None if !checked => {}
             Some(("https", rest)) if !rest.is_empty() => {}
             Some(("http", rest)) if is_loopback(rest) || manager.user.is_none() => {}
             Some(("http", _)) => self.warning(
@@ -630,7 +686,10 @@ impl Checker<'_> {
         patterns
             .list()
             .into_iter()
-            .map(|p| (p, self.expand(p)))
+            .filter_map(|p| {
+                let expanded = self.expand(p);
+                self.judged().then_some((p, expanded))
+            })
             .collect::<Vec<_>>()
             .into_iter()
             .filter_map(|(p, expanded)| match AddressPattern::parse(&expanded) {
@@ -652,7 +711,11 @@ impl Checker<'_> {
                 valid.push(ValidFrom::Header(p.trim().to_string()));
             } else {
                 let list = Patterns::One(p.to_string());
-                valid.extend(self.patterns("valid_from", &list).into_iter().map(ValidFrom::Sender));
+                valid.extend(
+                    self.patterns("valid_from", &list)
+                        .into_iter()
+                        .map(ValidFrom::Sender),
+                );
             }
         }
         valid
@@ -759,15 +822,21 @@ impl Checker<'_> {
                 ),
             }
         }
-        let subject = doc
-            .subject
-            .as_deref()
-            .and_then(|s| self.regex("subject", s));
-        let body = doc.body.as_deref().and_then(|s| self.regex("body", s));
+        let subject = doc.subject.as_deref().and_then(|s| {
+            let s = self.expand(s);
+            self.regex("subject", &s)
+        });
+        let body = doc.body.as_deref().and_then(|s| {
+            let s = self.expand(s);
+            self.regex("body", &s)
+        });
         let headers = doc
             .headers
             .iter()
-            .filter_map(|(name, source)| Some((name.clone(), self.regex(name, source)?)))
+            .filter_map(|(name, source)| {
+                let source = self.expand(source);
+                Some((name.clone(), self.regex(name, &source)?))
+            })
             .collect();
         let wants = Wants {
             to: self.patterns("to", &doc.to),
@@ -856,7 +925,9 @@ impl Checker<'_> {
     fn mattermost(&mut self, doc: MattermostDoc) -> MattermostSettings {
         let url = self.expand(&doc.url);
         let url = url.trim().trim_end_matches('/').to_string();
-        match url.split_once("://") {
+        let checked = self.judged();
+        match url.split_once("://").filter(|_| checked) {
+            None if !checked => {}
             Some(("https", rest)) if !rest.is_empty() => {}
             Some(("http", rest)) if is_loopback(rest) => {}
             Some(("http", _)) => self.problem(
@@ -1050,6 +1121,7 @@ impl Checker<'_> {
             doc.password = doc.password.map(|p| self.expand(&p));
             doc.server = doc.server.map(|s| self.expand(&s));
         }
+        let server_checked = self.judged();
         if address_of(&doc.jabberid).is_none() {
             self.problem(
                 &doc.jabberid,
@@ -1078,8 +1150,7 @@ impl Checker<'_> {
             } else {
                 format!("{server}:5222")
             };
-            self.host_port("xmpp server", &with_port)
-                .then_some(with_port)
+            (!server_checked || self.host_port("xmpp server", &with_port)).then_some(with_port)
         });
         let valid_from = self.valid_from(&doc.valid_from);
         let timeout = self.duration(
@@ -1267,6 +1338,30 @@ managers:
                 "r.yml:6: warning: SWIFTDROP_TEST_UNSET_GOPASS is not set here (set it where the worker runs)"
             ]
         );
+        // Inside other text, as mail2alert does: taken as written, with a warning.
+        let literal = text.replace("$SWIFTDROP_TEST_GOPASS", "pa$SWIFTDROP_TEST_UNSET_word");
+        let rules = parse(&literal, "r.yml").unwrap();
+        let (_, passwd) = rules.managers[0]
+            .gocd
+            .as_ref()
+            .unwrap()
+            .login
+            .clone()
+            .unwrap();
+        assert_eq!(passwd.expose(), "pa$SWIFTDROP_TEST_UNSET_word");
+        assert!(
+            rules.warnings[0].contains("taken as written"),
+            "{:?}",
+            rules.warnings
+        );
+        // A value --check cannot see is not judged there; to run, it is a problem.
+        let unset_url = text.replace(
+            "https://gocd.example.com/go/",
+            "$SWIFTDROP_TEST_UNSET_GOCD_URL",
+        ) + "      - actions: [$SWIFTDROP_TEST_UNSET_ONCALL]\n";
+        let checked = parse_for(&unset_url, "r.yml", Purpose::Check).unwrap();
+        assert_eq!(checked.warnings.len(), 2, "{:?}", checked.warnings);
+        assert_eq!(problems(&unset_url).len(), 2, "{:?}", problems(&unset_url));
     }
 
     #[test]

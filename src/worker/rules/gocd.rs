@@ -3,7 +3,7 @@
 //! and the rule functions over pipeline groups. Fetching the groups and keeping the history
 //! is the worker's ([`crate::worker::gocd`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -118,8 +118,9 @@ impl PipelineState {
 pub struct StageResult {
     pub pipeline: String,
     pub stage: String,
-    /// The event the subject names, before the history is applied.
-    pub said: Event,
+    /// The event the subject names, before the history is applied (`None`: words after
+    /// `]` that name none; mail2alert keeps such a notification's pipeline).
+    pub said: Option<Event>,
 }
 
 /// The stage result in `subject` (folded subjects included: runs of white space count as
@@ -128,18 +129,19 @@ pub struct StageResult {
 pub fn stage_result(subject: &str) -> Option<StageResult> {
     static SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(
-            r"Stage \[(?P<pipeline>[^/\]]+)/[^/\]]*/(?P<stage>[^/\]]+)/[^/\]]*\] (?P<verb>passed|failed|is broken|is fixed|is cancelled) ?$",
+            r"Stage \[(?P<pipeline>[^/\]]+)/[^/\]]+/(?P<stage>[^/\]]+)/[^/\]]+\] (?P<verb>.+)$",
         )
         .expect("valid")
     });
     let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
     let found = SUBJECT.captures(&subject)?;
     let said = match &found["verb"] {
-        "passed" => Event::Passes,
-        "failed" => Event::Fails,
-        "is broken" => Event::Breaks,
-        "is fixed" => Event::Fixed,
-        _ => Event::Cancelled,
+        "passed" => Some(Event::Passes),
+        "failed" => Some(Event::Fails),
+        "is broken" => Some(Event::Breaks),
+        "is fixed" => Some(Event::Fixed),
+        "is cancelled" => Some(Event::Cancelled),
+        _ => None,
     };
     Some(StageResult {
         pipeline: found["pipeline"].to_string(),
@@ -148,8 +150,8 @@ pub fn stage_result(subject: &str) -> Option<StageResult> {
     })
 }
 
-/// Pipeline groups by name, each with the names of its pipelines.
-pub type PipelineGroups = BTreeMap<String, BTreeSet<String>>;
+/// Pipeline groups in GoCD's order, each with the names of its pipelines.
+pub type PipelineGroups = Vec<(String, Vec<String>)>;
 
 /// A GoCD rule's function (`function:` and `args:`).
 #[derive(Debug, Clone)]
@@ -166,8 +168,11 @@ pub enum PipelineFunction {
 impl PipelineFunction {
     /// Whether `pipeline` passes, with `groups` as GoCD last gave them.
     pub fn matches(&self, pipeline: &str, groups: &PipelineGroups) -> bool {
-        let in_group =
-            |group: &str, name: &str| groups.get(group).is_some_and(|p| p.contains(name));
+        let in_group = |group: &str, name: &str| {
+            groups
+                .iter()
+                .any(|(g, pipelines)| g == group && pipelines.iter().any(|p| p == name))
+        };
         match self {
             PipelineFunction::Any => true,
             PipelineFunction::InGroup(group) => in_group(group, pipeline),
@@ -229,7 +234,7 @@ mod tests {
         let r = stage_result("Stage [my-pipeline/232/my-stage/1] failed").unwrap();
         assert_eq!(
             (r.pipeline.as_str(), r.stage.as_str(), r.said),
-            ("my-pipeline", "my-stage", Event::Fails)
+            ("my-pipeline", "my-stage", Some(Event::Fails))
         );
         for (subject, said) in [
             ("Stage [p/2/s/1] passed", Event::Passes),
@@ -239,15 +244,17 @@ mod tests {
             ("Stage [p/2/s/1] \r\n failed", Event::Fails),
             ("Stage [p/2/s/1]\r\n\tis\r\n  broken", Event::Breaks),
         ] {
-            assert_eq!(stage_result(subject).unwrap().said, said, "{subject:?}");
+            assert_eq!(
+                stage_result(subject).unwrap().said,
+                Some(said),
+                "{subject:?}"
+            );
         }
-        for other in [
-            "Stage [p/2/s/1] failedx",
-            "Stage [p/2/s/1] failed again",
-            "Stage [p/2/s] failed",
-            "disk full",
-            "",
-        ] {
+        for unknown in ["Stage [p/2/s/1] failedx", "Stage [p/2/s/1] failed again"] {
+            let r = stage_result(unknown).unwrap();
+            assert_eq!((r.pipeline.as_str(), r.said), ("p", None), "{unknown:?}");
+        }
+        for other in ["Stage [p/2/s] failed", "disk full", ""] {
             assert_eq!(stage_result(other), None, "{other:?}");
         }
     }
@@ -270,11 +277,10 @@ mod tests {
 
     #[test]
     fn functions_look_pipelines_up_in_their_groups() {
-        let groups: PipelineGroups = [(
+        let groups: PipelineGroups = vec![(
             "my-group".to_string(),
-            ["ppp".to_string(), "a-build".to_string()].into(),
-        )]
-        .into();
+            vec!["ppp".to_string(), "a-build".to_string()],
+        )];
         let like = PipelineFunction::NameLikeInGroup(
             Regex::new("(.+)-release.*").unwrap(),
             "my-group".into(),

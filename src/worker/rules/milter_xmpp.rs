@@ -30,8 +30,8 @@ pub struct MilterXmpp {
 /// Reads the ini file at `path`; each problem as `FILE:LINE: what`.
 pub fn read(path: &Path) -> Result<MilterXmpp, Vec<String>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{shown}: cannot read: {e}")])?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{shown}: cannot read: {e}")])?;
     parse(&text, &shown)
 }
 
@@ -65,7 +65,9 @@ pub fn parse(text: &str, shown: &str) -> Result<MilterXmpp, Vec<String>> {
             continue;
         };
         let Some(section) = &section else {
-            problems.push(format!("{shown}:{number}: {key:?} is outside any [section]"));
+            problems.push(format!(
+                "{shown}:{number}: {key:?} is outside any [section]"
+            ));
             continue;
         };
         let key = (section.clone(), key.trim().to_ascii_lowercase());
@@ -134,8 +136,11 @@ valid_from=\"root <root@milter-xmpp.local>\"
         );
         // configparser's sections are case-sensitive.
         assert!(parse("[XMPP]\n", "m.ini").is_err());
-        let problems = parse("[xmpp]\nJabberID : a@b\npassword=p\n  continued\nstray\n", "m.ini")
-            .unwrap_err();
+        let problems = parse(
+            "[xmpp]\nJabberID : a@b\npassword=p\n  continued\nstray\n",
+            "m.ini",
+        )
+        .unwrap_err();
         assert_eq!(
             problems,
             [

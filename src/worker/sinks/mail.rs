@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use mail_send::SmtpClientBuilder;
-use mail_send::smtp::message::Message;
+use mail_send::smtp::message::Parameters;
 
 use super::SinkError;
 use crate::worker::mail_view::without_trace;
@@ -46,30 +46,27 @@ impl Marks {
         &self.id
     }
 
-    /// Whether `message` (as stored) carries this queue's [`LOOP_HEADER`] in its header
-    /// section: a worker of this queue sent it.
-    pub fn is_ours(&self, message: &[u8]) -> bool {
+    /// The action ids in this queue's [`LOOP_HEADER`]s in the header section of
+    /// `message` (as stored): the actions of this queue that sent it.
+    pub fn actions_in(&self, message: &[u8]) -> Vec<String> {
         let head = &message[..header_end(message)];
-        head.split(|&b| b == b'\n').any(|line| {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                return false;
-            };
-            line[..colon].eq_ignore_ascii_case(LOOP_HEADER.as_bytes())
-                && line[colon + 1..].trim_ascii() == self.id.as_bytes()
-        })
+        head.split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                if !line[..colon].eq_ignore_ascii_case(LOOP_HEADER.as_bytes()) {
+                    return None;
+                }
+                let value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
+                let mut words = value.split_whitespace();
+                (words.next() == Some(self.id.as_str()))
+                    .then(|| words.next().unwrap_or_default().to_string())
+            })
+            .collect()
     }
 
-    /// The loop mark's line, with `eol` (the message's own line ending).
-    fn line(&self, eol: &str) -> String {
-        format!("{LOOP_HEADER}: {}{eol}", self.id)
-    }
-}
-
-/// The line ending `message` uses: CRLF unless its first line ends with a bare LF.
-fn line_ending(message: &[u8]) -> &'static str {
-    match memchr::memchr(b'\n', message) {
-        Some(at) if at == 0 || message[at - 1] != b'\r' => "\n",
-        _ => "\r\n",
+    /// The loop mark's line for what the action `action` (its id) sends.
+    pub fn line(&self, action: &str) -> String {
+        format!("{LOOP_HEADER}: {} {action}\r\n", self.id)
     }
 }
 
@@ -96,90 +93,176 @@ impl MailSink {
         })
     }
 
-    /// Sends `message` (as stored) to `to` as one alert, with `from` replacing the sender
-    /// when given.
+    /// Sends `message` (as stored) as one alert to the recipients `rcpt`, its `To:`
+    /// listing `header_to` (every address of the alert, those sent to before included),
+    /// with `from` replacing the sender when given; `action`: the id in its loop mark.
     pub async fn mailto(
         &self,
         message: &[u8],
         envelope_from: &str,
-        to: &[String],
+        rcpt: &[String],
+        header_to: &[String],
         from: Option<&str>,
-        marks: &Marks,
-    ) -> Result<(), SinkError> {
-        let content = without_trace(message);
-        let eol = line_ending(content);
-        let mut body = marks.line(eol).into_bytes();
-        body.extend_from_slice(format!("Auto-Submitted: auto-generated{eol}").as_bytes());
-        body.extend(rewrite_headers(content, &to.join(", "), from));
-        let to: Vec<&str> = to.iter().map(String::as_str).collect();
-        self.send(from.unwrap_or(envelope_from), &to, body).await
+        loop_mark: &str,
+    ) -> Result<Accepted, SinkError> {
+        let mut body = loop_mark.as_bytes().to_vec();
+        body.extend_from_slice(b"Auto-Submitted: auto-generated\r\n");
+        body.extend(rewrite_headers(
+            without_trace(message),
+            &fold_list(header_to),
+            from,
+        ));
+        self.send(from.unwrap_or(envelope_from), rcpt, body).await
     }
 
-    /// Sends `message` (as stored, less the trace headers, under the loop mark) to its own
-    /// envelope.
+    /// Sends `message` (as stored, less the trace headers, under `loop_mark`) to `rcpt`.
     pub async fn forward(
         &self,
         message: &[u8],
         envelope_from: &str,
-        envelope_to: &[String],
-        marks: &Marks,
-    ) -> Result<(), SinkError> {
-        if envelope_to.is_empty() {
-            return Err(SinkError::Permanent(
-                "no envelope recipient (Delivered-To) to forward to".into(),
-            ));
-        }
-        let to: Vec<&str> = envelope_to.iter().map(String::as_str).collect();
-        let content = without_trace(message);
-        let mut body = marks.line(line_ending(content)).into_bytes();
-        body.extend_from_slice(content);
-        self.send(envelope_from, &to, body).await
+        rcpt: &[String],
+        loop_mark: &str,
+    ) -> Result<Accepted, SinkError> {
+        let mut body = loop_mark.as_bytes().to_vec();
+        body.extend_from_slice(without_trace(message));
+        self.send(envelope_from, rcpt, body).await
     }
 
-    /// Sends `body` (the message's bytes) in one SMTP transaction.
-    async fn send(&self, from: &str, to: &[&str], mut body: Vec<u8>) -> Result<(), SinkError> {
+    /// Sends `body` (the message's bytes) to `rcpt` in one SMTP transaction: the data
+    /// goes to the recipients the server accepted, each refusal is kept. An error: nobody
+    /// has it (permanent: a 5xx to the sender or the data; else transient).
+    async fn send(
+        &self,
+        from: &str,
+        rcpt: &[String],
+        body: Vec<u8>,
+    ) -> Result<Accepted, SinkError> {
+        if rcpt.is_empty() {
+            return Err(SinkError::Permanent("no recipient to send to".into()));
+        }
+        let mut body = crlf(body);
         // mail-send ends the data with CRLF "." CRLF whatever the message ends with: the
         // message's own last line ending is that first CRLF, not one more line.
         if body.ends_with(b"\r\n") {
             body.truncate(body.len() - 2);
-        } else if body.ends_with(b"\n") {
-            body.truncate(body.len() - 1);
         }
-        let transient = |e: &dyn std::fmt::Display| {
-            SinkError::Transient(format!("{}:{}: {e}", self.host, self.port))
+        let server = format!("{}:{}", self.host, self.port);
+        let failed = |e: mail_send::Error| match e {
+            mail_send::Error::UnexpectedReply(r) if r.code >= 500 => {
+                SinkError::Permanent(format!("{server} answered {} {}", r.code, r.message))
+            }
+            e => SinkError::Transient(format!("{server}: {e}")),
         };
         let conversation = async {
-            let builder = SmtpClientBuilder::new(self.host.as_str(), self.port)
+            let mut client = SmtpClientBuilder::new(self.host.as_str(), self.port)
                 .map_err(|e| SinkError::Permanent(e.to_string()))?
                 .implicit_tls(false)
                 .helo_host(self.helo.clone())
-                .timeout(SMTP_TIMEOUT);
-            let mut client = builder.connect_plain().await.map_err(|e| transient(&e))?;
-            let message = Message::new(from, to.to_vec(), body);
-            client.send(message).await.map_err(|e| match e {
-                mail_send::Error::UnexpectedReply(r) if r.code >= 500 => {
-                    SinkError::Permanent(format!(
-                        "{}:{} answered {} {}",
-                        self.host, self.port, r.code, r.message
-                    ))
+                .timeout(SMTP_TIMEOUT)
+                .connect_plain()
+                .await
+                .map_err(failed)?;
+            client
+                .mail_from(from, &Parameters::new())
+                .await
+                .map_err(failed)?;
+            let mut accepted = Accepted::default();
+            for to in rcpt {
+                match client.rcpt_to(to, &Parameters::new()).await {
+                    Ok(()) => accepted.accepted.push(to.clone()),
+                    Err(mail_send::Error::UnexpectedReply(r)) => {
+                        let why = format!("{to}: {} {}", r.code, r.message);
+                        if r.code >= 500 {
+                            accepted.refused.push((to.clone(), why));
+                        } else {
+                            accepted.deferred.push((to.clone(), why));
+                        }
+                    }
+                    Err(e) => return Err(failed(e)),
                 }
-                e => transient(&e),
-            })?;
+            }
+            if !accepted.accepted.is_empty() {
+                client.data(&body).await.map_err(failed)?;
+            }
             let _ = client.quit().await;
-            Ok(())
+            Ok(accepted)
         };
         tokio::time::timeout(SMTP_TIMEOUT, conversation)
             .await
-            .unwrap_or_else(|_| Err(transient(&"no answer in time")))
+            .unwrap_or_else(|_| {
+                Err(SinkError::Transient(format!(
+                    "{}:{}: no answer in time",
+                    self.host, self.port
+                )))
+            })
     }
+}
+
+/// What the server said to a transaction's recipients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// The recipients the server took the message for.
+    pub accepted: Vec<String>,
+    /// Refused for good (5xx): the recipient, and the reply.
+    pub refused: Vec<(String, String)>,
+    /// Refused for now (4xx): the recipient, and the reply.
+    pub deferred: Vec<(String, String)>,
+}
+
+/// `body` with every line ending CRLF, as SMTP requires (RFC 5321 2.3.8): a bare LF or a
+/// lone CR becomes CRLF. A message that has only CRLF is returned as it is.
+fn crlf(body: Vec<u8>) -> Vec<u8> {
+    let bare = body.iter().enumerate().any(|(i, &b)| {
+        (b == b'\n' && (i == 0 || body[i - 1] != b'\r'))
+            || (b == b'\r' && body.get(i + 1) != Some(&b'\n'))
+    });
+    if !bare {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `addresses` as one header value, `, ` between them, folded before a line would pass
+/// 78 characters (RFC 5322 2.1.1).
+fn fold_list(addresses: &[String]) -> String {
+    let mut out = String::new();
+    let mut line = "To: ".len();
+    for (n, address) in addresses.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+            line += 1;
+            if line + 1 + address.len() > 78 {
+                out.push_str("\r\n ");
+                line = 1;
+            } else {
+                out.push(' ');
+                line += 1;
+            }
+        }
+        out.push_str(address);
+        line += address.len();
+    }
+    out
 }
 
 /// The header section with `To:` set to `to` (and `From:` to `<from>` when given) and any
 /// `Auto-Submitted:` dropped (the caller writes its own), the continuation lines of the
-/// replaced fields dropped too; written with the message's own line ending; the body
-/// unchanged.
+/// replaced fields dropped too; the body unchanged.
 pub fn rewrite_headers(message: &[u8], to: &str, from: Option<&str>) -> Vec<u8> {
-    let eol = line_ending(message);
+    let eol = "\r\n";
     let header_end = header_end(message);
     let (head, body) = message.split_at(header_end);
     let mut out = Vec::with_capacity(message.len() + 64);
@@ -252,7 +335,7 @@ mod tests {
             None,
         );
         let text = String::from_utf8(alert).unwrap();
-        assert!(text.starts_with("To: b@y\nSubject"), "{text}");
+        assert!(text.starts_with("To: b@y\r\nSubject"), "{text}");
         assert!(text.ends_with("\nbody\nTo: not a header\n"), "{text}");
         assert_eq!(text.matches("To: b@y").count(), 1, "{text}");
     }
@@ -293,12 +376,28 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
     }
 
     #[test]
-    fn the_loop_mark_is_found_in_the_header_section_only() {
+    fn the_loop_marks_of_this_queue_name_their_actions() {
         let marks = Marks::for_queue("q0123456789ab");
-        assert!(marks.is_ours(b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab \r\nSubject: s\r\n\r\nbody\r\n"));
-        assert!(!marks.is_ours(b"X-Swiftdrop-Loop: q999\r\n\r\nbody\r\n"));
-        assert!(!marks.is_ours(b"Subject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab\r\n"));
-        assert_eq!(line_ending(b"a: b\nc"), "\n");
-        assert_eq!(line_ending(b"a: b\r\nc"), "\r\n");
+        assert_eq!(
+            marks.line("a1b2c3d4"),
+            "X-Swiftdrop-Loop: q0123456789ab a1b2c3d4\r\n"
+        );
+        let message = b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab a1b2c3d4 \r\nX-Swiftdrop-Loop: q999 ffffffff\r\nSubject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab 00000000\r\n";
+        assert_eq!(marks.actions_in(message), ["a1b2c3d4"]);
+        assert!(marks.actions_in(b"Subject: s\r\n\r\nbody\r\n").is_empty());
+    }
+
+    #[test]
+    fn line_endings_become_crlf_and_long_lists_are_folded() {
+        assert_eq!(crlf(b"a\nb\r\nc\rd\n".to_vec()), b"a\r\nb\r\nc\r\nd\r\n");
+        let same = b"a\r\nb\r\n".to_vec();
+        assert_eq!(crlf(same.clone()), same);
+        let many: Vec<String> = (0..12).map(|n| format!("person-{n}@example.com")).collect();
+        let folded = fold_list(&many);
+        assert!(folded.contains(",\r\n person-"), "{folded}");
+        for line in format!("To: {folded}").split("\r\n") {
+            assert!(line.len() <= 78, "{line:?}");
+        }
+        assert_eq!(fold_list(&["a@b".into(), "c@d".into()]), "a@b, c@d");
     }
 }

@@ -32,12 +32,12 @@ use tokio_xmpp::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::disco::{DiscoInfoQuery, DiscoInfoResult};
 use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::{Id, Lang, Message, MessageType};
-use tokio_xmpp::parsers::stanza_error::ErrorType;
 use tokio_xmpp::parsers::muc::Muc;
 use tokio_xmpp::parsers::muc::muc::History;
 use tokio_xmpp::parsers::ns;
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::parsers::stanza::Stanza;
+use tokio_xmpp::parsers::stanza_error::ErrorType;
 use tokio_xmpp::stanzastream::{StanzaStage, StanzaState, StanzaToken};
 use tokio_xmpp::xmlstream::Timeouts;
 use tokio_xmpp::{Client, Event};
@@ -302,8 +302,8 @@ impl Connection {
         }
         self.sent += 1;
         let id = format!("swiftdrop-disco-{}-{}", std::process::id(), self.sent);
-        let service = BareJid::new(&domain)
-            .map_err(|e| SinkError::Permanent(format!("{domain:?}: {e}")))?;
+        let service =
+            BareJid::new(&domain).map_err(|e| SinkError::Permanent(format!("{domain:?}: {e}")))?;
         let query = Iq::from_get(id.clone(), DiscoInfoQuery { node: None }).with_to(service.into());
         self.client
             .send_stanza(query.into())
@@ -334,7 +334,11 @@ impl Connection {
                 }
                 _ => false,
             };
-            tracing::info!(domain, room, "XMPP: asked whether the domain hosts chat rooms");
+            tracing::info!(
+                domain,
+                room,
+                "XMPP: asked whether the domain hosts chat rooms"
+            );
             self.services.insert(domain, room);
             return Ok(room);
         }
@@ -402,7 +406,9 @@ impl Connection {
         let id = Id(format!("swiftdrop-{}-{}", std::process::id(), self.sent));
         let (jid, mut message) = match to {
             Target::Room(room) => (room, Message::groupchat(Jid::from(room.clone()))),
-            Target::User(user) | Target::Ask(user) => (user, Message::chat(Jid::from(user.clone()))),
+            Target::User(user) | Target::Ask(user) => {
+                (user, Message::chat(Jid::from(user.clone())))
+            }
         };
         message.id = Some(id.clone());
         message.bodies.insert(Lang::default(), xml_text(body));
