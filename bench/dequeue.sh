@@ -7,6 +7,9 @@
 #
 #   bench/dequeue.sh        (root, Debian with prosody: tests/xmpp/prosody.sh install)
 #
+# Then the same with each message posted to the room and to a user (the watcher, directly),
+# with the time until the last one is done (both posts confirmed by the server).
+#
 # COUNT (default 200) messages per run; CONCS (default "1 8"). swiftdrop stores into a Maildir
 # (fsync), the worker claims with the local lock engine; all on loopback.
 set -euo pipefail
@@ -68,7 +71,26 @@ for conc in $CONCS; do
         --smtp-port "$smtp_port" --count "$COUNT")"
     kill "$worker"; wait "$worker" || true
 done
+# Each message to the room and to a user (the watcher, directly): the worker's time until
+# the last message is in done/ (both posts confirmed), from the first message sent.
+sed 's|actions: \[xmpp:bench@conference.xmpp.test\]|actions: [xmpp:bench@conference.xmpp.test, xmpp:watcher@xmpp.test?message]|' \
+    "$work/rules.yml" > "$work/rules-both.yml"
+runs=$(wc -w <<< "$CONCS")
+for conc in $CONCS; do
+    before=$(find "$work/maildir/done" -type f | wc -l)
+    "$bin/examples/dequeue" --config "$work/rules-both.yml" --concurrency "$conc" 2>> "$work/dequeue.log" &
+    worker=$!
+    pids+=($worker)
+    start=$(date +%s.%N)
+    line "room+user x$conc" "$("$bin/examples/dequeue_bench" pipeline --xmpp-port "$xmpp_port" \
+        --smtp-port "$smtp_port" --count "$COUNT")"
+    while [ "$(find "$work/maildir/done" -type f | wc -l)" -lt $(( before + COUNT )) ]; do sleep 0.05; done
+    printf '%-10s %d messages to a room and a user in %s s\n' "" "$COUNT" \
+        "$(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')")"
+    kill "$worker"; wait "$worker" || true
+done
+runs=$(( runs * 2 ))
 done_count=$(find "$work/maildir/done" -type f | wc -l)
-echo "messages in done/: $done_count of $(( COUNT * $(wc -w <<< "$CONCS") ))"
+echo "messages in done/: $done_count of $(( COUNT * runs ))"
 echo "bare: one client posting and waiting for the room's echo of each message (the ceiling);"
 echo "worker: SMTP 250 from swiftdrop -> claim -> rules -> the sink's post -> the watcher sees it"

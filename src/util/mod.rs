@@ -1,11 +1,13 @@
 //! Small helpers that know nothing of mail: lower-case hex ([`hex`]), the crash tests'
-//! fail-points ([`failpoint`]) and an error's chain of causes ([`error_chain`]).
+//! fail-points ([`failpoint`]), an error's chain of causes ([`error_chain`]) and the `log`
+//! crate's records sent to `tracing` ([`log_bridge`]).
 //!
 //! Owns: nothing of the domain. May use: the standard library and crates only; every other
 //! room may use it.
 
 pub mod failpoint;
 pub mod hex;
+pub mod log_bridge;
 
 /// An error with its causes, which hold the useful part of a reqwest error ("connection
 /// refused").

@@ -300,6 +300,80 @@ async fn messages_after_a_prosody_restart_arrive_once_each() {
     assert_eq!(watcher.count("disk full on db2"), 1);
 }
 
+/// Prosody stopped for 3 s under a stream of messages, each posted to a room and to a user
+/// by one worker: every message reaches the room once and the user once (none lost with
+/// the session, none sent twice: the post made while the server was down is queued, goes
+/// out on the next session and is not sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let rules = rules_with(
+        1,
+        ", xmpp:ops@conference.xmpp.test, xmpp:watcher@xmpp.test",
+        &rules_account(prosody.port, "20s"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [")
+    .replace("disk, full", "burst")
+    .replace("        filter:\n", "        template: '{{ subject }}'\n        filter:\n");
+    let worker = std::sync::Arc::new(worker(&queue, &rules, 1));
+    const COUNT: usize = 30;
+    for n in 0..COUNT {
+        let message = String::from_utf8(NAGIOS.to_vec())
+            .unwrap()
+            .replace("CRITICAL: disk full on db1", &format!("burst {n:02} ok"))
+            .replace("<n1@", &format!("<burst{n}@"));
+        store(&queue, message.as_bytes()).await;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(worker.clone().run(1, stop_rx));
+    let started = tokio::time::Instant::now();
+    while watcher.count("burst ") < 10 {
+        assert!(started.elapsed() < PATIENCE, "{:?}", watcher.bodies.lock().unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(|| prosody.restart_after(std::time::Duration::from_secs(3)));
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    while setup.names(State::Done).await.len() < COUNT {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", setup.everything().await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _ = stop_tx.send(true);
+    running.await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let bodies = watcher.bodies.lock().unwrap().clone();
+    let direct = watcher.direct.lock().unwrap().clone();
+    for n in 0..COUNT {
+        let text = format!("burst {n:02} ok");
+        let to_user = direct.iter().filter(|b| b.contains(&text)).count();
+        let in_room = bodies.iter().filter(|b| b.contains(&text)).count() - to_user;
+        assert_eq!((in_room, to_user), (1, 1), "{text}: room and user counts; all: {bodies:#?}");
+    }
+}
+
+/// A login the server refuses (a wrong password) fails the message for good, named as such,
+/// long before the post's timeout (tokio-xmpp would retry it forever).
+#[tokio::test]
+async fn a_refused_login_is_a_permanent_failure_named_as_such() {
+    let prosody = Prosody::start();
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let rules = rules_with(
+        1,
+        ", xmpp:ops@conference.xmpp.test",
+        &rules_account(prosody.port, "30s").replace("password: bot", "password: wrong"),
+    )
+    .replace("actions: [mailto:oncall@example.com, ", "actions: [");
+    let worker = worker(&queue, &rules, 1);
+    store(&queue, NAGIOS).await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("refused the login of bot@xmpp.test"), "{reason}");
+}
+
 /// `--check` names every problem with its line and exits 1; `--dry-run` prints what would
 /// fire, with the text, and sends nothing.
 #[test]

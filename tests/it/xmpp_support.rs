@@ -70,7 +70,13 @@ impl Prosody {
 
     /// Stops it and starts it again on the same port, with the same data.
     pub fn restart(&self) {
+        self.restart_after(Duration::ZERO);
+    }
+
+    /// Stops it, waits `down`, and starts it again on the same port, with the same data.
+    pub fn restart_after(&self, down: Duration) {
         self.run(&["stop", &self.path()]);
+        std::thread::sleep(down);
         self.run(&["start", &self.path(), &self.port.to_string()]);
     }
 }
@@ -92,7 +98,9 @@ impl Drop for Prosody {
 }
 
 /// A client in a room (and reachable directly as `watcher@xmpp.test`) that records the
-/// bodies of the messages it receives, rejoining after a reconnect.
+/// bodies of the messages it receives, rejoining after a reconnect (asking then for the
+/// room's history, which a restarted server began again: what the room had while it was
+/// away; chat messages sent meanwhile the server keeps offline for it).
 pub struct Watcher {
     pub bodies: Arc<Mutex<Vec<String>>>,
     /// The bodies of the direct (`chat`) messages among them.
@@ -123,18 +131,24 @@ impl Watcher {
         let counted = joins.clone();
         let task = tokio::spawn(async move {
             let mut joined_tx = Some(joined_tx);
+            let mut sessions = 0;
+            let mut seen_ids = std::collections::HashSet::new();
             while let Some(event) = client.next().await {
                 match event {
                     Event::Online { .. } => {
+                        sessions += 1;
                         // Available, so that messages to the bare address reach it.
                         client
                             .send_stanza(Presence::available().into())
                             .await
                             .unwrap();
+                        // After a reconnect, what the room had while it was away (the
+                        // room's history starts again with the server).
+                        let history = if sessions == 1 { 0 } else { 200 };
                         let presence = Presence::available()
                             .with_to(room.with_resource_str("watcher").unwrap())
                             .with_payload(
-                                Muc::new().with_history(History::new().with_maxstanzas(0)),
+                                Muc::new().with_history(History::new().with_maxstanzas(history)),
                             );
                         client.send_stanza(presence.into()).await.unwrap();
                     }
@@ -152,7 +166,16 @@ impl Watcher {
                         }
                     }
                     Event::Stanza(Stanza::Message(m)) => {
+                        // The room's history repeats (with a delay) what it had seen.
+                        let replayed = m.payloads.iter().any(|p| p.name() == "delay");
+                        let id = m.id.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+                        if replayed && !seen_ids.insert(id) {
+                            continue;
+                        }
                         if let Some(body) = m.bodies.values().next() {
+                            if let Some(id) = &m.id {
+                                seen_ids.insert(id.0.clone());
+                            }
                             collected.lock().unwrap().push(body.clone());
                             if m.type_ == MessageType::Chat {
                                 collected_direct.lock().unwrap().push(body.clone());

@@ -2,7 +2,8 @@
 # A private Prosody (Debian's prosody 0.12) on loopback for tests and benchmarks: plaintext
 # c2s on 127.0.0.1:PORT, the virtual host xmpp.test, a multi-user chat component
 # conference.xmpp.test (rooms made by the first join, unlocked, persistent), stream management
-# (XEP-0198); configuration, data, log and pid file in DIR; no systemd, nothing in
+# (XEP-0198), offline storage of chat messages to a user not online; configuration, data, log
+# and pid file in DIR; no systemd, nothing in
 # /etc/prosody used. Needs root (run_as_root) and Debian's prosody.
 #
 #   prosody.sh install                       installs prosody if missing (no service started)
@@ -39,7 +40,7 @@ run_as_root = true
 pidfile = "$dir/prosody.pid"
 data_path = "$dir/data"
 log = { info = "$dir/prosody.log"; error = "$dir/prosody.err" }
-modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "smacks"; "posix" }
+modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "smacks"; "offline"; "posix" }
 modules_disabled = { "s2s"; "tls"; "http" }
 authentication = "internal_plain"
 c2s_require_encryption = false

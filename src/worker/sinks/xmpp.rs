@@ -2,20 +2,27 @@
 //! posts one message at a time:
 //!
 //! - it waits for the session (`Online`) within the account's `timeout` (default
-//!   [`XmppSettings::DEFAULT_TIMEOUT`]): a server that does not
-//!   answer makes the action fail for now, it never hangs the worker;
+//!   [`XmppSettings::DEFAULT_TIMEOUT`]): a server that does not answer makes the action
+//!   fail for now, it never hangs the worker; a login the server refuses fails it for good
+//!   (tokio-xmpp retries it forever and says so only in its log: [`crate::util::log_bridge`]);
+//! - an address without `?join`/`?message` is a room when its domain's disco#info lists a
+//!   `conference` identity, else a user (asked once per domain);
 //! - it joins a room before posting to it (waiting for the room's presence with status
 //!   110), and again after every new session, since a reconnect loses room membership; a
 //!   room the join would create (status 201) does not exist: a permanent failure, and the
 //!   room is left again;
-//! - a message counts as delivered only when the server has it: for a room, the room's
-//!   echo of it (same id), or the server's XEP-0198 ack followed by [`ERROR_WINDOW`] without
-//!   an error; for a user, the ack (or, without stream management, the window);
+//! - a message counts as delivered only on proof: for a room, the room's echo of it (same
+//!   id); for a user, the server's XEP-0198 ack (a server answers a message it cannot
+//!   deliver before it acks it), or without stream management the answer to a ping sent
+//!   after it; an error reply that comes later is logged, not dropped;
 //! - an error reply to it (not in the room, kicked) leads to a rejoin and one resend; one
 //!   of type `wait` (a rate limit, a busy server) is a failure for now; any other (a room
 //!   or user that does not exist) is a permanent failure;
-//! - a session that ends while it waits: sent again on the next one; a session that is
-//!   resumed (XEP-0198) keeps its rooms, and tokio-xmpp itself sends what was not acked;
+//! - a session that ends while it waits: a message still queued goes out on the next
+//!   session (tokio-xmpp sends it; it is not sent twice); one sent but not acked was lost
+//!   with the session and is sent again (at worst the server had it: a repeat); a session
+//!   that is resumed (XEP-0198) keeps its rooms, and tokio-xmpp itself sends what was not
+//!   acked;
 //! - a post that runs out of time drops the connection, so that it cannot go out later
 //!   while the message waits in `retry/` (at worst the server had it: a repeat);
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
@@ -35,6 +42,7 @@ use tokio_xmpp::parsers::message::{Id, Lang, Message, MessageType};
 use tokio_xmpp::parsers::muc::Muc;
 use tokio_xmpp::parsers::muc::muc::History;
 use tokio_xmpp::parsers::ns;
+use tokio_xmpp::parsers::ping::Ping;
 use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
 use tokio_xmpp::parsers::stanza::Stanza;
 use tokio_xmpp::parsers::stanza_error::ErrorType;
@@ -45,8 +53,6 @@ use tokio_xmpp::{Client, Event};
 use super::SinkError;
 use crate::worker::rules::XmppSettings;
 
-/// How long after the server's ack an error reply is still waited for.
-pub const ERROR_WINDOW: Duration = Duration::from_secs(2);
 /// The longest message body sent (Prosody closes the stream at 256 KiB per stanza).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -94,6 +100,7 @@ impl XmppSink {
     /// Starts the connection task for `settings` (within a Tokio runtime).
     pub fn start(settings: &XmppSettings) -> Result<XmppSink, String> {
         crate::store::install_tls_provider();
+        crate::util::log_bridge::install();
         BareJid::new(&settings.jabberid)
             .map_err(|e| format!("xmpp jabberid {:?}: {e}", settings.jabberid))?;
         let (posts, requests) = mpsc::channel(64);
@@ -161,8 +168,9 @@ struct Connection {
 /// What waiting for a stanza ended with.
 enum Waited {
     Delivered,
-    /// A new session began: room membership and unacked messages are lost.
-    Reconnected,
+    /// A new session began: room membership is lost, and a message sent but not acked
+    /// (`queued`: false); one still queued goes out on the new session.
+    Reconnected { queued: bool },
     /// An error reply: not in the room (rejoin and resend), worth another attempt later
     /// (type `wait`), or anything else.
     Refused {
@@ -179,7 +187,7 @@ impl Connection {
                 post = requests.recv() => {
                     let Some(post) = post else { break };
                     let deadline = Instant::now() + self.timeout;
-                    let result = match timeout_at(deadline, self.deliver(&post.to, &post.body, deadline)).await {
+                    let result = match timeout_at(deadline, self.deliver(&post.to, &post.body)).await {
                         Ok(result) => result,
                         Err(_) => {
                             self.drop_connection().await;
@@ -232,6 +240,18 @@ impl Connection {
                 tracing::warn!(error = %e, "XMPP connection lost");
                 false
             }
+            Event::Stanza(Stanza::Message(m)) if m.type_ == MessageType::Error => {
+                // The error of a message that counted as delivered (or ran out of time):
+                // said, not dropped.
+                let error = StanzaError::of(&m.payloads);
+                tracing::warn!(
+                    id = m.id.as_ref().map(|i| i.0.as_str()).unwrap_or("-"),
+                    from = m.from.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    condition = error.condition,
+                    "XMPP: an error reply came for a message after it counted as delivered; it may not have arrived"
+                );
+                false
+            }
             Event::Stanza(_) => false,
         }
     }
@@ -243,18 +263,12 @@ impl Connection {
             .ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))
     }
 
-    async fn deliver(
-        &mut self,
-        to: &Target,
-        body: &str,
-        deadline: Instant,
-    ) -> Result<(), SinkError> {
+    async fn deliver(&mut self, to: &Target, body: &str) -> Result<(), SinkError> {
         let mut resent = false;
+        // A message queued when its session ended: sent on the next one, waited for again.
+        let mut queued: Option<(Id, StanzaToken)> = None;
         loop {
-            while !self.online {
-                let event = self.next_event().await?;
-                self.on_event(event);
-            }
+            self.wait_online().await?;
             let asked;
             let to = match to {
                 Target::Ask(jid) => {
@@ -272,9 +286,18 @@ impl Connection {
                     self.join(room).await?;
                 }
             }
-            match self.send_and_wait(to, body, deadline).await? {
+            let (id, token) = match queued.take() {
+                Some(sent) => sent,
+                None => self.send(to, body).await?,
+            };
+            match self.wait(to, &id, token.clone()).await? {
                 Waited::Delivered => return Ok(()),
-                Waited::Reconnected => continue,
+                // A user's message goes out with the new session: waited for, not resent.
+                // A room's bounces (not in the room yet) and is resent after the rejoin.
+                Waited::Reconnected { queued: true } if matches!(to, Target::User(_)) => {
+                    queued = Some((id, token));
+                }
+                Waited::Reconnected { .. } => {}
                 Waited::Refused {
                     wait: true, why, ..
                 } => return Err(SinkError::Transient(why)),
@@ -290,6 +313,33 @@ impl Connection {
                 Waited::Refused { why, .. } => return Err(SinkError::Permanent(why)),
             }
         }
+    }
+
+    /// Waits for a session. A login the server refuses (tokio-xmpp retries it forever, and
+    /// says so only in its log) fails the post for good.
+    async fn wait_online(&mut self) -> Result<(), SinkError> {
+        let mark = crate::util::log_bridge::error_mark();
+        let mut check = tokio::time::interval(Duration::from_millis(200));
+        while !self.online {
+            tokio::select! {
+                event = self.client.next() => {
+                    let event = event.ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))?;
+                    self.on_event(event);
+                }
+                _ = check.tick() => {
+                    let refused = crate::util::log_bridge::errors_since(mark, "tokio_xmpp")
+                        .into_iter()
+                        .find(|e| e.contains("authentication error"));
+                    if let Some(error) = refused {
+                        return Err(SinkError::Permanent(format!(
+                            "the XMPP server refused the login of {}: {error}",
+                            self.settings.jabberid
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `jid`'s domain is a chat-room service: its disco#info lists a `conference`
@@ -396,12 +446,8 @@ impl Connection {
         }
     }
 
-    async fn send_and_wait(
-        &mut self,
-        to: &Target,
-        body: &str,
-        deadline: Instant,
-    ) -> Result<Waited, SinkError> {
+    /// Sends `body` to `to`; its id and token.
+    async fn send(&mut self, to: &Target, body: &str) -> Result<(Id, StanzaToken), SinkError> {
         self.sent += 1;
         let id = Id(format!("swiftdrop-{}-{}", std::process::id(), self.sent));
         let (jid, mut message) = match to {
@@ -412,43 +458,62 @@ impl Connection {
         };
         message.id = Some(id.clone());
         message.bodies.insert(Lang::default(), xml_text(body));
-        let mut token: StanzaToken = self
+        let token = self
             .client
             .send_stanza(message.into())
             .await
             .map_err(|e| SinkError::Transient(format!("send to {jid}: {e}")))?;
+        Ok((id, token))
+    }
+
+    /// Waits for the proof that the server has the message `id` to `to`: a room's echo of
+    /// it; for a user, the server's XEP-0198 ack (the server answers a message to a user
+    /// it cannot reach before it acks it), or without stream management, the answer to a
+    /// ping sent after it (the server answers in order). An error reply with its id before
+    /// that refuses it.
+    async fn wait(
+        &mut self,
+        to: &Target,
+        id: &Id,
+        mut token: StanzaToken,
+    ) -> Result<Waited, SinkError> {
         let room = matches!(to, Target::Room(_));
-        let mut acked_at: Option<Instant> = None;
-        if !self.acks && !room {
-            // Without acks, the window after the send stands for them (a room's echo is
-            // waited for in any case).
-            acked_at = Some(Instant::now());
-        }
         let acks = self.acks;
+        let ping = if room || acks {
+            None
+        } else {
+            Some(self.ping().await?)
+        };
         loop {
-            let window_end = acked_at.map(|at| at + ERROR_WINDOW);
             tokio::select! {
-                state = token.wait_for(StanzaStage::Acked), if acks && acked_at.is_none() => match state {
-                    Some(StanzaState::Acked { .. }) => acked_at = Some(Instant::now()),
+                state = token.wait_for(StanzaStage::Acked), if !room && acks => match state {
+                    Some(StanzaState::Acked { .. }) => return Ok(Waited::Delivered),
                     Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None => {
-                        return Ok(Waited::Reconnected);
+                        // Sent, never acked, and dropped with its session: it may or may
+                        // not have reached the server.
+                        return Ok(Waited::Reconnected { queued: false });
                     }
                     Some(_) => {}
                 },
-                _ = tokio::time::sleep_until(window_end.unwrap_or(deadline)), if window_end.is_some() => {
-                    return Ok(Waited::Delivered);
-                }
                 event = self.client.next() => {
                     let event = event.ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))?;
                     let reply = match event {
-                        Event::Stanza(Stanza::Message(m)) if m.id.as_ref() == Some(&id) => m,
+                        Event::Stanza(Stanza::Message(m)) if m.id.as_ref() == Some(id) => m,
+                        Event::Stanza(Stanza::Iq(iq)) if Some(iq.id()) == ping.as_deref() => {
+                            return Ok(Waited::Delivered);
+                        }
                         other => {
                             if self.on_event(other) {
-                                if acked_at.is_some() && self.acks {
-                                    // The server had it before the session ended.
-                                    return Ok(Waited::Delivered);
+                                if !room && acks {
+                                    // The token tells: acked on the new session (it was
+                                    // queued and went out on it), or dropped with the old
+                                    // one's unacked stanzas (lost: sent again).
+                                    continue;
                                 }
-                                return Ok(Waited::Reconnected);
+                                // A new session: a message still queued goes out on it (it
+                                // must not be sent twice); one sent is lost with the old one.
+                                let queued = matches!(token.state(), StanzaState::Queued);
+                                return Ok(Waited::Reconnected { queued });
                             }
                             continue;
                         }
@@ -459,6 +524,9 @@ impl Connection {
                             let rejoin = room
                                 && ["not-acceptable", "forbidden", "not-allowed"]
                                     .contains(&error.condition.as_str());
+                            let jid = match to {
+                                Target::Room(j) | Target::User(j) | Target::Ask(j) => j,
+                            };
                             return Ok(Waited::Refused {
                                 rejoin,
                                 wait: error.wait,
@@ -472,6 +540,22 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Sends a ping (XEP-0199) to our server; its id. Its answer (a result, or an error
+    /// from a server without ping) comes after the server dealt with what was sent before.
+    async fn ping(&mut self) -> Result<String, SinkError> {
+        self.sent += 1;
+        let id = format!("swiftdrop-ping-{}-{}", std::process::id(), self.sent);
+        let server = BareJid::new(&self.settings.jabberid)
+            .map(|jid| Jid::from(BareJid::from_parts(None, jid.domain())))
+            .map_err(|e| SinkError::Permanent(e.to_string()))?;
+        let ping = Iq::from_get(id.clone(), Ping).with_to(server);
+        self.client
+            .send_stanza(ping.into())
+            .await
+            .map_err(|e| SinkError::Transient(format!("ping: {e}")))?;
+        Ok(id)
     }
 }
 
