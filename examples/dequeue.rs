@@ -102,7 +102,12 @@ fn main() -> ExitCode {
         }
     };
     for warning in &rules.warnings {
-        println!("{warning}");
+        // --check prints its findings; a worker logs them.
+        if args.check.is_some() {
+            println!("{warning}");
+        } else {
+            eprintln!("{warning}");
+        }
     }
     if args.check.is_some() {
         let count: usize = rules.managers.iter().map(|m| m.rules.len()).sum();

@@ -1,7 +1,9 @@
 //! The `log` crate's records as `tracing` events: tokio-xmpp (and hickory's resolver) log
 //! with `log`, and without a bridge their "failed to connect, retrying" lines were lost.
 //! Errors are also kept (the last [`KEPT`]), for code that has no other way to learn of
-//! them: tokio-xmpp retries a refused login forever and says so only in its log.
+//! them: tokio-xmpp retries a refused login forever and says so only in its log. Records
+//! name no connection: the worker has one XMPP account per process, so tokio-xmpp's errors
+//! are its.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -317,7 +317,10 @@ async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
     )
     .replace("actions: [mailto:oncall@example.com, ", "actions: [")
     .replace("disk, full", "burst")
-    .replace("        filter:\n", "        template: '{{ subject }}'\n        filter:\n");
+    .replace(
+        "        filter:\n",
+        "        template: '{{ subject }}'\n        filter:\n",
+    );
     let worker = std::sync::Arc::new(worker(&queue, &rules, 1));
     const COUNT: usize = 30;
     for n in 0..COUNT {
@@ -331,13 +334,21 @@ async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
     let running = tokio::spawn(worker.clone().run(1, stop_rx));
     let started = tokio::time::Instant::now();
     while watcher.count("burst ") < 10 {
-        assert!(started.elapsed() < PATIENCE, "{:?}", watcher.bodies.lock().unwrap());
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{:?}",
+            watcher.bodies.lock().unwrap()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     tokio::task::block_in_place(|| prosody.restart_after(std::time::Duration::from_secs(3)));
     let deadline = tokio::time::Instant::now() + PATIENCE * 3;
     while setup.names(State::Done).await.len() < COUNT {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", setup.everything().await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            setup.everything().await
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let _ = stop_tx.send(true);
@@ -349,29 +360,61 @@ async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
         let text = format!("burst {n:02} ok");
         let to_user = direct.iter().filter(|b| b.contains(&text)).count();
         let in_room = bodies.iter().filter(|b| b.contains(&text)).count() - to_user;
-        assert_eq!((in_room, to_user), (1, 1), "{text}: room and user counts; all: {bodies:#?}");
+        assert_eq!(
+            (in_room, to_user),
+            (1, 1),
+            "{text}: room and user counts; all: {bodies:#?}"
+        );
     }
 }
 
 /// A login the server refuses (a wrong password) fails the message for good, named as such,
-/// long before the post's timeout (tokio-xmpp would retry it forever).
+/// long before the post's timeout (tokio-xmpp would retry it forever). The worker runs as
+/// its own process: tokio-xmpp's log, which tells of the refusal, is the process's.
 #[tokio::test]
 async fn a_refused_login_is_a_permanent_failure_named_as_such() {
     let prosody = Prosody::start();
     let setup = QueueSetup::new(Backend::Maildir, &[]);
     let queue = setup.queue().await;
+    let rules_file = setup.dir.path().join("rules.yml");
     let rules = rules_with(
         1,
         ", xmpp:ops@conference.xmpp.test",
-        &rules_account(prosody.port, "30s").replace("password: bot", "password: wrong"),
+        &rules_account(prosody.port, "60s").replace("password: bot", "password: wrong"),
     )
     .replace("actions: [mailto:oncall@example.com, ", "actions: [");
-    let worker = worker(&queue, &rules, 1);
-    store(&queue, NAGIOS).await;
-    let report = handle_next(&worker).await;
-    assert!(report.finished.starts_with("failed/"), "{report:?}");
-    let reason = report.reason.unwrap();
-    assert!(reason.contains("refused the login of bot@xmpp.test"), "{reason}");
+    std::fs::write(&rules_file, rules).unwrap();
+    let running = FilterAndWorker::start(&setup, &rules_file, &[]).await;
+    running
+        .send(
+            "nagios@mon.example.org",
+            &["ops@example.com"],
+            b"From: nagios@mon.example.org\r\nSubject: CRITICAL: disk full on db3\r\n\r\nfull\r\n",
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while setup.names(State::Failed).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            setup.everything().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let name = setup.names(State::Failed).await.remove(0);
+    let reason = queue
+        .copies(&name)
+        .await
+        .unwrap()
+        .remove(0)
+        .record
+        .reason
+        .unwrap();
+    assert!(
+        reason.contains("refused the login of bot@xmpp.test"),
+        "{reason}"
+    );
+    assert_eq!(running.stop_worker(), Some(0));
 }
 
 /// `--check` names every problem with its line and exits 1; `--dry-run` prints what would

@@ -403,31 +403,71 @@ impl Checker<'_> {
     fn rules(&mut self, doc: FileDoc) -> Rules {
         let mut templates = Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
-        let mut add_template = |checker: &mut Self, name: String, source: String| {
-            let unknown: Vec<String> = match templates.template_from_str(&source) {
-                Ok(t) => t
-                    .undeclared_variables(false)
-                    .into_iter()
-                    .filter(|v| !TEMPLATE_VARIABLES.contains(&v.as_str()))
-                    .collect(),
-                Err(e) => {
+        // Each template is compiled, its variables named, the capture groups it reads
+        // looked for in its rule's regexes, and it is rendered once with sample values, so
+        // that a filter or test minijinja does not know is found now, not at run time.
+        let mut add_template =
+            |checker: &mut Self,
+             name: String,
+             source: String,
+             rule: &str,
+             captures: &std::collections::BTreeSet<String>| {
+                let used = match templates.template_from_str(&source) {
+                    Ok(t) => t.undeclared_variables(true),
+                    Err(e) => {
+                        checker.problem(&source, format!("bad template: {e}"));
+                        return;
+                    }
+                };
+                let mut unknown = std::collections::BTreeSet::new();
+                for variable in &used {
+                    let (top, nested) = variable.split_once('.').unwrap_or((variable, ""));
+                    if !TEMPLATE_VARIABLES.contains(&top) {
+                        unknown.insert(top.to_string());
+                    } else if top == "captures" && !nested.is_empty() && !captures.contains(nested)
+                    {
+                        checker.problem(
+                        &source,
+                        format!("the template of rule {rule:?} reads captures.{nested}, which no regex of the rule defines (named groups: {})", captures.iter().cloned().collect::<Vec<_>>().join(", ")),
+                    );
+                    }
+                }
+                for variable in unknown {
+                    checker.problem(
+                        &source,
+                        format!(
+                            "unknown template variable {variable:?}; known: {}",
+                            TEMPLATE_VARIABLES.join(", ")
+                        ),
+                    );
+                }
+                if let Err(e) = templates.add_template_owned(name.clone(), source.clone()) {
                     checker.problem(&source, format!("bad template: {e}"));
                     return;
                 }
+                let sample: BTreeMap<&str, String> = captures
+                    .iter()
+                    .map(|c| (c.as_str(), "x".to_string()))
+                    .collect();
+                let rendered = templates.get_template(&name).and_then(|t| {
+                    t.render(minijinja::context! {
+                        subject => "s", from => "a@b", to => "a@b", envelope_from => "a@b",
+                        envelope_to => "a@b", body => "b", message_id => "m", captures => sample,
+                        manager => "m", rule => rule, date => "d",
+                        headers => BTreeMap::<String, String>::new(), event => "BREAKS",
+                        pipeline => "p", stage => "s",
+                    })
+                });
+                if let Err(e) = rendered {
+                    use minijinja::ErrorKind::*;
+                    if matches!(
+                        e.kind(),
+                        UnknownFilter | UnknownTest | UnknownFunction | UnknownMethod
+                    ) {
+                        checker.problem(&source, format!("template of rule {rule:?}: {e}"));
+                    }
+                }
             };
-            for variable in unknown {
-                checker.problem(
-                    &source,
-                    format!(
-                        "unknown template variable {variable:?}; known: {}",
-                        TEMPLATE_VARIABLES.join(", ")
-                    ),
-                );
-            }
-            if let Err(e) = templates.add_template_owned(name, source.clone()) {
-                checker.problem(&source, format!("bad template: {e}"));
-            }
-        };
         let default_template = doc.template.unwrap_or_else(|| DEFAULT_TEMPLATE.into());
         let mattermost_template = doc
             .mattermost
@@ -488,7 +528,9 @@ impl Checker<'_> {
                     .clone()
                     .or_else(|| manager_template.clone())
                     .unwrap_or_else(|| default_template.clone());
-                add_template(self, template_name.clone(), source);
+                let filter = self.filter(rule.filter.unwrap_or_default(), gocd_rules);
+                let captures = filter.capture_names();
+                add_template(self, template_name.clone(), source, &name, &captures);
                 let mattermost_template_name = format!("{m}/{r}/mattermost");
                 add_template(
                     self,
@@ -496,8 +538,9 @@ impl Checker<'_> {
                     rule.mattermost_template
                         .clone()
                         .unwrap_or_else(|| mattermost_template.clone()),
+                    &name,
+                    &captures,
                 );
-                let filter = self.filter(rule.filter.unwrap_or_default(), gocd_rules);
                 let actions = rule
                     .actions
                     .iter()
@@ -1450,6 +1493,32 @@ managers:
             assert!(p.iter().any(|l| l.starts_with(e)), "{e} not in {p:#?}");
         }
         assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn templates_are_tried_before_they_run() {
+        let p = problems(
+            "unmatched: done
+remote-smtp: h:25
+managers:
+  - name: a
+    rules:
+      - name: r
+        filter:
+          subject: '(?P<host>\\S+) down'
+        actions: [mailto:a@b.c]
+        template: '{{ captures.host }} {{ captures.hots }} {{ subject | shout }}'
+",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].starts_with("r.yml:10: the template of rule \"r\" reads captures.hots, which no regex of the rule defines (named groups: host)"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("r.yml:10: template of rule \"r\": unknown filter"),
+            "{p:?}"
+        );
     }
 
     #[test]

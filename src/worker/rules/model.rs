@@ -137,6 +137,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The named groups of its regexes: what `captures.<name>` can give a template.
+    pub fn capture_names(&self) -> std::collections::BTreeSet<String> {
+        self.subject
+            .iter()
+            .chain(&self.body)
+            .chain(self.headers.iter().map(|(_, re)| re))
+            .flat_map(|re| re.capture_names().flatten().map(str::to_string))
+            .collect()
+    }
+
     /// The named captures when the filter matches, else `None`.
     pub(super) fn matches(
         &self,

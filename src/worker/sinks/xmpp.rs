@@ -12,9 +12,10 @@
 //!   room the join would create (status 201) does not exist: a permanent failure, and the
 //!   room is left again;
 //! - a message counts as delivered only on proof: for a room, the room's echo of it (same
-//!   id); for a user, the server's XEP-0198 ack (a server answers a message it cannot
-//!   deliver before it acks it), or without stream management the answer to a ping sent
-//!   after it; an error reply that comes later is logged, not dropped;
+//!   id); for a user, the server's XEP-0198 ack, or without stream management the answer to
+//!   a ping sent after it (the server answers in order), and for a user who has not taken a
+//!   message yet no error reply within [`ERROR_WINDOW`] after that (Prosody answers for an
+//!   unknown account after its ack); an error reply that comes later is logged, not dropped;
 //! - an error reply to it (not in the room, kicked) leads to a rejoin and one resend; one
 //!   of type `wait` (a rate limit, a busy server) is a failure for now; any other (a room
 //!   or user that does not exist) is a permanent failure;
@@ -53,6 +54,9 @@ use tokio_xmpp::{Client, Event};
 use super::SinkError;
 use crate::worker::rules::XmppSettings;
 
+/// How long after the proof that the server has a message to a user not known yet an error
+/// reply is still waited for (Prosody answers for an unknown account after its ack).
+pub const ERROR_WINDOW: Duration = Duration::from_secs(2);
 /// The longest message body sent (Prosody closes the stream at 256 KiB per stanza).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -111,6 +115,7 @@ impl XmppSink {
             acks: false,
             joined: HashSet::new(),
             services: HashMap::new(),
+            known_users: HashSet::new(),
             nick: settings.nick.clone(),
             sent: 0,
             timeout: settings.timeout,
@@ -158,6 +163,8 @@ struct Connection {
     joined: HashSet<BareJid>,
     /// Whether each domain asked is a chat-room service (disco#info).
     services: HashMap<String, bool>,
+    /// Users who took a message without an error reply within [`ERROR_WINDOW`].
+    known_users: HashSet<BareJid>,
     nick: String,
     /// Messages sent, for their ids.
     sent: u64,
@@ -170,7 +177,9 @@ enum Waited {
     Delivered,
     /// A new session began: room membership is lost, and a message sent but not acked
     /// (`queued`: false); one still queued goes out on the new session.
-    Reconnected { queued: bool },
+    Reconnected {
+        queued: bool,
+    },
     /// An error reply: not in the room (rejoin and resend), worth another attempt later
     /// (type `wait`), or anything else.
     Refused {
@@ -484,10 +493,25 @@ impl Connection {
         } else {
             Some(self.ping().await?)
         };
+        // A user who took a message before is known to exist: the server's ack (or the
+        // ping's answer) is the proof. For another, errors that the server sends after its
+        // ack (Prosody checks the account in its own time) are waited for a while.
+        let known = match to {
+            Target::User(user) => self.known_users.contains(user),
+            _ => false,
+        };
+        let mut window_end: Option<Instant> = None;
         loop {
             tokio::select! {
-                state = token.wait_for(StanzaStage::Acked), if !room && acks => match state {
-                    Some(StanzaState::Acked { .. }) => return Ok(Waited::Delivered),
+                _ = tokio::time::sleep_until(window_end.unwrap_or_else(Instant::now)), if window_end.is_some() => {
+                    if let Target::User(user) = to {
+                        self.known_users.insert(user.clone());
+                    }
+                    return Ok(Waited::Delivered);
+                }
+                state = token.wait_for(StanzaStage::Acked), if !room && acks && window_end.is_none() => match state {
+                    Some(StanzaState::Acked { .. }) if known => return Ok(Waited::Delivered),
+                    Some(StanzaState::Acked { .. }) => window_end = Some(Instant::now() + ERROR_WINDOW),
                     Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None => {
                         // Sent, never acked, and dropped with its session: it may or may
                         // not have reached the server.
@@ -500,7 +524,11 @@ impl Connection {
                     let reply = match event {
                         Event::Stanza(Stanza::Message(m)) if m.id.as_ref() == Some(id) => m,
                         Event::Stanza(Stanza::Iq(iq)) if Some(iq.id()) == ping.as_deref() => {
-                            return Ok(Waited::Delivered);
+                            if known {
+                                return Ok(Waited::Delivered);
+                            }
+                            window_end = Some(Instant::now() + ERROR_WINDOW);
+                            continue;
                         }
                         other => {
                             if self.on_event(other) {
