@@ -355,6 +355,31 @@ impl Claim {
         self.record_done_replacing(id, &[]).await
     }
 
+    /// [`Claim::record_done`] for several ids in one update (each recipient of one
+    /// message sent: a lost lease between single records would resend to the rest).
+    pub async fn record_done_all(&mut self, ids: &[String]) -> Result<(), QueueError> {
+        if self.spent || self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let mut record = self.record.clone();
+        for id in ids {
+            let id = id.replace(',', "_");
+            if !record.done.contains(&id) {
+                record.done.push(id);
+            }
+        }
+        if record.done == self.record.done {
+            return Ok(());
+        }
+        if !record.done_fits() {
+            return Err(QueueError::Refused(format!(
+                "{}: no room left to record done ids",
+                self.name()
+            )));
+        }
+        self.write_record(record).await
+    }
+
     /// [`Claim::record_done`], with the ids `replaced` taken off the list in the same
     /// update (work that `id` sums up, to keep the list short).
     pub async fn record_done_replacing(

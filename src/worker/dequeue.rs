@@ -226,9 +226,11 @@ impl Worker {
             .await
             .map_err(|e| QueueError::Refused(format!("parsing the message failed: {e}")))?;
         let manager = self.rules.manager_at(&mail);
+        // A copy of what this queue sent, come back, is no new GoCD notification.
+        let join = self.marks.actions_in(bytes).is_empty();
         let facts = match manager.and_then(|at| self.gocd.get(&at)) {
             Some(gocd) => Some(
-                gocd.facts(&mail.subject, name)
+                gocd.facts(&mail.subject, name, join)
                     .await
                     .map_err(|e| QueueError::Lock(format!("gocd history: {e}")))?,
             ),
@@ -280,6 +282,9 @@ impl Worker {
         // would be a loop (an alert or forward that came back); another one is a chain.
         let sent_by = self.marks.actions_in(&bytes);
         let looped = |p: &Planned| sent_by.contains(&action_id(&p.receipt));
+        // What leaves carries the ids of all this message's actions: if it comes back, the
+        // same rules' posts are loops too, not only the mail that brought it.
+        let ids: Vec<String> = planned.iter().map(|p| action_id(&p.receipt)).collect();
         if !planned.is_empty() && planned.iter().all(looped) {
             return Ok(Outcome::Done {
                 reason: Some(format!(
@@ -296,7 +301,7 @@ impl Worker {
                     action_id(&planned.receipt)
                 ))
             } else {
-                self.take_once(claim, &planned, &bytes, &mail).await?
+                self.take_once(claim, &planned, &bytes, &mail, &ids).await?
             };
             report.actions.push((planned.label, result));
         }
@@ -311,9 +316,12 @@ impl Worker {
         planned: &Planned,
         bytes: &[u8],
         mail: &MailView,
+        ids: &[String],
     ) -> Result<ActionResult, QueueError> {
         let (action, text) = match &planned.what {
-            What::Mail(job) => return self.send_mail(claim, planned, job, bytes, mail).await,
+            What::Mail(job) => {
+                return self.send_mail(claim, planned, job, bytes, mail, ids).await;
+            }
             What::Post(action, text) => (action, text),
         };
         if let Some(result) = done_before(claim, planned).await? {
@@ -327,7 +335,8 @@ impl Worker {
     }
 
     /// Sends the alert or forward `job` to each recipient no earlier attempt recorded, and
-    /// records each recipient's end: taken, or refused for good.
+    /// records each recipient's end (taken, or refused for good) in one update; its loop
+    /// mark names `ids`, the message's actions.
     async fn send_mail(
         &self,
         claim: &mut Claim,
@@ -335,9 +344,19 @@ impl Worker {
         job: &MailJob,
         bytes: &[u8],
         mail: &MailView,
+        ids: &[String],
     ) -> Result<ActionResult, QueueError> {
+        if job.to.is_empty() {
+            return Ok(ActionResult::Failed(SinkError::Permanent(
+                "no recipient to send to (no Delivered-To)".into(),
+            )));
+        }
         let id = |recipient: &str| action_id(&job.receipt(recipient));
         let done = claim.done();
+        // The version before recorded a whole alert or forward under one receipt.
+        if done.contains(&action_id(&planned.receipt)) {
+            return Ok(ActionResult::DoneBefore);
+        }
         let (mut pending, mut refused_before) = (Vec::new(), Vec::new());
         for recipient in &job.to {
             let before = job.earlier_receipts(recipient);
@@ -353,7 +372,7 @@ impl Worker {
         }
         if pending.is_empty() {
             return Ok(match refused_before.len() {
-                0 if !job.to.is_empty() => ActionResult::DoneBefore,
+                0 => ActionResult::DoneBefore,
                 n if n == job.to.len() => ActionResult::FailedBefore,
                 _ => ActionResult::Partly(format!(
                     "not delivered to {} (refused for good before)",
@@ -368,7 +387,7 @@ impl Worker {
                 "no room left on the message to record the action".into(),
             )));
         }
-        let loop_mark = self.marks.line(&action_id(&planned.receipt));
+        let loop_mark = self.marks.line(ids);
         let sent = match &job.kind {
             MailKind::Alert { .. } => match &self.mail {
                 Some(sink) => {
@@ -396,20 +415,22 @@ impl Worker {
         let sent = match sent {
             Ok(sent) => sent,
             Err(e) => {
+                // Nobody got it (the sender refused, or no connection): all pending.
                 if e.is_permanent() {
-                    for recipient in &pending {
-                        record(claim, &planned.label, &format!("{}!", id(recipient))).await?;
-                    }
+                    let entries: Vec<String> =
+                        pending.iter().map(|r| format!("{}!", id(r))).collect();
+                    record_all(claim, &planned.label, &entries).await?;
                 }
                 return Ok(ActionResult::Failed(e));
             }
         };
-        for recipient in &sent.accepted {
-            record(claim, &planned.label, &id(recipient)).await?;
-        }
-        for (recipient, _) in &sent.refused {
-            record(claim, &planned.label, &format!("{}!", id(recipient))).await?;
-        }
+        let entries: Vec<String> = sent
+            .accepted
+            .iter()
+            .map(|r| id(r))
+            .chain(sent.refused.iter().map(|(r, _)| format!("{}!", id(r))))
+            .collect();
+        record_all(claim, &planned.label, &entries).await?;
         let refused: Vec<String> = refused_before
             .iter()
             .map(|r| format!("{r} (refused for good before)"))
@@ -490,8 +511,13 @@ impl Worker {
 /// every later attempt would take it again.
 async fn done_before(claim: &Claim, planned: &Planned) -> Result<Option<ActionResult>, QueueError> {
     let id = action_id(&planned.receipt);
-    // Records of the version before receipts were keyed by the rule and URI.
-    if claim.done().contains(&id) || claim.done().contains(&action_id(&planned.label)) {
+    // Records of the version before receipts were keyed by the rule and URI (a room by
+    // its domain's name then: `?join`).
+    let earlier = [
+        action_id(&planned.label),
+        action_id(&format!("{}?join", planned.label)),
+    ];
+    if claim.done().contains(&id) || earlier.iter().any(|e| claim.done().contains(e)) {
         return Ok(Some(ActionResult::DoneBefore));
     }
     if claim.done().contains(&format!("{id}!")) {
@@ -530,7 +556,12 @@ async fn settle(
 /// the message goes on to its finish even when the record fails for a reason other than
 /// a lost lease (only a later attempt could repeat it).
 async fn record(claim: &mut Claim, label: &str, entry: &str) -> Result<(), QueueError> {
-    match claim.record_done(entry).await {
+    record_all(claim, label, &[entry.to_string()]).await
+}
+
+/// [`record`] for several entries, in one update.
+async fn record_all(claim: &mut Claim, label: &str, entries: &[String]) -> Result<(), QueueError> {
+    match claim.record_done_all(entries).await {
         Err(e @ QueueError::LeaseLost { .. }) => Err(e),
         Err(e) => {
             tracing::warn!(key = claim.key(), label, error = %e, "action's end not recorded");

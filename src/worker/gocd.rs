@@ -264,8 +264,15 @@ impl History {
     }
 
     /// The event `stage` means for the message `message` (its name), after the pipeline's
-    /// shared history, which it joins. The same message asked again gets the same event.
-    pub async fn event(&self, stage: &StageResult, message: &str) -> Result<Option<Event>, String> {
+    /// shared history, which it joins when `join` (not a copy of what a worker sent, come
+    /// back: it must not count as a new notification). The same message asked again gets
+    /// the same event.
+    pub async fn event(
+        &self,
+        stage: &StageResult,
+        message: &str,
+        join: bool,
+    ) -> Result<Option<Event>, String> {
         let Some(said) = stage.said else {
             return Ok(None);
         };
@@ -283,8 +290,10 @@ impl History {
             if let Some(at) = log.entries.iter().position(|(m, _)| m == message) {
                 return Ok(Some(said.after(log.state_before(at))));
             }
-            let at = log.insert(message, said.state_after());
-            let event = said.after(log.state_before(at));
+            if !join {
+                return Ok(Some(said.after(log.state_before(log.entries.len()))));
+            }
+            let event = said.after(log.insert(message, said.state_after()));
             if self
                 .lock
                 .swap_shared_value(&key, held.as_deref(), &log.render())
@@ -353,20 +362,25 @@ impl Log {
     }
 
     /// Adds `message` where its stored time puts it (after entries of the same time), the
-    /// oldest entries forgotten past [`HISTORY_ENTRIES`]; where it went.
-    fn insert(&mut self, message: &str, state: PipelineState) -> usize {
+    /// oldest entries forgotten past [`HISTORY_ENTRIES`]; the state before it. A message
+    /// older than every entry of a full log is not kept (it would be forgotten at once,
+    /// and the state before the log is not its).
+    fn insert(&mut self, message: &str, state: PipelineState) -> PipelineState {
         let order = stored_order(message);
-        let mut at = self
+        let at = self
             .entries
             .iter()
             .rposition(|(m, _)| stored_order(m) <= order)
             .map_or(0, |i| i + 1);
+        let before = self.state_before(at);
+        if at == 0 && self.entries.len() >= HISTORY_ENTRIES {
+            return before;
+        }
         self.entries.insert(at, (message.to_string(), state));
         while self.entries.len() > HISTORY_ENTRIES {
             self.before = self.entries.remove(0).1;
-            at = at.saturating_sub(1);
         }
-        at
+        before
     }
 }
 
@@ -434,12 +448,18 @@ impl Gocd {
         }
     }
 
-    /// What the rules see of a message with `subject` (`message`: its name). An error
-    /// (the history cannot be read; GoCD never gave groups a rule needs): try later.
-    pub async fn facts(&self, subject: &str, message: &str) -> Result<GocdFacts, String> {
+    /// What the rules see of a message with `subject` (`message`: its name; `join`: it
+    /// joins the pipeline's history, see [`History::event`]). An error (the history cannot
+    /// be read; GoCD never gave groups a rule needs): try later.
+    pub async fn facts(
+        &self,
+        subject: &str,
+        message: &str,
+        join: bool,
+    ) -> Result<GocdFacts, String> {
         let stage = stage_result(subject);
         let event = match &stage {
-            Some(stage) => self.history.event(stage, message).await?,
+            Some(stage) => self.history.event(stage, message, join).await?,
             None => None,
         };
         let groups = match self.client.groups().await {
@@ -625,10 +645,10 @@ mod tests {
             before: Success,
             entries: Vec::new(),
         };
-        assert_eq!(log.insert("1700000002.M5P1.h,S=1", Failure), 0);
+        assert_eq!(log.insert("1700000002.M5P1.h,S=1", Failure), Success);
         // Stored before, handled after: weighed against cctray's state, and the newest
         // entry still gives the current state.
-        assert_eq!(log.insert("1700000001.M900000P1.h,S=1", Success), 0);
+        assert_eq!(log.insert("1700000001.M900000P1.h,S=1", Success), Success);
         assert_eq!(log.state_before(1), Success);
         assert_eq!(log.entries.last().unwrap().1, Failure);
         assert_eq!(Log::parse(&log.render()), log);
@@ -637,6 +657,10 @@ mod tests {
         }
         assert_eq!(log.entries.len(), HISTORY_ENTRIES);
         assert_eq!(log.before, Failure, "the forgotten entries' last state");
+        // Older than all of a full log: weighed against the state before it, not kept.
+        let full = log.clone();
+        assert_eq!(log.insert("1600000000.M1P1.h", Success), Failure);
+        assert_eq!(log, full);
         assert_eq!(stored_order("1700000001.M12P3.h"), (1_700_000_001, 12));
         assert_eq!(stored_order("not-a-maildir-name"), (u64::MAX, 0));
         assert_eq!(Log::parse("failure success m1"), Log::default());

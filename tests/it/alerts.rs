@@ -247,34 +247,34 @@ async fn the_pipelines_history_is_shared_and_a_message_asked_again_gets_the_same
             "1800000003.M1P1.t",
         );
         assert_eq!(
-            a.event(&failed, m1).await.unwrap(),
+            a.event(&failed, m1, true).await.unwrap(),
             Some(Event::Breaks),
             "{engine:?}"
         );
         assert_eq!(
-            b.event(&failed, m1).await.unwrap(),
+            b.event(&failed, m1, true).await.unwrap(),
             Some(Event::Breaks),
             "asked again: {engine:?}"
         );
         assert_eq!(
-            b.event(&failed, m2).await.unwrap(),
+            b.event(&failed, m2, true).await.unwrap(),
             Some(Event::Fails),
             "{engine:?}"
         );
         assert_eq!(
-            a.event(&passed, m3).await.unwrap(),
+            a.event(&passed, m3, true).await.unwrap(),
             Some(Event::Fixed),
             "{engine:?}"
         );
         // m1 again after others came: still BREAKS, and the pipeline stays fixed.
         assert_eq!(
-            a.event(&failed, m1).await.unwrap(),
+            a.event(&failed, m1, true).await.unwrap(),
             Some(Event::Breaks),
             "{engine:?}"
         );
         let next = stage_result("Stage [app/7/build/1] failed").unwrap();
         assert_eq!(
-            a.event(&next, "1800000004.M1P1.t").await.unwrap(),
+            a.event(&next, "1800000004.M1P1.t", true).await.unwrap(),
             Some(Event::Breaks),
             "{engine:?}"
         );
@@ -282,14 +282,14 @@ async fn the_pipelines_history_is_shared_and_a_message_asked_again_gets_the_same
         assert_eq!(b.seed(&states).await.unwrap(), 0, "{engine:?}");
         let unknown = stage_result("Stage [new/1/build/1] failed").unwrap();
         assert_eq!(
-            a.event(&unknown, m1).await.unwrap(),
+            a.event(&unknown, m1, true).await.unwrap(),
             Some(Event::Fails),
             "{engine:?}"
         );
         // Another server's pipeline of the same name has a history of its own.
         let other = History::new("http://other.example.com/go", engine.clone());
         assert_eq!(
-            other.event(&failed, m2).await.unwrap(),
+            other.event(&failed, m2, true).await.unwrap(),
             Some(Event::Fails),
             "{engine:?}"
         );
@@ -305,7 +305,7 @@ async fn the_pipelines_history_is_shared_and_a_message_asked_again_gets_the_same
             let (history, racing) = (history.clone(), racing.clone());
             handles.push(tokio::spawn(async move {
                 history
-                    .event(&racing, &format!("1800000100.M{n}P1.t"))
+                    .event(&racing, &format!("1800000100.M{n}P1.t"), true)
                     .await
                     .unwrap()
             }));
@@ -474,7 +474,7 @@ managers:
     let received = smtp.wait_for(2).await;
     let mark = worker
         .marks
-        .line(&action_id(&format!("forward:127.0.0.1:{}", smtp.port)));
+        .line(&[action_id(&format!("forward:127.0.0.1:{}", smtp.port))]);
     assert!(mark.starts_with(&format!("{LOOP_HEADER}: {} ", worker.marks.id())));
     let mut expected = mark.clone().into_bytes();
     expected.extend_from_slice(content);
@@ -491,7 +491,7 @@ managers:
     );
     let mark = worker
         .marks
-        .line(&action_id("mailto:ops@example.com,sysadmins@example.com"));
+        .line(&[action_id("mailto:ops@example.com,sysadmins@example.com")]);
     let expected_alert = format!(
         "{mark}Auto-Submitted: auto-generated\r\nFrom: Backup <backup@example.com>\r\nTo: sysadmins@example.com, ops@example.com\r\nSubject: Server backup failed\r\n\r\nbody line\r\n\r\n"
     );
@@ -669,5 +669,42 @@ managers:
     assert!(
         alert.ends_with("\r\n\r\nno final line ending\r\n"),
         "{alert:?}"
+    );
+}
+
+/// An alert whose address comes back to the same filter: the copy carries the ids of all
+/// the first pass's actions, so neither the alert nor the room post is made again.
+#[tokio::test]
+async fn an_alert_that_comes_back_repeats_neither_itself_nor_the_posts() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let _queue = setup.queue().await;
+    let port = free_port();
+    let rules_file = setup.dir.path().join("rules.yml");
+    std::fs::write(
+        &rules_file,
+        format!(
+            "remote-smtp: 127.0.0.1:{port}\n{}managers:\n  - name: nagios\n    messages-we-want:\n      from: '@mon.example.org'\n    rules:\n      - actions: [mailto:oncall@example.com, xmpp:ops@conference.xmpp.test]\n        template: 'alert: {{{{ subject }}}}'\n",
+            rules_account(prosody.port, "10s")
+        ),
+    )
+    .unwrap();
+    let running = FilterAndWorker::start_on(&setup, &rules_file, &[], port).await;
+    running
+        .send(
+            "nagios@mon.example.org",
+            &["ops@example.com"],
+            b"From: nagios@mon.example.org\r\nSubject: CRITICAL: chain\r\nMessage-ID: <chain@mon.example.org>\r\n\r\nfull\r\n",
+        )
+        .await;
+    crate::dequeue::wait_until_done(&setup, 2).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(watcher.count("alert: CRITICAL: chain"), 1);
+    let everything = setup.everything().await;
+    assert_eq!(
+        everything.values().map(Vec::len).sum::<usize>(),
+        2,
+        "{everything:?}"
     );
 }

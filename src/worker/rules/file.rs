@@ -172,6 +172,9 @@ struct XmppDoc {
     /// Made from a milter-xmpp ini: its values are taken as written (no `$VAR`).
     #[serde(skip)]
     from_ini: bool,
+    /// The ini's `valid_from`: always a `From:` header, as milter-xmpp compares it.
+    #[serde(skip)]
+    valid_from_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -424,9 +427,13 @@ impl Checker<'_> {
                     let (top, nested) = variable.split_once('.').unwrap_or((variable, ""));
                     if !TEMPLATE_VARIABLES.contains(&top) {
                         unknown.insert(top.to_string());
-                    } else if top == "captures" && !nested.is_empty() && !captures.contains(nested)
+                    } else if top == "captures"
+                        && !nested.is_empty()
+                        && !captures.contains(nested.split('.').next().unwrap_or(nested))
                     {
-                        checker.problem(
+                        // A warning: a template shared by several rules may read groups
+                        // that only some define; it renders empty for the others.
+                        checker.warning(
                         &source,
                         format!("the template of rule {rule:?} reads captures.{nested}, which no regex of the rule defines (named groups: {})", captures.iter().cloned().collect::<Vec<_>>().join(", ")),
                     );
@@ -571,7 +578,7 @@ impl Checker<'_> {
                 && wants.header_from.is_empty()
             {
                 self.warning(
-                    &manager.name,
+                    &format!("name: {}", manager.name),
                     format!("manager {:?} has no messages-we-want: it takes every message, and no manager after it gets any (mail2alert failed on the first message for such a manager)", manager.name),
                 );
             }
@@ -1129,12 +1136,13 @@ impl Checker<'_> {
         }
         doc.xmpp = Some(XmppDoc {
             jabberid: ini.jabberid,
-            password: Some(ini.password),
+            password: Some(ini.password.expose().to_string()),
             password_env: None,
             // xmpppy used STARTTLS when offered: here it is required, but on loopback.
             tls: ini.server.as_deref().map(|s| !is_loopback(s)),
             server: ini.server,
-            valid_from: ini.valid_from.map_or(Patterns::None, Patterns::One),
+            valid_from: Patterns::None,
+            valid_from_header: ini.valid_from,
             nick: None,
             timeout: None,
             from_ini: true,
@@ -1159,12 +1167,16 @@ impl Checker<'_> {
     }
 
     fn xmpp(&mut self, mut doc: XmppDoc) -> XmppSettings {
+        let mut server_checked = true;
         if !doc.from_ini {
             doc.jabberid = self.expand(&doc.jabberid);
             doc.password = doc.password.map(|p| self.expand(&p));
-            doc.server = doc.server.map(|s| self.expand(&s));
+            doc.server = doc.server.map(|s| {
+                let s = self.expand(&s);
+                server_checked = self.judged();
+                s
+            });
         }
-        let server_checked = self.judged();
         if address_of(&doc.jabberid).is_none() {
             self.problem(
                 &doc.jabberid,
@@ -1188,14 +1200,19 @@ impl Checker<'_> {
         };
         let server = doc.server.as_deref().and_then(|server| {
             let server = server.trim();
-            let with_port = if server.contains(':') {
+            let has_port = match server.strip_prefix('[') {
+                Some(v6) => v6.contains("]:"),
+                None => server.contains(':'),
+            };
+            let with_port = if has_port {
                 server.to_string()
             } else {
                 format!("{server}:5222")
             };
             (!server_checked || self.host_port("xmpp server", &with_port)).then_some(with_port)
         });
-        let valid_from = self.valid_from(&doc.valid_from);
+        let mut valid_from = self.valid_from(&doc.valid_from);
+        valid_from.extend(doc.valid_from_header.map(ValidFrom::Header));
         let timeout = self.duration(
             "xmpp timeout",
             doc.timeout.as_deref(),
@@ -1510,14 +1527,27 @@ managers:
         template: '{{ captures.host }} {{ captures.hots }} {{ subject | shout }}'
 ",
         );
-        assert_eq!(p.len(), 2, "{p:#?}");
+        assert_eq!(p.len(), 1, "{p:#?}");
         assert!(
-            p[0].starts_with("r.yml:10: the template of rule \"r\" reads captures.hots, which no regex of the rule defines (named groups: host)"),
+            p[0].starts_with("r.yml:10: template of rule \"r\": unknown filter"),
             "{p:?}"
         );
+        // A group no regex of the rule defines: a warning (a template shared by rules may
+        // read groups only some define).
+        let rules = parse(
+            "unmatched: done\nxmpp: {jabberid: b@b.c, password: p}\nmanagers:\n  - name: a\n    rules:\n      - name: r\n        filter: {subject: '(?P<host>\\S+) down'}\n        actions: [xmpp:a@b.c]\n        template: '{{ captures.host }} {{ captures.hots.x }}'\n",
+            "r.yml",
+        )
+        .unwrap();
+        assert_eq!(rules.warnings.len(), 2, "{:?}", rules.warnings);
         assert!(
-            p[1].starts_with("r.yml:10: template of rule \"r\": unknown filter"),
-            "{p:?}"
+            rules.warnings[1]
+                .starts_with("r.yml:4: warning: manager \"a\" has no messages-we-want")
+        );
+        assert!(
+            rules.warnings[0].starts_with("r.yml:9: warning: the template of rule \"r\" reads captures.hots.x, which no regex of the rule defines (named groups: host)"),
+            "{:?}",
+            rules.warnings
         );
     }
 

@@ -1,8 +1,10 @@
-//! milter-xmpp's `milter-xmpp.ini`, read as its Python `configparser` reads it: `[xmpp]`
-//! `jabberid`, `password`, `room`, `server`; `[milter]` `valid_from` (its `iface`, `port`
-//! and `proto` name the milter's socket, which swiftdrop has no use for). Values are kept
-//! as written (quotes included, as configparser keeps them); keys are any case; `#` and `;`
-//! begin comment lines; an indented line continues the value above it. [`super::file`]
+//! milter-xmpp's `milter-xmpp.ini`, read as its Python `configparser.ConfigParser` reads
+//! it: `[xmpp]` `jabberid`, `password`, `room`, `server`; `[milter]` `valid_from` (its
+//! `iface`, `port` and `proto` name the milter's socket, which swiftdrop has no use for).
+//! Values are kept as written (quotes included, as configparser keeps them) but for its
+//! interpolation (`%%` is `%`, `%(key)s` another key's value of the section or of
+//! `[DEFAULT]`, whose keys every section has; a lone `%` is an error); keys are any case;
+//! `#` and `;` begin comment lines; an indented line continues the value above it. [`super::file`]
 //! turns it into the rules milter-xmpp stood for: every message whose `From:` header is
 //! `valid_from` exactly posted to the room as [`TEMPLATE`].
 
@@ -17,7 +19,7 @@ pub const TEMPLATE: &str =
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MilterXmpp {
     pub jabberid: String,
-    pub password: String,
+    pub password: crate::config::Secret,
     pub room: String,
     /// `server`: a host (port 5222) or host:port; `None`: the JID's domain by its SRV
     /// record.
@@ -74,10 +76,27 @@ pub fn parse(text: &str, shown: &str) -> Result<MilterXmpp, Vec<String>> {
         values.insert(key.clone(), (value.trim().to_string(), number));
         last = Some(key);
     }
+    let raw = |section: &str, key: &str| {
+        values
+            .get(&(section.to_string(), key.to_string()))
+            .or_else(|| values.get(&("DEFAULT".to_string(), key.to_string())))
+            .cloned()
+    };
     let mut get = |section: &str, key: &str, needed: bool| -> Option<String> {
-        let found = values.get(&(section.to_string(), key.to_string()));
+        let found = match raw(section, key) {
+            Some((value, line)) => {
+                match interpolate(&value, &|k| raw(section, k).map(|v| v.0), 0) {
+                    Ok(value) => Some((value, line)),
+                    Err(e) => {
+                        problems.push(format!("{shown}:{line}: [{section}] {key}: {e}"));
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         match found {
-            Some((value, _)) if !value.is_empty() => Some(value.clone()),
+            Some((value, _)) if !value.is_empty() => Some(value),
             _ if needed => {
                 problems.push(format!("{shown}: [{section}] {key} is missing"));
                 None
@@ -93,13 +112,47 @@ pub fn parse(text: &str, shown: &str) -> Result<MilterXmpp, Vec<String>> {
     match (jabberid, password, room) {
         (Some(jabberid), Some(password), Some(room)) if problems.is_empty() => Ok(MilterXmpp {
             jabberid,
-            password,
+            password: crate::config::Secret::new(password),
             room,
             server,
             valid_from,
         }),
         _ => Err(problems),
     }
+}
+
+/// `value` with configparser's BasicInterpolation done: `%%` is `%`, `%(key)s` the value of
+/// `key` (looked up by `lookup`, itself interpolated, at most 10 deep).
+fn interpolate(
+    value: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+) -> Result<String, String> {
+    if depth > 10 {
+        return Err("interpolation deeper than 10".into());
+    }
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('%') {
+            out.push('%');
+            rest = tail;
+        } else if let Some((key, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(")s")) {
+            let found = lookup(&key.to_ascii_lowercase())
+                .ok_or_else(|| format!("%({key})s names no key"))?;
+            out.push_str(&interpolate(&found, lookup, depth + 1)?);
+            rest = tail;
+        } else {
+            return Err(format!(
+                "'%' must be followed by '%' or '(', found {:?} (configparser refuses it too; write %%)",
+                after.chars().next().map(String::from).unwrap_or_default()
+            ));
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -127,12 +180,30 @@ valid_from=\"root <root@milter-xmpp.local>\"
             ini,
             MilterXmpp {
                 jabberid: "alertbot@chat.example.org".into(),
-                password: "secret".into(),
+                password: crate::config::Secret::new("secret".to_string()),
                 room: "alerts@conference.example.org".into(),
                 server: Some("chat.example.org".into()),
                 // configparser keeps quotes.
                 valid_from: Some("\"root <root@milter-xmpp.local>\"".into()),
             }
+        );
+        // configparser's interpolation, and [DEFAULT] under every section.
+        let ini = parse(
+            "[DEFAULT]\ndomain = example.org\n[xmpp]\njabberid = bot@%(domain)s\npassword = 100%%\nroom = r@conference.%(domain)s\n",
+            "m.ini",
+        )
+        .unwrap();
+        assert_eq!(ini.jabberid, "bot@example.org");
+        assert_eq!(ini.password.expose(), "100%");
+        assert_eq!(ini.room, "r@conference.example.org");
+        let problems = parse(
+            "[xmpp]\njabberid = a@b\npassword = 50%off\nroom = r@c\n",
+            "m.ini",
+        )
+        .unwrap_err();
+        assert!(
+            problems[0].starts_with("m.ini:3: [xmpp] password: '%' must be followed"),
+            "{problems:?}"
         );
         // configparser's sections are case-sensitive.
         assert!(parse("[XMPP]\n", "m.ini").is_err());

@@ -11,6 +11,9 @@
 //! other byte is unchanged. A forward is the stored message after the trace headers, byte
 //! for byte, under the loop mark, to its own envelope: it is the sender's message, not
 //! ours, so it gets no `Auto-Submitted:` (which would silence its recipients' replies).
+//! Both go out with CRLF line endings, as SMTP requires: a stored bare LF or lone CR (which
+//! a Postfix in front never passes) becomes CRLF. Each recipient's reply is kept: one
+//! refused does not stop the others.
 
 use std::time::Duration;
 
@@ -59,14 +62,15 @@ impl Marks {
                 let value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
                 let mut words = value.split_whitespace();
                 (words.next() == Some(self.id.as_str()))
-                    .then(|| words.next().unwrap_or_default().to_string())
+                    .then(|| words.map(str::to_string).collect::<Vec<_>>())
             })
+            .flatten()
             .collect()
     }
 
-    /// The loop mark's line for what the action `action` (its id) sends.
-    pub fn line(&self, action: &str) -> String {
-        format!("{LOOP_HEADER}: {} {action}\r\n", self.id)
+    /// The loop mark's line for what a message's actions (`actions`: their ids) send.
+    pub fn line(&self, actions: &[String]) -> String {
+        format!("{LOOP_HEADER}: {} {}\r\n", self.id, actions.join(" "))
     }
 }
 
@@ -182,19 +186,37 @@ impl MailSink {
                 }
             }
             if !accepted.accepted.is_empty() {
-                client.data(&body).await.map_err(failed)?;
+                if let Err(e) = client.data(&body).await {
+                    // The data refused: those who were to get it did not (those refused or
+                    // deferred at RCPT stay as they were).
+                    let why = failed(e);
+                    let taken = std::mem::take(&mut accepted.accepted);
+                    let list = match &why {
+                        SinkError::Permanent(_) => &mut accepted.refused,
+                        SinkError::Transient(_) => &mut accepted.deferred,
+                    };
+                    list.extend(
+                        taken
+                            .into_iter()
+                            .map(|to| (to.clone(), format!("{to}: {why}"))),
+                    );
+                }
             }
-            let _ = client.quit().await;
-            Ok(accepted)
+            Ok((accepted, client))
         };
-        tokio::time::timeout(SMTP_TIMEOUT, conversation)
+        // The answer to the data is the result: the goodbye is not waited for within it.
+        let (accepted, client) = tokio::time::timeout(SMTP_TIMEOUT, conversation)
             .await
             .unwrap_or_else(|_| {
                 Err(SinkError::Transient(format!(
                     "{}:{}: no answer in time",
                     self.host, self.port
                 )))
-            })
+            })?;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), client.quit()).await;
+        });
+        Ok(accepted)
     }
 }
 
@@ -379,11 +401,11 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
     fn the_loop_marks_of_this_queue_name_their_actions() {
         let marks = Marks::for_queue("q0123456789ab");
         assert_eq!(
-            marks.line("a1b2c3d4"),
-            "X-Swiftdrop-Loop: q0123456789ab a1b2c3d4\r\n"
+            marks.line(&["a1b2c3d4".into(), "0badcafe".into()]),
+            "X-Swiftdrop-Loop: q0123456789ab a1b2c3d4 0badcafe\r\n"
         );
-        let message = b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab a1b2c3d4 \r\nX-Swiftdrop-Loop: q999 ffffffff\r\nSubject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab 00000000\r\n";
-        assert_eq!(marks.actions_in(message), ["a1b2c3d4"]);
+        let message = b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab a1b2c3d4 0badcafe \r\nX-Swiftdrop-Loop: q999 ffffffff\r\nSubject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab 00000000\r\n";
+        assert_eq!(marks.actions_in(message), ["a1b2c3d4", "0badcafe"]);
         assert!(marks.actions_in(b"Subject: s\r\n\r\nbody\r\n").is_empty());
     }
 

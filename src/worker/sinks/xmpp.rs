@@ -24,8 +24,10 @@
 //!   with the session and is sent again (at worst the server had it: a repeat); a session
 //!   that is resumed (XEP-0198) keeps its rooms, and tokio-xmpp itself sends what was not
 //!   acked;
-//! - a post that runs out of time drops the connection, so that it cannot go out later
-//!   while the message waits in `retry/` (at worst the server had it: a repeat);
+//! - a post that runs out of time drops the connection and starts a new one; the old
+//!   client is closed, but one still reconnecting flushes what it had queued once it
+//!   connects (tokio-xmpp has no way to drop its queue), so a post that timed out during an
+//!   outage can still arrive, and again from the retry: a repeat;
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
 //!   [`MAX_BODY`] bytes (servers close the stream on large stanzas).
 
@@ -90,6 +92,9 @@ impl Target {
 struct Post {
     to: Target,
     body: String,
+    /// The post's time limit, from when it was asked for (time waiting behind other posts
+    /// counts).
+    deadline: Instant,
     done: oneshot::Sender<Result<(), SinkError>>,
 }
 
@@ -98,6 +103,8 @@ struct Post {
 #[derive(Debug, Clone)]
 pub struct XmppSink {
     posts: mpsc::Sender<Post>,
+    /// How long one post may take.
+    timeout: Duration,
 }
 
 impl XmppSink {
@@ -105,8 +112,7 @@ impl XmppSink {
     pub fn start(settings: &XmppSettings) -> Result<XmppSink, String> {
         crate::store::install_tls_provider();
         crate::util::log_bridge::install();
-        BareJid::new(&settings.jabberid)
-            .map_err(|e| format!("xmpp jabberid {:?}: {e}", settings.jabberid))?;
+        account(settings)?;
         let (posts, requests) = mpsc::channel(64);
         let connection = Connection {
             client: new_client(settings),
@@ -117,31 +123,54 @@ impl XmppSink {
             services: HashMap::new(),
             known_users: HashSet::new(),
             nick: settings.nick.clone(),
-            sent: 0,
-            timeout: settings.timeout,
         };
         tokio::spawn(connection.run(requests));
-        Ok(XmppSink { posts })
+        Ok(XmppSink {
+            posts,
+            timeout: settings.timeout,
+        })
     }
 
     /// Posts `body` to `to`; `Ok` once the server has it.
     pub async fn post(&self, to: Target, body: String) -> Result<(), SinkError> {
         let (done, result) = oneshot::channel();
         let gone = || SinkError::Transient("the XMPP connection task has ended".into());
+        let deadline = Instant::now() + self.timeout;
         self.posts
-            .send(Post { to, body, done })
+            .send(Post {
+                to,
+                body,
+                deadline,
+                done,
+            })
             .await
             .map_err(|_| gone())?;
         result.await.map_err(|_| gone())?
     }
 }
 
+/// The account's bare JID (a resource in `jabberid`, as milter-xmpp allows, is left out:
+/// the server gives one).
+fn account(settings: &XmppSettings) -> Result<BareJid, String> {
+    Jid::new(&settings.jabberid)
+        .map(|jid| jid.to_bare())
+        .map_err(|e| format!("xmpp jabberid {:?}: {e}", settings.jabberid))
+}
+
 /// A client for the account (it connects, and reconnects, by itself).
 fn new_client(settings: &XmppSettings) -> Client {
-    let jid = BareJid::new(&settings.jabberid).expect("checked by XmppSink::start");
+    let jid = account(settings).expect("checked by XmppSink::start");
     let password = settings.password.expose().to_string();
     let dns = match &settings.server {
-        Some(server) => DnsConfig::addr(server),
+        // An IP address and port as it is; a host name and port resolved (no SRV).
+        Some(server) if server.parse::<std::net::SocketAddr>().is_ok() => DnsConfig::addr(server),
+        Some(server) => {
+            let (host, port) = server
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse().ok()?)))
+                .unwrap_or((server.as_str(), 5222));
+            DnsConfig::no_srv(host, port)
+        }
         // As clients do: the domain's _xmpp-client._tcp SRV record, else port 5222.
         None => DnsConfig::srv_default_client(jid.domain().as_str()),
     };
@@ -166,10 +195,6 @@ struct Connection {
     /// Users who took a message without an error reply within [`ERROR_WINDOW`].
     known_users: HashSet<BareJid>,
     nick: String,
-    /// Messages sent, for their ids.
-    sent: u64,
-    /// How long one post may take.
-    timeout: Duration,
 }
 
 /// What waiting for a stanza ended with.
@@ -195,8 +220,7 @@ impl Connection {
             tokio::select! {
                 post = requests.recv() => {
                     let Some(post) = post else { break };
-                    let deadline = Instant::now() + self.timeout;
-                    let result = match timeout_at(deadline, self.deliver(&post.to, &post.body)).await {
+                    let result = match timeout_at(post.deadline, self.deliver(&post.to, &post.body)).await {
                         Ok(result) => result,
                         Err(_) => {
                             self.drop_connection().await;
@@ -209,7 +233,8 @@ impl Connection {
                     Some(event) => {
                         self.on_event(event);
                     }
-                    None => break,
+                    // tokio-xmpp's stream worker ended (it should not): a new client.
+                    None => self.drop_connection().await,
                 },
             }
         }
@@ -336,9 +361,16 @@ impl Connection {
                     self.on_event(event);
                 }
                 _ = check.tick() => {
+                    // Only refusals that another try cannot change (not a
+                    // temporary-auth-failure of the server's account store).
                     let refused = crate::util::log_bridge::errors_since(mark, "tokio_xmpp")
                         .into_iter()
-                        .find(|e| e.contains("authentication error"));
+                        .find(|e| {
+                            e.contains("authentication error")
+                                && ["NotAuthorized", "AccountDisabled", "CredentialsExpired", "InvalidMechanism", "no matching SASL mechanism", "NoMechanism"]
+                                    .iter()
+                                    .any(|c| e.contains(c))
+                        });
                     if let Some(error) = refused {
                         return Err(SinkError::Permanent(format!(
                             "the XMPP server refused the login of {}: {error}",
@@ -359,8 +391,7 @@ impl Connection {
         if let Some(&known) = self.services.get(&domain) {
             return Ok(known);
         }
-        self.sent += 1;
-        let id = format!("swiftdrop-disco-{}-{}", std::process::id(), self.sent);
+        let id = format!("swiftdrop-disco-{}", uuid::Uuid::new_v4().simple());
         let service =
             BareJid::new(&domain).map_err(|e| SinkError::Permanent(format!("{domain:?}: {e}")))?;
         let query = Iq::from_get(id.clone(), DiscoInfoQuery { node: None }).with_to(service.into());
@@ -386,10 +417,20 @@ impl Connection {
                     ..
                 } => DiscoInfoResult::try_from(payload)
                     .is_ok_and(|info| info.identities.iter().any(|i| i.category == "conference")),
-                Iq::Error { error, .. } if error.type_ == ErrorType::Wait => {
-                    return Err(SinkError::Transient(format!(
-                        "disco#info {domain}: the server asks to wait"
-                    )));
+                Iq::Error { error, .. } => {
+                    let condition = format!("{:?}", error.defined_condition);
+                    if error.type_ == ErrorType::Wait || condition.starts_with("RemoteServer") {
+                        return Err(SinkError::Transient(format!(
+                            "disco#info {domain}: {condition}"
+                        )));
+                    }
+                    // A domain that will not say: a user's server (not remembered).
+                    tracing::info!(
+                        domain,
+                        condition,
+                        "XMPP: disco#info refused; posting as to a user"
+                    );
+                    return Ok(false);
                 }
                 _ => false,
             };
@@ -457,8 +498,9 @@ impl Connection {
 
     /// Sends `body` to `to`; its id and token.
     async fn send(&mut self, to: &Target, body: &str) -> Result<(Id, StanzaToken), SinkError> {
-        self.sent += 1;
-        let id = Id(format!("swiftdrop-{}-{}", std::process::id(), self.sent));
+        // Random: workers sharing the account sit in the same rooms and see each other's
+        // echoes, and process ids repeat (1 in every container).
+        let id = Id(format!("swiftdrop-{}", uuid::Uuid::new_v4().simple()));
         let (jid, mut message) = match to {
             Target::Room(room) => (room, Message::groupchat(Jid::from(room.clone()))),
             Target::User(user) | Target::Ask(user) => {
@@ -487,12 +529,14 @@ impl Connection {
         mut token: StanzaToken,
     ) -> Result<Waited, SinkError> {
         let room = matches!(to, Target::Room(_));
-        let acks = self.acks;
-        let ping = if room || acks {
+        let mut use_ack = !room && self.acks;
+        let mut ping = if room || use_ack {
             None
         } else {
             Some(self.ping().await?)
         };
+        // A new session began while waiting: what was sent before it and never acked is lost.
+        let mut new_session = false;
         // A user who took a message before is known to exist: the server's ack (or the
         // ping's answer) is the proof. For another, errors that the server sends after its
         // ack (Prosody checks the account in its own time) are waited for a while.
@@ -509,13 +553,20 @@ impl Connection {
                     }
                     return Ok(Waited::Delivered);
                 }
-                state = token.wait_for(StanzaStage::Acked), if !room && acks && window_end.is_none() => match state {
+                state = token.wait_for(StanzaStage::Acked), if use_ack && window_end.is_none() => match state {
                     Some(StanzaState::Acked { .. }) if known => return Ok(Waited::Delivered),
                     Some(StanzaState::Acked { .. }) => window_end = Some(Instant::now() + ERROR_WINDOW),
-                    Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None => {
+                    Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None if new_session => {
                         // Sent, never acked, and dropped with its session: it may or may
                         // not have reached the server.
                         return Ok(Waited::Reconnected { queued: false });
+                    }
+                    Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None => {
+                        // No ack will come, and no new session is known: the server offered
+                        // stream management but it is not on, or the session is ending. A
+                        // ping tells which: answered on this session, or a new session.
+                        use_ack = false;
+                        ping = Some(self.ping().await?);
                     }
                     Some(_) => {}
                 },
@@ -532,7 +583,8 @@ impl Connection {
                         }
                         other => {
                             if self.on_event(other) {
-                                if !room && acks {
+                                new_session = true;
+                                if use_ack {
                                     // The token tells: acked on the new session (it was
                                     // queued and went out on it), or dropped with the old
                                     // one's unacked stanzas (lost: sent again).
@@ -573,9 +625,8 @@ impl Connection {
     /// Sends a ping (XEP-0199) to our server; its id. Its answer (a result, or an error
     /// from a server without ping) comes after the server dealt with what was sent before.
     async fn ping(&mut self) -> Result<String, SinkError> {
-        self.sent += 1;
-        let id = format!("swiftdrop-ping-{}-{}", std::process::id(), self.sent);
-        let server = BareJid::new(&self.settings.jabberid)
+        let id = format!("swiftdrop-ping-{}", uuid::Uuid::new_v4().simple());
+        let server = account(&self.settings)
             .map(|jid| Jid::from(BareJid::from_parts(None, jid.domain())))
             .map_err(|e| SinkError::Permanent(e.to_string()))?;
         let ping = Iq::from_get(id.clone(), Ping).with_to(server);
