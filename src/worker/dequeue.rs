@@ -34,11 +34,15 @@ use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
+use crate::worker::rules::gocd::Event;
 use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
 use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
 use crate::worker::sinks::xmpp::{Target, XmppSink};
 use crate::worker::sinks::{Progress, SinkError};
+
+/// The prefix of the record of a message's GoCD event (`gocd-event=BREAKS`).
+const GOCD_EVENT: &str = "gocd-event=";
 
 /// How long one claim call waits for mail before the loop looks at the shutdown signal.
 const CLAIM_WAIT: Duration = Duration::from_secs(1);
@@ -212,13 +216,15 @@ impl Worker {
     }
 
     /// What the rules decide for `bytes` (the claim named `name`): the message parsed once,
-    /// a `gocd` manager's facts asked of GoCD and the shared history. An error: the
+    /// a `gocd` manager's facts asked of GoCD and the shared history (`event`: the event an
+    /// earlier attempt decided, reused as it is), and the GoCD event used. An error: the
     /// history cannot be read (the message is tried again later).
     pub async fn decide(
         &self,
         bytes: &bytes::Bytes,
         name: &str,
-    ) -> Result<(Arc<MailView>, Decision), QueueError> {
+        event: Option<Event>,
+    ) -> Result<(Arc<MailView>, Decision, Option<Event>), QueueError> {
         // Parsing (an HTML body turned into text, the rules' regexes) is CPU work that a
         // large message makes long: off the runtime's threads.
         let parsed = bytes.clone();
@@ -230,17 +236,18 @@ impl Worker {
         let join = self.marks.actions_in(bytes).is_empty();
         let facts = match manager.and_then(|at| self.gocd.get(&at)) {
             Some(gocd) => Some(
-                gocd.facts(&mail.subject, name, join)
+                gocd.facts(&mail.subject, name, join, event)
                     .await
                     .map_err(|e| QueueError::Lock(format!("gocd history: {e}")))?,
             ),
             None => None,
         };
+        let used = facts.as_ref().and_then(|f| f.event);
         let (rules, view) = (self.rules.clone(), mail.clone());
         let decision = tokio::task::spawn_blocking(move || rules.decide(&view, facts.as_ref()))
             .await
             .map_err(|e| QueueError::Refused(format!("the rules failed: {e}")))?;
-        Ok((mail, decision))
+        Ok((mail, decision, used))
     }
 
     /// Takes the actions the rules decide for the message; where it goes next.
@@ -252,7 +259,15 @@ impl Worker {
             });
         }
         let name = claim.name().to_string();
-        let (mail, decision) = self.decide(&bytes, &name).await?;
+        // The GoCD event an earlier attempt decided stands, whatever the history says now.
+        let recorded = claim
+            .done()
+            .iter()
+            .find_map(|d| d.strip_prefix(GOCD_EVENT).and_then(Event::parse));
+        let (mail, decision, event) = self.decide(&bytes, &name, recorded).await?;
+        if let (None, Some(event)) = (recorded, event) {
+            record(claim, "gocd event", &format!("{GOCD_EVENT}{event}")).await?;
+        }
         report.manager = decision.manager.clone();
         report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
         let (planned, reason) = match &decision.disposal {
@@ -382,7 +397,10 @@ impl Worker {
         }
         claim.renew(None).await?;
         let entries: Vec<String> = pending.iter().map(|r| format!("{}!", id(r))).collect();
-        if !claim.has_room_for_all(&entries) {
+        // Too many recipients to record each: the whole job is recorded once it went to
+        // any, and those refused for now are not tried again (said in the result).
+        let whole = !claim.has_room_for_all(&entries);
+        if whole && !claim.has_room_for(&action_id(&planned.receipt)) {
             return Ok(ActionResult::Failed(SinkError::Permanent(
                 "no room left on the message to record the action".into(),
             )));
@@ -416,7 +434,7 @@ impl Worker {
             Ok(sent) => sent,
             Err(e) => {
                 // Nobody got it (the sender refused, or no connection): all pending.
-                if e.is_permanent() {
+                if e.is_permanent() && !whole {
                     let entries: Vec<String> =
                         pending.iter().map(|r| format!("{}!", id(r))).collect();
                     record_all(claim, &planned.label, &entries).await?;
@@ -424,13 +442,32 @@ impl Worker {
                 return Ok(ActionResult::Failed(e));
             }
         };
-        let entries: Vec<String> = sent
-            .accepted
-            .iter()
-            .map(|r| id(r))
-            .chain(sent.refused.iter().map(|(r, _)| format!("{}!", id(r))))
-            .collect();
-        record_all(claim, &planned.label, &entries).await?;
+        if whole {
+            if !sent.accepted.is_empty() {
+                record(claim, &planned.label, &action_id(&planned.receipt)).await?;
+                let missed: Vec<String> = sent
+                    .refused
+                    .iter()
+                    .chain(&sent.deferred)
+                    .map(|(_, why)| why.clone())
+                    .collect();
+                return Ok(match missed.is_empty() {
+                    true => ActionResult::Sent,
+                    false => ActionResult::Partly(format!(
+                        "not delivered to {} (too many recipients to record each: not tried again)",
+                        missed.join("; ")
+                    )),
+                });
+            }
+        } else {
+            let entries: Vec<String> = sent
+                .accepted
+                .iter()
+                .map(|r| id(r))
+                .chain(sent.refused.iter().map(|(r, _)| format!("{}!", id(r))))
+                .collect();
+            record_all(claim, &planned.label, &entries).await?;
+        }
         let refused: Vec<String> = refused_before
             .iter()
             .map(|r| format!("{r} (refused for good before)"))

@@ -449,18 +449,21 @@ impl Gocd {
     }
 
     /// What the rules see of a message with `subject` (`message`: its name; `join`: it
-    /// joins the pipeline's history, see [`History::event`]). An error (the history cannot
-    /// be read; GoCD never gave groups a rule needs): try later.
+    /// joins the pipeline's history, see [`History::event`]; `decided`: the event an earlier
+    /// attempt decided, which stands). An error (the history cannot be read; GoCD never
+    /// gave groups a rule needs): try later.
     pub async fn facts(
         &self,
         subject: &str,
         message: &str,
         join: bool,
+        decided: Option<Event>,
     ) -> Result<GocdFacts, String> {
         let stage = stage_result(subject);
-        let event = match &stage {
-            Some(stage) => self.history.event(stage, message, join).await?,
-            None => None,
+        let event = match (&stage, decided) {
+            (Some(_), Some(event)) => Some(event),
+            (Some(stage), None) => self.history.event(stage, message, join).await?,
+            (None, _) => None,
         };
         let groups = match self.client.groups().await {
             Ok(groups) => groups,

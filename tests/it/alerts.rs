@@ -708,3 +708,58 @@ async fn an_alert_that_comes_back_repeats_neither_itself_nor_the_posts() {
         "{everything:?}"
     );
 }
+
+/// A notification whose alert is deferred (451) keeps the event it was given: the retry
+/// reads it off the message, not off the history, which other notifications (here: a reset)
+/// may have moved on.
+#[tokio::test]
+async fn a_retried_notification_keeps_its_event() {
+    let gocd = GocdStandin::start(groups(), cctray()).await;
+    let smtp = SmtpRecorder::start().await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let config = readme_config(&gocd, smtp.port).replace(
+        "mailto:my-group-team@example.com",
+        "mailto:deferred-team@example.com",
+    );
+    let worker = worker(&queue, &config);
+    worker.seed_gocd_history().await;
+    store(&queue, &notification("Stage [app/5/build/1] failed")).await;
+    let first = handle_next(&worker).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    let name = first
+        .key
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    let record = queue.copies(&name).await.unwrap().remove(0).record;
+    assert!(
+        record.done.contains(&"gocd-event=BREAKS".to_string()),
+        "{:?}",
+        record.done
+    );
+    // The history moves on: a failure now would be FAILS, which no rule alerts on.
+    let key = format!("gocd:{}:app", hex8(&gocd.url()));
+    let lock = queue.lock();
+    let held = lock.shared_value(&key).await.unwrap();
+    assert!(
+        lock.swap_shared_value(&key, held.as_deref(), "v2 failure")
+            .await
+            .unwrap()
+    );
+    let second = handle_next(&worker).await;
+    assert_eq!(second.rules, ["rule 1"], "{second:?}");
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let received: Vec<_> = smtp
+        .wait_for(2)
+        .await
+        .into_iter()
+        .filter(|r| !r.to.is_empty())
+        .collect();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].to, ["deferred-team@example.com"]);
+}

@@ -496,9 +496,7 @@ impl LockEngine for LocalEngine {
         expected: Option<&str>,
         value: &str,
     ) -> Result<bool, LockError> {
-        if !super::is_shared_key(key) || value.is_empty() || value.contains('\n') {
-            return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
-        }
+        super::check_shared(key, value)?;
         let path = self.dir.join("shared").join(key);
         let (expected, value) = (expected.map(str::to_string), value.to_string());
         // The table's flock orders every swap of this machine's workers.

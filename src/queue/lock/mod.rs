@@ -291,6 +291,15 @@ pub fn is_shared_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// Whether `key` and `value` can be kept as a shared value (a key of [`is_shared_key`],
+/// one line of value, not empty): an error names them otherwise.
+pub fn check_shared(key: &str, value: &str) -> Result<(), LockError> {
+    if !is_shared_key(key) || value.is_empty() || value.contains('\n') {
+        return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
+    }
+    Ok(())
+}
+
 /// The next fencing number: one more than the last, but never less than the clock in
 /// microseconds, so that numbers keep growing when the engine restarts without its data.
 pub fn next_fence(last: u64, now_micros: u64) -> u64 {

@@ -541,9 +541,7 @@ impl LockEngine for RedisEngine {
         expected: Option<&str>,
         value: &str,
     ) -> Result<bool, LockError> {
-        if !super::is_shared_key(key) || value.is_empty() || value.contains('\n') {
-            return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
-        }
+        super::check_shared(key, value)?;
         let swapped: i64 = self
             .scripts
             .swap_shared

@@ -10,7 +10,7 @@
 //! - it joins a room before posting to it (waiting for the room's presence with status
 //!   110), and again after every new session, since a reconnect loses room membership; a
 //!   room the join would create (status 201) does not exist: a permanent failure, and the
-//!   room is left again;
+//!   room is destroyed and left again;
 //! - a message counts as delivered only on proof: for a room, the room's echo of it (same
 //!   id); for a user, the server's XEP-0198 ack, or without stream management the answer to
 //!   a ping sent after it (the server answers in order), and for a user who has not taken a
@@ -482,7 +482,20 @@ impl Connection {
             let codes = own_presence_codes(&presence);
             if codes.contains(&"110".to_string()) {
                 if codes.contains(&"201".to_string()) {
-                    // Our join made the room: it did not exist. Leave, so it goes again.
+                    // Our join made the room: it did not exist. Destroy it (as its owner;
+                    // a server that makes rooms persistent keeps it after we leave), and
+                    // leave.
+                    let destroy = Iq::Set {
+                        from: None,
+                        to: Some(Jid::from(room.clone())),
+                        id: format!("swiftdrop-destroy-{}", uuid::Uuid::new_v4().simple()),
+                        payload: tokio_xmpp::minidom::Element::builder("query", MUC_OWNER)
+                            .append(
+                                tokio_xmpp::minidom::Element::builder("destroy", MUC_OWNER).build(),
+                            )
+                            .build(),
+                    };
+                    let _ = self.client.send_stanza(destroy.into()).await;
                     let leave = Presence::new(PresenceType::Unavailable).with_to(
                         room.with_resource_str(&self.nick)
                             .map_err(|e| SinkError::Permanent(format!("nick: {e}")))?,
@@ -637,6 +650,9 @@ impl Connection {
         Ok(id)
     }
 }
+
+/// XEP-0045's owner namespace (a room's destruction).
+const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 
 /// The status codes of a room's presence (110: our own; 201: the room was just made).
 fn own_presence_codes(presence: &Presence) -> Vec<String> {
