@@ -22,8 +22,10 @@
 //!
 //! `mailto:` actions are taken as mail2alert takes them: one alert per message, to every
 //! address of every rule that fired, its `To:` listing them. Everything the worker sends
-//! carries [`LOOP_HEADER`] with the queue's id, and alerts `Auto-Submitted:
-//! auto-generated` (RFC 3834): mail that comes back to the same queue is not sent again.
+//! carries [`LOOP_HEADER`] with the queue's id and the ids of the message's actions, and
+//! alerts `Auto-Submitted: auto-generated` (RFC 3834): mail that comes back to the same
+//! queue is not sent again by the same actions. A GoCD notification's event is recorded
+//! on it (`gocd-event=<EVENT>`), so a later attempt decides as the first did.
 
 use std::sync::Arc;
 use std::time::Duration;
