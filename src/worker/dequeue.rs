@@ -36,7 +36,7 @@ use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
-use crate::worker::rules::gocd::Event;
+use crate::worker::rules::gocd::{Event, GocdFacts};
 use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
 use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
@@ -217,16 +217,15 @@ impl Worker {
         }
     }
 
-    /// What the rules decide for `bytes` (the claim named `name`): the message parsed once,
-    /// a `gocd` manager's facts asked of GoCD and the shared history (`event`: the event an
-    /// earlier attempt decided, reused as it is), and the GoCD event used. An error: the
-    /// history cannot be read (the message is tried again later).
-    pub async fn decide(
+    /// What the rules decide for `bytes` (of `claim`): the message parsed once; for a
+    /// `gocd` manager, the notification's event (the one an earlier attempt recorded on the
+    /// claim, else from the shared history, then recorded) and the pipeline groups. An
+    /// error: the history or the groups a rule needs cannot be had (tried again later).
+    async fn decide(
         &self,
+        claim: &mut Claim,
         bytes: &bytes::Bytes,
-        name: &str,
-        event: Option<Event>,
-    ) -> Result<(Arc<MailView>, Decision, Option<Event>), QueueError> {
+    ) -> Result<(Arc<MailView>, Decision), QueueError> {
         // Parsing (an HTML body turned into text, the rules' regexes) is CPU work that a
         // large message makes long: off the runtime's threads.
         let parsed = bytes.clone();
@@ -234,22 +233,39 @@ impl Worker {
             .await
             .map_err(|e| QueueError::Refused(format!("parsing the message failed: {e}")))?;
         let manager = self.rules.manager_at(&mail);
-        // A copy of what this queue sent, come back, is no new GoCD notification.
-        let join = self.marks.actions_in(bytes).is_empty();
         let facts = match manager.and_then(|at| self.gocd.get(&at)) {
-            Some(gocd) => Some(
-                gocd.facts(&mail.subject, name, join, event)
+            Some(gocd) => {
+                let recorded = claim
+                    .done()
+                    .iter()
+                    .find_map(|d| d.strip_prefix(GOCD_EVENT).and_then(Event::parse));
+                // A copy of what this queue sent, come back, is no new notification.
+                let join = self.marks.actions_in(bytes).is_empty();
+                let (stage, event) = gocd
+                    .event(&mail.subject, claim.name(), join, recorded)
                     .await
-                    .map_err(|e| QueueError::Lock(format!("gocd history: {e}")))?,
-            ),
+                    .map_err(|e| QueueError::Lock(format!("gocd history: {e}")))?;
+                // Recorded before anything else can fail: a later attempt decides alike.
+                if let (None, Some(event)) = (recorded, event) {
+                    record(claim, "gocd event", &format!("{GOCD_EVENT}{event}")).await?;
+                }
+                let groups = gocd
+                    .groups()
+                    .await
+                    .map_err(|e| QueueError::Store(format!("gocd: {e}")))?;
+                Some(GocdFacts {
+                    stage,
+                    event,
+                    groups,
+                })
+            }
             None => None,
         };
-        let used = facts.as_ref().and_then(|f| f.event);
         let (rules, view) = (self.rules.clone(), mail.clone());
         let decision = tokio::task::spawn_blocking(move || rules.decide(&view, facts.as_ref()))
             .await
             .map_err(|e| QueueError::Refused(format!("the rules failed: {e}")))?;
-        Ok((mail, decision, used))
+        Ok((mail, decision))
     }
 
     /// Takes the actions the rules decide for the message; where it goes next.
@@ -260,16 +276,7 @@ impl Worker {
                 reason: Some(format!("duplicate of {}", original.key)),
             });
         }
-        let name = claim.name().to_string();
-        // The GoCD event an earlier attempt decided stands, whatever the history says now.
-        let recorded = claim
-            .done()
-            .iter()
-            .find_map(|d| d.strip_prefix(GOCD_EVENT).and_then(Event::parse));
-        let (mail, decision, event) = self.decide(&bytes, &name, recorded).await?;
-        if let (None, Some(event)) = (recorded, event) {
-            record(claim, "gocd event", &format!("{GOCD_EVENT}{event}")).await?;
-        }
+        let (mail, decision) = self.decide(claim, &bytes).await?;
         report.manager = decision.manager.clone();
         report.rules = decision.fired.iter().map(|f| f.rule.clone()).collect();
         let (planned, reason) = match &decision.disposal {
@@ -370,9 +377,13 @@ impl Worker {
         }
         let id = |recipient: &str| action_id(&job.receipt(recipient));
         let done = claim.done();
-        // The version before recorded a whole alert or forward under one receipt.
-        if done.contains(&action_id(&planned.receipt)) {
+        // Recorded whole: by the version before, or with too many recipients to record each.
+        let whole_id = action_id(&planned.receipt);
+        if done.contains(&whole_id) {
             return Ok(ActionResult::DoneBefore);
+        }
+        if done.contains(&format!("{whole_id}!")) {
+            return Ok(ActionResult::FailedBefore);
         }
         let (mut pending, mut refused_before) = (Vec::new(), Vec::new());
         for recipient in &job.to {
@@ -402,7 +413,7 @@ impl Worker {
         // Too many recipients to record each: the whole job is recorded once it went to
         // any, and those refused for now are not tried again (said in the result).
         let whole = !claim.has_room_for_all(&entries);
-        if whole && !claim.has_room_for(&action_id(&planned.receipt)) {
+        if whole && !claim.has_room_for(&format!("{whole_id}!")) {
             return Ok(ActionResult::Failed(SinkError::Permanent(
                 "no room left on the message to record the action".into(),
             )));
@@ -436,9 +447,11 @@ impl Worker {
             Ok(sent) => sent,
             Err(e) => {
                 // Nobody got it (the sender refused, or no connection): all pending.
-                if e.is_permanent() && !whole {
-                    let entries: Vec<String> =
-                        pending.iter().map(|r| format!("{}!", id(r))).collect();
+                if e.is_permanent() {
+                    let entries: Vec<String> = match whole {
+                        true => vec![format!("{whole_id}!")],
+                        false => pending.iter().map(|r| format!("{}!", id(r))).collect(),
+                    };
                     record_all(claim, &planned.label, &entries).await?;
                 }
                 return Ok(ActionResult::Failed(e));
@@ -446,12 +459,16 @@ impl Worker {
         };
         if whole {
             if !sent.accepted.is_empty() {
-                record(claim, &planned.label, &action_id(&planned.receipt)).await?;
-                let missed: Vec<String> = sent
-                    .refused
+                record(claim, &planned.label, &whole_id).await?;
+                let missed: Vec<String> = refused_before
                     .iter()
-                    .chain(&sent.deferred)
-                    .map(|(_, why)| why.clone())
+                    .map(|r| format!("{r} (refused for good before)"))
+                    .chain(
+                        sent.refused
+                            .iter()
+                            .chain(&sent.deferred)
+                            .map(|(_, why)| why.clone()),
+                    )
                     .collect();
                 return Ok(match missed.is_empty() {
                     true => ActionResult::Sent,

@@ -448,33 +448,33 @@ impl Gocd {
         }
     }
 
-    /// What the rules see of a message with `subject` (`message`: its name; `join`: it
-    /// joins the pipeline's history, see [`History::event`]; `decided`: the event an earlier
-    /// attempt decided, which stands). An error (the history cannot be read; GoCD never
-    /// gave groups a rule needs): try later.
-    pub async fn facts(
+    /// The stage result in `subject` and the event it means (`message`: its name; `join`:
+    /// it joins the pipeline's history, see [`History::event`]; `decided`: the event an
+    /// earlier attempt decided, which stands). An error: the history cannot be read.
+    pub async fn event(
         &self,
         subject: &str,
         message: &str,
         join: bool,
         decided: Option<Event>,
-    ) -> Result<GocdFacts, String> {
+    ) -> Result<(Option<StageResult>, Option<Event>), String> {
         let stage = stage_result(subject);
         let event = match (&stage, decided) {
             (Some(_), Some(event)) => Some(event),
             (Some(stage), None) => self.history.event(stage, message, join).await?,
             (None, _) => None,
         };
-        let groups = match self.client.groups().await {
-            Ok(groups) => groups,
-            Err(e) if self.needs_groups => return Err(e),
-            Err(_) => Arc::default(),
-        };
-        Ok(GocdFacts {
-            stage,
-            event,
-            groups,
-        })
+        Ok((stage, event))
+    }
+
+    /// The pipeline groups for the rules. An error: GoCD never gave groups and a rule
+    /// needs them (try later).
+    pub async fn groups(&self) -> Result<Arc<PipelineGroups>, String> {
+        match self.client.groups().await {
+            Ok(groups) => Ok(groups),
+            Err(e) if self.needs_groups => Err(e),
+            Err(_) => Ok(Arc::default()),
+        }
     }
 }
 

@@ -746,6 +746,7 @@ async fn a_retried_notification_keeps_its_event() {
     let key = format!("gocd:{}:app", hex8(&gocd.url()));
     let lock = queue.lock();
     let held = lock.shared_value(&key).await.unwrap();
+    assert!(held.is_some(), "the history is kept under {key}");
     assert!(
         lock.swap_shared_value(&key, held.as_deref(), "v2 failure")
             .await

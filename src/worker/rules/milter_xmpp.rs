@@ -139,7 +139,13 @@ fn interpolate(
         if let Some(tail) = after.strip_prefix('%') {
             out.push('%');
             rest = tail;
-        } else if let Some((key, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(")s")) {
+        } else if let Some(reference) = after.strip_prefix('(') {
+            // `%(key)s`: the key runs to the first `)`, which `s` must follow.
+            let (key, tail) = reference
+                .split_once(')')
+                .and_then(|(key, tail)| Some((key, tail.strip_prefix('s')?)))
+                .filter(|(key, _)| !key.is_empty())
+                .ok_or_else(|| format!("bad interpolation variable reference %{after:?}"))?;
             let found = lookup(&key.to_ascii_lowercase())
                 .ok_or_else(|| format!("%({key})s names no key"))?;
             out.push_str(&interpolate(&found, lookup, depth + 1)?);

@@ -53,7 +53,20 @@ impl Marks {
     /// `message` (as stored): the actions of this queue that sent it.
     pub fn actions_in(&self, message: &[u8]) -> Vec<String> {
         let head = &message[..header_end(message)];
-        head.split(|&b| b == b'\n')
+        // Fields unfolded: a relay may have folded a long mark.
+        let mut fields: Vec<Vec<u8>> = Vec::new();
+        for line in head.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match (line.first(), fields.last_mut()) {
+                (Some(b' ' | b'\t'), Some(field)) => {
+                    field.push(b' ');
+                    field.extend_from_slice(line);
+                }
+                _ => fields.push(line.to_vec()),
+            }
+        }
+        fields
+            .iter()
             .filter_map(|line| {
                 let colon = line.iter().position(|&b| b == b':')?;
                 if !line[..colon].eq_ignore_ascii_case(LOOP_HEADER.as_bytes()) {
@@ -99,7 +112,7 @@ impl MailSink {
 
     /// Sends `message` (as stored) as one alert to the recipients `rcpt`, its `To:`
     /// listing `header_to` (every address of the alert, those sent to before included),
-    /// with `from` replacing the sender when given; `action`: the id in its loop mark.
+    /// with `from` replacing the sender when given, under `loop_mark`.
     pub async fn mailto(
         &self,
         message: &[u8],
@@ -133,8 +146,9 @@ impl MailSink {
     }
 
     /// Sends `body` (the message's bytes) to `rcpt` in one SMTP transaction: the data
-    /// goes to the recipients the server accepted, each refusal is kept. An error: nobody
-    /// has it (permanent: a 5xx to the sender or the data; else transient).
+    /// goes to the recipients the server accepted, each refusal is kept (a refused data is
+    /// the refusal of those it was for). An error: nobody has it (permanent: a 5xx to the
+    /// sender; else transient: no connection, no answer in time).
     async fn send(
         &self,
         from: &str,
@@ -407,6 +421,9 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
         let message = b"Return-Path: <a@b>\r\nx-swiftdrop-loop:  q0123456789ab a1b2c3d4 0badcafe \r\nX-Swiftdrop-Loop: q999 ffffffff\r\nSubject: s\r\n\r\nX-Swiftdrop-Loop: q0123456789ab 00000000\r\n";
         assert_eq!(marks.actions_in(message), ["a1b2c3d4", "0badcafe"]);
         assert!(marks.actions_in(b"Subject: s\r\n\r\nbody\r\n").is_empty());
+        // Folded by a relay.
+        let folded = b"X-Swiftdrop-Loop: q0123456789ab a1b2c3d4\r\n 0badcafe\r\nSubject: s\r\n\r\n";
+        assert_eq!(marks.actions_in(folded), ["a1b2c3d4", "0badcafe"]);
     }
 
     #[test]

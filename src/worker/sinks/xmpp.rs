@@ -122,6 +122,7 @@ impl XmppSink {
             joined: HashSet::new(),
             services: HashMap::new(),
             known_users: HashSet::new(),
+            handed: false,
             nick: settings.nick.clone(),
         };
         tokio::spawn(connection.run(requests));
@@ -194,6 +195,9 @@ struct Connection {
     services: HashMap<String, bool>,
     /// Users who took a message without an error reply within [`ERROR_WINDOW`].
     known_users: HashSet<BareJid>,
+    /// The post in hand gave the client a stanza (which would go out even after the post
+    /// gave up).
+    handed: bool,
     nick: String,
 }
 
@@ -220,10 +224,19 @@ impl Connection {
             tokio::select! {
                 post = requests.recv() => {
                     let Some(post) = post else { break };
+                    if Instant::now() >= post.deadline {
+                        // Its time ran out behind other posts: not sent at all.
+                        let _ = post.done.send(Err(SinkError::Transient("no turn on the XMPP connection in time".into())));
+                        continue;
+                    }
+                    self.handed = false;
                     let result = match timeout_at(post.deadline, self.deliver(&post.to, &post.body)).await {
                         Ok(result) => result,
                         Err(_) => {
-                            self.drop_connection().await;
+                            // A stanza handed to the client would go out later: the client goes.
+                            if self.handed {
+                                self.drop_connection("a post ran out of time").await;
+                            }
                             Err(SinkError::Transient("no confirmation from the XMPP server in time".into()))
                         }
                     };
@@ -233,8 +246,14 @@ impl Connection {
                     Some(event) => {
                         self.on_event(event);
                     }
-                    // tokio-xmpp's stream worker ended (it should not): a new client.
-                    None => self.drop_connection().await,
+                    // tokio-xmpp's stream worker ended (it should not): a new client (the
+                    // old one is dropped: its send_end would panic on the ended worker).
+                    None => {
+                        self.client = new_client(&self.settings);
+                        self.online = false;
+                        self.joined.clear();
+                        tracing::warn!("XMPP: the client's stream worker ended; connecting again");
+                    }
                 },
             }
         }
@@ -243,14 +262,14 @@ impl Connection {
 
     /// Replaces the client, dropping what it still had queued (a post that ran out of
     /// time must not go out later); the next post connects again.
-    async fn drop_connection(&mut self) {
+    async fn drop_connection(&mut self, why: &str) {
         let old = std::mem::replace(&mut self.client, new_client(&self.settings));
         self.online = false;
         self.joined.clear();
         tokio::spawn(async move {
             let _ = old.send_end().await;
         });
-        tracing::warn!("XMPP: a post ran out of time; connecting again");
+        tracing::warn!("XMPP: {why}; connecting again");
     }
 
     /// Keeps the session state; true for a new session (not for a resumed one, which
@@ -470,6 +489,10 @@ impl Connection {
             if presence.from.as_ref().map(|f| f.to_bare()).as_ref() != Some(room) {
                 continue;
             }
+            if presence.type_ == PresenceType::Unavailable {
+                // Our leaving (after a destroy) also says 110: no join.
+                continue;
+            }
             if presence.type_ == PresenceType::Error {
                 let error = StanzaError::of(&presence.payloads);
                 let why = format!("{room} refused the join: {}", error.condition);
@@ -522,6 +545,7 @@ impl Connection {
         };
         message.id = Some(id.clone());
         message.bodies.insert(Lang::default(), xml_text(body));
+        self.handed = true;
         let token = self
             .client
             .send_stanza(message.into())
@@ -569,12 +593,16 @@ impl Connection {
                 state = token.wait_for(StanzaStage::Acked), if use_ack && window_end.is_none() => match state {
                     Some(StanzaState::Acked { .. }) if known => return Ok(Waited::Delivered),
                     Some(StanzaState::Acked { .. }) => window_end = Some(Instant::now() + ERROR_WINDOW),
-                    Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None if new_session => {
+                    Some(StanzaState::Failed { .. }) => {
+                        // Never sent (the stream failed around it): sent again.
+                        return Ok(Waited::Reconnected { queued: false });
+                    }
+                    Some(StanzaState::Dropped) | None if new_session => {
                         // Sent, never acked, and dropped with its session: it may or may
                         // not have reached the server.
                         return Ok(Waited::Reconnected { queued: false });
                     }
-                    Some(StanzaState::Failed { .. } | StanzaState::Dropped) | None => {
+                    Some(StanzaState::Dropped) | None => {
                         // No ack will come, and no new session is known: the server offered
                         // stream management but it is not on, or the session is ending. A
                         // ping tells which: answered on this session, or a new session.
@@ -597,6 +625,12 @@ impl Connection {
                         other => {
                             if self.on_event(other) {
                                 new_session = true;
+                                if use_ack && !self.acks && matches!(token.state(), StanzaState::Queued) {
+                                    // It goes out on a session without acks: a ping proves it.
+                                    use_ack = false;
+                                    ping = Some(self.ping().await?);
+                                    continue;
+                                }
                                 if use_ack {
                                     // The token tells: acked on the new session (it was
                                     // queued and went out on it), or dropped with the old
