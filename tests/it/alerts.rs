@@ -55,7 +55,7 @@ impl GocdStandin {
     }
 
     async fn post(&self, what: &str, body: serde_json::Value) {
-        let status = client()
+        let status = http_client()
             .post(format!("http://127.0.0.1:{}/_test/{what}", self.port))
             .json(&body)
             .send()
@@ -67,7 +67,7 @@ impl GocdStandin {
 
     /// Every GoCD request: (path, whether its basic auth was right).
     pub async fn log(&self) -> Vec<(String, bool)> {
-        let log: Vec<serde_json::Value> = client()
+        let log: Vec<serde_json::Value> = http_client()
             .get(format!("http://127.0.0.1:{}/_test/log", self.port))
             .send()
             .await
@@ -91,11 +91,6 @@ impl Drop for GocdStandin {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// An HTTP client (with the process's TLS provider installed).
-fn client() -> reqwest::Client {
-    swiftdrop::store::http_client().build().unwrap()
 }
 
 fn groups() -> serde_json::Value {

@@ -707,18 +707,7 @@ async fn from_smtp_through_the_store_to_direct_messages() {
         "  allow: [alice@example.com, '@ops.example.com', carol@example.com]\n",
     );
     std::fs::write(&rules_file, &rules).unwrap();
-    let webhook_var = format!("MM_TEST_WEBHOOK_{}", server.port);
-    let webhook_url = format!("{}/hooks/hook123", server.url());
-    let running = FilterAndWorker::start(
-        &setup,
-        &rules_file,
-        &[
-            ("MM_TEST_JIRA_TOKEN", "jira-token"),
-            ("MM_TEST_SPLUNK_TOKEN", "splunk-token"),
-            (&webhook_var, &webhook_url),
-        ],
-    )
-    .await;
+    let running = start_with_bots(&setup, &rules_file, &server).await;
     let to = ["alice@example.com", "bob@example.com", "carol@example.com"];
     let body = message(
         "svc-jira@example.com",
@@ -814,18 +803,7 @@ async fn a_50_mib_attachment_is_parsed_once_and_held_once() {
         rules(&server, "mattermost:dm, mattermost:~ops/alerts", ""),
     )
     .unwrap();
-    let webhook_var = format!("MM_TEST_WEBHOOK_{}", server.port);
-    let webhook_url = format!("{}/hooks/hook123", server.url());
-    let running = FilterAndWorker::start(
-        &setup,
-        &rules_file,
-        &[
-            ("MM_TEST_JIRA_TOKEN", "jira-token"),
-            ("MM_TEST_SPLUNK_TOKEN", "splunk-token"),
-            (&webhook_var, &webhook_url),
-        ],
-    )
-    .await;
+    let running = start_with_bots(&setup, &rules_file, &server).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let pid = running.worker_pid();
     let before = proc_status_kb(pid, "VmHWM:");
@@ -898,4 +876,25 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// `swiftdrop serve` and the example worker over `setup`'s queue with `rules_file`, the
+/// bots' tokens and the webhook URL of `server` in the worker's environment.
+async fn start_with_bots(
+    setup: &QueueSetup,
+    rules_file: &std::path::Path,
+    server: &Mattermost,
+) -> FilterAndWorker {
+    let webhook_var = format!("MM_TEST_WEBHOOK_{}", server.port);
+    let webhook_url = format!("{}/hooks/hook123", server.url());
+    FilterAndWorker::start(
+        setup,
+        rules_file,
+        &[
+            ("MM_TEST_JIRA_TOKEN", "jira-token"),
+            ("MM_TEST_SPLUNK_TOKEN", "splunk-token"),
+            (&webhook_var, &webhook_url),
+        ],
+    )
+    .await
 }

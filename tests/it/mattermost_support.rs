@@ -42,7 +42,7 @@ impl Mattermost {
     }
 
     async fn get(&self, what: &str) -> Value {
-        client()
+        http_client()
             .get(format!("{}/_test/{what}", self.url()))
             .send()
             .await
@@ -81,7 +81,7 @@ impl Mattermost {
             "method": method, "path": path, "status": status, "skip": skip,
             "times": times, "headers": headers,
         }]);
-        let response = client()
+        let response = http_client()
             .post(format!("{}/_test/faults", self.url()))
             .json(&fault)
             .send()
@@ -92,7 +92,7 @@ impl Mattermost {
 
     /// Sets the server's `MaxPostSize` from now on.
     pub async fn set_max_post_size(&self, chars: usize) {
-        let response = client()
+        let response = http_client()
             .post(format!("{}/_test/limits", self.url()))
             .json(&serde_json::json!({ "MaxPostSize": chars }))
             .send()
@@ -100,11 +100,6 @@ impl Mattermost {
             .unwrap();
         assert!(response.status().is_success());
     }
-}
-
-/// An HTTP client (with the process's TLS provider installed).
-fn client() -> reqwest::Client {
-    swiftdrop::store::http_client().build().unwrap()
 }
 
 impl Drop for Mattermost {

@@ -504,3 +504,8 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP client for the tests' stand-ins (with the process's TLS provider installed).
+pub fn http_client() -> reqwest::Client {
+    swiftdrop::store::http_client().build().unwrap()
+}

@@ -480,9 +480,7 @@ impl LockEngine for LocalEngine {
     }
 
     async fn shared_value(&self, key: &str) -> Result<Option<String>, LockError> {
-        if !super::is_shared_key(key) {
-            return Err(LockError(format!("{key:?} cannot name a shared value")));
-        }
+        super::check_shared(key, None)?;
         let path = self.dir.join("shared").join(key);
         tokio::task::spawn_blocking(move || read(&path))
             .await
@@ -496,7 +494,7 @@ impl LockEngine for LocalEngine {
         expected: Option<&str>,
         value: &str,
     ) -> Result<bool, LockError> {
-        super::check_shared(key, value)?;
+        super::check_shared(key, Some(value))?;
         let path = self.dir.join("shared").join(key);
         let (expected, value) = (expected.map(str::to_string), value.to_string());
         // The table's flock orders every swap of this machine's workers.

@@ -291,13 +291,18 @@ pub fn is_shared_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// Whether `key` and `value` can be kept as a shared value (a key of [`is_shared_key`],
-/// one line of value, not empty): an error names them otherwise.
-pub fn check_shared(key: &str, value: &str) -> Result<(), LockError> {
-    if !is_shared_key(key) || value.is_empty() || value.contains('\n') {
-        return Err(LockError(format!("{key:?} = {value:?} cannot be shared")));
+/// Whether `key` can name a shared value (see [`is_shared_key`]) and `value`, when given,
+/// can be kept as one (one line, not empty): an error names them otherwise.
+pub fn check_shared(key: &str, value: Option<&str>) -> Result<(), LockError> {
+    if !is_shared_key(key) {
+        return Err(LockError(format!("{key:?} cannot name a shared value")));
     }
-    Ok(())
+    match value {
+        Some(v) if v.is_empty() || v.contains('\n') => {
+            Err(LockError(format!("{key:?} = {v:?} cannot be shared")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The next fencing number: one more than the last, but never less than the clock in

@@ -525,9 +525,7 @@ impl LockEngine for RedisEngine {
     }
 
     async fn shared_value(&self, key: &str) -> Result<Option<String>, LockError> {
-        if !super::is_shared_key(key) {
-            return Err(LockError(format!("{key:?} cannot name a shared value")));
-        }
+        super::check_shared(key, None)?;
         self.conn()
             .await?
             .get(self.key("shared", key))
@@ -541,7 +539,7 @@ impl LockEngine for RedisEngine {
         expected: Option<&str>,
         value: &str,
     ) -> Result<bool, LockError> {
-        super::check_shared(key, value)?;
+        super::check_shared(key, Some(value))?;
         let swapped: i64 = self
             .scripts
             .swap_shared
