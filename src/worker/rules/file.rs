@@ -1,7 +1,8 @@
 //! The rules file (YAML): read with yaml_serde into plain structs that refuse unknown keys,
 //! then checked part by part into [`Rules`]. Every problem is collected (not only the
 //! first) and named as `FILE:LINE: what is wrong`; YAML and key errors carry the parser's
-//! line, the others the line where the offending value is written.
+//! line, the others the line where the offending value is written in the part being checked
+//! (the parser's positions: [`super::positions`]).
 //!
 //! A mail2alert `configuration.yml` is read unchanged: `local-smtp` and `admin-email` are
 //! accepted and ignored, a rule's `owner` too; a manager's `name` is a label, except
@@ -30,6 +31,7 @@ use super::model::{
     GocdSettings, LdapSettings, Manager, MattermostSettings, MattermostTarget, Rule, Rules,
     TEMPLATE_VARIABLES, Unmatched, ValidFrom, Wants, XmppSettings,
 };
+use super::positions::{Positions, Step};
 use crate::config::Secret;
 
 /// Everything wrong with a rules file, one line per problem.
@@ -261,7 +263,8 @@ pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, Rul
         }
     })?;
     let mut check = Checker {
-        text,
+        positions: Positions::of(text),
+        scope: Vec::new(),
         shown,
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -291,7 +294,9 @@ pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, Rul
 
 /// Collects the problems of one file.
 struct Checker<'a> {
-    text: &'a str,
+    /// Where each value is written, and the part of the file being checked.
+    positions: Positions,
+    scope: Vec<Step>,
     shown: &'a str,
     problems: Vec<String>,
     warnings: Vec<String>,
@@ -307,8 +312,8 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    /// Records a problem at the first line where `near` is written (the file's first line
-    /// when it is nowhere).
+    /// Records a problem at the line where `near` is written in the part being checked
+    /// ([`Positions::line_of`]).
     fn problem(&mut self, near: &str, message: impl fmt::Display) {
         let line = self.line_of(near);
         self.problems
@@ -323,10 +328,15 @@ impl Checker<'_> {
     }
 
     fn line_of(&self, near: &str) -> usize {
-        self.text
-            .lines()
-            .position(|l| !near.is_empty() && l.contains(near))
-            .map_or(1, |i| i + 1)
+        self.positions.line_of(&self.scope, near)
+    }
+
+    /// Checks the part of the file at `scope` (problems are looked for there first).
+    fn within<T>(&mut self, scope: &[Step], check: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = std::mem::replace(&mut self.scope, scope.to_vec());
+        let result = check(self);
+        self.scope = outer;
+        result
     }
 
     /// A variable `value` names that is not set: a problem to run, a warning to check.
@@ -516,15 +526,24 @@ impl Checker<'_> {
                 }
             },
         };
-        let xmpp = doc.xmpp.map(|x| self.xmpp(x));
-        let mattermost = doc.mattermost.map(|m| self.mattermost(m));
+        let xmpp = doc
+            .xmpp
+            .map(|x| self.within(&["xmpp".into()], |c| c.xmpp(x)));
+        let mattermost = doc
+            .mattermost
+            .map(|m| self.within(&["mattermost".into()], |c| c.mattermost(m)));
         let mut managers = Vec::new();
         for (m, manager) in doc.managers.into_iter().enumerate() {
+            // Problems of this manager are named where it is written; the scope is set
+            // here, not with `within`, as the template closure is borrowed across it.
+            let at_manager: Vec<Step> = vec!["managers".into(), m.into()];
+            self.scope = at_manager.clone();
             let manager_template = manager.template.clone();
             let gocd = self.gocd(&manager);
             let gocd_rules = is_gocd(&manager);
             let mut rules = Vec::new();
             for (r, rule) in manager.rules.into_iter().enumerate() {
+                self.scope = [at_manager.as_slice(), &["rules".into(), r.into()]].concat();
                 let name = rule
                     .name
                     .clone()
@@ -570,6 +589,7 @@ impl Checker<'_> {
                     mattermost_template: mattermost_template_name,
                 });
             }
+            self.scope = at_manager;
             let wants = self.wants(&manager.wants);
             if !manager.from_ini
                 && wants.to.is_empty()
@@ -578,7 +598,7 @@ impl Checker<'_> {
                 && wants.header_from.is_empty()
             {
                 self.warning(
-                    &format!("name: {}", manager.name),
+                    &manager.name,
                     format!("manager {:?} has no messages-we-want: it takes every message, and no manager after it gets any (mail2alert failed on the first message for such a manager)", manager.name),
                 );
             }
@@ -589,6 +609,7 @@ impl Checker<'_> {
                 gocd,
             });
         }
+        self.scope.clear();
         if let (Some(action), None) = (self.first_xmpp.clone(), &xmpp) {
             self.problem(
                 &action,
@@ -1472,6 +1493,36 @@ managers:
             rules.warnings[0].contains("manager \"all\" has no messages-we-want"),
             "{:?}",
             rules.warnings
+        );
+    }
+
+    #[test]
+    fn a_problem_is_named_where_its_part_writes_it_not_where_the_words_come_first() {
+        // The same words in a comment and in a good rule before the bad one: the line
+        // is the bad rule's (a text search named line 1, then line 9).
+        let text = "# pipelines.in_group is for the gocd manager; mailto:ops@example.com gets all
+remote-smtp: h
+managers:
+  - name: gocd
+    url: https://gocd.example.com/go
+    messages-we-want: {to: ci@example.com}
+    rules:
+      - actions: [mailto:ops@example.com]
+        filter: {function: pipelines.in_group, args: [g]}
+  - name: other
+    messages-we-want: {to: x@example.com}
+    rules:
+      - actions: [mailto:ops@example.com]
+        filter: {function: pipelines.in_group, args: [g]}
+      - name: gocd
+        filter: {subject: '(?P<n>x)'}
+";
+        assert_eq!(
+            problems(text),
+            [
+                "r.yml:14: filter function pipelines.in_group is the gocd manager's (name: gocd)",
+                "r.yml:15: rule \"gocd\" of \"other\" has no actions",
+            ]
         );
     }
 

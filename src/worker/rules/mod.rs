@@ -13,6 +13,7 @@ pub mod gocd;
 pub mod matcher;
 pub mod milter_xmpp;
 mod model;
+mod positions;
 
 use std::collections::BTreeMap;
 
