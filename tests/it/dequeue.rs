@@ -12,6 +12,7 @@ use swiftdrop::queue::{ClaimOptions, Queue, State};
 use swiftdrop::store::key::MessageKey;
 use swiftdrop::worker::dequeue::{ActionResult, Worker};
 use swiftdrop::worker::sinks::mail::MailSink;
+use swiftdrop::worker::sinks::xmpp::{Target, XmppSink};
 
 use crate::queue_support::*;
 use crate::support::*;
@@ -365,6 +366,52 @@ async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
             (1, 1),
             "{text}: room and user counts; all: {bodies:#?}"
         );
+    }
+}
+
+/// Posts wait for their proof side by side: a user who has taken no message yet is given
+/// [`ERROR_WINDOW`] to answer with an error after the server acked each post, and five
+/// posts to them are all out (and have arrived) before the first is answered; each arrives
+/// once, and each post ends delivered.
+///
+/// [`ERROR_WINDOW`]: swiftdrop::worker::sinks::xmpp::ERROR_WINDOW
+#[tokio::test]
+async fn posts_wait_for_their_proof_side_by_side() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let rules = swiftdrop::worker::rules::file::parse(
+        &rules_with(1, "", &rules_account(prosody.port, "20s")),
+        "r.yml",
+    )
+    .unwrap();
+    let sink = XmppSink::start(rules.xmpp.as_ref().unwrap()).unwrap();
+    let posts: Vec<_> = (0..5)
+        .map(|n| {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let to = Target::parse("watcher@xmpp.test", Some(false)).unwrap();
+                sink.post(to, format!("side by side {n}")).await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while watcher.count("side by side") < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            watcher.bodies.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        posts.iter().all(|p| !p.is_finished()),
+        "a post was answered before all five were out: they went one at a time"
+    );
+    for post in posts {
+        post.await.unwrap().unwrap();
+    }
+    for n in 0..5 {
+        assert_eq!(watcher.count(&format!("side by side {n}")), 1);
     }
 }
 

@@ -1,40 +1,46 @@
 //! The XMPP sink: one long-lived client connection (tokio-xmpp) owned by one task, which
-//! posts one message at a time:
+//! keeps up to [`MAX_IN_FLIGHT`] posts out at once, each matched to its answers by its
+//! stanza id:
 //!
-//! - it waits for the session (`Online`) within the account's `timeout` (default
-//!   [`XmppSettings::DEFAULT_TIMEOUT`]): a server that does not answer makes the action
-//!   fail for now, it never hangs the worker; a login the server refuses fails it for good
-//!   (tokio-xmpp retries it forever and says so only in its log: [`crate::util::log_bridge`]);
+//! - it waits for the session (`Online`) within the post's time (the account's `timeout`,
+//!   default [`XmppSettings::DEFAULT_TIMEOUT`], from when the post was asked for): a server
+//!   that does not answer makes the action fail for now, it never hangs the worker; a login
+//!   the server refuses fails it for good (tokio-xmpp retries it forever and says so only in
+//!   its log: [`crate::util::log_bridge`]);
 //! - an address without `?join`/`?message` is a room when its domain's disco#info lists a
 //!   `conference` identity, else a user (asked once per domain);
 //! - it joins a room before posting to it (waiting for the room's presence with status
 //!   110), and again after every new session, since a reconnect loses room membership; a
 //!   room the join would create (status 201) does not exist: a permanent failure, and the
-//!   room is destroyed and left again;
+//!   room is destroyed and left again; connecting, asking and joining are done one post at
+//!   a time (answers to the posts in flight are taken meanwhile);
 //! - a message counts as delivered only on proof: for a room, the room's echo of it (same
 //!   id); for a user, the server's XEP-0198 ack, or without stream management the answer to
 //!   a ping sent after it (the server answers in order), and for a user who has not taken a
 //!   message yet no error reply within [`ERROR_WINDOW`] after that (Prosody answers for an
-//!   unknown account after its ack); an error reply that comes later is logged, not dropped;
+//!   unknown account after its ack); the windows of posts in flight run side by side; an
+//!   error reply that comes later is logged, not dropped;
 //! - an error reply to it (not in the room, kicked) leads to a rejoin and one resend; one
 //!   of type `wait` (a rate limit, a busy server) is a failure for now; any other (a room
 //!   or user that does not exist) is a permanent failure;
-//! - a session that ends while it waits: a message still queued goes out on the next
+//! - a session that ends while posts wait: a message still queued goes out on the next
 //!   session (tokio-xmpp sends it; it is not sent twice); one sent but not acked was lost
-//!   with the session and is sent again (at worst the server had it: a repeat); a session
-//!   that is resumed (XEP-0198) keeps its rooms, and tokio-xmpp itself sends what was not
-//!   acked;
-//! - a post that runs out of time drops the connection and starts a new one; the old
-//!   client is closed, but one still reconnecting flushes what it had queued once it
-//!   connects (tokio-xmpp has no way to drop its queue), so a post that timed out during an
-//!   outage can still arrive, and again from the retry: a repeat;
+//!   with the session and is sent again (at worst the server had it: a repeat); a room's is
+//!   sent again after the rejoin; a session that is resumed (XEP-0198) keeps its rooms, and
+//!   tokio-xmpp itself sends what was not acked;
+//! - a post that runs out of time drops the connection and starts a new one (the posts
+//!   still in flight are sent again on it); the old client is closed, but one still
+//!   reconnecting flushes what it had queued once it connects (tokio-xmpp has no way to
+//!   drop its queue), so a post that timed out during an outage can still arrive, and
+//!   again from the retry: a repeat;
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
 //!   [`MAX_BODY`] bytes (servers close the stream on large stanzas).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tokio_xmpp::connect::DnsConfig;
@@ -61,6 +67,9 @@ use crate::worker::rules::XmppSettings;
 pub const ERROR_WINDOW: Duration = Duration::from_secs(2);
 /// The longest message body sent (Prosody closes the stream at 256 KiB per stanza).
 pub const MAX_BODY: usize = 64 * 1024;
+/// The most posts waiting for their proof at once on the connection (a burst of alerts
+/// is not sent one round trip, or one error window, at a time).
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,6 +133,9 @@ impl XmppSink {
             known_users: HashSet::new(),
             handed: false,
             nick: settings.nick.clone(),
+            in_flight: Vec::new(),
+            again: VecDeque::new(),
+            watch: Vec::new(),
         };
         tokio::spawn(connection.run(requests));
         Ok(XmppSink {
@@ -195,56 +207,84 @@ struct Connection {
     services: HashMap<String, bool>,
     /// Users who took a message without an error reply within [`ERROR_WINDOW`].
     known_users: HashSet<BareJid>,
-    /// The post in hand gave the client a stanza (which would go out even after the post
-    /// gave up).
+    /// The post being started gave the client a stanza (which would go out even after the
+    /// post gave up).
     handed: bool,
     nick: String,
+    /// Posts sent and waiting for their proof, at most [`MAX_IN_FLIGHT`].
+    in_flight: Vec<InFlight>,
+    /// Posts to send again (lost with a session, or bounced by a room we were no longer
+    /// in), before new ones.
+    again: VecDeque<Pending>,
+    /// Tokens whose XEP-0198 ack is to be waited for; [`Connection::run`] takes them over.
+    watch: Vec<(Id, StanzaToken)>,
 }
 
-/// What waiting for a stanza ended with.
-enum Waited {
-    Delivered,
-    /// A new session began: room membership is lost, and a message sent but not acked
-    /// (`queued`: false); one still queued goes out on the new session.
-    Reconnected {
-        queued: bool,
-    },
-    /// An error reply: not in the room (rejoin and resend), worth another attempt later
-    /// (type `wait`), or anything else.
-    Refused {
-        rejoin: bool,
-        wait: bool,
-        why: String,
+/// A post not sent yet (or to send again).
+struct Pending {
+    post: Post,
+    /// Sent once more already after a rejoin (a second bounce is final).
+    resent: bool,
+}
+
+/// A post whose message is out, waiting for its proof.
+struct InFlight {
+    pending: Pending,
+    /// Where it went (a room or a user, asked already).
+    to: Target,
+    id: Id,
+    token: StanzaToken,
+    proof: Proof,
+    /// A new session began after it was sent: a message dropped unacked is lost.
+    new_session: bool,
+}
+
+/// What counts as the proof that the server has a message.
+#[derive(Debug, PartialEq, Eq)]
+enum Proof {
+    /// The room's echo of it (every occupant has it).
+    Echo,
+    /// The server's XEP-0198 ack.
+    Ack,
+    /// The answer to the ping with this id, sent after it (no stream management).
+    Ping(String),
+    /// No error reply until then (a user who has not taken a message yet).
+    Window(Instant),
+}
+
+/// What a post's latest news means.
+enum Verdict {
+    /// Still waiting for its proof.
+    Wait,
+    Done(Result<(), SinkError>),
+    /// Lost with its session, or bounced by a room to join again: sent again.
+    SendAgain {
+        resent: bool,
     },
 }
 
 impl Connection {
     async fn run(mut self, mut requests: mpsc::Receiver<Post>) {
+        // Futures of the acks waited for: here, not in `self`, so that they can be polled
+        // beside the client.
+        let mut acks = FuturesUnordered::new();
         loop {
+            for (id, mut token) in self.watch.drain(..) {
+                acks.push(async move { (id, token.wait_for(StanzaStage::Acked).await) });
+            }
+            if let Some(pending) = self.again.pop_front() {
+                self.start(pending).await;
+                continue;
+            }
+            let wake = self.next_wake();
             tokio::select! {
-                post = requests.recv() => {
+                post = requests.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
                     let Some(post) = post else { break };
-                    if Instant::now() >= post.deadline {
-                        // Its time ran out behind other posts: not sent at all.
-                        let _ = post.done.send(Err(SinkError::Transient("no turn on the XMPP connection in time".into())));
-                        continue;
-                    }
-                    self.handed = false;
-                    let result = match timeout_at(post.deadline, self.deliver(&post.to, &post.body)).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            // A stanza handed to the client would go out later: the client goes.
-                            if self.handed {
-                                self.drop_connection("a post ran out of time").await;
-                            }
-                            Err(SinkError::Transient("no confirmation from the XMPP server in time".into()))
-                        }
-                    };
-                    let _ = post.done.send(result);
+                    self.start(Pending { post, resent: false }).await;
                 }
                 event = self.client.next() => match event {
                     Some(event) => {
-                        self.on_event(event);
+                        self.observe(event).await;
                     }
                     // tokio-xmpp's stream worker ended (it should not): a new client (the
                     // old one is dropped: its send_end would panic on the ended worker).
@@ -252,12 +292,99 @@ impl Connection {
                         self.client = new_client(&self.settings);
                         self.online = false;
                         self.joined.clear();
+                        self.lost_connection();
                         tracing::warn!("XMPP: the client's stream worker ended; connecting again");
                     }
                 },
+                Some((id, state)) = acks.next(), if !acks.is_empty() => {
+                    self.acked(&id, state).await;
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.tick().await;
+                }
             }
         }
+        // The last handle is gone: every post was answered (a post's caller waits for it).
         let _ = self.client.send_end().await;
+    }
+
+    /// The earliest time a post in flight must be looked at: its deadline, or the end of
+    /// its error window.
+    fn next_wake(&self) -> Option<Instant> {
+        self.in_flight
+            .iter()
+            .map(|f| match f.proof {
+                Proof::Window(end) => end.min(f.pending.post.deadline),
+                _ => f.pending.post.deadline,
+            })
+            .min()
+    }
+
+    /// Sends a post's message (connecting, asking what the address is and joining the
+    /// room first when needed), within the post's time.
+    async fn start(&mut self, pending: Pending) {
+        let deadline = pending.post.deadline;
+        if Instant::now() >= deadline {
+            // Its time ran out behind other posts: not sent at all.
+            let _ = pending.post.done.send(Err(SinkError::Transient(
+                "no turn on the XMPP connection in time".into(),
+            )));
+            return;
+        }
+        self.handed = false;
+        match timeout_at(deadline, self.send_post(&pending.post)).await {
+            Ok(Ok((to, id, token, proof))) => {
+                if proof == Proof::Ack {
+                    self.watch.push((id.clone(), token.clone()));
+                }
+                self.in_flight.push(InFlight {
+                    pending,
+                    to,
+                    id,
+                    token,
+                    proof,
+                    new_session: false,
+                });
+            }
+            Ok(Err(e)) => {
+                let _ = pending.post.done.send(Err(e));
+            }
+            Err(_) => {
+                // A stanza handed to the client would go out later: the client goes.
+                if self.handed {
+                    self.drop_connection("a post ran out of time").await;
+                }
+                let _ = pending.post.done.send(Err(SinkError::Transient(
+                    "no confirmation from the XMPP server in time".into(),
+                )));
+            }
+        }
+    }
+
+    /// Connects, asks, joins and sends; where the message went, its id and token, and what
+    /// will prove that the server has it.
+    async fn send_post(
+        &mut self,
+        post: &Post,
+    ) -> Result<(Target, Id, StanzaToken, Proof), SinkError> {
+        self.wait_online().await?;
+        let to = match &post.to {
+            Target::Ask(jid) if self.is_room(jid).await? => Target::Room(jid.clone()),
+            Target::Ask(jid) => Target::User(jid.clone()),
+            to => to.clone(),
+        };
+        if let Target::Room(room) = &to {
+            if !self.joined.contains(room) {
+                self.join(room).await?;
+            }
+        }
+        let (id, token) = self.send(&to, &post.body).await?;
+        let proof = match &to {
+            Target::Room(_) => Proof::Echo,
+            _ if self.acks => Proof::Ack,
+            _ => Proof::Ping(self.ping().await?),
+        };
+        Ok((to, id, token, proof))
     }
 
     /// Replaces the client, dropping what it still had queued (a post that ran out of
@@ -266,10 +393,19 @@ impl Connection {
         let old = std::mem::replace(&mut self.client, new_client(&self.settings));
         self.online = false;
         self.joined.clear();
+        self.lost_connection();
         tokio::spawn(async move {
             let _ = old.send_end().await;
         });
         tracing::warn!("XMPP: {why}; connecting again");
+    }
+
+    /// The client was replaced: what was in flight on it is sent again on the new one (a
+    /// message the old one delivered is then a repeat; one it still had queued went with it).
+    fn lost_connection(&mut self) {
+        for f in std::mem::take(&mut self.in_flight) {
+            self.again.push_back(f.pending);
+        }
     }
 
     /// Keeps the session state; true for a new session (not for a resumed one, which
@@ -309,63 +445,194 @@ impl Connection {
         }
     }
 
+    /// Takes an event from the client: a reply to a post in flight settles it, a new
+    /// session decides the fate of every post in flight. True for a new session.
+    async fn observe(&mut self, event: Event) -> bool {
+        match event {
+            Event::Stanza(Stanza::Message(m))
+                if self.in_flight.iter().any(|f| m.id.as_ref() == Some(&f.id)) =>
+            {
+                let at = self
+                    .in_flight
+                    .iter()
+                    .position(|f| m.id.as_ref() == Some(&f.id))
+                    .expect("found above");
+                let verdict = self.in_flight[at].answered(&m);
+                self.settle(at, verdict);
+                false
+            }
+            Event::Stanza(Stanza::Iq(iq))
+                if self
+                    .in_flight
+                    .iter()
+                    .any(|f| matches!(&f.proof, Proof::Ping(p) if p == iq.id())) =>
+            {
+                let at = self
+                    .in_flight
+                    .iter()
+                    .position(|f| matches!(&f.proof, Proof::Ping(p) if p == iq.id()))
+                    .expect("found above");
+                let verdict = self.proven(at);
+                self.settle(at, verdict);
+                false
+            }
+            other => {
+                let new_session = self.on_event(other);
+                if new_session {
+                    self.new_session().await;
+                }
+                new_session
+            }
+        }
+    }
+
+    /// A new session: a room's message is sent again after the rejoin (one still queued
+    /// bounces: we are not in the room yet). A user's message sent but not acked was lost
+    /// with the old session and is sent again; one still queued goes out on the new
+    /// session and is waited for (sending it again would repeat it); one the server
+    /// acked stays in its error window.
+    async fn new_session(&mut self) {
+        let mut at = 0;
+        while at < self.in_flight.len() {
+            let f = &mut self.in_flight[at];
+            f.new_session = true;
+            let queued = matches!(f.token.state(), StanzaState::Queued);
+            let verdict = match (&f.to, &f.proof) {
+                (_, Proof::Window(_)) => Verdict::Wait,
+                (Target::Room(_), _) => Verdict::SendAgain {
+                    resent: f.pending.resent,
+                },
+                // The token tells: acked on the new session, or dropped unacked (lost).
+                (_, Proof::Ack) if self.acks => Verdict::Wait,
+                _ if queued && self.acks => {
+                    f.proof = Proof::Ack;
+                    self.watch.push((f.id.clone(), f.token.clone()));
+                    Verdict::Wait
+                }
+                // It goes out on a session without acks: a ping after it proves it.
+                _ if queued => match self.ping().await {
+                    Ok(ping) => {
+                        self.in_flight[at].proof = Proof::Ping(ping);
+                        Verdict::Wait
+                    }
+                    Err(e) => Verdict::Done(Err(e)),
+                },
+                _ => Verdict::SendAgain {
+                    resent: f.pending.resent,
+                },
+            };
+            if self.settle(at, verdict) {
+                at += 1;
+            }
+        }
+    }
+
+    /// The XEP-0198 ack of post `id` came (or no ack will: the token's end).
+    async fn acked(&mut self, id: &Id, state: Option<StanzaState>) {
+        let Some(at) = self
+            .in_flight
+            .iter()
+            .position(|f| &f.id == id && f.proof == Proof::Ack)
+        else {
+            return;
+        };
+        let verdict = match state {
+            Some(StanzaState::Acked { .. }) => self.proven(at),
+            // Never sent (the stream failed around it), or sent, never acked, and dropped
+            // with its session: sent again.
+            Some(StanzaState::Failed { .. }) => Verdict::SendAgain {
+                resent: self.in_flight[at].pending.resent,
+            },
+            _ if self.in_flight[at].new_session => Verdict::SendAgain {
+                resent: self.in_flight[at].pending.resent,
+            },
+            // No ack will come, and no new session is known: the server offered stream
+            // management but it is not on, or the session is ending. A ping tells which:
+            // answered on this session, or a new session.
+            _ => match self.ping().await {
+                Ok(ping) => {
+                    self.in_flight[at].proof = Proof::Ping(ping);
+                    Verdict::Wait
+                }
+                Err(e) => Verdict::Done(Err(e)),
+            },
+        };
+        self.settle(at, verdict);
+    }
+
+    /// The server has post `at`'s message (acked, or answered a ping sent after it): a
+    /// known user's is delivered; another's waits [`ERROR_WINDOW`] for an error reply.
+    fn proven(&mut self, at: usize) -> Verdict {
+        let f = &mut self.in_flight[at];
+        if matches!(&f.to, Target::User(user) if !self.known_users.contains(user)) {
+            f.proof = Proof::Window(Instant::now() + ERROR_WINDOW);
+            Verdict::Wait
+        } else {
+            Verdict::Done(Ok(()))
+        }
+    }
+
+    /// Posts whose error window ended are delivered; posts out of time fail for now (and
+    /// the connection, which would still send what it holds, is replaced).
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let mut late = false;
+        let mut at = 0;
+        while at < self.in_flight.len() {
+            let f = &self.in_flight[at];
+            let verdict = match f.proof {
+                Proof::Window(end) if end <= now => {
+                    if let Target::User(user) = &f.to {
+                        self.known_users.insert(user.clone());
+                    }
+                    Verdict::Done(Ok(()))
+                }
+                _ if f.pending.post.deadline <= now => {
+                    late = true;
+                    Verdict::Done(Err(SinkError::Transient(
+                        "no confirmation from the XMPP server in time".into(),
+                    )))
+                }
+                _ => Verdict::Wait,
+            };
+            if self.settle(at, verdict) {
+                at += 1;
+            }
+        }
+        if late {
+            self.drop_connection("a post ran out of time").await;
+        }
+    }
+
+    /// Acts on post `at`'s verdict; true when it stays in flight.
+    fn settle(&mut self, at: usize, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Wait => true,
+            Verdict::Done(result) => {
+                let f = self.in_flight.remove(at);
+                let _ = f.pending.post.done.send(result);
+                false
+            }
+            Verdict::SendAgain { resent } => {
+                let f = self.in_flight.remove(at);
+                if let Target::Room(room) = &f.to {
+                    // Bounced (not in the room) or lost with the session: joined again first.
+                    self.joined.remove(room);
+                }
+                self.again.push_back(Pending {
+                    post: f.pending.post,
+                    resent,
+                });
+                false
+            }
+        }
+    }
+
     async fn next_event(&mut self) -> Result<Event, SinkError> {
         self.client
             .next()
             .await
             .ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))
-    }
-
-    async fn deliver(&mut self, to: &Target, body: &str) -> Result<(), SinkError> {
-        let mut resent = false;
-        // A message queued when its session ended: sent on the next one, waited for again.
-        let mut queued: Option<(Id, StanzaToken)> = None;
-        loop {
-            self.wait_online().await?;
-            let asked;
-            let to = match to {
-                Target::Ask(jid) => {
-                    asked = if self.is_room(jid).await? {
-                        Target::Room(jid.clone())
-                    } else {
-                        Target::User(jid.clone())
-                    };
-                    &asked
-                }
-                to => to,
-            };
-            if let Target::Room(room) = to {
-                if !self.joined.contains(room) {
-                    self.join(room).await?;
-                }
-            }
-            let (id, token) = match queued.take() {
-                Some(sent) => sent,
-                None => self.send(to, body).await?,
-            };
-            match self.wait(to, &id, token.clone()).await? {
-                Waited::Delivered => return Ok(()),
-                // A user's message goes out with the new session: waited for, not resent.
-                // A room's bounces (not in the room yet) and is resent after the rejoin.
-                Waited::Reconnected { queued: true } if matches!(to, Target::User(_)) => {
-                    queued = Some((id, token));
-                }
-                Waited::Reconnected { .. } => {}
-                Waited::Refused {
-                    wait: true, why, ..
-                } => return Err(SinkError::Transient(why)),
-                Waited::Refused {
-                    rejoin: true, why, ..
-                } if !resent => {
-                    tracing::info!(%why, "XMPP: posting again after a rejoin");
-                    if let Target::Room(room) = to {
-                        self.joined.remove(room);
-                    }
-                    resent = true;
-                }
-                Waited::Refused { why, .. } => return Err(SinkError::Permanent(why)),
-            }
-        }
     }
 
     /// Waits for a session. A login the server refuses (tokio-xmpp retries it forever, and
@@ -377,7 +644,7 @@ impl Connection {
             tokio::select! {
                 event = self.client.next() => {
                     let event = event.ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))?;
-                    self.on_event(event);
+                    self.observe(event).await;
                 }
                 _ = check.tick() => {
                     // Only refusals that another try cannot change (not a
@@ -422,7 +689,7 @@ impl Connection {
             let iq = match self.next_event().await? {
                 Event::Stanza(Stanza::Iq(iq)) if iq.id() == id => iq,
                 other => {
-                    if self.on_event(other) {
+                    if self.observe(other).await {
                         return Err(SinkError::Transient(format!(
                             "disco#info {domain}: reconnected"
                         )));
@@ -480,7 +747,7 @@ impl Connection {
             let presence = match event {
                 Event::Stanza(Stanza::Presence(p)) => p,
                 other => {
-                    if self.on_event(other) {
+                    if self.observe(other).await {
                         return Err(SinkError::Transient(format!("join {room}: reconnected")));
                     }
                     continue;
@@ -554,121 +821,6 @@ impl Connection {
         Ok((id, token))
     }
 
-    /// Waits for the proof that the server has the message `id` to `to`: a room's echo of
-    /// it; for a user, the server's XEP-0198 ack (the server answers a message to a user
-    /// it cannot reach before it acks it), or without stream management, the answer to a
-    /// ping sent after it (the server answers in order). An error reply with its id before
-    /// that refuses it.
-    async fn wait(
-        &mut self,
-        to: &Target,
-        id: &Id,
-        mut token: StanzaToken,
-    ) -> Result<Waited, SinkError> {
-        let room = matches!(to, Target::Room(_));
-        let mut use_ack = !room && self.acks;
-        let mut ping = if room || use_ack {
-            None
-        } else {
-            Some(self.ping().await?)
-        };
-        // A new session began while waiting: what was sent before it and never acked is lost.
-        let mut new_session = false;
-        // A user who took a message before is known to exist: the server's ack (or the
-        // ping's answer) is the proof. For another, errors that the server sends after its
-        // ack (Prosody checks the account in its own time) are waited for a while.
-        let known = match to {
-            Target::User(user) => self.known_users.contains(user),
-            _ => false,
-        };
-        let mut window_end: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(window_end.unwrap_or_else(Instant::now)), if window_end.is_some() => {
-                    if let Target::User(user) = to {
-                        self.known_users.insert(user.clone());
-                    }
-                    return Ok(Waited::Delivered);
-                }
-                state = token.wait_for(StanzaStage::Acked), if use_ack && window_end.is_none() => match state {
-                    Some(StanzaState::Acked { .. }) if known => return Ok(Waited::Delivered),
-                    Some(StanzaState::Acked { .. }) => window_end = Some(Instant::now() + ERROR_WINDOW),
-                    Some(StanzaState::Failed { .. }) => {
-                        // Never sent (the stream failed around it): sent again.
-                        return Ok(Waited::Reconnected { queued: false });
-                    }
-                    Some(StanzaState::Dropped) | None if new_session => {
-                        // Sent, never acked, and dropped with its session: it may or may
-                        // not have reached the server.
-                        return Ok(Waited::Reconnected { queued: false });
-                    }
-                    Some(StanzaState::Dropped) | None => {
-                        // No ack will come, and no new session is known: the server offered
-                        // stream management but it is not on, or the session is ending. A
-                        // ping tells which: answered on this session, or a new session.
-                        use_ack = false;
-                        ping = Some(self.ping().await?);
-                    }
-                    Some(_) => {}
-                },
-                event = self.client.next() => {
-                    let event = event.ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))?;
-                    let reply = match event {
-                        Event::Stanza(Stanza::Message(m)) if m.id.as_ref() == Some(id) => m,
-                        Event::Stanza(Stanza::Iq(iq)) if Some(iq.id()) == ping.as_deref() => {
-                            if known {
-                                return Ok(Waited::Delivered);
-                            }
-                            window_end = Some(Instant::now() + ERROR_WINDOW);
-                            continue;
-                        }
-                        other => {
-                            if self.on_event(other) {
-                                new_session = true;
-                                if use_ack && !self.acks && matches!(token.state(), StanzaState::Queued) {
-                                    // It goes out on a session without acks: a ping proves it.
-                                    use_ack = false;
-                                    ping = Some(self.ping().await?);
-                                    continue;
-                                }
-                                if use_ack {
-                                    // The token tells: acked on the new session (it was
-                                    // queued and went out on it), or dropped with the old
-                                    // one's unacked stanzas (lost: sent again).
-                                    continue;
-                                }
-                                // A new session: a message still queued goes out on it (it
-                                // must not be sent twice); one sent is lost with the old one.
-                                let queued = matches!(token.state(), StanzaState::Queued);
-                                return Ok(Waited::Reconnected { queued });
-                            }
-                            continue;
-                        }
-                    };
-                    match reply.type_ {
-                        MessageType::Error => {
-                            let error = StanzaError::of(&reply.payloads);
-                            let rejoin = room
-                                && ["not-acceptable", "forbidden", "not-allowed"]
-                                    .contains(&error.condition.as_str());
-                            let jid = match to {
-                                Target::Room(j) | Target::User(j) | Target::Ask(j) => j,
-                            };
-                            return Ok(Waited::Refused {
-                                rejoin,
-                                wait: error.wait,
-                                why: format!("{jid} answered {}", error.condition),
-                            });
-                        }
-                        // The room's echo: every occupant has it.
-                        MessageType::Groupchat if room => return Ok(Waited::Delivered),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-
     /// Sends a ping (XEP-0199) to our server; its id. Its answer (a result, or an error
     /// from a server without ping) comes after the server dealt with what was sent before.
     async fn ping(&mut self) -> Result<String, SinkError> {
@@ -682,6 +834,36 @@ impl Connection {
             .await
             .map_err(|e| SinkError::Transient(format!("ping: {e}")))?;
         Ok(id)
+    }
+}
+
+impl InFlight {
+    /// A message with this post's id came: an error reply refuses it (not in the room:
+    /// joined again and sent once more; type `wait`: a failure for now; any other: a
+    /// permanent failure); the room's echo delivers it.
+    fn answered(&mut self, reply: &Message) -> Verdict {
+        match (&reply.type_, &self.to) {
+            (MessageType::Error, to) => {
+                let error = StanzaError::of(&reply.payloads);
+                let (Target::Room(jid) | Target::User(jid) | Target::Ask(jid)) = to;
+                let why = format!("{jid} answered {}", error.condition);
+                let rejoin = matches!(to, Target::Room(_))
+                    && ["not-acceptable", "forbidden", "not-allowed"]
+                        .contains(&error.condition.as_str());
+                if error.wait {
+                    Verdict::Done(Err(SinkError::Transient(why)))
+                } else if rejoin && !self.pending.resent {
+                    tracing::info!(%why, "XMPP: posting again after a rejoin");
+                    Verdict::SendAgain { resent: true }
+                } else {
+                    Verdict::Done(Err(SinkError::Permanent(why)))
+                }
+            }
+            (MessageType::Groupchat, Target::Room(_)) if self.proof == Proof::Echo => {
+                Verdict::Done(Ok(()))
+            }
+            _ => Verdict::Wait,
+        }
     }
 }
 
