@@ -302,9 +302,10 @@ async fn messages_after_a_prosody_restart_arrive_once_each() {
 }
 
 /// Prosody stopped for 3 s under a stream of messages, each posted to a room and to a user
-/// by one worker: every message reaches the room once and the user once (none lost with
-/// the session, none sent twice: the post made while the server was down is queued, goes
-/// out on the next session and is not sent again).
+/// by one worker taking four messages at a time (posts in flight side by side on its one
+/// connection): every message reaches the room once and the user once (none lost with the
+/// session, none sent twice: a post made while the server was down is queued, goes out on
+/// the next session and is not sent again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
     let prosody = Prosody::start();
@@ -332,7 +333,7 @@ async fn a_server_down_under_a_stream_of_posts_loses_and_repeats_none() {
         store(&queue, message.as_bytes()).await;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(worker.clone().run(1, stop_rx));
+    let running = tokio::spawn(worker.clone().run(4, stop_rx));
     let started = tokio::time::Instant::now();
     while watcher.count("burst ") < 10 {
         assert!(
