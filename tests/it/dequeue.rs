@@ -11,6 +11,7 @@ use object_store::path::Path;
 use swiftdrop::queue::{ClaimOptions, Queue, State};
 use swiftdrop::store::key::MessageKey;
 use swiftdrop::worker::dequeue::{ActionResult, Worker};
+use swiftdrop::worker::sinks::SinkError;
 use swiftdrop::worker::sinks::mail::MailSink;
 use swiftdrop::worker::sinks::xmpp::{Target, XmppSink};
 
@@ -414,6 +415,59 @@ async fn posts_wait_for_their_proof_side_by_side() {
     for n in 0..5 {
         assert_eq!(watcher.count(&format!("side by side {n}")), 1);
     }
+}
+
+/// The server gone for longer than a post's time, with posts made to a room and a user
+/// while it is away: each post ends, failed for now, while the server is still down (the
+/// connection task never waits on the server past a post's time); once the server is back,
+/// posts go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_end_in_their_time_while_the_server_is_gone() {
+    let prosody = Prosody::start();
+    let watcher = Watcher::join(&prosody, "ops").await;
+    let rules = swiftdrop::worker::rules::file::parse(
+        &rules_with(1, "", &rules_account(prosody.port, "3s")),
+        "r.yml",
+    )
+    .unwrap();
+    let sink = XmppSink::start(rules.xmpp.as_ref().unwrap()).unwrap();
+    let user = || Target::parse("watcher@xmpp.test", Some(false)).unwrap();
+    let room = || Target::parse("ops@conference.xmpp.test", Some(true)).unwrap();
+    sink.post(user(), "gone before".into()).await.unwrap();
+    sink.post(room(), "gone before, room".into()).await.unwrap();
+
+    tokio::task::block_in_place(|| prosody.stop());
+    let posts: Vec<_> = (0..6)
+        .map(|n| {
+            let sink = sink.clone();
+            let to = if n % 2 == 0 { user() } else { room() };
+            tokio::spawn(async move { sink.post(to, format!("gone during {n}")).await })
+        })
+        .collect();
+    for post in posts {
+        let result = tokio::time::timeout(PATIENCE, post)
+            .await
+            .expect("a post waited on the server far past its time")
+            .unwrap();
+        assert!(matches!(result, Err(SinkError::Transient(_))), "{result:?}");
+    }
+
+    tokio::task::block_in_place(|| prosody.start_again());
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    // The first posts may meet the client still connecting again: failed for now.
+    let mut attempt = 0;
+    while sink
+        .post(user(), format!("gone after {attempt}."))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no post went through after the restart"
+        );
+        attempt += 1;
+    }
+    assert_eq!(watcher.wait_for(&format!("gone after {attempt}.")).await, 1);
 }
 
 /// A login the server refuses (a wrong password) fails the message for good, named as such,

@@ -75,8 +75,18 @@ impl Prosody {
 
     /// Stops it, waits `down`, and starts it again on the same port, with the same data.
     pub fn restart_after(&self, down: Duration) {
-        self.run(&["stop", &self.path()]);
+        self.stop();
         std::thread::sleep(down);
+        self.start_again();
+    }
+
+    /// Stops it (its data kept).
+    pub fn stop(&self) {
+        self.run(&["stop", &self.path()]);
+    }
+
+    /// Starts it again after [`Prosody::stop`], on the same port, with the same data.
+    pub fn start_again(&self) {
         self.run(&["start", &self.path(), &self.port.to_string()]);
     }
 }

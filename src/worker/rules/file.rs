@@ -576,8 +576,9 @@ impl Checker<'_> {
                     })
                     .collect::<Vec<_>>();
                 if rule.actions.is_empty() {
+                    // An unnamed rule is named by its place: its first line.
                     self.problem(
-                        &name,
+                        rule.name.as_deref().unwrap_or_default(),
                         format!("rule {name:?} of {:?} has no actions", manager.name),
                     );
                 }
@@ -681,7 +682,7 @@ impl Checker<'_> {
         let Some(url) = manager.url.as_deref().filter(|_| is_gocd(manager)) else {
             if is_gocd(manager) {
                 self.problem(
-                    &format!("name: {}", manager.name),
+                    &manager.name,
                     "the gocd manager needs url (the server's base, e.g. https://gocd.example.com:8154/go), user and passwd",
                 );
             } else if let Some(setting) = [&manager.url, &manager.user, &manager.passwd]

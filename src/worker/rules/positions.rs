@@ -83,7 +83,7 @@ impl Positions {
                     }
                     value_done(&mut open);
                 }
-                Event::Alias(_) => value_done(&mut open),
+                Event::Alias(_) => key_or_value_done(&mut open),
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
                     path = value_path(&path, &open);
                     // The container's own place, for a part without scalars.
@@ -103,7 +103,7 @@ impl Positions {
                     if !open.is_empty() {
                         path.pop();
                     }
-                    value_done(&mut open);
+                    key_or_value_done(&mut open);
                 }
                 _ => {}
             }
@@ -112,12 +112,14 @@ impl Positions {
     }
 
     /// The line where `near` is written inside the part at `scope`: a scalar (key or
-    /// value) that is `near`, else one that contains it; else the same in the whole
-    /// document (a default written at the top); else the part's first line; else 1.
+    /// value) that is `near`, else one that contains it; else the same among the settings
+    /// outside `managers` (a default written at the top, which a rule uses); else the
+    /// part's first line; else 1.
     pub fn line_of(&self, scope: &[Step], near: &str) -> usize {
         let near = near.trim();
         let inside = |w: &&Written| w.path.starts_with(scope);
-        let anywhere = |_: &&Written| true;
+        let managers = [Step::from("managers")];
+        let anywhere = |w: &&Written| !w.path.starts_with(&managers);
         let is = |w: &&Written| !near.is_empty() && w.text.trim() == near;
         let has = |w: &&Written| !near.is_empty() && w.text.contains(near);
         let find = |within: &dyn Fn(&&Written) -> bool, test: &dyn Fn(&&Written) -> bool| {
@@ -148,6 +150,16 @@ fn value_path(path: &[Step], open: &[Open]) -> Vec<Step> {
         None => {}
     }
     at
+}
+
+/// A node that is not a plain scalar (an alias, a mapping or a sequence) is complete: as a
+/// mapping's key (YAML allows it; the rules file has none) its value comes next, else as
+/// [`value_done`].
+fn key_or_value_done(open: &mut [Open]) {
+    match open.last_mut() {
+        Some(Open::Mapping(key @ None)) => *key = Some(String::new()),
+        _ => value_done(open),
+    }
 }
 
 /// A value of the innermost container is complete: a mapping waits for its next key, a
@@ -195,6 +207,11 @@ xmpp:
         assert_eq!(p.line_of(&first_rule, "pipelines.any"), 7);
         // Not in a comment: the whole document's first scalar that is it.
         assert_eq!(p.line_of(&[], "pipelines.any"), 7);
+        // Not in another manager's part: this part's first line.
+        let first = at(&["managers".into(), 0.into()]);
+        assert_eq!(p.line_of(&first, "mailto:a@b"), 3);
+        // A default written at the top is found from a rule.
+        assert_eq!(p.line_of(&second_rule, "bot@example.org"), 15);
         assert_eq!(p.line_of(&second_rule, "mailto:a@b"), 13);
         assert_eq!(p.line_of(&["xmpp".into()], "jabberid"), 15);
     }

@@ -23,23 +23,29 @@
 //! - an error reply to it (not in the room, kicked) leads to a rejoin and one resend; one
 //!   of type `wait` (a rate limit, a busy server) is a failure for now; any other (a room
 //!   or user that does not exist) is a permanent failure;
-//! - a session that ends while posts wait: a message still queued goes out on the next
-//!   session (tokio-xmpp sends it; it is not sent twice); one sent but not acked was lost
+//! - a session that ends while posts wait (tokio-xmpp says so only when the next one
+//!   begins): a user's message the server acked stands; one sent but not acked was lost
 //!   with the session and is sent again (at worst the server had it: a repeat); a room's is
 //!   sent again after the rejoin; a session that is resumed (XEP-0198) keeps its rooms, and
-//!   tokio-xmpp itself sends what was not acked;
-//! - a post that runs out of time drops the connection and starts a new one (the posts
-//!   still in flight are sent again on it); the old client is closed, but one still
-//!   reconnecting flushes what it had queued once it connects (tokio-xmpp has no way to
-//!   drop its queue), so a post that timed out during an outage can still arrive, and
-//!   again from the retry: a repeat;
+//!   tokio-xmpp itself sends what was not acked. tokio-xmpp puts a stanza on the wire only
+//!   in a session, so without stream management a message sent while the server was away
+//!   goes out on the new session and cannot be told from one lost with the old: a repeat;
+//! - a post whose message is still in the client's queue when its time runs out (no
+//!   session) drops the connection and starts a new one (the posts in flight without
+//!   proof are sent again on it); the old client is closed, but one still reconnecting
+//!   flushes what it had queued once it connects (tokio-xmpp has no way to drop its
+//!   queue), so a post that timed out during an outage can still arrive, and again from
+//!   the retry: a repeat. A post whose message is out but unproven in time fails for now
+//!   and the connection stays;
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
 //!   [`MAX_BODY`] bytes (servers close the stream on large stanzas).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
@@ -132,10 +138,11 @@ impl XmppSink {
             services: HashMap::new(),
             known_users: HashSet::new(),
             handed: false,
+            restarted: false,
             nick: settings.nick.clone(),
             in_flight: Vec::new(),
             again: VecDeque::new(),
-            watch: Vec::new(),
+            ack_waits: FuturesUnordered::new(),
         };
         tokio::spawn(connection.run(requests));
         Ok(XmppSink {
@@ -207,17 +214,20 @@ struct Connection {
     services: HashMap<String, bool>,
     /// Users who took a message without an error reply within [`ERROR_WINDOW`].
     known_users: HashSet<BareJid>,
-    /// The post being started gave the client a stanza (which would go out even after the
-    /// post gave up).
+    /// The message of the post being started is in the client's queue, not on the wire yet
+    /// (it would go out even after the post gave up).
     handed: bool,
+    /// A new session began while a post was being started (its join or disco#info was
+    /// cut short: it is started again).
+    restarted: bool,
     nick: String,
     /// Posts sent and waiting for their proof, at most [`MAX_IN_FLIGHT`].
     in_flight: Vec<InFlight>,
     /// Posts to send again (lost with a session, or bounced by a room we were no longer
     /// in), before new ones.
     again: VecDeque<Pending>,
-    /// Tokens whose XEP-0198 ack is to be waited for; [`Connection::run`] takes them over.
-    watch: Vec<(Id, StanzaToken)>,
+    /// The XEP-0198 acks waited for: each post's id and its token's end.
+    ack_waits: FuturesUnordered<BoxFuture<'static, (Id, Option<StanzaState>)>>,
 }
 
 /// A post not sent yet (or to send again).
@@ -258,33 +268,23 @@ enum Verdict {
     Wait,
     Done(Result<(), SinkError>),
     /// Lost with its session, or bounced by a room to join again: sent again.
-    SendAgain {
-        resent: bool,
-    },
+    SendAgain,
 }
 
 impl Connection {
     async fn run(mut self, mut requests: mpsc::Receiver<Post>) {
-        // Futures of the acks waited for: here, not in `self`, so that they can be polled
-        // beside the client.
-        let mut acks = FuturesUnordered::new();
         loop {
-            for (id, mut token) in self.watch.drain(..) {
-                acks.push(async move { (id, token.wait_for(StanzaStage::Acked).await) });
-            }
             if let Some(pending) = self.again.pop_front() {
                 self.start(pending).await;
                 continue;
             }
             let wake = self.next_wake();
             tokio::select! {
-                post = requests.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
-                    let Some(post) = post else { break };
-                    self.start(Pending { post, resent: false }).await;
-                }
+                // Answers first: a proof that came with a deadline is a proof.
+                biased;
                 event = self.client.next() => match event {
                     Some(event) => {
-                        self.observe(event).await;
+                        self.observe(event);
                     }
                     // tokio-xmpp's stream worker ended (it should not): a new client (the
                     // old one is dropped: its send_end would panic on the ended worker).
@@ -296,11 +296,15 @@ impl Connection {
                         tracing::warn!("XMPP: the client's stream worker ended; connecting again");
                     }
                 },
-                Some((id, state)) = acks.next(), if !acks.is_empty() => {
+                Some((id, state)) = self.ack_waits.next(), if !self.ack_waits.is_empty() => {
                     self.acked(&id, state).await;
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    self.tick().await;
+                    self.tick();
+                }
+                post = requests.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                    let Some(post) = post else { break };
+                    self.start(Pending { post, resent: false }).await;
                 }
             }
         }
@@ -332,10 +336,11 @@ impl Connection {
             return;
         }
         self.handed = false;
+        self.restarted = false;
         match timeout_at(deadline, self.send_post(&pending.post)).await {
             Ok(Ok((to, id, token, proof))) => {
                 if proof == Proof::Ack {
-                    self.watch.push((id.clone(), token.clone()));
+                    self.watch_ack(&id, &token);
                 }
                 self.in_flight.push(InFlight {
                     pending,
@@ -346,11 +351,15 @@ impl Connection {
                     new_session: false,
                 });
             }
+            // A join or disco#info cut short by a new session: nothing of it was sent.
+            Ok(Err(SinkError::Transient(_))) if self.restarted => {
+                self.again.push_front(pending);
+            }
             Ok(Err(e)) => {
                 let _ = pending.post.done.send(Err(e));
             }
             Err(_) => {
-                // A stanza handed to the client would go out later: the client goes.
+                // A message still in the client's queue would go out later: the client goes.
                 if self.handed {
                     self.drop_connection("a post ran out of time").await;
                 }
@@ -368,6 +377,8 @@ impl Connection {
         post: &Post,
     ) -> Result<(Target, Id, StanzaToken, Proof), SinkError> {
         self.wait_online().await?;
+        // The session waited for is no interruption; one that begins from here is.
+        self.restarted = false;
         let to = match &post.to {
             Target::Ask(jid) if self.is_room(jid).await? => Target::Room(jid.clone()),
             Target::Ask(jid) => Target::User(jid.clone()),
@@ -387,6 +398,13 @@ impl Connection {
         Ok((to, id, token, proof))
     }
 
+    /// Waits for the XEP-0198 ack of a post's message.
+    fn watch_ack(&mut self, id: &Id, token: &StanzaToken) {
+        let (id, mut token) = (id.clone(), token.clone());
+        self.ack_waits
+            .push(async move { (id, token.wait_for(StanzaStage::Acked).await) }.boxed());
+    }
+
     /// Replaces the client, dropping what it still had queued (a post that ran out of
     /// time must not go out later); the next post connects again.
     async fn drop_connection(&mut self, why: &str) {
@@ -400,11 +418,16 @@ impl Connection {
         tracing::warn!("XMPP: {why}; connecting again");
     }
 
-    /// The client was replaced: what was in flight on it is sent again on the new one (a
-    /// message the old one delivered is then a repeat; one it still had queued went with it).
+    /// The client was replaced: a post the server has proven to have (acked, or in its
+    /// error window) is delivered; any other is sent again on the new client (if the old
+    /// one had delivered it: a repeat).
     fn lost_connection(&mut self) {
         for f in std::mem::take(&mut self.in_flight) {
-            self.again.push_back(f.pending);
+            if f.has_proof() {
+                let _ = f.pending.post.done.send(Ok(()));
+            } else {
+                self.again.push_back(f.pending);
+            }
         }
     }
 
@@ -424,20 +447,22 @@ impl Connection {
                 tracing::info!(acks = self.acks, "XMPP session started");
                 true
             }
+            // tokio-xmpp 6 does not send it (a session that ends is seen when the next
+            // begins); kept for a version that does.
             Event::Disconnected(e) => {
                 self.online = false;
                 tracing::warn!(error = %e, "XMPP connection lost");
                 false
             }
             Event::Stanza(Stanza::Message(m)) if m.type_ == MessageType::Error => {
-                // The error of a message that counted as delivered (or ran out of time):
-                // said, not dropped.
+                // The error of a message that counted as delivered (or ran out of time, or
+                // was sent again): said, not dropped.
                 let error = StanzaError::of(&m.payloads);
                 tracing::warn!(
                     id = m.id.as_ref().map(|i| i.0.as_str()).unwrap_or("-"),
                     from = m.from.as_ref().map(ToString::to_string).unwrap_or_default(),
                     condition = error.condition,
-                    "XMPP: an error reply came for a message after it counted as delivered; it may not have arrived"
+                    "XMPP: an error reply came for a message no post waits for; it may not have arrived"
                 );
                 false
             }
@@ -447,79 +472,45 @@ impl Connection {
 
     /// Takes an event from the client: a reply to a post in flight settles it, a new
     /// session decides the fate of every post in flight. True for a new session.
-    async fn observe(&mut self, event: Event) -> bool {
-        match event {
-            Event::Stanza(Stanza::Message(m))
-                if self.in_flight.iter().any(|f| m.id.as_ref() == Some(&f.id)) =>
-            {
-                let at = self
-                    .in_flight
-                    .iter()
-                    .position(|f| m.id.as_ref() == Some(&f.id))
-                    .expect("found above");
-                let verdict = self.in_flight[at].answered(&m);
-                self.settle(at, verdict);
-                false
-            }
-            Event::Stanza(Stanza::Iq(iq))
-                if self
-                    .in_flight
-                    .iter()
-                    .any(|f| matches!(&f.proof, Proof::Ping(p) if p == iq.id())) =>
-            {
-                let at = self
-                    .in_flight
-                    .iter()
-                    .position(|f| matches!(&f.proof, Proof::Ping(p) if p == iq.id()))
-                    .expect("found above");
-                let verdict = self.proven(at);
-                self.settle(at, verdict);
-                false
-            }
-            other => {
-                let new_session = self.on_event(other);
-                if new_session {
-                    self.new_session().await;
-                }
-                new_session
-            }
+    fn observe(&mut self, event: Event) -> bool {
+        let answers = |f: &InFlight| match &event {
+            Event::Stanza(Stanza::Message(m)) => m.id.as_ref() == Some(&f.id),
+            Event::Stanza(Stanza::Iq(iq)) => matches!(&f.proof, Proof::Ping(p) if p == iq.id()),
+            _ => false,
+        };
+        if let Some(at) = self.in_flight.iter().position(answers) {
+            let verdict = match &event {
+                Event::Stanza(Stanza::Message(m)) => self.in_flight[at].answered(m),
+                _ => self.proven(at),
+            };
+            self.settle(at, verdict);
+            return false;
         }
+        let new_session = self.on_event(event);
+        if new_session {
+            self.restarted = true;
+            self.new_session();
+        }
+        new_session
     }
 
-    /// A new session: a room's message is sent again after the rejoin (one still queued
-    /// bounces: we are not in the room yet). A user's message sent but not acked was lost
-    /// with the old session and is sent again; one still queued goes out on the new
-    /// session and is waited for (sending it again would repeat it); one the server
-    /// acked stays in its error window.
-    async fn new_session(&mut self) {
+    /// A new session: a room's message is sent again after the rejoin. A user's message
+    /// the server acked (or whose error window runs) stands; one whose ack the token
+    /// still waits for is told by it (acked on the new session, or dropped unacked: lost);
+    /// any other was sent without proof and is sent again (tokio-xmpp sends a stanza only
+    /// on a session, so without stream management one sent while the server was away
+    /// went out on the new session and cannot be told from one lost with the old: a
+    /// repeat).
+    fn new_session(&mut self) {
         let mut at = 0;
         while at < self.in_flight.len() {
             let f = &mut self.in_flight[at];
             f.new_session = true;
-            let queued = matches!(f.token.state(), StanzaState::Queued);
             let verdict = match (&f.to, &f.proof) {
                 (_, Proof::Window(_)) => Verdict::Wait,
-                (Target::Room(_), _) => Verdict::SendAgain {
-                    resent: f.pending.resent,
-                },
-                // The token tells: acked on the new session, or dropped unacked (lost).
-                (_, Proof::Ack) if self.acks => Verdict::Wait,
-                _ if queued && self.acks => {
-                    f.proof = Proof::Ack;
-                    self.watch.push((f.id.clone(), f.token.clone()));
-                    Verdict::Wait
-                }
-                // It goes out on a session without acks: a ping after it proves it.
-                _ if queued => match self.ping().await {
-                    Ok(ping) => {
-                        self.in_flight[at].proof = Proof::Ping(ping);
-                        Verdict::Wait
-                    }
-                    Err(e) => Verdict::Done(Err(e)),
-                },
-                _ => Verdict::SendAgain {
-                    resent: f.pending.resent,
-                },
+                (Target::Room(_), _) => Verdict::SendAgain,
+                (_, Proof::Ack) if self.acks || f.has_proof() => Verdict::Wait,
+                _ => Verdict::SendAgain,
             };
             if self.settle(at, verdict) {
                 at += 1;
@@ -540,22 +531,26 @@ impl Connection {
             Some(StanzaState::Acked { .. }) => self.proven(at),
             // Never sent (the stream failed around it), or sent, never acked, and dropped
             // with its session: sent again.
-            Some(StanzaState::Failed { .. }) => Verdict::SendAgain {
-                resent: self.in_flight[at].pending.resent,
-            },
-            _ if self.in_flight[at].new_session => Verdict::SendAgain {
-                resent: self.in_flight[at].pending.resent,
-            },
-            // No ack will come, and no new session is known: the server offered stream
-            // management but it is not on, or the session is ending. A ping tells which:
-            // answered on this session, or a new session.
-            _ => match self.ping().await {
-                Ok(ping) => {
-                    self.in_flight[at].proof = Proof::Ping(ping);
-                    Verdict::Wait
+            Some(StanzaState::Failed { .. }) => Verdict::SendAgain,
+            _ if self.in_flight[at].new_session => Verdict::SendAgain,
+            // No ack will come, and no new session is seen yet: the session is ending (a
+            // stream error drops what awaited acks at once), or the server would not turn
+            // stream management on. A ping tells which: the new session's start is read
+            // before its answer (the post is then sent again), else it is answered on this
+            // one. The ping waits for a session, within the post's time.
+            _ => {
+                let deadline = self.in_flight[at].pending.post.deadline;
+                match timeout_at(deadline, self.ping()).await {
+                    Ok(Ok(ping)) => {
+                        self.in_flight[at].proof = Proof::Ping(ping);
+                        Verdict::Wait
+                    }
+                    Ok(Err(e)) => Verdict::Done(Err(e)),
+                    Err(_) => Verdict::Done(Err(SinkError::Transient(
+                        "no confirmation from the XMPP server in time".into(),
+                    ))),
                 }
-                Err(e) => Verdict::Done(Err(e)),
-            },
+            }
         };
         self.settle(at, verdict);
     }
@@ -572,35 +567,31 @@ impl Connection {
         }
     }
 
-    /// Posts whose error window ended are delivered; posts out of time fail for now (and
-    /// the connection, which would still send what it holds, is replaced).
-    async fn tick(&mut self) {
+    /// Posts whose error window ended are delivered (at their deadline too: the server
+    /// has them); posts out of time without proof fail for now. Their messages are on the
+    /// wire already: the connection stays.
+    fn tick(&mut self) {
         let now = Instant::now();
-        let mut late = false;
         let mut at = 0;
         while at < self.in_flight.len() {
             let f = &self.in_flight[at];
+            let late = f.pending.post.deadline <= now;
             let verdict = match f.proof {
-                Proof::Window(end) if end <= now => {
+                Proof::Window(end) if end <= now || late => {
                     if let Target::User(user) = &f.to {
                         self.known_users.insert(user.clone());
                     }
                     Verdict::Done(Ok(()))
                 }
-                _ if f.pending.post.deadline <= now => {
-                    late = true;
-                    Verdict::Done(Err(SinkError::Transient(
-                        "no confirmation from the XMPP server in time".into(),
-                    )))
-                }
+                _ if late && f.has_proof() => Verdict::Done(Ok(())),
+                _ if late => Verdict::Done(Err(SinkError::Transient(
+                    "no confirmation from the XMPP server in time".into(),
+                ))),
                 _ => Verdict::Wait,
             };
             if self.settle(at, verdict) {
                 at += 1;
             }
-        }
-        if late {
-            self.drop_connection("a post ran out of time").await;
         }
     }
 
@@ -613,16 +604,13 @@ impl Connection {
                 let _ = f.pending.post.done.send(result);
                 false
             }
-            Verdict::SendAgain { resent } => {
+            Verdict::SendAgain => {
                 let f = self.in_flight.remove(at);
                 if let Target::Room(room) = &f.to {
                     // Bounced (not in the room) or lost with the session: joined again first.
                     self.joined.remove(room);
                 }
-                self.again.push_back(Pending {
-                    post: f.pending.post,
-                    resent,
-                });
+                self.again.push_back(f.pending);
                 false
             }
         }
@@ -634,7 +622,6 @@ impl Connection {
             .await
             .ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))
     }
-
     /// Waits for a session. A login the server refuses (tokio-xmpp retries it forever, and
     /// says so only in its log) fails the post for good.
     async fn wait_online(&mut self) -> Result<(), SinkError> {
@@ -644,7 +631,7 @@ impl Connection {
             tokio::select! {
                 event = self.client.next() => {
                     let event = event.ok_or_else(|| SinkError::Transient("the XMPP client has stopped".into()))?;
-                    self.observe(event).await;
+                    self.observe(event);
                 }
                 _ = check.tick() => {
                     // Only refusals that another try cannot change (not a
@@ -689,7 +676,7 @@ impl Connection {
             let iq = match self.next_event().await? {
                 Event::Stanza(Stanza::Iq(iq)) if iq.id() == id => iq,
                 other => {
-                    if self.observe(other).await {
+                    if self.observe(other) {
                         return Err(SinkError::Transient(format!(
                             "disco#info {domain}: reconnected"
                         )));
@@ -747,7 +734,7 @@ impl Connection {
             let presence = match event {
                 Event::Stanza(Stanza::Presence(p)) => p,
                 other => {
-                    if self.observe(other).await {
+                    if self.observe(other) {
                         return Err(SinkError::Transient(format!("join {room}: reconnected")));
                     }
                     continue;
@@ -812,13 +799,16 @@ impl Connection {
         };
         message.id = Some(id.clone());
         message.bodies.insert(Lang::default(), xml_text(body));
+        // tokio-xmpp's send_stanza returns once the stanza is on the wire: while it waits
+        // (no session), the stanza sits in the client's queue and would go out later.
         self.handed = true;
         let token = self
             .client
             .send_stanza(message.into())
             .await
-            .map_err(|e| SinkError::Transient(format!("send to {jid}: {e}")))?;
-        Ok((id, token))
+            .map_err(|e| SinkError::Transient(format!("send to {jid}: {e}")));
+        self.handed = false;
+        Ok((id, token?))
     }
 
     /// Sends a ping (XEP-0199) to our server; its id. Its answer (a result, or an error
@@ -838,6 +828,13 @@ impl Connection {
 }
 
 impl InFlight {
+    /// The server has its message: acked (the token says so even before its ack is
+    /// read), or its error window runs.
+    fn has_proof(&self) -> bool {
+        matches!(self.proof, Proof::Window(_))
+            || (self.proof == Proof::Ack && matches!(self.token.state(), StanzaState::Acked { .. }))
+    }
+
     /// A message with this post's id came: an error reply refuses it (not in the room:
     /// joined again and sent once more; type `wait`: a failure for now; any other: a
     /// permanent failure); the room's echo delivers it.
@@ -854,7 +851,8 @@ impl InFlight {
                     Verdict::Done(Err(SinkError::Transient(why)))
                 } else if rejoin && !self.pending.resent {
                     tracing::info!(%why, "XMPP: posting again after a rejoin");
-                    Verdict::SendAgain { resent: true }
+                    self.pending.resent = true;
+                    Verdict::SendAgain
                 } else {
                     Verdict::Done(Err(SinkError::Permanent(why)))
                 }
