@@ -60,7 +60,22 @@ struct InRoom {
 }
 
 impl InRoom {
+    /// Joins `room` as `user`, with a new client when one is not in within 10 s (tokio-xmpp
+    /// 6 can lose its reader's wake-up while a stanza is being sent).
     async fn join(port: u16, user: &str, room: &str) -> InRoom {
+        for _ in 0..3 {
+            if let Ok(joined) =
+                tokio::time::timeout(Duration::from_secs(10), Self::try_join(port, user, room))
+                    .await
+            {
+                return joined;
+            }
+            eprintln!("{user}: not in the room after 10 s; connecting again");
+        }
+        panic!("{user}: not in the room");
+    }
+
+    async fn try_join(port: u16, user: &str, room: &str) -> InRoom {
         tokio_xmpp::rustls::crypto::ring::default_provider()
             .install_default()
             .ok();
@@ -72,10 +87,10 @@ impl InRoom {
         );
         let room = BareJid::new(&format!("{room}@conference.{HOST}")).unwrap();
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), client.next()).await {
-                Ok(Some(Event::Online { .. })) => break,
-                Ok(Some(_)) => {}
-                _ => panic!("{user}: not online"),
+            match client.next().await {
+                Some(Event::Online { .. }) => break,
+                Some(_) => {}
+                None => panic!("{user}: the client stopped"),
             }
         }
         let presence = Presence::available()
@@ -83,14 +98,14 @@ impl InRoom {
             .with_payload(Muc::new().with_history(History::new().with_maxstanzas(0)));
         client.send_stanza(presence.into()).await.unwrap();
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), client.next()).await {
-                Ok(Some(Event::Stanza(Stanza::Presence(p))))
+            match client.next().await {
+                Some(Event::Stanza(Stanza::Presence(p)))
                     if p.from.as_ref().map(|f| f.to_bare()).as_ref() == Some(&room) =>
                 {
                     break;
                 }
-                Ok(Some(_)) => {}
-                _ => panic!("{user}: not in the room"),
+                Some(_) => {}
+                None => panic!("{user}: the client stopped"),
             }
         }
         InRoom { client, room }

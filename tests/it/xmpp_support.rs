@@ -122,8 +122,46 @@ pub struct Watcher {
 
 impl Watcher {
     /// Connects as `watcher` and joins `room` (a local part on [`ROOMS`]); returns once it is
-    /// in the room.
+    /// in the room. A client that has not joined within 8 s is replaced: tokio-xmpp 6 can
+    /// lose the wake-up of its event reader when a stanza comes in while one is being sent
+    /// (its `StanzaReceiver` returns `Pending` on a busy lock without a waker), and then
+    /// never reads again.
     pub async fn join(prosody: &Prosody, room: &str) -> Watcher {
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let direct = Arc::new(Mutex::new(Vec::new()));
+        let joins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for attempt in 1..=3 {
+            let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+            let task = Self::spawn(prosody, room, &bodies, &direct, &joins, joined_tx);
+            match tokio::time::timeout(Duration::from_secs(8), joined_rx).await {
+                Ok(Ok(())) => {
+                    return Watcher {
+                        bodies,
+                        direct,
+                        joins,
+                        task,
+                    };
+                }
+                _ => {
+                    task.abort();
+                    eprintln!(
+                        "watcher: not in the room after 8 s (attempt {attempt}); connecting again"
+                    );
+                }
+            }
+        }
+        panic!("the watcher never joined the room");
+    }
+
+    /// The watcher's client task; `joined_tx` is told when it is in the room.
+    fn spawn(
+        prosody: &Prosody,
+        room: &str,
+        bodies: &Arc<Mutex<Vec<String>>>,
+        direct: &Arc<Mutex<Vec<String>>>,
+        joins: &Arc<std::sync::atomic::AtomicUsize>,
+        joined_tx: tokio::sync::oneshot::Sender<()>,
+    ) -> tokio::task::JoinHandle<()> {
         let jid = BareJid::new(&format!("watcher@{HOST}")).unwrap();
         let mut client = Client::new_plaintext(
             jid,
@@ -132,14 +170,10 @@ impl Watcher {
             Timeouts::tight(),
         );
         let room = BareJid::new(&format!("{room}@{ROOMS}")).unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
         let collected = bodies.clone();
-        let direct = Arc::new(Mutex::new(Vec::new()));
         let collected_direct = direct.clone();
-        let joins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = joins.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut joined_tx = Some(joined_tx);
             let mut sessions = 0;
             let mut seen_ids = std::collections::HashSet::new();
@@ -195,17 +229,7 @@ impl Watcher {
                     _ => {}
                 }
             }
-        });
-        tokio::time::timeout(PATIENCE, joined_rx)
-            .await
-            .expect("the watcher joined the room")
-            .unwrap();
-        Watcher {
-            bodies,
-            direct,
-            joins,
-            task,
-        }
+        })
     }
 
     /// Waits until a body containing `text` arrived, then a while for copies of it; how

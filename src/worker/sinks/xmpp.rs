@@ -39,6 +39,13 @@
 //!   and the connection stays;
 //! - text that XML cannot carry (control characters) is left out, and bodies are cut at
 //!   [`MAX_BODY`] bytes (servers close the stream on large stanzas).
+//!
+//! tokio-xmpp 6 can stop reading for good: its event reader returns `Pending` without a
+//! waker when a stanza arrives while one is being sent (`StanzaReceiver::poll_next` finds
+//! the stream's lock taken). A post that runs out of time when nothing at all came from
+//! the client since it was sent (or since it was started) replaces the client, which
+//! heals that as it heals a server that went away. A caller never waits more than
+//! [`ANSWER_GRACE`] past its post's time, whatever the task is waiting on.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -73,6 +80,11 @@ use crate::worker::rules::XmppSettings;
 pub const ERROR_WINDOW: Duration = Duration::from_secs(2);
 /// The longest message body sent (Prosody closes the stream at 256 KiB per stanza).
 pub const MAX_BODY: usize = 64 * 1024;
+/// How long past its deadline a post's caller waits for the connection task's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// The least time a post must have left to be sent: less, and its message would likely
+/// still be in the client's queue at its deadline (which replaces the connection).
+const MIN_TIME_LEFT: Duration = Duration::from_secs(1);
 /// The most posts waiting for their proof at once on the connection (a burst of alerts
 /// is not sent one round trip, or one error window, at a time).
 pub const MAX_IN_FLIGHT: usize = 32;
@@ -139,6 +151,7 @@ impl XmppSink {
             known_users: HashSet::new(),
             handed: false,
             restarted: false,
+            last_event: Instant::now(),
             nick: settings.nick.clone(),
             in_flight: Vec::new(),
             again: VecDeque::new(),
@@ -165,7 +178,14 @@ impl XmppSink {
             })
             .await
             .map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
+        // The task answers by the deadline; should it be held up (one of its awaits is
+        // bounded by another post's time), the caller still is not.
+        match timeout_at(deadline + ANSWER_GRACE, result).await {
+            Ok(answer) => answer.map_err(|_| gone())?,
+            Err(_) => Err(SinkError::Transient(
+                "no answer from the XMPP connection task in time".into(),
+            )),
+        }
     }
 }
 
@@ -217,6 +237,8 @@ struct Connection {
     /// The message of the post being started is in the client's queue, not on the wire yet
     /// (it would go out even after the post gave up).
     handed: bool,
+    /// When the client last gave an event (anything read from the server).
+    last_event: Instant,
     /// A new session began while a post was being started (its join or disco#info was
     /// cut short: it is started again).
     restarted: bool,
@@ -247,6 +269,8 @@ struct InFlight {
     proof: Proof,
     /// A new session began after it was sent: a message dropped unacked is lost.
     new_session: bool,
+    /// When its message was on the wire.
+    sent_at: Instant,
 }
 
 /// What counts as the proof that the server has a message.
@@ -285,6 +309,10 @@ impl Connection {
                 event = self.client.next() => match event {
                     Some(event) => {
                         self.observe(event);
+                        // A busy room keeps this branch ready: the timer is not starved.
+                        if wake.is_some_and(|w| w <= Instant::now()) {
+                            self.tick().await;
+                        }
                     }
                     // tokio-xmpp's stream worker ended (it should not): a new client (the
                     // old one is dropped: its send_end would panic on the ended worker).
@@ -300,7 +328,7 @@ impl Connection {
                     self.acked(&id, state).await;
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    self.tick();
+                    self.tick().await;
                 }
                 post = requests.recv(), if self.in_flight.len() < MAX_IN_FLIGHT => {
                     let Some(post) = post else { break };
@@ -328,7 +356,7 @@ impl Connection {
     /// room first when needed), within the post's time.
     async fn start(&mut self, pending: Pending) {
         let deadline = pending.post.deadline;
-        if Instant::now() >= deadline {
+        if Instant::now() + MIN_TIME_LEFT >= deadline {
             // Its time ran out behind other posts: not sent at all.
             let _ = pending.post.done.send(Err(SinkError::Transient(
                 "no turn on the XMPP connection in time".into(),
@@ -337,6 +365,7 @@ impl Connection {
         }
         self.handed = false;
         self.restarted = false;
+        let started = Instant::now();
         match timeout_at(deadline, self.send_post(&pending.post)).await {
             Ok(Ok((to, id, token, proof))) => {
                 if proof == Proof::Ack {
@@ -349,6 +378,7 @@ impl Connection {
                     token,
                     proof,
                     new_session: false,
+                    sent_at: Instant::now(),
                 });
             }
             // A join or disco#info cut short by a new session: nothing of it was sent.
@@ -359,8 +389,10 @@ impl Connection {
                 let _ = pending.post.done.send(Err(e));
             }
             Err(_) => {
-                // A message still in the client's queue would go out later: the client goes.
-                if self.handed {
+                // A message still in the client's queue would go out later, or the client
+                // gave nothing at all while the post waited on it (a server away, or a
+                // client that stopped reading): the client goes.
+                if self.handed || self.last_event < started {
                     self.drop_connection("a post ran out of time").await;
                 }
                 let _ = pending.post.done.send(Err(SinkError::Transient(
@@ -377,6 +409,9 @@ impl Connection {
         post: &Post,
     ) -> Result<(Target, Id, StanzaToken, Proof), SinkError> {
         self.wait_online().await?;
+        // What the client has ready (a new session's start, an echo) is taken first, so
+        // that the message goes out knowing the session and its rooms.
+        self.take_ready_events();
         // The session waited for is no interruption; one that begins from here is.
         self.restarted = false;
         let to = match &post.to {
@@ -408,6 +443,8 @@ impl Connection {
     /// Replaces the client, dropping what it still had queued (a post that ran out of
     /// time must not go out later); the next post connects again.
     async fn drop_connection(&mut self, why: &str) {
+        // Answers the old client read already still count.
+        self.take_ready_events();
         let old = std::mem::replace(&mut self.client, new_client(&self.settings));
         self.online = false;
         self.joined.clear();
@@ -428,6 +465,13 @@ impl Connection {
             } else {
                 self.again.push_back(f.pending);
             }
+        }
+    }
+
+    /// Takes the events the client has ready, without waiting.
+    fn take_ready_events(&mut self) {
+        while let Some(Some(event)) = self.client.next().now_or_never() {
+            self.observe(event);
         }
     }
 
@@ -473,6 +517,7 @@ impl Connection {
     /// Takes an event from the client: a reply to a post in flight settles it, a new
     /// session decides the fate of every post in flight. True for a new session.
     fn observe(&mut self, event: Event) -> bool {
+        self.last_event = Instant::now();
         let answers = |f: &InFlight| match &event {
             Event::Stanza(Stanza::Message(m)) => m.id.as_ref() == Some(&f.id),
             Event::Stanza(Stanza::Iq(iq)) => matches!(&f.proof, Proof::Ping(p) if p == iq.id()),
@@ -538,6 +583,9 @@ impl Connection {
             // stream management on. A ping tells which: the new session's start is read
             // before its answer (the post is then sent again), else it is answered on this
             // one. The ping waits for a session, within the post's time.
+            _ if Instant::now() >= self.in_flight[at].pending.post.deadline => Verdict::Done(Err(
+                SinkError::Transient("no confirmation from the XMPP server in time".into()),
+            )),
             _ => {
                 let deadline = self.in_flight[at].pending.post.deadline;
                 match timeout_at(deadline, self.ping()).await {
@@ -567,31 +615,43 @@ impl Connection {
         }
     }
 
-    /// Posts whose error window ended are delivered (at their deadline too: the server
-    /// has them); posts out of time without proof fail for now. Their messages are on the
-    /// wire already: the connection stays.
-    fn tick(&mut self) {
+    /// Posts whose error window ended are delivered, and the user learnt; at their
+    /// deadline, posts the server acked are delivered (without learning the user: the
+    /// window was cut short); posts out of time without proof fail for now. Their messages
+    /// are on the wire: the connection stays, unless nothing at all came from it since
+    /// they were sent (a client that stopped reading: a new one).
+    async fn tick(&mut self) {
         let now = Instant::now();
+        let mut silent = false;
         let mut at = 0;
         while at < self.in_flight.len() {
             let f = &self.in_flight[at];
             let late = f.pending.post.deadline <= now;
             let verdict = match f.proof {
-                Proof::Window(end) if end <= now || late => {
-                    if let Target::User(user) = &f.to {
+                Proof::Window(end) if end <= now => {
+                    // A window across a new session heard nothing (errors go to the old
+                    // session's address): no lesson.
+                    if let (Target::User(user), false) = (&f.to, f.new_session) {
                         self.known_users.insert(user.clone());
                     }
                     Verdict::Done(Ok(()))
                 }
                 _ if late && f.has_proof() => Verdict::Done(Ok(())),
-                _ if late => Verdict::Done(Err(SinkError::Transient(
-                    "no confirmation from the XMPP server in time".into(),
-                ))),
+                _ if late => {
+                    silent |= self.last_event < f.sent_at;
+                    Verdict::Done(Err(SinkError::Transient(
+                        "no confirmation from the XMPP server in time".into(),
+                    )))
+                }
                 _ => Verdict::Wait,
             };
             if self.settle(at, verdict) {
                 at += 1;
             }
+        }
+        if silent {
+            self.drop_connection("nothing came from the server since posts were sent")
+                .await;
         }
     }
 
