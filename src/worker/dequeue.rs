@@ -639,10 +639,22 @@ enum Taken {
 impl From<Delivery> for Taken {
     fn from(d: Delivery) -> Taken {
         let others: Vec<String> = d.refused.iter().chain(&d.skipped).cloned().collect();
+        // The first few are named (the sink logs each); a message to hundreds keeps a
+        // readable reason.
+        const NAMED: usize = 5;
+        let mut named = others
+            .iter()
+            .take(NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if others.len() > NAMED {
+            named += &format!(" and {} more", others.len() - NAMED);
+        }
         match (d.delivered, d.refused.is_empty()) {
             (_, true) if d.skipped.is_empty() => Taken::Sent,
-            (0, true) => Taken::Skipped(format!("no allowed recipient: {}", others.join(", "))),
-            _ => Taken::Partly(format!("not delivered to {}", others.join(", "))),
+            (0, true) => Taken::Skipped(format!("no allowed recipient: {named}")),
+            _ => Taken::Partly(format!("not delivered to {named}")),
         }
     }
 }

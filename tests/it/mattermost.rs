@@ -655,11 +655,11 @@ async fn a_retry_cuts_as_the_first_attempt_and_keeps_the_record_short() {
         .unwrap()
         .remove(0);
     let done = copy.record.done;
-    // The plan, one entry per recipient and the action: no post-by-post records left.
-    assert_eq!(done.len(), 4, "{done:?}");
+    // The plan, the recipients served and the action: no post-by-post records left.
+    assert_eq!(done.len(), 3, "{done:?}");
     assert_eq!(
         done.iter().filter(|d| d.contains('=')).count(),
-        1,
+        2,
         "{done:?}"
     );
 
@@ -769,6 +769,46 @@ async fn a_403_for_one_recipient_does_not_stop_the_others() {
     assert_eq!(posts_to(&posts, "alice").len(), 1);
     assert_eq!(posts_to(&posts, "carol").len(), 1);
     assert_eq!(posts.len(), 2);
+    no_violations(&server).await;
+}
+
+/// A direct message to 500 recipients, with a 500 from the server at the 300th post: the
+/// retry serves the other 200, each recipient gets the message once, and the record stays
+/// short (one bit per recipient: no recipient ceiling).
+#[tokio::test]
+async fn five_hundred_recipients_each_get_it_once_across_a_retry() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let names: Vec<String> = (0..500).map(|i| format!("user{i:03}")).collect();
+    server.add_users(&names).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    server
+        .fault("POST", "/api/v4/posts", 500, 299, 1, json!({}))
+        .await;
+    let mut mail = String::from("Return-Path: <svc-jira@example.com>\r\n");
+    for name in &names {
+        mail += &format!("Delivered-To: {name}@example.com\r\n");
+    }
+    mail += "From: svc-jira@example.com\r\nTo: undisclosed-recipients:;\r\nSubject: many\r\n\r\nto all\r\n";
+    store(&queue, mail.as_bytes()).await;
+    let first = handle_next(&worker).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    assert_eq!(server.posts().await.len(), 299);
+    let second = handle_next(&worker).await;
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let posts = server.posts().await;
+    for name in &names {
+        assert_eq!(posts_to(&posts, name).len(), 1, "{name}");
+    }
+    assert_eq!(posts.len(), 500);
+    let copy = queue
+        .find(&setup.names(State::Done).await[0])
+        .await
+        .unwrap()
+        .remove(0);
+    // The plan, the recipients served (500 bits) and the action.
+    assert_eq!(copy.record.done.len(), 3, "{:?}", copy.record.done);
     no_violations(&server).await;
 }
 

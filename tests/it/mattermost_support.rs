@@ -57,6 +57,16 @@ impl Mattermost {
         self.get("posts").await.as_array().unwrap().clone()
     }
 
+    /// Adds users `<name>@example.com` to the directory.
+    pub async fn add_users(&self, names: &[String]) {
+        http_client()
+            .post(format!("{}/_test/users", self.url()))
+            .json(&serde_json::json!({ "names": names }))
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// Every API request answered (faults included).
     pub async fn log(&self) -> Vec<Value> {
         self.get("log").await.as_array().unwrap().clone()

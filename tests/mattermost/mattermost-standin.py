@@ -34,6 +34,7 @@ Test control (not Mattermost):
   GET  /_test/posts       every post created (with the creating bot and channel)
   GET  /_test/violations  what broke the contract
   POST /_test/limits      {"MaxPostSize": n}: the limit from now on
+  POST /_test/users       {"names": [...]}: more users (`<name>@example.com`)
 """
 import email.parser
 import email.policy
@@ -192,6 +193,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, POSTS)
             if path == "/_test/violations":
                 return self.send(200, VIOLATIONS)
+            if path == "/_test/users" and method == "POST":
+                for name in json.loads(body)["names"]:
+                    USERS.setdefault(name, user(name))
+                return self.send(200, {"ok": True})
             if path == "/_test/users":
                 return self.send(200, USERS)
             if path == "/_test/limits" and method == "POST":

@@ -13,8 +13,12 @@
 //!   whatever the server says by then);
 //! - `<target>#<n>`: post `n` of a thread is posted (the first with its id when there are
 //!   more, for the replies);
-//! - `<target>`: the whole thread is posted (it replaces the posts' records, so a message
-//!   to many recipients keeps a short list).
+//! - `<target>`: the whole thread to a user or channel is posted (it replaces the posts'
+//!   records);
+//! - `dm`: the direct-message recipients whose threads are posted, one bit each in the
+//!   order of the envelope, in hex (it replaces the posts' records of each recipient as
+//!   it is served: 1000 recipients, Postfix's default limit, take 250 bytes of the
+//!   record).
 //!
 //! | what went wrong | result |
 //! |---|---|
@@ -142,12 +146,17 @@ impl MattermostSink {
                 if recipients.is_empty() {
                     delivery.skipped.push("no envelope recipient".into());
                 }
-                for address in recipients {
+                let mut served = Served::read(progress, recipients.len());
+                for (i, address) in recipients.iter().enumerate() {
                     let key = format!("dm:{address}");
+                    if served.has(i) {
+                        delivery.delivered += 1;
+                        continue;
+                    }
                     let verdict = if thread_done(progress, &key, posts.len()) {
                         None
                     } else {
-                        Some(self.access.check(&self.settings, &app, &address).await?)
+                        Some(self.access.check(&self.settings, &app, address).await?)
                     };
                     if let Some(Verdict::Refused(why)) = verdict {
                         tracing::info!(recipient = address, app, why, "mattermost: not allowed");
@@ -155,17 +164,24 @@ impl MattermostSink {
                         continue;
                     }
                     let sent = async {
-                        if thread_done(progress, &key, posts.len()) {
-                            return self.sum_up(progress, &key, posts.len()).await;
+                        if !thread_done(progress, &key, posts.len()) {
+                            let user = self.api.user_by_email(token, address).await?;
+                            let channel = self.direct_channel(&app, token, &user.id).await?;
+                            let room = [(DM_SERVED.to_string(), served.hex_len())];
+                            self.post_thread(token, &channel, &key, &posts, files, progress, &room)
+                                .await?;
                         }
-                        let user = self.api.user_by_email(token, &address).await?;
-                        let channel = self.direct_channel(&app, token, &user.id).await?;
-                        self.post_thread(token, &channel, &key, &posts, files, progress)
-                            .await
+                        served.record(progress, i, &key, posts.len()).await
                     };
                     match sent.await {
                         Ok(()) => delivery.delivered += 1,
                         Err(Failure::Target(why)) => {
+                            tracing::info!(
+                                recipient = address,
+                                app,
+                                why,
+                                "mattermost: not delivered"
+                            );
                             delivery.refused.push(format!("{address}: {why}"))
                         }
                         Err(Failure::Action(e)) => return Err(e),
@@ -186,7 +202,9 @@ impl MattermostSink {
                         return Ok(Some(why));
                     }
                     let channel = self.direct_channel(&app, token, &user.id).await?;
-                    self.post_thread(token, &channel, &key, &posts, files, progress)
+                    self.post_thread(token, &channel, &key, &posts, files, progress, &[])
+                        .await?;
+                    self.sum_up(progress, &key, posts.len())
                         .await
                         .map(|()| None)
                 };
@@ -204,8 +222,9 @@ impl MattermostSink {
                         return self.sum_up(progress, &key, posts.len()).await;
                     }
                     let id = self.api.channel_by_name(token, team, channel).await?;
-                    self.post_thread(token, &id, &key, &posts, files, progress)
-                        .await
+                    self.post_thread(token, &id, &key, &posts, files, progress, &[])
+                        .await?;
+                    self.sum_up(progress, &key, posts.len()).await
                 };
                 match sent.await {
                     Ok(()) => delivery.delivered += 1,
@@ -300,7 +319,9 @@ impl MattermostSink {
     }
 
     /// Posts the thread `posts` into `channel`, skipping the posts an earlier attempt
-    /// recorded under `key`; then records the whole thread under `key`.
+    /// recorded under `key`; each post is recorded (`key#n`) only when the record has room
+    /// for the rest of the thread and for `then` (what the caller records after it).
+    #[allow(clippy::too_many_arguments)]
     async fn post_thread(
         &self,
         token: &Secret,
@@ -309,6 +330,7 @@ impl MattermostSink {
         posts: &[Post],
         files: &[Attachment],
         progress: &mut impl Progress,
+        then: &[(String, usize)],
     ) -> Result<(), Failure> {
         let mut root: Option<String> = None;
         for (n, post) in posts.iter().enumerate() {
@@ -329,6 +351,7 @@ impl MattermostSink {
                         if m == 0 && keeps_root { ID_LEN } else { 0 },
                     )
                 })
+                .chain(then.iter().cloned())
                 .collect();
             if !progress.has_room(&rest) {
                 return Err(SinkError::Permanent(NO_ROOM.into()).into());
@@ -359,7 +382,7 @@ impl MattermostSink {
                 root = Some(id);
             }
         }
-        self.sum_up(progress, key, posts.len()).await
+        Ok(())
     }
 
     /// Records the thread under `key` as posted, in place of its posts' records.
@@ -446,6 +469,8 @@ impl MattermostSink {
 
 /// The step that holds the limits a message's threads are cut with.
 const PLAN: &str = "plan";
+/// The step that holds which direct-message recipients are served ([`Served`]).
+const DM_SERVED: &str = "dm";
 /// Bytes of a post id (recorded for a thread's first post).
 const ID_LEN: usize = 26;
 const NO_ROOM: &str = "no room left on the message to record the next post";
@@ -508,6 +533,59 @@ fn thread_plan(markdown: &str, files: &[Attachment], cut: Cut) -> Vec<Post> {
 struct Post {
     text: String,
     files: Vec<usize>,
+}
+
+/// The direct-message recipients whose threads are posted: one bit per recipient, in the
+/// order of the envelope (which a stored message keeps), recorded in hex under
+/// [`DM_SERVED`].
+struct Served {
+    bits: Vec<u8>,
+}
+
+impl Served {
+    /// What an earlier attempt recorded for `count` recipients (none served when it
+    /// recorded nothing, or something else).
+    fn read(progress: &impl Progress, count: usize) -> Served {
+        let len = count.div_ceil(8);
+        let bits = progress
+            .done(DM_SERVED)
+            .filter(|hex| hex.len() == 2 * len)
+            .and_then(|hex| {
+                (0..len)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .unwrap_or_else(|| vec![0; len]);
+        Served { bits }
+    }
+
+    fn has(&self, i: usize) -> bool {
+        self.bits[i / 8] & (1 << (i % 8)) != 0
+    }
+
+    /// Characters of the recorded value.
+    fn hex_len(&self) -> usize {
+        2 * self.bits.len()
+    }
+
+    /// Records recipient `i` (whose thread is under `key`) as served, in place of the
+    /// thread's own records.
+    async fn record(
+        &mut self,
+        progress: &mut impl Progress,
+        i: usize,
+        key: &str,
+        posts: usize,
+    ) -> Result<(), Failure> {
+        self.bits[i / 8] |= 1 << (i % 8);
+        let hex: String = self.bits.iter().map(|b| format!("{b:02x}")).collect();
+        let replaced: Vec<String> = [DM_SERVED.to_string(), key.to_string()]
+            .into_iter()
+            .chain((0..posts).map(|n| format!("{key}#{n}")))
+            .collect();
+        progress.record(DM_SERVED, Some(&hex), &replaced).await?;
+        Ok(())
+    }
 }
 
 /// Whether the thread under `key` was posted: recorded as a whole, or post by post.
