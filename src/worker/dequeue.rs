@@ -33,6 +33,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
+use crate::store::key::MessageKey;
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
@@ -700,6 +701,18 @@ impl Progress for Steps<'_> {
         // The renewer marks a lost lease a little late when the lock engine is cut off;
         // its end is known for sure.
         !self.claim.is_lost() && chrono::Utc::now() < self.claim.lease_until()
+    }
+
+    fn identity(&self, step: &str) -> String {
+        let digest = Sha256::digest(format!("{}|{}|{step}", self.claim.name(), self.label));
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn earlier_attempt_since(&self) -> Option<i64> {
+        (self.claim.attempt() > 1).then(|| {
+            // Clocks of the filter's and the worker's hosts may differ a little.
+            MessageKey::parse(self.claim.name()).map_or(0, |key| key.secs as i64 * 1000 - 60_000)
+        })
     }
 
     fn has_room(&self, steps: &[(String, usize)]) -> bool {

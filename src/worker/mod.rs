@@ -9,6 +9,7 @@
 //! `store/`, `config/`, `util/`; never `cli/` or `filter/`. Within the room, [`sinks`] use
 //! [`rules`]' settings and never the other way round.
 
+pub mod chat_text;
 pub mod dequeue;
 pub mod gocd;
 pub mod mail_view;

@@ -154,7 +154,7 @@ async fn a_dm_with_seven_attachments_is_two_posts_in_one_thread() {
         "{first}"
     );
     assert!(
-        first.contains("core.dump (150000 bytes)"),
+        first.contains("Not attached: core.dump (150000 bytes, over the server's file size limit)"),
         "the file over the limit is named: {first}"
     );
     assert_eq!(alice[0]["root_id"], "");
@@ -437,7 +437,7 @@ async fn a_retry_after_a_500_posts_only_what_was_missing() {
             thread[1]["message"]
                 .as_str()
                 .unwrap()
-                .contains("over the server's file size limit): huge.log"),
+                .contains("Not attached: huge.log (over the server's file size limit)"),
             "{:?}",
             thread[1]
         );
@@ -809,6 +809,426 @@ async fn five_hundred_recipients_each_get_it_once_across_a_retry() {
         .remove(0);
     // The plan, the recipients served (500 bits) and the action.
     assert_eq!(copy.record.done.len(), 3, "{:?}", copy.record.done);
+    no_violations(&server).await;
+}
+
+/// Users the bot may not see (`GET /users/email` answers 403, as it does for an unknown
+/// address when the bot's view of users is restricted) are named, one by one: the others
+/// get theirs. A server that hides every address from the bot fails the action for good.
+#[tokio::test]
+async fn a_user_the_bot_may_not_see_is_named_and_hidden_addresses_fail_the_action() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    server
+        .settings(json!({ "Invisible": ["bob"], "RestrictedView": true }))
+        .await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let to = ["alice@example.com", "bob@example.com", "zed@example.com"];
+    store(
+        &queue,
+        &message("svc-jira@example.com", &to, "visible", "text", &[]),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    for who in ["bob@example.com: ", "zed@example.com: "] {
+        assert!(reason.contains(who), "{reason}");
+    }
+    assert_eq!(reason.matches("403").count(), 2, "{reason}");
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts_to(&posts, "alice").len(), 1);
+
+    server.settings(json!({ "ShowEmailAddress": false })).await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com"],
+            "hidden",
+            "x",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("failed/"), "{report:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("the bot is refused") && reason.contains("403"),
+        "{reason}"
+    );
+    assert_eq!(server.posts().await.len(), 1);
+    no_violations(&server).await;
+}
+
+/// A PNG whose declared size is over `MaxImageResolution` (400) and a file a plugin
+/// refuses (400): the text is posted with the file that was taken, and names the two
+/// refused with the server's reason; the message is done. With attachments turned off
+/// (403), the text still goes, naming the file.
+#[tokio::test]
+async fn a_refused_file_is_named_and_the_text_still_goes() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    server.settings(json!({ "PluginRejects": [".exe"] })).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    // A PNG's signature and IHDR chunk: 10000 × 10000 pixels declared.
+    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    png.extend(10_000u32.to_be_bytes());
+    png.extend(10_000u32.to_be_bytes());
+    png.extend(b"\x08\x02\x00\x00\x00\x00\x00\x00\x00");
+    let mut files = text_files(1);
+    files.push(File {
+        name: "chart.png".into(),
+        content_type: "image/png",
+        encoding: "base64",
+        body: base64(&png),
+    });
+    files.push(File {
+        name: "fix.exe".into(),
+        content_type: "application/octet-stream",
+        encoding: "base64",
+        body: base64(b"MZ"),
+    });
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com"],
+            "files",
+            "see files",
+            &files,
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert_eq!(report.reason, None, "{report:?}");
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    assert_eq!(posts[0]["files"], json!(["log-1.txt"]));
+    let text = posts[0]["message"].as_str().unwrap();
+    assert!(text.starts_with("**files**\n\nsee files"), "{text}");
+    assert!(
+        text.contains("Not attached: chart.png (refused: 400 Unable to upload image file")
+            && text.contains("fix.exe (refused: 400 File rejected by plugin"),
+        "{text}"
+    );
+
+    server
+        .settings(json!({ "EnableFileAttachments": false }))
+        .await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["bob@example.com"],
+            "off",
+            "x",
+            &text_files(1),
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts = server.posts().await;
+    let bob = posts_to(&posts, "bob");
+    assert_eq!(bob.len(), 1);
+    assert!(
+        bob[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Not attached: log-1.txt (refused: 403 File attachments have been disabled"),
+        "{:?}",
+        bob[0]
+    );
+    no_violations(&server).await;
+}
+
+/// A post the server made whose answer was lost (a proxy's 502): the retry finds it in the
+/// channel by the identity it carries and does not post it again; each recipient has the
+/// message once.
+#[tokio::test]
+async fn a_post_whose_answer_was_lost_is_not_posted_again() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    // Alice's post is answered; bob's is made, and its answer lost.
+    server.fault_after("POST", "/api/v4/posts", 502, 1).await;
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com", "bob@example.com"],
+            "lost answer",
+            "text",
+            &[],
+        ),
+    )
+    .await;
+    let first = handle_next(&worker).await;
+    assert!(first.finished.starts_with("retry/"), "{first:?}");
+    assert_eq!(server.posts().await.len(), 2);
+    let second = handle_next(&worker).await;
+    assert!(second.finished.starts_with("done/"), "{second:?}");
+    let posts = server.posts().await;
+    assert_eq!(posts_to(&posts, "alice").len(), 1);
+    assert_eq!(posts_to(&posts, "bob").len(), 1, "{posts:#?}");
+    assert_eq!(posts.len(), 2);
+    let identity = &posts[1]["props"]["swiftdrop_post"];
+    assert!(
+        identity.as_str().is_some_and(|i| i.len() == 32),
+        "{:?}",
+        posts[1]
+    );
+    assert_eq!(&posts[1]["pending_post_id"], identity);
+    let looked = server
+        .log()
+        .await
+        .iter()
+        .filter(|e| e["method"] == "GET" && e["path"].as_str().unwrap().ends_with("/posts"))
+        .count();
+    assert_eq!(looked, 1, "one look, before the retry's first post");
+    no_violations(&server).await;
+}
+
+/// The server's refusal of a post itself (its thread's root deleted meanwhile; a post over
+/// a limit lowered meanwhile) fails the action: the message goes to `failed/`, not to
+/// `done/` as if a recipient had been refused.
+#[tokio::test]
+async fn the_servers_refusal_of_a_post_fails_the_action() {
+    let server = Mattermost::start(4000, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[("SWIFTDROP_QUEUE_RETRY_BACKOFF", "1s")]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    let body = "0123456789 ".repeat(600);
+    for (subject, lower_limit) in [("root gone", false), ("limit lowered", true)] {
+        // The thread's second post gets a 500: the retry continues the thread.
+        server
+            .fault("POST", "/api/v4/posts", 500, 1, 1, json!({}))
+            .await;
+        store(
+            &queue,
+            &message(
+                "svc-jira@example.com",
+                &["alice@example.com"],
+                subject,
+                &body,
+                &[],
+            ),
+        )
+        .await;
+        let first = handle_next(&worker).await;
+        assert!(first.finished.starts_with("retry/"), "{first:?}");
+        let root = server.posts().await.last().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if lower_limit {
+            server.set_max_post_size(100).await;
+        } else {
+            server.delete_post(&root).await;
+        }
+        let second = handle_next(&worker).await;
+        assert!(
+            second.finished.starts_with("failed/"),
+            "{subject}: {second:?}"
+        );
+        let reason = second.reason.unwrap();
+        assert!(
+            reason.contains("the server refused the post") && reason.contains("400"),
+            "{subject}: {reason}"
+        );
+    }
+    no_violations(&server).await;
+}
+
+/// Mentions written in mail notify nobody (a zero-width space after the `@`), an address
+/// keeps its `@`, an image in mail becomes a link; a mention the operator's template
+/// writes stays.
+#[tokio::test]
+async fn mail_text_mentions_nobody_and_its_images_are_links() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(
+        &queue,
+        &rules(
+            &server,
+            "mattermost:dm",
+            "  template: '@here {{ subject }}: {{ body }}'\n",
+        ),
+    );
+    store(
+        &queue,
+        &message(
+            "svc-jira@example.com",
+            &["alice@example.com"],
+            "@all deploy failed",
+            "@channel see ![chart](https://tracker.example/pixel.png), ask @bob or ops@example.com",
+            &[],
+        ),
+    )
+    .await;
+    let report = handle_next(&worker).await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    let posts = server.posts().await;
+    assert_eq!(
+        posts[0]["message"],
+        "@here @\u{200B}all deploy failed: @\u{200B}channel see [chart](https://tracker.example/pixel.png), ask @\u{200B}bob or ops@example.com"
+    );
+    no_violations(&server).await;
+}
+
+/// Groups within groups count, as directories nest them: dave is in jira-users through
+/// jira-oncall; erin is in the posixGroup splunk-unix by `memberUid`; carol's groups form
+/// a circle (loop-a, loop-b) that the walk leaves, and she is in neither application's
+/// group. `--check` refuses an `app_groups` key that names no bot.
+#[tokio::test]
+async fn nested_and_posix_groups_count_and_a_circle_of_groups_ends() {
+    let slapd = Slapd::start();
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    server
+        .add_users(&["dave".to_string(), "erin".to_string()])
+        .await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    set_env("MM_TEST_LDAP_PASSWORD", "reader");
+    let ldap = format!(
+        "  ldap:
+    url: {}
+    base: dc=example,dc=com
+    bind_dn: uid=svc-reader,ou=people,dc=example,dc=com
+    password_env: MM_TEST_LDAP_PASSWORD
+    app_groups:
+      jira: cn=jira-users,ou=groups,dc=example,dc=com
+      splunk: cn=splunk-unix,ou=groups,dc=example,dc=com
+",
+        slapd.url()
+    );
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", &ldap));
+    for (app, to) in [
+        ("jira", ["dave@example.com", "carol@example.com"]),
+        ("splunk", ["erin@example.com", "bob@example.com"]),
+    ] {
+        store(
+            &queue,
+            &message(&format!("svc-{app}@example.com"), &to, app, "text", &[]),
+        )
+        .await;
+        let report = handle_next(&worker).await;
+        assert!(report.finished.starts_with("done/"), "{report:?}");
+        let reason = report.reason.unwrap();
+        assert!(
+            reason.contains(&format!("{}: not a member of", to[1])),
+            "{app}: {reason}"
+        );
+    }
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 2, "{posts:#?}");
+    assert_eq!(posts_to(&posts, "dave").len(), 1);
+    assert_eq!(posts_to(&posts, "erin").len(), 1);
+
+    let typo = rules(
+        &server,
+        "mattermost:dm",
+        &ldap.replace("      splunk:", "      splunkk:"),
+    );
+    let problems = swiftdrop::worker::rules::parse(&typo, "rules.yml")
+        .unwrap_err()
+        .problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("app_groups: \"splunkk\" names no bot")),
+        "{problems:?}"
+    );
+    no_violations(&server).await;
+}
+
+/// An answer that says no requests are left (`X-Ratelimit-Remaining: 0`, reset in 2 s)
+/// paces the worker, not only the job that got it: the next message's first request waits
+/// for the reset. A write that waited out a rate limit is not sent once the claim's lease
+/// is lost.
+#[tokio::test]
+async fn a_spent_rate_limit_paces_the_next_job_and_a_lost_lease_stops_a_write() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
+    server
+        .headers_on(
+            "POST",
+            "/api/v4/posts",
+            0,
+            json!({"X-Ratelimit-Limit": "10", "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "2"}),
+        )
+        .await;
+    for to in ["alice@example.com", "bob@example.com"] {
+        store(
+            &queue,
+            &message("svc-jira@example.com", &[to], "paced", "x", &[]),
+        )
+        .await;
+        let report = handle_next(&worker).await;
+        assert!(report.finished.starts_with("done/"), "{report:?}");
+    }
+    let log = server.log().await;
+    let spent = log
+        .iter()
+        .position(|e| e["headers"]["X-Ratelimit-Remaining"] == "0")
+        .expect("the answer with no requests left");
+    let at = |e: &Value| e["at"].as_f64().unwrap();
+    let next = &log[spent + 1];
+    assert!(
+        at(next) - at(&log[spent]) >= 1.9,
+        "the next job's first request ({}) waited for the reset",
+        next["path"]
+    );
+
+    // Straight at the API: a 429 asks for 1 s; after it the lease is gone.
+    let api = swiftdrop::worker::sinks::mattermost::api::Api::new(
+        &server.url(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    server
+        .fault(
+            "POST",
+            "/api/v4/posts",
+            429,
+            0,
+            1,
+            json!({"Retry-After": "1"}),
+        )
+        .await;
+    let token = swiftdrop::config::Secret::new("jira-token");
+    let lost = || false;
+    let result = api
+        .post(&token, "x", "never sent", &[], None, "id", &lost)
+        .await;
+    assert_eq!(
+        result,
+        Err(
+            swiftdrop::worker::sinks::mattermost::api::ApiError::Transient(
+                swiftdrop::worker::sinks::mattermost::api::LEASE_LOST_WAITING.into()
+            )
+        )
+    );
+    let posts_tried = server
+        .log()
+        .await
+        .iter()
+        .filter(|e| e["method"] == "POST" && e["path"] == "/api/v4/posts")
+        .count();
+    assert_eq!(
+        posts_tried, 3,
+        "two posts, the 429, and nothing after the wait"
+    );
     no_violations(&server).await;
 }
 

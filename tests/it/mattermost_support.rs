@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -57,16 +57,6 @@ impl Mattermost {
         self.get("posts").await.as_array().unwrap().clone()
     }
 
-    /// Adds users `<name>@example.com` to the directory.
-    pub async fn add_users(&self, names: &[String]) {
-        http_client()
-            .post(format!("{}/_test/users", self.url()))
-            .json(&serde_json::json!({ "names": names }))
-            .send()
-            .await
-            .unwrap();
-    }
-
     /// Every API request answered (faults included).
     pub async fn log(&self) -> Vec<Value> {
         self.get("log").await.as_array().unwrap().clone()
@@ -87,28 +77,67 @@ impl Mattermost {
         times: u32,
         headers: Value,
     ) {
-        let fault = serde_json::json!([{
+        let fault = json!([{
             "method": method, "path": path, "status": status, "skip": skip,
             "times": times, "headers": headers,
         }]);
-        let response = http_client()
-            .post(format!("{}/_test/faults", self.url()))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        self.control("faults", fault).await;
+    }
+
+    /// As [`Mattermost::fault`], but each request is done first and its answer then lost
+    /// (a proxy's 502, a timeout after the server acted).
+    pub async fn fault_after(&self, method: &str, path: &str, status: u16, skip: u32) {
+        let fault = json!([{
+            "method": method, "path": path, "status": status, "skip": skip, "times": 1,
+            "after": true,
+        }]);
+        self.control("faults", fault).await;
+    }
+
+    /// Serves the next request `method path*` (after `skip`) as usual, with `headers` added.
+    pub async fn headers_on(&self, method: &str, path: &str, skip: u32, headers: Value) {
+        let fault = json!([{
+            "method": method, "path": path, "status": 0, "skip": skip, "times": 1,
+            "pass": true, "headers": headers,
+        }]);
+        self.control("faults", fault).await;
     }
 
     /// Sets the server's `MaxPostSize` from now on.
     pub async fn set_max_post_size(&self, chars: usize) {
+        self.control("limits", json!({ "MaxPostSize": chars }))
+            .await;
+    }
+
+    /// Adds users `<name>@example.com` to the directory.
+    pub async fn add_users(&self, names: &[String]) {
+        self.control("users", json!({ "names": names })).await;
+    }
+
+    /// Changes the server's settings (see the stand-in: `ShowEmailAddress`,
+    /// `RestrictedView`, `Invisible`, `EnableFileAttachments`, `MaxImageResolution`,
+    /// `PluginRejects`).
+    pub async fn settings(&self, settings: Value) {
+        self.control("settings", settings).await;
+    }
+
+    /// Deletes a post, as a user would.
+    pub async fn delete_post(&self, id: &str) {
+        self.control("delete-post", json!({ "id": id })).await;
+    }
+
+    async fn control(&self, what: &str, body: Value) {
         let response = http_client()
-            .post(format!("{}/_test/limits", self.url()))
-            .json(&serde_json::json!({ "MaxPostSize": chars }))
+            .post(format!("{}/_test/{what}", self.url()))
+            .json(&body)
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success());
+        assert!(
+            response.status().is_success(),
+            "{what}: {}",
+            response.status()
+        );
     }
 }
 

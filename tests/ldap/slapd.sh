@@ -4,10 +4,13 @@
 # password `secret`, the memberof overlay, no anonymous reads (anonymous clients may bind
 # only), and a small directory:
 #
-#   users (ou=people, inetOrgPerson with mail): alice, bob, carol, mallory, svc-reader
-#     (svc-reader has the password `reader`, for tests that bind as a service account)
-#   groups (ou=groups, groupOfNames): jira-users (alice, mallory), splunk-users (bob),
-#     mattermost-blacklist (mallory)
+#   users (ou=people, inetOrgPerson with mail): alice, bob, carol, dave, erin, mallory,
+#     svc-reader (svc-reader has the password `reader`, for tests that bind as a service
+#     account)
+#   groups (ou=groups, groupOfNames): jira-oncall (dave), jira-users (alice, mallory and the
+#     group jira-oncall: dave is in it through it), splunk-users (bob),
+#     mattermost-blacklist (mallory), loop-a (carol, loop-b) and loop-b (loop-a): a circle;
+#   posixGroup splunk-unix (memberUid erin)
 #
 # Configuration, data and pid file in DIR; no systemd, nothing in /etc/ldap changed.
 #
@@ -88,7 +91,7 @@ ou: groups
 
 LDIF
     local name
-    for name in alice bob carol mallory svc-reader; do
+    for name in alice bob carol dave erin mallory svc-reader; do
         cat <<LDIF
 dn: uid=$name,ou=people,$SUFFIX
 objectClass: inetOrgPerson
@@ -100,9 +103,20 @@ LDIF
         [ "$name" = svc-reader ] && echo "userPassword: reader"
         echo
     done
-    group jira-users alice mallory
+    group jira-oncall dave
+    group jira-users alice mallory cn=jira-oncall
     group splunk-users bob
     group mattermost-blacklist mallory
+    group loop-a carol cn=loop-b
+    group loop-b cn=loop-a
+    cat <<LDIF
+dn: cn=splunk-unix,ou=groups,$SUFFIX
+objectClass: posixGroup
+cn: splunk-unix
+gidNumber: 5000
+memberUid: erin
+
+LDIF
 }
 
 group() { # name members...
@@ -112,7 +126,10 @@ group() { # name members...
     echo "cn: $name"
     local member
     for member in "$@"; do
-        echo "member: uid=$member,ou=people,$SUFFIX"
+        case $member in
+            cn=*) echo "member: $member,ou=groups,$SUFFIX" ;;
+            *) echo "member: uid=$member,ou=people,$SUFFIX" ;;
+        esac
     done
     echo
 }

@@ -18,7 +18,10 @@ API (every /api/v4 request needs `Authorization: Bearer <bot token>`, else 401):
   POST /api/v4/channels/direct   ["<id>", "<id>"]  (the caller must be one of them)
   POST /api/v4/files             multipart: `channel_id` and `files` parts with a filename;
                                  413 past MAX_FILE_SIZE; the caller must be in the channel
-  POST /api/v4/posts             {channel_id, message, file_ids?, root_id?, props?}: at most
+  GET  /api/v4/channels/{id}/posts?since=|page=&per_page=   a PostList, newest first
+  POST /api/v4/posts             {channel_id, message, file_ids?, root_id?, props?,
+                                 pending_post_id?}: the post made with the same
+                                 pending_post_id within 30 s is the answer; at most
                                  5 file_ids, uploaded by the caller into that channel and not
                                  attached before; message at most MAX_POST_SIZE characters;
                                  root_id a post of the same channel
@@ -35,6 +38,12 @@ Test control (not Mattermost):
   GET  /_test/violations  what broke the contract
   POST /_test/limits      {"MaxPostSize": n}: the limit from now on
   POST /_test/users       {"names": [...]}: more users (`<name>@example.com`)
+  POST /_test/settings    {"ShowEmailAddress", "RestrictedView", "Invisible": [names],
+                           "EnableFileAttachments", "MaxImageResolution", "PluginRejects":
+                           [name endings]}: answers as the server does with those settings
+  POST /_test/delete-post {"id"}: a user deleted that post
+  faults with "after": true: the request is done, then the fault is answered (a lost answer);
+                      with "pass": true: the request is served, with the fault's headers
 """
 import email.parser
 import email.policy
@@ -75,6 +84,15 @@ POSTS = []
 LOG = []
 VIOLATIONS = []
 FAULTS = []
+# Server settings the tests change (POST /_test/settings): PrivacySettings.ShowEmailAddress;
+# a bot whose view of users is restricted (403 for unknown addresses too); users the bots
+# may not see; FileSettings.EnableFileAttachments and MaxImageResolution; file name endings
+# a plugin's FileWillBeUploaded hook rejects.
+SETTINGS = {"ShowEmailAddress": True, "RestrictedView": False, "Invisible": [],
+            "EnableFileAttachments": True, "MaxImageResolution": 33177600,
+            "PluginRejects": []}
+# pending_post_id -> the post made with it, and when (the server's 30 s dedup cache).
+PENDING = {}
 
 
 def public(channel):
@@ -82,9 +100,18 @@ def public(channel):
 
 
 class Problem(Exception):
-    def __init__(self, status, message, violation=True):
+    """An error answer; `error_id` is the server's error id (the `id` field)."""
+    def __init__(self, status, message, violation=True, error_id="api.standin.error"):
         super().__init__(message)
         self.status, self.message, self.violation = status, message, violation
+        self.error_id = error_id
+
+
+def png_size(data):
+    """A PNG's width and height from its IHDR chunk, or None."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def is_id(value):
@@ -107,8 +134,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def error(self, status, message, headers=()):
-        self.send(status, {"id": "api.standin.error", "message": message,
+    def error(self, status, message, headers=(), error_id="api.standin.error"):
+        self.send(status, {"id": error_id, "message": message,
                            "request_id": new_id(), "status_code": status, "is_oauth": False},
                   headers)
 
@@ -137,11 +164,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self.control(method, path, body)
             with LOCK:
                 fault = self.fault(method, path)
-            if fault:
-                status, headers = fault
+            if fault and fault[2] is None:
+                status, headers, _ = fault
                 with LOCK:
                     LOG.append({"method": method, "path": path, "fault": status,
                                 "at": time.time()})
+                if status == 429:
+                    # The rate limiter's own answer (throttled): plain text.
+                    return self.send(429, None, headers, raw=b"limit exceeded\n")
                 return self.error(status, "injected fault", headers)
             if path.startswith("/hooks/"):
                 return self.hook(method, path, body)
@@ -150,6 +180,19 @@ class Handler(BaseHTTPRequestHandler):
             bot = self.authenticate()
             entry = {"method": method, "path": path, "bot": bot["username"], "at": time.time()}
             status, answer = self.api(method, path, parse_qs(url.query), body, bot, entry)
+            if fault and fault[2] == "pass":
+                # Served, with the fault's headers (X-Ratelimit-Remaining: 0 ...).
+                entry["headers"] = dict(fault[1])
+                with LOCK:
+                    LOG.append(entry)
+                return self.send(status, answer, fault[1])
+            if fault:
+                # Done, but the answer is lost on the way (a proxy's 502, a timeout).
+                entry["fault"] = fault[0]
+                with LOCK:
+                    LOG.append(entry)
+                return self.error(fault[0], "injected fault after the request was done",
+                                  fault[1])
             with LOCK:
                 LOG.append(entry)
             self.send(status, answer)
@@ -157,7 +200,7 @@ class Handler(BaseHTTPRequestHandler):
             if p.violation:
                 with LOCK:
                     VIOLATIONS.append(f"{method} {path}: {p.message}")
-            self.error(p.status, p.message)
+            self.error(p.status, p.message, error_id=p.error_id)
 
     def read_chunked(self):
         data = b""
@@ -176,7 +219,8 @@ class Handler(BaseHTTPRequestHandler):
                     f["skip"] -= 1
                     return None
                 f["times"] -= 1
-                return f["status"], list(f.get("headers", {}).items())
+                mode = "after" if f.get("after") else "pass" if f.get("pass") else None
+                return f["status"], list(f.get("headers", {}).items()), mode
         return None
 
     def control(self, method, path, body):
@@ -199,6 +243,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, {"ok": True})
             if path == "/_test/users":
                 return self.send(200, USERS)
+            if path == "/_test/settings" and method == "POST":
+                SETTINGS.update(json.loads(body))
+                return self.send(200, {"ok": True})
+            if path == "/_test/delete-post" and method == "POST":
+                post_id = json.loads(body)["id"]
+                POSTS[:] = [p for p in POSTS if p["id"] != post_id]
+                return self.send(200, {"ok": True})
             if path == "/_test/limits" and method == "POST":
                 global MAX_POST_SIZE
                 MAX_POST_SIZE = json.loads(body)["MaxPostSize"]
@@ -232,14 +283,32 @@ class Handler(BaseHTTPRequestHandler):
             if parts == ["users", "me"]:
                 return 200, bot
             if len(parts) == 3 and parts[:2] == ["users", "email"]:
-                found = [u for u in USERS.values() if u["email"] == parts[2]]
+                # As api4/user.go getUserByEmail: addresses hidden first, then the lookup,
+                # then whether the caller may see the user.
+                if not SETTINGS["ShowEmailAddress"]:
+                    raise Problem(403, "Unable to get user by email.", violation=False,
+                                  error_id="api.user.get_user_by_email.permissions.app_error")
+                found = [u for u in USERS.values() if u["email"] == parts[2].lower()]
+                if not found and SETTINGS["RestrictedView"]:
+                    raise Problem(403, "You do not have the appropriate permissions.",
+                                  violation=False, error_id="api.context.permissions.app_error")
                 if not found:
-                    raise Problem(404, "Unable to find the user.", violation=False)
+                    raise Problem(404, "Unable to find the user.", violation=False,
+                                  error_id="app.user.missing_account.const")
+                if found[0]["username"] in SETTINGS["Invisible"]:
+                    raise Problem(403, "You do not have the appropriate permissions.",
+                                  violation=False, error_id="api.context.permissions.app_error")
                 return 200, found[0]
             if len(parts) == 3 and parts[:2] == ["users", "username"]:
                 if parts[2] not in USERS:
-                    raise Problem(404, "Unable to find the user.", violation=False)
+                    raise Problem(404, "Unable to find the user.", violation=False,
+                                  error_id="app.user.missing_account.const")
+                if parts[2] in SETTINGS["Invisible"]:
+                    raise Problem(403, "You do not have the appropriate permissions.",
+                                  violation=False, error_id="api.context.permissions.app_error")
                 return 200, USERS[parts[2]]
+            if len(parts) == 3 and parts[0] == "channels" and parts[2] == "posts":
+                return 200, self.channel_posts(parts[1], query, bot)
             if parts == ["config", "client"]:
                 if query.get("format") != ["old"]:
                     raise Problem(501, "format=old is required")
@@ -315,8 +384,21 @@ class Handler(BaseHTTPRequestHandler):
             raise Problem(403, "the caller is not a member of the channel")
         if not files:
             raise Problem(400, "no files")
+        if not SETTINGS["EnableFileAttachments"]:
+            raise Problem(403, "File attachments have been disabled on this server.",
+                          violation=False, error_id="api.file.attachments.disabled.app_error")
         if any(len(d) > MAX_FILE_SIZE for _, d in files):
-            raise Problem(413, "Unable to upload file. File is too large.", violation=False)
+            raise Problem(413, "Unable to upload file. File is too large.", violation=False,
+                          error_id="api.file.upload_file.too_large_detailed.app_error")
+        for name, data in files:
+            size = png_size(data)
+            if size and size[0] * size[1] > SETTINGS["MaxImageResolution"]:
+                raise Problem(400, f"Unable to upload image file. File is too large: {name}",
+                              violation=False,
+                              error_id="api.file.upload_file.large_image_detailed.app_error")
+            if any(name.endswith(end) for end in SETTINGS["PluginRejects"]):
+                raise Problem(400, f"File rejected by plugin. Reason: {name} is not allowed",
+                              violation=False, error_id="app.upload.run_plugins_hook.rejected")
         infos = []
         with LOCK:
             for name, data in files:
@@ -331,7 +413,8 @@ class Handler(BaseHTTPRequestHandler):
         entry["json"] = body
         if not isinstance(body, dict):
             raise Problem(400, "the post must be a JSON object")
-        unknown = set(body) - {"channel_id", "message", "file_ids", "root_id", "props"}
+        unknown = set(body) - {"channel_id", "message", "file_ids", "root_id", "props",
+                               "pending_post_id"}
         if unknown:
             raise Problem(400, f"unknown post fields {sorted(unknown)}")
         channel = CHANNELS.get(body.get("channel_id"))
@@ -344,7 +427,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(message, str) or not isinstance(file_ids, list):
             raise Problem(400, "message must be a string and file_ids an array")
         if len(message) > MAX_POST_SIZE:
-            raise Problem(400, f"message longer than {MAX_POST_SIZE} characters")
+            # The server's answer (model.Post.IsValid), e.g. after its limit was lowered.
+            raise Problem(400, f"message longer than {MAX_POST_SIZE} characters",
+                          violation=False,
+                          error_id="model.post.is_valid.message_length.app_error")
         if not message and not file_ids:
             raise Problem(400, "an empty post")
         if len(file_ids) > 5:
@@ -352,10 +438,18 @@ class Handler(BaseHTTPRequestHandler):
         if "props" in body and not isinstance(body["props"], dict):
             raise Problem(400, "props must be an object")
         root = body.get("root_id", "")
+        pending = body.get("pending_post_id", "")
         with LOCK:
+            seen = PENDING.get(pending)
+            if pending and seen and time.time() - seen[1] < 30:
+                # The server's dedup cache (app/post.go deduplicateCreatePost): the post
+                # made with this pending_post_id within 30 s is the answer.
+                return 201, seen[0]
             if root and not any(p["id"] == root and p["channel_id"] == channel["id"]
                                 and not p["root_id"] for p in POSTS):
-                raise Problem(400, "root_id is not a root post of this channel")
+                # A root deleted meanwhile, or in another channel (CreatePostAsUser).
+                raise Problem(400, "Invalid RootId parameter.", violation=False,
+                              error_id="api.post.create_post.root_id.app_error")
             for f in file_ids:
                 info = FILES.get(f)
                 if not info or info["user_id"] != bot["id"] or info["channel_id"] != channel["id"]:
@@ -366,13 +460,44 @@ class Handler(BaseHTTPRequestHandler):
                 FILES[f]["attached"] = True
             post = {"id": new_id(), "create_at": int(time.time() * 1000), "user_id": bot["id"],
                     "channel_id": channel["id"], "root_id": root, "message": message,
-                    "file_ids": file_ids, "props": body.get("props", {}), "type": ""}
+                    "file_ids": file_ids, "props": body.get("props", {}), "type": "",
+                    "pending_post_id": pending}
+            if pending:
+                PENDING[pending] = (post, time.time())
             POSTS.append(dict(post, bot=bot["username"],
                               files=[FILES[f]["name"] for f in file_ids],
                               to=sorted(u["username"] for u in USERS.values()
                                         if u["id"] in channel["members"] and not u["is_bot"]),
                               channel=channel["name"]))
         return 201, post
+
+    def channel_posts(self, channel_id, query, bot):
+        """GET /channels/{id}/posts: a PostList, newest first (`since` in ms: every post
+        made after it; else `page` and `per_page`, at most 200)."""
+        channel = CHANNELS.get(channel_id)
+        if not is_id(channel_id) or not channel:
+            raise Problem(404, "Unable to find the channel.", violation=False)
+        if bot["id"] not in channel["members"]:
+            raise Problem(403, "You do not have the appropriate permissions.",
+                          violation=False, error_id="api.context.permissions.app_error")
+        known = {"since", "page", "per_page", "before", "after"}
+        if set(query) - known:
+            raise Problem(400, f"unknown query parameters {sorted(set(query) - known)}")
+        with LOCK:
+            posts = [p for p in POSTS if p.get("channel_id") == channel_id]
+        posts.sort(key=lambda p: p["create_at"], reverse=True)
+        if "since" in query:
+            since = int(query["since"][0])
+            posts = [p for p in posts if p["create_at"] > since][:1000]
+        else:
+            per_page = min(int(query.get("per_page", ["60"])[0]), 200)
+            page = int(query.get("page", ["0"])[0])
+            posts = posts[page * per_page:(page + 1) * per_page]
+        keys = ("id", "create_at", "user_id", "channel_id", "root_id", "message", "file_ids",
+                "props", "type", "pending_post_id")
+        return {"order": [p["id"] for p in posts],
+                "posts": {p["id"]: {k: p.get(k) for k in keys} for p in posts},
+                "next_post_id": "", "prev_post_id": ""}
 
     def hook(self, method, path, body):
         if method != "POST" or path != "/hooks/hook123":

@@ -1064,7 +1064,7 @@ impl Checker<'_> {
                 "mattermost max_post_chars must be above 0",
             );
         }
-        let ldap = doc.ldap.map(|l| self.ldap(l));
+        let ldap = doc.ldap.map(|l| self.ldap(l, &bots));
         MattermostSettings {
             url,
             sender_app,
@@ -1082,7 +1082,7 @@ impl Checker<'_> {
         }
     }
 
-    fn ldap(&mut self, doc: LdapDoc) -> LdapSettings {
+    fn ldap<T>(&mut self, doc: LdapDoc, bots: &BTreeMap<String, T>) -> LdapSettings {
         if !(doc.url.starts_with("ldap://") || doc.url.starts_with("ldaps://")) {
             self.problem(
                 &doc.url,
@@ -1116,6 +1116,19 @@ impl Checker<'_> {
                 None
             }
         };
+        // A key that names no bot (a typo) would leave that application open to the whole
+        // directory.
+        for app in doc.app_groups.keys() {
+            if !bots.contains_key(&app.to_ascii_lowercase()) {
+                self.problem(
+                    app,
+                    format!(
+                        "ldap app_groups: {app:?} names no bot (bots: {})",
+                        bots.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
         LdapSettings {
             url: doc.url,
             starttls: doc.starttls,
@@ -1653,7 +1666,7 @@ managers:
         unsafe { std::env::set_var("SWIFTDROP_TEST_MM_TOKEN", "t") };
         let text = |url: &str, ldap: &str| {
             format!(
-                "unmatched: done\nmattermost:\n  url: {url}\n  bots:\n    Jira: {{token_env: SWIFTDROP_TEST_MM_TOKEN}}\n  ldap:\n    url: {ldap}\n    base: dc=x\n    bind_dn: cn=r,dc=x\n    password_env: SWIFTDROP_TEST_MM_TOKEN\n    app_groups: {{JIRA: cn=g,dc=x}}\n"
+                "unmatched: done\nmattermost:\n  url: {url}\n  bots:\n    Jira: {{token_env: SWIFTDROP_TEST_MM_TOKEN}}\n  ldap:\n    url: {ldap}\n    base: dc=x\n    bind_dn: cn=r,dc=x\n    password_env: SWIFTDROP_TEST_MM_TOKEN\n    app_groups: {{JIRA: 'cn=g,dc=x'}}\n"
             )
         };
         let p = problems(&text("http://chat.example.com", "ldap://ldap.example.com"));

@@ -17,6 +17,7 @@ mod positions;
 
 use std::collections::BTreeMap;
 
+use crate::worker::chat_text;
 use crate::worker::mail_view::MailView;
 
 pub use file::{Purpose, RulesError, load, milter_xmpp_rules, parse, parse_for};
@@ -56,14 +57,14 @@ impl Rules {
                 let gocd = gocd.filter(|_| manager.gocd.is_some());
                 let captures = rule.filter.matches(mail, gocd)?;
                 let body = truncate(mail.body.trim(), self.body_limit);
-                let render = |template: &str, body: &str| {
+                let render = |template: &str, body: &str, chat: bool| {
                     let names = Names {
                         captures: &captures,
                         manager: &manager.name,
                         rule: &rule.name,
                         gocd,
                     };
-                    self.render(template, mail, body, &names)
+                    self.render(template, mail, body, &names, chat)
                 };
                 let posts_to_mattermost = rule
                     .actions
@@ -72,9 +73,9 @@ impl Rules {
                 Some(Fired {
                     rule: rule.name.clone(),
                     actions: rule.actions.clone(),
-                    text: render(&rule.template, &body),
+                    text: render(&rule.template, &body, false),
                     markdown: posts_to_mattermost
-                        .then(|| render(&rule.mattermost_template, mail.markdown().trim())),
+                        .then(|| render(&rule.mattermost_template, mail.markdown().trim(), true)),
                 })
             })
             .collect();
@@ -90,12 +91,15 @@ impl Rules {
         }
     }
 
+    /// Renders `template` for `mail`; for a chat (`chat`: Mattermost), what comes from
+    /// the mail is [`chat_text::quiet`]ed first (the template's own mentions stay).
     fn render(
         &self,
         template: &str,
         mail: &MailView,
         body: &str,
         names: &Names,
+        chat: bool,
     ) -> Result<String, String> {
         let Names {
             captures,
@@ -103,30 +107,41 @@ impl Rules {
             rule,
             gocd,
         } = *names;
+        let mailed = |text: &str| {
+            if chat {
+                chat_text::quiet(text)
+            } else {
+                text.to_string()
+            }
+        };
         // Each header by its lower-case name (the first of several).
         let mut headers = BTreeMap::new();
         for (name, value) in &mail.headers {
             headers
                 .entry(name.to_ascii_lowercase())
-                .or_insert_with(|| value.clone());
+                .or_insert_with(|| mailed(value));
         }
+        let captures: BTreeMap<String, String> = captures
+            .iter()
+            .map(|(k, v)| (k.clone(), mailed(v)))
+            .collect();
         let stage = gocd.and_then(|g| g.stage.as_ref());
         let context = minijinja::context! {
-            subject => &mail.subject,
-            from => &mail.from,
-            to => mail.to.join(", "),
-            envelope_from => &mail.envelope_from,
-            envelope_to => mail.envelope_to.join(", "),
-            body => body,
-            message_id => &mail.message_id,
+            subject => mailed(&mail.subject),
+            from => mailed(&mail.from),
+            to => mailed(&mail.to.join(", ")),
+            envelope_from => mailed(&mail.envelope_from),
+            envelope_to => mailed(&mail.envelope_to.join(", ")),
+            body => mailed(body),
+            message_id => mail.message_id.as_deref().map(mailed),
             captures => captures,
             manager => manager,
             rule => rule,
-            date => mail.header_values("date").next().unwrap_or_default().trim().to_string(),
+            date => mailed(mail.header_values("date").next().unwrap_or_default().trim()),
             headers => headers,
             event => gocd.and_then(|g| g.event).map(|e| e.to_string()),
-            pipeline => stage.map(|s| s.pipeline.clone()),
-            stage => stage.map(|s| s.stage.clone()),
+            pipeline => stage.map(|s| mailed(&s.pipeline)),
+            stage => stage.map(|s| mailed(&s.stage)),
         };
         self.templates
             .get_template(template)

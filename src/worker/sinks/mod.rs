@@ -15,11 +15,18 @@ use std::fmt;
 
 /// The steps of one action that earlier attempts did (a sink that posts in several steps
 /// skips those), and the way to record more: kept with the claim, so they survive a crash.
-pub trait Progress {
+pub trait Progress: Sync {
     /// The value recorded with `step` (empty when none), or `None` when it is not done.
     fn done(&self, step: &str) -> Option<String>;
     /// Whether the claim still holds its lease: nothing may be sent once it does not.
     fn held(&self) -> bool;
+    /// A stable name for `step` of this message's action: the same on every attempt,
+    /// different for every message (32 hex digits), for a server to know a repeat by.
+    fn identity(&self, step: &str) -> String;
+    /// When an earlier attempt of this message may have acted without recording it (this
+    /// is not its first claim): since when (ms since the Unix epoch, a minute before the
+    /// message was stored) to look for what it did. `None` on the first attempt.
+    fn earlier_attempt_since(&self) -> Option<i64>;
     /// Whether every step of `steps` (each with a value of so many bytes) can still be
     /// recorded, with room kept for the action itself.
     fn has_room(&self, steps: &[(String, usize)]) -> bool;

@@ -9,6 +9,12 @@
 //!    receive, nobody else;
 //! 3. otherwise the `allow` list decides: empty, everyone may receive; else only the
 //!    addresses on it.
+//!
+//! A member of a group is a member of the groups it is in, as directories nest them:
+//! Active Directory (its root DSE lists capability [`AD_CAPABILITY`]) is asked with its
+//! in-chain matching rule; another directory is walked up from the user, [`MAX_NESTING`]
+//! levels and [`MAX_GROUPS`] groups at most, through `member` and `uniqueMember` (groupOfNames,
+//! groupOfUniqueNames, AD's group) and a posixGroup's `memberUid` (the user's `uid`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +28,14 @@ use crate::worker::sinks::SinkError;
 
 /// How long one directory lookup may take.
 const LDAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The capability Active Directory lists in its root DSE (`LDAP_CAP_ACTIVE_DIRECTORY_OID`).
+const AD_CAPABILITY: &str = "1.2.840.113556.1.4.800";
+/// Active Directory's matching rule that follows nested groups (`LDAP_MATCHING_RULE_IN_CHAIN`).
+const IN_CHAIN: &str = "1.2.840.113556.1.4.1941";
+/// Levels of groups within groups walked up (elsewhere than Active Directory).
+pub const MAX_NESTING: usize = 8;
+/// Groups a walk reads at most.
+pub const MAX_GROUPS: usize = 1000;
 
 /// Whether a recipient may receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,22 +130,29 @@ async fn ask_directory(
                 &ldap.base,
                 Scope::Subtree,
                 &format!("(mail={})", ldap_escape(address)),
-                vec!["1.1"],
+                vec!["uid"],
             )
             .await?
             .success()?;
         let Some(entry) = entries.into_iter().next() else {
             return Ok(Verdict::Refused("not in the directory".into()));
         };
-        let user = SearchEntry::construct(entry).dn;
+        let entry = SearchEntry::construct(entry);
+        let user = Member {
+            uid: entry.attrs.get("uid").and_then(|v| v.first()).cloned(),
+            dn: entry.dn,
+            active_directory: is_active_directory(&mut client).await?,
+        };
         if let Some(group) = &ldap.block_group {
-            if is_member(&mut client, group, &user).await? {
+            if is_member(&mut client, &ldap.base, group, &user).await? {
                 return Ok(Verdict::Refused(format!("a member of {group}")));
             }
         }
         Ok(match ldap.app_groups.get(app) {
             Some(_) if listed => Verdict::Allowed,
-            Some(group) if is_member(&mut client, group, &user).await? => Verdict::Allowed,
+            Some(group) if is_member(&mut client, &ldap.base, group, &user).await? => {
+                Verdict::Allowed
+            }
             Some(group) => Verdict::Refused(format!("not a member of {group}")),
             None if open => Verdict::Allowed,
             None => Verdict::Refused("not on the allow list".into()),
@@ -142,27 +163,136 @@ async fn ask_directory(
     verdict
 }
 
-/// Whether `user` (a DN) is a member of `group` (a DN): the group entry is asked for the
-/// member, which works with and without the memberof overlay.
+/// A user as the directory knows them.
+struct Member {
+    dn: String,
+    /// Their `uid`, for posixGroups' `memberUid`.
+    uid: Option<String>,
+    /// The directory is Active Directory (its in-chain rule follows nested groups).
+    active_directory: bool,
+}
+
+/// Whether the directory is Active Directory: its root DSE lists [`AD_CAPABILITY`].
+async fn is_active_directory(client: &mut ldap3::Ldap) -> Result<bool, ldap3::LdapError> {
+    client.with_timeout(LDAP_TIMEOUT);
+    let (entries, _) = client
+        .search(
+            "",
+            Scope::Base,
+            "(objectClass=*)",
+            vec!["supportedCapabilities"],
+        )
+        .await?
+        .success()?;
+    Ok(entries.into_iter().any(|e| {
+        SearchEntry::construct(e)
+            .attrs
+            .get("supportedCapabilities")
+            .is_some_and(|caps| caps.iter().any(|c| c == AD_CAPABILITY))
+    }))
+}
+
+/// Whether `user` is a member of `group` (a DN), directly or through groups within it.
+/// The group entry is asked first (it may lie outside `base`; it works with and without
+/// the memberof overlay); then Active Directory is asked with its in-chain rule, and
+/// another directory walked up from the user's groups under `base`.
 async fn is_member(
     client: &mut ldap3::Ldap,
+    base: &str,
     group: &str,
-    user: &str,
+    user: &Member,
 ) -> Result<bool, ldap3::LdapError> {
-    let user = ldap_escape(user);
+    let holds_user = holds(&[user.dn.as_str()], user.uid.as_deref());
     client.with_timeout(LDAP_TIMEOUT);
     let result = client
-        .search(
-            group,
-            Scope::Base,
-            &format!("(|(member={user})(uniqueMember={user}))"),
-            vec!["1.1"],
-        )
+        .search(group, Scope::Base, &holds_user, vec!["1.1"])
         .await?;
     // 32 (noSuchObject): the group is not there, so nobody is in it.
     if result.1.rc == 32 {
         return Ok(false);
     }
-    let (entries, _) = result.success()?;
-    Ok(!entries.is_empty())
+    if !result.success()?.0.is_empty() {
+        return Ok(true);
+    }
+    if user.active_directory {
+        client.with_timeout(LDAP_TIMEOUT);
+        let filter = format!("(memberOf:{IN_CHAIN}:={})", ldap_escape(group));
+        let (entries, _) = client
+            .search(&user.dn, Scope::Base, &filter, vec!["1.1"])
+            .await?
+            .success()?;
+        return Ok(!entries.is_empty());
+    }
+    // Up from the user: the groups that hold them, the groups that hold those, ...
+    let target = normal_dn(group);
+    let mut seen = std::collections::HashSet::new();
+    let mut filter = holds_user;
+    for _ in 0..MAX_NESTING {
+        client.with_timeout(LDAP_TIMEOUT);
+        let (entries, _) = client
+            .search(base, Scope::Subtree, &filter, vec!["1.1"])
+            .await?
+            .success()?;
+        let found: Vec<String> = entries
+            .into_iter()
+            .map(|e| SearchEntry::construct(e).dn)
+            .filter(|dn| seen.insert(normal_dn(dn)))
+            .collect();
+        if found.iter().any(|dn| normal_dn(dn) == target) {
+            return Ok(true);
+        }
+        if found.is_empty() || seen.len() > MAX_GROUPS {
+            if seen.len() > MAX_GROUPS {
+                tracing::warn!(
+                    user = user.dn,
+                    group,
+                    "ldap: over {MAX_GROUPS} groups walked; taken as not a member"
+                );
+            }
+            return Ok(false);
+        }
+        let dns: Vec<&str> = found.iter().map(String::as_str).collect();
+        filter = holds(&dns, None);
+    }
+    Ok(false)
+}
+
+/// A filter for the entries that hold any of `dns` as a member, or `uid` as a
+/// posixGroup's `memberUid`.
+fn holds(dns: &[&str], uid: Option<&str>) -> String {
+    let mut filter = String::from("(|");
+    for dn in dns {
+        let dn = ldap_escape(*dn);
+        filter += &format!("(member={dn})(uniqueMember={dn})");
+    }
+    if let Some(uid) = uid {
+        filter += &format!("(memberUid={})", ldap_escape(uid));
+    }
+    filter + ")"
+}
+
+/// A DN compared as directories compare them, near enough: case and the spaces after
+/// commas do not count.
+fn normal_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| rdn.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_dns_as_directories_read_them() {
+        assert_eq!(
+            holds(&["cn=a(1),dc=x"], Some("bob")),
+            "(|(member=cn=a\\281\\29,dc=x)(uniqueMember=cn=a\\281\\29,dc=x)(memberUid=bob))"
+        );
+        assert_eq!(
+            normal_dn("CN=Ops, OU=Groups,DC=Example"),
+            "cn=ops,ou=groups,dc=example"
+        );
+    }
 }

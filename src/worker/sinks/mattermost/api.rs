@@ -1,9 +1,16 @@
 //! The calls of the Mattermost REST API v4 that a bot needs to post (see
-//! `../shared/mattermost.md`): bearer token, JSON bodies, multipart uploads. A 429 is
-//! waited out (`Retry-After`, else `X-Ratelimit-Reset`) and tried again a few times; every
-//! other answer is mapped to an [`ApiError`] that says whether trying later can help.
+//! `../shared/mattermost.md`): bearer token, JSON bodies, multipart uploads. The server's
+//! rate limit paces every request of the worker (one [`Api`] serves all its jobs): a 429,
+//! or an answer that says none are left (`X-Ratelimit-Remaining: 0`), holds every request
+//! until the limit resets (`Retry-After`, else `X-Ratelimit-Reset`); a 429 is tried again a
+//! few times, and a write (a post, an upload, a webhook) is not sent after a wait once the
+//! claim's lease is lost ([`Held`]). Every other answer is mapped to an [`ApiError`] that
+//! says whether trying later can help.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -13,8 +20,16 @@ use serde_json::{Value, json};
 use crate::config::Secret;
 use crate::worker::mail_view::Attachment;
 
+/// Bytes per second an upload is given at least, beyond `timeout` (1 MiB/s: a 50 MiB file
+/// gets 50 s more).
+const UPLOAD_RATE: u64 = 1024 * 1024;
+/// The post property that names a post's identity (see [`Api::post`]).
+pub const IDENTITY_PROP: &str = "swiftdrop_post";
 /// How many times a rate-limited request is sent again before it counts as a failure.
 const RATE_LIMIT_TRIES: u32 = 5;
+/// Why a write was not sent after a rate limit's wait.
+pub const LEASE_LOST_WAITING: &str =
+    "the claim's lease was lost while the rate limit was waited out: nothing more is sent";
 /// The longest wait for a rate limit to reset; past it the action is retried later.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Bytes in a path segment that are percent-encoded (an e-mail address keeps `@`, `.`, ...).
@@ -30,12 +45,17 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub enum ApiError {
     /// 404: no such user, channel or team.
     NotFound(String),
-    /// 413: a file over the server's limit; 501: file uploads are turned off.
+    /// 413: a file over the server's limit.
     TooLarge(String),
-    /// 401 or 403: the bot's token is refused, or the bot may not do this (see e-mail
-    /// addresses, post in the channel): the whole action fails, not one recipient.
+    /// 401, or a 403 about the bot itself (its own user, the client configuration, e-mail
+    /// addresses hidden from it: `PrivacySettings.ShowEmailAddress`): the whole action
+    /// fails, not one recipient.
     Unauthorized(String),
-    /// Another 4xx: this request will not succeed as it is.
+    /// Another 403: the bot may not see this user, post in this channel or upload here
+    /// (the server answers so for an unknown address too when the bot's view of users is
+    /// restricted).
+    Forbidden(String),
+    /// Another 4xx, or a 501: this request will not succeed as it is.
     Refused(String),
     /// 5xx, 429 for too long, no connection, a timeout, an unreadable answer.
     Transient(String),
@@ -47,6 +67,7 @@ impl std::fmt::Display for ApiError {
             ApiError::NotFound(m)
             | ApiError::TooLarge(m)
             | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
             | ApiError::Refused(m)
             | ApiError::Transient(m) => f.write_str(m),
         }
@@ -71,10 +92,17 @@ pub struct Limits {
     pub max_file_bytes: Option<u64>,
 }
 
+/// For a write: whether the claim still holds its lease (asked after every wait).
+pub type Held<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// A Mattermost server's v4 API.
 #[derive(Debug, Clone)]
 pub struct Api {
+    /// When requests may go again (the rate limit), shared by every job of the worker.
+    not_before: Arc<Mutex<Option<Instant>>>,
     http: reqwest::Client,
+    /// How long one request may take (an upload: more, by its size).
+    timeout: Duration,
     /// `<url>/api/v4`.
     base: String,
 }
@@ -88,7 +116,9 @@ impl Api {
             .build()
             .map_err(|e| format!("mattermost client: {e}"))?;
         Ok(Api {
+            not_before: Arc::default(),
             http,
+            timeout,
             base: format!("{}/api/v4", url.trim_end_matches('/')),
         })
     }
@@ -105,19 +135,19 @@ impl Api {
     /// `GET /users/me`: the bot itself.
     pub async fn me(&self, token: &Secret) -> Result<User, ApiError> {
         let url = self.url(&["users", "me"]);
-        self.json(token, || self.http.get(&url)).await
+        self.json(token, None, || self.http.get(&url)).await
     }
 
     /// `GET /users/email/{email}`.
     pub async fn user_by_email(&self, token: &Secret, email: &str) -> Result<User, ApiError> {
         let url = self.url(&["users", "email", email]);
-        self.json(token, || self.http.get(&url)).await
+        self.json(token, None, || self.http.get(&url)).await
     }
 
     /// `GET /users/username/{username}`.
     pub async fn user_by_name(&self, token: &Secret, name: &str) -> Result<User, ApiError> {
         let url = self.url(&["users", "username", name]);
-        self.json(token, || self.http.get(&url)).await
+        self.json(token, None, || self.http.get(&url)).await
     }
 
     /// `POST /channels/direct`: the direct channel of the bot and a user (made, or the
@@ -131,7 +161,7 @@ impl Api {
         let url = self.url(&["channels", "direct"]);
         let body = json!([bot_id, user_id]);
         let channel: Value = self
-            .json(token, || self.http.post(&url).json(&body))
+            .json(token, None, || self.http.post(&url).json(&body))
             .await?;
         id_of(&channel)
     }
@@ -144,7 +174,7 @@ impl Api {
         channel: &str,
     ) -> Result<String, ApiError> {
         let url = self.url(&["teams", "name", team, "channels", "name", channel]);
-        let found: Value = self.json(token, || self.http.get(&url)).await?;
+        let found: Value = self.json(token, None, || self.http.get(&url)).await?;
         id_of(&found)
     }
 
@@ -154,6 +184,7 @@ impl Api {
         token: &Secret,
         channel_id: &str,
         file: &Attachment,
+        held: Held<'_>,
     ) -> Result<String, ApiError> {
         let url = self.url(&["files"]);
         // The bytes are shared, not copied, by every attempt's form.
@@ -172,8 +203,12 @@ impl Api {
                 .text("channel_id", channel_id.to_string())
                 .part("files", part)
         };
+        // A large file needs longer than a small request: its time grows with its size.
+        let timeout = self.timeout + Duration::from_secs(file.bytes.len() as u64 / UPLOAD_RATE);
         let answer: Value = self
-            .json(token, || self.http.post(&url).multipart(form()))
+            .json(token, Some(held), || {
+                self.http.post(&url).timeout(timeout).multipart(form())
+            })
             .await?;
         answer["file_infos"]
             .get(0)
@@ -181,7 +216,10 @@ impl Api {
             .unwrap_or_else(|| Err(unreadable("no file_infos in the upload answer")))
     }
 
-    /// `POST /posts`: one post (in the thread of `root_id` when given); its id.
+    /// `POST /posts`: one post (in the thread of `root_id` when given); its id. The post
+    /// carries `identity` twice: as `pending_post_id` (a server that saw it in the last 30 s
+    /// answers with the post it made then) and in its props under [`IDENTITY_PROP`] (for
+    /// [`Api::find_post`] later).
     pub async fn post(
         &self,
         token: &Secret,
@@ -189,9 +227,16 @@ impl Api {
         message: &str,
         file_ids: &[String],
         root_id: Option<&str>,
+        identity: &str,
+        held: Held<'_>,
     ) -> Result<String, ApiError> {
         let url = self.url(&["posts"]);
-        let mut body = json!({ "channel_id": channel_id, "message": message });
+        let mut body = json!({
+            "channel_id": channel_id,
+            "message": message,
+            "pending_post_id": identity,
+            "props": { IDENTITY_PROP: identity },
+        });
         if !file_ids.is_empty() {
             body["file_ids"] = json!(file_ids);
         }
@@ -199,9 +244,35 @@ impl Api {
             body["root_id"] = json!(root);
         }
         let post: Value = self
-            .json(token, || self.http.post(&url).json(&body))
+            .json(token, Some(held), || self.http.post(&url).json(&body))
             .await?;
         id_of(&post)
+    }
+
+    /// `GET /channels/{channel_id}/posts?since=<ms>`: the id of the post made since then
+    /// with `identity` in its props, if any (the server gives up to 1000 posts).
+    pub async fn find_post(
+        &self,
+        token: &Secret,
+        channel_id: &str,
+        since_ms: i64,
+        identity: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let url = self.url(&["channels", channel_id, "posts"]);
+        let list: Value = self
+            .json(token, None, || {
+                self.http
+                    .get(&url)
+                    .query(&[("since", since_ms.max(0).to_string())])
+            })
+            .await?;
+        let posts = list["posts"]
+            .as_object()
+            .ok_or_else(|| unreadable("no posts in the post list"))?;
+        Ok(posts
+            .values()
+            .find(|p| p["props"][IDENTITY_PROP].as_str() == Some(identity))
+            .and_then(|p| id_of(p).ok()))
     }
 
     /// `GET /config/client?format=old`: the server's post and file limits (values the
@@ -209,7 +280,9 @@ impl Api {
     pub async fn limits(&self, token: &Secret) -> Result<Limits, ApiError> {
         let url = self.url(&["config", "client"]);
         let config: Value = self
-            .json(token, || self.http.get(&url).query(&[("format", "old")]))
+            .json(token, None, || {
+                self.http.get(&url).query(&[("format", "old")])
+            })
             .await?;
         let number = |key: &str| -> Option<u64> {
             match &config[key] {
@@ -225,9 +298,14 @@ impl Api {
     }
 
     /// An incoming webhook (`POST <url>`, Slack-compatible payload): answered `200 ok`.
-    pub async fn webhook(&self, url: &Secret, payload: &Value) -> Result<(), ApiError> {
+    pub async fn webhook(
+        &self,
+        url: &Secret,
+        payload: &Value,
+        held: Held<'_>,
+    ) -> Result<(), ApiError> {
         let response = self
-            .send(|| self.http.post(url.expose()).json(payload))
+            .send(Some(held), || self.http.post(url.expose()).json(payload))
             .await?;
         let status = response.status();
         if status.is_success() {
@@ -245,9 +323,12 @@ impl Api {
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         token: &Secret,
+        held: Option<Held<'_>>,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<T, ApiError> {
-        let response = self.send(|| build().bearer_auth(token.expose())).await?;
+        let response = self
+            .send(held, || build().bearer_auth(token.expose()))
+            .await?;
         let status = response.status();
         let what = format!(
             "{} {}",
@@ -259,44 +340,61 @@ impl Api {
             .await
             .map_err(|e| ApiError::Transient(format!("{what}: reading the answer: {e}")))?;
         if !status.is_success() {
-            let mut error = classify(status, &what, &String::from_utf8_lossy(&body));
-            // A 403 is the bot's lack of rights only where it asks about itself or looks
-            // users up (hidden addresses); elsewhere (a direct channel, a post) it is about
-            // that one user or channel.
-            let about_the_bot = ["/users/me", "/users/email/", "/config/client"]
-                .iter()
-                .any(|p| what.contains(p));
-            if let (403, ApiError::Unauthorized(why), false) =
-                (status.as_u16(), &error, about_the_bot)
-            {
-                error = ApiError::Refused(why.clone());
-            }
-            return Err(error);
+            return Err(classify(status, &what, &String::from_utf8_lossy(&body)));
         }
         serde_json::from_slice(&body).map_err(|e| unreadable(&format!("{what}: {e}")))
     }
 
-    /// Sends the request `build` makes, again while the server says 429 and the wait it
-    /// asks for is short.
-    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, ApiError> {
+    /// Sends the request `build` makes once the rate limit lets it (a write only while
+    /// `held`), again while the server says 429 and the wait it asks for is short.
+    async fn send(
+        &self,
+        held: Option<Held<'_>>,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, ApiError> {
         let mut tries = 0;
         loop {
+            let until = *self.not_before.lock().expect("pace");
+            if let Some(until) = until.filter(|&u| u > Instant::now()) {
+                let wait = until - Instant::now();
+                if wait > MAX_RATE_LIMIT_WAIT {
+                    return Err(ApiError::Transient(format!(
+                        "rate limited: the server asks to wait {wait:?}"
+                    )));
+                }
+                tracing::debug!(?wait, "mattermost rate limit: waiting");
+                tokio::time::sleep_until(until).await;
+                if held.is_some_and(|held| !held()) {
+                    return Err(ApiError::Transient(LEASE_LOST_WAITING.into()));
+                }
+            }
             let response = build().send().await.map_err(|e| {
                 // reqwest's error text holds the URL, which for a webhook is a secret.
                 ApiError::Transient(format!("mattermost unreachable: {}", e.without_url()))
             })?;
-            if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            let limited = response.status() == StatusCode::TOO_MANY_REQUESTS;
+            let spent = response
+                .headers()
+                .get("x-ratelimit-remaining")
+                .is_some_and(|v| v.as_bytes().trim_ascii() == b"0");
+            let wait = rate_limit_wait(response.headers());
+            if limited || spent {
+                // Every request of the worker waits for the reset, not only this one.
+                let mut not_before = self.not_before.lock().expect("pace");
+                let until = Instant::now() + wait;
+                if not_before.is_none_or(|u| u < until) {
+                    *not_before = Some(until);
+                }
+            }
+            if !limited {
                 return Ok(response);
             }
             tries += 1;
-            let wait = rate_limit_wait(response.headers());
             if tries >= RATE_LIMIT_TRIES || wait > MAX_RATE_LIMIT_WAIT {
                 return Err(ApiError::Transient(format!(
                     "rate limited (429) {tries} times; the server asks to wait {wait:?}"
                 )));
             }
-            tracing::debug!(?wait, "mattermost rate limit: waiting");
-            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -336,19 +434,36 @@ pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Duration {
     Duration::from_secs_f64(wait.clamp(0.05, 3600.0))
 }
 
-/// An error answer as an [`ApiError`], with the server's `message` when it sent one.
+/// The error `id` the server gives when it hides e-mail addresses from the caller
+/// (`GET /users/email/{email}`, before it looks the address up).
+const EMAILS_HIDDEN: &str = "api.user.get_user_by_email.permissions.app_error";
+
+/// An error answer to `what` (`<path> <reason>`) as an [`ApiError`], with the server's
+/// `message` when it sent one. A 403 is the bot's own only where it asks about itself or
+/// where the server hides every address from it; elsewhere it is about the one user,
+/// channel or file.
 fn classify(status: StatusCode, what: &str, body: &str) -> ApiError {
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.chars().take(200).collect());
+    let answer = serde_json::from_str::<Value>(body).ok();
+    let field = |key: &str| {
+        answer
+            .as_ref()
+            .and_then(|v| v[key].as_str())
+            .map(str::to_string)
+    };
+    let message = field("message").unwrap_or_else(|| body.chars().take(200).collect());
     let text = format!("{what}: {} {message}", status.as_u16());
+    let about_the_bot = ["/users/me", "/config/client"]
+        .iter()
+        .any(|p| what.contains(p))
+        || field("id").as_deref() == Some(EMAILS_HIDDEN);
     match status.as_u16() {
         404 => ApiError::NotFound(text),
-        413 | 501 => ApiError::TooLarge(text),
-        401 | 403 => ApiError::Unauthorized(text),
+        413 => ApiError::TooLarge(text),
+        401 => ApiError::Unauthorized(text),
+        403 if about_the_bot => ApiError::Unauthorized(text),
+        403 => ApiError::Forbidden(text),
         408 => ApiError::Transient(text),
-        400..=499 => ApiError::Refused(text),
+        400..=499 | 501 => ApiError::Refused(text),
         _ => ApiError::Transient(text),
     }
 }
@@ -408,8 +523,29 @@ mod tests {
             ApiError::TooLarge(_)
         ));
         assert!(matches!(
-            classify(StatusCode::FORBIDDEN, "f", ""),
+            classify(StatusCode::FORBIDDEN, "/api/v4/users/me Forbidden", ""),
             ApiError::Unauthorized(_)
+        ));
+        // Addresses hidden from the bot: all recipients alike. A user it may not see (or
+        // an unknown one, under restricted visibility): that recipient.
+        let hidden = r#"{"id":"api.user.get_user_by_email.permissions.app_error","message":"Unable to get user","status_code":403}"#;
+        let restricted = r#"{"id":"api.context.permissions.app_error","message":"You do not have the appropriate permissions.","status_code":403}"#;
+        let lookup = "/api/v4/users/email/a@b.c Forbidden";
+        assert!(matches!(
+            classify(StatusCode::FORBIDDEN, lookup, hidden),
+            ApiError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::FORBIDDEN, lookup, restricted),
+            ApiError::Forbidden(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::FORBIDDEN, "/api/v4/files Forbidden", restricted),
+            ApiError::Forbidden(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_IMPLEMENTED, "/api/v4/files", ""),
+            ApiError::Refused(_)
         ));
         assert!(matches!(
             classify(StatusCode::CONFLICT, "f", ""),

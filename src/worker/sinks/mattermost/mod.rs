@@ -73,9 +73,10 @@ enum Failure {
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Failure {
         match e {
-            ApiError::NotFound(why) | ApiError::Refused(why) | ApiError::TooLarge(why) => {
-                Failure::Target(why)
-            }
+            ApiError::NotFound(why)
+            | ApiError::Forbidden(why)
+            | ApiError::Refused(why)
+            | ApiError::TooLarge(why) => Failure::Target(why),
             ApiError::Unauthorized(why) => Failure::Action(SinkError::Permanent(format!(
                 "the bot is refused: {why} (its token, or its rights: see the README)"
             ))),
@@ -134,6 +135,8 @@ impl MattermostSink {
         let cut = self.cut(token, progress).await?;
         let posts = thread_plan(markdown, files, cut);
         let mut delivery = Delivery::default();
+        // Where an earlier attempt may have stopped: looked for once, before the first post.
+        let mut look = progress.earlier_attempt_since();
         match target {
             MattermostTarget::Dm => {
                 let mut recipients: Vec<String> = mail
@@ -168,8 +171,10 @@ impl MattermostSink {
                             let user = self.api.user_by_email(token, address).await?;
                             let channel = self.direct_channel(&app, token, &user.id).await?;
                             let room = [(DM_SERVED.to_string(), served.hex_len())];
-                            self.post_thread(token, &channel, &key, &posts, files, progress, &room)
-                                .await?;
+                            self.post_thread(
+                                token, &channel, &key, &posts, files, progress, &room, &mut look,
+                            )
+                            .await?;
                         }
                         served.record(progress, i, &key, posts.len()).await
                     };
@@ -202,8 +207,17 @@ impl MattermostSink {
                         return Ok(Some(why));
                     }
                     let channel = self.direct_channel(&app, token, &user.id).await?;
-                    self.post_thread(token, &channel, &key, &posts, files, progress, &[])
-                        .await?;
+                    self.post_thread(
+                        token,
+                        &channel,
+                        &key,
+                        &posts,
+                        files,
+                        progress,
+                        &[],
+                        &mut look,
+                    )
+                    .await?;
                     self.sum_up(progress, &key, posts.len())
                         .await
                         .map(|()| None)
@@ -222,7 +236,7 @@ impl MattermostSink {
                         return self.sum_up(progress, &key, posts.len()).await;
                     }
                     let id = self.api.channel_by_name(token, team, channel).await?;
-                    self.post_thread(token, &id, &key, &posts, files, progress, &[])
+                    self.post_thread(token, &id, &key, &posts, files, progress, &[], &mut look)
                         .await?;
                     self.sum_up(progress, &key, posts.len()).await
                 };
@@ -331,6 +345,7 @@ impl MattermostSink {
         files: &[Attachment],
         progress: &mut impl Progress,
         then: &[(String, usize)],
+        look: &mut Option<i64>,
     ) -> Result<(), Failure> {
         let mut root: Option<String> = None;
         for (n, post) in posts.iter().enumerate() {
@@ -356,25 +371,72 @@ impl MattermostSink {
             if !progress.has_room(&rest) {
                 return Err(SinkError::Permanent(NO_ROOM.into()).into());
             }
+            let identity = progress.identity(&step);
+            // The first post an attempt after the first makes may be where the one before
+            // stopped: posted, its answer lost (a timeout, a proxy's 502, a crash before
+            // the record). It is looked for before it is posted again.
+            if let Some(since) = look.take() {
+                if let Some(id) = self.api.find_post(token, channel, since, &identity).await? {
+                    tracing::info!(
+                        channel,
+                        step,
+                        "mattermost: an earlier attempt made this post; not posted again"
+                    );
+                    progress
+                        .record(&step, keeps_root.then_some(id.as_str()), &[])
+                        .await?;
+                    if n == 0 {
+                        root = Some(id);
+                    }
+                    continue;
+                }
+            }
             let mut ids = Vec::new();
             let mut left_out = Vec::new();
             for &i in &post.files {
                 ensure_held(progress)?;
-                match self.api.upload(token, channel, &files[i]).await {
+                let held = || progress.held();
+                match self.api.upload(token, channel, &files[i], &held).await {
                     Ok(id) => ids.push(id),
-                    Err(ApiError::TooLarge(_)) => left_out.push(files[i].name.clone()),
-                    Err(e) => return Err(e.into()),
+                    // The bot's token, or the server unreachable: the action's.
+                    Err(e @ (ApiError::Unauthorized(_) | ApiError::Transient(_))) => {
+                        return Err(e.into());
+                    }
+                    // This file refused (too large, an image over the server's resolution
+                    // limit, attachments turned off, a plugin's veto): the text still goes,
+                    // naming it.
+                    Err(e) => {
+                        tracing::info!(file = files[i].name, error = %e, "mattermost: a file was refused");
+                        left_out.push(format!("{} ({})", files[i].name, refusal(&e)));
+                    }
                 }
             }
             let mut text = post.text.clone();
             if !left_out.is_empty() {
-                text.push_str(&too_large_note(&left_out));
+                text.push_str(&not_attached_note(&left_out));
             }
             ensure_held(progress)?;
+            let held = || progress.held();
             let id = self
                 .api
-                .post(token, channel, text.trim(), &ids, root.as_deref())
-                .await?;
+                .post(
+                    token,
+                    channel,
+                    text.trim(),
+                    &ids,
+                    root.as_deref(),
+                    &identity,
+                    &held,
+                )
+                .await
+                .map_err(|e| match e {
+                    // A post the server finds malformed (too long, a bad root): ours, not
+                    // the recipient's; trying it elsewhere would not help.
+                    ApiError::Refused(why) => Failure::Action(SinkError::Permanent(format!(
+                        "the server refused the post: {why}"
+                    ))),
+                    other => other.into(),
+                })?;
             progress
                 .record(&step, keeps_root.then_some(id.as_str()), &[])
                 .await?;
@@ -458,10 +520,14 @@ impl MattermostSink {
         if !progress.held() {
             return Err(SinkError::Transient(LEASE_LOST.into()));
         }
-        self.api.webhook(url, &payload).await.map_err(|e| match e {
-            ApiError::Transient(why) => SinkError::Transient(why),
-            other => SinkError::Permanent(other.to_string()),
-        })?;
+        let held = || progress.held();
+        self.api
+            .webhook(url, &payload, &held)
+            .await
+            .map_err(|e| match e {
+                ApiError::Transient(why) => SinkError::Transient(why),
+                other => SinkError::Permanent(other.to_string()),
+            })?;
         progress.record("webhook", None, &[]).await?;
         Ok(done)
     }
@@ -503,10 +569,16 @@ fn thread_plan(markdown: &str, files: &[Attachment], cut: Cut) -> Vec<Post> {
     let left_out: Vec<String> = files
         .iter()
         .filter(|f| too_large(f))
-        .map(|f| format!("{} ({} bytes)", f.name, f.bytes.len()))
+        .map(|f| {
+            format!(
+                "{} ({} bytes, over the server's file size limit)",
+                f.name,
+                f.bytes.len()
+            )
+        })
         .collect();
     if !left_out.is_empty() {
-        text.push_str(&too_large_note(&left_out));
+        text.push_str(&not_attached_note(&left_out));
     }
     let kept: Vec<usize> = (0..files.len())
         .filter(|&i| !too_large(&files[i]))
@@ -594,9 +666,28 @@ fn thread_done(progress: &impl Progress, key: &str, posts: usize) -> bool {
         || (0..posts).all(|n| progress.done(&format!("{key}#{n}")).is_some())
 }
 
-/// The note naming files that were not attached, within [`NOTE_ROOM`] characters.
-fn too_large_note(names: &[String]) -> String {
-    const HEAD: &str = "\n\n_Not attached (over the server's file size limit): ";
+/// Why the server refused a file, short enough for the note: over the size limit, or
+/// the server's own words (the first 60 characters).
+fn refusal(e: &ApiError) -> String {
+    match e {
+        ApiError::TooLarge(_) => "over the server's file size limit".into(),
+        other => {
+            let why = other.to_string();
+            // `<path> <reason>: <status> <message>`: the status and message.
+            let said = why.split_once(": ").map_or(why.as_str(), |(_, s)| s);
+            let mut short: String = said.chars().take(60).collect();
+            if said.chars().count() > 60 {
+                short = short.trim_end().to_string() + "…";
+            }
+            format!("refused: {short}")
+        }
+    }
+}
+
+/// The note naming files that were not attached (`name (why)`), within [`NOTE_ROOM`]
+/// characters.
+fn not_attached_note(names: &[String]) -> String {
+    const HEAD: &str = "\n\n_Not attached: ";
     let mut note = HEAD.to_string();
     for (i, name) in names.iter().enumerate() {
         let more = format!(" and {} more_", names.len() - i);
@@ -618,12 +709,19 @@ mod tests {
         let names: Vec<String> = (0..40)
             .map(|i| format!("a-very-long-file-name-{i}.log"))
             .collect();
-        let note = too_large_note(&names);
+        let note = not_attached_note(&names);
         assert!(note.chars().count() <= NOTE_ROOM, "{note}");
         assert!(note.ends_with(" more_"), "{note}");
         assert_eq!(
-            too_large_note(&["a.bin".into()]),
-            "\n\n_Not attached (over the server's file size limit): a.bin_"
+            not_attached_note(&["a.bin (over the server's file size limit)".into()]),
+            "\n\n_Not attached: a.bin (over the server's file size limit)_"
+        );
+        let plugin = ApiError::Refused(
+            "/api/v4/files Bad Request: 400 File rejected by plugin. Reason: no executables please, ever".into(),
+        );
+        assert_eq!(
+            refusal(&plugin),
+            "refused: 400 File rejected by plugin. Reason: no executables please,…"
         );
     }
 
