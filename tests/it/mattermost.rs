@@ -1208,9 +1208,14 @@ async fn a_spent_rate_limit_paces_the_next_job_and_a_lost_lease_stops_a_write() 
         .await;
     let token = swiftdrop::config::Secret::new("jira-token");
     let lost = || false;
-    let result = api
-        .post(&token, "x", "never sent", &[], None, "id", &lost)
-        .await;
+    let post = swiftdrop::worker::sinks::mattermost::api::NewPost {
+        channel_id: "x",
+        message: "never sent",
+        file_ids: &[],
+        root_id: None,
+        identity: "id",
+    };
+    let result = api.post(&token, &post, &lost).await;
     assert_eq!(
         result,
         Err(

@@ -92,6 +92,20 @@ pub struct Limits {
     pub max_file_bytes: Option<u64>,
 }
 
+/// A post to make ([`Api::post`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewPost<'a> {
+    pub channel_id: &'a str,
+    /// Markdown, at most the server's `MaxPostSize` characters.
+    pub message: &'a str,
+    /// Files uploaded into the channel, five at most.
+    pub file_ids: &'a [String],
+    /// The thread's first post, for a reply.
+    pub root_id: Option<&'a str>,
+    /// The post's stable identity (the same on every attempt).
+    pub identity: &'a str,
+}
+
 /// For a write: whether the claim still holds its lease (asked after every wait).
 pub type Held<'a> = &'a (dyn Fn() -> bool + Sync);
 
@@ -223,13 +237,16 @@ impl Api {
     pub async fn post(
         &self,
         token: &Secret,
-        channel_id: &str,
-        message: &str,
-        file_ids: &[String],
-        root_id: Option<&str>,
-        identity: &str,
+        post: &NewPost<'_>,
         held: Held<'_>,
     ) -> Result<String, ApiError> {
+        let NewPost {
+            channel_id,
+            message,
+            file_ids,
+            root_id,
+            identity,
+        } = *post;
         let url = self.url(&["posts"]);
         let mut body = json!({
             "channel_id": channel_id,

@@ -43,7 +43,7 @@ use crate::worker::mail_view::{Attachment, MailView};
 use crate::worker::rules::{MattermostSettings, MattermostTarget};
 use crate::worker::sinks::{Progress, SinkError};
 use access::{Access, Verdict};
-use api::{Api, ApiError, Limits};
+use api::{Api, ApiError, Limits, NewPost};
 use text::{plan, split};
 
 /// The post limit of servers that do not announce theirs (old servers: 4000).
@@ -135,8 +135,12 @@ impl MattermostSink {
         let cut = self.cut(token, progress).await?;
         let posts = thread_plan(markdown, files, cut);
         let mut delivery = Delivery::default();
-        // Where an earlier attempt may have stopped: looked for once, before the first post.
-        let mut look = progress.earlier_attempt_since();
+        let mut thread = Thread {
+            token,
+            posts: &posts,
+            files,
+            look: progress.earlier_attempt_since(),
+        };
         match target {
             MattermostTarget::Dm => {
                 let mut recipients: Vec<String> = mail
@@ -171,10 +175,8 @@ impl MattermostSink {
                             let user = self.api.user_by_email(token, address).await?;
                             let channel = self.direct_channel(&app, token, &user.id).await?;
                             let room = [(DM_SERVED.to_string(), served.hex_len())];
-                            self.post_thread(
-                                token, &channel, &key, &posts, files, progress, &room, &mut look,
-                            )
-                            .await?;
+                            self.post_thread(&mut thread, &channel, &key, progress, &room)
+                                .await?;
                         }
                         served.record(progress, i, &key, posts.len()).await
                     };
@@ -207,17 +209,8 @@ impl MattermostSink {
                         return Ok(Some(why));
                     }
                     let channel = self.direct_channel(&app, token, &user.id).await?;
-                    self.post_thread(
-                        token,
-                        &channel,
-                        &key,
-                        &posts,
-                        files,
-                        progress,
-                        &[],
-                        &mut look,
-                    )
-                    .await?;
+                    self.post_thread(&mut thread, &channel, &key, progress, &[])
+                        .await?;
                     self.sum_up(progress, &key, posts.len())
                         .await
                         .map(|()| None)
@@ -236,7 +229,7 @@ impl MattermostSink {
                         return self.sum_up(progress, &key, posts.len()).await;
                     }
                     let id = self.api.channel_by_name(token, team, channel).await?;
-                    self.post_thread(token, &id, &key, &posts, files, progress, &[], &mut look)
+                    self.post_thread(&mut thread, &id, &key, progress, &[])
                         .await?;
                     self.sum_up(progress, &key, posts.len()).await
                 };
@@ -332,21 +325,23 @@ impl MattermostSink {
         Ok(cut)
     }
 
-    /// Posts the thread `posts` into `channel`, skipping the posts an earlier attempt
-    /// recorded under `key`; each post is recorded (`key#n`) only when the record has room
-    /// for the rest of the thread and for `then` (what the caller records after it).
-    #[allow(clippy::too_many_arguments)]
+    /// Posts `thread` into `channel`, skipping the posts an earlier attempt recorded under
+    /// `key`; each post is recorded (`key#n`) only when the record has room for the rest of
+    /// the thread and for `then` (what the caller records after it).
     async fn post_thread(
         &self,
-        token: &Secret,
+        thread: &mut Thread<'_>,
         channel: &str,
         key: &str,
-        posts: &[Post],
-        files: &[Attachment],
         progress: &mut impl Progress,
         then: &[(String, usize)],
-        look: &mut Option<i64>,
     ) -> Result<(), Failure> {
+        let Thread {
+            token,
+            posts,
+            files,
+            ..
+        } = *thread;
         let mut root: Option<String> = None;
         for (n, post) in posts.iter().enumerate() {
             let step = format!("{key}#{n}");
@@ -375,7 +370,7 @@ impl MattermostSink {
             // The first post an attempt after the first makes may be where the one before
             // stopped: posted, its answer lost (a timeout, a proxy's 502, a crash before
             // the record). It is looked for before it is posted again.
-            if let Some(since) = look.take() {
+            if let Some(since) = thread.look.take() {
                 if let Some(id) = self.api.find_post(token, channel, since, &identity).await? {
                     tracing::info!(
                         channel,
@@ -416,18 +411,17 @@ impl MattermostSink {
                 text.push_str(&not_attached_note(&left_out));
             }
             ensure_held(progress)?;
+            let new_post = NewPost {
+                channel_id: channel,
+                message: text.trim(),
+                file_ids: &ids,
+                root_id: root.as_deref(),
+                identity: &identity,
+            };
             let held = || progress.held();
             let id = self
                 .api
-                .post(
-                    token,
-                    channel,
-                    text.trim(),
-                    &ids,
-                    root.as_deref(),
-                    &identity,
-                    &held,
-                )
+                .post(token, &new_post, &held)
                 .await
                 .map_err(|e| match e {
                     // A post the server finds malformed (too long, a bad root): ours, not
@@ -598,6 +592,16 @@ fn thread_plan(markdown: &str, files: &[Attachment], cut: Cut) -> Vec<Post> {
             files: p.files.into_iter().map(|i| kept[i]).collect(),
         })
         .collect()
+}
+
+/// What every thread of one action posts, and where an earlier attempt may have stopped.
+struct Thread<'a> {
+    token: &'a Secret,
+    posts: &'a [Post],
+    files: &'a [Attachment],
+    /// Since when an earlier attempt may have posted without recording it: looked for once,
+    /// before the first post this attempt makes ([`Progress::earlier_attempt_since`]).
+    look: Option<i64>,
 }
 
 /// One post of a thread: its text and the indexes of the files it carries.
