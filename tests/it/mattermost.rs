@@ -86,6 +86,11 @@ fn message(from: &str, to: &[&str], subject: &str, text: &str, files: &[File]) -
     m.into_bytes()
 }
 
+/// A text message from the jira application (`svc-jira@example.com`) to `to`.
+fn jira(to: &[&str], subject: &str, text: &str) -> Vec<u8> {
+    message("svc-jira@example.com", to, subject, text, &[])
+}
+
 struct File {
     name: String,
     content_type: &'static str,
@@ -127,8 +132,9 @@ async fn a_dm_with_seven_attachments_is_two_posts_in_one_thread() {
         encoding: "7bit",
         body: "x".repeat(150_000),
     });
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-jira@example.com",
             &["alice@example.com"],
@@ -138,7 +144,6 @@ async fn a_dm_with_seven_attachments_is_two_posts_in_one_thread() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert_eq!(
         report.actions,
         [("post: mattermost:dm".to_string(), ActionResult::Sent)]
@@ -254,8 +259,9 @@ async fn a_long_body_is_split_under_the_server_post_limit() {
     let line = "0123456789 ".repeat(9) + "end\r\n";
     let body = line.repeat(40_000 / line.len() + 1);
     assert!(body.len() > 40_000);
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-splunk@example.com",
             &["alice@example.com"],
@@ -265,7 +271,6 @@ async fn a_long_body_is_split_under_the_server_post_limit() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let posts = server.posts().await;
     let alice = posts_to(&posts, "alice");
@@ -312,18 +317,12 @@ async fn a_rate_limit_is_waited_out() {
             json!({"X-Ratelimit-Limit": "10", "X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "3"}),
         )
         .await;
-    store(
+    let report = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
-            &["bob@example.com"],
-            "limited",
-            "text",
-            &[],
-        ),
+        &worker,
+        &jira(&["bob@example.com"], "limited", "text"),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert_eq!(report.actions[0].1, ActionResult::Sent, "{report:?}");
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let posts: Vec<Value> = server
@@ -348,18 +347,16 @@ async fn an_unknown_recipient_does_not_stop_the_others() {
     let setup = QueueSetup::new(Backend::Maildir, &[]);
     let queue = setup.queue().await;
     let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
-    store(
+    let report = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
+        &worker,
+        &jira(
             &["alice@example.com", "zed@example.com", "bob@example.com"],
             "to three",
             "text",
-            &[],
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(
@@ -394,8 +391,9 @@ async fn a_retry_after_a_500_posts_only_what_was_missing() {
     server
         .fault("POST", "/api/v4/posts", 500, 3, 1, json!({}))
         .await;
-    store(
+    let first = handled(
         &queue,
+        &worker,
         &message(
             "svc-jira@example.com",
             &["alice@example.com", "bob@example.com"],
@@ -405,7 +403,6 @@ async fn a_retry_after_a_500_posts_only_what_was_missing() {
         ),
     )
     .await;
-    let first = handle_next(&worker).await;
     assert!(first.finished.starts_with("retry/"), "{first:?}");
     assert!(
         matches!(&first.actions[0].1, ActionResult::Failed(e) if !e.is_permanent()),
@@ -458,8 +455,9 @@ async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
             "",
         ),
     );
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-jira@example.com",
             &["list@example.com"],
@@ -469,7 +467,6 @@ async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let posts = server.posts().await;
     let channel: Vec<&Value> = posts.iter().filter(|p| p["channel"] == "alerts").collect();
@@ -488,8 +485,9 @@ async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
     assert!(text.starts_with("**three ways**\n\nhello"), "{text}");
     assert!(text.contains("log-1.txt"), "attachments are named: {text}");
 
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-nagios@example.com",
             &["list@example.com"],
@@ -499,7 +497,6 @@ async fn channel_user_and_webhook_posts_and_an_unknown_application_fails() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("failed/"), "{report:?}");
     assert!(
         report
@@ -546,12 +543,7 @@ async fn ldap_groups_decide_who_receives() {
         "bob@example.com",
         "zed@example.com",
     ];
-    store(
-        &queue,
-        &message("svc-jira@example.com", &everyone, "ldap", "text", &[]),
-    )
-    .await;
-    let report = handle_next(&worker).await;
+    let report = handled(&queue, &worker, &jira(&everyone, "ldap", "text")).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let reason = report.reason.unwrap();
     for expected in [
@@ -565,18 +557,7 @@ async fn ldap_groups_decide_who_receives() {
     assert_eq!(posts.len(), 1, "{posts:#?}");
     assert_eq!(posts[0]["to"], json!(["alice"]));
 
-    store(
-        &queue,
-        &message(
-            "svc-jira@example.com",
-            &["bob@example.com"],
-            "nobody",
-            "x",
-            &[],
-        ),
-    )
-    .await;
-    let report = handle_next(&worker).await;
+    let report = handled(&queue, &worker, &jira(&["bob@example.com"], "nobody", "x")).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(
@@ -585,12 +566,7 @@ async fn ldap_groups_decide_who_receives() {
     );
 
     let anonymous = self::worker(&queue, &rules(&server, "mattermost:dm", &ldap("")));
-    store(
-        &queue,
-        &message("svc-jira@example.com", &everyone, "anonymous", "x", &[]),
-    )
-    .await;
-    let report = handle_next(&anonymous).await;
+    let report = handled(&queue, &anonymous, &jira(&everyone, "anonymous", "x")).await;
     assert!(report.finished.starts_with("failed/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(reason.contains("insufficientAccessRights"), "{reason}");
@@ -616,13 +592,7 @@ async fn a_retry_cuts_as_the_first_attempt_and_keeps_the_record_short() {
         .await;
     store(
         &queue,
-        &message(
-            "svc-jira@example.com",
-            &["alice@example.com", "bob@example.com"],
-            "cut",
-            &body,
-            &[],
-        ),
+        &jira(&["alice@example.com", "bob@example.com"], "cut", &body),
     )
     .await;
     let first = handle_next(&worker(&queue, &rules(&server, "mattermost:dm", ""))).await;
@@ -666,18 +636,12 @@ async fn a_retry_cuts_as_the_first_attempt_and_keeps_the_record_short() {
     set_env("MM_TEST_WRONG_TOKEN", "not-a-token");
     let rules_text =
         rules(&server, "mattermost:dm", "").replace("MM_TEST_JIRA_TOKEN", "MM_TEST_WRONG_TOKEN");
-    store(
+    let report = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
-            &["alice@example.com"],
-            "token",
-            "x",
-            &[],
-        ),
+        &worker(&queue, &rules_text),
+        &jira(&["alice@example.com"], "token", "x"),
     )
     .await;
-    let report = handle_next(&worker(&queue, &rules_text)).await;
     assert!(report.finished.starts_with("failed/"), "{report:?}");
     assert!(
         report
@@ -709,13 +673,7 @@ async fn from_smtp_through_the_store_to_direct_messages() {
     std::fs::write(&rules_file, &rules).unwrap();
     let running = start_with_bots(&setup, &rules_file, &server).await;
     let to = ["alice@example.com", "bob@example.com", "carol@example.com"];
-    let body = message(
-        "svc-jira@example.com",
-        &to,
-        "OPS-7 assigned",
-        "Please look.",
-        &[],
-    );
+    let body = jira(&to, "OPS-7 assigned", "Please look.");
     // The filter adds its own trace headers: send the message without the test's.
     let headers_end = body.windows(6).position(|w| w == b"\r\nFrom").unwrap() + 2;
     running
@@ -753,12 +711,7 @@ async fn a_403_for_one_recipient_does_not_stop_the_others() {
         .fault("POST", "/api/v4/channels/direct", 403, 1, 1, json!({}))
         .await;
     let to = ["alice@example.com", "bob@example.com", "carol@example.com"];
-    store(
-        &queue,
-        &message("svc-jira@example.com", &to, "restricted", "text", &[]),
-    )
-    .await;
-    let report = handle_next(&worker).await;
+    let report = handled(&queue, &worker, &jira(&to, "restricted", "text")).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(
@@ -825,12 +778,7 @@ async fn a_user_the_bot_may_not_see_is_named_and_hidden_addresses_fail_the_actio
     let queue = setup.queue().await;
     let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
     let to = ["alice@example.com", "bob@example.com", "zed@example.com"];
-    store(
-        &queue,
-        &message("svc-jira@example.com", &to, "visible", "text", &[]),
-    )
-    .await;
-    let report = handle_next(&worker).await;
+    let report = handled(&queue, &worker, &jira(&to, "visible", "text")).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let reason = report.reason.unwrap();
     for who in ["bob@example.com: ", "zed@example.com: "] {
@@ -842,18 +790,12 @@ async fn a_user_the_bot_may_not_see_is_named_and_hidden_addresses_fail_the_actio
     assert_eq!(posts_to(&posts, "alice").len(), 1);
 
     server.settings(json!({ "ShowEmailAddress": false })).await;
-    store(
+    let report = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
-            &["alice@example.com"],
-            "hidden",
-            "x",
-            &[],
-        ),
+        &worker,
+        &jira(&["alice@example.com"], "hidden", "x"),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("failed/"), "{report:?}");
     let reason = report.reason.unwrap();
     assert!(
@@ -893,8 +835,9 @@ async fn a_refused_file_is_named_and_the_text_still_goes() {
         encoding: "base64",
         body: base64(b"MZ"),
     });
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-jira@example.com",
             &["alice@example.com"],
@@ -904,7 +847,6 @@ async fn a_refused_file_is_named_and_the_text_still_goes() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     assert_eq!(report.reason, None, "{report:?}");
     let posts = server.posts().await;
@@ -921,8 +863,9 @@ async fn a_refused_file_is_named_and_the_text_still_goes() {
     server
         .settings(json!({ "EnableFileAttachments": false }))
         .await;
-    store(
+    let report = handled(
         &queue,
+        &worker,
         &message(
             "svc-jira@example.com",
             &["bob@example.com"],
@@ -932,7 +875,6 @@ async fn a_refused_file_is_named_and_the_text_still_goes() {
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let posts = server.posts().await;
     let bob = posts_to(&posts, "bob");
@@ -959,18 +901,16 @@ async fn a_post_whose_answer_was_lost_is_not_posted_again() {
     let worker = worker(&queue, &rules(&server, "mattermost:dm", ""));
     // Alice's post is answered; bob's is made, and its answer lost.
     server.fault_after("POST", "/api/v4/posts", 502, 1).await;
-    store(
+    let first = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
+        &worker,
+        &jira(
             &["alice@example.com", "bob@example.com"],
             "lost answer",
             "text",
-            &[],
         ),
     )
     .await;
-    let first = handle_next(&worker).await;
     assert!(first.finished.starts_with("retry/"), "{first:?}");
     assert_eq!(server.posts().await.len(), 2);
     let second = handle_next(&worker).await;
@@ -1011,18 +951,12 @@ async fn the_servers_refusal_of_a_post_fails_the_action() {
         server
             .fault("POST", "/api/v4/posts", 500, 1, 1, json!({}))
             .await;
-        store(
+        let first = handled(
             &queue,
-            &message(
-                "svc-jira@example.com",
-                &["alice@example.com"],
-                subject,
-                &body,
-                &[],
-            ),
+            &worker,
+            &jira(&["alice@example.com"], subject, &body),
         )
         .await;
-        let first = handle_next(&worker).await;
         assert!(first.finished.starts_with("retry/"), "{first:?}");
         let root = server.posts().await.last().unwrap()["id"]
             .as_str()
@@ -1063,18 +997,16 @@ async fn mail_text_mentions_nobody_and_its_images_are_links() {
             "  template: '@here {{ subject }}: {{ body }}'\n",
         ),
     );
-    store(
+    let report = handled(
         &queue,
-        &message(
-            "svc-jira@example.com",
+        &worker,
+        &jira(
             &["alice@example.com"],
             "@all deploy failed",
             "@channel see ![chart](https://tracker.example/pixel.png), ask @bob or ops@example.com",
-            &[],
         ),
     )
     .await;
-    let report = handle_next(&worker).await;
     assert!(report.finished.starts_with("done/"), "{report:?}");
     let posts = server.posts().await;
     assert_eq!(
@@ -1115,12 +1047,12 @@ async fn nested_and_posix_groups_count_and_a_circle_of_groups_ends() {
         ("jira", ["dave@example.com", "carol@example.com"]),
         ("splunk", ["erin@example.com", "bob@example.com"]),
     ] {
-        store(
+        let report = handled(
             &queue,
+            &worker,
             &message(&format!("svc-{app}@example.com"), &to, app, "text", &[]),
         )
         .await;
-        let report = handle_next(&worker).await;
         assert!(report.finished.starts_with("done/"), "{report:?}");
         let reason = report.reason.unwrap();
         assert!(
@@ -1169,12 +1101,7 @@ async fn a_spent_rate_limit_paces_the_next_job_and_a_lost_lease_stops_a_write() 
         )
         .await;
     for to in ["alice@example.com", "bob@example.com"] {
-        store(
-            &queue,
-            &message("svc-jira@example.com", &[to], "paced", "x", &[]),
-        )
-        .await;
-        let report = handle_next(&worker).await;
+        let report = handled(&queue, &worker, &jira(&[to], "paced", "x")).await;
         assert!(report.finished.starts_with("done/"), "{report:?}");
     }
     let log = server.log().await;
@@ -1235,6 +1162,16 @@ async fn a_spent_rate_limit_paces_the_next_job_and_a_lost_lease_stops_a_write() 
         "two posts, the 429, and nothing after the wait"
     );
     no_violations(&server).await;
+}
+
+/// Stores `mail` and has `worker` handle the next message; its report.
+async fn handled(
+    queue: &Queue,
+    worker: &Worker,
+    mail: &[u8],
+) -> swiftdrop::worker::dequeue::Report {
+    store(queue, mail).await;
+    handle_next(worker).await
 }
 
 /// A kB figure of `/proc/<pid>/status` (`VmHWM`: the peak resident size so far).
