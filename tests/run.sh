@@ -19,6 +19,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v mount >/dev/null || missing+=(mount)
+# Cyrus SASL's saslpasswd2: the gateway test makes the applications' logins with it.
+command -v saslpasswd2 >/dev/null || missing+=(sasl2-bin)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # "No configuration": the package must not configure or start a system Postfix.

@@ -6,6 +6,15 @@
 //! recipients and the forwarded addresses; everything else is refused at RCPT time. The
 //! public smtpd never relays for anyone (it is not an open relay); the after-queue smtpd on
 //! loopback takes what swiftdrop relays (postmaster@, forwards) and queues it.
+//!
+//! With `SENDER_LOGINS`, applications submit with SASL logins (Cyrus, the sasldb at
+//! `SASL_DB`) and each login may use only its own sender addresses
+//! (`reject_sender_login_mismatch`): a sender listed there is refused without its login, and
+//! a logged-in client is refused any sender its login does not own. Postfix writes the login
+//! into its `Received:` header (`(Authenticated sender: <login>@<myhostname>)`), which the
+//! worker can require to match the application (`require_sasl_login`). Passwords cross the
+//! network only under TLS (`TLS_CERT_FILE`, `TLS_KEY_FILE`: AUTH is offered after
+//! STARTTLS only); without them the public smtpd must listen on loopback.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,6 +35,13 @@ pub struct PostfixEnvironment {
     pub relay_domains: Vec<String>,
     /// `FORWARDS`: JSON object, address → address or list of addresses.
     pub forwards: BTreeMap<String, Vec<String>>,
+    /// `SENDER_LOGINS`: JSON object, SASL login → the sender address (or list) it owns.
+    pub sender_logins: BTreeMap<String, Vec<String>>,
+    /// `SASL_DB`: the Cyrus sasldb holding the logins' passwords (default `/etc/sasldb2`;
+    /// `saslpasswd2 -c -u $MYHOSTNAME <login>` adds one).
+    pub sasl_db: String,
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE`: the public smtpd's certificate and key (PEM).
+    pub tls: Option<(String, String)>,
 }
 
 /// Where the generated services listen.
@@ -40,7 +56,8 @@ pub struct Services {
 }
 
 impl PostfixEnvironment {
-    /// Reads `MYHOSTNAME`, `MYDOMAIN`, `RELAY_DOMAINS` and `FORWARDS` from `vars`.
+    /// Reads `MYHOSTNAME`, `MYDOMAIN`, `RELAY_DOMAINS`, `FORWARDS`, `SENDER_LOGINS`,
+    /// `SASL_DB`, `TLS_CERT_FILE` and `TLS_KEY_FILE` from `vars`.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<PostfixEnvironment, ConfigError> {
@@ -74,10 +91,50 @@ impl PostfixEnvironment {
             .unwrap_or_default();
         let forwards = match vars.get("FORWARDS").map(|s| s.trim()) {
             None | Some("") => BTreeMap::new(),
-            Some(json) => parse_forwards(json).unwrap_or_else(|e| {
+            Some(json) => parse_address_map(json, true).unwrap_or_else(|e| {
                 problems.push(format!("FORWARDS: {e}"));
                 BTreeMap::new()
             }),
+        };
+        let sender_logins = match vars.get("SENDER_LOGINS").map(|s| s.trim()) {
+            None | Some("") => BTreeMap::new(),
+            Some(json) => parse_address_map(json, false).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "SENDER_LOGINS: {e} (a JSON object: login -> the sender address it owns)"
+                ));
+                BTreeMap::new()
+            }),
+        };
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (login, senders) in &sender_logins {
+            for sender in senders {
+                if let Some(other) = owners.insert(sender, login) {
+                    problems.push(format!(
+                        "SENDER_LOGINS: {sender} is owned by both {other:?} and {login:?}"
+                    ));
+                }
+            }
+        }
+        let sasl_db = vars
+            .get("SASL_DB")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("/etc/sasldb2")
+            .to_string();
+        let tls = match (
+            vars.get("TLS_CERT_FILE")
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty()),
+            vars.get("TLS_KEY_FILE")
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty()),
+        ) {
+            (Some(cert), Some(key)) => Some((cert.to_string(), key.to_string())),
+            (None, None) => None,
+            _ => {
+                problems.push("TLS_CERT_FILE and TLS_KEY_FILE: set both or neither".into());
+                None
+            }
         };
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -87,12 +144,19 @@ impl PostfixEnvironment {
             mydomain,
             relay_domains,
             forwards,
+            sender_logins,
+            sasl_db,
+            tls,
         })
     }
 }
 
-/// Parses `{"from@example.com": "to@example.net", "x@example.com": ["a@b", "c@d"]}`.
-fn parse_forwards(json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
+/// Parses `{"from@example.com": "to@example.net", "x@example.com": ["a@b", "c@d"]}`; with
+/// `keys_are_addresses` false, the keys are names (SASL logins) instead.
+fn parse_address_map(
+    json: &str,
+    keys_are_addresses: bool,
+) -> Result<BTreeMap<String, Vec<String>>, String> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("not valid JSON: {e}"))?;
     let object = value
@@ -113,7 +177,13 @@ fn parse_forwards(json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
                 ));
             }
         };
-        for address in std::iter::once(from).chain(targets.iter()) {
+        if !keys_are_addresses
+            && (from.is_empty() || from.contains(|c: char| c.is_whitespace() || c == '@'))
+        {
+            return Err(format!("{from:?} is not a login name"));
+        }
+        let keys = keys_are_addresses.then_some(from);
+        for address in keys.into_iter().chain(targets.iter()) {
             if !is_address(address) {
                 return Err(format!(
                     "{address:?} is not an address such as user@example.com"
@@ -123,6 +193,11 @@ fn parse_forwards(json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
         if targets.is_empty() {
             return Err(format!("{from:?}: no target"));
         }
+        let targets = if keys_are_addresses {
+            targets
+        } else {
+            targets.iter().map(|t| t.to_lowercase()).collect()
+        };
         out.insert(from.to_lowercase(), targets);
     }
     Ok(out)
@@ -203,6 +278,51 @@ maillog_file = /dev/stdout
         );
     }
 
+    let mut files = Vec::new();
+    if !env.sender_logins.is_empty() {
+        let _ = write!(
+            main,
+            "# Applications submit with SASL logins (SENDER_LOGINS); each login may use only its own
+# senders, and a sender listed there only with its login.
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+smtpd_sasl_local_domain = $myhostname
+smtpd_sasl_security_options = noanonymous
+smtpd_sasl_authenticated_header = yes
+smtpd_sender_login_maps = texthash:{dir}/sender_logins
+smtpd_sender_restrictions = reject_sender_login_mismatch
+"
+        );
+        let mut logins =
+            String::from("# Sender address -> the SASL login that owns it (SENDER_LOGINS).\n");
+        for (login, senders) in &env.sender_logins {
+            for sender in senders {
+                let _ = writeln!(logins, "{sender} {login}@{}", env.myhostname);
+            }
+        }
+        files.push(("sender_logins", logins));
+        // Debian's Postfix reads Cyrus's smtpd.conf from $config_directory/sasl/.
+        files.push((
+            "sasl/smtpd.conf",
+            format!(
+                "# Generated by `swiftdrop postfix-config`: the logins' passwords are in SASL_DB.\npwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {}\nmech_list: PLAIN LOGIN\n",
+                env.sasl_db
+            ),
+        ));
+    }
+    if let Some((cert, key)) = &env.tls {
+        let _ = write!(
+            main,
+            "# STARTTLS for clients; SASL passwords only inside it.
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = yes
+"
+        );
+    }
+
     let mut relay_recipients =
         String::from("# Recipients Postfix accepts: swiftdrop's and the forwarded addresses.\n");
     for r in &recipients {
@@ -233,12 +353,22 @@ maillog_file = /dev/stdout
         after = services.after_queue,
         services = STANDARD_SERVICES,
     );
-    vec![
+    let mut out = vec![
         ("main.cf", main),
         ("master.cf", master),
         ("relay_recipients", relay_recipients),
         ("virtual", virtual_map),
-    ]
+    ];
+    out.extend(files);
+    out
+}
+
+/// Whether `listen` (`host:port`) is on the loopback interface.
+fn is_loopback(listen: &str) -> bool {
+    listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+        || listen.starts_with("localhost:")
 }
 
 fn domain_of(address: &str) -> String {
@@ -260,6 +390,12 @@ pub fn run(config: &Config, output: &std::path::Path, public: String) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    if !env.sender_logins.is_empty() && env.tls.is_none() && !is_loopback(&public) {
+        eprintln!(
+            "swiftdrop: configuration error: SENDER_LOGINS: SASL passwords would cross the network in clear on {public}: set TLS_CERT_FILE and TLS_KEY_FILE, or listen on loopback"
+        );
+        return ExitCode::FAILURE;
+    }
     let Some(after_queue) = config.server.relay else {
         eprintln!(
             "swiftdrop: configuration error: SWIFTDROP_SERVER_RELAY is off, but the gateway needs Postfix's after-queue smtpd for postmaster@ and forwards"
@@ -275,14 +411,23 @@ pub fn run(config: &Config, output: &std::path::Path, public: String) -> ExitCod
                 after_queue,
             };
             for (name, contents) in render(&env, config, &services, &dir.to_string_lossy()) {
-                std::fs::write(dir.join(name), contents)?;
+                let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(path, contents)?;
             }
             Ok(dir)
         });
     match written {
         Ok(dir) => {
+            let sasl = if env.sender_logins.is_empty() {
+                ""
+            } else {
+                ", sender_logins, sasl/smtpd.conf"
+            };
             println!(
-                "wrote main.cf, master.cf, relay_recipients, virtual to {}",
+                "wrote main.cf, master.cf, relay_recipients, virtual{sasl} to {}",
                 dir.display()
             );
             ExitCode::SUCCESS
@@ -341,6 +486,70 @@ mod tests {
             err.problems[0].contains("\"not an address\" is not an address"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sender_logins_turn_sasl_on_and_each_sender_belongs_to_one_login() {
+        let env = PostfixEnvironment::from_vars(vars(&[
+            ("MYHOSTNAME", "mx.example.com"),
+            (
+                "SENDER_LOGINS",
+                r#"{"Jira": "svc-jira@example.com", "splunk": ["svc-splunk@example.com", "SVC-Splunk2@example.com"]}"#,
+            ),
+            ("SASL_DB", "/var/lib/sasl/sasldb2"),
+        ]))
+        .unwrap();
+        assert_eq!(env.sender_logins["jira"], ["svc-jira@example.com"]);
+        let config = Config::from_sources(
+            None,
+            vars(&[("SWIFTDROP_A_RECIPIENTS", "alerts@example.com")]),
+        )
+        .unwrap();
+        let services = Services {
+            public: "127.0.0.1:25".into(),
+            filter: config.server.listen,
+            after_queue: "127.0.0.1:10026".parse().unwrap(),
+        };
+        let files: BTreeMap<_, _> = render(&env, &config, &services, "/etc/postfix")
+            .into_iter()
+            .collect();
+        let main = &files["main.cf"];
+        for line in [
+            "smtpd_sasl_auth_enable = yes\n",
+            "smtpd_sasl_authenticated_header = yes\n",
+            "smtpd_sender_login_maps = texthash:/etc/postfix/sender_logins\n",
+            "smtpd_sender_restrictions = reject_sender_login_mismatch\n",
+        ] {
+            assert!(main.contains(line), "{line} in {main}");
+        }
+        assert_eq!(
+            files["sender_logins"].lines().skip(1).collect::<Vec<_>>(),
+            [
+                "svc-jira@example.com jira@mx.example.com",
+                "svc-splunk@example.com splunk@mx.example.com",
+                "svc-splunk2@example.com splunk@mx.example.com",
+            ]
+        );
+        assert!(files["sasl/smtpd.conf"].contains("sasldb_path: /var/lib/sasl/sasldb2\n"));
+        assert!(!main.contains("smtpd_tls"), "no TLS without its files");
+
+        let err = PostfixEnvironment::from_vars(vars(&[
+            ("MYHOSTNAME", "mx.example.com"),
+            (
+                "SENDER_LOGINS",
+                r#"{"jira": "svc-x@example.com", "splunk": "svc-x@example.com"}"#,
+            ),
+            ("TLS_CERT_FILE", "/etc/ssl/cert.pem"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "SENDER_LOGINS: svc-x@example.com is owned by both \"jira\" and \"splunk\"",
+                "TLS_CERT_FILE and TLS_KEY_FILE: set both or neither",
+            ]
+        );
+        assert!(is_loopback("127.0.0.1:25") && !is_loopback("0.0.0.0:25"));
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct MailView {
     pub html_only: Option<String>,
     /// Its attachments (inline images included), in order.
     pub attachments: Vec<Attachment>,
+    /// The SASL login the client gave Postfix, from the first `Received:` header (the one
+    /// Postfix in front of the filter wrote: `(Authenticated sender: <login>)`); `None`
+    /// when the client did not log in. Headers further down are the sender's own.
+    pub sasl_login: Option<String>,
 }
 
 impl MailView {
@@ -81,6 +85,7 @@ impl MailView {
                 .body_text(0)
                 .map(|b| b.into_owned())
                 .unwrap_or_default(),
+            sasl_login: sasl_login(&headers),
             headers,
             attachments,
         }
@@ -107,6 +112,16 @@ impl MailView {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The login in the first `Received:` header's `(Authenticated sender: <login>)`.
+fn sasl_login(headers: &[(String, String)]) -> Option<String> {
+    let (_, first) = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("received"))?;
+    let (_, after) = first.split_once("(Authenticated sender:")?;
+    let login = after.split(')').next()?.trim();
+    (!login.is_empty()).then(|| login.to_ascii_lowercase())
 }
 
 /// The envelope in the filter's leading trace lines: the sender (`Return-Path:`) and the
@@ -226,6 +241,24 @@ fn raw_value(message: &mail_parser::Message, header: &mail_parser::Header) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_is_read_from_postfixs_received_header_only() {
+        let postfix = "Return-Path: <svc-jira@example.com>\r\nDelivered-To: ops@example.com\r\n\
+            Received: from client.test (localhost [127.0.0.1])\r\n\t(Authenticated sender: Jira@mx.example.com)\r\n\
+            \tby mx.example.com (Postfix) with ESMTPA\r\n\tfor <ops@example.com>; Sun,  6 Dec 2026 07:49:38 +0000 (UTC)\r\n\
+            Subject: x\r\n\r\nbody\r\n";
+        assert_eq!(
+            MailView::parse(postfix.as_bytes()).sasl_login.as_deref(),
+            Some("jira@mx.example.com")
+        );
+        // A client that did not log in, with a forged header of its own further down.
+        let forged = "Return-Path: <svc-splunk@example.com>\r\nDelivered-To: ops@example.com\r\n\
+            Received: from client.test (localhost [127.0.0.1])\r\n\tby mx.example.com (Postfix) with ESMTP\r\n\
+            Received: from x (Authenticated sender: splunk@mx.example.com) by y\r\n\
+            Subject: x\r\n\r\nbody\r\n";
+        assert_eq!(MailView::parse(forged.as_bytes()).sasl_login, None);
+    }
 
     #[test]
     fn the_envelope_comes_from_the_trace_headers_and_html_becomes_text() {

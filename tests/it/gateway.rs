@@ -22,6 +22,11 @@ struct Gateway {
 /// swiftdrop storing ours@example.com; Postfix generated with FORWARDS
 /// fwd@example.com -> target@elsewhere.example; outbound mail goes to an smtp-sink.
 async fn gateway() -> Gateway {
+    gateway_with(&[]).await
+}
+
+/// [`gateway`] with more variables in `swiftdrop postfix-config`'s environment.
+async fn gateway_with(extra: &[(&str, &str)]) -> Gateway {
     let sink = SmtpSink::start(&[]);
     let after_queue = free_port();
     let front = free_port();
@@ -52,6 +57,7 @@ async fn gateway() -> Gateway {
         .env("SWIFTDROP_OURS_PATH", setup.path("ours"))
         .env("SWIFTDROP_SERVER_LISTEN", filter.to_string())
         .env("SWIFTDROP_SERVER_RELAY", &relay)
+        .envs(extra.iter().copied())
         .arg("postfix-config")
         .arg("--output")
         .arg(dir.path().join("etc"))
@@ -95,6 +101,35 @@ impl Gateway {
                 mail_from: Address::new("sender@example.org", Parameters::new()),
                 rcpt_to: vec![Address::new(to, Parameters::new())],
                 body: format!("Subject: to {to}\r\n\r\nhello").into_bytes().into(),
+            })
+            .await;
+        let _ = c.quit().await;
+        result
+    }
+
+    /// Sends a message from `from` to `to`, logged in as `login` (with its password) when
+    /// given; Postfix's answer.
+    async fn submit(
+        &self,
+        login: Option<(&str, &str)>,
+        from: &str,
+        to: &str,
+    ) -> mail_send::Result<smtp_proto::Response<String>> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.postfix.front_port).into();
+        let mut c = SmtpClient::connect(addr, PATIENCE).await?;
+        c.read().await?;
+        let capabilities = c.ehlo("client.test").await?;
+        if let Some(login) = login {
+            c.authenticate(mail_send::Credentials::from(login), &capabilities)
+                .await?;
+        }
+        let result = c
+            .send(Message {
+                mail_from: Address::new(from, Parameters::new()),
+                rcpt_to: vec![Address::new(to, Parameters::new())],
+                body: format!("Subject: from {from}\r\n\r\nhello")
+                    .into_bytes()
+                    .into(),
             })
             .await;
         let _ = c.quit().await;
@@ -147,6 +182,105 @@ async fn generated_postfix_stores_forwards_and_refuses_the_rest() {
 
     assert_eq!(gw.setup.cur("ours").len(), 1, "nothing else stored");
     assert_eq!(gw.sink.dumps().len(), 1, "nothing else relayed");
+    gw.stop().await;
+}
+
+/// Applications submit with SASL logins (`SENDER_LOGINS`, the passwords in a Cyrus sasldb
+/// made with `saslpasswd2`): jira's login sends as svc-jira@ and Postfix records the login
+/// in the `Received:` header swiftdrop stores first; jira's login cannot send as
+/// svc-splunk@, nobody can send as svc-jira@ without logging in, a wrong password is
+/// refused; a sender nobody owns needs no login (mail from outside still arrives).
+#[tokio::test]
+async fn a_login_sends_only_as_its_own_application() {
+    let sasl = tempdir_with_mode("swiftdrop-sasl", 0o755);
+    let db = sasl.path().join("sasldb2");
+    for (login, password) in [("jira", "jira-pw"), ("splunk", "splunk-pw")] {
+        let mut child = Command::new("saslpasswd2")
+            .args([
+                "-f",
+                db.to_str().unwrap(),
+                "-p",
+                "-c",
+                "-u",
+                "mx.example.com",
+                login,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2 (Debian's sasl2-bin; tests/run.sh installs it)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    // Postfix's smtpd (user postfix) reads it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let gw = gateway_with(&[
+        (
+            "SENDER_LOGINS",
+            r#"{"jira": "svc-jira@example.com", "splunk": ["svc-splunk@example.com"]}"#,
+        ),
+        ("SASL_DB", db.to_str().unwrap()),
+    ])
+    .await;
+
+    let reply = gw
+        .submit(
+            Some(("jira", "jira-pw")),
+            "svc-jira@example.com",
+            "ours@example.com",
+        )
+        .await
+        .unwrap();
+    assert!(reply.message.contains("stored as cur/"), "{reply:?}");
+    let stored = gw.setup.cur("ours");
+    assert_eq!(stored.len(), 1);
+    let view = swiftdrop::worker::mail_view::MailView::parse(&stored[0].1);
+    assert_eq!(view.sasl_login.as_deref(), Some("jira@mx.example.com"));
+    assert_eq!(view.envelope_from, "svc-jira@example.com");
+
+    let (code, text) = rejected_with(
+        gw.submit(
+            Some(("jira", "jira-pw")),
+            "svc-splunk@example.com",
+            "ours@example.com",
+        )
+        .await,
+    );
+    assert_eq!(code, 553, "{text}");
+    assert!(
+        text.contains("not owned by user jira@mx.example.com"),
+        "{text}"
+    );
+    let (code, text) = rejected_with(
+        gw.submit(None, "svc-jira@example.com", "ours@example.com")
+            .await,
+    );
+    assert_eq!(code, 553, "{text}");
+    assert!(text.contains("not logged in"), "{text}");
+    match gw
+        .submit(
+            Some(("jira", "wrong")),
+            "svc-jira@example.com",
+            "ours@example.com",
+        )
+        .await
+    {
+        Err(mail_send::Error::AuthenticationFailed(r)) => assert_eq!(r.code, 535, "{r:?}"),
+        other => panic!("a wrong password must be refused: {other:?}"),
+    }
+    let reply = gw
+        .submit(None, "someone@outside.example", "ours@example.com")
+        .await
+        .unwrap();
+    assert!(reply.message.contains("stored as cur/"), "{reply:?}");
+    let stored = gw.setup.cur("ours");
+    assert_eq!(stored.len(), 2, "the two accepted, nothing else");
     gw.stop().await;
 }
 

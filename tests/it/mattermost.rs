@@ -1164,6 +1164,56 @@ async fn a_spent_rate_limit_paces_the_next_job_and_a_lost_lease_stops_a_write() 
     no_violations(&server).await;
 }
 
+/// With `require_sasl_login`, a message is posted only when Postfix recorded the
+/// application's own login in its `Received:` header (the first one): jira's message from
+/// jira's login is posted; svc-splunk@ from jira's login, or without a login, fails for good.
+#[tokio::test]
+async fn only_the_applications_own_login_may_post_as_its_bot() {
+    let server = Mattermost::start(16383, 1_000_000, true).await;
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let queue = setup.queue().await;
+    let worker = worker(
+        &queue,
+        &rules(&server, "mattermost:dm", "  require_sasl_login: true\n"),
+    );
+    let submitted = |from: &str, login: Option<&str>| {
+        let auth = login.map_or(String::new(), |l| {
+            format!("\t(Authenticated sender: {l}@mx.example.com)\r\n")
+        });
+        format!(
+            "Return-Path: <{from}>\r\nDelivered-To: alice@example.com\r\n\
+             Received: from app.example.com (app.example.com [192.0.2.7])\r\n{auth}\
+             \tby mx.example.com (Postfix) with ESMTPA; Sun,  6 Dec 2026 07:49:38 +0000 (UTC)\r\n\
+             From: {from}\r\nSubject: from {from}\r\n\r\ntext\r\n"
+        )
+        .into_bytes()
+    };
+    let report = handled(
+        &queue,
+        &worker,
+        &submitted("svc-jira@example.com", Some("jira")),
+    )
+    .await;
+    assert!(report.finished.starts_with("done/"), "{report:?}");
+    assert_eq!(report.reason, None, "{report:?}");
+    for (login, said) in [
+        (Some("jira"), "logged in as \"jira@mx.example.com\""),
+        (None, "no login"),
+    ] {
+        let report = handled(&queue, &worker, &submitted("svc-splunk@example.com", login)).await;
+        assert!(report.finished.starts_with("failed/"), "{report:?}");
+        let reason = report.reason.unwrap();
+        assert!(
+            reason.contains("was not submitted with the \"splunk\" login") && reason.contains(said),
+            "{reason}"
+        );
+    }
+    let posts = server.posts().await;
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0]["bot"], "jira-bot");
+    no_violations(&server).await;
+}
+
 /// Stores `mail` and has `worker` handle the next message; its report.
 async fn handled(
     queue: &Queue,

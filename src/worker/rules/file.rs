@@ -195,6 +195,8 @@ struct MattermostDoc {
     max_post_chars: Option<usize>,
     template: Option<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    require_sasl_login: bool,
 }
 
 #[derive(Deserialize)]
@@ -1079,6 +1081,7 @@ impl Checker<'_> {
                 doc.timeout.as_deref(),
                 MattermostSettings::DEFAULT_TIMEOUT,
             ),
+            require_sasl_login: doc.require_sasl_login,
         }
     }
 

@@ -271,6 +271,11 @@ pub struct MattermostSettings {
     pub max_post_chars: Option<usize>,
     /// How long one request may take (`timeout`, default 30 s).
     pub timeout: std::time::Duration,
+    /// Post only mail that Postfix took from the application's own SASL login: the login
+    /// in Postfix's `Received:` header (`(Authenticated sender: <login>@<host>)`) must be
+    /// the application the sender names (`require_sasl_login`; see `swiftdrop
+    /// postfix-config`'s `SENDER_LOGINS`).
+    pub require_sasl_login: bool,
 }
 
 impl MattermostSettings {

@@ -276,6 +276,18 @@ impl MattermostSink {
                 "no bot for application {app:?}: add it under mattermost.bots"
             ))
         })?;
+        if self.settings.require_sasl_login {
+            // The login Postfix recorded, without the realm it appends ($myhostname).
+            let login = mail.sasl_login.as_deref();
+            let name = login.map(|l| l.split('@').next().unwrap_or(l));
+            if name != Some(app.as_str()) {
+                return Err(SinkError::Permanent(format!(
+                    "sender {:?} (application {app:?}) was not submitted with the {app:?} login ({}): require_sasl_login",
+                    mail.envelope_from,
+                    login.map_or("no login".to_string(), |l| format!("logged in as {l:?}")),
+                )));
+            }
+        }
         Ok((app, token))
     }
 
