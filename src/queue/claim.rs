@@ -340,7 +340,14 @@ impl Claim {
 
     /// Whether the done list has room to record every id of `ids`.
     pub fn has_room_for_all(&self, ids: &[String]) -> bool {
+        self.has_room_replacing(ids, &[])
+    }
+
+    /// Whether the done list has room to record every id of `ids` once the ids `replaced`
+    /// are taken off it (as [`Claim::record_done_replacing`] does).
+    pub fn has_room_replacing(&self, ids: &[String], replaced: &[String]) -> bool {
         let mut record = self.record.clone();
+        record.done.retain(|d| !replaced.contains(d));
         record
             .done
             .extend(ids.iter().map(|id| id.replace(',', "_")));

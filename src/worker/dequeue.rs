@@ -703,16 +703,17 @@ impl Progress for Steps<'_> {
         !self.claim.is_lost() && chrono::Utc::now() < self.claim.lease_until()
     }
 
+    fn first_attempt(&self) -> bool {
+        self.claim.attempt() <= 1
+    }
+
+    fn stored_at_ms(&self) -> i64 {
+        MessageKey::parse(self.claim.name()).map_or(0, |key| key.secs as i64 * 1000)
+    }
+
     fn identity(&self, step: &str) -> String {
         let digest = Sha256::digest(format!("{}|{}|{step}", self.claim.name(), self.label));
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn earlier_attempt_since(&self) -> Option<i64> {
-        (self.claim.attempt() > 1).then(|| {
-            // Clocks of the filter's and the worker's hosts may differ a little.
-            MessageKey::parse(self.claim.name()).map_or(0, |key| key.secs as i64 * 1000 - 60_000)
-        })
     }
 
     fn has_room(&self, steps: &[(String, usize)]) -> bool {
@@ -724,7 +725,12 @@ impl Progress for Steps<'_> {
             })
             .collect();
         entries.push(action_id(self.label));
-        self.claim.has_room_for_all(&entries)
+        // A step recorded again replaces its entry (a value that grows, an id).
+        let replaced: Vec<String> = steps
+            .iter()
+            .flat_map(|(step, _)| self.entries(step))
+            .collect();
+        self.claim.has_room_replacing(&entries, &replaced)
     }
     async fn record(
         &mut self,

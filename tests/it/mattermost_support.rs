@@ -86,9 +86,9 @@ impl Mattermost {
 
     /// As [`Mattermost::fault`], but each request is done first and its answer then lost
     /// (a proxy's 502, a timeout after the server acted).
-    pub async fn fault_after(&self, method: &str, path: &str, status: u16, skip: u32) {
+    pub async fn fault_after(&self, method: &str, path: &str, status: u16, skip: u32, times: u32) {
         let fault = json!([{
-            "method": method, "path": path, "status": status, "skip": skip, "times": 1,
+            "method": method, "path": path, "status": status, "skip": skip, "times": times,
             "after": true,
         }]);
         self.control("faults", fault).await;

@@ -40,8 +40,9 @@ Test control (not Mattermost):
   POST /_test/users       {"names": [...]}: more users (`<name>@example.com`)
   POST /_test/settings    {"ShowEmailAddress", "RestrictedView", "Invisible": [names],
                            "EnableFileAttachments", "MaxImageResolution", "PluginRejects":
-                           [name endings]}: answers as the server does with those settings
-  POST /_test/delete-post {"id"}: a user deleted that post
+                           [name endings], "PendingTTL": seconds the pending_post_id cache
+                           keeps a post (30; 0: as if that long had passed)}
+  POST /_test/delete-post {"id"}: a user deleted that post (it stays, with delete_at)
   faults with "after": true: the request is done, then the fault is answered (a lost answer);
                       with "pass": true: the request is served, with the fault's headers
 """
@@ -90,7 +91,7 @@ FAULTS = []
 # a plugin's FileWillBeUploaded hook rejects.
 SETTINGS = {"ShowEmailAddress": True, "RestrictedView": False, "Invisible": [],
             "EnableFileAttachments": True, "MaxImageResolution": 33177600,
-            "PluginRejects": []}
+            "PluginRejects": [], "PendingTTL": 30}
 # pending_post_id -> the post made with it, and when (the server's 30 s dedup cache).
 PENDING = {}
 
@@ -247,8 +248,12 @@ class Handler(BaseHTTPRequestHandler):
                 SETTINGS.update(json.loads(body))
                 return self.send(200, {"ok": True})
             if path == "/_test/delete-post" and method == "POST":
+                # As the server: the post stays, marked deleted (DeleteAt, UpdateAt).
                 post_id = json.loads(body)["id"]
-                POSTS[:] = [p for p in POSTS if p["id"] != post_id]
+                now = int(time.time() * 1000)
+                for p in POSTS:
+                    if p["id"] == post_id:
+                        p["delete_at"] = p["update_at"] = now
                 return self.send(200, {"ok": True})
             if path == "/_test/limits" and method == "POST":
                 global MAX_POST_SIZE
@@ -441,12 +446,13 @@ class Handler(BaseHTTPRequestHandler):
         pending = body.get("pending_post_id", "")
         with LOCK:
             seen = PENDING.get(pending)
-            if pending and seen and time.time() - seen[1] < 30:
+            if pending and seen and time.time() - seen[1] < SETTINGS["PendingTTL"]:
                 # The server's dedup cache (app/post.go deduplicateCreatePost): the post
                 # made with this pending_post_id within 30 s is the answer.
                 return 201, seen[0]
             if root and not any(p["id"] == root and p["channel_id"] == channel["id"]
-                                and not p["root_id"] for p in POSTS):
+                                and not p["root_id"] and not p.get("delete_at")
+                                for p in POSTS):
                 # A root deleted meanwhile, or in another channel (CreatePostAsUser).
                 raise Problem(400, "Invalid RootId parameter.", violation=False,
                               error_id="api.post.create_post.root_id.app_error")
@@ -461,7 +467,8 @@ class Handler(BaseHTTPRequestHandler):
             post = {"id": new_id(), "create_at": int(time.time() * 1000), "user_id": bot["id"],
                     "channel_id": channel["id"], "root_id": root, "message": message,
                     "file_ids": file_ids, "props": body.get("props", {}), "type": "",
-                    "pending_post_id": pending}
+                    "pending_post_id": pending, "update_at": int(time.time() * 1000),
+                    "delete_at": 0, "original_id": ""}
             if pending:
                 PENDING[pending] = (post, time.time())
             POSTS.append(dict(post, bot=bot["username"],
@@ -487,14 +494,16 @@ class Handler(BaseHTTPRequestHandler):
             posts = [p for p in POSTS if p.get("channel_id") == channel_id]
         posts.sort(key=lambda p: p["create_at"], reverse=True)
         if "since" in query:
+            # Posts changed since then (deleted ones included), 1000 at most.
             since = int(query["since"][0])
-            posts = [p for p in posts if p["create_at"] > since][:1000]
+            posts = [p for p in posts if p["update_at"] > since][:1000]
         else:
             per_page = min(int(query.get("per_page", ["60"])[0]), 200)
             page = int(query.get("page", ["0"])[0])
             posts = posts[page * per_page:(page + 1) * per_page]
-        keys = ("id", "create_at", "user_id", "channel_id", "root_id", "message", "file_ids",
-                "props", "type", "pending_post_id")
+        keys = ("id", "create_at", "update_at", "delete_at", "user_id", "channel_id",
+                "root_id", "original_id", "message", "file_ids", "props", "type",
+                "pending_post_id")
         return {"order": [p["id"] for p in posts],
                 "posts": {p["id"]: {k: p.get(k) for k in keys} for p in posts},
                 "next_post_id": "", "prev_post_id": ""}

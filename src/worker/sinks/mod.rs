@@ -23,10 +23,12 @@ pub trait Progress: Sync {
     /// A stable name for `step` of this message's action: the same on every attempt,
     /// different for every message (32 hex digits), for a server to know a repeat by.
     fn identity(&self, step: &str) -> String;
-    /// When an earlier attempt of this message may have acted without recording it (this
-    /// is not its first claim): since when (ms since the Unix epoch, a minute before the
-    /// message was stored) to look for what it did. `None` on the first attempt.
-    fn earlier_attempt_since(&self) -> Option<i64>;
+    /// Whether this is the message's first claim (a requeued message counts again from
+    /// one: its recorded steps tell that an earlier attempt acted).
+    fn first_attempt(&self) -> bool;
+    /// When the message was stored (ms since the Unix epoch; 0 when its name does not
+    /// say): nothing was done for it before.
+    fn stored_at_ms(&self) -> i64;
     /// Whether every step of `steps` (each with a value of so many bytes) can still be
     /// recorded, with room kept for the action itself.
     fn has_room(&self, steps: &[(String, usize)]) -> bool;

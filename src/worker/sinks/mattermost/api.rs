@@ -23,6 +23,10 @@ use crate::worker::mail_view::Attachment;
 /// Bytes per second an upload is given at least, beyond `timeout` (1 MiB/s: a 50 MiB file
 /// gets 50 s more).
 const UPLOAD_RATE: u64 = 1024 * 1024;
+/// The most posts `GET /channels/{id}/posts?since=` gives.
+const SINCE_LIMIT: usize = 1000;
+/// Pages of 200 posts [`Api::find_post`] reads at most when `since` may have left some out.
+const MAX_LOOK_PAGES: usize = 25;
 /// The post property that names a post's identity (see [`Api::post`]).
 pub const IDENTITY_PROP: &str = "swiftdrop_post";
 /// How many times a rate-limited request is sent again before it counts as a failure.
@@ -55,6 +59,9 @@ pub enum ApiError {
     /// (the server answers so for an unknown address too when the bot's view of users is
     /// restricted).
     Forbidden(String),
+    /// A reply's thread root that is no more (400 `api.post.create_post.root_id.app_error`:
+    /// deleted since, or never in that channel).
+    RootGone(String),
     /// Another 4xx, or a 501: this request will not succeed as it is.
     Refused(String),
     /// 5xx, 429 for too long, no connection, a timeout, an unreadable answer.
@@ -68,6 +75,7 @@ impl std::fmt::Display for ApiError {
             | ApiError::TooLarge(m)
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
+            | ApiError::RootGone(m)
             | ApiError::Refused(m)
             | ApiError::Transient(m) => f.write_str(m),
         }
@@ -266,8 +274,12 @@ impl Api {
         id_of(&post)
     }
 
-    /// `GET /channels/{channel_id}/posts?since=<ms>`: the id of the post made since then
-    /// with `identity` in its props, if any (the server gives up to 1000 posts).
+    /// The id of the post made in `channel_id` since `since_ms` (ms) with `identity` in
+    /// its props, if any: `GET /channels/{channel_id}/posts?since=` (posts changed since
+    /// then; the server gives at most 1000 of them, in no set order), and when that may
+    /// have left some out, the channel's pages newest first (`page`, `per_page=200`) back
+    /// to `since_ms`, [`MAX_LOOK_PAGES`] at most. Deleted posts and edit history (a post's
+    /// older versions, with an `original_id`) are not it.
     pub async fn find_post(
         &self,
         token: &Secret,
@@ -276,20 +288,56 @@ impl Api {
         identity: &str,
     ) -> Result<Option<String>, ApiError> {
         let url = self.url(&["channels", channel_id, "posts"]);
-        let list: Value = self
-            .json(token, None, || {
-                self.http
-                    .get(&url)
-                    .query(&[("since", since_ms.max(0).to_string())])
-            })
+        let get = |query: Vec<(&'static str, String)>| {
+            let url = &url;
+            async move {
+                let list: Value = self
+                    .json(token, None, || self.http.get(url).query(&query))
+                    .await?;
+                let posts = list["posts"]
+                    .as_object()
+                    .cloned()
+                    .ok_or_else(|| unreadable("no posts in the post list"))?;
+                Ok::<_, ApiError>(posts)
+            }
+        };
+        let is_it = |p: &Value| {
+            p["props"][IDENTITY_PROP].as_str() == Some(identity)
+                && p["delete_at"].as_i64().unwrap_or(0) == 0
+                && p["original_id"].as_str().unwrap_or("").is_empty()
+        };
+        if since_ms > 0 {
+            let posts = get(vec![("since", since_ms.to_string())]).await?;
+            if let Some(found) = posts.values().find(|p| is_it(p)) {
+                return Ok(id_of(found).ok());
+            }
+            if posts.len() < SINCE_LIMIT {
+                return Ok(None);
+            }
+        }
+        for page in 0..MAX_LOOK_PAGES {
+            let posts = get(vec![
+                ("page", page.to_string()),
+                ("per_page", "200".to_string()),
+            ])
             .await?;
-        let posts = list["posts"]
-            .as_object()
-            .ok_or_else(|| unreadable("no posts in the post list"))?;
-        Ok(posts
-            .values()
-            .find(|p| p["props"][IDENTITY_PROP].as_str() == Some(identity))
-            .and_then(|p| id_of(p).ok()))
+            if let Some(found) = posts.values().find(|p| is_it(p)) {
+                return Ok(id_of(found).ok());
+            }
+            let oldest = posts
+                .values()
+                .filter_map(|p| p["create_at"].as_i64())
+                .min()
+                .unwrap_or(0);
+            if posts.len() < 200 || oldest < since_ms {
+                return Ok(None);
+            }
+        }
+        tracing::warn!(
+            channel_id,
+            "mattermost: an earlier post looked for in {MAX_LOOK_PAGES} pages, not found; posting"
+        );
+        Ok(None)
     }
 
     /// `GET /config/client?format=old`: the server's post and file limits (values the
@@ -380,7 +428,10 @@ impl Api {
                     )));
                 }
                 tracing::debug!(?wait, "mattermost rate limit: waiting");
-                tokio::time::sleep_until(until).await;
+                // Every job waits for the same reset: they go again spread over a quarter
+                // of a second, not all at once.
+                let spread = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]));
+                tokio::time::sleep_until(until + spread).await;
                 if held.is_some_and(|held| !held()) {
                     return Err(ApiError::Transient(LEASE_LOST_WAITING.into()));
                 }
@@ -451,6 +502,9 @@ pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap) -> Duration {
     Duration::from_secs_f64(wait.clamp(0.05, 3600.0))
 }
 
+/// The error `id` of a reply whose thread root is not (or no longer) a root post of that
+/// channel.
+const ROOT_GONE: &str = "api.post.create_post.root_id.app_error";
 /// The error `id` the server gives when it hides e-mail addresses from the caller
 /// (`GET /users/email/{email}`, before it looks the address up).
 const EMAILS_HIDDEN: &str = "api.user.get_user_by_email.permissions.app_error";
@@ -479,6 +533,7 @@ fn classify(status: StatusCode, what: &str, body: &str) -> ApiError {
         401 => ApiError::Unauthorized(text),
         403 if about_the_bot => ApiError::Unauthorized(text),
         403 => ApiError::Forbidden(text),
+        400 if field("id").as_deref() == Some(ROOT_GONE) => ApiError::RootGone(text),
         408 => ApiError::Transient(text),
         400..=499 | 501 => ApiError::Refused(text),
         _ => ApiError::Transient(text),

@@ -39,6 +39,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::config::Secret;
+use crate::worker::chat_text::quiet;
 use crate::worker::mail_view::{Attachment, MailView};
 use crate::worker::rules::{MattermostSettings, MattermostTarget};
 use crate::worker::sinks::{Progress, SinkError};
@@ -75,6 +76,7 @@ impl From<ApiError> for Failure {
         match e {
             ApiError::NotFound(why)
             | ApiError::Forbidden(why)
+            | ApiError::RootGone(why)
             | ApiError::Refused(why)
             | ApiError::TooLarge(why) => Failure::Target(why),
             ApiError::Unauthorized(why) => Failure::Action(SinkError::Permanent(format!(
@@ -132,6 +134,9 @@ impl MattermostSink {
         }
         let (app, token) = self.bot(mail)?;
         let files = &mail.attachments;
+        // An earlier attempt acted for this action (a later claim, or a requeued message
+        // whose plan is recorded): it may have posted without recording it.
+        let earlier = !progress.first_attempt() || progress.done(PLAN).is_some();
         let cut = self.cut(token, progress).await?;
         let posts = thread_plan(markdown, files, cut);
         let mut delivery = Delivery::default();
@@ -139,7 +144,7 @@ impl MattermostSink {
             token,
             posts: &posts,
             files,
-            look: progress.earlier_attempt_since(),
+            look_since: earlier.then(|| progress.stored_at_ms() - LOOK_MARGIN_MS),
         };
         match target {
             MattermostTarget::Dm => {
@@ -174,7 +179,7 @@ impl MattermostSink {
                         if !thread_done(progress, &key, posts.len()) {
                             let user = self.api.user_by_email(token, address).await?;
                             let channel = self.direct_channel(&app, token, &user.id).await?;
-                            let room = [(DM_SERVED.to_string(), served.hex_len())];
+                            let room = [served.room(i)];
                             self.post_thread(&mut thread, &channel, &key, progress, &room)
                                 .await?;
                         }
@@ -355,6 +360,7 @@ impl MattermostSink {
             ..
         } = *thread;
         let mut root: Option<String> = None;
+        let mut looked = false;
         for (n, post) in posts.iter().enumerate() {
             let step = format!("{key}#{n}");
             if let Some(value) = progress.done(&step) {
@@ -379,10 +385,12 @@ impl MattermostSink {
                 return Err(SinkError::Permanent(NO_ROOM.into()).into());
             }
             let identity = progress.identity(&step);
-            // The first post an attempt after the first makes may be where the one before
+            // The first post of this thread not recorded may be where an earlier attempt
             // stopped: posted, its answer lost (a timeout, a proxy's 502, a crash before
-            // the record). It is looked for before it is posted again.
-            if let Some(since) = thread.look.take() {
+            // the record). It is looked for before it is posted again (once per thread:
+            // the posts after it were not tried).
+            if let Some(since) = thread.look_since.filter(|_| !looked) {
+                looked = true;
                 if let Some(id) = self.api.find_post(token, channel, since, &identity).await? {
                     tracing::info!(
                         channel,
@@ -414,7 +422,7 @@ impl MattermostSink {
                     // naming it.
                     Err(e) => {
                         tracing::info!(file = files[i].name, error = %e, "mattermost: a file was refused");
-                        left_out.push(format!("{} ({})", files[i].name, refusal(&e)));
+                        left_out.push(format!("{} ({})", quiet(&files[i].name), refusal(&e)));
                     }
                 }
             }
@@ -431,18 +439,33 @@ impl MattermostSink {
                 identity: &identity,
             };
             let held = || progress.held();
-            let id = self
-                .api
-                .post(token, &new_post, &held)
-                .await
-                .map_err(|e| match e {
-                    // A post the server finds malformed (too long, a bad root): ours, not
-                    // the recipient's; trying it elsewhere would not help.
-                    ApiError::Refused(why) => Failure::Action(SinkError::Permanent(format!(
-                        "the server refused the post: {why}"
-                    ))),
-                    other => other.into(),
-                })?;
+            let mut answer = self.api.post(token, &new_post, &held).await;
+            if let Err(ApiError::Transient(why)) = &answer {
+                // Sent once more at once, with the same identity: a server that made the
+                // post within 30 s answers with it (or says it is still saving it).
+                tracing::info!(
+                    channel,
+                    step,
+                    why,
+                    "mattermost: posting again with the same identity"
+                );
+                tokio::time::sleep(REPOST_PAUSE).await;
+                ensure_held(progress)?;
+                answer = self.api.post(token, &new_post, &held).await;
+            }
+            let id = answer.map_err(|e| match e {
+                // The thread's first post is gone (deleted since): that recipient's.
+                ApiError::RootGone(why) => {
+                    Failure::Target(format!("the thread's first post is gone: {why}"))
+                }
+                // A post the server finds malformed (too long after a lowered limit,
+                // over a proxy's size limit): ours, not the recipient's; trying it
+                // elsewhere would not help.
+                ApiError::Refused(why) | ApiError::TooLarge(why) => Failure::Action(
+                    SinkError::Permanent(format!("the server refused the post: {why}")),
+                ),
+                other => other.into(),
+            })?;
             progress
                 .record(&step, keeps_root.then_some(id.as_str()), &[])
                 .await?;
@@ -513,6 +536,7 @@ impl MattermostSink {
         }
         let names: Vec<String> = mail.attachments.iter().map(|a| a.name.clone()).collect();
         let mut text = markdown.to_string();
+        let names: Vec<String> = names.iter().map(|n| quiet(n)).collect();
         if !names.is_empty() {
             text.push_str(&format!(
                 "\n\n_Attachments (not carried by the webhook): {}_",
@@ -541,8 +565,13 @@ impl MattermostSink {
 
 /// The step that holds the limits a message's threads are cut with.
 const PLAN: &str = "plan";
-/// The step that holds which direct-message recipients are served ([`Served`]).
+/// The steps that hold which direct-message recipients are served ([`Served`]): `dm.<n>`.
 const DM_SERVED: &str = "dm";
+/// How long before a message was stored an earlier attempt's post is looked for (the
+/// clocks of the storing host and of the Mattermost server may differ).
+const LOOK_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// The pause before a post whose answer did not come is sent once more.
+const REPOST_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes of a post id (recorded for a thread's first post).
 const ID_LEN: usize = 26;
 const NO_ROOM: &str = "no room left on the message to record the next post";
@@ -578,7 +607,7 @@ fn thread_plan(markdown: &str, files: &[Attachment], cut: Cut) -> Vec<Post> {
         .map(|f| {
             format!(
                 "{} ({} bytes, over the server's file size limit)",
-                f.name,
+                quiet(&f.name),
                 f.bytes.len()
             )
         })
@@ -611,9 +640,10 @@ struct Thread<'a> {
     token: &'a Secret,
     posts: &'a [Post],
     files: &'a [Attachment],
-    /// Since when an earlier attempt may have posted without recording it: looked for once,
-    /// before the first post this attempt makes ([`Progress::earlier_attempt_since`]).
-    look: Option<i64>,
+    /// Since when (ms) an earlier attempt may have posted without recording it: each
+    /// thread's first post not recorded is looked for in its channel first; `None` on the
+    /// action's first attempt.
+    look_since: Option<i64>,
 }
 
 /// One post of a thread: its text and the indexes of the files it carries.
@@ -624,36 +654,60 @@ struct Post {
 }
 
 /// The direct-message recipients whose threads are posted: one bit per recipient, in the
-/// order of the envelope (which a stored message keeps), recorded in hex under
-/// [`DM_SERVED`].
+/// order of the envelope (which a stored message keeps), recorded in hex under the steps
+/// `dm.0`, `dm.1`, ... of [`Served::CHUNK`] recipients each (a recorded value must fit in
+/// one metadata value).
 struct Served {
     bits: Vec<u8>,
 }
 
 impl Served {
-    /// What an earlier attempt recorded for `count` recipients (none served when it
-    /// recorded nothing, or something else).
+    /// Recipients per recorded chunk (160 hex digits).
+    const CHUNK: usize = 640;
+
+    /// What earlier attempts recorded for `count` recipients (none served where they
+    /// recorded nothing).
     fn read(progress: &impl Progress, count: usize) -> Served {
-        let len = count.div_ceil(8);
-        let bits = progress
-            .done(DM_SERVED)
-            .filter(|hex| hex.len() == 2 * len)
-            .and_then(|hex| {
-                (0..len)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-            })
-            .unwrap_or_else(|| vec![0; len]);
+        let mut bits = vec![0; count.div_ceil(8)];
+        for (c, chunk) in bits.chunks_mut(Self::CHUNK / 8).enumerate() {
+            let recorded = progress
+                .done(&Self::step(c))
+                .filter(|hex| hex.len() == 2 * chunk.len())
+                .and_then(|hex| {
+                    (0..chunk.len())
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                });
+            if let Some(recorded) = recorded {
+                chunk.copy_from_slice(&recorded);
+            }
+        }
         Served { bits }
+    }
+
+    fn step(chunk: usize) -> String {
+        format!("{DM_SERVED}.{chunk}")
     }
 
     fn has(&self, i: usize) -> bool {
         self.bits[i / 8] & (1 << (i % 8)) != 0
     }
 
-    /// Characters of the recorded value.
-    fn hex_len(&self) -> usize {
-        2 * self.bits.len()
+    /// The chunk holding recipient `i`: its step and hex.
+    fn chunk(&self, i: usize) -> (String, String) {
+        let c = i / Self::CHUNK;
+        let bytes =
+            &self.bits[c * Self::CHUNK / 8..((c + 1) * Self::CHUNK / 8).min(self.bits.len())];
+        (
+            Self::step(c),
+            bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        )
+    }
+
+    /// What recording recipient `i` takes: its chunk's step and value length.
+    fn room(&self, i: usize) -> (String, usize) {
+        let (step, hex) = self.chunk(i);
+        (step, hex.len())
     }
 
     /// Records recipient `i` (whose thread is under `key`) as served, in place of the
@@ -666,12 +720,12 @@ impl Served {
         posts: usize,
     ) -> Result<(), Failure> {
         self.bits[i / 8] |= 1 << (i % 8);
-        let hex: String = self.bits.iter().map(|b| format!("{b:02x}")).collect();
-        let replaced: Vec<String> = [DM_SERVED.to_string(), key.to_string()]
+        let (step, hex) = self.chunk(i);
+        let replaced: Vec<String> = [step.clone(), key.to_string()]
             .into_iter()
             .chain((0..posts).map(|n| format!("{key}#{n}")))
             .collect();
-        progress.record(DM_SERVED, Some(&hex), &replaced).await?;
+        progress.record(&step, Some(&hex), &replaced).await?;
         Ok(())
     }
 }
