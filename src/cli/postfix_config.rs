@@ -454,6 +454,22 @@ mod tests {
             .collect()
     }
 
+    /// The files for `env` and `config`, the public smtpd on `public`, in /etc/postfix.
+    fn rendered(
+        env: &PostfixEnvironment,
+        config: &Config,
+        public: &str,
+    ) -> BTreeMap<&'static str, String> {
+        let services = Services {
+            public: public.into(),
+            filter: config.server.listen,
+            after_queue: "127.0.0.1:10026".parse().unwrap(),
+        };
+        render(env, config, &services, "/etc/postfix")
+            .into_iter()
+            .collect()
+    }
+
     #[test]
     fn environment_is_read_like_the_original_entrypoint() {
         let env = PostfixEnvironment::from_vars(vars(&[
@@ -505,14 +521,7 @@ mod tests {
             vars(&[("SWIFTDROP_A_RECIPIENTS", "alerts@example.com")]),
         )
         .unwrap();
-        let services = Services {
-            public: "127.0.0.1:25".into(),
-            filter: config.server.listen,
-            after_queue: "127.0.0.1:10026".parse().unwrap(),
-        };
-        let files: BTreeMap<_, _> = render(&env, &config, &services, "/etc/postfix")
-            .into_iter()
-            .collect();
+        let files = rendered(&env, &config, "127.0.0.1:25");
         let main = &files["main.cf"];
         for line in [
             "smtpd_sasl_auth_enable = yes\n",
@@ -573,14 +582,7 @@ mod tests {
             ),
         ]))
         .unwrap();
-        let services = Services {
-            public: "0.0.0.0:25".into(),
-            filter: config.server.listen,
-            after_queue: "127.0.0.1:10026".parse().unwrap(),
-        };
-        let files: BTreeMap<_, _> = render(&env, &config, &services, "/etc/postfix")
-            .into_iter()
-            .collect();
+        let files = rendered(&env, &config, "0.0.0.0:25");
         let main = &files["main.cf"];
         assert!(
             main.contains("relay_domains = example.com, tickets.example.com\n"),
