@@ -340,17 +340,16 @@ impl Claim {
 
     /// Whether the done list has room to record every id of `ids`.
     pub fn has_room_for_all(&self, ids: &[String]) -> bool {
-        self.has_room_replacing(ids, &[])
+        let mut done = self.record.done.clone();
+        done.extend(ids.iter().map(|id| id.replace(',', "_")));
+        self.fits(done)
     }
 
-    /// Whether the done list has room to record every id of `ids` once the ids `replaced`
-    /// are taken off it (as [`Claim::record_done_replacing`] does).
-    pub fn has_room_replacing(&self, ids: &[String], replaced: &[String]) -> bool {
+    /// Whether `done`, as the done list, would fit in the record (see
+    /// [`replace_in_place`] to build it as an update would).
+    pub fn fits(&self, done: Vec<String>) -> bool {
         let mut record = self.record.clone();
-        record.done.retain(|d| !replaced.contains(d));
-        record
-            .done
-            .extend(ids.iter().map(|id| id.replace(',', "_")));
+        record.done = done;
         record.done_fits()
     }
 
@@ -401,8 +400,7 @@ impl Claim {
             return Ok(());
         }
         let mut record = self.record.clone();
-        record.done.retain(|d| !replaced.contains(d) && d != id);
-        record.done.push(id.replace(',', "_"));
+        replace_in_place(&mut record.done, id.replace(',', "_"), replaced);
         if !record.done_fits() {
             return Err(QueueError::Refused(format!(
                 "{}: no room left to record done ids",
@@ -751,6 +749,25 @@ const RETIRED_MARK: Duration = Duration::from_secs(120);
 
 /// The wait before the next attempt after attempt `attempt` (1-based): `first`, doubled
 /// for each attempt after the first, at most `max`.
+/// `done` with `id` where the first of `replaced` (or an entry equal to `id`) was, the rest
+/// of `replaced` taken off; `id` at the end when none was there. In place, because the
+/// list is packed into its metadata values in order: an entry that grows where it is
+/// needs no new room at the end.
+pub fn replace_in_place(done: &mut Vec<String>, id: String, replaced: &[String]) {
+    let at = done.iter().position(|d| *d == id || replaced.contains(d));
+    let before = at.map_or(0, |at| {
+        done[..at]
+            .iter()
+            .filter(|d| !(**d == id || replaced.contains(d)))
+            .count()
+    });
+    done.retain(|d| !(*d == id || replaced.contains(d)));
+    match at {
+        Some(_) => done.insert(before, id),
+        None => done.push(id),
+    }
+}
+
 pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
     let doublings = attempt.saturating_sub(1).min(30);
     first.saturating_mul(1u32 << doublings).min(max)
@@ -759,6 +776,18 @@ pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_entry_keeps_its_place() {
+        let v = |items: &[&str]| items.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let mut done = v(&["plan=1", "dm.0=00", "t#0", "t#1", "other"]);
+        replace_in_place(&mut done, "dm.0=01".into(), &v(&["dm.0=00", "t#0", "t#1"]));
+        assert_eq!(done, v(&["plan=1", "dm.0=01", "other"]));
+        replace_in_place(&mut done, "new".into(), &v(&["absent"]));
+        assert_eq!(done, v(&["plan=1", "dm.0=01", "other", "new"]));
+        replace_in_place(&mut done, "other".into(), &[]);
+        assert_eq!(done, v(&["plan=1", "dm.0=01", "other", "new"]));
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap() {

@@ -45,7 +45,7 @@ mod operator;
 mod take;
 mod wake;
 
-pub use claim::{Claim, Finished, Outcome};
+pub use claim::{Claim, Finished, Outcome, replace_in_place};
 pub use dedup::DedupDigest;
 pub use handle::moved_on;
 pub use handle::{

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError};
+use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError, replace_in_place};
 use crate::store::key::MessageKey;
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
@@ -703,10 +703,6 @@ impl Progress for Steps<'_> {
         !self.claim.is_lost() && chrono::Utc::now() < self.claim.lease_until()
     }
 
-    fn first_attempt(&self) -> bool {
-        self.claim.attempt() <= 1
-    }
-
     fn stored_at_ms(&self) -> i64 {
         MessageKey::parse(self.claim.name()).map_or(0, |key| key.secs as i64 * 1000)
     }
@@ -717,20 +713,18 @@ impl Progress for Steps<'_> {
     }
 
     fn has_room(&self, steps: &[(String, usize)]) -> bool {
-        let mut entries: Vec<String> = steps
-            .iter()
-            .map(|(step, value_len)| match value_len {
+        // The list as recording each step would leave it: a step recorded again in its
+        // entry's place, a new one at the end.
+        let mut done = self.claim.done().to_vec();
+        for (step, value_len) in steps {
+            let entry = match value_len {
                 0 => self.id(step),
                 n => format!("{}={}", self.id(step), "x".repeat(*n)),
-            })
-            .collect();
-        entries.push(action_id(self.label));
-        // A step recorded again replaces its entry (a value that grows, an id).
-        let replaced: Vec<String> = steps
-            .iter()
-            .flat_map(|(step, _)| self.entries(step))
-            .collect();
-        self.claim.has_room_replacing(&entries, &replaced)
+            };
+            replace_in_place(&mut done, entry, &self.entries(step));
+        }
+        done.push(action_id(self.label));
+        self.claim.fits(done)
     }
     async fn record(
         &mut self,

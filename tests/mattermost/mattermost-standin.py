@@ -18,6 +18,7 @@ API (every /api/v4 request needs `Authorization: Bearer <bot token>`, else 401):
   POST /api/v4/channels/direct   ["<id>", "<id>"]  (the caller must be one of them)
   POST /api/v4/files             multipart: `channel_id` and `files` parts with a filename;
                                  413 past MAX_FILE_SIZE; the caller must be in the channel
+  GET  /api/v4/posts/{id}        a post (404 when unknown or deleted)
   GET  /api/v4/channels/{id}/posts?since=|page=&per_page=   a PostList, newest first
   POST /api/v4/posts             {channel_id, message, file_ids?, root_id?, props?,
                                  pending_post_id?}: the post made with the same
@@ -312,6 +313,14 @@ class Handler(BaseHTTPRequestHandler):
                     raise Problem(403, "You do not have the appropriate permissions.",
                                   violation=False, error_id="api.context.permissions.app_error")
                 return 200, USERS[parts[2]]
+            if len(parts) == 2 and parts[0] == "posts":
+                with LOCK:
+                    found = [p for p in POSTS if p["id"] == parts[1] and not p.get("delete_at")]
+                if not found:
+                    raise Problem(404, "Unable to find the post.", violation=False,
+                                  error_id="app.post.get.app_error")
+                return 200, {k: v for k, v in found[0].items()
+                             if k not in ("bot", "files", "to", "channel")}
             if len(parts) == 3 and parts[0] == "channels" and parts[2] == "posts":
                 return 200, self.channel_posts(parts[1], query, bot)
             if parts == ["config", "client"]:

@@ -23,9 +23,6 @@ pub trait Progress: Sync {
     /// A stable name for `step` of this message's action: the same on every attempt,
     /// different for every message (32 hex digits), for a server to know a repeat by.
     fn identity(&self, step: &str) -> String;
-    /// Whether this is the message's first claim (a requeued message counts again from
-    /// one: its recorded steps tell that an earlier attempt acted).
-    fn first_attempt(&self) -> bool;
     /// When the message was stored (ms since the Unix epoch; 0 when its name does not
     /// say): nothing was done for it before.
     fn stored_at_ms(&self) -> i64;

@@ -59,8 +59,9 @@ pub enum ApiError {
     /// (the server answers so for an unknown address too when the bot's view of users is
     /// restricted).
     Forbidden(String),
-    /// A reply's thread root that is no more (400 `api.post.create_post.root_id.app_error`:
-    /// deleted since, or never in that channel).
+    /// A reply's thread root the server could not read (400
+    /// `api.post.create_post.root_id.app_error`: deleted since, or a store error; see
+    /// [`Api::post_gone`]).
     RootGone(String),
     /// Another 4xx, or a 501: this request will not succeed as it is.
     Refused(String),
@@ -288,17 +289,23 @@ impl Api {
         identity: &str,
     ) -> Result<Option<String>, ApiError> {
         let url = self.url(&["channels", channel_id, "posts"]);
+        // The list's posts in `order` (the `posts` map also holds the roots of their
+        // threads, however old).
         let get = |query: Vec<(&'static str, String)>| {
             let url = &url;
             async move {
                 let list: Value = self
                     .json(token, None, || self.http.get(url).query(&query))
                     .await?;
-                let posts = list["posts"]
-                    .as_object()
-                    .cloned()
-                    .ok_or_else(|| unreadable("no posts in the post list"))?;
-                Ok::<_, ApiError>(posts)
+                let order = list["order"]
+                    .as_array()
+                    .ok_or_else(|| unreadable("no order in the post list"))?;
+                Ok::<_, ApiError>(
+                    order
+                        .iter()
+                        .filter_map(|id| list["posts"].get(id.as_str()?).cloned())
+                        .collect::<Vec<Value>>(),
+                )
             }
         };
         let is_it = |p: &Value| {
@@ -308,7 +315,7 @@ impl Api {
         };
         if since_ms > 0 {
             let posts = get(vec![("since", since_ms.to_string())]).await?;
-            if let Some(found) = posts.values().find(|p| is_it(p)) {
+            if let Some(found) = posts.iter().find(|p| is_it(p)) {
                 return Ok(id_of(found).ok());
             }
             if posts.len() < SINCE_LIMIT {
@@ -321,11 +328,11 @@ impl Api {
                 ("per_page", "200".to_string()),
             ])
             .await?;
-            if let Some(found) = posts.values().find(|p| is_it(p)) {
+            if let Some(found) = posts.iter().find(|p| is_it(p)) {
                 return Ok(id_of(found).ok());
             }
             let oldest = posts
-                .values()
+                .iter()
                 .filter_map(|p| p["create_at"].as_i64())
                 .min()
                 .unwrap_or(0);
@@ -338,6 +345,20 @@ impl Api {
             "mattermost: an earlier post looked for in {MAX_LOOK_PAGES} pages, not found; posting"
         );
         Ok(None)
+    }
+
+    /// Whether the post `post_id` is gone: `GET /posts/{post_id}` answers 404, or the post
+    /// is marked deleted.
+    pub async fn post_gone(&self, token: &Secret, post_id: &str) -> Result<bool, ApiError> {
+        let url = self.url(&["posts", post_id]);
+        match self
+            .json::<Value>(token, None, || self.http.get(&url))
+            .await
+        {
+            Ok(post) => Ok(post["delete_at"].as_i64().unwrap_or(0) > 0),
+            Err(ApiError::NotFound(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /config/client?format=old`: the server's post and file limits (values the

@@ -134,9 +134,9 @@ impl MattermostSink {
         }
         let (app, token) = self.bot(mail)?;
         let files = &mail.attachments;
-        // An earlier attempt acted for this action (a later claim, or a requeued message
-        // whose plan is recorded): it may have posted without recording it.
-        let earlier = !progress.first_attempt() || progress.done(PLAN).is_some();
+        // An earlier attempt acted for this action (its plan is recorded before its first
+        // post; a requeued message keeps it): it may have posted without recording it.
+        let earlier = progress.done(PLAN).is_some();
         let cut = self.cut(token, progress).await?;
         let posts = thread_plan(markdown, files, cut);
         let mut delivery = Delivery::default();
@@ -439,33 +439,27 @@ impl MattermostSink {
                 identity: &identity,
             };
             let held = || progress.held();
-            let mut answer = self.api.post(token, &new_post, &held).await;
-            if let Err(ApiError::Transient(why)) = &answer {
-                // Sent once more at once, with the same identity: a server that made the
-                // post within 30 s answers with it (or says it is still saving it).
-                tracing::info!(
-                    channel,
-                    step,
-                    why,
-                    "mattermost: posting again with the same identity"
-                );
-                tokio::time::sleep(REPOST_PAUSE).await;
-                ensure_held(progress)?;
-                answer = self.api.post(token, &new_post, &held).await;
-            }
-            let id = answer.map_err(|e| match e {
-                // The thread's first post is gone (deleted since): that recipient's.
-                ApiError::RootGone(why) => {
-                    Failure::Target(format!("the thread's first post is gone: {why}"))
-                }
+            // An answer that does not come is not met by sending again at once (the
+            // server may still be saving the post, or another node have it): the retry
+            // looks for the post first.
+            let answer = match self.api.post(token, &new_post, &held).await {
+                // A root the server calls bad is gone for that recipient only when the
+                // server says so when asked for it (a store error reads the same).
+                Err(ApiError::RootGone(why)) => match root.as_deref() {
+                    Some(root) if self.api.post_gone(token, root).await? => Err(Failure::Target(
+                        format!("the thread's first post is gone: {why}"),
+                    )),
+                    _ => Err(Failure::Action(SinkError::Transient(why))),
+                },
                 // A post the server finds malformed (too long after a lowered limit,
                 // over a proxy's size limit): ours, not the recipient's; trying it
                 // elsewhere would not help.
-                ApiError::Refused(why) | ApiError::TooLarge(why) => Failure::Action(
+                Err(ApiError::Refused(why) | ApiError::TooLarge(why)) => Err(Failure::Action(
                     SinkError::Permanent(format!("the server refused the post: {why}")),
-                ),
-                other => other.into(),
-            })?;
+                )),
+                other => other.map_err(Failure::from),
+            };
+            let id = answer?;
             progress
                 .record(&step, keeps_root.then_some(id.as_str()), &[])
                 .await?;
@@ -570,8 +564,6 @@ const DM_SERVED: &str = "dm";
 /// How long before a message was stored an earlier attempt's post is looked for (the
 /// clocks of the storing host and of the Mattermost server may differ).
 const LOOK_MARGIN_MS: i64 = 10 * 60 * 1000;
-/// The pause before a post whose answer did not come is sent once more.
-const REPOST_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes of a post id (recorded for a thread's first post).
 const ID_LEN: usize = 26;
 const NO_ROOM: &str = "no room left on the message to record the next post";
