@@ -68,6 +68,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // --check, --dry-run and --report print for a reader that may leave early (`| head`);
+    // the worker's loop does not.
+    if args.check.is_some() || args.dry_run.is_some() || args.report {
+        swiftdrop::util::closed_pipe::end_quietly_when_the_reader_leaves();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -24,6 +24,49 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// A queue command whose reader leaves early (`| head`) ends as `ls` does, by SIGPIPE,
+/// quietly: no panic, no "Broken pipe" (exit 101 before).
+#[test]
+fn a_command_whose_reader_leaves_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cur = dir.path().join("maildir/cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    for i in 0..50 {
+        std::fs::write(
+            cur.join(format!("17965000{i:02}.M1P1Q{i}.host,S=12")),
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .unwrap();
+    }
+    for args in [
+        &["queue", "list", "cur"][..],
+        &["queue", "stats"],
+        &["queue", "list", "cur", "--json"],
+    ] {
+        let mut child = swiftdrop()
+            .env("SWIFTDROP_DEFAULT_PATH", dir.path().join("maildir"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            out.status.signal() == Some(libc::SIGPIPE) || out.status.success(),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn check_passes_for_writable_destinations_and_leaves_no_probe() {
     let dir = tempfile::tempdir().unwrap();
