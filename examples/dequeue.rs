@@ -5,7 +5,7 @@
 //! dequeue [--config RULES.yml] [--concurrency N] [--destination NAME] [--ini SWIFTDROP.ini]
 //! dequeue --check RULES.yml | --check milter-xmpp.ini
 //! dequeue --milter-xmpp milter-xmpp.ini
-//! dequeue [--config RULES.yml] --dry-run MESSAGE.eml
+//! dequeue [--config RULES.yml] --dry-run MESSAGE.eml [--from ADDRESS] [--to ADDRESS]...
 //! dequeue [--config RULES.yml] --report
 //! ```
 //!
@@ -17,19 +17,19 @@
 //! The queue (store, lock engine) comes from the same `SWIFTDROP_*` settings (and ini file,
 //! `--ini`) as `swiftdrop queue`. Exit codes: 0 done (after SIGTERM/SIGINT, once the jobs in
 //! flight ended), 1 a problem in the rules file (each printed as `FILE:LINE: ...`; warnings
-//! as `FILE:LINE: warning: ...` do not fail), 2 the queue, the message or GoCD cannot be
-//! opened.
+//! as `FILE:LINE: warning: ...` do not fail; with `--dry-run`, also a text that does not
+//! render for the message), 2 the queue, the message or GoCD cannot be opened.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use swiftdrop::config::Config;
+use swiftdrop::config::{Config, LogFormat};
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
 use swiftdrop::worker::gocd::GocdClient;
-use swiftdrop::worker::mail_view::MailView;
+use swiftdrop::worker::mail_view::{MailView, has_trace_lines};
 use swiftdrop::worker::rules::gocd::{GocdFacts, stage_result};
 use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
 
@@ -51,12 +51,20 @@ struct Args {
     /// text; send nothing.
     #[arg(long, value_name = "MESSAGE.eml")]
     dry_run: Option<PathBuf>,
+    /// With --dry-run: the envelope sender (else the message's Return-Path: trace line,
+    /// else its From: header).
+    #[arg(long, value_name = "ADDRESS", requires = "dry_run")]
+    from: Option<String>,
+    /// With --dry-run: an envelope recipient, repeated for more (else the message's
+    /// Delivered-To: trace lines, else its To: and Cc: headers).
+    #[arg(long, value_name = "ADDRESS", requires = "dry_run")]
+    to: Vec<String>,
     /// Print, for each gocd manager, which events of which pipeline take which actions
     /// (mail2alert's self-test), as YAML; send nothing.
     #[arg(long, conflicts_with_all = ["check", "dry_run"])]
     report: bool,
-    /// Messages handled at once.
-    #[arg(long, default_value_t = 1)]
+    /// Messages handled at once (1 or more).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     concurrency: usize,
     /// The destination (section) whose stored mail is claimed.
     #[arg(long, default_value = "DEFAULT")]
@@ -64,22 +72,46 @@ struct Args {
     /// swiftdrop's ini file, as `swiftdrop --config` takes it (else only `SWIFTDROP_*`).
     #[arg(long)]
     ini: Option<PathBuf>,
+    /// Log line format; overrides the `log_format` setting (`SWIFTDROP_SERVER_LOG_FORMAT`),
+    /// as `swiftdrop serve --log-format` does.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// A count of 1 or more: 0 jobs would claim nothing, silently.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be 1 or more (0 would handle no message)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // --check, --dry-run and --report print for a reader that may leave early (`| head`);
     // the worker's loop does not.
-    if args.check.is_some() || args.dry_run.is_some() || args.report {
+    let one_shot = args.check.is_some() || args.dry_run.is_some() || args.report;
+    if one_shot {
         swiftdrop::util::closed_pipe::end_quietly_when_the_reader_leaves();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The worker reads the queue's settings first: they hold its log format too.
+    let config = if one_shot {
+        None
+    } else {
+        match Config::load(args.ini.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("dequeue: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let format = args
+        .log_format
+        .or(config.as_ref().map(|c| c.server.log_format))
+        .unwrap_or(LogFormat::Text);
+    swiftdrop::util::logging::init(format == LogFormat::Json, "info");
     let default = std::env::var_os("MAIL2ALERT_CONFIGURATION")
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from("configuration.yml"), PathBuf::from);
@@ -88,7 +120,8 @@ fn main() -> ExitCode {
         .clone()
         .or(args.config.clone())
         .unwrap_or(default);
-    let purpose = if args.check.is_some() {
+    // A check and a dry run may run where the secrets are not: an unset variable warns.
+    let purpose = if args.check.is_some() || args.dry_run.is_some() {
         Purpose::Check
     } else {
         Purpose::Run
@@ -125,12 +158,19 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Some(message) = &args.dry_run {
-        return runtime.block_on(dry_run(&rules, message));
+        let envelope = Assumed {
+            from: args.from.clone(),
+            to: args.to.clone(),
+        };
+        return runtime.block_on(dry_run(&rules, message, envelope));
     }
     if args.report {
         return runtime.block_on(report(&rules));
     }
-    runtime.block_on(work(args, rules))
+    match config {
+        Some(config) => runtime.block_on(work(args, config, rules)),
+        None => ExitCode::SUCCESS,
+    }
 }
 
 /// A GoCD client for each `gocd` manager, by its place (`--dry-run` and `--report` ask GoCD,
@@ -180,22 +220,67 @@ async fn report(rules: &Rules) -> ExitCode {
     }
 }
 
-/// Prints a rendered text, indented, or why it could not be rendered.
-fn print_text(what: &str, text: &Result<String, String>) {
+/// Prints a rendered text, indented, or why it could not be rendered; false for the latter.
+fn print_text(what: &str, text: &Result<String, String>) -> bool {
     match text {
         Ok(text) => {
             println!("  {what}:");
             for line in text.lines() {
                 println!("    {line}");
             }
+            true
         }
-        Err(e) => println!("  error: {e}"),
+        Err(e) => {
+            println!("  error: {what} does not render: {e}");
+            false
+        }
     }
 }
 
+/// The envelope a dry run was told to assume (`--from`, `--to`).
+struct Assumed {
+    from: Option<String>,
+    to: Vec<String>,
+}
+
+/// Sets the envelope of a dry run's `mail`: the options' where given, else the trace lines
+/// the filter writes on top of a stored message, else (an exported or hand-written message)
+/// the header From:, To: and Cc:. Returns where it came from, in words.
+fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> String {
+    let traced = has_trace_lines(bytes);
+    let bare = |address: &str| address.trim_matches(['<', '>']).to_string();
+    let sender = match assumed.from {
+        Some(from) => {
+            mail.envelope_from = bare(&from);
+            "--from"
+        }
+        None if traced => "the Return-Path: trace line",
+        None => {
+            mail.envelope_from = mail.from.clone();
+            "the From: header"
+        }
+    };
+    let recipients = if !assumed.to.is_empty() {
+        mail.envelope_to = assumed.to.iter().map(|a| bare(a)).collect();
+        "--to"
+    } else if traced {
+        "the Delivered-To: trace lines"
+    } else {
+        mail.envelope_to = mail.to.clone();
+        "the To: and Cc: headers"
+    };
+    let hint = if traced || (sender == "--from" && recipients == "--to") {
+        ""
+    } else {
+        "; the message has no trace lines: --from and --to give the real envelope"
+    };
+    format!("(sender from {sender}, recipients from {recipients}{hint})")
+}
+
 /// Prints what `rules` would do with the message in `path` (a gocd manager's notification
-/// with the event its subject says: the shared history is not consulted).
-async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
+/// with the event its subject says: the shared history is not consulted). Exit code 1 when
+/// a text does not render for it.
+async fn dry_run(rules: &Rules, path: &PathBuf, assumed: Assumed) -> ExitCode {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -203,7 +288,8 @@ async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mail = MailView::parse(&bytes);
+    let mut mail = MailView::parse(&bytes);
+    let said = assume_envelope(&mut mail, &bytes, assumed);
     let manager = rules.manager_at(&mail);
     let servers = match gocd_clients(rules) {
         Ok(servers) => servers,
@@ -231,12 +317,16 @@ async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
     }
     let decision = rules.decide(&mail, facts.as_ref());
     println!(
-        "envelope: from <{}> to {:?}",
+        "envelope: from <{}> to {:?} {said}",
         mail.envelope_from, mail.envelope_to
     );
+    let mut rendered = true;
     match (&decision.manager, &decision.disposal) {
         (None, Disposal::Unmatched(Unmatched::Forward(to))) => {
-            println!("no manager wants it: forwarded unchanged to {to}")
+            println!(
+                "no manager wants it: forwarded unchanged through {to} to {:?}",
+                mail.envelope_to
+            )
         }
         (None, Disposal::Unmatched(Unmatched::Fail)) => {
             println!("no manager wants it: to failed/")
@@ -252,17 +342,24 @@ async fn dry_run(rules: &Rules, path: &PathBuf) -> ExitCode {
                 for action in &fired.actions {
                     println!("  action: {action}");
                 }
-                print_text("text", &fired.text);
+                rendered &= print_text("text", &fired.text);
                 if let Some(markdown) = &fired.markdown {
-                    print_text("mattermost post", markdown);
+                    rendered &= print_text("mattermost post", markdown);
                 }
             }
         }
     }
-    ExitCode::SUCCESS
+    if rendered {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "dequeue: a text does not render for this message (the worker would fail that action: failed/)"
+        );
+        ExitCode::from(1)
+    }
 }
 
-async fn work(args: Args, rules: Rules) -> ExitCode {
+async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
     // Signals are caught from the start: a SIGTERM during the set-up stops the worker
     // before it claims anything. A second one ends the process at once (claims in hand
     // come back when their leases run out).
@@ -285,13 +382,7 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
         tracing::warn!("second signal: exiting now");
         std::process::exit(1);
     });
-    let config = match Config::load(args.ini.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dequeue: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let new_maildir = config.missing_maildir(&args.destination);
     let queue = match Queue::open(&config, &args.destination) {
         Ok(q) => q,
         Err(e) => {
@@ -306,10 +397,16 @@ async fn work(args: Args, rules: Rules) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(path) = new_maildir {
+        tracing::warn!(
+            "the Maildir {} did not exist: it is new and empty (run where serve runs, or set the destination's path)",
+            path.display()
+        );
+    }
     worker.seed_gocd_history().await;
     tracing::info!(
         concurrency = args.concurrency,
-        destination = args.destination,
+        destination = %worker.queue.destination().describe(),
         "dequeue worker started"
     );
     worker.run(args.concurrency, stop_rx).await;

@@ -87,13 +87,7 @@ enum To {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    swiftdrop::util::logging::init(false, "warn");
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

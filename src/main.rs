@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use swiftdrop::cli;
 use swiftdrop::config::{Backend, Config, LockSetting, LogFormat};
 use swiftdrop::filter::deliver::Deliverer;
@@ -36,7 +36,7 @@ enum Command {
         listen: Option<SocketAddr>,
         /// Log line format; overrides the `log_format` setting.
         #[arg(long, value_enum)]
-        log_format: Option<LogFormatArg>,
+        log_format: Option<LogFormat>,
     },
     /// Validate the configuration and prove every destination writable.
     Check {
@@ -55,16 +55,11 @@ enum Command {
         /// Ini file with [SERVER], [DEFAULT] and destination sections.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Address of the public smtpd.
+        /// Address of the public smtpd (the container's entrypoint gives SMTP_LISTEN,
+        /// default 0.0.0.0:25).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:25")]
         public: String,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -118,23 +113,10 @@ fn load(file: Option<&PathBuf>) -> Option<Config> {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn serve(
     file: Option<PathBuf>,
     listen: Option<SocketAddr>,
-    log_format: Option<LogFormatArg>,
+    log_format: Option<LogFormat>,
 ) -> ExitCode {
     let Some(mut config) = load(file.as_ref()) else {
         return ExitCode::FAILURE;
@@ -142,11 +124,8 @@ async fn serve(
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    init_logging(match log_format {
-        Some(LogFormatArg::Json) => LogFormat::Json,
-        Some(LogFormatArg::Text) => LogFormat::Text,
-        None => config.server.log_format,
-    });
+    let format = log_format.unwrap_or(config.server.log_format);
+    swiftdrop::util::logging::init(format == LogFormat::Json, "info");
     let destinations = match Destination::open_all(&config.destinations) {
         Ok(d) => d,
         Err(e) => {
@@ -180,7 +159,11 @@ async fn serve(
     }
     let router = Router::new(&config.destinations);
     let relay = config.server.relay.map(|addr| {
-        tracing::info!(relay = %addr, "recipients no destination takes are relayed");
+        if router.takes_every_recipient() {
+            tracing::info!("a destination takes every recipient (*): nothing is relayed");
+        } else {
+            tracing::info!(relay = %addr, "recipients no destination takes are relayed");
+        }
         Relay::new(addr, &config.server.hostname, config.server.store_timeout)
     });
     let announcers = announcers(&config, &destinations);
@@ -260,12 +243,8 @@ async fn queue(args: cli::queue::QueueArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     // Warnings and errors of the library go to stderr; stdout is the command's answer.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    swiftdrop::util::logging::init(config.server.log_format == LogFormat::Json, "warn");
+    let new_maildir = config.missing_maildir(&args.destination);
     let queue = match queue::Queue::open(&config, &args.destination) {
         Ok(q) => q,
         Err(e) => {
@@ -273,5 +252,16 @@ async fn queue(args: cli::queue::QueueArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = new_maildir {
+        eprintln!(
+            "swiftdrop queue: warning: the Maildir {} did not exist: it is new and empty (run where serve runs, or set the destination's path)",
+            path.display()
+        );
+    } else if args.verbose {
+        eprintln!(
+            "swiftdrop queue: destination {}",
+            queue.destination().describe()
+        );
+    }
     cli::queue::run(&queue, args.command).await
 }

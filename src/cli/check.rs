@@ -1,6 +1,7 @@
 //! `swiftdrop check`: authenticates, confirms that each destination's container or bucket
 //! exists (creating it with `create_container = yes`), and proves the destination writable
-//! by writing, reading back and deleting a probe object outside `cur/`; then checks the
+//! by writing, reading back and deleting a probe object under `tmp/` (where workers never
+//! look, and a Maildir has its folder already: the check leaves nothing behind); then checks the
 //! queue's lock engine when one is set. `serve`'s startup check is the first step alone
 //! ([`crate::store::check_containers`]).
 
@@ -12,14 +13,14 @@ use object_store::{ObjectStoreExt, PutPayload};
 use crate::config::{Config, LOCK_VARIABLE};
 
 use crate::store::Destination;
-use crate::store::key::PROBE_FOLDER;
+use crate::store::key::STAGING;
 
 /// Confirms the container, then writes, reads back and deletes a probe object. `Err` holds
 /// a one-line reason.
 pub async fn probe(destination: &Destination) -> Result<(), String> {
     destination.ensure_container().await?;
     let key = Path::from(format!(
-        "{PROBE_FOLDER}/{}.P{}",
+        "{STAGING}/swiftdrop-check.{}.P{}",
         chrono::Utc::now().timestamp_micros(),
         std::process::id()
     ));

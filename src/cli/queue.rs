@@ -36,6 +36,9 @@ pub struct QueueArgs {
     /// The destination (section name) whose stored mail to work on.
     #[arg(long, value_name = "NAME", default_value = "DEFAULT", global = true)]
     pub destination: String,
+    /// Say on stderr which destination was opened (a Maildir with its absolute path).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: QueueCommand,
 }
@@ -54,7 +57,7 @@ pub enum QueueCommand {
         /// cur | processing | retry | failed | done.
         #[arg(default_value = "cur", value_parser = parse_state)]
         state: State,
-        /// Show at most N messages.
+        /// Show at most N messages (0: all of them).
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
         /// One JSON array instead of a table.
@@ -173,7 +176,10 @@ fn fail(e: &QueueError) -> ExitCode {
 pub async fn run(queue: &Queue, command: QueueCommand) -> ExitCode {
     let result = match command {
         QueueCommand::Stats { json } => stats(queue, json).await,
-        QueueCommand::List { state, limit, json } => list(queue, state, limit, json).await,
+        QueueCommand::List { state, limit, json } => {
+            let limit = if limit == 0 { usize::MAX } else { limit };
+            list(queue, state, limit, json).await
+        }
         QueueCommand::Show { key, json } => show(queue, &key, json).await,
         QueueCommand::Claim { lease, wait, json } => return claim(queue, lease, wait, json).await,
         QueueCommand::Renew { key, token, lease } => renew(queue, &key, &token, lease).await,
@@ -221,6 +227,7 @@ async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
         println!("{}", Value::Object(object));
         return Ok(());
     }
+    println!("destination {}", queue.destination().describe());
     println!("{:<11} {:>8} {:>12}  oldest", "state", "count", "bytes");
     for (state, s) in stats {
         let oldest = s.oldest.map_or_else(
@@ -270,6 +277,9 @@ async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(
     if entries.is_empty() {
         println!("no messages in {state}/");
         return Ok(());
+    }
+    if entries.len() == limit {
+        eprintln!("swiftdrop queue: the first {limit} messages of {state}/ (--limit N, 0 for all)");
     }
     println!("{:<24} {:>7} {:>10}  key", "received", "attempt", "size");
     for e in entries {

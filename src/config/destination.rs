@@ -214,6 +214,46 @@ pub struct S3Config {
     pub create_container: bool,
 }
 
+/// The known option (of any backend) nearest to `option`: itself when known, else one a
+/// slip away (`auth_url` → `authurl`, `contianer` → `container`).
+fn nearest_option(option: &str) -> Option<String> {
+    let all = COMMON_OPTIONS
+        .iter()
+        .chain(MAILDIR_OPTIONS)
+        .chain(SWIFT_OPTIONS)
+        .chain(S3_OPTIONS)
+        .map(|o| o.to_string())
+        .chain(SWIFT_OS_OPTIONS.iter().map(|o| format!("os_options_{o}")));
+    let squeezed = |s: &str| s.replace(['_', '-'], "");
+    all.map(|known| {
+        let distance = if squeezed(&known) == squeezed(option) {
+            0
+        } else {
+            strsim::damerau_levenshtein(&known, option)
+        };
+        (distance, known)
+    })
+    .filter(|(distance, _)| *distance <= 2)
+    .min()
+    .map(|(_, known)| known)
+}
+
+/// The backends that have `option`, in words: `swift and s3 destinations`.
+fn backends_with(option: &str) -> String {
+    let os_option = option
+        .strip_prefix("os_options_")
+        .is_some_and(|o| SWIFT_OS_OPTIONS.contains(&o));
+    let have: Vec<&str> = [
+        ("maildir", MAILDIR_OPTIONS.contains(&option)),
+        ("swift", SWIFT_OPTIONS.contains(&option) || os_option),
+        ("s3", S3_OPTIONS.contains(&option)),
+    ]
+    .into_iter()
+    .filter_map(|(backend, has)| has.then_some(backend))
+    .collect();
+    format!("{} destinations", have.join(" and "))
+}
+
 pub(super) fn validate_destination(
     name: &str,
     own: &RawSection,
@@ -296,14 +336,29 @@ pub(super) fn validate_destination(
                     .join(", ")
             )
         } else {
+            let mut known: Vec<String> = COMMON_OPTIONS
+                .iter()
+                .chain(own_options)
+                .map(|o| o.to_string())
+                .collect();
+            if backend_name == "swift" {
+                known.extend(SWIFT_OS_OPTIONS.iter().map(|o| format!("os_options_{o}")));
+            }
+            // A destination without `backend` and `authurl` is a Maildir: an option of the
+            // others there most often means that `authurl` is missing or misspelled.
+            let why = if backend_name == "maildir" && !options.contains_key("backend") {
+                " (without authurl or backend, a destination is a Maildir)"
+            } else {
+                ""
+            };
+            let hint = match nearest_option(option) {
+                Some(near) if near != *option => format!("; did you mean {near}?"),
+                Some(_) => format!("; it is an option of {}", backends_with(option)),
+                None => String::new(),
+            };
             format!(
-                "not an option of a {backend_name} destination [{name}]; known: {}",
-                COMMON_OPTIONS
-                    .iter()
-                    .chain(own_options)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "not an option of a {backend_name} destination [{name}]{why}{hint}; known: {}",
+                known.join(", ")
             )
         };
         problems.push(problem(&value.origin, message));

@@ -83,6 +83,23 @@ impl Config {
         Config::from_sources(file, process_environment())
     }
 
+    /// The path of destination `name`'s Maildir when it does not exist yet: opening it makes
+    /// an empty one, which a queue command or worker run from the wrong directory would
+    /// otherwise show without a word. `None` for object stores and existing Maildirs.
+    pub fn missing_maildir(&self, name: &str) -> Option<std::path::PathBuf> {
+        let dest = self
+            .destinations
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(name))?;
+        match &dest.backend {
+            Backend::Maildir { path } if !path.exists() => {
+                // Shown absolute: the directory it is relative to is the question.
+                Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+            }
+            _ => None,
+        }
+    }
+
     /// Loads the configuration from the given variables (only `SWIFTDROP_*` ones are read)
     /// and, if given, an ini file. Tests use this to avoid touching the process environment.
     pub fn from_sources(
@@ -479,9 +496,41 @@ mod tests {
             "[A]: key is missing",
             "SWIFTDROP_A_OS_OPTIONS_FLAVOUR: unknown Keystone option",
             "SWIFTDROP_B_ENDPOINT: is plain http://: set allow_http = yes",
-            "SWIFTDROP_B_PATH: not an option of a s3 destination [B]",
+            "SWIFTDROP_B_PATH: not an option of a s3 destination [B]; it is an option of maildir destinations; known: ",
         ] {
             assert!(all.contains(expected), "{expected:?} not in:\n{all}");
+        }
+    }
+
+    /// `AUTH_URL` for `AUTHURL`: the section is a Maildir; each line says why and the
+    /// misspelled option gets the nearest known one; Swift lists its os_options_* keys.
+    #[test]
+    fn a_misspelled_backend_option_explains_the_maildir() {
+        let err = load(
+            None,
+            &[
+                ("SWIFTDROP_OPS_RECIPIENTS", "ops@example.com"),
+                ("SWIFTDROP_OPS_AUTH_URL", "http://127.0.0.1:8080/auth/v1.0"),
+                ("SWIFTDROP_OPS_USER", "test:tester"),
+                ("SWIFTDROP_OPS_CONTIANER", "mail"),
+                ("SWIFTDROP_S_RECIPIENTS", "s@example.com"),
+                ("SWIFTDROP_S_AUTHURL", "http://127.0.0.1:8080/auth/v1.0"),
+                ("SWIFTDROP_S_USER", "test:tester"),
+                ("SWIFTDROP_S_KEY", "testing"),
+                ("SWIFTDROP_S_CONTAINER", "mail"),
+                ("SWIFTDROP_S_PATH", "/x"),
+            ],
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        let maildir = "not an option of a maildir destination [OPS] (without authurl or backend, a destination is a Maildir)";
+        for expected in [
+            format!("SWIFTDROP_OPS_AUTH_URL: {maildir}; did you mean authurl?; known: recipients, backend, path"),
+            format!("SWIFTDROP_OPS_USER: {maildir}; it is an option of swift destinations; known: "),
+            format!("SWIFTDROP_OPS_CONTIANER: {maildir}; did you mean container?"),
+            "SWIFTDROP_S_PATH: not an option of a swift destination [S]; it is an option of maildir destinations; known: recipients, backend, container, auth_version, authurl, user, key, tenant_name, timeout, create_container, os_options_user_domain_name, ".into(),
+        ] {
+            assert!(all.contains(&expected), "{expected:?} not in:\n{all}");
         }
     }
 

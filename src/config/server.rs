@@ -91,8 +91,8 @@ pub struct ServerSettings {
     pub spool_dir: PathBuf,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How log lines are written (`log_format`; `--log-format` of `serve` and the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,

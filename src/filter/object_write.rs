@@ -44,6 +44,7 @@ use crate::store::key::{self, MessageKey};
 use crate::store::mover::is_copy_mismatch;
 use crate::store::{Destination, metadata};
 use crate::util::hex::hex;
+use crate::util::logging::list;
 
 /// Bound on each clean-up request; what fails is retried in the background. A failed
 /// message's clean-up makes at most two in a row while its client waits (an upload's abort,
@@ -465,7 +466,8 @@ impl ObjectWrite {
             if outcome_unknown {
                 crate::filter::cleanup::spawn(async move {
                     if !crate::filter::cleanup::pause(late).await {
-                        tracing::warn!(destination = %dest.name, keys = ?touched, "shutdown: deleting again before the minute for late landings is over; a write still in flight may land after this");
+                        let keys: Vec<String> = touched.iter().map(ToString::to_string).collect();
+                        tracing::warn!(destination = %dest.name, keys = list(&keys), "shutdown: deleting again before the minute for late landings is over; a write still in flight may land after this");
                     }
                     abort_upload(&dest, upload.as_ref()).await;
                     delete_all(&dest, &touched).await;

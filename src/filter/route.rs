@@ -35,6 +35,11 @@ impl Router {
         router
     }
 
+    /// Whether a destination takes every recipient (`*`): then nothing is relayed.
+    pub fn takes_every_recipient(&self) -> bool {
+        self.any.is_some()
+    }
+
     /// The destination for `address`, compared case-insensitively, or `None`.
     pub fn route(&self, address: &str) -> Option<usize> {
         let lower = address.to_lowercase();

@@ -31,6 +31,7 @@ use crate::filter::outcome::DeliveryError;
 use crate::filter::reply::{self, Reply};
 use crate::filter::spool::{RelayBody, Spool};
 use crate::filter::xforward::{self, ClientAttributes};
+use crate::util::logging::list;
 
 /// Longest command line accepted, CRLF included.
 pub const MAX_LINE: usize = 4096;
@@ -906,9 +907,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     client = %client.display(),
                     helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
-                    to = ?recipients,
+                    to = list(&recipients),
                     size,
-                    keys = ?keys,
+                    keys = list(&keys),
                     relayed = delivered.relayed.as_deref().unwrap_or(""),
                     store_ms = elapsed_ms,
                     reply = %reply.to_string().trim_end(),
@@ -923,7 +924,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     client = %client.display(),
                     helo = client.helo.as_deref().unwrap_or(""),
                     from = %tx.envelope.sender,
-                    to = ?recipients,
+                    to = list(&recipients),
                     size,
                     store_ms = elapsed_ms,
                     error = %e,

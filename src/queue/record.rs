@@ -286,7 +286,7 @@ impl FromStr for MessageRef {
     type Err = String;
 
     fn from_str(key: &str) -> Result<MessageRef, String> {
-        let bad = || format!("{key:?} is not a message key such as cur/<name> or <name>");
+        let what = "a key is a message's name as `swiftdrop queue list` prints it, with or without its state folder (cur/<name> or <name>), not a file path";
         if let Some(copy) = CopyKey::parse(key) {
             return Ok(MessageRef {
                 state: Some(copy.state),
@@ -294,11 +294,23 @@ impl FromStr for MessageRef {
             });
         }
         let (state, name) = match key.split_once('/') {
-            Some((folder, name)) => (Some(folder.parse::<State>()?), name),
+            Some((folder, name)) => match folder.parse::<State>() {
+                Ok(state) => (Some(state), name),
+                Err(_) => {
+                    // A file path (`/srv/maildir/cur/<name>`): its last two parts may be a key.
+                    let mut tail = key.rsplitn(3, '/');
+                    let (name, folder) = (tail.next().unwrap_or(""), tail.next().unwrap_or(""));
+                    let hint = match folder.parse::<State>() {
+                        Ok(_) if is_message_name(name) => format!(" (here: {folder}/{name})"),
+                        _ => String::new(),
+                    };
+                    return Err(format!("{key:?} is not a message key: {what}{hint}"));
+                }
+            },
             None => (None, key),
         };
         if !is_message_name(name) {
-            return Err(bad());
+            return Err(format!("{key:?} is not a message key: {what}"));
         }
         Ok(MessageRef {
             state,
@@ -551,6 +563,11 @@ mod tests {
         ] {
             assert!(bad.parse::<MessageRef>().is_err(), "{bad:?}");
         }
+        // A file path is explained, with the key it holds.
+        let path = format!("/srv/spool/maildir/cur/{name}");
+        let said = path.parse::<MessageRef>().unwrap_err();
+        assert!(said.contains("not a file path"), "{said}");
+        assert!(said.ends_with(&format!("(here: cur/{name})")), "{said}");
     }
 
     #[test]

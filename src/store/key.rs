@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const CUR: &str = "cur";
 /// Where objects wait until they may appear under `cur/`; workers never look there.
 pub const STAGING: &str = "tmp";
-/// Folder of `swiftdrop check`'s probe objects; never `cur/`, so no worker ever sees them.
+/// A prefix that holds nothing: listing it proves a bucket and the credentials.
 pub const PROBE_FOLDER: &str = "swiftdrop-check";
 
 /// Delivery counter shared by every transaction of this process: with the pid and the host

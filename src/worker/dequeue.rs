@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError, replace_in_place};
 use crate::store::key::MessageKey;
+use crate::util::logging::list;
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
@@ -832,8 +833,8 @@ fn log(report: &Report, error: Option<&QueueError>) {
         None => tracing::info!(
             key = report.key,
             manager,
-            rules = ?report.rules,
-            actions = ?actions,
+            rules = list(&report.rules),
+            actions = list(&actions),
             to = report.finished,
             reason = report.reason.as_deref().unwrap_or("-"),
             "message handled"
@@ -841,8 +842,8 @@ fn log(report: &Report, error: Option<&QueueError>) {
         Some(e) => tracing::warn!(
             key = report.key,
             manager,
-            rules = ?report.rules,
-            actions = ?actions,
+            rules = list(&report.rules),
+            actions = list(&actions),
             error = %e,
             "message left for a later attempt"
         ),

@@ -148,6 +148,12 @@ pub fn without_trace(message: &[u8]) -> &[u8] {
     &message[skipped..]
 }
 
+/// Whether `message` begins with the filter's trace lines (a stored message does; one
+/// exported from a mail client or written by hand does not).
+pub fn has_trace_lines(message: &[u8]) -> bool {
+    trace_lines(message).next().is_some()
+}
+
 /// The filter's trace lines at the start of `message`: `Return-Path:` and `Delivered-To:`
 /// lines, up to the first other line.
 fn trace_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -67,6 +67,30 @@ fn a_command_whose_reader_leaves_ends_quietly() {
     }
 }
 
+/// Run from a directory without the Maildir, a queue command says that it made a new, empty
+/// one, with its absolute path, instead of showing an empty queue without a word.
+#[test]
+fn a_queue_command_says_where_the_mail_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(swiftdrop().current_dir(dir.path()).args(["queue", "stats"]));
+    assert_eq!(code, 0, "{err}");
+    let maildir = dir.path().join("maildir");
+    assert!(
+        err.contains(&format!(
+            "warning: the Maildir {} did not exist: it is new and empty",
+            maildir.display()
+        )),
+        "{err}"
+    );
+    assert!(out.starts_with("destination [DEFAULT] Maildir("), "{out}");
+    // The second time it exists: no warning; -v names it.
+    let (_, _, err) = run(swiftdrop()
+        .current_dir(dir.path())
+        .args(["queue", "list", "-v"]));
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("destination [DEFAULT] Maildir("), "{err}");
+}
+
 #[test]
 fn check_passes_for_writable_destinations_and_leaves_no_probe() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,8 +106,18 @@ fn check_passes_for_writable_destinations_and_leaves_no_probe() {
         2,
         "{out}"
     );
-    assert_eq!(count_entries(&dir.path().join("a/swiftdrop-check")), 0);
-    assert_eq!(count_entries(&dir.path().join("a/cur")), 0);
+    // The Maildir holds its three folders, empty: the probe left nothing.
+    for maildir in ["a", "b"] {
+        let mut folders: Vec<String> = std::fs::read_dir(dir.path().join(maildir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        folders.sort();
+        assert_eq!(folders, ["cur", "new", "tmp"], "{maildir}");
+        for folder in &folders {
+            assert_eq!(count_entries(&dir.path().join(maildir).join(folder)), 0);
+        }
+    }
 }
 
 #[test]
@@ -226,6 +260,9 @@ fn embedded_default_stores_in_dot_maildir_and_sigterm_exits_zero() {
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("no destination configured"), "{log}");
     assert!(log.contains("maildir"), "{log}");
+    // The catch-all takes every recipient: no word of relaying.
+    assert!(log.contains("nothing is relayed"), "{log}");
+    assert!(!log.contains("are relayed"), "{log}");
     let files = cur_files(&dir.path().join("maildir"));
     assert_eq!(files.len(), 1);
     assert!(files[0].1.ends_with(b"Subject: t\r\n\r\nhello\r\n"));
@@ -269,9 +306,19 @@ fn json_log_has_one_line_per_transaction() {
     let f = &stored[0]["fields"];
     assert_eq!(f["client"], "mx.example.net[192.0.2.7]:4242");
     assert_eq!(f["from"], "a@example.org");
-    assert_eq!(f["to"], "[\"b@example.com\", \"c@example.com\"]");
+    // Lists are JSON arrays, not text holding Rust's debug output.
+    assert_eq!(
+        f["to"],
+        serde_json::json!(["b@example.com", "c@example.com"])
+    );
     assert_eq!(f["size"], 3);
-    assert!(f["keys"].as_str().unwrap().contains("cur/"));
+    let keys = f["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{f}");
+    assert!(keys[0].as_str().unwrap().starts_with("cur/"), "{f}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes in a log that is not a terminal"
+    );
     assert!(f["store_ms"].is_u64());
     assert!(f["reply"].as_str().unwrap().starts_with("250 2.0.0"));
 }

@@ -570,8 +570,114 @@ fn check_and_dry_run() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(
         stdout,
-        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"]\nmanager: nagios\nrule: disk\n  action: mailto:oncall@example.com\n  text:\n    [CRITICAL: disk full on db1] nagios@mon.example.org: /var is at 100%\n    ..dot line\n"
+        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"] (sender from the Return-Path: trace line, recipients from the Delivered-To: trace lines)\nmanager: nagios\nrule: disk\n  action: mailto:oncall@example.com\n  text:\n    [CRITICAL: disk full on db1] nagios@mon.example.org: /var is at 100%\n    ..dot line\n"
     );
+}
+
+/// A dry run of the mail a user has: a message written by hand (no trace lines) takes its
+/// envelope from its headers and says so, `--from`/`--to` replace it, an unset password
+/// variable only warns, and a text that does not render exits 1; `--concurrency 0` is refused.
+#[test]
+fn dry_run_of_a_hand_written_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    let write_rules = |template: &str| {
+        std::fs::write(
+            &rules,
+            format!(
+                "remote-smtp: 127.0.0.1:2525
+xmpp:
+  jabberid: bot@xmpp.test
+  password_env: SWIFTDROP_TEST_UNSET_PASSWORD
+managers:
+  - name: nagios
+    messages-we-want:
+      from: '@mon.example.org'
+    rules:
+      - name: disk
+        filter:
+          function: mail.in_subject
+          args: [disk, full]
+        actions: [xmpp:ops@conference.xmpp.test]
+        template: \"{template}\"
+"
+            ),
+        )
+        .unwrap()
+    };
+    let eml = dir.path().join("exported.eml");
+    std::fs::write(
+        &eml,
+        &NAGIOS[NAGIOS.windows(5).position(|w| w == b"From:").unwrap()..],
+    )
+    .unwrap();
+    let dry_run = |extra: &[&str]| {
+        let out = std::process::Command::new(example("dequeue"))
+            .arg("--config")
+            .arg(&rules)
+            .arg("--dry-run")
+            .arg(&eml)
+            .args(extra)
+            .env_remove("SWIFTDROP_TEST_UNSET_PASSWORD")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    write_rules("{{ subject }}");
+    let (code, stdout, stderr) = dry_run(&[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"] (sender from the From: header, recipients from the To: and Cc: headers; the message has no trace lines: --from and --to give the real envelope)\nmanager: nagios\nrule: disk\n  action: xmpp:ops@conference.xmpp.test\n  text:\n    CRITICAL: disk full on db1\n"
+    );
+    assert!(
+        stderr.contains("SWIFTDROP_TEST_UNSET_PASSWORD, which is not set here"),
+        "{stderr}"
+    );
+
+    let (code, stdout, _) = dry_run(&[
+        "--from",
+        "<someone@example.net>",
+        "--to",
+        "a@example.com",
+        "--to",
+        "b@example.com",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        "envelope: from <someone@example.net> to [\"a@example.com\", \"b@example.com\"] (sender from --from, recipients from --to)\nno manager wants it: forwarded unchanged through 127.0.0.1:2525 to [\"a@example.com\", \"b@example.com\"]\n"
+    );
+
+    // The worker refuses to handle no message at once.
+    let concurrency_zero = std::process::Command::new(example("dequeue"))
+        .args([
+            "--config",
+            &rules.display().to_string(),
+            "--concurrency",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(concurrency_zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&concurrency_zero.stderr).contains("must be 1 or more"),
+        "{concurrency_zero:?}"
+    );
+
+    write_rules("{{ (subject | int) / 0 }}");
+    let (code, stdout, stderr) = dry_run(&[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("  error: text does not render: "),
+        "{stdout}"
+    );
+    assert!(stderr.contains("a text does not render"), "{stderr}");
 }
 
 /// End to end: a message sent to `swiftdrop serve` is stored, claimed by the example
@@ -617,7 +723,9 @@ async fn sigterm_finishes_the_message_in_hand() {
     let _queue = setup.queue().await;
     let rules_file = setup.dir.path().join("rules.yml");
     std::fs::write(&rules_file, rules_with(sink.port, "", "")).unwrap();
-    let running = FilterAndWorker::start(&setup, &rules_file, &[]).await;
+    // The worker honours serve's log format setting.
+    let json = [("SWIFTDROP_SERVER_LOG_FORMAT", "json")];
+    let running = FilterAndWorker::start(&setup, &rules_file, &json).await;
     let body = b"From: Nagios <nagios@mon.example.org>\r\nTo: ops@example.com\r\nSubject: CRITICAL: disk full on web9\r\nMessage-ID: <term@mon.example.org>\r\n\r\n/tmp is at 100%\r\n";
     running
         .send("nagios@mon.example.org", &["ops@example.com"], body)
@@ -627,7 +735,28 @@ async fn sigterm_finishes_the_message_in_hand() {
         assert!(tokio::time::Instant::now() < deadline, "never claimed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let log_path = setup.dir.path().join("worker.log");
     assert_eq!(running.stop_worker(), Some(0));
+    // One JSON object per line, lists as arrays, no colour codes in a file.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains('\x1b'), "{log}");
+    let handled: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
+        .filter(|v| v["fields"]["message"] == "message handled")
+        .collect();
+    assert_eq!(handled.len(), 1, "{log}");
+    assert_eq!(handled[0]["fields"]["rules"], serde_json::json!(["disk"]));
+    let actions = handled[0]["fields"]["actions"]
+        .as_array()
+        .expect("an array");
+    assert!(
+        actions[0]
+            .as_str()
+            .unwrap()
+            .contains("mailto:oncall@example.com"),
+        "{log}"
+    );
     if setup.names(State::Done).await.len() != 1 {
         // Why it went elsewhere, for the next one to read.
         let queue = setup.queue().await;
@@ -647,7 +776,8 @@ async fn sigterm_finishes_the_message_in_hand() {
 }
 
 /// `swiftdrop serve` on a free port and the example worker with `rules`, as separate
-/// processes over the queue of `setup`; both killed on drop.
+/// processes over the queue of `setup`; both killed on drop. Their logs go to `serve.log`
+/// and `worker.log` in the setup's directory.
 pub struct FilterAndWorker {
     port: u16,
     serve: std::process::Child,
@@ -670,7 +800,7 @@ impl FilterAndWorker {
         extra_env: &[(&str, &str)],
         port: u16,
     ) -> FilterAndWorker {
-        let spawn = |program: std::path::PathBuf, args: Vec<String>| {
+        let spawn = |program: std::path::PathBuf, args: Vec<String>, log: &str| {
             std::process::Command::new(program)
                 .env_clear()
                 .env("RUST_LOG", "info")
@@ -678,7 +808,7 @@ impl FilterAndWorker {
                 .envs(extra_env.iter().copied())
                 .args(args)
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(setup.dir.path().join(log)).unwrap())
                 .spawn()
                 .unwrap()
         };
@@ -689,6 +819,7 @@ impl FilterAndWorker {
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
             ],
+            "serve.log",
         );
         let worker = spawn(
             example("dequeue"),
@@ -698,6 +829,7 @@ impl FilterAndWorker {
                 "--concurrency".into(),
                 "2".into(),
             ],
+            "worker.log",
         );
         wait_for_port(port).await;
         FilterAndWorker {

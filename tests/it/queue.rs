@@ -671,17 +671,19 @@ async fn cli_commands(backend: Backend) {
         assert_eq!(stats[state]["count"], 0, "{state}");
         assert!(stats[state]["oldest"].is_null());
     }
-    let (_, table, _) = setup.cli(&["stats"], &[]);
-    assert!(
-        table.lines().next().unwrap().starts_with("state"),
-        "{table}"
+    // The table names the destination first and shows the bytes --json carries; -v says
+    // on stderr which destination was opened.
+    let (_, table, err) = setup.cli(&["-v", "stats"], &[]);
+    let destination = format!(
+        "destination {}",
+        setup.queue().await.destination().describe()
     );
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("cur") && l.contains(" 3 ")),
-        "{table}"
-    );
+    assert!(err.contains(&destination), "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], destination);
+    assert!(lines[1].starts_with("state"), "{table}");
+    let cur: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(cur[..3], ["cur", "3", &(3 * size).to_string()], "{table}");
 
     let (_, out, _) = setup.cli(&["list", "--json"], &[]);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
@@ -816,13 +818,18 @@ async fn cli_commands(backend: Backend) {
         assert_eq!(claim["name"], name.as_str());
         let token = claim["token"].as_str().unwrap();
         let to = if name == &names[1] { "failed" } else { "done" };
-        let (code, _, _) = setup.cli(
-            &[
-                "finish", name, "--token", token, "--to", to, "--reason", "bad",
-            ],
-            &[],
-        );
+        let finish = [
+            "finish", name, "--token", token, "--to", to, "--reason", "bad",
+        ];
+        let (code, _, _) = setup.cli(&finish, &[]);
         assert_eq!(code, Some(0));
+        // Again (as a script whose answer was lost would): said so, not "lease lost".
+        let (code, _, err) = setup.cli(&finish, &[]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{name} is already finished by this claim: {to}/")),
+            "{err}"
+        );
     }
     // Then the released one, due now, with the attempt number it had.
     let claim = setup.claim(&[]).unwrap();
@@ -977,6 +984,25 @@ async fn cli_commands(backend: Backend) {
     assert_eq!(err.lines().count(), 1, "{err}");
     let (code, _, _) = setup.cli(&["list", "new"], &[]);
     assert_eq!(code, Some(2));
+    // A file path is explained, with the key it holds.
+    let path = format!("/var/spool/swiftdrop/maildir/cur/{}", names[0]);
+    let (code, _, err) = setup.cli(&["show", &path], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a file path"), "{err}");
+    assert!(err.contains(&format!("(here: cur/{})", names[0])), "{err}");
+
+    // list --limit 0 is all of them; a limit that cut the list says so.
+    let (code, out, _) = setup.cli(&["list", "cur", "--limit", "0", "--json"], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&out)
+            .unwrap()
+            .len(),
+        4
+    );
+    let (_, out, err) = setup.cli(&["list", "cur", "--limit", "2"], &[]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.contains("the first 2 messages of cur/"), "{err}");
 }
 
 /// `<state>/<name>` of a copy's key (which also carries a fencing number and, in `retry/`,

@@ -32,6 +32,7 @@ use super::model::{
     TEMPLATE_VARIABLES, Unmatched, ValidFrom, Wants, XmppSettings,
 };
 use super::positions::{Positions, Step};
+use super::shape;
 use crate::config::Secret;
 
 /// Everything wrong with a rules file, one line per problem.
@@ -221,7 +222,8 @@ struct LdapDoc {
 }
 
 /// Why a rules file is read: to run it (every variable it names must be set), or for
-/// `--check` (an unset variable is a warning: the check may run where secrets are not).
+/// `--check` and `--dry-run` (an unset variable is a warning: they may run where secrets
+/// are not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Run,
@@ -261,7 +263,10 @@ pub fn parse_for(text: &str, shown: &str, purpose: Purpose) -> Result<Rules, Rul
     let mut doc: FileDoc = yaml_serde::from_str(text).map_err(|e| {
         let line = e.location().map_or(0, |l| l.line());
         RulesError {
-            problems: vec![format!("{shown}:{line}: {e}")],
+            problems: vec![format!(
+                "{shown}:{line}: {}",
+                shape::in_plain_words(&e.to_string())
+            )],
         }
     })?;
     let mut check = Checker {

@@ -14,6 +14,7 @@ pub mod matcher;
 pub mod milter_xmpp;
 mod model;
 mod positions;
+mod shape;
 
 use std::collections::BTreeMap;
 
