@@ -29,7 +29,7 @@ use swiftdrop::config::{Config, LogFormat};
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
 use swiftdrop::worker::gocd::GocdClient;
-use swiftdrop::worker::mail_view::{MailView, has_trace_lines};
+use swiftdrop::worker::mail_view::{MailView, trace_lines};
 use swiftdrop::worker::rules::gocd::{GocdFacts, stage_result};
 use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
 
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         Purpose::Run
     };
     let rules = match &args.milter_xmpp {
-        Some(ini) => rules::milter_xmpp_rules(ini, Purpose::Run),
+        Some(ini) => rules::milter_xmpp_rules(ini, purpose),
         None => rules::load(&path, purpose),
     };
     let rules = match rules {
@@ -140,19 +140,23 @@ fn main() -> ExitCode {
         }
     };
     for warning in &rules.warnings {
-        // --check prints its findings; a worker logs them.
+        // --check prints its findings, a dry run or report says them beside its answer, a
+        // worker logs them (in its log format).
         if args.check.is_some() {
             println!("{warning}");
-        } else {
+        } else if one_shot {
             eprintln!("{warning}");
+        } else {
+            tracing::warn!("{warning}");
         }
     }
     if args.check.is_some() {
         let count: usize = rules.managers.iter().map(|m| m.rules.len()).sum();
         println!(
-            "{}: OK ({} managers, {count} rules)",
+            "{}: OK ({}, {})",
             path.display(),
-            rules.managers.len()
+            counted(rules.managers.len(), "manager"),
+            counted(count, "rule")
         );
         return ExitCode::SUCCESS;
     }
@@ -167,14 +171,21 @@ fn main() -> ExitCode {
     if args.report {
         return runtime.block_on(report(&rules));
     }
-    match config {
-        Some(config) => runtime.block_on(work(args, config, rules)),
-        None => ExitCode::SUCCESS,
+    let config = config.expect("read above for every run that is not one-shot");
+    runtime.block_on(work(args, config, rules))
+}
+
+/// `1 rule`, `2 rules`.
+fn counted(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 
-/// A GoCD client for each `gocd` manager, by its place (`--dry-run` and `--report` ask GoCD,
-/// and do not read or change the shared history).
+/// A GoCD client for each `gocd` manager, by its place (`--report` asks GoCD, and does not
+/// read or change the shared history).
 fn gocd_clients(rules: &Rules) -> Result<Vec<(usize, GocdClient)>, String> {
     rules
         .managers
@@ -243,38 +254,55 @@ struct Assumed {
     to: Vec<String>,
 }
 
-/// Sets the envelope of a dry run's `mail`: the options' where given, else the trace lines
-/// the filter writes on top of a stored message, else (an exported or hand-written message)
-/// the header From:, To: and Cc:. Returns where it came from, in words.
+/// Sets the envelope of a dry run's `mail`, each half on its own: the options' where given,
+/// else the trace lines the filter writes on top of a stored message (`Return-Path:` for
+/// the sender, `Delivered-To:` for the recipients), else (an exported or hand-written
+/// message, or one with only one kind of trace line, as a mailbox download has) the header
+/// From:, To: and Cc:. Returns where they came from, in words.
 fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> String {
-    let traced = has_trace_lines(bytes);
-    let bare = |address: &str| address.trim_matches(['<', '>']).to_string();
+    let trace = trace_lines(bytes);
+    let sender_given = assumed.from.is_some();
     let sender = match assumed.from {
         Some(from) => {
-            mail.envelope_from = bare(&from);
+            mail.envelope_from = bare_address(&from);
             "--from"
         }
-        None if traced => "the Return-Path: trace line",
+        None if trace.sender => "the Return-Path: trace line",
         None => {
             mail.envelope_from = mail.from.clone();
             "the From: header"
         }
     };
-    let recipients = if !assumed.to.is_empty() {
-        mail.envelope_to = assumed.to.iter().map(|a| bare(a)).collect();
+    let recipients_given = !assumed.to.is_empty();
+    let recipients = if recipients_given {
+        mail.envelope_to = assumed.to.iter().map(|a| bare_address(a)).collect();
         "--to"
-    } else if traced {
+    } else if trace.recipients {
         "the Delivered-To: trace lines"
     } else {
         mail.envelope_to = mail.to.clone();
         "the To: and Cc: headers"
     };
-    let hint = if traced || (sender == "--from" && recipients == "--to") {
+    // As the worker reads a message without From: (`MailView::from`).
+    if mail.from.is_empty() {
+        mail.from = mail.envelope_from.clone();
+    }
+    let from_trace = (sender_given || trace.sender) && (recipients_given || trace.recipients);
+    let hint = if from_trace {
         ""
     } else {
-        "; the message has no trace lines: --from and --to give the real envelope"
+        "; not all of it is in trace lines: --from and --to give the real envelope"
     };
     format!("(sender from {sender}, recipients from {recipients}{hint})")
+}
+
+/// The address in `Alice <a@example.org>`, `<a@example.org>` or `a@example.org`.
+fn bare_address(written: &str) -> String {
+    let written = written.trim();
+    match (written.rfind('<'), written.rfind('>')) {
+        (Some(open), Some(close)) if open < close => written[open + 1..close].trim().to_string(),
+        _ => written.to_string(),
+    }
 }
 
 /// Prints what `rules` would do with the message in `path` (a gocd manager's notification
@@ -290,22 +318,29 @@ async fn dry_run(rules: &Rules, path: &PathBuf, assumed: Assumed) -> ExitCode {
     };
     let mut mail = MailView::parse(&bytes);
     let said = assume_envelope(&mut mail, &bytes, assumed);
-    let manager = rules.manager_at(&mail);
-    let servers = match gocd_clients(rules) {
-        Ok(servers) => servers,
-        Err(e) => {
-            eprintln!("dequeue: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let gocd = rules
+        .manager_at(&mail)
+        .and_then(|at| rules.managers[at].gocd.clone());
     let mut facts = None;
-    if let Some((_, gocd)) = servers.iter().find(|(at, _)| Some(*at) == manager) {
+    if let Some(settings) = gocd {
         let stage = stage_result(&mail.subject);
-        let groups = match gocd.fetch_groups().await {
-            Ok(groups) => groups,
-            Err(e) => {
-                eprintln!("dequeue: gocd: {e}");
-                return ExitCode::from(2);
+        let groups = if settings.unresolved {
+            // Never `$VAR` as a password: GoCD would count a failed login.
+            println!(
+                "gocd: url, user or passwd names a variable not set here: GoCD is not asked (no pipeline groups)"
+            );
+            Vec::new()
+        } else {
+            let fetched = match GocdClient::new(settings) {
+                Ok(gocd) => gocd.fetch_groups().await,
+                Err(e) => Err(e),
+            };
+            match fetched {
+                Ok(groups) => groups,
+                Err(e) => {
+                    eprintln!("dequeue: gocd: {e}");
+                    return ExitCode::from(2);
+                }
             }
         };
         println!("gocd: the event is the subject's own (the shared history is not read)");
@@ -397,11 +432,8 @@ async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(path) = new_maildir {
-        tracing::warn!(
-            "the Maildir {} did not exist: it is new and empty (run where serve runs, or set the destination's path)",
-            path.display()
-        );
+    if let Some(warning) = new_maildir {
+        tracing::warn!("{warning}");
     }
     worker.seed_gocd_history().await;
     tracing::info!(

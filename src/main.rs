@@ -252,11 +252,8 @@ async fn queue(args: cli::queue::QueueArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = new_maildir {
-        eprintln!(
-            "swiftdrop queue: warning: the Maildir {} did not exist: it is new and empty (run where serve runs, or set the destination's path)",
-            path.display()
-        );
+    if let Some(warning) = new_maildir {
+        tracing::warn!("{warning}");
     } else if args.verbose {
         eprintln!(
             "swiftdrop queue: destination {}",

@@ -256,7 +256,10 @@ fn age(d: chrono::Duration) -> String {
 }
 
 async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(), QueueError> {
-    let entries = queue.list(state, limit).await?;
+    // One more than shown: whether the limit cut the list.
+    let mut entries = queue.list(state, limit.saturating_add(1)).await?;
+    let cut = entries.len() > limit;
+    entries.truncate(limit);
     if json {
         let array: Vec<Value> = entries
             .iter()
@@ -278,7 +281,7 @@ async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(
         println!("no messages in {state}/");
         return Ok(());
     }
-    if entries.len() == limit {
+    if cut {
         eprintln!("swiftdrop queue: the first {limit} messages of {state}/ (--limit N, 0 for all)");
     }
     println!("{:<24} {:>7} {:>10}  key", "received", "attempt", "size");

@@ -75,6 +75,20 @@ pub enum RecipientPattern {
     Any,
 }
 
+impl RecipientPattern {
+    /// Whether this pattern takes `address` (compared case-insensitively).
+    pub fn takes(&self, address: &str) -> bool {
+        let address = address.to_lowercase();
+        match self {
+            RecipientPattern::Address(a) => *a == address,
+            RecipientPattern::Domain(d) => address
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| domain == d),
+            RecipientPattern::Any => true,
+        }
+    }
+}
+
 impl fmt::Display for RecipientPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -214,44 +228,74 @@ pub struct S3Config {
     pub create_container: bool,
 }
 
-/// The known option (of any backend) nearest to `option`: itself when known, else one a
-/// slip away (`auth_url` → `authurl`, `contianer` → `container`).
-fn nearest_option(option: &str) -> Option<String> {
-    let all = COMMON_OPTIONS
+/// Every option a destination of `backend` knows, `os_options_*` included.
+fn options_of(backend: &str) -> Vec<String> {
+    let own: &[&str] = match backend {
+        "maildir" => MAILDIR_OPTIONS,
+        "swift" => SWIFT_OPTIONS,
+        _ => S3_OPTIONS,
+    };
+    let mut known: Vec<String> = COMMON_OPTIONS
         .iter()
-        .chain(MAILDIR_OPTIONS)
-        .chain(SWIFT_OPTIONS)
-        .chain(S3_OPTIONS)
+        .chain(own)
         .map(|o| o.to_string())
-        .chain(SWIFT_OS_OPTIONS.iter().map(|o| format!("os_options_{o}")));
-    let squeezed = |s: &str| s.replace(['_', '-'], "");
-    all.map(|known| {
-        let distance = if squeezed(&known) == squeezed(option) {
-            0
-        } else {
-            strsim::damerau_levenshtein(&known, option)
-        };
-        (distance, known)
-    })
-    .filter(|(distance, _)| *distance <= 2)
-    .min()
-    .map(|(_, known)| known)
+        .collect();
+    if backend == "swift" {
+        known.extend(SWIFT_OS_OPTIONS.iter().map(|o| format!("os_options_{o}")));
+    }
+    known
 }
 
 /// The backends that have `option`, in words: `swift and s3 destinations`.
 fn backends_with(option: &str) -> String {
-    let os_option = option
-        .strip_prefix("os_options_")
-        .is_some_and(|o| SWIFT_OS_OPTIONS.contains(&o));
-    let have: Vec<&str> = [
-        ("maildir", MAILDIR_OPTIONS.contains(&option)),
-        ("swift", SWIFT_OPTIONS.contains(&option) || os_option),
-        ("s3", S3_OPTIONS.contains(&option)),
-    ]
-    .into_iter()
-    .filter_map(|(backend, has)| has.then_some(backend))
-    .collect();
+    let have: Vec<&str> = ["maildir", "swift", "s3"]
+        .into_iter()
+        .filter(|backend| options_of(backend).iter().any(|o| o == option))
+        .collect();
     format!("{} destinations", have.join(" and "))
+}
+
+/// How a destination of `backend` should read its unknown `option`: the nearest known
+/// option a slip away (`auth_url` → `authurl`, `contianer` → `container`), its own
+/// backend's first, with the other backends that have it named; or the backends that
+/// have `option` itself. `None` when nothing is near.
+fn suggestion(option: &str, backend: &str) -> Option<String> {
+    let squeezed = |s: &str| s.replace(['_', '-'], "");
+    let distance = |known: &str| {
+        if squeezed(known) == squeezed(option) {
+            0
+        } else {
+            strsim::damerau_levenshtein(known, option)
+        }
+    };
+    let own = options_of(backend);
+    let near_in = |known: &[String]| {
+        known
+            .iter()
+            .map(|k| (distance(k), k.clone()))
+            .filter(|(d, k)| *d <= 2 && k != option)
+            .min()
+    };
+    let others: Vec<String> = ["maildir", "swift", "s3"]
+        .into_iter()
+        .filter(|b| *b != backend)
+        .flat_map(options_of)
+        .filter(|o| !own.contains(o))
+        .collect();
+    if others.iter().any(|o| o == option) {
+        return Some(format!("it is an option of {}", backends_with(option)));
+    }
+    match (near_in(&own), near_in(&others)) {
+        (Some((d, near)), Some((other_d, _))) if d <= other_d => {
+            Some(format!("did you mean {near}?"))
+        }
+        (Some((_, near)), None) => Some(format!("did you mean {near}?")),
+        (_, Some((_, near))) => Some(format!(
+            "did you mean {near} (an option of {})?",
+            backends_with(&near)
+        )),
+        (None, None) => None,
+    }
 }
 
 pub(super) fn validate_destination(
@@ -326,9 +370,12 @@ pub(super) fn validate_destination(
         if known || (inherited && known_anywhere) {
             continue;
         }
+        let hint = suggestion(option, &backend_name)
+            .map(|s| format!("; {s}"))
+            .unwrap_or_default();
         let message = if backend_name == "swift" && os_option.is_some() {
             format!(
-                "unknown Keystone option; known: {}",
+                "unknown Keystone option{hint}; known: {}",
                 SWIFT_OS_OPTIONS
                     .iter()
                     .map(|o| format!("os_options_{o}"))
@@ -336,29 +383,17 @@ pub(super) fn validate_destination(
                     .join(", ")
             )
         } else {
-            let mut known: Vec<String> = COMMON_OPTIONS
-                .iter()
-                .chain(own_options)
-                .map(|o| o.to_string())
-                .collect();
-            if backend_name == "swift" {
-                known.extend(SWIFT_OS_OPTIONS.iter().map(|o| format!("os_options_{o}")));
-            }
             // A destination without `backend` and `authurl` is a Maildir: an option of the
             // others there most often means that `authurl` is missing or misspelled.
-            let why = if backend_name == "maildir" && !options.contains_key("backend") {
+            let foreign = hint.contains("an option of");
+            let why = if backend_name == "maildir" && !options.contains_key("backend") && foreign {
                 " (without authurl or backend, a destination is a Maildir)"
             } else {
                 ""
             };
-            let hint = match nearest_option(option) {
-                Some(near) if near != *option => format!("; did you mean {near}?"),
-                Some(_) => format!("; it is an option of {}", backends_with(option)),
-                None => String::new(),
-            };
             format!(
                 "not an option of a {backend_name} destination [{name}]{why}{hint}; known: {}",
-                known.join(", ")
+                options_of(&backend_name).join(", ")
             )
         };
         problems.push(problem(&value.origin, message));

@@ -83,18 +83,23 @@ impl Config {
         Config::from_sources(file, process_environment())
     }
 
-    /// The path of destination `name`'s Maildir when it does not exist yet: opening it makes
-    /// an empty one, which a queue command or worker run from the wrong directory would
-    /// otherwise show without a word. `None` for object stores and existing Maildirs.
-    pub fn missing_maildir(&self, name: &str) -> Option<std::path::PathBuf> {
+    /// A warning when destination `name` is a Maildir that does not exist yet (no `cur/`):
+    /// opening it makes an empty one, which a queue command or worker run from the wrong
+    /// directory would otherwise show without a word. `None` for object stores and
+    /// existing Maildirs.
+    pub fn missing_maildir(&self, name: &str) -> Option<String> {
         let dest = self
             .destinations
             .iter()
             .find(|d| d.name.eq_ignore_ascii_case(name))?;
         match &dest.backend {
-            Backend::Maildir { path } if !path.exists() => {
+            Backend::Maildir { path } if !path.join("cur").is_dir() => {
                 // Shown absolute: the directory it is relative to is the question.
-                Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+                let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                Some(format!(
+                    "there was no Maildir at {}: an empty one is made (run where serve runs, or set the destination's path)",
+                    shown.display()
+                ))
             }
             _ => None,
         }
@@ -519,15 +524,21 @@ mod tests {
                 ("SWIFTDROP_S_KEY", "testing"),
                 ("SWIFTDROP_S_CONTAINER", "mail"),
                 ("SWIFTDROP_S_PATH", "/x"),
+                ("SWIFTDROP_S_OS_OPTIONS_PROJECT_NAM", "p"),
+                ("SWIFTDROP_M_RECIPIENTS", "m@example.com"),
+                ("SWIFTDROP_M_PTH", "/x"),
             ],
         )
         .unwrap_err();
         let all = err.to_string();
         let maildir = "not an option of a maildir destination [OPS] (without authurl or backend, a destination is a Maildir)";
         for expected in [
-            format!("SWIFTDROP_OPS_AUTH_URL: {maildir}; did you mean authurl?; known: recipients, backend, path"),
+            format!("SWIFTDROP_OPS_AUTH_URL: {maildir}; did you mean authurl (an option of swift destinations)?; known: recipients, backend, path"),
             format!("SWIFTDROP_OPS_USER: {maildir}; it is an option of swift destinations; known: "),
-            format!("SWIFTDROP_OPS_CONTIANER: {maildir}; did you mean container?"),
+            format!("SWIFTDROP_OPS_CONTIANER: {maildir}; did you mean container (an option of swift and s3 destinations)?"),
+            // A Maildir's own slip: its own option, no word of Swift.
+            "SWIFTDROP_M_PTH: not an option of a maildir destination [M]; did you mean path?; known: recipients, backend, path".into(),
+            "SWIFTDROP_S_OS_OPTIONS_PROJECT_NAM: unknown Keystone option; did you mean os_options_project_name?".into(),
             "SWIFTDROP_S_PATH: not an option of a swift destination [S]; it is an option of maildir destinations; known: recipients, backend, container, auth_version, authurl, user, key, tenant_name, timeout, create_container, os_options_user_domain_name, ".into(),
         ] {
             assert!(all.contains(&expected), "{expected:?} not in:\n{all}");

@@ -296,6 +296,8 @@ impl FromStr for MessageRef {
         let (state, name) = match key.split_once('/') {
             Some((folder, name)) => match folder.parse::<State>() {
                 Ok(state) => (Some(state), name),
+                // `retyr/<name>`: a mistyped state.
+                Err(e) if is_message_name(name) => return Err(e),
                 Err(_) => {
                     // A file path (`/srv/maildir/cur/<name>`): its last two parts may be a key.
                     let mut tail = key.rsplitn(3, '/');
@@ -563,6 +565,9 @@ mod tests {
         ] {
             assert!(bad.parse::<MessageRef>().is_err(), "{bad:?}");
         }
+        // A mistyped state is named as such.
+        let said = format!("retyr/{name}").parse::<MessageRef>().unwrap_err();
+        assert!(said.contains("\"retyr\" is not a state"), "{said}");
         // A file path is explained, with the key it holds.
         let path = format!("/srv/spool/maildir/cur/{name}");
         let said = path.parse::<MessageRef>().unwrap_err();

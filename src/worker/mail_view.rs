@@ -129,7 +129,7 @@ fn sasl_login(headers: &[(String, String)]) -> Option<String> {
 pub fn envelope(message: &[u8]) -> (String, Vec<String>) {
     let mut from = String::new();
     let mut to = Vec::new();
-    for line in trace_lines(message) {
+    for line in leading_trace_lines(message) {
         let text = String::from_utf8_lossy(line);
         let (name, value) = text.split_once(':').unwrap_or((&text, ""));
         let value = value.trim();
@@ -144,19 +144,37 @@ pub fn envelope(message: &[u8]) -> (String, Vec<String>) {
 
 /// The message without the filter's leading trace lines.
 pub fn without_trace(message: &[u8]) -> &[u8] {
-    let skipped: usize = trace_lines(message).map(<[u8]>::len).sum();
+    let skipped: usize = leading_trace_lines(message).map(<[u8]>::len).sum();
     &message[skipped..]
 }
 
-/// Whether `message` begins with the filter's trace lines (a stored message does; one
-/// exported from a mail client or written by hand does not).
-pub fn has_trace_lines(message: &[u8]) -> bool {
-    trace_lines(message).next().is_some()
+/// Which trace lines `message` begins with: a stored message has both kinds; one exported
+/// from a mail client or written by hand often neither, or only one (a mailbox download
+/// starts with `Delivered-To:` or `Return-Path:`).
+pub fn trace_lines(message: &[u8]) -> TraceLines {
+    let starts = |line: &[u8], name: &[u8]| {
+        line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+    };
+    let mut found = TraceLines::default();
+    for line in leading_trace_lines(message) {
+        found.sender |= starts(line, b"return-path:");
+        found.recipients |= starts(line, b"delivered-to:");
+    }
+    found
+}
+
+/// The kinds of trace line a message begins with ([`trace_lines`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceLines {
+    /// A `Return-Path:` line: the envelope sender.
+    pub sender: bool,
+    /// At least one `Delivered-To:` line: the envelope recipients.
+    pub recipients: bool,
 }
 
 /// The filter's trace lines at the start of `message`: `Return-Path:` and `Delivered-To:`
 /// lines, up to the first other line.
-fn trace_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn leading_trace_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
     message.split_inclusive(|&b| b == b'\n').take_while(|line| {
         [&b"return-path:"[..], b"delivered-to:"]
             .iter()

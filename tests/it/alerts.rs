@@ -224,6 +224,7 @@ async fn the_pipelines_history_is_shared_and_a_message_asked_again_gets_the_same
             "olle".into(),
             swiftdrop::config::Secret::new("pelle".to_string()),
         )),
+        unresolved: false,
     };
     let states = GocdClient::new(settings.clone())
         .unwrap()
@@ -342,6 +343,37 @@ fn hex8(url: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A dry run needs no secrets: with GoCD's passwd an unset variable, GoCD is not asked (it
+/// would count `$VAR` as a failed login; nothing listens on the README's port either).
+#[test]
+fn a_dry_run_without_the_gocd_password_does_not_ask_gocd() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("configuration.yml");
+    std::fs::write(
+        &rules,
+        README.replace("passwd: pelle", "passwd: $SWIFTDROP_TEST_UNSET_GOCD"),
+    )
+    .unwrap();
+    let eml = dir.path().join("n.eml");
+    std::fs::write(&eml, notification("Stage [app/5/build/1] failed")).unwrap();
+    let output = Command::new(example("dequeue"))
+        .env_remove("SWIFTDROP_TEST_UNSET_GOCD")
+        .args([
+            "--config",
+            rules.to_str().unwrap(),
+            "--dry-run",
+            eml.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("GoCD is not asked"), "{stdout}");
+    assert!(stdout.contains("manager: gocd"), "{stdout}");
+    assert!(stderr.contains("SWIFTDROP_TEST_UNSET_GOCD"), "{stderr}");
 }
 
 /// mail2alert's README example, unchanged: `--check` passes; `--report` (its self-test)

@@ -555,7 +555,7 @@ fn check_and_dry_run() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 managers, 1 rules)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 manager, 1 rule)"));
 
     let eml = dir.path().join("m.eml");
     std::fs::write(&eml, NAGIOS).unwrap();
@@ -605,18 +605,22 @@ managers:
         )
         .unwrap()
     };
+    let headers = &NAGIOS[NAGIOS.windows(5).position(|w| w == b"From:").unwrap()..];
     let eml = dir.path().join("exported.eml");
+    std::fs::write(&eml, headers).unwrap();
+    // A mailbox download: a Delivered-To: line on top, no Return-Path:.
+    let downloaded = dir.path().join("downloaded.eml");
     std::fs::write(
-        &eml,
-        &NAGIOS[NAGIOS.windows(5).position(|w| w == b"From:").unwrap()..],
+        &downloaded,
+        [&b"Delivered-To: dba@example.com\r\n"[..], headers].concat(),
     )
     .unwrap();
-    let dry_run = |extra: &[&str]| {
+    let dry_run_of = |eml: &std::path::Path, extra: &[&str]| {
         let out = std::process::Command::new(example("dequeue"))
             .arg("--config")
             .arg(&rules)
             .arg("--dry-run")
-            .arg(&eml)
+            .arg(eml)
             .args(extra)
             .env_remove("SWIFTDROP_TEST_UNSET_PASSWORD")
             .output()
@@ -627,22 +631,30 @@ managers:
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let dry_run = |extra: &[&str]| dry_run_of(&eml, extra);
 
     write_rules("{{ subject }}");
     let (code, stdout, stderr) = dry_run(&[]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert_eq!(
         stdout,
-        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"] (sender from the From: header, recipients from the To: and Cc: headers; the message has no trace lines: --from and --to give the real envelope)\nmanager: nagios\nrule: disk\n  action: xmpp:ops@conference.xmpp.test\n  text:\n    CRITICAL: disk full on db1\n"
+        "envelope: from <nagios@mon.example.org> to [\"ops@example.com\"] (sender from the From: header, recipients from the To: and Cc: headers; not all of it is in trace lines: --from and --to give the real envelope)\nmanager: nagios\nrule: disk\n  action: xmpp:ops@conference.xmpp.test\n  text:\n    CRITICAL: disk full on db1\n"
     );
     assert!(
         stderr.contains("SWIFTDROP_TEST_UNSET_PASSWORD, which is not set here"),
         "{stderr}"
     );
 
+    let (code, stdout, _) = dry_run_of(&downloaded, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("envelope: from <nagios@mon.example.org> to [\"dba@example.com\"] (sender from the From: header, recipients from the Delivered-To: trace lines; not all of it"),
+        "{stdout}"
+    );
+
     let (code, stdout, _) = dry_run(&[
         "--from",
-        "<someone@example.net>",
+        "Someone Else <someone@example.net>",
         "--to",
         "a@example.com",
         "--to",
@@ -712,6 +724,15 @@ async fn from_smtp_through_the_store_to_the_room_and_the_alert() {
         .expect("the alert arrived");
     wait_until_done(&setup, 1).await;
     assert_eq!(running.stop_worker(), Some(0));
+    // Its text log names the destination it opened, without colour codes in a file.
+    let log = std::fs::read_to_string(setup.dir.path().join("worker.log")).unwrap();
+    assert!(!log.contains('\x1b'), "{log}");
+    let destination = setup.queue().await.destination().describe();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dequeue worker started") && l.contains(&destination)),
+        "{log}"
+    );
 }
 
 /// SIGTERM while a message is in hand (the SMTP server answers DATA 3 s late): the worker

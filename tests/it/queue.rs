@@ -1003,6 +1003,10 @@ async fn cli_commands(backend: Backend) {
     let (_, out, err) = setup.cli(&["list", "cur", "--limit", "2"], &[]);
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(err.contains("the first 2 messages of cur/"), "{err}");
+    // A limit of exactly as many as there are cut nothing: no such note.
+    let (_, out, err) = setup.cli(&["list", "cur", "--limit", "4"], &[]);
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(!err.contains("the first"), "{err}");
 }
 
 /// `<state>/<name>` of a copy's key (which also carries a fencing number and, in `retry/`,

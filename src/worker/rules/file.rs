@@ -706,6 +706,7 @@ impl Checker<'_> {
         };
         let url = self.expand(url).trim().trim_end_matches('/').to_string();
         let checked = self.judged();
+        let mut unresolved = !checked;
         let authority = url.split_once("://").map_or("", |(_, rest)| rest);
         if authority
             .split('/')
@@ -735,7 +736,10 @@ impl Checker<'_> {
         let login = match (&manager.user, &manager.passwd) {
             (Some(user), Some(passwd)) => {
                 let passwd = self.expand(passwd);
-                Some((self.expand(user), Secret::new(passwd)))
+                unresolved |= !self.judged();
+                let user = self.expand(user);
+                unresolved |= !self.judged();
+                Some((user, Secret::new(passwd)))
             }
             (None, None) => None,
             (Some(user), None) => {
@@ -747,7 +751,11 @@ impl Checker<'_> {
                 None
             }
         };
-        Some(GocdSettings { url, login })
+        Some(GocdSettings {
+            url,
+            login,
+            unresolved,
+        })
     }
 
     /// Whether `value` is host:port (else a problem is recorded).
@@ -1357,6 +1365,24 @@ managers:
             - server
             - backup
 ";
+
+    /// `- mailto:` with nothing after it (the action written on the next line, as a YAML
+    /// newcomer does) is said in the author's words, at its line.
+    #[test]
+    fn a_file_of_the_wrong_shape_is_said_in_plain_words() {
+        let text = MAIL2ALERT.replace(
+            "          - mailto:op@example.com\n",
+            "          - mailto:\n",
+        );
+        let err = parse(&text, "configuration.yml").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(
+            err.problems[0].starts_with("configuration.yml:11: managers[0].rules[0].actions[1]: this is a mapping (`key:` lines), where a text belongs: "),
+            "{err}"
+        );
+        let err = parse("just a string\n", "r.yml").unwrap_err();
+        assert!(!err.problems[0].contains("FileDoc"), "{err}");
+    }
 
     #[test]
     fn a_mail2alert_configuration_is_read_unchanged() {

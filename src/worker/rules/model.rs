@@ -75,6 +75,9 @@ pub struct GocdSettings {
     pub url: String,
     /// HTTP basic auth (`user`, `passwd`); unset: none (a GoCD without security).
     pub login: Option<(String, crate::config::Secret)>,
+    /// A setting names a variable that is not set here (possible only for `--check` and
+    /// `--dry-run`): GoCD is not asked, lest it get `$VAR` as a password.
+    pub unresolved: bool,
 }
 
 /// Which messages a manager wants: every pattern given must match (none given: all).

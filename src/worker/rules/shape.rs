@@ -6,9 +6,11 @@
 /// (` at line L column C`) is dropped: the caller names the line.
 pub fn in_plain_words(message: &str) -> String {
     let message = without_position(message);
-    let (path, what) = split_path(message);
+    let (path, what) = split_path(&message);
     let said = if let Some(rest) = what.strip_prefix("unknown field ") {
         unknown_key(rest)
+    } else if let Some(rest) = what.strip_prefix("unknown variant ") {
+        unknown_word(rest)
     } else if let Some(rest) = what.strip_prefix("missing field ") {
         format!("{} is missing", key(rest.trim_matches('`')))
     } else if let Some(rest) = what
@@ -41,27 +43,36 @@ pub fn in_plain_words(message: &str) -> String {
     }
 }
 
-/// `message` without yaml_serde's ` at line L column C` (the caller names the line).
-fn without_position(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(at) if message[at..].contains(" column ") => &message[..at],
-        _ => message,
-    }
+/// The beginnings of serde's messages about a value of the wrong shape.
+const SERDE_PHRASES: [&str; 5] = [
+    "invalid type: ",
+    "invalid value: ",
+    "unknown field ",
+    "unknown variant ",
+    "missing field ",
+];
+
+/// `message` without yaml_serde's positions (` at line L column C`, once or, in a YAML
+/// syntax error with its context, more often): the caller names the line.
+fn without_position(message: &str) -> String {
+    static POSITION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r" at line \d+ column \d+").expect("a valid regex")
+    });
+    POSITION.replace_all(message, "").into_owned()
 }
 
-/// The key path yaml_serde puts first (`managers[0].rules[0].actions[0]: `), if any.
+/// The key path yaml_serde puts before serde's message (`managers[0].rules[0].actions[0]`;
+/// a user's own keys such as `bots.my bot` too), if any.
 fn split_path(message: &str) -> (Option<&str>, &str) {
-    match message.split_once(": ") {
-        Some((path, rest))
-            if !path.is_empty()
-                && path
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || "-_.[]".contains(c)) =>
-        {
-            (Some(path), rest)
+    for phrase in SERDE_PHRASES {
+        if message.starts_with(phrase) {
+            return (None, message);
         }
-        _ => (None, message),
+        if let Some(at) = message.find(&format!(": {phrase}")) {
+            return (Some(&message[..at]), &message[at + 2..]);
+        }
     }
+    (None, message)
 }
 
 fn key(name: &str) -> String {
@@ -95,6 +106,21 @@ fn unknown_key(rest: &str) -> String {
             key(unknown),
             known.join(", ")
         )
+    }
+}
+
+/// "`bogus`, expected one of `forward`, `fail`": a word that is not one of those allowed.
+fn unknown_word(rest: &str) -> String {
+    let words: Vec<&str> = rest
+        .split('`')
+        .enumerate()
+        .filter_map(|(i, part)| (i % 2 == 1).then_some(part))
+        .collect();
+    match words.split_first() {
+        Some((word, allowed)) if !allowed.is_empty() => {
+            format!("{word:?} is not one of {}", allowed.join(", "))
+        }
+        _ => format!("not a known word: {rest}"),
     }
 }
 
@@ -166,6 +192,14 @@ mod tests {
             (
                 "managers[1]: missing field `name` at line 6 column 5",
                 "managers[1]: `name:` is missing",
+            ),
+            (
+                "mattermost.bots.my bot: invalid type: sequence, expected a string at line 4 column 9",
+                "mattermost.bots.my bot: this is a list, where a text belongs",
+            ),
+            (
+                "did not find expected key at line 5 column 3, while parsing a block mapping at line 2 column 1",
+                "did not find expected key, while parsing a block mapping (not well-formed YAML here",
             ),
         ] {
             let plain = in_plain_words(message);
