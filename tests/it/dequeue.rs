@@ -581,29 +581,16 @@ fn check_and_dry_run() {
 fn dry_run_of_a_hand_written_message() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yml");
+    let account =
+        "xmpp:\n  jabberid: bot@xmpp.test\n  password_env: SWIFTDROP_TEST_UNSET_PASSWORD\n";
     let write_rules = |template: &str| {
-        std::fs::write(
-            &rules,
-            format!(
-                "remote-smtp: 127.0.0.1:2525
-xmpp:
-  jabberid: bot@xmpp.test
-  password_env: SWIFTDROP_TEST_UNSET_PASSWORD
-managers:
-  - name: nagios
-    messages-we-want:
-      from: '@mon.example.org'
-    rules:
-      - name: disk
-        filter:
-          function: mail.in_subject
-          args: [disk, full]
-        actions: [xmpp:ops@conference.xmpp.test]
-        template: \"{template}\"
-"
-            ),
-        )
-        .unwrap()
+        let text = rules_with(2525, ", xmpp:ops@conference.xmpp.test", account)
+            .replace("actions: [mailto:oncall@example.com, ", "actions: [")
+            .replace(
+                "        filter:\n",
+                &format!("        template: \"{template}\"\n        filter:\n"),
+            );
+        std::fs::write(&rules, text).unwrap()
     };
     let headers = &NAGIOS[NAGIOS.windows(5).position(|w| w == b"From:").unwrap()..];
     let eml = dir.path().join("exported.eml");

@@ -79,13 +79,17 @@ fn key(name: &str) -> String {
     format!("`{name}:`")
 }
 
-/// "`filtr`, expected one of `name`, `filter`": the key, the nearest known one, the rest.
-fn unknown_key(rest: &str) -> String {
-    let names: Vec<&str> = rest
-        .split('`')
+/// The parts of serde's message between backticks: "`a`, expected one of `b`" → a, b.
+fn quoted(rest: &str) -> Vec<&str> {
+    rest.split('`')
         .enumerate()
         .filter_map(|(i, part)| (i % 2 == 1).then_some(part))
-        .collect();
+        .collect()
+}
+
+/// "`filtr`, expected one of `name`, `filter`": the key, the nearest known one, the rest.
+fn unknown_key(rest: &str) -> String {
+    let names = quoted(rest);
     let Some((unknown, known)) = names.split_first() else {
         return format!("unknown key {rest}");
     };
@@ -111,11 +115,7 @@ fn unknown_key(rest: &str) -> String {
 
 /// "`bogus`, expected one of `forward`, `fail`": a word that is not one of those allowed.
 fn unknown_word(rest: &str) -> String {
-    let words: Vec<&str> = rest
-        .split('`')
-        .enumerate()
-        .filter_map(|(i, part)| (i % 2 == 1).then_some(part))
-        .collect();
+    let words = quoted(rest);
     match words.split_first() {
         Some((word, allowed)) if !allowed.is_empty() => {
             format!("{word:?} is not one of {}", allowed.join(", "))
