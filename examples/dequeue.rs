@@ -25,7 +25,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use swiftdrop::config::{Config, LogFormat};
+use swiftdrop::admin::Check;
+use swiftdrop::config::{Config, LogFormat, parse_admin_listen};
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
 use swiftdrop::worker::gocd::GocdClient;
@@ -76,6 +77,10 @@ struct Args {
     /// as `swiftdrop serve --log-format` does.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The admin listener (/metrics, /healthz, /readyz, /queue): a port (on loopback),
+    /// address:port, or off; overrides the `admin_listen` setting, which `serve` may use too.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
 }
 
 /// A count of 1 or more: 0 jobs would claim nothing, silently.
@@ -261,6 +266,7 @@ struct Assumed {
 /// From:, To: and Cc:. Returns where they came from, in words.
 fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> String {
     let trace = trace_lines(bytes);
+    let no_header_from = mail.header_values("from").next().is_none();
     let sender_given = assumed.from.is_some();
     let sender = match assumed.from {
         Some(from) => {
@@ -284,7 +290,7 @@ fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> Strin
         "the To: and Cc: headers"
     };
     // As the worker reads a message without From: (`MailView::from`).
-    if mail.from.is_empty() {
+    if no_header_from {
         mail.from = mail.envelope_from.clone();
     }
     let from_trace = (sender_given || trace.sender) && (recipients_given || trace.recipients);
@@ -434,6 +440,31 @@ async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
     };
     if let Some(warning) = new_maildir {
         tracing::warn!("{warning}");
+    }
+    let admin_listen = match args.admin_listen.as_deref().map(parse_admin_listen) {
+        Some(Ok(listen)) => listen,
+        Some(Err(e)) => {
+            eprintln!("dequeue: --admin-listen: {e}");
+            return ExitCode::from(2);
+        }
+        None => config.server.admin_listen,
+    };
+    if let Some(listen) = admin_listen {
+        let queue = worker.queue.clone();
+        let checks = vec![
+            Check::store(queue.destination().clone()),
+            Check::lock(queue.clone()),
+        ];
+        let queues = vec![(queue.destination().name.clone(), Ok(queue))];
+        match swiftdrop::admin::start_for(listen, "worker", &config.server, checks, queues).await {
+            Ok(bound) => {
+                tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
+            }
+            Err(e) => {
+                eprintln!("dequeue: admin listener on {listen}: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     worker.seed_gocd_history().await;
     tracing::info!(

@@ -21,10 +21,12 @@
 //! import each other in one direction only. `tests/it/house.rs` keeps both rules.
 //! See `ARCHITECTURE.md` for the data flow and the invariants that hold it together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod filter;
 pub mod queue;
 pub mod store;
+pub mod telemetry;
 pub mod util;
 pub mod worker;

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use swiftdrop::cli;
+use swiftdrop::config::Router;
 use swiftdrop::config::{Backend, Config, LockSetting, LogFormat};
 use swiftdrop::filter::deliver::Deliverer;
 use swiftdrop::filter::relay::Relay;
-use swiftdrop::filter::route::Router;
 use swiftdrop::filter::server::Server;
 use swiftdrop::queue;
 use swiftdrop::store::Destination;
@@ -167,6 +167,7 @@ async fn serve(
         Relay::new(addr, &config.server.hostname, config.server.store_timeout)
     });
     let announcers = announcers(&config, &destinations);
+    let destinations_for_checks = destinations.clone();
     let deliverer = Deliverer::new(
         router,
         destinations,
@@ -175,6 +176,29 @@ async fn serve(
         config.server.store_timeout,
     )
     .with_announcers(announcers);
+    if let Some(listen) = config.server.admin_listen {
+        let checks = destinations_for_checks
+            .into_iter()
+            .map(swiftdrop::admin::Check::store)
+            .collect();
+        let queues = config
+            .destinations
+            .iter()
+            .map(|d| {
+                let queue = queue::Queue::open(&config, &d.name).map_err(|e| e.to_string());
+                (d.name.clone(), queue)
+            })
+            .collect();
+        match swiftdrop::admin::start_for(listen, "serve", &config.server, checks, queues).await {
+            Ok(bound) => {
+                tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
+            }
+            Err(e) => {
+                tracing::error!(listen = %listen, error = %e, "cannot listen for the admin listener");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let server = match Server::bind(config.server.clone(), std::sync::Arc::new(deliverer)).await {
         Ok(s) => s,
         Err(e) => {

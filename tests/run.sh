@@ -21,6 +21,10 @@ command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v mount >/dev/null || missing+=(mount)
 # Cyrus SASL's saslpasswd2: the gateway test makes the applications' logins with it.
 command -v saslpasswd2 >/dev/null || missing+=(sasl2-bin)
+# A real headless Chromium, driven by Selenium, for the admin web view's test.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || missing+=(python3-selenium)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # "No configuration": the package must not configure or start a system Postfix.

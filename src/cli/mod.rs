@@ -5,6 +5,5 @@
 //! `config/`, `util/`; never `filter/` or `worker/`.
 
 pub mod check;
-pub mod message;
 pub mod postfix_config;
 pub mod queue;

@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use crate::config::{Config, ConfigError, RecipientPattern};
+use crate::config::{Config, ConfigError, RecipientPattern, Router};
 
 /// Inputs read from the environment, as the original image's entrypoint took them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,17 +263,21 @@ fn acceptance_problems(
     accepted: &Accepted,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if accepted.catch_all && accepted.domains.is_empty() {
-        problems.push("RELAY_DOMAINS: a destination takes every recipient (*), but Postfix accepts mail only for relay_domains, which would be empty and refuse every recipient: set RELAY_DOMAINS to the domains this gateway receives mail for (e.g. RELAY_DOMAINS=example.com)".to_string());
+    if accepted.catch_all && env.relay_domains.is_empty() {
+        let only = if accepted.domains.is_empty() {
+            "which would be empty and refuse every recipient".to_string()
+        } else {
+            format!("which would hold only {}", accepted.domains.join(", "))
+        };
+        problems.push(format!("RELAY_DOMAINS: a destination takes every recipient (*), but Postfix accepts mail only for relay_domains, {only}: set RELAY_DOMAINS to the domains this gateway receives mail for (e.g. RELAY_DOMAINS=example.com)"));
     }
+    // The filter's own routing: the destination that would take each forwarded address.
+    let router = Router::new(&config.destinations);
     for address in env.forwards.keys() {
-        let taken = config.destinations.iter().find_map(|dest| {
-            let pattern = dest.recipients.iter().find(|p| p.takes(address))?;
-            Some((&dest.name, pattern))
-        });
-        if let Some((name, pattern)) = taken {
+        if let Some(at) = router.route(address) {
             problems.push(format!(
-                "FORWARDS: {address} is taken by destination [{name}] (recipients {pattern}): swiftdrop would store its mail, never forward it; list that destination's addresses or domains without it"
+                "FORWARDS: {address} is taken by destination [{}]: swiftdrop would store its mail, never forward it; list that destination's addresses or domains without it",
+                config.destinations[at].name
             ));
         }
     }
@@ -701,23 +705,40 @@ mod tests {
         assert!(refused[0].starts_with("RELAY_DOMAINS: "), "{refused:?}");
         assert!(refused[0].contains("refuse every recipient"), "{refused:?}");
 
-        let forwards = [(
-            "FORWARDS",
-            r#"{"postmaster@example.com": "ops@example.net"}"#,
-        )];
+        let forwards = [
+            ("RELAY_DOMAINS", "example.com"),
+            (
+                "FORWARDS",
+                r#"{"postmaster@example.com": "ops@example.net"}"#,
+            ),
+        ];
         let refused = render(&env(&forwards), &catch_all, &services, "/etc/postfix").unwrap_err();
         assert_eq!(
             refused,
             [
-                "FORWARDS: postmaster@example.com is taken by destination [DEFAULT] (recipients *): swiftdrop would store its mail, never forward it; list that destination's addresses or domains without it"
+                "FORWARDS: postmaster@example.com is taken by destination [DEFAULT]: swiftdrop would store its mail, never forward it; list that destination's addresses or domains without it"
             ]
         );
-        let by_domain =
-            Config::from_sources(None, vars(&[("SWIFTDROP_A_RECIPIENTS", "@example.com")]))
-                .unwrap();
-        let refused = render(&env(&forwards), &by_domain, &services, "/etc/postfix").unwrap_err();
+        // The destination the filter would route it to is named: the exact address, not
+        // the catch-all listed first.
+        let exact = Config::from_sources(
+            None,
+            vars(&[
+                ("SWIFTDROP_DEFAULT_RECIPIENTS", "*"),
+                ("SWIFTDROP_A_RECIPIENTS", "postmaster@example.com"),
+            ]),
+        )
+        .unwrap();
+        let refused = render(&env(&forwards), &exact, &services, "/etc/postfix").unwrap_err();
         assert!(
-            refused[0].contains("taken by destination [A] (recipients @example.com)"),
+            refused[0].contains("taken by destination [A]: "),
+            "{refused:?}"
+        );
+        // A catch-all beside a destination with an address: still refused without
+        // RELAY_DOMAINS (it would get mail for that address's domain only).
+        let refused = render(&env(&[]), &exact, &services, "/etc/postfix").unwrap_err();
+        assert!(
+            refused[0].contains("which would hold only example.com"),
             "{refused:?}"
         );
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::parse_duration;
 use crate::config::queue::parse_lease;
-use crate::queue::{ClaimOptions, Outcome, Queue, QueueError, State, StoredCopy, Token};
+use crate::queue::{ClaimOptions, Outcome, Queue, QueueError, State, Token};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -298,35 +298,25 @@ async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(
 }
 
 async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
-    let copies = queue.find(key).await?;
-    let newest = &copies[0];
+    let seen = queue.inspect(key).await?;
+    let newest = seen.newest();
     let name = newest.key.name.clone();
-    let digests = queue.digests(&newest.meta).await?;
-    let holder = queue.holder(&name).await?;
-    let duplicate = queue.duplicate_of(&name, &digests.dedup).await?;
-    let head = read_head(queue, newest).await?;
-    let headers = crate::cli::message::header_fields(&head);
-    let (sender, recipients) = envelope(newest, &headers);
-    let metadata: serde_json::Map<String, Value> = newest
-        .attributes
-        .iter()
-        .filter_map(|(k, v)| match k {
-            object_store::Attribute::Metadata(k) => {
-                Some((k.to_string(), Value::String(v.to_string())))
-            }
-            _ => None,
-        })
-        .collect();
+    let glance = &seen.glance;
     let record = &newest.record;
-    let leftovers: Vec<String> = copies[1..].iter().map(|c| c.key.to_string()).collect();
+    let leftovers: Vec<String> = seen.copies[1..].iter().map(|c| c.key.to_string()).collect();
     let received = crate::queue::record::received(&name).unwrap_or(newest.meta.last_modified);
-    let lease = holder.as_ref().map(|h| {
+    let lease = seen.holder.as_ref().map(|h| {
         json!({
             "owner": h.token.owner(),
             "fence": h.token.fence(),
             "until": time(Utc::now() + h.remaining),
         })
     });
+    let metadata: serde_json::Map<String, Value> = glance
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     let value = json!({
         "key": newest.key.to_string(),
         "name": name,
@@ -340,12 +330,12 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         "reason": record.reason,
         "not_before": record.not_before.map(time),
         "lease": lease,
-        "envelope": {"sender": sender, "recipients": recipients},
-        "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "envelope": {"sender": glance.sender, "recipients": glance.recipients},
+        "headers": glance.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "metadata": metadata,
-        "sha256": digests.sha256,
-        "dedup_digest": digests.dedup,
-        "duplicate_of": duplicate.as_ref().map(|d| json!({"key": d.key, "finished": time(d.at)})),
+        "sha256": seen.digests.sha256,
+        "dedup_digest": seen.digests.dedup,
+        "duplicate_of": seen.duplicate_of.as_ref().map(|d| json!({"key": d.key, "finished": time(d.at)})),
     });
     if json {
         println!("{value}");
@@ -375,7 +365,7 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
     }
     field(
         "lease:",
-        match &holder {
+        match &seen.holder {
             Some(h) => format!(
                 "held by {} until {} (fence {})",
                 h.token.owner(),
@@ -385,74 +375,28 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
             None => "none".into(),
         },
     );
-    field("sender:", sender.unwrap_or_default());
-    field("recipients:", recipients.join(", "));
-    field("sha256:", digests.sha256);
-    field("dedup digest:", digests.dedup);
+    field("sender:", glance.sender.clone().unwrap_or_default());
+    field("recipients:", glance.recipients.join(", "));
+    field("sha256:", seen.digests.sha256.clone());
+    field("dedup digest:", seen.digests.dedup.clone());
     field(
         "duplicate-of:",
-        duplicate.map_or_else(
+        seen.duplicate_of.as_ref().map_or_else(
             || "none".into(),
             |d| format!("{} (finished {})", d.key, time(d.at)),
         ),
     );
-    if !metadata.is_empty() {
+    if !glance.metadata.is_empty() {
         println!("metadata:");
-        let mut keys: Vec<_> = metadata.iter().collect();
-        keys.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, v) in keys {
-            println!("  {k}: {}", v.as_str().unwrap_or_default());
+        for (k, v) in &glance.metadata {
+            println!("  {k}: {v}");
         }
     }
     println!("headers:");
-    for (k, v) in &headers {
+    for (k, v) in &glance.headers {
         println!("  {k}: {v}");
     }
     Ok(())
-}
-
-/// The first 64 KiB of a message: enough for its header section.
-async fn read_head(queue: &Queue, copy: &StoredCopy) -> Result<bytes::Bytes, QueueError> {
-    use object_store::ObjectStoreExt;
-    let end = copy.meta.size.min(64 * 1024);
-    if end == 0 {
-        return Ok(bytes::Bytes::new());
-    }
-    Ok(queue
-        .destination()
-        .store
-        .get_range(&copy.meta.location, 0..end)
-        .await?)
-}
-
-/// The envelope: the object's metadata, else the `Return-Path` and `Delivered-To` headers
-/// the filter writes at the top of every object.
-fn envelope(copy: &StoredCopy, headers: &[(String, String)]) -> (Option<String>, Vec<String>) {
-    let meta = |k: &str| {
-        copy.attributes
-            .get(&object_store::Attribute::Metadata(k.to_string().into()))
-            .map(|v| crate::store::metadata::decode(v))
-    };
-    let sender = meta("sender").or_else(|| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("return-path"))
-            .map(|(_, v)| {
-                v.trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    });
-    let recipients = match meta("recipients") {
-        Some(list) => list.split(',').map(str::to_string).collect(),
-        None => headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("delivered-to"))
-            .map(|(_, v)| v.trim().to_string())
-            .collect(),
-    };
-    (sender, recipients)
 }
 
 async fn claim(

@@ -75,20 +75,6 @@ pub enum RecipientPattern {
     Any,
 }
 
-impl RecipientPattern {
-    /// Whether this pattern takes `address` (compared case-insensitively).
-    pub fn takes(&self, address: &str) -> bool {
-        let address = address.to_lowercase();
-        match self {
-            RecipientPattern::Address(a) => *a == address,
-            RecipientPattern::Domain(d) => address
-                .rsplit_once('@')
-                .is_some_and(|(_, domain)| domain == d),
-            RecipientPattern::Any => true,
-        }
-    }
-}
-
 impl fmt::Display for RecipientPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

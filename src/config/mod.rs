@@ -25,6 +25,7 @@
 mod destination;
 pub mod memory;
 pub mod queue;
+mod route;
 mod server;
 mod sources;
 mod values;
@@ -37,7 +38,8 @@ pub use destination::{
     SwiftConfig, parse_recipients,
 };
 pub use queue::{LOCK_VARIABLE, LockSetting, QueueSettings, RedisUrl};
-pub use server::{DELIVERY_GRACE, LogFormat, ServerSettings};
+pub use route::Router;
+pub use server::{DELIVERY_GRACE, LogFormat, ServerSettings, parse_admin_listen};
 pub use sources::{DEFAULT_SECTION, ENV_PREFIX, SERVER_SECTION, process_environment};
 pub use values::{
     MAX_DURATION, parse_bool, parse_count, parse_duration, parse_networks, parse_relay, parse_size,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::destination::Secret;
 use super::sources::{ENV_PREFIX, RawSection, SERVER_SECTION, problem};
 use super::values::{
     parse_bool, parse_count, parse_duration, parse_networks, parse_relay, parse_size,
@@ -37,6 +38,9 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "stream_threshold",
     "max_memory",
     "spool_dir",
+    "admin_listen",
+    "admin_token",
+    "ready_max_age",
 ];
 
 /// Global settings of the filter.
@@ -89,6 +93,15 @@ pub struct ServerSettings {
     /// Where relayed messages past `stream_threshold` wait for the relay, in files that have
     /// no name (`spool_dir`, default the system's temporary directory, `$TMPDIR` or `/tmp`).
     pub spool_dir: PathBuf,
+    /// The operators' HTTP listener: `/metrics`, `/healthz`, `/readyz`, the queue's web
+    /// view (`admin_listen`: off unless set; a port alone means `127.0.0.1:PORT`).
+    pub admin_listen: Option<SocketAddr>,
+    /// What the web view asks before it requeues or purges (`admin_token`); unset: the
+    /// view is read-only.
+    pub admin_token: Option<Secret>,
+    /// `/readyz` answers 200 while every check (a destination's store check, a worker's
+    /// lock engine and sinks) passed within this age (`ready_max_age`, default 60 s).
+    pub ready_max_age: Duration,
 }
 
 /// How log lines are written (`log_format`; `--log-format` of `serve` and the worker).
@@ -170,6 +183,28 @@ pub(super) fn validate_server(
             Err(format!("{s:?} is not a directory"))
         }
     });
+    let admin_listen = get("admin_listen", "off", &|s| parse_admin_listen(s).map(drop));
+    let ready_max_age = get("ready_max_age", "60s", &|s| {
+        parse_duration(s).and_then(|d| {
+            if d < Duration::from_secs(3) {
+                Err("must be 3 s or more: the checks run three times within it".into())
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let admin_token = section
+        .get("admin_token")
+        .map(|v| v.value.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if let (Some(token), Some(v)) = (&admin_token, section.get("admin_token")) {
+        if token.len() < 16 {
+            problems.push(problem(
+                &v.origin,
+                "must be 16 characters or more: it is all that guards requeue and purge",
+            ));
+        }
+    }
     if problems.len() > before {
         return None;
     }
@@ -213,7 +248,23 @@ pub(super) fn validate_server(
         stream_threshold: parse_size(&stream_threshold).ok()?,
         max_memory: parse_size(&max_memory).ok()?,
         spool_dir: PathBuf::from(spool_dir),
+        admin_listen: parse_admin_listen(&admin_listen).ok()?,
+        admin_token: admin_token.map(Secret::new),
+        ready_max_age: parse_duration(&ready_max_age).ok()?,
     })
+}
+
+/// `admin_listen`: `off`, `PORT` (on loopback) or `ADDRESS:PORT`.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("off") || s.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    s.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not off, a port, or an address:port such as 127.0.0.1:9187"))
 }
 
 /// `max_memory` must hold at least one transaction at its largest, or a large message could

@@ -12,6 +12,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::telemetry::metrics::metrics;
+
+/// `bytes` as a gauge's value.
+fn gauge(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 /// A limit on bytes held at once, shared by every session.
 #[derive(Debug)]
 pub struct MemoryBudget {
@@ -22,6 +29,7 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<MemoryBudget> {
+        metrics().memory_limit_bytes.set(gauge(limit));
         Arc::new(MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
@@ -52,15 +60,20 @@ impl MemoryBudget {
     }
 
     fn try_add(&self, bytes: usize) -> bool {
-        self.used
+        let added = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= self.limit)
-            })
-            .is_ok()
+            });
+        if let Ok(before) = added {
+            metrics().memory_in_use_bytes.set(gauge(before + bytes));
+        }
+        added.is_ok()
     }
 
     fn sub(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
+        metrics().memory_in_use_bytes.set(gauge(before - bytes));
     }
 }
 

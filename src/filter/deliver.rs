@@ -15,14 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 
+use crate::config::Router;
 use crate::filter::envelope::{Client, Envelope};
 use crate::filter::object_write::{CLEANUP_TIMEOUT, ObjectWrite};
 use crate::filter::outcome::{Delivered, DeliveryError, StoredObject};
 use crate::filter::relay::Relay;
-use crate::filter::route::Router;
 use crate::filter::spool::RelayBody;
 use crate::queue::Announcer;
 use crate::store::{Destination, metadata};
+use crate::telemetry::metrics::{Dest, metrics};
 
 // Shutdown's budget for a delivery past its deadline must cover the clean-up (each
 // request of which is bounded) and the reply.
@@ -222,11 +223,24 @@ impl Delivery {
             .as_ref()
             .filter(|_| envelope.relayed().next().is_some());
         let stage = self.writes.len() + usize::from(relay.is_some()) > 1;
-        let finished = join_all(
-            self.writes
-                .iter_mut()
-                .map(|w| w.finish(&rest, stage, deadline)),
-        )
+        let started = std::time::Instant::now();
+        let finished = join_all(self.writes.iter_mut().map(|w| async {
+            let destination = Dest {
+                destination: w.destination().to_string(),
+            };
+            let finished = w.finish(&rest, stage, deadline).await;
+            let m = metrics();
+            match &finished {
+                Ok(()) => m
+                    .store_write_seconds
+                    .get_or_create(&destination)
+                    .observe(started.elapsed().as_secs_f64()),
+                Err(_) => {
+                    m.store_write_failures.get_or_create(&destination).inc();
+                }
+            }
+            finished
+        }))
         .await;
         if let Err(e) = finished.into_iter().collect::<Result<(), _>>() {
             self.abort().await;

@@ -1,7 +1,7 @@
 //! The SMTP filter (`swiftdrop serve`): SMTP in, objects out.
 //!
 //! Postfix's `smtpd_proxy_filter` hands each transaction to [`server`]; a [`session`] speaks
-//! ESMTP over any byte stream, [`route`] maps recipients to destinations, and [`deliver`]
+//! ESMTP over any byte stream, [`crate::config::Router`] maps recipients to destinations, and [`deliver`]
 //! writes the message into every destination's store ([`object_write`]) before the session
 //! answers `250`; recipients no destination takes are relayed downstream ([`relay`]).
 //!
@@ -18,7 +18,6 @@ pub mod object_write;
 pub mod outcome;
 pub mod relay;
 pub mod reply;
-pub mod route;
 pub mod server;
 pub mod session;
 pub mod spool;

@@ -43,6 +43,7 @@ use crate::queue::{LockEngine, moved_on};
 use crate::store::key::{self, MessageKey};
 use crate::store::mover::is_copy_mismatch;
 use crate::store::{Destination, metadata};
+use crate::telemetry::metrics::{Dest, Kind, metrics};
 use crate::util::hex::hex;
 use crate::util::logging::list;
 
@@ -689,6 +690,12 @@ where
             return Err(failed(dest, error));
         }
         tracing::warn!(destination = %dest.name, key = %path, attempt, error = %error, retry_in_ms = backoff.as_millis() as u64, "write failed; retrying");
+        metrics()
+            .store_retries
+            .get_or_create(&Dest {
+                destination: dest.name.clone(),
+            })
+            .inc();
         tokio::time::sleep(backoff).await;
         match tokio::time::timeout_at(deadline, landed(path.clone())).await {
             Ok(Ok(Landed::Whole(e_tag))) => {
@@ -825,6 +832,10 @@ where
             }
         }
         tracing::error!(destination = %dest.name, %key, "clean-up: gave up trying to {what} this key: do it by hand, or a duplicate (or stray parts) stays");
+        metrics()
+            .rollback_steps
+            .get_or_create(&Kind { kind: "gave_up" })
+            .inc();
     });
 }
 
@@ -843,12 +854,20 @@ where
     let error = match tokio::time::timeout(CLEANUP_TIMEOUT, step()).await {
         Ok(Ok(())) => {
             tracing::info!(destination = %dest.name, %key, attempt, "clean-up: {what} this key: done");
+            metrics()
+                .rollback_steps
+                .get_or_create(&Kind { kind: "done" })
+                .inc();
             return true;
         }
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
     tracing::warn!(destination = %dest.name, %key, attempt, error, "clean-up: could not {what} this key; trying again in the background");
+    metrics()
+        .rollback_steps
+        .get_or_create(&Kind { kind: "failed" })
+        .inc();
     false
 }
 

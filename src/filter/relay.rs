@@ -21,6 +21,7 @@ use crate::filter::envelope::{Client, Envelope, Recipient};
 use crate::filter::reply::Reply;
 use crate::filter::spool::{self, RelayBody};
 use crate::filter::xtext::xtext_encode;
+use crate::telemetry::metrics::{Kind, metrics};
 
 /// Longest XFORWARD line we send (RFC 5321 command lines are 512 octets with CRLF).
 const MAX_XFORWARD_LINE: usize = 510;
@@ -74,6 +75,23 @@ impl Relay {
     /// Relays `message` to the envelope's relayed recipients. Returns the downstream's final
     /// reply text (e.g. `Ok: queued as 4C1D2`).
     pub async fn send(
+        &self,
+        envelope: &Envelope,
+        client: &Client,
+        message: &mut RelayBody,
+    ) -> Result<String, RelayError> {
+        let result = self.connect_and_send(envelope, client, message).await;
+        let kind = match &result {
+            Ok(_) => "accepted",
+            Err(RelayError::Rejected(_)) => "refused",
+            Err(_) => "failed",
+        };
+        metrics().relayed.get_or_create(&Kind { kind }).inc();
+        result
+    }
+
+    /// One relay of the message: connect, converse, and QUIT in the background.
+    async fn connect_and_send(
         &self,
         envelope: &Envelope,
         client: &Client,

@@ -18,6 +18,7 @@ use crate::filter::budget::MemoryBudget;
 use crate::filter::deliver::Deliverer;
 use crate::filter::reply;
 use crate::filter::session::Session;
+use crate::telemetry::metrics::{Kind, metrics};
 
 /// A bound, not yet running, SMTP server.
 pub struct Server {
@@ -84,10 +85,20 @@ impl Server {
                     let deliverer = Arc::clone(&self.deliverer);
                     let memory = Arc::clone(&self.memory);
                     let stop = stop_rx.clone();
+                    let counted = |kind| metrics().smtp_connections.get_or_create(&Kind { kind }).inc();
                     sessions.spawn(async move {
                         match permit {
-                            Ok(_permit) => serve(stream, peer, settings, deliverer, memory, stop).await,
-                            Err(_) => refuse(stream, peer).await,
+                            Ok(_permit) => {
+                                counted("accepted");
+                                let open = &metrics().smtp_connections_open;
+                                open.inc();
+                                serve(stream, peer, settings, deliverer, memory, stop).await;
+                                open.dec();
+                            }
+                            Err(_) => {
+                                counted("refused");
+                                refuse(stream, peer).await;
+                            }
                         }
                     });
                 }

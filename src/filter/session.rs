@@ -31,6 +31,7 @@ use crate::filter::outcome::DeliveryError;
 use crate::filter::reply::{self, Reply};
 use crate::filter::spool::{RelayBody, Spool};
 use crate::filter::xforward::{self, ClientAttributes};
+use crate::telemetry::metrics::{Kind, metrics, reply_class};
 use crate::util::logging::list;
 
 /// Longest command line accepted, CRLF included.
@@ -893,6 +894,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         drop(reservation);
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let m = metrics();
+        m.smtp_received_bytes.inc_by(size as u64);
+        let code = match &result {
+            Ok(delivered) => delivered.reply().code,
+            Err(e) => e.reply().code,
+        };
+        m.smtp_transactions
+            .get_or_create(&Kind {
+                kind: reply_class(code),
+            })
+            .inc();
         let recipients: Vec<&str> = tx
             .envelope
             .recipients

@@ -549,10 +549,27 @@ impl Queue {
         lists.into_iter().collect()
     }
 
+    /// Whether the lock engine answers (`swiftdrop check`, the worker's readiness): what it
+    /// is, e.g. `redis 7.0.15 at 127.0.0.1:6379`.
+    pub async fn check_lock(&self) -> Result<String, LockError> {
+        self.inner.lock.check().await
+    }
+
     /// The first `limit` messages of `state`, in claim order, with their attempt counts.
     pub async fn list(&self, state: State, limit: usize) -> Result<Vec<Entry>, QueueError> {
+        self.list_after(state, None, limit).await
+    }
+
+    /// [`Queue::list`] from the message after the copy key `after` (a page that follows
+    /// another: its last [`Entry::key`]).
+    pub async fn list_after(
+        &self,
+        state: State,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, QueueError> {
         let mut listed = Vec::new();
-        let mut after = None;
+        let mut after = after.map(str::to_string);
         while listed.len() < limit {
             let want = (limit - listed.len()).min(PAGE);
             let (page, next) = self.list_keys(state, after.as_deref(), want).await?;

@@ -41,6 +41,7 @@ pub mod record;
 
 mod candidates;
 mod handle;
+mod inspect;
 mod operator;
 mod take;
 mod wake;
@@ -52,6 +53,7 @@ pub use handle::{
     ClaimOptions, Digests, Entry, PurgeReport, Queue, QueueError, STATE_DIR_IN_MAILDIR, StateStats,
     StoredCopy, TOO_MANY_ATTEMPTS, newest_copy, open_lock, queue_id,
 };
+pub use inspect::{Glance, Inspection, header_fields};
 pub use lock::{FinishedRef, Holder, LockEngine, LockError, Token};
 pub use record::{CopyKey, MessageRef, Record, State};
 pub use wake::Announcer;

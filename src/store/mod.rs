@@ -192,10 +192,20 @@ impl Destination {
     }
 
     /// Authenticates and confirms that the container or bucket exists, creating it when
-    /// the destination says `create_container = yes`. `Err` holds a one-line reason.
+    /// the destination says `create_container = yes`; for a Maildir, that its `tmp/` and
+    /// `cur/` are there (made when it was opened: gone means moved or unmounted). `Err`
+    /// holds a one-line reason.
     pub async fn ensure_container(&self) -> Result<(), String> {
         match &self.container {
-            Container::Directory(_) => Ok(()),
+            Container::Directory(maildir) => {
+                for folder in [key::STAGING, key::CUR] {
+                    let path = maildir.root().join(folder);
+                    if !path.is_dir() {
+                        return Err(format!("{} is not a directory", path.display()));
+                    }
+                }
+                Ok(())
+            }
             Container::Swift(store, create) => store.ensure_container(*create).await,
             Container::S3(store, create) => store.ensure_bucket(*create).await,
         }

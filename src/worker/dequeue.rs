@@ -34,12 +34,13 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError, replace_in_place};
 use crate::store::key::MessageKey;
+use crate::telemetry::metrics::{Kind, Sink, SinkFailure, metrics};
 use crate::util::logging::list;
 use crate::worker::gocd::Gocd;
 use crate::worker::mail_view::MailView;
 use crate::worker::plan::{self, MailJob, MailKind, Planned, What};
 use crate::worker::rules::gocd::{Event, GocdFacts};
-use crate::worker::rules::{Action, Decision, Disposal, Rules, Unmatched};
+use crate::worker::rules::{Action, Decision, Disposal, MattermostTarget, Rules, Unmatched};
 use crate::worker::sinks::mail::{LOOP_HEADER, MailSink, Marks};
 use crate::worker::sinks::mattermost::{Delivery, MattermostSink};
 use crate::worker::sinks::xmpp::{Target, XmppSink};
@@ -163,7 +164,10 @@ impl Worker {
         };
         while !*stop.borrow() {
             let mut claim = match self.queue.claim(&options).await {
-                Ok(Some(claim)) => claim,
+                Ok(Some(claim)) => {
+                    metrics().claims.inc();
+                    claim
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim; trying again");
@@ -173,8 +177,16 @@ impl Worker {
             };
             if *stop.borrow() {
                 // Claimed while the stop came: not started, so handed back at once.
-                if let Err(e) = claim.release().await {
-                    tracing::warn!(key = claim.key(), error = %e, "cannot release; its lease will run out");
+                match claim.release().await {
+                    Ok(_) => {
+                        metrics()
+                            .finished
+                            .get_or_create(&Kind { kind: "released" })
+                            .inc();
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = claim.key(), error = %e, "cannot release; its lease will run out")
+                    }
                 }
                 break;
             }
@@ -198,14 +210,26 @@ impl Worker {
         };
         let result = match self.act(claim, &mut report).await {
             Ok(outcome) => {
+                let kind = match &outcome {
+                    Outcome::Done { .. } => "done",
+                    Outcome::Retry { .. } => "retry",
+                    Outcome::Failed { .. } => "failed",
+                };
                 report.reason = match &outcome {
                     Outcome::Done { reason } | Outcome::Retry { reason, .. } => reason.clone(),
                     Outcome::Failed { reason } => Some(reason.clone()),
                 };
-                claim.finish(outcome).await.map(|f| f.key)
+                let finished = claim.finish(outcome).await.map(|f| f.key);
+                if finished.is_ok() {
+                    metrics().finished.get_or_create(&Kind { kind }).inc();
+                }
+                finished
             }
             Err(e) => Err(e),
         };
+        if let Err(QueueError::LeaseLost { .. }) = &result {
+            metrics().lease_losses.inc();
+        }
         match result {
             Ok(finished) => {
                 report.finished = finished;
@@ -337,6 +361,25 @@ impl Worker {
     /// Takes `planned` unless an earlier attempt recorded it (done, or failed for good),
     /// and records what happened.
     async fn take_once(
+        &self,
+        claim: &mut Claim,
+        planned: &Planned,
+        bytes: &[u8],
+        mail: &MailView,
+        ids: &[String],
+    ) -> Result<ActionResult, QueueError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .take_once_untimed(claim, planned, bytes, mail, ids)
+            .await;
+        if let Ok(result) = &result {
+            count_action(&planned.what, started, result);
+        }
+        result
+    }
+
+    /// [`Worker::take_once`] without its metrics.
+    async fn take_once_untimed(
         &self,
         claim: &mut Claim,
         planned: &Planned,
@@ -589,6 +632,35 @@ async fn done_before(claim: &Claim, planned: &Planned) -> Result<Option<ActionRe
         ))));
     }
     Ok(None)
+}
+
+/// Counts an action taken now (not one an earlier attempt recorded): its time at the sink,
+/// and its failure by class.
+fn count_action(what: &What, started: std::time::Instant, result: &ActionResult) {
+    let sink = match what {
+        What::Mail(_) => "mail",
+        What::Post(Action::Mattermost(MattermostTarget::Webhook), _) => "webhook",
+        What::Post(Action::Mattermost(_), _) => "mattermost",
+        What::Post(_, _) => "xmpp",
+    };
+    let m = metrics();
+    match result {
+        ActionResult::DoneBefore | ActionResult::FailedBefore | ActionResult::Skipped(_) => return,
+        ActionResult::Failed(e) => {
+            let class = if e.is_permanent() {
+                "permanent"
+            } else {
+                "transient"
+            };
+            m.action_failures
+                .get_or_create(&SinkFailure { sink, class })
+                .inc();
+        }
+        ActionResult::Sent | ActionResult::Partly(_) => {}
+    }
+    m.action_seconds
+        .get_or_create(&Sink { sink })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Records `planned` as done when it was taken, or as failed for good (a lease lost on the

@@ -23,9 +23,11 @@ use std::path::{Path, PathBuf};
 const ROOMS: &[(&str, u8)] = &[
     ("util", 0),
     ("config", 1),
+    ("telemetry", 1),
     ("store", 2),
     ("queue", 3),
     ("cli", 4),
+    ("admin", 4),
     ("filter", 4),
     ("worker", 4),
     ("main", 5),

@@ -8,6 +8,7 @@
 //! mid-transaction; `house` reads `src/` and keeps the rooms' import rules. `support` and
 //! `swift_support` hold the shared helpers.
 
+mod admin;
 mod alerts;
 mod cli;
 mod dequeue;

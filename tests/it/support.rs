@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use swiftdrop::config::Router;
 use swiftdrop::config::{Config, ServerSettings};
 use swiftdrop::filter::budget::MemoryBudget;
 use swiftdrop::filter::deliver::Deliverer;
-use swiftdrop::filter::route::Router;
 use swiftdrop::filter::session::Session;
 use swiftdrop::store::Destination;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};

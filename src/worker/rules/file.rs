@@ -92,7 +92,7 @@ struct ManagerDoc {
 
 /// One pattern or a list of them.
 #[derive(Deserialize, Default)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "an address pattern or a list of them")]
 enum Patterns {
     #[default]
     None,
@@ -769,24 +769,22 @@ impl Checker<'_> {
         ok
     }
 
+    /// The address patterns of `patterns`; one that is a variable not set here (possible
+    /// only for `--check` and `--dry-run`) matches nothing.
     fn patterns(&mut self, what: &str, patterns: &Patterns) -> Vec<AddressPattern> {
-        patterns
-            .list()
-            .into_iter()
-            .filter_map(|p| {
-                let expanded = self.expand(p);
-                self.judged().then_some((p, expanded))
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|(p, expanded)| match AddressPattern::parse(&expanded) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.problem(p, format!("{what}: {e}"));
-                    None
-                }
-            })
-            .collect()
+        let mut parsed = Vec::new();
+        for p in patterns.list() {
+            let expanded = self.expand(p);
+            if !self.judged() {
+                parsed.push(AddressPattern::Unresolved(p.to_string()));
+                continue;
+            }
+            match AddressPattern::parse(&expanded) {
+                Ok(pattern) => parsed.push(pattern),
+                Err(e) => self.problem(p, format!("{what}: {e}")),
+            }
+        }
+        parsed
     }
 
     /// The senders an XMPP account posts for: address patterns on the envelope sender, or
@@ -1347,6 +1345,7 @@ fn address_of(s: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::mail_view::MailView;
 
     const MAIL2ALERT: &str = "---
 local-smtp: localhost:1025
@@ -1466,6 +1465,29 @@ managers:
             [
                 "r.yml:6: warning: SWIFTDROP_TEST_UNSET_GOPASS is not set here (set it where the worker runs)"
             ]
+        );
+        // GoCD is then not asked (a dry run would send `$VAR` as the password).
+        assert!(checked.managers[0].gocd.as_ref().unwrap().unresolved);
+        assert!(!rules.managers[0].gocd.as_ref().unwrap().unresolved);
+        let unset_user = text.replace("SWIFTDROP_TEST_GOUSER}", "SWIFTDROP_TEST_UNSET_GOUSER}");
+        let checked = parse_for(&unset_user, "r.yml", Purpose::Check).unwrap();
+        assert!(checked.managers[0].gocd.as_ref().unwrap().unresolved);
+        // An unset messages-we-want pattern matches nothing: the manager is not taken to
+        // want every message (and no warning says it does).
+        let unset_wants = text.replace("to: ci@example.com", "to: $SWIFTDROP_TEST_UNSET_CI");
+        let checked = parse_for(&unset_wants, "r.yml", Purpose::Check).unwrap();
+        let view = MailView {
+            envelope_to: vec!["anyone@example.com".into()],
+            ..MailView::default()
+        };
+        assert_eq!(checked.manager_at(&view), None);
+        assert!(
+            !checked
+                .warnings
+                .iter()
+                .any(|w| w.contains("no messages-we-want")),
+            "{:?}",
+            checked.warnings
         );
         // Inside other text, as mail2alert does: taken as written, with a warning.
         let literal = text.replace("$SWIFTDROP_TEST_GOPASS", "pa$SWIFTDROP_TEST_UNSET_word");

@@ -11,6 +11,9 @@ pub enum AddressPattern {
     Domain(String),
     Glob(glob::Pattern),
     Regex(Regex),
+    /// A variable not set where the rules were read (`--check`, `--dry-run`): it matches
+    /// nothing, so that a manager is not taken to want every message for want of it.
+    Unresolved(String),
 }
 
 impl AddressPattern {
@@ -52,6 +55,7 @@ impl AddressPattern {
                 .is_some_and(|(_, domain)| domain == d),
             AddressPattern::Glob(g) => g.matches(&address),
             AddressPattern::Regex(r) => r.is_match(&address),
+            AddressPattern::Unresolved(_) => false,
         }
     }
 }

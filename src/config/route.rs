@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::{DestinationConfig, RecipientPattern};
+use super::destination::{DestinationConfig, RecipientPattern};
 
 /// Maps recipient addresses to destination indexes. An exact address beats its domain,
 /// which beats the catch-all `*`; configuration validation refuses ambiguous patterns.
