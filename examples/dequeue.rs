@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use swiftdrop::admin::Check;
+use swiftdrop::admin::{lock_check, store_check};
 use swiftdrop::config::{Config, LogFormat, parse_admin_listen};
 use swiftdrop::queue::Queue;
 use swiftdrop::worker::dequeue::Worker;
@@ -77,8 +77,8 @@ struct Args {
     /// as `swiftdrop serve --log-format` does.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// The admin listener (/metrics, /healthz, /readyz, /queue): a port (on loopback),
-    /// address:port, or off; overrides the `admin_listen` setting, which `serve` may use too.
+    /// The worker's admin listener (/metrics, /healthz, /readyz, /queue): a port (on
+    /// loopback) or address:port; off unless given (serve's `admin_listen` is serve's).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
 }
@@ -441,22 +441,33 @@ async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
     if let Some(warning) = new_maildir {
         tracing::warn!("{warning}");
     }
+    // Not serve's `admin_listen`: both may run side by side with the same settings.
     let admin_listen = match args.admin_listen.as_deref().map(parse_admin_listen) {
         Some(Ok(listen)) => listen,
         Some(Err(e)) => {
             eprintln!("dequeue: --admin-listen: {e}");
             return ExitCode::from(2);
         }
-        None => config.server.admin_listen,
+        None => None,
     };
+    let health = Arc::new(swiftdrop::telemetry::health::Health::default());
     if let Some(listen) = admin_listen {
         let queue = worker.queue.clone();
-        let checks = vec![
-            Check::store(queue.destination().clone()),
-            Check::lock(queue.clone()),
+        let mut checks = vec![
+            store_check(queue.destination().clone()),
+            lock_check(queue.clone()),
         ];
+        checks.extend(worker.sink_checks());
         let queues = vec![(queue.destination().name.clone(), Ok(queue))];
-        match swiftdrop::admin::start_for(listen, "worker", &config.server, checks, queues).await {
+        let started = swiftdrop::admin::start_for(
+            listen,
+            "worker",
+            &config.server,
+            Arc::clone(&health),
+            checks,
+            queues,
+        );
+        match started.await {
             Ok(bound) => {
                 tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
             }
@@ -472,6 +483,13 @@ async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
         destination = %worker.queue.destination().describe(),
         "dequeue worker started"
     );
+    // Stopping: not ready any more (the messages in hand are finished first).
+    let mut stopping = stop_rx.clone();
+    tokio::spawn(async move {
+        if stopping.wait_for(|stop| *stop).await.is_ok() {
+            health.drain();
+        }
+    });
     worker.run(args.concurrency, stop_rx).await;
     ExitCode::SUCCESS
 }

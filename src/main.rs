@@ -176,10 +176,11 @@ async fn serve(
         config.server.store_timeout,
     )
     .with_announcers(announcers);
+    let health = std::sync::Arc::new(swiftdrop::telemetry::health::Health::default());
     if let Some(listen) = config.server.admin_listen {
         let checks = destinations_for_checks
             .into_iter()
-            .map(swiftdrop::admin::Check::store)
+            .map(swiftdrop::admin::store_check)
             .collect();
         let queues = config
             .destinations
@@ -189,7 +190,15 @@ async fn serve(
                 (d.name.clone(), queue)
             })
             .collect();
-        match swiftdrop::admin::start_for(listen, "serve", &config.server, checks, queues).await {
+        let started = swiftdrop::admin::start_for(
+            listen,
+            "serve",
+            &config.server,
+            std::sync::Arc::clone(&health),
+            checks,
+            queues,
+        );
+        match started.await {
             Ok(bound) => {
                 tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
             }
@@ -212,7 +221,13 @@ async fn serve(
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
     }
-    server.run(shutdown_signal()).await;
+    // Draining: not ready any more, so that no new mail is sent this way.
+    server
+        .run(async {
+            shutdown_signal().await;
+            health.drain();
+        })
+        .await;
     ExitCode::SUCCESS
 }
 

@@ -1,52 +1,39 @@
-//! The admin listener's background work, both three times within `ready_max_age`: the
-//! readiness checks, reported to [`Health`], and the queue's depth per state, read into the
-//! metrics (a scrape never lists the store).
+//! The admin listener's background work: the readiness checks, three times within
+//! `ready_max_age`, reported to [`Health`]; and, in the worker, the queue's depth per state
+//! read into the metrics every `queue_stats_interval` (a scrape never lists the store).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
+use super::state::QueueStats;
 use crate::queue::Queue;
 use crate::store::Destination;
-use crate::telemetry::health::Health;
-use crate::telemetry::metrics::{DestState, metrics};
+use crate::telemetry::health::{Check, Health};
+use crate::telemetry::metrics::{Dest, DestState, metrics};
 
-/// A readiness check: its name in `/readyz` and what it runs.
-pub struct Check {
-    pub name: String,
-    pub run: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
+/// The check of `destination`: it can take mail now ([`Destination::check_ready`]).
+pub fn store_check(destination: Destination) -> Check {
+    Check::new(format!("store [{}]", destination.name), move || {
+        let destination = destination.clone();
+        async move { destination.check_ready().await }
+    })
 }
 
-impl Check {
-    /// The store check of `destination`: its credentials and container (the `serve`
-    /// startup check).
-    pub fn store(destination: Destination) -> Check {
-        Check {
-            name: format!("store [{}]", destination.name),
-            run: Box::new(move || {
-                let destination = destination.clone();
-                Box::pin(async move { destination.ensure_container().await })
-            }),
-        }
-    }
-
-    /// The lock engine of `queue`.
-    pub fn lock(queue: Queue) -> Check {
-        Check {
-            name: format!("queue lock [{}]", queue.destination().name),
-            run: Box::new(move || {
-                let queue = queue.clone();
-                Box::pin(async move {
-                    queue
-                        .check_lock()
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-            }),
-        }
-    }
+/// The check of `queue`'s lock engine.
+pub fn lock_check(queue: Queue) -> Check {
+    Check::new(
+        format!("queue lock [{}]", queue.destination().name),
+        move || {
+            let queue = queue.clone();
+            async move {
+                queue
+                    .check_lock()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
 }
 
 /// Runs every check now and then every `max_age / 3` (each bounded by that time), in the
@@ -74,18 +61,21 @@ pub fn spawn_checks(health: Arc<Health>, checks: Vec<Check>, max_age: Duration) 
     }
 }
 
-/// Reads each queue's depth per state into the metrics every `max_age / 3`, in the
-/// background.
-pub fn spawn_queue_depth(queues: Vec<Queue>, max_age: Duration) {
+/// Reads each queue's counts into the metrics every `queue_stats_interval`, in the
+/// background; `swiftdrop_queue_stats_timestamp_seconds` says when they were last read
+/// (the gauges keep the last counts while the store does not answer).
+pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(max_age / 3);
+        let mut tick = tokio::time::interval(stats.every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for queue in &queues {
-                let destination = queue.destination().name.clone();
-                let stats = match queue.stats().await {
-                    Ok(stats) => stats,
+            for destination in stats.names() {
+                let Some((_, counts)) = stats.of(&destination).await else {
+                    continue;
+                };
+                let counts = match counts {
+                    Ok(counts) => counts,
                     Err(e) => {
                         tracing::warn!(destination, error = %e, "cannot read the queue's depth");
                         continue;
@@ -93,7 +83,7 @@ pub fn spawn_queue_depth(queues: Vec<Queue>, max_age: Duration) {
                 };
                 let m = metrics();
                 let now = chrono::Utc::now();
-                for (state, s) in stats {
+                for (state, s) in counts {
                     let labels = DestState {
                         destination: destination.clone(),
                         state: state.folder(),
@@ -105,6 +95,9 @@ pub fn spawn_queue_depth(queues: Vec<Queue>, max_age: Duration) {
                         .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
                     m.queue_oldest_age_seconds.get_or_create(&labels).set(age);
                 }
+                m.queue_stats_timestamp_seconds
+                    .get_or_create(&Dest { destination })
+                    .set(now.timestamp_millis() as f64 / 1000.0);
             }
         }
     });

@@ -4,33 +4,32 @@
 //! rendered on the server (minijinja, every value escaped), no JavaScript, no remote
 //! content (a Content-Security-Policy forbids it).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
 use minijinja::{Environment, context};
 use serde::Deserialize;
 
 use super::state::AdminState;
-use crate::queue::{CopyKey, Queue, QueueError, State as QueueState};
+use crate::queue::{CopyKey, MessageRef, Queue, QueueError, State as QueueState};
 
 /// Messages on one page of a state.
 const PAGE: usize = 50;
+/// The states the web view purges: mail that was handled. `cur/`, `processing/` and
+/// `retry/` hold mail still to deliver; `swiftdrop queue purge` reaches them.
+const PURGEABLE: [QueueState; 2] = [QueueState::Done, QueueState::Failed];
+/// The youngest messages a purge from the web may delete.
+const MIN_PURGE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a refused token waits for its answer.
+const REFUSAL_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes of a message read to show its text.
 const TEXT_BYTES: u64 = 1024 * 1024;
-
-/// Sent with every page: nothing from elsewhere is loaded, the page is never framed.
-const SECURITY_HEADERS: [(header::HeaderName, &str); 3] = [
-    (
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-    ),
-    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::REFERRER_POLICY, "no-referrer"),
-];
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
@@ -57,14 +56,14 @@ fn page(
 ) -> Response {
     let common = context! {
         role => state.role,
-        read_only => state.token.is_none(),
-        can_change => state.token.is_some(),
+        read_only => !state.can_change(),
+        can_change => state.can_change(),
     };
     let rendered = TEMPLATES
         .get_template(template)
         .and_then(|t| t.render(context! { ..common, ..values }));
     match rendered {
-        Ok(html) => (status, SECURITY_HEADERS, Html(html)).into_response(),
+        Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
             tracing::error!(template, error = %e, "admin page does not render");
             (
@@ -150,32 +149,36 @@ fn queue_error(state: &AdminState, e: &QueueError, back: Option<String>) -> Resp
     outcome(state, status, "Not done", e.to_string(), back)
 }
 
-/// `/queue`: every destination's states.
+/// `/queue`: every destination's states (counts at most `queue_stats_interval` old).
 pub async fn overview(State(state): State<Arc<AdminState>>) -> Response {
     let mut destinations = Vec::new();
     for (name, queue) in &state.queues {
-        let entry = match queue {
-            Err(e) => context! { name, error => e },
-            Ok(queue) => match queue.stats().await {
-                Err(e) => {
-                    context! { name, store => queue.destination().store.to_string(), error => e.to_string() }
-                }
-                Ok(stats) => {
-                    let states: Vec<minijinja::Value> = stats
-                        .iter()
-                        .map(|(s, st)| {
-                            context! {
-                                state => s.folder(),
-                                count => st.count,
-                                bytes => st.bytes,
-                                oldest => st.oldest.map(time),
-                                age => st.oldest.map(age),
-                            }
-                        })
-                        .collect();
-                    context! { name, store => queue.destination().store.to_string(), states }
-                }
-            },
+        let queue = match queue {
+            Ok(queue) => queue,
+            Err(e) => {
+                destinations.push(context! { name, error => e });
+                continue;
+            }
+        };
+        let store = queue.destination().store.to_string();
+        let entry = match state.stats.of(name).await {
+            None => context! { name, store, error => "not counted" },
+            Some((_, Err(e))) => context! { name, store, error => e },
+            Some((counted, Ok(stats))) => {
+                let states: Vec<minijinja::Value> = stats
+                    .iter()
+                    .map(|(s, st)| {
+                        context! {
+                            state => s.folder(),
+                            count => st.count,
+                            bytes => st.bytes,
+                            oldest => st.oldest.map(time),
+                            age => st.oldest.map(age),
+                        }
+                    })
+                    .collect();
+                context! { name, store, states, counted => counted.as_secs() }
+            }
         };
         destinations.push(entry);
     }
@@ -222,13 +225,16 @@ pub async fn list(
     };
     let next = (entries.len() > PAGE).then(|| entries[PAGE - 1].key.clone());
     entries.truncate(PAGE);
-    let glances = futures::future::join_all(entries.iter().map(|e| async {
-        match CopyKey::parse(&e.key) {
-            Some(key) => queue.glance(&key).await.ok().flatten(),
-            None => None,
-        }
-    }))
-    .await;
+    // Two requests a message, eight messages at a time.
+    let keys: Vec<Option<CopyKey>> = entries.iter().map(|e| CopyKey::parse(&e.key)).collect();
+    let glances: Vec<_> = futures::stream::iter(keys)
+        .map(|key| {
+            let queue = queue.clone();
+            async move { queue.glance(&key?).await.ok().flatten() }
+        })
+        .buffered(8)
+        .collect()
+        .await;
     let rows: Vec<minijinja::Value> = entries
         .iter()
         .zip(glances)
@@ -250,11 +256,12 @@ pub async fn list(
             }
         })
         .collect();
+    let purgeable = PURGEABLE.contains(&folder_state);
     page(
         &state,
         StatusCode::OK,
         "list.html",
-        context! { dest, state => folder_state.folder(), rows, after, next },
+        context! { dest, state => folder_state.folder(), rows, after, next, purgeable },
     )
 }
 
@@ -264,7 +271,8 @@ pub struct KeyQuery {
     key: String,
 }
 
-/// `/queue/{dest}/message?key=KEY`: one message in full.
+/// `/queue/{dest}/message?key=KEY`: one message in full (its digests are `swiftdrop queue
+/// show`'s: they read all of it).
 pub async fn message(
     State(state): State<Arc<AdminState>>,
     Path(dest): Path<String>,
@@ -274,15 +282,25 @@ pub async fn message(
         Ok(q) => q,
         Err(refusal) => return refusal.page(&state),
     };
-    let seen = match queue.inspect(&key).await {
+    if let Err(e) = key.parse::<MessageRef>() {
+        return outcome(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "Not a key",
+            e,
+            Some("/queue".into()),
+        );
+    }
+    let seen = match queue.inspect(&key, false).await {
         Ok(seen) => seen,
-        Err(e) => return queue_error(&state, &e, Some(format!("/queue/{}", urlencoding(&dest)))),
+        Err(e) => return queue_error(&state, &e, Some("/queue".into())),
     };
     let newest = seen.newest();
     let text_bytes = match queue.read_range(newest, TEXT_BYTES).await {
         Ok(bytes) => bytes,
-        Err(e) => return queue_error(&state, &e, None),
+        Err(e) => return queue_error(&state, &e, Some("/queue".into())),
     };
+    // The text part (an HTML-only message as text): nothing of it is rendered as HTML.
     let text = mail_parser::MessageParser::default()
         .parse(&text_bytes[..])
         .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
@@ -303,11 +321,12 @@ pub async fn message(
     ) || (newest.state() == QueueState::Processing && seen.holder.is_none());
     let received =
         crate::queue::record::received(&newest.key.name).unwrap_or(newest.meta.last_modified);
+    let also_in: Vec<String> = seen.copies[1..].iter().map(|c| c.key.to_string()).collect();
     let m = context! {
         key => newest.key.to_string(),
         name => newest.key.name.clone(),
         state => newest.state().folder(),
-        also_in => seen.copies[1..].iter().map(|c| c.key.to_string()).collect::<Vec<_>>().join(", "),
+        also_in => also_in.join(", "),
         received => time(received),
         size => newest.meta.size,
         sender => seen.glance.sender.clone().unwrap_or_default(),
@@ -316,8 +335,6 @@ pub async fn message(
         reason => record.reason.clone(),
         not_before => record.not_before.map(time),
         lease,
-        sha256 => seen.digests.sha256.clone(),
-        duplicate_of => seen.duplicate_of.as_ref().map_or_else(|| "none".to_string(), |d| format!("{} (finished {})", d.key, time(d.at))),
         metadata => seen.glance.metadata.clone(),
         headers => seen.glance.headers.clone(),
         text,
@@ -348,7 +365,7 @@ fn allowed(state: &AdminState, form: &Change) -> Result<(), Refusal> {
             back: None,
         })
     };
-    if state.token.is_none() {
+    if !state.can_change() {
         return refuse(
             StatusCode::FORBIDDEN,
             "Read-only",
@@ -376,6 +393,8 @@ pub async fn requeue(
     Form(form): Form<Change>,
 ) -> Response {
     if let Err(refusal) = allowed(&state, &form) {
+        // Every refusal of the token waits a second: guessing it is slow.
+        tokio::time::sleep(REFUSAL_PAUSE).await;
         return refusal.page(&state);
     }
     let queue = match queue_of(&state, &dest) {
@@ -383,6 +402,9 @@ pub async fn requeue(
         Err(refusal) => return refusal.page(&state),
     };
     let key = form.key.unwrap_or_default();
+    if let Err(e) = key.parse::<MessageRef>() {
+        return outcome(&state, StatusCode::BAD_REQUEST, "Not a key", e, None);
+    }
     match queue.requeue(&key, false).await {
         Ok(finished) => {
             tracing::info!(destination = dest, key, to = %finished.key, "admin: requeued");
@@ -403,35 +425,47 @@ pub async fn requeue(
     }
 }
 
-/// `POST /queue/{dest}/purge`: deletes a state's messages older than the age given.
+/// `POST /queue/{dest}/purge`: deletes the messages of `done/` or `failed/` that entered it
+/// more than an hour (at least) ago. One purge at a time; it runs to its end even when the
+/// browser leaves.
 pub async fn purge(
     State(state): State<Arc<AdminState>>,
     Path(dest): Path<String>,
     Form(form): Form<Change>,
 ) -> Response {
     if let Err(refusal) = allowed(&state, &form) {
+        tokio::time::sleep(REFUSAL_PAUSE).await;
         return refusal.page(&state);
     }
     let queue = match queue_of(&state, &dest) {
-        Ok(q) => q,
+        Ok(q) => q.clone(),
         Err(refusal) => return refusal.page(&state),
     };
-    let Some(folder) = form
+    let folder = form
         .state
         .as_deref()
-        .and_then(|s| s.parse::<QueueState>().ok())
-    else {
+        .and_then(|s| s.parse::<QueueState>().ok());
+    let Some(folder) = folder.filter(|f| PURGEABLE.contains(f)) else {
         return outcome(
             &state,
             StatusCode::BAD_REQUEST,
             "Not done",
-            "no such state".into(),
+            "only done/ and failed/ are purged here (swiftdrop queue purge does the others)".into(),
             None,
         );
     };
     let older_than =
         match crate::config::parse_duration(form.older_than.as_deref().unwrap_or_default()) {
-            Ok(d) => d,
+            Ok(d) if d >= MIN_PURGE_AGE => d,
+            Ok(_) => {
+                return outcome(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    "Not done",
+                    "older than: an hour at least".into(),
+                    None,
+                );
+            }
             Err(e) => {
                 return outcome(
                     &state,
@@ -443,36 +477,61 @@ pub async fn purge(
             }
         };
     let back = Some(format!("/queue/{}/{}", urlencoding(&dest), folder.folder()));
-    match queue.purge(folder, older_than, false, &|_, _| {}).await {
-        Ok(report) => {
-            tracing::info!(
-                destination = dest,
-                state = folder.folder(),
-                deleted = report.deleted,
-                "admin: purged"
-            );
-            let text = format!(
-                "deleted {} of {} messages ({} bytes) from {}/ older than {}{}",
-                report.deleted,
-                report.matched,
-                report.bytes,
-                folder.folder(),
-                humantime::format_duration(older_than),
-                if report.failed > 0 {
-                    format!("; {} deletions failed (see the log)", report.failed)
-                } else {
-                    String::new()
-                }
-            );
-            let status = if report.failed > 0 {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::OK
-            };
-            outcome(&state, status, "Purged", text, back)
-        }
-        Err(e) => queue_error(&state, &e, back),
+    if state.purging.swap(true, Ordering::AcqRel) {
+        return outcome(
+            &state,
+            StatusCode::CONFLICT,
+            "Not done",
+            "a purge is running; try again when it is over".into(),
+            back,
+        );
     }
+    // Its own task: a browser that leaves does not cut the purge short.
+    let running = Arc::clone(&state);
+    let purged = tokio::spawn(async move {
+        let purged = queue.purge(folder, older_than, false, &|_, _| {}).await;
+        running.purging.store(false, Ordering::Release);
+        purged
+    })
+    .await;
+    let report = match purged {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return queue_error(&state, &e, back),
+        Err(e) => {
+            return outcome(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Not done",
+                format!("the purge ended: {e}"),
+                back,
+            );
+        }
+    };
+    tracing::info!(
+        destination = dest,
+        state = folder.folder(),
+        deleted = report.deleted,
+        "admin: purged"
+    );
+    let failed = if report.failed > 0 {
+        format!("; {} deletions failed (see the log)", report.failed)
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "deleted {} of {} messages ({} bytes) from {}/ older than {}{failed}",
+        report.deleted,
+        report.matched,
+        report.bytes,
+        folder.folder(),
+        humantime::format_duration(older_than),
+    );
+    let status = if report.failed > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    outcome(&state, status, "Purged", text, back)
 }
 
 /// `s` for a URL's path segment or query value.

@@ -298,7 +298,8 @@ async fn list(queue: &Queue, state: State, limit: usize, json: bool) -> Result<(
 }
 
 async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
-    let seen = queue.inspect(key).await?;
+    let seen = queue.inspect(key, true).await?;
+    let digests = seen.digests.clone().unwrap_or_default();
     let newest = seen.newest();
     let name = newest.key.name.clone();
     let glance = &seen.glance;
@@ -333,8 +334,8 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
         "envelope": {"sender": glance.sender, "recipients": glance.recipients},
         "headers": glance.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "metadata": metadata,
-        "sha256": seen.digests.sha256,
-        "dedup_digest": seen.digests.dedup,
+        "sha256": digests.sha256,
+        "dedup_digest": digests.dedup,
         "duplicate_of": seen.duplicate_of.as_ref().map(|d| json!({"key": d.key, "finished": time(d.at)})),
     });
     if json {
@@ -377,8 +378,8 @@ async fn show(queue: &Queue, key: &str, json: bool) -> Result<(), QueueError> {
     );
     field("sender:", glance.sender.clone().unwrap_or_default());
     field("recipients:", glance.recipients.join(", "));
-    field("sha256:", seen.digests.sha256.clone());
-    field("dedup digest:", seen.digests.dedup.clone());
+    field("sha256:", digests.sha256.clone());
+    field("dedup digest:", digests.dedup.clone());
     field(
         "duplicate-of:",
         seen.duplicate_of.as_ref().map_or_else(

@@ -41,6 +41,7 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "admin_listen",
     "admin_token",
     "ready_max_age",
+    "queue_stats_interval",
 ];
 
 /// Global settings of the filter.
@@ -102,6 +103,10 @@ pub struct ServerSettings {
     /// `/readyz` answers 200 while every check (a destination's store check, a worker's
     /// lock engine and sinks) passed within this age (`ready_max_age`, default 60 s).
     pub ready_max_age: Duration,
+    /// The queue's counts (web view, the worker's queue metrics) are listed at most this
+    /// often (`queue_stats_interval`, default 30 s): listing a large queue is work for
+    /// the store.
+    pub queue_stats_interval: Duration,
 }
 
 /// How log lines are written (`log_format`; `--log-format` of `serve` and the worker).
@@ -193,6 +198,9 @@ pub(super) fn validate_server(
             }
         })
     });
+    let queue_stats_interval = get("queue_stats_interval", "30s", &|s| {
+        parse_duration(s).map(drop)
+    });
     let admin_token = section
         .get("admin_token")
         .map(|v| v.value.trim().to_string())
@@ -251,6 +259,7 @@ pub(super) fn validate_server(
         admin_listen: parse_admin_listen(&admin_listen).ok()?,
         admin_token: admin_token.map(Secret::new),
         ready_max_age: parse_duration(&ready_max_age).ok()?,
+        queue_stats_interval: parse_duration(&queue_stats_interval).ok()?,
     })
 }
 

@@ -65,15 +65,16 @@ impl MemoryBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= self.limit)
             });
-        if let Ok(before) = added {
-            metrics().memory_in_use_bytes.set(gauge(before + bytes));
+        if added.is_ok() {
+            // Added, not set: two threads' updates cannot land out of order.
+            metrics().memory_in_use_bytes.inc_by(gauge(bytes));
         }
         added.is_ok()
     }
 
     fn sub(&self, bytes: usize) {
-        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
-        metrics().memory_in_use_bytes.set(gauge(before - bytes));
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        metrics().memory_in_use_bytes.dec_by(gauge(bytes));
     }
 }
 

@@ -23,7 +23,7 @@ use crate::filter::relay::Relay;
 use crate::filter::spool::RelayBody;
 use crate::queue::Announcer;
 use crate::store::{Destination, metadata};
-use crate::telemetry::metrics::{Dest, metrics};
+use crate::telemetry::metrics::{Dest, Kind, metrics};
 
 // Shutdown's budget for a delivery past its deadline must cover the clean-up (each
 // request of which is bounded) and the reply.
@@ -198,7 +198,14 @@ impl Delivery {
         bytes: &[u8],
     ) -> Result<(), DeliveryError> {
         let deadline = tokio::time::Instant::now() + deliverer.timeout;
-        let sent = join_all(self.writes.iter_mut().map(|w| w.stream(bytes, deadline))).await;
+        let sent = join_all(self.writes.iter_mut().map(|w| async {
+            let sent = w.stream(bytes, deadline).await;
+            if sent.is_err() {
+                count_failure(w.destination());
+            }
+            sent
+        }))
+        .await;
         sent.into_iter().collect()
     }
 
@@ -225,19 +232,9 @@ impl Delivery {
         let stage = self.writes.len() + usize::from(relay.is_some()) > 1;
         let started = std::time::Instant::now();
         let finished = join_all(self.writes.iter_mut().map(|w| async {
-            let destination = Dest {
-                destination: w.destination().to_string(),
-            };
             let finished = w.finish(&rest, stage, deadline).await;
-            let m = metrics();
-            match &finished {
-                Ok(()) => m
-                    .store_write_seconds
-                    .get_or_create(&destination)
-                    .observe(started.elapsed().as_secs_f64()),
-                Err(_) => {
-                    m.store_write_failures.get_or_create(&destination).inc();
-                }
+            if finished.is_err() {
+                count_failure(w.destination());
             }
             finished
         }))
@@ -260,12 +257,31 @@ impl Delivery {
                     return Err(DeliveryError::Relay(e));
                 }
                 Err(_) => {
+                    // The relay's own count never came: its future was dropped.
+                    metrics()
+                        .relayed
+                        .get_or_create(&Kind { kind: "failed" })
+                        .inc();
                     self.abort().await;
                     return Err(DeliveryError::RelayTimeout);
                 }
             }
         }
-        let published = join_all(self.writes.iter_mut().map(|w| w.publish(deadline))).await;
+        let published = join_all(self.writes.iter_mut().map(|w| async {
+            let published = w.publish(deadline).await;
+            match &published {
+                // The whole write: from the end of DATA until the object is in cur/.
+                Ok(_) => metrics()
+                    .store_write_seconds
+                    .get_or_create(&Dest {
+                        destination: w.destination().to_string(),
+                    })
+                    .observe(started.elapsed().as_secs_f64()),
+                Err(_) => count_failure(w.destination()),
+            }
+            published
+        }))
+        .await;
         if let Err(e) = published.into_iter().collect::<Result<Vec<_>, _>>() {
             if relayed.is_some() {
                 tracing::error!(error = %e, "publishing failed after the relay took its recipients: they get the message again when the client retries");
@@ -288,4 +304,14 @@ impl Delivery {
     pub async fn abort(self) {
         join_all(self.writes.into_iter().map(ObjectWrite::abort)).await;
     }
+}
+
+/// Counts a message that `destination` did not confirm.
+fn count_failure(destination: &str) {
+    metrics()
+        .store_write_failures
+        .get_or_create(&Dest {
+            destination: destination.to_string(),
+        })
+        .inc();
 }

@@ -864,10 +864,13 @@ where
         Err(_) => "timed out".to_string(),
     };
     tracing::warn!(destination = %dest.name, %key, attempt, error, "clean-up: could not {what} this key; trying again in the background");
-    metrics()
-        .rollback_steps
-        .get_or_create(&Kind { kind: "failed" })
-        .inc();
+    if attempt == 1 {
+        // Once per step: it then ends `done` or `gave_up`.
+        metrics()
+            .rollback_steps
+            .get_or_create(&Kind { kind: "failed" })
+            .inc();
+    }
     false
 }
 

@@ -90,10 +90,8 @@ impl Server {
                         match permit {
                             Ok(_permit) => {
                                 counted("accepted");
-                                let open = &metrics().smtp_connections_open;
-                                open.inc();
+                                let _open = OpenSession::count();
                                 serve(stream, peer, settings, deliverer, memory, stop).await;
-                                open.dec();
                             }
                             Err(_) => {
                                 counted("refused");
@@ -185,6 +183,23 @@ async fn serve(
                 .unwrap_or_default();
             tracing::error!(%peer, panic = message, "session panicked; connection closed");
         }
+    }
+}
+
+/// One open session in `swiftdrop_smtp_connections_open`, for as long as it lives (a
+/// session aborted at the end of the drain is counted out too).
+struct OpenSession;
+
+impl OpenSession {
+    fn count() -> OpenSession {
+        metrics().smtp_connections_open.inc();
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        metrics().smtp_connections_open.dec();
     }
 }
 

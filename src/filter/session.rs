@@ -470,6 +470,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Ends a transaction whose data was discarded, with `reply`.
     fn end_discarded(&mut self, reply: Reply) -> Step {
+        count_transaction(reply.code);
         if let Some(tx) = self.transaction.take() {
             tracing::info!(
                 client = %self.client.display(),
@@ -894,17 +895,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         drop(reservation);
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let m = metrics();
-        m.smtp_received_bytes.inc_by(size as u64);
-        let code = match &result {
+        metrics().smtp_received_bytes.inc_by(size as u64);
+        count_transaction(match &result {
             Ok(delivered) => delivered.reply().code,
             Err(e) => e.reply().code,
-        };
-        m.smtp_transactions
-            .get_or_create(&Kind {
-                kind: reply_class(code),
-            })
-            .inc();
+        });
         let recipients: Vec<&str> = tx
             .envelope
             .recipients
@@ -976,4 +971,15 @@ fn warn_about_line_endings(message: &[u8]) {
     if memchr::memchr(0, message).is_some() {
         tracing::warn!("message contains NUL bytes; stored unchanged");
     }
+}
+
+/// Counts a transaction by the class of its end-of-data reply (a refused one too: too
+/// large, no memory).
+fn count_transaction(code: u16) {
+    metrics()
+        .smtp_transactions
+        .get_or_create(&Kind {
+            kind: reply_class(code),
+        })
+        .inc();
 }

@@ -83,7 +83,7 @@ impl From<object_store::Error> for QueueError {
 }
 
 /// The digests of a message's bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Digests {
     /// SHA-256 of all the bytes.
     pub sha256: String,

@@ -20,9 +20,11 @@ pub struct Inspection {
     pub copies: Vec<StoredCopy>,
     /// The lease on it, if any.
     pub holder: Option<Holder>,
-    /// Its SHA-256 and the digest duplicates are found by.
-    pub digests: Digests,
-    /// The finished message with the same dedup digest, if any.
+    /// Its SHA-256 and the digest duplicates are found by (`None` unless asked for: the
+    /// whole message is read for them).
+    pub digests: Option<Digests>,
+    /// The finished message with the same dedup digest, if any (looked for with the
+    /// digests).
     pub duplicate_of: Option<FinishedRef>,
     pub glance: Glance,
 }
@@ -58,14 +60,20 @@ impl Glance {
 }
 
 impl Queue {
-    /// Everything about the message `key` (with or without its state folder).
-    pub async fn inspect(&self, key: &str) -> Result<Inspection, QueueError> {
+    /// Everything about the message `key` (with or without its state folder); its digests
+    /// and the finished message it repeats only `with_digests` (they read all of it).
+    pub async fn inspect(&self, key: &str, with_digests: bool) -> Result<Inspection, QueueError> {
         let copies = self.find(key).await?;
         let newest = &copies[0];
         let name = newest.key.name.clone();
-        let digests = self.digests(&newest.meta).await?;
+        let (digests, duplicate_of) = if with_digests {
+            let digests = self.digests(&newest.meta).await?;
+            let duplicate_of = self.duplicate_of(&name, &digests.dedup).await?;
+            (Some(digests), duplicate_of)
+        } else {
+            (None, None)
+        };
         let holder = self.holder(&name).await?;
-        let duplicate_of = self.duplicate_of(&name, &digests.dedup).await?;
         let glance = self.glance_at(newest).await?;
         Ok(Inspection {
             copies,

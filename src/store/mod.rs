@@ -191,21 +191,45 @@ impl Destination {
         configs.iter().map(Destination::open).collect()
     }
 
-    /// Authenticates and confirms that the container or bucket exists, creating it when
-    /// the destination says `create_container = yes`; for a Maildir, that its `tmp/` and
-    /// `cur/` are there (made when it was opened: gone means moved or unmounted). `Err`
-    /// holds a one-line reason.
-    pub async fn ensure_container(&self) -> Result<(), String> {
+    /// Whether the destination can take mail now, changing nothing that stays: an object
+    /// store's credentials and container (never created here); a Maildir's `cur/`, and its
+    /// `tmp/` taking a file (written, synced and removed on a blocking thread: a hung
+    /// mount holds that thread, not the runtime). `Err` holds a one-line reason.
+    pub async fn check_ready(&self) -> Result<(), String> {
         match &self.container {
             Container::Directory(maildir) => {
-                for folder in [key::STAGING, key::CUR] {
-                    let path = maildir.root().join(folder);
-                    if !path.is_dir() {
-                        return Err(format!("{} is not a directory", path.display()));
+                let root = maildir.root().to_path_buf();
+                let probe = move || -> Result<(), String> {
+                    let cur = root.join(key::CUR);
+                    if !cur.is_dir() {
+                        return Err(format!("{} is not a directory", cur.display()));
                     }
-                }
-                Ok(())
+                    let file = root
+                        .join(key::STAGING)
+                        .join(format!("swiftdrop-ready.P{}", std::process::id()));
+                    let written = std::fs::File::create(&file)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(&mut f, b"ready?\r\n")?;
+                            f.sync_all()
+                        })
+                        .map_err(|e| format!("cannot write {}: {e}", file.display()));
+                    let _ = std::fs::remove_file(&file);
+                    written
+                };
+                tokio::task::spawn_blocking(probe)
+                    .await
+                    .map_err(|e| format!("the Maildir check ended: {e}"))?
             }
+            Container::Swift(store, _) => store.ensure_container(false).await,
+            Container::S3(store, _) => store.ensure_bucket(false).await,
+        }
+    }
+
+    /// Authenticates and confirms that the container or bucket exists, creating it when
+    /// the destination says `create_container = yes`. `Err` holds a one-line reason.
+    pub async fn ensure_container(&self) -> Result<(), String> {
+        match &self.container {
+            Container::Directory(_) => Ok(()),
             Container::Swift(store, create) => store.ensure_container(*create).await,
             Container::S3(store, create) => store.ensure_bucket(*create).await,
         }

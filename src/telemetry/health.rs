@@ -3,13 +3,42 @@
 //! process is ready while every check it expects passed within `ready_max_age`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A readiness check: its name in `/readyz` and what it runs (the admin listener runs it
+/// in the background; whoever knows the thing checked makes it).
+pub struct Check {
+    pub name: String,
+    pub run: CheckRun,
+}
+
+/// What a [`Check`] runs: a new try each time it is called.
+pub type CheckRun =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+impl Check {
+    /// A check called `name` that runs `run`.
+    pub fn new<F, Fut>(name: impl Into<String>, run: F) -> Check
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Check {
+            name: name.into(),
+            run: Box::new(move || Box::pin(run())),
+        }
+    }
+}
 
 /// The checks of one process and their last results.
 #[derive(Debug, Default)]
 pub struct Health {
     checks: Mutex<BTreeMap<String, Option<Last>>>,
+    /// The process is shutting down: not ready, whatever the checks say.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -50,11 +79,23 @@ impl Health {
         });
     }
 
-    /// Ready when every check passed within `max_age`; a line per check says how it stands.
+    /// Marks the process as shutting down (`serve` draining, a worker finishing its
+    /// messages): from now on it is not ready, so that no new work is sent its way.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready when every check passed within `max_age` and the process is not shutting
+    /// down; a line per check says how it stands.
     pub fn readiness(&self, max_age: Duration) -> Readiness {
         let now = Instant::now();
         let mut ready = true;
         let mut lines = Vec::new();
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            ready = false;
+            lines.push("draining: shutting down".to_string());
+        }
         for (name, last) in self.lock().iter() {
             let line = match last {
                 None => {
@@ -62,8 +103,10 @@ impl Health {
                     format!("{name}: not checked yet")
                 }
                 Some(last) => {
+                    // Its last try passed, and not too long ago (a check that stopped
+                    // running counts as failing).
                     let fresh = last.passed.is_some_and(|p| now - p <= max_age);
-                    ready &= fresh;
+                    ready &= fresh && last.result.is_ok();
                     let ago = (now - last.at).as_secs();
                     match (&last.result, fresh) {
                         (Ok(()), true) => format!("{name}: ok ({ago} s ago)"),
@@ -108,6 +151,25 @@ mod tests {
         );
         health.report("lock", Ok(()));
         assert!(health.readiness(age).ready);
+        // Not checked yet: a named check that never ran.
+        health.expect("sink xmpp");
+        let now = health.readiness(age);
+        assert!(
+            !now.ready
+                && now
+                    .lines
+                    .contains(&"sink xmpp: not checked yet".to_string()),
+            "{now:?}"
+        );
+        health.report("sink xmpp", Ok(()));
+        health.drain();
+        let now = health.readiness(age);
+        assert!(
+            !now.ready && now.lines[0] == "draining: shutting down",
+            "{now:?}"
+        );
+        let health = Health::default();
+        health.report("store OPS", Ok(()));
         std::thread::sleep(Duration::from_millis(20));
         assert!(
             !health.readiness(Duration::from_millis(10)).ready,

@@ -65,7 +65,7 @@ pub struct Metrics {
     pub smtp_transactions: Family<Kind, Counter>,
     /// Message bytes received in transactions that got a reply.
     pub smtp_received_bytes: Counter,
-    /// Time from the end of DATA until every write of a stored message was confirmed.
+    /// Time from the end of DATA until a destination's object of a stored message was in `cur/`.
     pub store_write_seconds: Histograms<Dest>,
     /// Messages a destination did not confirm (the client got a `4xx`).
     pub store_write_failures: Family<Dest, Counter>,
@@ -82,7 +82,8 @@ pub struct Metrics {
     pub memory_limit_bytes: Gauge,
     /// Claims handed to this worker.
     pub claims: Counter,
-    /// Claims finished by `kind`: `done`, `failed`, `retry`, `released`.
+    /// Claims finished by `kind`: `done`, `failed`, `retry`, `released`, or `error` (the
+    /// store or lock engine failed; claimed again later).
     pub finished: Family<Kind, Counter>,
     /// Claims whose lease was lost before they were finished (nothing moved).
     pub lease_losses: Counter,
@@ -95,6 +96,8 @@ pub struct Metrics {
     pub queue_messages: Family<DestState, Gauge>,
     pub queue_bytes: Family<DestState, Gauge>,
     pub queue_oldest_age_seconds: Family<DestState, Gauge<f64, AtomicU64>>,
+    /// When those were last read (Unix time).
+    pub queue_stats_timestamp_seconds: Family<Dest, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -120,6 +123,7 @@ impl Metrics {
             queue_messages: Family::default(),
             queue_bytes: Family::default(),
             queue_oldest_age_seconds: Family::default(),
+            queue_stats_timestamp_seconds: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -146,7 +150,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "store_write_duration",
-            "From the end of DATA until every write of a stored message was confirmed",
+            "From the end of DATA until a destination's object of a stored message was in cur/",
             Unit::Seconds,
             m.store_write_seconds.clone(),
         );
@@ -181,7 +185,7 @@ impl Metrics {
         );
         r.register(
             "worker_finished",
-            "Claims finished by kind: done, failed, retry, released",
+            "Claims finished by kind: done, failed, retry, released, error (claimed again later)",
             m.finished.clone(),
         );
         r.register(
@@ -216,6 +220,12 @@ impl Metrics {
             "Age of the oldest message per queue state (0: none)",
             Unit::Seconds,
             m.queue_oldest_age_seconds.clone(),
+        );
+        r.register_with_unit(
+            "queue_stats_timestamp",
+            "When the queue's counts were last read (Unix time); they keep their last values while the store does not answer",
+            Unit::Seconds,
+            m.queue_stats_timestamp_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

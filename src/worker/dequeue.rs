@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::{Claim, ClaimOptions, Outcome, Queue, QueueError, replace_in_place};
 use crate::store::key::MessageKey;
+use crate::telemetry::health::Check;
 use crate::telemetry::metrics::{Kind, Sink, SinkFailure, metrics};
 use crate::util::logging::list;
 use crate::worker::gocd::Gocd;
@@ -139,6 +140,44 @@ impl Worker {
         }
     }
 
+    /// The readiness checks of the sinks the rules use: the SMTP server greets, the XMPP
+    /// session is online, the Mattermost server answers its ping.
+    pub fn sink_checks(self: &Arc<Self>) -> Vec<Check> {
+        let mut checks = Vec::new();
+        if self.mail.is_some() {
+            let worker = Arc::clone(self);
+            checks.push(Check::new("sink mail (remote-smtp)", move || {
+                let worker = Arc::clone(&worker);
+                async move {
+                    match &worker.mail {
+                        Some(mail) => mail.reachable().await,
+                        None => Ok(()),
+                    }
+                }
+            }));
+        }
+        if let Some(xmpp) = &self.xmpp {
+            let xmpp = xmpp.clone();
+            checks.push(Check::new("sink xmpp", move || {
+                let result = xmpp.reachable();
+                async move { result }
+            }));
+        }
+        if self.mattermost.is_some() {
+            let worker = Arc::clone(self);
+            checks.push(Check::new("sink mattermost", move || {
+                let worker = Arc::clone(&worker);
+                async move {
+                    match &worker.mattermost {
+                        Some(mattermost) => mattermost.reachable().await,
+                        None => Ok(()),
+                    }
+                }
+            }));
+        }
+        checks
+    }
+
     /// Runs `concurrency` jobs that claim and handle messages until `stop` says so; jobs in
     /// flight end their message first.
     pub async fn run(
@@ -227,8 +266,17 @@ impl Worker {
             }
             Err(e) => Err(e),
         };
-        if let Err(QueueError::LeaseLost { .. }) = &result {
-            metrics().lease_losses.inc();
+        match &result {
+            Ok(_) => {}
+            Err(QueueError::LeaseLost { .. }) => {
+                metrics().lease_losses.inc();
+            }
+            Err(_) => {
+                metrics()
+                    .finished
+                    .get_or_create(&Kind { kind: "error" })
+                    .inc();
+            }
         }
         match result {
             Ok(finished) => {

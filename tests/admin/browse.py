@@ -39,8 +39,12 @@ def main():
         shoot("list")
         driver.find_element(By.CSS_SELECTOR, "td.key a").click()
         shoot("message")
-        # A script in the message would have set this; the page itself has none.
+        # A script in the message would have set this; the page itself has none. The
+        # message's <script> and <img> are text, not elements.
         scripted = driver.execute_script("return window.swiftdropInjected === true")
+        elements = {tag: len(driver.find_elements(By.TAG_NAME, tag)) for tag in ("script", "img")}
+        literal = "<script>window.swiftdropInjected = true</script>" in driver.find_element(
+            By.TAG_NAME, "body").text
         driver.find_element(By.NAME, "token").send_keys(token)
         driver.find_element(By.NAME, "confirm").click()
         driver.find_element(By.ID, "requeue").click()
@@ -49,7 +53,7 @@ def main():
     finally:
         driver.quit()
     print(json.dumps({"screenshots": shots, "titles": titles, "scripted": scripted,
-                      "outcome": outcome}))
+                      "elements": elements, "literal": literal, "outcome": outcome}))
 
 
 if __name__ == "__main__":

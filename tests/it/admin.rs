@@ -90,34 +90,53 @@ impl Running {
         }
     }
 
-    /// The value of the sample `name{labels}` in `/metrics` (0 when it is not there yet).
-    async fn metric(&self, sample: &str) -> f64 {
+    /// The value of the sample `name{labels}` in `/metrics`, if it is there.
+    async fn sample(&self, sample: &str) -> Option<f64> {
         let (status, text) = self.get("/metrics").await;
         assert_eq!(status, 200);
-        sample_value(&text, sample)
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    /// The value of the sample, which must be there.
+    async fn metric(&self, sample: &str) -> f64 {
+        self.sample(sample)
+            .await
+            .unwrap_or_else(|| panic!("{sample} is not in /metrics"))
     }
 
     /// Waits until the sample reaches `value`.
     async fn metric_is(&self, sample: &str, value: f64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let now = self.metric(sample).await;
-            if now == value {
+            let now = self.sample(sample).await;
+            if now == Some(value) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{sample} stays {now}, not {value}"
+                "{sample} stays {now:?}, not {value}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
 
-fn sample_value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    /// Waits until `/readyz` says `words`; its text.
+    async fn ready_says(&self, words: &str) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, text) = self.get("/readyz").await;
+            if text.contains(words) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never says {words:?}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Sends one message through the filter on `port`; its reply to the end of data.
@@ -164,13 +183,21 @@ async fn serve_metrics_move_with_the_mail_and_readiness_with_the_store() {
         m("swiftdrop_memory_limit_bytes").await,
         (192u64 << 20) as f64
     );
-    // The queue's depth, read in the background (every second here).
+    // The message's memory given back, its session closed.
     running
-        .metric_is(
-            "swiftdrop_queue_messages{destination=\"DEFAULT\",state=\"cur\"}",
-            1.0,
-        )
+        .metric_is("swiftdrop_memory_in_use_bytes", 0.0)
         .await;
+    running
+        .metric_is("swiftdrop_smtp_connections_open", 0.0)
+        .await;
+    // A name that is not an address (a web page's DNS rebinding) is refused.
+    let rebound = http_client()
+        .get(running.url("/queue"))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 421);
 
     // The Maildir moved away: not ready, and a message gets 451 and counts as a failure.
     let maildir = setup.dir.path().join("maildir");
@@ -214,9 +241,16 @@ async fn serve_metrics_move_with_the_mail_and_readiness_with_the_store() {
 }
 
 #[tokio::test]
-async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_lock() {
+async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_lock_and_sinks() {
     let sink = SmtpSink::start(&[]);
-    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let redis = Redis::start();
+    let setup = QueueSetup::new(
+        Backend::Maildir,
+        &[
+            ("SWIFTDROP_QUEUE_LOCK", &redis.url()),
+            ("SWIFTDROP_SERVER_QUEUE_STATS_INTERVAL", "1s"),
+        ],
+    );
     let names = setup.store(2).await;
     let rules = setup.dir.path().join("rules.yml");
     std::fs::write(
@@ -243,6 +277,7 @@ async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_loc
     let ready = running.ready_is(200).await;
     assert!(ready.contains("store [DEFAULT]: ok"), "{ready}");
     assert!(ready.contains("queue lock [DEFAULT]: ok"), "{ready}");
+    assert!(ready.contains("sink mail (remote-smtp): ok"), "{ready}");
     running
         .metric_is("swiftdrop_worker_finished_total{kind=\"done\"}", 2.0)
         .await;
@@ -264,6 +299,19 @@ async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_loc
         )
         .await;
     assert_eq!(setup.names(State::Done).await.len(), names.len());
+    assert!(
+        running
+            .sample("swiftdrop_queue_stats_timestamp_seconds{destination=\"DEFAULT\"}")
+            .await
+            .is_some()
+    );
+    // The SMTP server and the lock engine gone: not ready, saying which.
+    drop(sink);
+    running.ready_says("sink mail (remote-smtp): FAILED").await;
+    drop(redis);
+    running.ready_says("queue lock [DEFAULT]: FAILED").await;
+    let (status, text) = running.get("/readyz").await;
+    assert_eq!(status, 503, "{text}");
 }
 
 /// A failed message whose subject and reason hold HTML: the web view in a headless
@@ -332,17 +380,46 @@ async fn the_web_view_requeues_a_failed_message_in_a_real_browser() {
     assert!(!page.contains("<script>"), "{page}");
     assert!(page.contains("sink said &lt;b&gt;no&lt;"), "{page}");
     // A wrong token moves nothing.
-    let wrong = running
+    // A wrong token (of the right length) moves nothing; nor does a missing confirmation.
+    let wrong = "an-admin-token-for-test5";
+    assert_eq!(wrong.len(), TOKEN.len());
+    let refused = running
         .post(
             "/queue/DEFAULT/requeue",
-            &[
-                ("key", &name),
-                ("token", "not-the-token-at-all"),
-                ("confirm", "yes"),
-            ],
+            &[("key", &name), ("token", wrong), ("confirm", "yes")],
         )
         .await;
-    assert_eq!(wrong, 403);
+    assert_eq!(refused, 403);
+    let unconfirmed = running
+        .post(
+            "/queue/DEFAULT/requeue",
+            &[("key", &name), ("token", TOKEN)],
+        )
+        .await;
+    assert_eq!(unconfirmed, 400);
+    // Purge from the web: done/ and failed/ only, an hour old at least.
+    for (state, older_than, status) in [
+        ("cur", "30d", 400),
+        ("failed", "1s", 400),
+        ("done", "1h", 200),
+    ] {
+        let fields = [
+            ("state", state),
+            ("older_than", older_than),
+            ("token", TOKEN),
+            ("confirm", "yes"),
+        ];
+        assert_eq!(
+            running.post("/queue/DEFAULT/purge", &fields).await,
+            status,
+            "{state} {older_than}"
+        );
+    }
+    assert_eq!(running.get("/queue/NOPE/cur").await.0, 404);
+    assert_eq!(
+        running.get("/queue/DEFAULT/message?key=../etc").await.0,
+        400
+    );
     assert_eq!(setup.names(State::Failed).await, vec![name.clone()]);
 
     // Kept for a look after the run (target/ is the build's own scratch space).
@@ -368,6 +445,15 @@ async fn the_web_view_requeues_a_failed_message_in_a_real_browser() {
     let walked: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     println!("screenshots: {}", walked["screenshots"]);
     assert_eq!(walked["scripted"], false, "{walked}");
+    assert_eq!(
+        walked["elements"],
+        serde_json::json!({"script": 0, "img": 0}),
+        "{walked}"
+    );
+    assert_eq!(
+        walked["literal"], true,
+        "the subject is shown as text: {walked}"
+    );
     assert!(
         walked["outcome"]
             .as_str()
@@ -381,4 +467,37 @@ async fn the_web_view_requeues_a_failed_message_in_a_real_browser() {
     }
     assert_eq!(setup.names(State::Cur).await, vec![name.clone()]);
     assert!(setup.names(State::Failed).await.is_empty());
+}
+
+/// A state's list comes in pages of 50, the next one from the last key of the one before.
+#[tokio::test]
+async fn a_state_is_listed_in_pages_of_fifty() {
+    let setup = QueueSetup::new(Backend::Maildir, &[]);
+    let names = setup.store(52).await;
+    let (running, _) = Running::serve(&setup, &[]).await;
+    let (status, first) = running.get("/queue/DEFAULT/cur").await;
+    assert_eq!(status, 200, "{first}");
+    let rows = |page: &str| page.matches("<td class=\"key\">").count();
+    assert_eq!(rows(&first), 50);
+    let next = first
+        .split("?after=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to the next page")
+        // As a browser reads the attribute.
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&");
+    let (_, second) = running
+        .get(&format!("/queue/DEFAULT/cur?after={next}"))
+        .await;
+    assert_eq!(rows(&second), 2, "{second}");
+    let mut sorted = names.clone();
+    sorted.sort();
+    for name in &sorted[50..] {
+        assert!(
+            second.contains(name.as_str()),
+            "{name} not on the second page"
+        );
+    }
+    assert!(!second.contains("next page"), "{second}");
 }

@@ -110,6 +110,22 @@ impl MailSink {
         })
     }
 
+    /// Whether the server takes a session as a send would open it (greeting and EHLO, by
+    /// the same client), for the worker's readiness; QUIT at once.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let address = format!("{}:{}", self.host, self.port);
+        let client = SmtpClientBuilder::new(self.host.as_str(), self.port)
+            .map_err(|e| format!("{address}: {e}"))?
+            .implicit_tls(false)
+            .helo_host(self.helo.clone())
+            .timeout(Duration::from_secs(10))
+            .connect_plain()
+            .await
+            .map_err(|e| format!("{address}: {e}"))?;
+        let _ = client.quit().await;
+        Ok(())
+    }
+
     /// Sends `message` (as stored) as one alert to the recipients `rcpt`, its `To:`
     /// listing `header_to` (every address of the alert, those sent to before included),
     /// with `from` replacing the sender when given, under `loop_mark`.

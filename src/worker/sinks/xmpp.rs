@@ -48,6 +48,8 @@
 //! [`ANSWER_GRACE`] past its post's time, whatever the task is waiting on.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -132,6 +134,8 @@ pub struct XmppSink {
     posts: mpsc::Sender<Post>,
     /// How long one post may take.
     timeout: Duration,
+    /// The connection task's session is online.
+    online: Arc<AtomicBool>,
 }
 
 impl XmppSink {
@@ -141,10 +145,12 @@ impl XmppSink {
         crate::util::log_bridge::install();
         account(settings)?;
         let (posts, requests) = mpsc::channel(64);
+        let online = Arc::new(AtomicBool::new(false));
         let connection = Connection {
             client: new_client(settings),
             settings: settings.clone(),
             online: false,
+            shown_online: Arc::clone(&online),
             acks: false,
             joined: HashSet::new(),
             services: HashMap::new(),
@@ -161,7 +167,17 @@ impl XmppSink {
         Ok(XmppSink {
             posts,
             timeout: settings.timeout,
+            online,
         })
+    }
+
+    /// Whether the connection is online now (the worker's readiness).
+    pub fn reachable(&self) -> Result<(), String> {
+        if self.online.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("the XMPP connection is not online".into())
+        }
     }
 
     /// Posts `body` to `to`; `Ok` once the server has it.
@@ -226,6 +242,8 @@ struct Connection {
     client: Client,
     settings: XmppSettings,
     online: bool,
+    /// `online`, for the sink's readiness check.
+    shown_online: Arc<AtomicBool>,
     /// The session acknowledges stanzas (XEP-0198).
     acks: bool,
     /// Rooms joined in this session.
@@ -296,6 +314,12 @@ enum Verdict {
 }
 
 impl Connection {
+    /// Whether the session is online (also shown to the sink's readiness check).
+    fn set_online(&mut self, online: bool) {
+        self.online = online;
+        self.shown_online.store(online, Ordering::Relaxed);
+    }
+
     async fn run(mut self, mut requests: mpsc::Receiver<Post>) {
         loop {
             if let Some(pending) = self.again.pop_front() {
@@ -318,7 +342,7 @@ impl Connection {
                     // old one is dropped: its send_end would panic on the ended worker).
                     None => {
                         self.client = new_client(&self.settings);
-                        self.online = false;
+                        self.set_online(false);
                         self.joined.clear();
                         self.lost_connection();
                         tracing::warn!("XMPP: the client's stream worker ended; connecting again");
@@ -446,7 +470,7 @@ impl Connection {
         // Answers the old client read already still count.
         self.take_ready_events();
         let old = std::mem::replace(&mut self.client, new_client(&self.settings));
-        self.online = false;
+        self.set_online(false);
         self.joined.clear();
         self.lost_connection();
         tokio::spawn(async move {
@@ -480,12 +504,12 @@ impl Connection {
     fn on_event(&mut self, event: Event) -> bool {
         match event {
             Event::Online { resumed: true, .. } => {
-                self.online = true;
+                self.set_online(true);
                 tracing::info!("XMPP session resumed");
                 false
             }
             Event::Online { features, .. } => {
-                self.online = true;
+                self.set_online(true);
                 self.acks = features.stream_management.is_some();
                 self.joined.clear();
                 tracing::info!(acks = self.acks, "XMPP session started");
@@ -494,7 +518,7 @@ impl Connection {
             // tokio-xmpp 6 does not send it (a session that ends is seen when the next
             // begins); kept for a version that does.
             Event::Disconnected(e) => {
-                self.online = false;
+                self.set_online(false);
                 tracing::warn!(error = %e, "XMPP connection lost");
                 false
             }

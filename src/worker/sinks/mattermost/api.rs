@@ -155,6 +155,16 @@ impl Api {
         url
     }
 
+    /// `GET /system/ping`: whether the server answers (no session needed).
+    pub async fn ping(&self) -> Result<(), String> {
+        let url = self.url(&["system", "ping"]);
+        match self.http.get(&url).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("/system/ping answered {}", response.status())),
+            Err(e) => Err(format!("mattermost unreachable: {}", e.without_url())),
+        }
+    }
+
     /// `GET /users/me`: the bot itself.
     pub async fn me(&self, token: &Secret) -> Result<User, ApiError> {
         let url = self.url(&["users", "me"]);

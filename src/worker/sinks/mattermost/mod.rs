@@ -121,6 +121,11 @@ impl MattermostSink {
         })
     }
 
+    /// Whether the server answers its ping (the worker's readiness).
+    pub async fn reachable(&self) -> Result<(), String> {
+        self.api.ping().await
+    }
+
     /// Delivers `markdown` (and the message's attachments) to `target`.
     pub async fn deliver(
         &self,
