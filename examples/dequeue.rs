@@ -467,14 +467,9 @@ async fn work(args: Args, config: Config, rules: Rules) -> ExitCode {
             checks,
             queues,
         );
-        match started.await {
-            Ok(bound) => {
-                tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
-            }
-            Err(e) => {
-                eprintln!("dequeue: admin listener on {listen}: {e}");
-                return ExitCode::from(2);
-            }
+        if let Err(e) = started.await {
+            eprintln!("dequeue: admin listener on {listen}: {e}");
+            return ExitCode::from(2);
         }
     }
     worker.seed_gocd_history().await;

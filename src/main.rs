@@ -198,14 +198,9 @@ async fn serve(
             checks,
             queues,
         );
-        match started.await {
-            Ok(bound) => {
-                tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue")
-            }
-            Err(e) => {
-                tracing::error!(listen = %listen, error = %e, "cannot listen for the admin listener");
-                return ExitCode::FAILURE;
-            }
+        if let Err(e) = started.await {
+            tracing::error!(listen = %listen, error = %e, "cannot listen for the admin listener");
+            return ExitCode::FAILURE;
         }
     }
     let server = match Server::bind(config.server.clone(), std::sync::Arc::new(deliverer)).await {

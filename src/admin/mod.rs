@@ -54,7 +54,9 @@ pub async fn start_for(
     if role == "worker" {
         spawn_queue_depth(Arc::clone(&state.stats));
     }
-    start(listen, state).await
+    let bound = start(listen, state).await?;
+    tracing::info!(listen = %bound, "admin listener: /metrics, /healthz, /readyz, /queue");
+    Ok(bound)
 }
 
 /// Binds `listen` and serves the admin routes for `state` in the background; the address

@@ -386,18 +386,27 @@ fn allowed(state: &AdminState, form: &Change) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The queue of `dest` when `form` may change it ([`allowed`]); a refused token waits a
+/// second for its answer, so that guessing it is slow.
+async fn changeable<'a>(
+    state: &'a AdminState,
+    dest: &str,
+    form: &Change,
+) -> Result<&'a Queue, Refusal> {
+    if let Err(refusal) = allowed(state, form) {
+        tokio::time::sleep(REFUSAL_PAUSE).await;
+        return Err(refusal);
+    }
+    queue_of(state, dest)
+}
+
 /// `POST /queue/{dest}/requeue`: moves a finished (or abandoned) message back to `cur/`.
 pub async fn requeue(
     State(state): State<Arc<AdminState>>,
     Path(dest): Path<String>,
     Form(form): Form<Change>,
 ) -> Response {
-    if let Err(refusal) = allowed(&state, &form) {
-        // Every refusal of the token waits a second: guessing it is slow.
-        tokio::time::sleep(REFUSAL_PAUSE).await;
-        return refusal.page(&state);
-    }
-    let queue = match queue_of(&state, &dest) {
+    let queue = match changeable(&state, &dest, &form).await {
         Ok(q) => q,
         Err(refusal) => return refusal.page(&state),
     };
@@ -433,11 +442,7 @@ pub async fn purge(
     Path(dest): Path<String>,
     Form(form): Form<Change>,
 ) -> Response {
-    if let Err(refusal) = allowed(&state, &form) {
-        tokio::time::sleep(REFUSAL_PAUSE).await;
-        return refusal.page(&state);
-    }
-    let queue = match queue_of(&state, &dest) {
+    let queue = match changeable(&state, &dest, &form).await {
         Ok(q) => q.clone(),
         Err(refusal) => return refusal.page(&state),
     };

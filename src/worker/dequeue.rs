@@ -144,16 +144,11 @@ impl Worker {
     /// session is online, the Mattermost server answers its ping.
     pub fn sink_checks(self: &Arc<Self>) -> Vec<Check> {
         let mut checks = Vec::new();
-        if self.mail.is_some() {
-            let worker = Arc::clone(self);
+        if let Some(mail) = &self.mail {
+            let mail = mail.clone();
             checks.push(Check::new("sink mail (remote-smtp)", move || {
-                let worker = Arc::clone(&worker);
-                async move {
-                    match &worker.mail {
-                        Some(mail) => mail.reachable().await,
-                        None => Ok(()),
-                    }
-                }
+                let mail = mail.clone();
+                async move { mail.reachable().await }
             }));
         }
         if let Some(xmpp) = &self.xmpp {
