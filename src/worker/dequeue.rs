@@ -394,7 +394,10 @@ impl Worker {
                     action_id(&planned.receipt)
                 ))
             } else {
-                self.take_once(claim, &planned, &bytes, &mail, &ids).await?
+                let started = std::time::Instant::now();
+                let result = self.take_once(claim, &planned, &bytes, &mail, &ids).await?;
+                count_action(&planned.what, started, &result);
+                result
             };
             report.actions.push((planned.label, result));
         }
@@ -404,25 +407,6 @@ impl Worker {
     /// Takes `planned` unless an earlier attempt recorded it (done, or failed for good),
     /// and records what happened.
     async fn take_once(
-        &self,
-        claim: &mut Claim,
-        planned: &Planned,
-        bytes: &[u8],
-        mail: &MailView,
-        ids: &[String],
-    ) -> Result<ActionResult, QueueError> {
-        let started = std::time::Instant::now();
-        let result = self
-            .take_once_untimed(claim, planned, bytes, mail, ids)
-            .await;
-        if let Ok(result) = &result {
-            count_action(&planned.what, started, result);
-        }
-        result
-    }
-
-    /// [`Worker::take_once`] without its metrics.
-    async fn take_once_untimed(
         &self,
         claim: &mut Claim,
         planned: &Planned,
