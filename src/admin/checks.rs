@@ -71,7 +71,7 @@ pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
         loop {
             tick.tick().await;
             for destination in stats.names() {
-                let Some((_, counts)) = stats.of(&destination).await else {
+                let Some((age, counts)) = stats.of(&destination).await else {
                     continue;
                 };
                 let counts = match counts {
@@ -95,9 +95,11 @@ pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
                         .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
                     m.queue_oldest_age_seconds.get_or_create(&labels).set(age);
                 }
+                // When they were read: a cached read is as old as the cache.
+                let read_at = now.timestamp_millis() as f64 / 1000.0 - age.as_secs_f64();
                 m.queue_stats_timestamp_seconds
                     .get_or_create(&Dest { destination })
-                    .set(now.timestamp_millis() as f64 / 1000.0);
+                    .set(read_at);
             }
         }
     });

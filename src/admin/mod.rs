@@ -3,10 +3,10 @@
 //! web view under `/queue` ([`queue_view`]); the readiness checks and the queue's depth run
 //! in the background ([`checks`]).
 //!
-//! Every response carries security headers; a request whose `Host` is not an IP address or
-//! `localhost` is refused (a web page cannot reach the listener by DNS rebinding); the queue
-//! view answers loopback clients only (`kubectl port-forward` or the host itself), while
-//! metrics and probes answer whoever reaches the port. Connections are capped and a client
+//! Every response carries security headers. The queue view answers loopback clients only
+//! (`kubectl port-forward` or the host itself), named by an IP address or `localhost` (a web
+//! page cannot reach it by DNS rebinding); metrics and probes answer whoever reaches the
+//! port, by any name. Connections are capped and a client
 //! that does not send its request head in time is dropped.
 //!
 //! Owns: the HTTP routes and pages. May use: `telemetry/`, `queue/`, `store/`, `config/`,
@@ -112,32 +112,39 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<Soc
     Ok(bound)
 }
 
-/// What every request passes: a `Host` that is an IP address or `localhost` (else 421),
-/// a loopback client for the queue view (else 403); and what every response gets: the
-/// security headers.
+/// What every request passes: for the queue view, a `Host` that is an IP address or
+/// `localhost` (else 421) and a loopback client (else 403); and what every response gets:
+/// the security headers.
 async fn guard(request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !is_plain_host(host) {
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            "only an IP address or localhost may name this listener\n",
-        )
-            .into_response();
-    }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    if request.uri().path().starts_with("/queue") && !peer.is_some_and(|p| p.ip().is_loopback()) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the queue view answers loopback clients only (kubectl port-forward, or the host itself)\n",
-        )
-            .into_response();
+    // The queue view shows mail: only to the host itself (or a port-forward), and never to
+    // a web page that named it by another name (DNS rebinding). Metrics and probes answer
+    // whoever reaches the port, by any name (a Prometheus target by DNS name, a check
+    // without Host).
+    if request.uri().path().starts_with("/queue") {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !is_plain_host(host) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                "only an IP address or localhost may name the queue view\n",
+            )
+                .into_response();
+        }
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        // `::ffff:127.0.0.1` on a dual-stack socket is loopback too.
+        if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
+            return (
+                StatusCode::FORBIDDEN,
+                "the queue view answers loopback clients only (kubectl port-forward, or the host itself)\n",
+            )
+                .into_response();
+        }
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

@@ -492,11 +492,17 @@ pub async fn purge(
         );
     }
     // Its own task: a browser that leaves does not cut the purge short.
-    let running = Arc::clone(&state);
+    /// Lets the next purge run when this one ends, however it ends.
+    struct Purging(Arc<AdminState>);
+    impl Drop for Purging {
+        fn drop(&mut self) {
+            self.0.purging.store(false, Ordering::Release);
+        }
+    }
+    let running = Purging(Arc::clone(&state));
     let purged = tokio::spawn(async move {
-        let purged = queue.purge(folder, older_than, false, &|_, _| {}).await;
-        running.purging.store(false, Ordering::Release);
-        purged
+        let _running = running;
+        queue.purge(folder, older_than, false, &|_, _| {}).await
     })
     .await;
     let report = match purged {

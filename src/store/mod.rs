@@ -46,8 +46,12 @@ pub struct Destination {
 /// The container or bucket behind a destination, for the startup check and queue moves.
 #[derive(Debug, Clone)]
 enum Container {
-    /// A Maildir: its directories are made when it is opened.
-    Directory(Arc<maildir::MaildirStore>),
+    /// A Maildir: its directories are made when it is opened. The flag: a readiness probe
+    /// is running (on a hung mount it never ends; no second one is started).
+    Directory(
+        Arc<maildir::MaildirStore>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
     Swift(swift::SwiftStore, bool),
     S3(Arc<s3::Md5Verified<AmazonS3>>, bool),
 }
@@ -79,7 +83,7 @@ impl Destination {
     /// asked for ([`mover::copy_timeout`]); zero for a Maildir, which copies nothing.
     pub fn copy_time(&self, size: u64) -> std::time::Duration {
         let timeout = match &self.container {
-            Container::Directory(_) => return std::time::Duration::ZERO,
+            Container::Directory(..) => return std::time::Duration::ZERO,
             Container::Swift(store, _) => store.request_timeout(),
             Container::S3(store, _) => store.request_timeout(),
         };
@@ -99,7 +103,7 @@ impl Destination {
                     Arc::new(maildir::MaildirStore::open(path).map_err(|e| {
                         fail(format!("cannot open Maildir {}: {e}", path.display()))
                     })?);
-                (store.clone(), Container::Directory(store))
+                (store.clone(), Container::Directory(store, Arc::default()))
             }
             Backend::Swift(swift) => {
                 let store = swift::SwiftStore::new(swift).map_err(fail)?;
@@ -115,7 +119,7 @@ impl Destination {
         };
         Ok(Destination {
             name: config.name.clone(),
-            remote: !matches!(container, Container::Directory(_)),
+            remote: !matches!(container, Container::Directory(..)),
             store,
             container,
             counter: None,
@@ -147,7 +151,7 @@ impl Destination {
     /// The destination's queue moves ([`mover::Mover`]), made the way its backend allows.
     pub fn mover(&self) -> Arc<dyn mover::Mover> {
         let mover: Arc<dyn mover::Mover> = match &self.container {
-            Container::Directory(store) => store.clone(),
+            Container::Directory(store, _) => store.clone(),
             Container::Swift(store, _) => Arc::new(store.clone()),
             Container::S3(store, _) => store.clone(),
         };
@@ -160,7 +164,7 @@ impl Destination {
     /// The root of a Maildir destination.
     pub fn maildir_root(&self) -> Option<&std::path::Path> {
         match &self.container {
-            Container::Directory(store) => Some(store.root()),
+            Container::Directory(store, _) => Some(store.root()),
             _ => None,
         }
     }
@@ -170,7 +174,7 @@ impl Destination {
     /// path): the queue's keys in a shared lock engine are named after it.
     pub fn identity(&self) -> String {
         match &self.container {
-            Container::Directory(store) => {
+            Container::Directory(store, _) => {
                 let root = std::fs::canonicalize(store.root())
                     .unwrap_or_else(|_| store.root().to_path_buf());
                 format!("maildir {}", root.display())
@@ -197,24 +201,35 @@ impl Destination {
     /// mount holds that thread, not the runtime). `Err` holds a one-line reason.
     pub async fn check_ready(&self) -> Result<(), String> {
         match &self.container {
-            Container::Directory(maildir) => {
+            Container::Directory(maildir, probing) => {
+                use std::sync::atomic::Ordering;
+                if probing.swap(true, Ordering::AcqRel) {
+                    return Err(
+                        "the last probe of this Maildir has not ended: a hung mount?".into(),
+                    );
+                }
                 let root = maildir.root().to_path_buf();
+                let probing = Arc::clone(probing);
                 let probe = move || -> Result<(), String> {
                     let cur = root.join(key::CUR);
-                    if !cur.is_dir() {
-                        return Err(format!("{} is not a directory", cur.display()));
-                    }
-                    let file = root
-                        .join(key::STAGING)
-                        .join(format!("swiftdrop-ready.P{}", std::process::id()));
-                    let written = std::fs::File::create(&file)
-                        .and_then(|mut f| {
-                            std::io::Write::write_all(&mut f, b"ready?\r\n")?;
-                            f.sync_all()
-                        })
-                        .map_err(|e| format!("cannot write {}: {e}", file.display()));
-                    let _ = std::fs::remove_file(&file);
-                    written
+                    let result = if !cur.is_dir() {
+                        Err(format!("{} is not a directory", cur.display()))
+                    } else {
+                        let file = root
+                            .join(key::STAGING)
+                            .join(format!("swiftdrop-ready.P{}", std::process::id()));
+                        let written = std::fs::File::create(&file)
+                            .and_then(|mut f| {
+                                std::io::Write::write_all(&mut f, b"ready?\r\n")?;
+                                f.sync_all()
+                            })
+                            .map_err(|e| format!("cannot write {}: {e}", file.display()));
+                        let _ = std::fs::remove_file(&file);
+                        written
+                    };
+                    // Ended, whoever still waits for it.
+                    probing.store(false, Ordering::Release);
+                    result
                 };
                 tokio::task::spawn_blocking(probe)
                     .await
@@ -229,7 +244,7 @@ impl Destination {
     /// the destination says `create_container = yes`. `Err` holds a one-line reason.
     pub async fn ensure_container(&self) -> Result<(), String> {
         match &self.container {
-            Container::Directory(_) => Ok(()),
+            Container::Directory(..) => Ok(()),
             Container::Swift(store, create) => store.ensure_container(*create).await,
             Container::S3(store, create) => store.ensure_bucket(*create).await,
         }

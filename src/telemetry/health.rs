@@ -103,10 +103,11 @@ impl Health {
                     format!("{name}: not checked yet")
                 }
                 Some(last) => {
-                    // Its last try passed, and not too long ago (a check that stopped
-                    // running counts as failing).
+                    // It passed within the age: one failed try alone does not take the
+                    // process out (the age is the grace; a check that stopped running
+                    // counts as failing).
                     let fresh = last.passed.is_some_and(|p| now - p <= max_age);
-                    ready &= fresh && last.result.is_ok();
+                    ready &= fresh;
                     let ago = (now - last.at).as_secs();
                     match (&last.result, fresh) {
                         (Ok(()), true) => format!("{name}: ok ({ago} s ago)"),
@@ -151,6 +152,14 @@ mod tests {
         );
         health.report("lock", Ok(()));
         assert!(health.readiness(age).ready);
+        // One failed try within the age is the grace: still ready, the line says it failed.
+        health.report("lock", Err("timed out".into()));
+        let now = health.readiness(age);
+        assert!(
+            now.ready && now.lines.iter().any(|l| l.starts_with("lock: FAILED")),
+            "{now:?}"
+        );
+        health.report("lock", Ok(()));
         // Not checked yet: a named check that never ran.
         health.expect("sink xmpp");
         let now = health.readiness(age);

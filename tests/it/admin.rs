@@ -198,6 +198,14 @@ async fn serve_metrics_move_with_the_mail_and_readiness_with_the_store() {
         .await
         .unwrap();
     assert_eq!(rebound.status().as_u16(), 421);
+    // Metrics by a DNS name (a Prometheus target) are fine.
+    let scraped = http_client()
+        .get(running.url("/metrics"))
+        .header("host", "swiftdrop.monitoring.svc:9187")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status().as_u16(), 200);
 
     // The Maildir moved away: not ready, and a message gets 451 and counts as a failure.
     let maildir = setup.dir.path().join("maildir");
@@ -310,8 +318,9 @@ async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_loc
     running.ready_says("sink mail (remote-smtp): FAILED").await;
     drop(redis);
     running.ready_says("queue lock [DEFAULT]: FAILED").await;
-    let (status, text) = running.get("/readyz").await;
-    assert_eq!(status, 503, "{text}");
+    // Failing past ready_max_age (3 s here): not ready.
+    let text = running.ready_is(503).await;
+    assert!(text.contains("sink mail (remote-smtp): FAILED"), "{text}");
 }
 
 /// A failed message whose subject and reason hold HTML: the web view in a headless
