@@ -28,9 +28,10 @@ use clap::Parser;
 use swiftdrop::admin::{lock_check, store_check};
 use swiftdrop::config::{Config, LogFormat, parse_admin_listen};
 use swiftdrop::queue::Queue;
+use swiftdrop::store::trace;
 use swiftdrop::worker::dequeue::Worker;
 use swiftdrop::worker::gocd::GocdClient;
-use swiftdrop::worker::mail_view::{MailView, trace_lines};
+use swiftdrop::worker::mail_view::MailView;
 use swiftdrop::worker::rules::gocd::{GocdFacts, stage_result};
 use swiftdrop::worker::rules::{self, Disposal, Purpose, Rules, Unmatched};
 
@@ -265,7 +266,7 @@ struct Assumed {
 /// message, or one with only one kind of trace line, as a mailbox download has) the header
 /// From:, To: and Cc:. Returns where they came from, in words.
 fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> String {
-    let trace = trace_lines(bytes);
+    let found = trace::kinds(bytes);
     let no_header_from = mail.header_values("from").next().is_none();
     let sender_given = assumed.from.is_some();
     let sender = match assumed.from {
@@ -273,7 +274,7 @@ fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> Strin
             mail.envelope_from = bare_address(&from);
             "--from"
         }
-        None if trace.sender => "the Return-Path: trace line",
+        None if found.sender => "the Return-Path: trace line",
         None => {
             mail.envelope_from = mail.from.clone();
             "the From: header"
@@ -283,7 +284,7 @@ fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> Strin
     let recipients = if recipients_given {
         mail.envelope_to = assumed.to.iter().map(|a| bare_address(a)).collect();
         "--to"
-    } else if trace.recipients {
+    } else if found.recipients {
         "the Delivered-To: trace lines"
     } else {
         mail.envelope_to = mail.to.clone();
@@ -293,7 +294,7 @@ fn assume_envelope(mail: &mut MailView, bytes: &[u8], assumed: Assumed) -> Strin
     if no_header_from {
         mail.from = mail.envelope_from.clone();
     }
-    let from_trace = (sender_given || trace.sender) && (recipients_given || trace.recipients);
+    let from_trace = (sender_given || found.sender) && (recipients_given || found.recipients);
     let hint = if from_trace {
         ""
     } else {

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! main.rs ─▶ cli/     the commands besides `serve`: queue, check, postfix-config
+//! fuzzing/   (the fuzz targets, over filter/ and worker/ like main.rs)
 //!            filter/  the SMTP filter: SMTP in, objects out (`serve`)
 //!            worker/  the dequeue worker: claimed mail in, messages out
 //!              ▼
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod filter;
+pub mod fuzzing;
 pub mod queue;
 pub mod store;
 pub mod telemetry;

@@ -42,7 +42,7 @@ use crate::filter::outcome::DeliveryError;
 use crate::queue::{LockEngine, moved_on};
 use crate::store::key::{self, MessageKey};
 use crate::store::mover::is_copy_mismatch;
-use crate::store::{Destination, metadata};
+use crate::store::{Destination, metadata, trace};
 use crate::telemetry::metrics::{Dest, Kind, metrics};
 use crate::util::hex::hex;
 use crate::util::logging::list;
@@ -218,7 +218,7 @@ impl ObjectWrite {
     /// the object's name.
     pub fn new(dest: Destination, hostname: &str, envelope: metadata::Envelope) -> Self {
         let recipients: Vec<&str> = envelope.recipients.iter().map(String::as_str).collect();
-        let header = Bytes::from(trace_headers(&envelope.sender, &recipients));
+        let header = Bytes::from(trace::write(&envelope.sender, &recipients));
         let mut sha256 = dest.remote.then(Sha256::new);
         if let Some(sha) = &mut sha256 {
             sha.update(&header);
@@ -872,17 +872,6 @@ where
             .inc();
     }
     false
-}
-
-/// `Return-Path:` and `Delivered-To:` lines for one destination's copy. CR and LF are
-/// dropped from addresses so that an address can never add a header of its own.
-pub fn trace_headers(sender: &str, recipients: &[&str]) -> Vec<u8> {
-    let clean = |s: &str| s.replace(['\r', '\n'], "");
-    let mut out = format!("Return-Path: <{}>\r\n", clean(sender));
-    for rcpt in recipients {
-        out.push_str(&format!("Delivered-To: {}\r\n", clean(rcpt)));
-    }
-    out.into_bytes()
 }
 
 #[cfg(test)]

@@ -14,21 +14,24 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply with the given codes and text (CR and LF are removed from the text, and a
-    /// text that would make the line longer than RFC 5321's 512 octets is cut, ending in
-    /// `...`: replies echo addresses and downstream texts).
+    /// A reply with the given codes and text. Replies echo what clients and the downstream
+    /// sent (addresses, parameters, reply texts), so the text is made one line of printable
+    /// ASCII (RFC 5321 4.2): CR and LF are removed, any other control character or
+    /// non-ASCII character becomes `?`; and a text that would make the line longer than
+    /// RFC 5321's 512 octets is cut, ending in `...`.
     pub fn new(code: u16, status: [u8; 3], text: impl Into<String>) -> Self {
-        let mut text = text.into();
-        text.retain(|c| c != '\r' && c != '\n');
+        let text: String = text.into();
+        let mut text: String = text
+            .chars()
+            .filter(|&c| c != '\r' && c != '\n')
+            .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+            .collect();
         // `250 ` + `a.b.c ` (a downstream's codes may have several digits) + CRLF.
         let status_len = status.map(|n| n.to_string().len()).iter().sum::<usize>() + 2;
         let max_text = MAX_LINE - 4 - status_len - 1 - 2;
         if text.len() > max_text {
-            let mut end = max_text - 3;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
+            // ASCII by now: any byte is a character's end.
+            text.truncate(max_text - 3);
             text.push_str("...");
         }
         Reply {
@@ -287,9 +290,14 @@ mod tests {
             assert_eq!(wire.len(), 512, "{reply}");
             assert!(wire.ends_with(b"...\r\n"), "{reply}");
         }
-        // Multi-byte characters are cut whole.
-        let wide = relay_denied(&"é".repeat(400)).to_wire();
-        assert!(wide.len() <= 512 && std::str::from_utf8(&wide).is_ok());
+        // What is not printable ASCII is shown as `?` (found by fuzzing: control
+        // characters and bytes that are not UTF-8 came back in replies).
+        let wide = relay_denied(&"é".repeat(600)).to_wire();
+        assert!(wide.len() == 512 && wide.starts_with(b"550 5.7.1 <???"));
+        assert_eq!(
+            unsupported_parameter("A\0B\u{19}C\u{fffd}\u{7f}").to_string(),
+            "555 5.5.4 Unsupported parameter: A?B?C??\r\n"
+        );
         assert_eq!(ok().to_wire(), b"250 2.0.0 Ok\r\n");
         // A downstream's enhanced code with more digits (5.7.26) leaves less room.
         let long = Reply::new(550, [5, 7, 26], "y".repeat(600)).to_wire();

@@ -8,6 +8,7 @@ use object_store::ObjectStoreExt;
 use super::handle::{Digests, Queue, QueueError, StoredCopy};
 use super::lock::{FinishedRef, Holder};
 use super::record::CopyKey;
+use crate::store::trace;
 
 /// Bytes read of a message for its header section.
 const HEAD_BYTES: u64 = 64 * 1024;
@@ -128,24 +129,13 @@ impl Queue {
                 .get(&object_store::Attribute::Metadata(k.to_string().into()))
                 .map(|v| crate::store::metadata::decode(v))
         };
-        let sender = meta("sender").or_else(|| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("return-path"))
-                .map(|(_, v)| {
-                    v.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_string()
-                })
-        });
+        // Objects of a remote store carry the envelope as metadata; a Maildir file has
+        // only its trace lines.
+        let trace = trace::envelope(&head);
+        let sender = meta("sender").or(trace.sender);
         let recipients = match meta("recipients") {
             Some(list) => list.split(',').map(str::to_string).collect(),
-            None => headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case("delivered-to"))
-                .map(|(_, v)| v.trim().to_string())
-                .collect(),
+            None => trace.recipients,
         };
         Ok(Glance {
             sender,

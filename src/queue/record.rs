@@ -45,7 +45,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{Attribute, Attributes};
 
 use crate::store::key::MessageKey;
@@ -195,7 +195,7 @@ impl CopyKey {
             None => (None, rest),
         };
         let (name, fence) = match rest.rsplit_once('@') {
-            Some((name, fence)) => (name, fence.parse::<u64>().ok()?),
+            Some((name, fence)) => (name, parse_fence(fence)?),
             // The filter's copy, or a key of an older version.
             None => (rest, 0),
         };
@@ -222,7 +222,7 @@ impl CopyKey {
             .strip_prefix('/')?
             .strip_prefix(MARKER)?;
         let (name, fence) = rest.rsplit_once('@')?;
-        let fence = fence.parse().ok().filter(|f| *f > 0)?;
+        let fence = parse_fence(fence).filter(|f| *f > 0)?;
         is_message_name(name).then(|| (name.to_string(), fence))
     }
 
@@ -262,10 +262,10 @@ pub fn marker_of(name: &str, fence: u64) -> Path {
     Path::from(format!("{}/{MARKER}{name}@{fence}", State::Retry.folder()))
 }
 
+/// A due time as keys write it ([`DUE_FORMAT`]), and only so (see [`parse_fence`]).
 fn parse_due(s: &str) -> Option<DateTime<Utc>> {
-    NaiveDateTime::parse_from_str(s, DUE_FORMAT)
-        .ok()
-        .map(|t| t.and_utc())
+    let due = NaiveDateTime::parse_from_str(s, DUE_FORMAT).ok()?;
+    (due.format(DUE_FORMAT).to_string() == s).then(|| due.and_utc())
 }
 
 fn truncate_to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -322,12 +322,22 @@ impl FromStr for MessageRef {
 }
 
 /// Whether `name` can be a message's name: one path segment, printable, not `.` or `..`,
-/// and without the `@` and `+` of the queue's keys.
+/// without the `@` and `+` of the queue's keys, and written in an object key as it is (a
+/// character object_store would percent-encode, such as `%` or `~`, would make the key of
+/// a copy name another object than the one listed).
 pub fn is_message_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && !name.contains(['/', '\\', '@', '+'])
         && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+        && PathPart::from(name).as_ref() == name
+}
+
+/// A fencing number as keys write it: decimal digits without a sign or leading zero, so
+/// that the key made from the number is the key it was read from.
+fn parse_fence(digits: &str) -> Option<u64> {
+    let fence: u64 = digits.parse().ok()?;
+    (fence.to_string() == digits).then_some(fence)
 }
 
 /// When the filter received a message, from its Maildir name (seconds and microseconds).
@@ -534,6 +544,14 @@ mod tests {
             "processing/x@0",
             "retry/x@1",
             "done/a+b@1",
+            // Found by fuzzing: keys that parsed, but whose copy's key names another
+            // object (a leading zero, a character object_store would encode).
+            "processing/x@06",
+            "processing/x@+6",
+            "processing/a~b@6",
+            "cur/a%b",
+            "cur/x]y",
+            "retry/20270115T080000.123Z_x@-1",
         ] {
             assert_eq!(CopyKey::parse(bad), None, "{bad:?}");
         }

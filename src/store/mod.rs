@@ -1,7 +1,8 @@
 //! Destinations: a named [`ObjectStore`] that message objects are written to.
 //!
 //! Every backend is an `object_store::ObjectStore`, so the filter, the queue and workers use
-//! one interface. [`key`] makes the object names and [`metadata`] the envelope metadata;
+//! one interface. [`key`] makes the object names, [`metadata`] the envelope metadata and
+//! [`trace`] the trace lines every stored message begins with;
 //! [`maildir`] is the embedded default backend, [`swift`] speaks Swift's native API and
 //! [`s3`] sets up object_store's S3 client.
 //!
@@ -17,6 +18,7 @@ pub mod metadata;
 pub mod mover;
 pub mod s3;
 pub mod swift;
+pub mod trace;
 
 use std::fmt;
 use std::sync::Arc;

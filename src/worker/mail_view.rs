@@ -8,6 +8,8 @@
 
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
 
+use crate::store::trace;
+
 /// The parsed facts of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailView {
@@ -57,7 +59,11 @@ impl MailView {
                 (h.name().to_string(), value)
             })
             .collect();
-        let (envelope_from, envelope_to) = envelope(bytes);
+        let trace::Envelope {
+            sender,
+            recipients: envelope_to,
+        } = trace::envelope(bytes);
+        let envelope_from = sender.unwrap_or_default();
         let addresses = |address: Option<&mail_parser::Address>| -> Vec<String> {
             address
                 .map(|a| {
@@ -122,64 +128,6 @@ fn sasl_login(headers: &[(String, String)]) -> Option<String> {
     let (_, after) = first.split_once("(Authenticated sender:")?;
     let login = after.split(')').next()?.trim();
     (!login.is_empty()).then(|| login.to_ascii_lowercase())
-}
-
-/// The envelope in the filter's leading trace lines: the sender (`Return-Path:`) and the
-/// recipients (`Delivered-To:`).
-pub fn envelope(message: &[u8]) -> (String, Vec<String>) {
-    let mut from = String::new();
-    let mut to = Vec::new();
-    for line in leading_trace_lines(message) {
-        let text = String::from_utf8_lossy(line);
-        let (name, value) = text.split_once(':').unwrap_or((&text, ""));
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("return-path") {
-            from = value.trim_matches(['<', '>']).to_string();
-        } else {
-            to.push(value.to_string());
-        }
-    }
-    (from, to)
-}
-
-/// The message without the filter's leading trace lines.
-pub fn without_trace(message: &[u8]) -> &[u8] {
-    let skipped: usize = leading_trace_lines(message).map(<[u8]>::len).sum();
-    &message[skipped..]
-}
-
-/// Which trace lines `message` begins with: a stored message has both kinds; one exported
-/// from a mail client or written by hand often neither, or only one (a mailbox download
-/// starts with `Delivered-To:` or `Return-Path:`).
-pub fn trace_lines(message: &[u8]) -> TraceLines {
-    let starts = |line: &[u8], name: &[u8]| {
-        line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
-    };
-    let mut found = TraceLines::default();
-    for line in leading_trace_lines(message) {
-        found.sender |= starts(line, b"return-path:");
-        found.recipients |= starts(line, b"delivered-to:");
-    }
-    found
-}
-
-/// The kinds of trace line a message begins with ([`trace_lines`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TraceLines {
-    /// A `Return-Path:` line: the envelope sender.
-    pub sender: bool,
-    /// At least one `Delivered-To:` line: the envelope recipients.
-    pub recipients: bool,
-}
-
-/// The filter's trace lines at the start of `message`: `Return-Path:` and `Delivered-To:`
-/// lines, up to the first other line.
-fn leading_trace_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
-    message.split_inclusive(|&b| b == b'\n').take_while(|line| {
-        [&b"return-path:"[..], b"delivered-to:"]
-            .iter()
-            .any(|p| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p))
-    })
 }
 
 /// The HTML body of a message whose first body part is HTML (no text alternative).
@@ -311,11 +259,6 @@ mod tests {
         let view = MailView::parse(stored);
         assert_eq!(view.envelope_from, "a@example.org");
         assert_eq!(view.envelope_to, ["ops@example.com"]);
-        assert!(without_trace(stored).starts_with(b"Received: from x\r\n"));
-        assert_eq!(
-            envelope(b"Subject: no trace\r\n\r\n"),
-            (String::new(), vec![])
-        );
     }
 
     #[test]

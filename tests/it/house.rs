@@ -31,6 +31,7 @@ const ROOMS: &[(&str, u8)] = &[
     ("filter", 4),
     ("worker", 4),
     ("main", 5),
+    ("fuzzing", 5),
 ];
 
 #[test]

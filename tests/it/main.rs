@@ -13,6 +13,7 @@ mod alerts;
 mod cli;
 mod dequeue;
 mod fault_proxy;
+mod fuzz_corpus;
 mod gateway;
 mod house;
 mod load;

@@ -21,7 +21,7 @@ use mail_send::SmtpClientBuilder;
 use mail_send::smtp::message::Parameters;
 
 use super::SinkError;
-use crate::worker::mail_view::without_trace;
+use crate::store::trace;
 
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,7 +141,7 @@ impl MailSink {
         let mut body = loop_mark.as_bytes().to_vec();
         body.extend_from_slice(b"Auto-Submitted: auto-generated\r\n");
         body.extend(rewrite_headers(
-            without_trace(message),
+            trace::strip(message),
             &fold_list(header_to),
             from,
         ));
@@ -157,7 +157,7 @@ impl MailSink {
         loop_mark: &str,
     ) -> Result<Accepted, SinkError> {
         let mut body = loop_mark.as_bytes().to_vec();
-        body.extend_from_slice(without_trace(message));
+        body.extend_from_slice(trace::strip(message));
         self.send(envelope_from, rcpt, body).await
     }
 
@@ -397,14 +397,14 @@ From: Nagios <nagios@example.org>\r\nTo: ops@example.com,\r\n  dba@example.com\r
 
     #[test]
     fn trace_headers_are_dropped_and_to_and_from_replaced_body_unchanged() {
-        assert!(without_trace(STORED).starts_with(b"From: Nagios"));
-        let alert = rewrite_headers(without_trace(STORED), "oncall@example.com", None);
+        assert!(trace::strip(STORED).starts_with(b"From: Nagios"));
+        let alert = rewrite_headers(trace::strip(STORED), "oncall@example.com", None);
         assert_eq!(
             String::from_utf8(alert).unwrap(),
             "From: Nagios <nagios@example.org>\r\nTo: oncall@example.com\r\nSubject: disk\r\n\r\nTo: not a header\r\n"
         );
         let alert = rewrite_headers(
-            without_trace(STORED),
+            trace::strip(STORED),
             "oncall@example.com",
             Some("alerts@example.com"),
         );

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of swiftdrop's fuzz targets (src/fuzzing/) with AFL++ through
+# cargo-afl, on the stable toolchain.
+#
+#   fuzz/run.sh [--seconds N] [--keep] [TARGET...]
+#
+# Runs each target (default: all of smtp_session, names, message_rules) for N seconds
+# (default 600) from its corpus in fuzz/corpus/TARGET, at most one per core at a time, and
+# prints what AFL++ counted. Exit 1 when a target crashed or hung: the inputs are under
+# fuzz/out/TARGET/default/crashes (replay one with `target/release/TARGET < FILE`).
+# --keep adds what AFL++ found (minimised with `cargo afl cmin`) to the committed corpus,
+# which `cargo test` replays in every run (tests/it/fuzz_corpus.rs).
+#
+# First run on a fresh machine: installs cargo-afl and builds AFL++ (a few minutes; needs
+# build-essential, which README's test command installs).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+seconds=600
+keep=false
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="$2"; shift 2 ;;
+    --keep) keep=true; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(smtp_session names message_rules)
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo afl --version 2>/dev/null | grep -q '^cargo-afl 0.18.2'; then
+  cargo install cargo-afl --version 0.18.2 --locked
+fi
+# AFL++ is built once per rustc (cargo afl refuses to build it again).
+rustc_id=$(rustc -vV | sed -n 's/^release: //p')-$(rustc -vV | sed -n 's/^commit-hash: //p' | cut -c1-7)
+if [ ! -e "${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs/rustc-$rustc_id/afl.rs-0.18.2/afl-llvm/afl-compiler-rt.o" ]; then
+  cargo afl config --build
+fi
+
+# cargo afl sets RUSTFLAGS, which hides .cargo/config.toml's: give its cfg again.
+env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS="--cfg tracing_unstable" \
+  cargo afl build --release --quiet
+
+export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
+export AFLRS_NO_UPDATE_CHECK=1 AFL_NO_AFFINITY=1
+jobs=$(nproc)
+pids=()
+for target in "${targets[@]}"; do
+  [ -d "corpus/$target" ] || { echo "no corpus/$target" >&2; exit 2; }
+  rm -rf "out/$target"
+  mkdir -p "out/$target"
+  echo "fuzzing $target for $seconds s (log: fuzz/out/$target.log)"
+  cargo afl fuzz -i "corpus/$target" -o "out/$target" -V "$seconds" \
+    -- "target/release/$target" >"out/$target.log" 2>&1 &
+  pids+=($!)
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+done
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+
+failed=0
+printf '%-14s %12s %9s %8s %8s %8s %10s\n' target execs_done execs/s corpus crashes hangs stability
+for target in "${targets[@]}"; do
+  stats="out/$target/default/fuzzer_stats"
+  if [ ! -f "$stats" ]; then
+    echo "$target: AFL++ did not run; see fuzz/out/$target.log" >&2
+    tail -20 "out/$target.log" >&2
+    failed=1
+    continue
+  fi
+  get() { sed -n "s/^$1 *: *//p" "$stats"; }
+  printf '%-14s %12s %9s %8s %8s %8s %10s\n' "$target" "$(get execs_done)" \
+    "$(get execs_per_sec)" "$(get corpus_count)" "$(get saved_crashes)" \
+    "$(get saved_hangs)" "$(get stability)"
+  if [ "$(get saved_crashes)" != 0 ] || [ "$(get saved_hangs)" != 0 ]; then
+    ls "out/$target/default/crashes" "out/$target/default/hangs" >&2
+    failed=1
+  fi
+  if $keep; then
+    rm -rf "out/$target/min"
+    cargo afl cmin -i "out/$target/default/queue" -o "out/$target/min" \
+      -- "target/release/$target" >"out/$target.cmin.log" 2>&1
+    added=0
+    for input in "out/$target/min"/*; do
+      name="corpus/$target/$(sha1sum "$input" | cut -c1-16)"
+      cmp -s "$input" "$name" 2>/dev/null || { cp "$input" "$name"; added=$((added + 1)); }
+    done
+    echo "$target: $added inputs added to fuzz/corpus/$target"
+  fi
+done
+exit "$failed"
