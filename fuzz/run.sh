@@ -11,8 +11,8 @@
 # --keep adds what AFL++ found (minimised with `cargo afl cmin`) to the committed corpus,
 # which `cargo test` replays in every run (tests/it/fuzz_corpus.rs).
 #
-# First run on a fresh machine: installs cargo-afl and builds AFL++ (a few minutes; needs
-# build-essential, which README's test command installs).
+# First run on a fresh machine: installs cargo-afl and builds AFL++ (a few minutes; make and
+# a C compiler are needed, installed as Debian's build-essential when run as root).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,6 +31,10 @@ done
 [ ${#targets[@]} -gt 0 ] || targets=(smtp_session names message_rules)
 
 export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v make >/dev/null || ! command -v cc >/dev/null; then
+  [ "$(id -u)" = 0 ] || { echo "fuzz/run.sh: needs make and cc (apt-get install build-essential)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential >/dev/null
+fi
 if ! cargo afl --version 2>/dev/null | grep -q '^cargo-afl 0.18.2'; then
   cargo install cargo-afl --version 0.18.2 --locked
 fi
@@ -40,6 +44,8 @@ if [ ! -e "${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs/rustc-$rustc_id/afl.rs-0.
   cargo afl config --build
 fi
 
+# The same dependency versions as the main build (its lock, plus afl's own entries).
+cp ../Cargo.lock Cargo.lock
 # cargo afl sets RUSTFLAGS, which hides .cargo/config.toml's: give its cfg again.
 env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS="--cfg tracing_unstable" \
   cargo afl build --release --quiet
