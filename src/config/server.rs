@@ -154,8 +154,11 @@ pub(super) fn validate_server(
     });
     let system_host = gethostname::gethostname().to_string_lossy().into_owned();
     let hostname = get("hostname", &system_host, &|s| {
-        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            Err(format!("{s:?} is not a host name"))
+        // It goes into the greeting and EHLO as it is: printable ASCII only.
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic()) {
+            Err(format!(
+                "{s:?} is not a host name (ASCII letters, digits, dots, hyphens)"
+            ))
         } else {
             Ok(())
         }

@@ -51,7 +51,7 @@ impl Client {
 /// One accepted recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
-    /// The address as the client sent it.
+    /// The address as the client sent it (its local part quoted where needed: [`mailbox`]).
     pub address: String,
     /// Index of the destination that stores this recipient's mail; `None` when the
     /// recipient is relayed downstream instead.
@@ -65,7 +65,7 @@ pub struct Recipient {
 /// Sender and recipients of one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Envelope {
-    /// Reverse path; empty for the null sender `<>`.
+    /// Reverse path ([`mailbox`]); empty for the null sender `<>`.
     pub sender: String,
     /// `SIZE=` announced by the client, 0 when absent.
     pub declared_size: usize,
@@ -95,9 +95,71 @@ impl Envelope {
     }
 }
 
+/// An address as smtp-proto parsed it (quotes and backslashes of a quoted local part
+/// taken out), made fit to be stored, logged and relayed: `None` when it holds a control
+/// character (it could never be written into a trace line or an SMTP command as it is);
+/// otherwise the address, with its local part quoted again where it is no dot-atom
+/// (`"a b"@example.com` stays that, not `a b@example.com`).
+pub fn mailbox(parsed: &str) -> Option<String> {
+    if parsed.chars().any(char::is_control) {
+        return None;
+    }
+    let Some((local, domain)) = parsed.rsplit_once('@') else {
+        // The null sender (`<>`, or `<postmaster>` as smtp-proto gives it: empty).
+        return Some(parsed.to_string());
+    };
+    if is_dot_atom(local) {
+        return Some(parsed.to_string());
+    }
+    let mut quoted = String::with_capacity(parsed.len() + 4);
+    quoted.push('"');
+    for c in local.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push_str("\"@");
+    quoted.push_str(domain);
+    Some(quoted)
+}
+
+/// RFC 5321's Dot-string (with RFC 6531's UTF-8): atoms of atext joined by single dots.
+fn is_dot_atom(local: &str) -> bool {
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_quoted_again_where_it_needs_quotes_and_refused_with_a_control_character() {
+        for (parsed, stored) in [
+            ("ops@example.com", Some("ops@example.com")),
+            (
+                "first.last+tag@example.com",
+                Some("first.last+tag@example.com"),
+            ),
+            ("pelé@exämple.test", Some("pelé@exämple.test")),
+            ("", Some("")),
+            ("a b@example.com", Some("\"a b\"@example.com")),
+            (" ops@example.com", Some("\" ops\"@example.com")),
+            ("<boss@example.com", Some("\"<boss\"@example.com")),
+            ("a@b@example.com", Some("\"a@b\"@example.com")),
+            (".a@example.com", Some("\".a\"@example.com")),
+            ("a\"b\\c@example.com", Some("\"a\\\"b\\\\c\"@example.com")),
+            ("ops\0x@example.com", None),
+            ("a\tb@example.com", None),
+        ] {
+            assert_eq!(mailbox(parsed).as_deref(), stored, "{parsed:?}");
+        }
+    }
 
     #[test]
     fn the_original_client_is_xforwards_when_given() {

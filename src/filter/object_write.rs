@@ -218,7 +218,7 @@ impl ObjectWrite {
     /// the object's name.
     pub fn new(dest: Destination, hostname: &str, envelope: metadata::Envelope) -> Self {
         let recipients: Vec<&str> = envelope.recipients.iter().map(String::as_str).collect();
-        let header = Bytes::from(trace::write(&envelope.sender, &recipients));
+        let header = Bytes::from(trace::lines_for(&envelope.sender, &recipients));
         let mut sha256 = dest.remote.then(Sha256::new);
         if let Some(sha) = &mut sha256 {
             sha.update(&header);

@@ -15,16 +15,20 @@ pub struct Reply {
 
 impl Reply {
     /// A reply with the given codes and text. Replies echo what clients and the downstream
-    /// sent (addresses, parameters, reply texts), so the text is made one line of printable
-    /// ASCII (RFC 5321 4.2): CR and LF are removed, any other control character or
-    /// non-ASCII character becomes `?`; and a text that would make the line longer than
-    /// RFC 5321's 512 octets is cut, ending in `...`.
+    /// sent (addresses, parameters, a multi-line reply), so the text is made one line of
+    /// RFC 5321's textstring (4.2: tab and printable ASCII): CR and LF become spaces, any
+    /// other control or non-ASCII character becomes `?` (as Postfix shows what it cannot
+    /// print); and a text that would make the line longer than [`MAX_LINE`] is cut, ending
+    /// in `...`.
     pub fn new(code: u16, status: [u8; 3], text: impl Into<String>) -> Self {
         let text: String = text.into();
         let mut text: String = text
             .chars()
-            .filter(|&c| c != '\r' && c != '\n')
-            .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+            .map(|c| match c {
+                '\r' | '\n' => ' ',
+                '\t' | ' '..='~' => c,
+                _ => '?',
+            })
             .collect();
         // `250 ` + `a.b.c ` (a downstream's codes may have several digits) + CRLF.
         let status_len = status.map(|n| n.to_string().len()).iter().sum::<usize>() + 2;
@@ -61,8 +65,11 @@ impl fmt::Display for Reply {
     }
 }
 
-/// The longest reply line, CRLF included (RFC 5321).
-const MAX_LINE: usize = 512;
+/// The longest reply line, CRLF included (RFC 5321 4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
+
+/// What the `250` for a stored message says before its keys.
+pub const STORED_AS: &str = "Ok: stored as ";
 
 /// `220` greeting.
 pub fn greeting(hostname: &str) -> Reply {
@@ -111,8 +118,8 @@ pub fn delivered(keys: &[String], relayed: Option<&str>) -> Reply {
     }
     let relayed: Option<String> = relayed.map(|r| r.chars().take(100).collect());
     let text = match (keys.is_empty(), relayed) {
-        (false, None) => format!("Ok: stored as {listed}"),
-        (false, Some(r)) => format!("Ok: stored as {listed}; relayed: {r}"),
+        (false, None) => format!("{STORED_AS}{listed}"),
+        (false, Some(r)) => format!("{STORED_AS}{listed}; relayed: {r}"),
         (true, Some(r)) => format!("Ok: relayed: {r}"),
         (true, None) => "Ok".to_string(),
     };
@@ -234,6 +241,18 @@ pub fn syntax(text: &str) -> Reply {
 pub fn bad_sender() -> Reply {
     Reply::new(501, [5, 1, 7], "Bad sender address syntax")
 }
+/// A sender address with a control character (in a quoted local part).
+pub fn sender_not_allowed() -> Reply {
+    Reply::new(553, [5, 1, 7], "Sender address rejected: control character")
+}
+/// A recipient address with a control character (in a quoted local part).
+pub fn recipient_not_allowed() -> Reply {
+    Reply::new(
+        553,
+        [5, 1, 3],
+        "Recipient address rejected: control character",
+    )
+}
 /// Bad recipient address.
 pub fn bad_recipient() -> Reply {
     Reply::new(501, [5, 1, 3], "Bad recipient address syntax")
@@ -269,8 +288,8 @@ mod tests {
             "451 4.3.0 store failed\r\n"
         );
         assert_eq!(
-            Reply::new(250, [2, 0, 0], "a\r\nb").to_string(),
-            "250 2.0.0 ab\r\n"
+            Reply::new(250, [2, 0, 0], "a\r\nb\tc").to_string(),
+            "250 2.0.0 a  b\tc\r\n"
         );
     }
 

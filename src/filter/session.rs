@@ -26,7 +26,7 @@ use crate::config::ServerSettings;
 use crate::config::memory::{READ_SLACK, SPOOL_MEMORY, STREAM_MEMORY};
 use crate::filter::budget::{MemoryBudget, Reservation};
 use crate::filter::deliver::{Deliverer, Delivery, Route};
-use crate::filter::envelope::{Client, Envelope, Recipient};
+use crate::filter::envelope::{Client, Envelope, Recipient, mailbox};
 use crate::filter::outcome::DeliveryError;
 use crate::filter::reply::{self, Reply};
 use crate::filter::spool::{RelayBody, Spool};
@@ -542,6 +542,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.push(reply::too_big());
                     return Step::Continue;
                 }
+                let Some(sender) = mailbox(&from.address) else {
+                    self.push(reply::sender_not_allowed());
+                    return Step::Continue;
+                };
                 // Refused early when even a small message would find no room.
                 if !self.memory.has_room(READ_SLACK) {
                     let reply = self.no_memory();
@@ -550,7 +554,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 self.transaction = Some(Transaction {
                     envelope: Envelope {
-                        sender: from.address.into_owned(),
+                        sender,
                         declared_size: from.size,
                         mail_flags: from.flags,
                         env_id: from.env_id.map(|e| e.into_owned()),
@@ -658,16 +662,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Step {
-        let address: &str = &to.address;
         let Some(tx) = self.transaction.as_mut() else {
             return self.protocol_error(reply::bad_sequence("need MAIL command"));
         };
         if tx.chunking {
             return self.protocol_error(reply::bad_sequence("RCPT after BDAT"));
         }
-        if address.is_empty() {
+        if to.address.is_empty() {
             return self.protocol_error(reply::bad_recipient());
         }
+        let Some(address) = mailbox(&to.address) else {
+            self.push(reply::recipient_not_allowed());
+            return Step::Continue;
+        };
+        let address = address.as_str();
         if tx.envelope.recipients.len() >= self.settings.max_recipients {
             self.push(reply::too_many_recipients());
             return Step::Continue;

@@ -10,10 +10,11 @@ use crate::store::key::{MessageKey, sanitize_host};
 
 /// Checks the name parsers on `input` (ignored unless UTF-8: object names are strings).
 ///
-/// Invariants: no parser panics; a parsed [`MessageKey`] or [`CopyKey`] written out again
-/// parses to the same value, and a parsed copy's key written out is the key it was read
-/// from (the object it names is the one listed); a key made from any host name is a
-/// message name and parses back.
+/// Invariants: no parser panics; a parsed copy's key or marker written out is the key it
+/// was read from (the object it names is the one listed), and an operator's KEY naming it
+/// names the same message; a parsed [`MessageKey`] written out parses to the same value
+/// (its parser is lenient, `01` is `1`: it is read for the time and size only, never
+/// written back); a key made from any host name is a message name and parses back.
 pub fn names(input: &[u8]) {
     let Ok(text) = std::str::from_utf8(input) else {
         return;
@@ -36,7 +37,6 @@ pub fn names(input: &[u8]) {
     assert_eq!(MessageKey::parse(&name), Some(made), "{name:?} parses back");
 
     if let Some(copy) = CopyKey::parse(text) {
-        assert!(is_message_name(&copy.name), "{copy:?} has a message name");
         let path = copy.path();
         assert_eq!(
             path.as_ref(),
@@ -44,6 +44,9 @@ pub fn names(input: &[u8]) {
             "{text:?} names the object it was read from"
         );
         assert_eq!(CopyKey::parse(path.as_ref()).as_ref(), Some(&copy));
+        // An operator who pastes a key `queue list` printed means that message.
+        let named = MessageRef::from_str(text).map(|r| (r.state, r.name));
+        assert_eq!(named, Ok((Some(copy.state), copy.name.clone())), "{text:?}");
         if let Some(marker) = copy.marker() {
             assert_eq!(
                 CopyKey::parse_marker(marker.as_ref()),
@@ -56,7 +59,5 @@ pub fn names(input: &[u8]) {
         let marker = marker_of(&name, fence);
         assert_eq!(marker.as_ref(), text, "{text:?} is the marker it names");
     }
-    if let Ok(found) = MessageRef::from_str(text) {
-        assert!(is_message_name(&found.name), "{found:?} has a message name");
-    }
+    let _ = MessageRef::from_str(text);
 }

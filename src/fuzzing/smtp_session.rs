@@ -7,31 +7,52 @@
 //! eighth error ends the session. `@alerts.test` and `@ops.test` are stored (a message to
 //! both is staged, then moved), every other recipient is refused (no relay). XFORWARD is
 //! trusted from the client's address, 127.0.0.1.
+//!
+//! An input that begins with `!F` and a byte `n` makes the stores fail their write
+//! number `n % 16` (a put, an upload, a copy or a rename, counted over both stores), without
+//! effect: the rest of the input is the client's. So the roads of a failed write (`451`,
+//! and taking back what the message's other writes made) are fuzzed too.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use async_trait::async_trait;
 use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use object_store::memory::InMemory;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::{Config, Router, ServerSettings};
 use crate::filter::budget::MemoryBudget;
 use crate::filter::deliver::Deliverer;
+use crate::filter::reply::{MAX_LINE, STORED_AS};
 use crate::filter::session::Session;
 use crate::store::Destination;
 use crate::store::key::MessageKey;
 
-/// Longest reply line RFC 5321 (4.5.3.1.5) allows, CRLF included.
-const MAX_REPLY_LINE: usize = 512;
-/// What the `250` that confirms a stored message says before its keys.
-const STORED: &str = "250 2.0.0 Ok: stored as ";
+/// The prefix of an input that makes a store write fail (see the module docs).
+const FAULT: &[u8] = b"!F";
 /// How often the target lets background clean-up run before it looks for leftovers:
 /// in-memory stores answer at once, so a few turns of the runtime are plenty.
 const CLEANUP_TURNS: usize = 1000;
+
+/// What one session answered, for a caller that wants to know which roads its inputs took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// Objects stored (keys named by `250 ... stored as`).
+    pub stored: usize,
+    /// `451 4.x.x` replies: a write that failed, or a time limit.
+    pub not_stored: usize,
+}
 
 /// The session's settings and destinations, made once; each run gets empty stores.
 pub struct SmtpSession {
@@ -68,7 +89,7 @@ impl SmtpSession {
         let config = Config::from_sources(None, vars.map(|(k, v)| (k.to_string(), v)))
             .expect("the fuzzing configuration is valid");
         let destinations = Destination::open_all(&config.destinations).expect("the Maildirs open");
-        std::fs::remove_dir_all(&root).expect("the Maildirs' folders are removed");
+        let _ = std::fs::remove_dir_all(&root);
         SmtpSession {
             settings: Arc::new(config.server.clone()),
             config,
@@ -81,21 +102,33 @@ impl SmtpSession {
     ///
     /// - the session ends without a panic;
     /// - every reply line is well-formed: three digits from 200 to 599, a space or `-`,
-    ///   printable ASCII only (nothing the client sent can start a line of its own), at
-    ///   most 512 bytes with its CRLF; the lines of one reply share their code; the first
+    ///   tab and printable ASCII only (nothing the client sent can start a line of its
+    ///   own), at most 512 bytes with its CRLF; the lines of one reply share their code; the first
     ///   reply is the greeting and the last one is complete;
     /// - every `250 2.0.0 Ok: stored as <keys>` names objects that are in the stores under
     ///   `cur/`, whole (as long as the `S=` of their name, beginning with the filter's
     ///   `Return-Path:`), and the stores hold nothing else: no object without its `250`, no
     ///   staged copy left under `tmp/`.
     ///
-    /// Returns how many objects the session stored. Must run within a Tokio runtime (a
-    /// current-thread one is enough).
-    pub async fn run(&self, input: &[u8]) -> usize {
+    /// Returns what the session answered. Must run within a Tokio runtime (a current-thread
+    /// one is enough).
+    pub async fn run(&self, input: &[u8]) -> Answered {
+        let (fail_at, input) = match input.strip_prefix(FAULT) {
+            Some([n, rest @ ..]) => (Some(usize::from(*n) % 16), rest),
+            _ => (None, input),
+        };
+        let writes = Arc::new(AtomicUsize::new(0));
         let destinations: Vec<Destination> = self
             .destinations
             .iter()
-            .map(|d| d.clone().with_store(Arc::new(InMemory::new())))
+            .map(|d| {
+                let store = FailingStore {
+                    inner: Arc::new(InMemory::new()),
+                    writes: writes.clone(),
+                    fail_at,
+                };
+                d.clone().with_store(Arc::new(store))
+            })
             .collect();
         let stores: Vec<Arc<dyn ObjectStore>> =
             destinations.iter().map(|d| d.store.clone()).collect();
@@ -109,7 +142,10 @@ impl SmtpSession {
         let replies = self.converse(input, deliverer).await;
         let stored = check_replies(&replies);
         check_stores(&stores, &stored).await;
-        stored.len()
+        Answered {
+            stored: stored.len(),
+            not_stored: replies.windows(6).filter(|w| w == b"\n451 4").count(),
+        }
     }
 
     /// Sends `input` and reads every reply until the session closes the connection.
@@ -163,7 +199,7 @@ fn check_replies(replies: &[u8]) -> Vec<String> {
         };
         let text = String::from_utf8_lossy(line);
         assert!(
-            line.len() + 2 <= MAX_REPLY_LINE,
+            line.len() + 2 <= MAX_LINE,
             "a reply line of {} bytes: {text:?}",
             line.len() + 2
         );
@@ -175,14 +211,18 @@ fn check_replies(replies: &[u8]) -> Vec<String> {
             "a reply line without a code and separator: {text:?}"
         );
         assert!(
-            line.iter().all(|b| (0x20..0x7f).contains(b)),
-            "a reply line with other than printable ASCII: {text:?}"
+            line.iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)),
+            "a reply line with other than tab and printable ASCII: {text:?}"
         );
         if let Some(code) = open {
             assert_eq!(code, &line[..3], "one reply, one code: {shown:?}");
         }
         open = (line[3] == b'-').then(|| &line[..3]);
-        if let Some(keys) = text.strip_prefix(STORED) {
+        if let Some(keys) = text
+            .strip_prefix("250 2.0.0 ")
+            .and_then(|t| t.strip_prefix(STORED_AS))
+        {
             let keys = keys.split(';').next().unwrap_or_default();
             stored.extend(keys.split(' ').map(str::to_string));
         }
@@ -236,5 +276,99 @@ async fn check_stores(stores: &[Arc<dyn ObjectStore>], stored: &[String]) {
             bytes.starts_with(b"Return-Path: <"),
             "{key} begins with the envelope sender"
         );
+    }
+}
+
+/// An in-memory store whose write number `fail_at` fails without effect.
+#[derive(Debug)]
+struct FailingStore {
+    inner: Arc<dyn ObjectStore>,
+    /// Writes so far, over every store of the run.
+    writes: Arc<AtomicUsize>,
+    fail_at: Option<usize>,
+}
+
+impl FailingStore {
+    /// Counts a write; an error for the one that is to fail.
+    fn write(&self) -> object_store::Result<()> {
+        let number = self.writes.fetch_add(1, Ordering::Relaxed);
+        if Some(number) == self.fail_at {
+            return Err(object_store::Error::Generic {
+                store: "fuzzing",
+                source: format!("write {number} fails").into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for FailingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Failing({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FailingStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.write()?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.write()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.write()?;
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        self.write()?;
+        self.inner.rename_opts(from, to, options).await
     }
 }

@@ -1,12 +1,13 @@
 //! The trace lines that begin every stored message: `Return-Path: <sender>` and one
 //! `Delivered-To: <recipient>` per recipient of the destination, written by the filter
-//! ([`write`]) and read by the queue view and the worker ([`envelope`], [`kinds`],
+//! ([`lines_for`]) and read by the queue view and the worker ([`envelope`], [`kinds`],
 //! [`strip`]). Only the lines before the first other line count: the same headers further
 //! down were written by the sender and are not the envelope.
 
-/// The lines for one destination's copy. CR and LF are dropped from addresses so that an
-/// address can never add a header of its own.
-pub fn write(sender: &str, recipients: &[&str]) -> Vec<u8> {
+/// The lines for one destination's copy. The filter refuses addresses with a control
+/// character ([`envelope`] could not read them back); CR and LF are dropped here all the
+/// same, so that an address can never add a header of its own.
+pub fn lines_for(sender: &str, recipients: &[&str]) -> Vec<u8> {
     let clean = |s: &str| s.replace(['\r', '\n'], "");
     let mut out = format!("Return-Path: <{}>\r\n", clean(sender));
     for rcpt in recipients {
@@ -24,9 +25,10 @@ pub struct Envelope {
     pub recipients: Vec<String>,
 }
 
-/// Reads the envelope from the trace lines at the start of `message`. A value ends at its
-/// first control character: a line the filter wrote has none, and a CR or NUL in the middle
-/// of a line must not carry a line break into an address (they go into SMTP commands).
+/// Reads the envelope from the trace lines at the start of `message`: what [`lines_for`]
+/// wrote, the same addresses. A value ends at its first control character: a line the
+/// filter wrote has none, and in a message from elsewhere a CR or NUL in the middle of a
+/// line must not carry a line break into an address (they go into SMTP commands).
 pub fn envelope(message: &[u8]) -> Envelope {
     let mut found = Envelope::default();
     for line in leading_lines(message) {
@@ -34,12 +36,9 @@ pub fn envelope(message: &[u8]) -> Envelope {
         let (name, value) = text.split_once(':').unwrap_or((&text, ""));
         let value = value.split(char::is_control).next().unwrap_or("").trim();
         if name.eq_ignore_ascii_case("return-path") {
-            found.sender = Some(
-                value
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string(),
-            );
+            // One pair of brackets, no more: a quoted local part may hold more.
+            let unbracketed = value.strip_prefix('<').and_then(|v| v.strip_suffix('>'));
+            found.sender = Some(unbracketed.unwrap_or(value).to_string());
         } else {
             found.recipients.push(value.to_string());
         }
@@ -95,7 +94,7 @@ mod tests {
 
     #[test]
     fn what_is_written_reads_back_and_only_leading_lines_count() {
-        let mut stored = write("a@example.org", &["ops@example.com", "dba@example.com"]);
+        let mut stored = lines_for("a@example.org", &["ops@example.com", "dba@example.com"]);
         stored.extend_from_slice(
             b"Received: from x\r\nDelivered-To: victim@outside.example\r\nReturn-Path: <boss@example.com>\r\n\r\nbody\r\n",
         );
@@ -116,8 +115,16 @@ mod tests {
         );
         assert_eq!(envelope(b"Subject: no trace\r\n\r\n"), Envelope::default());
         assert_eq!(
-            write("<>\r\n", &["a\nb"]),
+            lines_for("<>\r\n", &["a\nb"]),
             b"Return-Path: <<>>\r\nDelivered-To: ab\r\n"
+        );
+        let quoted = lines_for("\"<boss\"@example.com>", &["\" ops\"@example.com"]);
+        assert_eq!(
+            envelope(&quoted),
+            Envelope {
+                sender: Some("\"<boss\"@example.com>".into()),
+                recipients: vec!["\" ops\"@example.com".into()],
+            }
         );
     }
 

@@ -36,6 +36,36 @@ async fn dot_stuffed_lines_are_stored_byte_exact() {
 }
 
 #[tokio::test]
+async fn quoted_addresses_are_stored_quoted_and_control_characters_refused() {
+    let setup = Setup::default_catch_all();
+    let mut d = Dialog::start(&setup, LOOPBACK).await;
+    d.command("EHLO client.test", "250").await;
+    d.command("MAIL FROM:<\"<boss\"@example.org>", "250 2.1.0")
+        .await;
+    d.command("RCPT TO:<\"a b\"@example.com>", "250 2.1.5")
+        .await;
+    // A NUL inside quotes: smtp-proto takes it, the trace line could not carry it.
+    let refused = d
+        .command("RCPT TO:<\"ops\0x\"@example.com>", "553 5.1.3")
+        .await;
+    assert!(refused.is_ascii() && !refused.contains('\0'), "{refused:?}");
+    d.command("DATA", "354").await;
+    d.send("Subject: q\r\n\r\nbody\r\n.\r\n").await;
+    assert!(d.reply().await.starts_with("250 2.0.0 Ok: stored as"));
+    d.command("MAIL FROM:<\"a\tb\"@example.org>", "553 5.1.7")
+        .await;
+    d.command("QUIT", "221").await;
+    // What the worker reads back is what the client gave, quotes and all.
+    assert!(
+        stored_body(&setup).starts_with(
+            b"Return-Path: <\"<boss\"@example.org>\r\nDelivered-To: \"a b\"@example.com\r\nSubject: q"
+        ),
+        "{}",
+        String::from_utf8_lossy(&stored_body(&setup))
+    );
+}
+
+#[tokio::test]
 async fn empty_message_and_missing_final_crlf_cases() {
     let setup = Setup::default_catch_all();
     let mut d = Dialog::start(&setup, LOOPBACK).await;
