@@ -94,6 +94,17 @@ pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
                         .oldest
                         .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
                     m.queue_oldest_age_seconds.get_or_create(&labels).set(age);
+                    m.queue_foreign_objects
+                        .get_or_create(&labels)
+                        .set(gauge(s.foreign));
+                    if s.foreign > 0 {
+                        tracing::warn!(
+                            destination,
+                            state = state.folder(),
+                            objects = s.foreign,
+                            "objects in the queue's folder that are no message of the queue: never taken (see swiftdrop queue stats)"
+                        );
+                    }
                 }
                 // When they were read: a cached read is as old as the cache.
                 let read_at = now.timestamp_millis() as f64 / 1000.0 - age.as_secs_f64();

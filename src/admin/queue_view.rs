@@ -174,6 +174,7 @@ pub async fn overview(State(state): State<Arc<AdminState>>) -> Response {
                             bytes => st.bytes,
                             oldest => st.oldest.map(time),
                             age => st.oldest.map(age),
+                            foreign => st.foreign,
                         }
                     })
                     .collect();

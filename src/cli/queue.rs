@@ -220,7 +220,7 @@ async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
             .map(|(state, s)| {
                 (
                     state.to_string(),
-                    json!({"count": s.count, "bytes": s.bytes, "oldest": s.oldest.map(time)}),
+                    json!({"count": s.count, "bytes": s.bytes, "oldest": s.oldest.map(time), "foreign": s.foreign}),
                 )
             })
             .collect();
@@ -229,7 +229,7 @@ async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
     }
     println!("destination {}", queue.destination().describe());
     println!("{:<11} {:>8} {:>12}  oldest", "state", "count", "bytes");
-    for (state, s) in stats {
+    for (state, s) in &stats {
         let oldest = s.oldest.map_or_else(
             || "-".to_string(),
             |t| format!("{} ({} ago)", time(t), age(Utc::now() - t)),
@@ -239,6 +239,13 @@ async fn stats(queue: &Queue, json: bool) -> Result<(), QueueError> {
             state.to_string(),
             s.count,
             s.bytes
+        );
+    }
+    for (state, s) in stats.iter().filter(|(_, s)| s.foreign > 0) {
+        println!(
+            "{}/ also holds {} object(s) that are no message of the queue (another program's, or a name the queue cannot write back as it is): never taken, never deleted",
+            state.folder(),
+            s.foreign
         );
     }
     Ok(())

@@ -146,6 +146,21 @@ pub struct StateStats {
     pub bytes: u64,
     /// When the longest-waiting one entered the state.
     pub oldest: Option<DateTime<Utc>>,
+    /// Objects in the state's folder that are no key of the queue (nor a `retry/` marker):
+    /// files other software put there, names the queue could not write back as they are
+    /// ([`super::record::is_message_name`]). Never taken, never deleted: an operator's to
+    /// look at.
+    pub foreign: u64,
+}
+
+/// One page of a state's folder ([`Queue::list_keys`]).
+pub(super) struct KeyPage {
+    /// The copies, in key order.
+    pub keys: Vec<(CopyKey, ObjectMeta)>,
+    /// Where the next page begins; `None` after the last.
+    pub next: Option<String>,
+    /// Objects of the page that are no key of the queue ([`StateStats::foreign`]).
+    pub foreign: u64,
 }
 
 /// What `purge` did.
@@ -491,28 +506,36 @@ impl Queue {
         }
     }
 
-    /// Up to `max` keys of `state` in key order after `after`: claim order (oldest mail
-    /// first; in `retry/`, earliest due first). Markers and objects of other names are left
-    /// out.
+    /// Up to `max` objects of `state` in key order after `after`: its keys in claim order
+    /// (oldest mail first; in `retry/`, earliest due first), without markers, and how many
+    /// objects were no key at all.
     pub(super) async fn list_keys(
         &self,
         state: State,
         after: Option<&str>,
         max: usize,
-    ) -> Result<(Vec<(CopyKey, ObjectMeta)>, Option<String>), QueueError> {
+    ) -> Result<KeyPage, QueueError> {
         let prefix = format!("{}/", state.folder());
         let page = self.inner.mover.list_page(&prefix, after, max).await?;
         let next = page
             .more
             .then(|| page.objects.last().map(|m| m.location.to_string()))
             .flatten();
-        let keys = page
-            .objects
-            .into_iter()
-            .filter_map(|meta| Some((CopyKey::parse(meta.location.as_ref())?, meta)))
-            .filter(|(key, _)| key.state == state)
-            .collect();
-        Ok((keys, next))
+        let mut keys = Vec::with_capacity(page.objects.len());
+        let mut foreign = 0;
+        for meta in page.objects {
+            let key = meta.location.as_ref();
+            match CopyKey::parse(key) {
+                Some(copy) => keys.push((copy, meta)),
+                None if CopyKey::parse_marker(key).is_some() => {}
+                None => foreign += 1,
+            }
+        }
+        Ok(KeyPage {
+            keys,
+            next,
+            foreign,
+        })
     }
 
     /// Every key of `state`, page after page (operators' commands; a claim never does this).
@@ -520,14 +543,23 @@ impl Queue {
         &self,
         state: State,
     ) -> Result<Vec<(CopyKey, ObjectMeta)>, QueueError> {
-        let mut all = Vec::new();
-        let mut after = None;
+        Ok(self.whole_folder(state).await?.keys)
+    }
+
+    /// The whole folder of `state` as one page.
+    async fn whole_folder(&self, state: State) -> Result<KeyPage, QueueError> {
+        let mut all = KeyPage {
+            keys: Vec::new(),
+            next: None,
+            foreign: 0,
+        };
         loop {
-            let (page, next) = self.list_keys(state, after.as_deref(), PAGE).await?;
-            all.extend(page);
-            match next {
-                Some(next) => after = Some(next),
-                None => return Ok(all),
+            let page = self.list_keys(state, all.next.as_deref(), PAGE).await?;
+            all.keys.extend(page.keys);
+            all.foreign += page.foreign;
+            all.next = page.next;
+            if all.next.is_none() {
+                return Ok(all);
             }
         }
     }
@@ -535,13 +567,15 @@ impl Queue {
     /// Count, bytes and the oldest entry time of every state.
     pub async fn stats(&self) -> Result<Vec<(State, StateStats)>, QueueError> {
         let lists = futures::future::join_all(State::ALL.map(|s| async move {
-            let listed = self.all_keys(s).await?;
+            let folder = self.whole_folder(s).await?;
+            let listed = &folder.keys;
             Ok::<_, QueueError>((
                 s,
                 StateStats {
                     count: listed.len() as u64,
                     bytes: listed.iter().map(|(_, m)| m.size).sum(),
                     oldest: listed.iter().map(|(_, m)| m.last_modified).min(),
+                    foreign: folder.foreign,
                 },
             ))
         }))
@@ -572,9 +606,9 @@ impl Queue {
         let mut after = after.map(str::to_string);
         while listed.len() < limit {
             let want = (limit - listed.len()).min(PAGE);
-            let (page, next) = self.list_keys(state, after.as_deref(), want).await?;
-            listed.extend(page);
-            match next {
+            let page = self.list_keys(state, after.as_deref(), want).await?;
+            listed.extend(page.keys);
+            match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }

@@ -32,7 +32,9 @@ use object_store::ObjectMeta;
 
 use super::candidates::ANNOUNCED;
 use super::claim::Claim;
-use super::handle::{ClaimOptions, Copies, PAGE, Queue, QueueError, TOO_MANY_ATTEMPTS, moved};
+use super::handle::{
+    ClaimOptions, Copies, KeyPage, PAGE, Queue, QueueError, TOO_MANY_ATTEMPTS, moved,
+};
 use super::lock::Token;
 use super::record::{CopyKey, Record, State};
 use super::wake;
@@ -189,7 +191,9 @@ impl Queue {
         let mut keys: Vec<(CopyKey, ObjectMeta)> = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..PAGES_PER_LOOK {
-            let (listed, next) = self.list_keys(state, after.as_deref(), size).await?;
+            let KeyPage {
+                keys: listed, next, ..
+            } = self.list_keys(state, after.as_deref(), size).await?;
             let mut later_due = false;
             let usable: Vec<(CopyKey, ObjectMeta)> = match state {
                 State::Retry => {

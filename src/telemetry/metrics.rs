@@ -98,6 +98,8 @@ pub struct Metrics {
     pub queue_oldest_age_seconds: Family<DestState, Gauge<f64, AtomicU64>>,
     /// When those were last read (Unix time).
     pub queue_stats_timestamp_seconds: Family<Dest, Gauge<f64, AtomicU64>>,
+    /// Objects in a state's folder that are no message of the queue (never taken).
+    pub queue_foreign_objects: Family<DestState, Gauge>,
 }
 
 impl Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             queue_bytes: Family::default(),
             queue_oldest_age_seconds: Family::default(),
             queue_stats_timestamp_seconds: Family::default(),
+            queue_foreign_objects: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -226,6 +229,11 @@ impl Metrics {
             "When the queue's counts were last read (Unix time); they keep their last values while the store does not answer",
             Unit::Seconds,
             m.queue_stats_timestamp_seconds.clone(),
+        );
+        r.register(
+            "queue_foreign_objects",
+            "Objects in a queue state's folder that are no message of the queue: never taken, never deleted (names other software wrote)",
+            m.queue_foreign_objects.clone(),
         );
         Metrics { registry, ..m }
     }
