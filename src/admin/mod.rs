@@ -36,6 +36,8 @@ pub use state::AdminState;
 const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last, requests and answers together.
+const CONNECTION_TIME: Duration = Duration::from_secs(300);
 
 /// Starts the admin listener of a process (`role`: `serve` or `worker`) on `listen`: runs
 /// `checks` for `/readyz` (reported to `health`, which the caller marks when it drains),
@@ -100,11 +102,13 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<Soc
                         tower_service::Service::call(&mut app.clone(), request)
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                // A client that reads its answer slowly, or keeps its connection alive for
+                // good, gives its slot back in time (a scraper just connects again).
+                let _ = tokio::time::timeout(CONNECTION_TIME, connection).await;
                 drop(permit);
             });
         }
