@@ -59,7 +59,7 @@ env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS="--cfg tracing_unstable" \
 
 # Whatever ends this script ends the fuzzers it started.
 pids=()
-stop() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
+stop() { for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null || true; done; }
 trap stop EXIT
 trap 'exit 130' INT TERM
 
@@ -71,7 +71,9 @@ for target in "${targets[@]}"; do
   mkdir -p "out/$target"
   echo "fuzzing $target for $seconds s (log: fuzz/out/$target.log)"
   # -t: a run may take a second on a loaded machine before it counts as a hang.
-  cargo afl fuzz -i "corpus/$target" -o "out/$target" -V "$seconds" -t 1000 \
+  # A process group of its own (setsid): cargo afl starts afl-fuzz as its child, and the
+  # stop below ends them both.
+  setsid cargo afl fuzz -i "corpus/$target" -o "out/$target" -V "$seconds" -t 1000 \
     -- "target/release/$target" >"out/$target.log" 2>&1 &
   pids+=($!)
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done

@@ -66,6 +66,8 @@ pub fn spawn_checks(health: Arc<Health>, checks: Vec<Check>, max_age: Duration) 
 /// (the gauges keep the last counts while the store does not answer).
 pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
     tokio::spawn(async move {
+        // What was last said of foreign objects: the warning comes again when it changes.
+        let mut foreign_seen = std::collections::HashMap::new();
         let mut tick = tokio::time::interval(stats.every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -97,7 +99,8 @@ pub fn spawn_queue_depth(stats: Arc<QueueStats>) {
                     m.queue_foreign_objects
                         .get_or_create(&labels)
                         .set(gauge(s.foreign));
-                    if s.foreign > 0 {
+                    let seen = foreign_seen.insert((destination.clone(), state), s.foreign);
+                    if s.foreign > 0 && seen != Some(s.foreign) {
                         tracing::warn!(
                             destination,
                             state = state.folder(),

@@ -107,8 +107,17 @@ pub async fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<Soc
                     .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 // A client that reads its answer slowly, or keeps its connection alive for
-                // good, gives its slot back in time (a scraper just connects again).
-                let _ = tokio::time::timeout(CONNECTION_TIME, connection).await;
+                // good, gives its slot back in time: the answer under way is finished (for
+                // a few seconds more at most), then the connection closes and a scraper
+                // connects again.
+                tokio::pin!(connection);
+                if tokio::time::timeout(CONNECTION_TIME, connection.as_mut())
+                    .await
+                    .is_err()
+                {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, connection).await;
+                }
                 drop(permit);
             });
         }

@@ -157,7 +157,7 @@ pub(super) fn validate_server(
         // It goes into the greeting and EHLO as it is: printable ASCII only.
         if s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic()) {
             Err(format!(
-                "{s:?} is not a host name (ASCII letters, digits, dots, hyphens)"
+                "{s:?} is not a host name (printable ASCII, no spaces)"
             ))
         } else {
             Ok(())

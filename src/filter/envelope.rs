@@ -97,8 +97,9 @@ impl Envelope {
 
 /// An address as smtp-proto parsed it (quotes and backslashes of a quoted local part
 /// taken out), made fit to be stored, logged and relayed: `None` when it holds a control
-/// character (it could never be written into a trace line or an SMTP command as it is);
-/// otherwise the address, with its local part quoted again where it is no dot-atom
+/// character (it could never be written into a trace line or an SMTP command as it is) or
+/// its domain is no domain name (smtp-proto takes a quoted one: `a@"x y".org`); otherwise
+/// the address, with its local part quoted again where it is no dot-atom
 /// (`"a b"@example.com` stays that, not `a b@example.com`).
 pub fn mailbox(parsed: &str) -> Option<String> {
     if parsed.chars().any(char::is_control) {
@@ -106,8 +107,11 @@ pub fn mailbox(parsed: &str) -> Option<String> {
     }
     let Some((local, domain)) = parsed.rsplit_once('@') else {
         // The null sender (`<>`, or `<postmaster>` as smtp-proto gives it: empty).
-        return Some(parsed.to_string());
+        return parsed.is_empty().then(String::new);
     };
+    if !is_domain(domain) {
+        return None;
+    }
     if is_dot_atom(local) {
         return Some(parsed.to_string());
     }
@@ -124,14 +128,30 @@ pub fn mailbox(parsed: &str) -> Option<String> {
     Some(quoted)
 }
 
-/// RFC 5321's Dot-string (with RFC 6531's UTF-8): atoms of atext joined by single dots.
+/// RFC 5321's Dot-string (with RFC 6531's UTF-8, spaces of any kind left to quotes): atoms
+/// of atext joined by single dots.
 fn is_dot_atom(local: &str) -> bool {
-    let atext =
-        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            || (!c.is_ascii() && !c.is_whitespace())
+    };
     !local.is_empty()
         && local
             .split('.')
             .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+/// A domain name: labels of letters, digits, `-` and `_` (RFC 6531: U-labels too), joined by
+/// single dots. Address literals (`[192.0.2.1]`) never reach here: smtp-proto refuses them.
+fn is_domain(domain: &str) -> bool {
+    let label_char = |c: char| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_' || (!c.is_ascii() && !c.is_whitespace())
+    };
+    !domain.is_empty()
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(label_char))
 }
 
 #[cfg(test)]
@@ -156,6 +176,13 @@ mod tests {
             ("a\"b\\c@example.com", Some("\"a\\\"b\\\\c\"@example.com")),
             ("ops\0x@example.com", None),
             ("a\tb@example.com", None),
+            // Found by review: other spaces need quotes too; a quoted domain is no domain.
+            ("\u{a0}x@example.com", Some("\"\u{a0}x\"@example.com")),
+            ("a@x y.org", None),
+            ("a@b>c.org", None),
+            ("a@example.com\u{a0}", None),
+            ("a@", None),
+            ("postmaster", None),
         ] {
             assert_eq!(mailbox(parsed).as_deref(), stored, "{parsed:?}");
         }

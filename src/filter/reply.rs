@@ -241,16 +241,21 @@ pub fn syntax(text: &str) -> Reply {
 pub fn bad_sender() -> Reply {
     Reply::new(501, [5, 1, 7], "Bad sender address syntax")
 }
-/// A sender address with a control character (in a quoted local part).
+/// A sender address that cannot be stored as it is: a control character in a quoted local
+/// part, a quoted domain.
 pub fn sender_not_allowed() -> Reply {
-    Reply::new(553, [5, 1, 7], "Sender address rejected: control character")
+    Reply::new(
+        553,
+        [5, 1, 7],
+        "Sender address rejected: control character or no domain name",
+    )
 }
-/// A recipient address with a control character (in a quoted local part).
+/// A recipient address that cannot be stored as it is ([`sender_not_allowed`]).
 pub fn recipient_not_allowed() -> Reply {
     Reply::new(
         553,
         [5, 1, 3],
-        "Recipient address rejected: control character",
+        "Recipient address rejected: control character or no domain name",
     )
 }
 /// Bad recipient address.

@@ -9,8 +9,8 @@
 //! trusted from the client's address, 127.0.0.1.
 //!
 //! An input that begins with `!F` and a byte `n` makes the stores fail their write
-//! number `n % 16` (a put, an upload, a copy or a rename, counted over both stores), without
-//! effect: the rest of the input is the client's. So the roads of a failed write (`451`,
+//! number `n % 16` (a put, the start, a part or the end of an upload, a copy or a rename,
+//! counted over both stores), without effect: the rest of the input is the client's. So the roads of a failed write (`451`,
 //! and taking back what the message's other writes made) are fuzzed too.
 
 use std::collections::BTreeSet;
@@ -326,7 +326,15 @@ impl ObjectStore for FailingStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.write()?;
-        self.inner.put_multipart_opts(location, opts).await
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FailingUpload {
+            inner: upload,
+            store: FailingStore {
+                inner: self.inner.clone(),
+                writes: self.writes.clone(),
+                fail_at: self.fail_at,
+            },
+        }))
     }
 
     async fn get_opts(
@@ -370,5 +378,31 @@ impl ObjectStore for FailingStore {
     ) -> object_store::Result<()> {
         self.write()?;
         self.inner.rename_opts(from, to, options).await
+    }
+}
+
+/// An upload of a [`FailingStore`]: each part and the end count as writes.
+#[derive(Debug)]
+struct FailingUpload {
+    inner: Box<dyn MultipartUpload>,
+    store: FailingStore,
+}
+
+#[async_trait]
+impl MultipartUpload for FailingUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        match self.store.write() {
+            Ok(()) => self.inner.put_part(data),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.store.write()?;
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
     }
 }

@@ -131,11 +131,14 @@ impl Queue {
         };
         // Objects of a remote store carry the envelope as metadata; a Maildir file has
         // only its trace lines.
-        let trace = trace::envelope(&head);
-        let sender = meta("sender").or(trace.sender);
-        let recipients = match meta("recipients") {
-            Some(list) => list.split(',').map(str::to_string).collect(),
-            None => trace.recipients,
+        let traced = trace::envelope(&head);
+        let sender = meta("sender").or(traced.sender);
+        let raw_recipients = copy
+            .attributes
+            .get(&object_store::Attribute::Metadata("recipients".into()));
+        let recipients = match raw_recipients {
+            Some(list) => crate::store::metadata::recipients(list),
+            None => traced.recipients,
         };
         Ok(Glance {
             sender,

@@ -33,6 +33,8 @@ pub const CONTENT_TYPE: &str = "message/rfc822";
 
 /// Bytes that are percent-encoded in a value: controls, non-ASCII (always) and `%`.
 const ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+/// In the `recipients` list, a comma inside an address (a quoted local part) is escaped too.
+const LISTED: &AsciiSet = &ENCODED.add(b',');
 
 /// What the metadata of one object describes: one destination's copy of a message.
 #[derive(Debug, Clone)]
@@ -104,11 +106,17 @@ pub fn decode(value: &str) -> String {
         .into_owned()
 }
 
+/// The addresses of a `recipients` value as [`recipient_list`] wrote it (a `...` at the end
+/// says that more were cut off).
+pub fn recipients(value: &str) -> Vec<String> {
+    value.split(',').map(decode).collect()
+}
+
 /// The recipients, comma-separated, cut at a whole address with `,...` when too long.
 fn recipient_list(recipients: &[String]) -> String {
     let mut out = String::new();
     for (i, rcpt) in recipients.iter().enumerate() {
-        let item = encode(rcpt);
+        let item = utf8_percent_encode(rcpt, LISTED).to_string();
         let sep = if i == 0 { "" } else { "," };
         let more = if i + 1 < recipients.len() { 4 } else { 0 };
         if out.len() + sep.len() + item.len() + more > MAX_VALUE {

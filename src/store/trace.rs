@@ -34,7 +34,13 @@ pub fn envelope(message: &[u8]) -> Envelope {
     for line in leading_lines(message) {
         let text = String::from_utf8_lossy(line);
         let (name, value) = text.split_once(':').unwrap_or((&text, ""));
-        let value = value.split(char::is_control).next().unwrap_or("").trim();
+        // Only the spaces SMTP's header syntax puts around a value: an address (quoted) may
+        // begin or end with another kind.
+        let value = value
+            .split(char::is_control)
+            .next()
+            .unwrap_or("")
+            .trim_matches([' ', '\t']);
         if name.eq_ignore_ascii_case("return-path") {
             // One pair of brackets, no more: a quoted local part may hold more.
             let unbracketed = value.strip_prefix('<').and_then(|v| v.strip_suffix('>'));
