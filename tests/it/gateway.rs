@@ -284,17 +284,22 @@ async fn a_login_sends_only_as_its_own_application() {
     gw.stop().await;
 }
 
-/// The container entrypoint, run outside a container: it configures Postfix, checks the
-/// stores, runs both, and on SIGTERM stops both and exits.
-#[tokio::test]
-async fn entrypoint_runs_both_and_sigterm_stops_both() {
-    let dir = tempdir_with_mode("swiftdrop-entrypoint", 0o755);
-    let public = free_port();
-    let filter = free_port();
+/// The entrypoint's Postfix keeps the default queue directory (as in a container): one runs
+/// at a time.
+static ENTRYPOINT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The container entrypoint, run outside a container (its Postfix under `dir`): the public
+/// smtpd on `public`, swiftdrop on `filter`, storing ours@example.com under `dir/maildir`.
+fn entrypoint(
+    dir: &std::path::Path,
+    public: u16,
+    filter: u16,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_swiftdrop"))
         .parent()
         .unwrap();
-    let mut child = Command::new("sh")
+    Command::new("sh")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/entrypoint.sh"))
         .env(
             "PATH",
@@ -304,20 +309,53 @@ async fn entrypoint_runs_both_and_sigterm_stops_both() {
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
-        .env("POSTFIX_CONFIG_DIR", dir.path().join("etc"))
+        .env("POSTFIX_CONFIG_DIR", dir.join("etc"))
         .env("SMTP_LISTEN", format!("127.0.0.1:{public}"))
         .env("MYHOSTNAME", "mx.example.com")
         .env("SWIFTDROP_OURS_RECIPIENTS", "ours@example.com")
-        .env("SWIFTDROP_OURS_PATH", dir.path().join("maildir"))
+        .env("SWIFTDROP_OURS_PATH", dir.join("maildir"))
         .env("SWIFTDROP_SERVER_LISTEN", format!("127.0.0.1:{filter}"))
         .env(
             "SWIFTDROP_SERVER_RELAY",
             format!("127.0.0.1:{}", free_port()),
         )
+        .envs(extra.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM to `child` and waits for its exit (a test failure after [`PATIENCE`]).
+async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
         .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entrypoint did not exit on SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The container entrypoint, run outside a container: it configures Postfix, checks the
+/// stores, runs both, and on SIGTERM stops both and exits.
+#[tokio::test]
+async fn entrypoint_runs_both_and_sigterm_stops_both() {
+    let _one = ENTRYPOINT.lock().await;
+    let dir = tempdir_with_mode("swiftdrop-entrypoint", 0o755);
+    let public = free_port();
+    let filter = free_port();
+    let mut child = entrypoint(dir.path(), public, filter, &[]);
     wait_for_port(public).await;
     let addr: SocketAddr = ([127, 0, 0, 1], public).into();
     let mut c = SmtpClient::connect(addr, PATIENCE).await.unwrap();
@@ -341,23 +379,7 @@ async fn entrypoint_runs_both_and_sigterm_stops_both() {
         files[0].0
     );
 
-    let kill = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "entrypoint did not exit on SIGTERM"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut child).await;
     assert!(status.success(), "{status:?}");
     // Nothing listens any more: Postfix and swiftdrop are both gone.
     assert!(
@@ -368,5 +390,134 @@ async fn entrypoint_runs_both_and_sigterm_stops_both() {
     assert!(
         tokio::net::TcpStream::connect(filter_addr).await.is_err(),
         "swiftdrop still listens"
+    );
+}
+
+/// A stop while the entrypoint starts ends it at once with status 0, even in a store check
+/// that would wait for an hour (a Swift whose auth endpoint never answers).
+#[tokio::test]
+async fn entrypoint_stopped_during_its_store_check_exits_at_once() {
+    let _one = ENTRYPOINT.lock().await;
+    let dir = tempdir_with_mode("swiftdrop-entrypoint", 0o755);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let auth_url = format!("http://{}/auth/v1.0", silent.local_addr().unwrap());
+    let mut child = entrypoint(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &[
+            ("SWIFTDROP_HUNG_BACKEND", "swift"),
+            ("SWIFTDROP_HUNG_RECIPIENTS", "hung@example.com"),
+            ("SWIFTDROP_HUNG_AUTHURL", &auth_url),
+            ("SWIFTDROP_HUNG_USER", "test:tester"),
+            ("SWIFTDROP_HUNG_KEY", "testing"),
+            ("SWIFTDROP_HUNG_CONTAINER", "mail"),
+            ("SWIFTDROP_HUNG_TIMEOUT", "1h"),
+        ],
+    );
+    // The check has reached the store: its connection is waiting in the listener's queue.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let _held = loop {
+        match silent.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "the check never came");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let status = terminate(&mut child).await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// On SIGTERM, new connections to the public smtpd get 421 while twenty clients in the middle
+/// of DATA finish theirs: each gets its reply, and each 250 has its object.
+#[tokio::test]
+async fn entrypoint_drains_the_sessions_postfix_holds() {
+    let _one = ENTRYPOINT.lock().await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempdir_with_mode("swiftdrop-entrypoint", 0o755);
+    let public = free_port();
+    let mut child = entrypoint(dir.path(), public, free_port(), &[]);
+    wait_for_port(public).await;
+    let addr: SocketAddr = ([127, 0, 0, 1], public).into();
+
+    /// Reads one reply (its last line).
+    async fn reply(r: &mut BufReader<tokio::net::TcpStream>) -> String {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(PATIENCE, r.read_line(&mut line))
+                .await
+                .expect("a reply in time")
+                .unwrap();
+            if n == 0 || line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        assert!(reply(&mut c).await.starts_with("220"));
+        for (command, expected) in [
+            ("EHLO client.test", "250"),
+            ("MAIL FROM:<sender@example.org>", "250"),
+            ("RCPT TO:<ours@example.com>", "250"),
+            ("DATA", "354"),
+        ] {
+            c.get_mut()
+                .write_all(format!("{command}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let answer = reply(&mut c).await;
+            assert!(answer.starts_with(expected), "{command}: {answer}");
+        }
+        c.get_mut()
+            .write_all(format!("Subject: in flight {i}\r\n\r\nfirst half\r\n").as_bytes())
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    let stop = tokio::spawn(async move { terminate(&mut child).await });
+    // New clients are turned away once the drain began (the reload takes a moment).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut late = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let greeting = reply(&mut late).await;
+        if greeting.starts_with("421 4.3.2") {
+            break;
+        }
+        assert!(greeting.starts_with("220"), "{greeting}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new clients still welcome"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut stored = Vec::new();
+    for c in &mut clients {
+        c.get_mut()
+            .write_all(b"second half\r\n.\r\n")
+            .await
+            .unwrap();
+        let answer = reply(c).await;
+        let key = answer
+            .strip_prefix("250 2.0.0 Ok: stored as ")
+            .unwrap_or_else(|| panic!("a reply for the message in flight: {answer:?}"));
+        stored.push(key.trim_start_matches("cur/").to_string());
+        let _ = c.get_mut().write_all(b"QUIT\r\n").await;
+    }
+    let status = stop.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut files: Vec<String> = cur_files(&dir.path().join("maildir"))
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    files.sort();
+    stored.sort();
+    assert_eq!(
+        files, stored,
+        "every 250 has its object, and nothing else was stored"
     );
 }
