@@ -232,20 +232,35 @@ async fn serve_metrics_move_with_the_mail_and_readiness_with_the_store() {
     // The Kubernetes example's probes and scrape path are real endpoints of this listener,
     // on the port its setting gives.
     let manifest = include_str!("../../examples/deploy/kubernetes.yaml");
-    let paths: Vec<&str> = manifest
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix("path: ")
-                .or_else(|| l.strip_prefix("prometheus.io/path: "))
-        })
-        .collect();
+    let paths = probe_paths(deployment(manifest, "swiftdrop"));
     assert_eq!(paths, ["/metrics", "/readyz", "/healthz"], "{manifest}");
     for path in paths {
         assert_eq!(running.get(path).await.0, 200, "{path}");
     }
     assert!(manifest.contains("SWIFTDROP_SERVER_ADMIN_LISTEN: \"0.0.0.0:9187\""));
     assert!(manifest.contains("- name: admin\n              containerPort: 9187\n"));
+}
+
+/// The Deployment named `name` in a manifest of several documents.
+fn deployment<'a>(manifest: &'a str, name: &str) -> &'a str {
+    manifest
+        .split("\n---\n")
+        .find(|doc| {
+            doc.contains("kind: Deployment") && doc.contains(&format!("\n  name: {name}\n"))
+        })
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+/// The paths a manifest's probes and scrape annotation ask for, in order.
+fn probe_paths(manifest: &str) -> Vec<&str> {
+    manifest
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("path: ")
+                .or_else(|| l.strip_prefix("prometheus.io/path: "))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -285,6 +300,22 @@ async fn the_worker_counts_claims_finishes_and_actions_and_is_ready_with_its_loc
     let ready = running.ready_is(200).await;
     assert!(ready.contains("store [DEFAULT]: ok"), "{ready}");
     assert!(ready.contains("queue lock [DEFAULT]: ok"), "{ready}");
+    // The Kubernetes example's worker probes and scrape path are this listener's, on the
+    // port its arguments give.
+    let manifest = deployment(
+        include_str!("../../examples/deploy/kubernetes.yaml"),
+        "swiftdrop-worker",
+    );
+    let paths = probe_paths(manifest);
+    assert_eq!(paths, ["/metrics", "/readyz", "/healthz"], "{manifest}");
+    for path in paths {
+        assert_eq!(running.get(path).await.0, 200, "{path}");
+    }
+    assert!(
+        manifest.contains("\"--admin-listen\", \"0.0.0.0:9188\""),
+        "{manifest}"
+    );
+    assert!(manifest.contains("- name: admin\n              containerPort: 9188\n"));
     assert!(ready.contains("sink mail (remote-smtp): ok"), "{ready}");
     running
         .metric_is("swiftdrop_worker_finished_total{kind=\"done\"}", 2.0)
