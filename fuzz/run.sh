@@ -106,8 +106,10 @@ for target in "${targets[@]}"; do
     find "out/$target/default/queue" -maxdepth 1 -type f -name 'id:*' ! -name '*orig:*' \
       -exec cp {} "out/$target/all/" \;
     find "corpus/$target" -type f ! -name 'seed-*' ! -name 'found-*' -exec cp {} "out/$target/all/" \;
+    # An empty minimum of a non-empty set is cmin failing to read the traces: keep the corpus.
     if cargo afl cmin -i "out/$target/all" -o "out/$target/min" -t 1000 \
-         -- "target/release/$target" >"out/$target.cmin.log" 2>&1; then
+         -- "target/release/$target" >"out/$target.cmin.log" 2>&1 &&
+       { [ -z "$(ls "out/$target/all")" ] || [ -n "$(ls "out/$target/min")" ]; }; then
       find "corpus/$target" -type f ! -name 'seed-*' ! -name 'found-*' -delete
       for input in "out/$target/min"/*; do
         [ -f "$input" ] || continue

@@ -25,6 +25,12 @@ command -v saslpasswd2 >/dev/null || missing+=(sasl2-bin)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 /usr/bin/python3 -c 'import selenium' 2>/dev/null || missing+=(python3-selenium)
+# Podman builds and runs the container image (tests/container/run.sh): runc as its runtime
+# (crun rejects this machine's cgroup layout), debootstrap for the base image.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+[ -x /usr/lib/podman/netavark ] || missing+=(netavark aardvark-dns)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # "No configuration": the package must not configure or start a system Postfix.
@@ -57,3 +63,6 @@ cargo build --examples
 # Two at a time (the default on two cores): with four, the shared Swift all-in-one stalls
 # for many seconds under the load and tests fail for it.
 cargo test --lib --bins --tests
+# The container image, built from docker/Dockerfile and run with Podman (the Swift above
+# still runs for its Swift part).
+bash tests/container/run.sh

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# The container image, built from docker/Dockerfile as shipped and run with Podman (as root),
+# checked from outside as a user would: ../shared/container.md's recipe.
+#
+#   bash tests/container/run.sh            # tests/run.sh runs it after the Rust tests
+#
+# 1. The gateway with the original SwiftDrop's environment (MYHOSTNAME, RELAY_DOMAINS,
+#    FORWARDS, SWIFTDROP_*), reached through a mapped port: a message stored under cur/ byte
+#    for byte, a forwarded address delivered onward (to an smtp-sink inside the container), an
+#    unknown recipient and an outside relay refused.
+# 2. The dequeue worker of the image, in a container of its own beside it (its volume, its
+#    network): it claims the stored message, sends its alert, moves it to done/, and stops
+#    with 0 on `podman stop`.
+# 3. `podman stop` of the gateway: exit 0.
+# 4. With TEST_SWIFT_PORT set (tests/run.sh's Swift all-in-one): the gateway storing into
+#    Swift, configured by environment only, as a Kubernetes pod would be.
+#
+# Base images cannot be pulled here: debian:bookworm-slim is made with debootstrap and
+# rust:1.95-bookworm from it and the host's toolchain, once; Podman keeps them (and the
+# image's layers) between runs. Prints "SKIPPED: <why>" and exits 0 only where Podman cannot
+# run at all (not root, no user namespaces); any other failure fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+skip() { echo "tests/container: SKIPPED: $*"; exit 0; }
+[ "$(id -u)" = 0 ] || skip "Podman's storage and networks need root here"
+command -v podman >/dev/null || { echo "tests/container: podman is not installed (tests/run.sh installs it)" >&2; exit 1; }
+
+work=/var/tmp/swiftdrop-container
+mkdir -p "$work"
+# This machine's limits and its cgroup layout (../shared/container.md): runc, and ulimits
+# within the hard limits root has.
+cat >"$work/containers.conf" <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+[network]
+network_backend = "netavark"
+EOF
+export CONTAINERS_CONF="$work/containers.conf"
+podman info >/dev/null 2>&1 || skip "podman info fails: $(podman info 2>&1 | tail -1)"
+
+started=()
+cleanup() {
+    for c in "${started[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+    podman volume rm -f swiftdrop-ct-spool >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+step() { echo "tests/container: $*"; }
+fail() { echo "tests/container: FAILED: $*" >&2; exit 1; }
+
+# --- Base images (once) --------------------------------------------------------------------
+if ! podman image exists localhost/debian:bookworm-slim; then
+    step "making debian:bookworm-slim with debootstrap (once)"
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    rootfs="$work/rootfs"
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        rm -f "$rootfs/etc/apt/sources.list"
+        cp /etc/apt/sources.list.d/debian.sources "$rootfs/etc/apt/sources.list.d/"
+    fi
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | podman import - localhost/debian:bookworm-slim >/dev/null
+    rm -rf "$rootfs"
+fi
+if ! podman image exists localhost/rust:1.95-bookworm; then
+    step "making rust:1.95-bookworm from the host's toolchain (once)"
+    sysroot=$(rustc --print sysroot)
+    ctx="$work/rust-ctx"
+    rm -rf "$ctx"
+    mkdir -p "$ctx/toolchain" "$ctx/extra-ca"
+    cp -a "$sysroot/bin" "$sysroot/lib" "$ctx/toolchain/"
+    # HTTPS here may be trusted through extra CAs: the build stage needs them for crates.io.
+    cp /usr/local/share/ca-certificates/*.crt "$ctx/extra-ca/" 2>/dev/null || true
+    cat >"$ctx/Containerfile" <<'EOF'
+FROM localhost/debian:bookworm-slim
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+       ca-certificates gcc libc6-dev make pkg-config perl \
+    && rm -rf /var/lib/apt/lists/*
+COPY toolchain /usr/local/rust
+ENV CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+COPY extra-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates && rustc --version && cargo --version
+EOF
+    podman build --pull=never -q -t localhost/rust:1.95-bookworm "$ctx" >/dev/null
+    rm -rf "$ctx"
+fi
+
+# --- The image, from docker/Dockerfile unchanged ---------------------------------------------
+step "building docker/Dockerfile (cached layers are reused)"
+ctx="$work/ctx"
+rm -rf "$ctx"
+mkdir -p "$ctx"
+tar -C "$repo" --exclude=./target --exclude=./.git --exclude=./fuzz/target --exclude=./fuzz/out -cf - . |
+    tar -C "$ctx" -xf -
+podman build --pull=never -q -f docker/Dockerfile -t localhost/swiftdrop:test "$ctx" >/dev/null
+rm -rf "$ctx"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# SMTP from the host: one message; prints the reply to the end of data, or the refusal.
+send() { # port from to subject
+    python3 - "$@" <<'EOF'
+import smtplib, sys
+port, sender, rcpt, subject = sys.argv[1:]
+try:
+    with smtplib.SMTP("127.0.0.1", int(port), timeout=60) as s:
+        code, text = s.ehlo("client.test")
+        s.mail(sender)
+        code, text = s.rcpt(rcpt)
+        if code >= 400:
+            print(code, text.decode()); sys.exit(0)
+        code, text = s.data(f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\ncontainer test\r\n".encode())
+        print(code, text.decode())
+except smtplib.SMTPResponseException as e:
+    print(e.smtp_code, e.smtp_error.decode())
+EOF
+}
+wait_greeting() { # port container
+    for _ in $(seq 1 120); do
+        if python3 -c "import smtplib,sys; smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=2).quit()" "$1" 2>/dev/null; then
+            return 0
+        fi
+        podman container exists "$2" && [ "$(podman inspect -f '{{.State.Running}}' "$2")" = true ] ||
+            { podman logs "$2" | tail -20 >&2; fail "$2 stopped while starting"; }
+        sleep 0.5
+    done
+    podman logs "$2" | tail -20 >&2
+    fail "no greeting on 127.0.0.1:$1"
+}
+expect() { # what got want
+    case $2 in "$3"*) ;; *) fail "$1: got '$2', want '$3...'" ;; esac
+}
+stopped_with_0() { # container
+    podman stop -t 150 "$1" >/dev/null
+    code=$(podman inspect -f '{{.State.ExitCode}}' "$1")
+    [ "$code" = 0 ] || { podman logs "$1" | tail -20 >&2; fail "$1 exited $code on podman stop"; }
+}
+
+# --- 1. The gateway, the original SwiftDrop's environment ------------------------------------
+port=$(free_port)
+gateway=swiftdrop-ct-gateway
+podman rm -f -t 0 "$gateway" >/dev/null 2>&1 || true
+podman volume rm -f swiftdrop-ct-spool >/dev/null 2>&1 || true
+started+=("$gateway")
+podman run -d --name "$gateway" -p "127.0.0.1:$port:25" -v swiftdrop-ct-spool:/var/spool/swiftdrop \
+    -e MYHOSTNAME=mx.example.com -e RELAY_DOMAINS=example.com \
+    -e FORWARDS='{"fwd@example.com": "target@elsewhere.example"}' \
+    -e SWIFTDROP_OURS_RECIPIENTS=ours@example.com \
+    localhost/swiftdrop:test >/dev/null
+wait_greeting "$port" "$gateway"
+# Only for the test: what Postfix sends on goes to an smtp-sink inside the container.
+podman exec "$gateway" sh -c 'mkdir -p /tmp/sink && chown postfix /tmp/sink &&
+    (smtp-sink -u postfix -d /tmp/sink/%M. 127.0.0.1:2526 100 >/dev/null 2>&1 &) &&
+    postconf -e "default_transport = smtp:[127.0.0.1]:2526" "relay_transport = smtp:[127.0.0.1]:2526" &&
+    postfix reload >/dev/null 2>&1'
+
+step "a message for a destination is stored under cur/, byte for byte"
+reply=$(send "$port" sender@example.net ours@example.com "stored in the container")
+expect "stored" "$reply" "250 2.0.0 Ok: stored as cur/"
+key=${reply#250 2.0.0 Ok: stored as }
+stored=$(podman exec "$gateway" cat "/var/spool/swiftdrop/maildir/$key")
+case $stored in
+    "Return-Path: <sender@example.net>"*"Delivered-To: ours@example.com"*"Subject: stored in the container"*"container test"*) ;;
+    *) fail "stored bytes: $stored" ;;
+esac
+
+step "a forwarded address is delivered onward"
+reply=$(send "$port" sender@example.net fwd@example.com "forwarded")
+expect "forwarded" "$reply" "250"
+for _ in $(seq 1 60); do
+    podman exec "$gateway" sh -c 'grep -l "Subject: forwarded" /tmp/sink/* 2>/dev/null' >/dev/null && break
+    sleep 0.5
+done
+podman exec "$gateway" sh -c 'grep -l "Subject: forwarded" /tmp/sink/*' >/dev/null ||
+    fail "the forward never reached the sink: $(podman exec "$gateway" postqueue -p)"
+
+step "an unknown recipient and an outside relay are refused"
+expect "unknown" "$(send "$port" sender@example.net nobody@example.com x)" "550"
+expect "relay" "$(send "$port" sender@example.net someone@outside.example x)" "554"
+
+# --- 2. The worker of the image, beside the gateway --------------------------------------------
+step "the image's dequeue worker claims the stored message, alerts, finishes it, stops with 0"
+podman exec -i "$gateway" sh -c 'cat > /var/spool/swiftdrop/rules.yml' <<'EOF'
+remote-smtp: 127.0.0.1:2526
+unmatched: done
+managers:
+  - name: ours
+    messages-we-want:
+      to: ours@example.com
+    rules:
+      - name: alert
+        actions: [mailto:oncall@example.com]
+EOF
+worker=swiftdrop-ct-worker
+started+=("$worker")
+podman run -d --name "$worker" --network "container:$gateway" -v swiftdrop-ct-spool:/var/spool/swiftdrop \
+    -e SWIFTDROP_OURS_RECIPIENTS=ours@example.com --entrypoint swiftdrop-dequeue \
+    localhost/swiftdrop:test --config /var/spool/swiftdrop/rules.yml --destination OURS >/dev/null
+name=${key#cur/}
+for _ in $(seq 1 120); do
+    podman exec "$gateway" sh -c "ls /var/spool/swiftdrop/maildir/done/ 2>/dev/null" | grep -qF "$name" && break
+    sleep 0.5
+done
+podman exec "$gateway" sh -c "ls /var/spool/swiftdrop/maildir/done/" | grep -qF "$name" ||
+    { podman logs "$worker" | tail -20 >&2; fail "the worker did not finish $name"; }
+podman exec "$gateway" sh -c 'grep -l "oncall@example.com" /tmp/sink/*' >/dev/null ||
+    fail "the worker's alert never reached the sink"
+stopped_with_0 "$worker"
+
+# --- 3. Stop ----------------------------------------------------------------------------------
+step "podman stop ends the gateway with 0"
+stopped_with_0 "$gateway"
+
+# --- 4. Swift, configured by environment only ---------------------------------------------------
+if [ -z "${TEST_SWIFT_PORT:-}" ]; then
+    echo "tests/container: the Swift part needs TEST_SWIFT_PORT (tests/run.sh's Swift): not run"
+else
+    step "the gateway stores into Swift, configured by environment only"
+    port=$(free_port)
+    swift=swiftdrop-ct-swift
+    container="ct$(date +%s)"
+    started+=("$swift")
+    # The host's network: Swift listens on the host's loopback.
+    podman run -d --name "$swift" --network host \
+        -e MYHOSTNAME=mx.example.com -e RELAY_DOMAINS=example.com -e SMTP_LISTEN="127.0.0.1:$port" \
+        -e SWIFTDROP_SERVER_LISTEN="127.0.0.1:$(free_port)" -e SWIFTDROP_SERVER_RELAY="127.0.0.1:$(free_port)" \
+        -e SWIFTDROP_OURS_RECIPIENTS=ours@example.com -e SWIFTDROP_OURS_BACKEND=swift \
+        -e SWIFTDROP_OURS_AUTHURL="http://127.0.0.1:$TEST_SWIFT_PORT/auth/v1.0" \
+        -e SWIFTDROP_OURS_USER=test:tester -e SWIFTDROP_OURS_KEY=testing \
+        -e SWIFTDROP_OURS_CONTAINER="$container" -e SWIFTDROP_OURS_CREATE_CONTAINER=yes \
+        localhost/swiftdrop:test >/dev/null
+    wait_greeting "$port" "$swift"
+    reply=$(send "$port" sender@example.net ours@example.com "stored in swift")
+    expect "stored in Swift" "$reply" "250 2.0.0 Ok: stored as cur/"
+    key=${reply#250 2.0.0 Ok: stored as }
+    token=$(curl -sf -D - -o /dev/null -H 'X-Auth-User: test:tester' -H 'X-Auth-Key: testing' \
+        "http://127.0.0.1:$TEST_SWIFT_PORT/auth/v1.0" | tr -d '\r' | sed -n 's/^[Xx]-[Aa]uth-[Tt]oken: //p')
+    object=$(curl -sf -H "X-Auth-Token: $token" "http://127.0.0.1:$TEST_SWIFT_PORT/v1/AUTH_test/$container/$key")
+    case $object in
+        "Return-Path: <sender@example.net>"*"Subject: stored in swift"*) ;;
+        *) fail "the object in Swift: $object" ;;
+    esac
+    stopped_with_0 "$swift"
+fi
+echo "tests/container: passed"
