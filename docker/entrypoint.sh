@@ -5,16 +5,20 @@
 # Signals are handled from the first line. SIGTERM/SIGINT while starting: the step under way
 # is stopped and the container exits 0 at once (nothing was served). Once running, a drain:
 #   1. the public smtpd answers new connections `421 4.3.2` (a reload: its processes serving
-#      a client finish their session, the transaction in it included);
-#   2. those sessions are waited for, up to SMTP_DRAIN_TIMEOUT seconds (then cut);
-#   3. swiftdrop drains what it still holds (its own drain_timeout) and exits;
-#   4. Postfix stops (the after-queue smtpd took what swiftdrop relayed by then).
-# Exit 0 after a signal; 1 when swiftdrop or Postfix ended by itself (the orchestrator then
-# restarts the container whole).
+#      a client finish their session, the transaction in it included; new ones exit at once);
+#   2. those sessions are waited for, up to SMTP_DRAIN_TIMEOUT seconds;
+#   3. swiftdrop drains what it still holds (its own drain_timeout) and exits: a session
+#      still waiting for its end of data then gets swiftdrop's reply through Postfix;
+#   4. Postfix's queue (postmaster@ and forwards, relayed by swiftdrop) is flushed for up to
+#      QUEUE_FLUSH_TIMEOUT seconds, then Postfix stops. What is still queued then stays in
+#      /var/spool/postfix: give it a persistent volume, or it goes with the container.
+# A second signal during the drain changes nothing. Exit 0 after a signal; 1 when swiftdrop or
+# Postfix ended by itself (the orchestrator then restarts the container whole).
 #
 # Environment: MYHOSTNAME (required), MYDOMAIN, RELAY_DOMAINS, FORWARDS (JSON) for Postfix,
 # SWIFTDROP_* for swiftdrop (see README.rst); SMTP_LISTEN (default 0.0.0.0:25) for the
-# public smtpd; SMTP_DRAIN_TIMEOUT (default 30); POSTFIX_CONFIG_DIR (default /etc/postfix).
+# public smtpd; SMTP_DRAIN_TIMEOUT (default 30), QUEUE_FLUSH_TIMEOUT (default 15);
+# POSTFIX_CONFIG_DIR (default /etc/postfix).
 set -eu
 
 phase=starting
@@ -43,6 +47,13 @@ step() {
 
 conf=${POSTFIX_CONFIG_DIR:-/etc/postfix}
 drain_timeout=${SMTP_DRAIN_TIMEOUT:-30}
+flush_timeout=${QUEUE_FLUSH_TIMEOUT:-15}
+for value in "$drain_timeout" "$flush_timeout"; do
+    case $value in '' | *[!0-9]*)
+        echo "entrypoint: SMTP_DRAIN_TIMEOUT and QUEUE_FLUSH_TIMEOUT are whole seconds, not '$value'" >&2
+        exit 1 ;;
+    esac
+done
 # Object keys and greetings carry the gateway's name, not the container's.
 export SWIFTDROP_SERVER_HOSTNAME="${SWIFTDROP_SERVER_HOSTNAME:-${MYHOSTNAME:-}}"
 step swiftdrop postfix-config --output "$conf" --public "${SMTP_LISTEN:-0.0.0.0:25}"
@@ -50,50 +61,66 @@ step postfix -c "$conf" check
 step swiftdrop check
 # The public smtpd: the inet service that hands transactions to swiftdrop.
 public=$(postconf -c "$conf" -M | awk '$2 == "inet" && /smtpd_proxy_filter/ { print $1; exit }')
+[ -n "$public" ] || { echo "entrypoint: no public smtpd in $conf/master.cf" >&2; exit 1; }
+master_pid_file="$(postconf -c "$conf" -h queue_directory)/pid/master.pid"
 
+# From here a signal drains: whatever has started by then is stopped in order.
+swiftdrop_pid=
+postfix_pid=
+phase=running
 swiftdrop serve &
 swiftdrop_pid=$!
 postfix -c "$conf" start-fg &
 postfix_pid=$!
-phase=running
 
-# The processes of the public smtpd now running: their command line names the service.
+# How many processes of the public smtpd run: children of this Postfix's master whose
+# command line names the service. After the drain's reload an idle one exits within a second
+# (max_idle), one in a session when its session ends.
 public_smtpd() {
+    master=$(tr -d ' ' <"$master_pid_file" 2>/dev/null) || master=
+    count=0
     for dir in /proc/[0-9]*; do
         cmd=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
-        case $cmd in "smtpd -n $public -t inet"*) echo "${dir#/proc/}" ;; esac
+        case $cmd in "smtpd -n $public -t inet"*) ;; *) continue ;; esac
+        parent=$(awk '/^PPid:/ { print $2 }' "$dir/status" 2>/dev/null) || continue
+        [ "$parent" = "$master" ] && count=$((count + 1))
     done
+    echo "$count"
 }
 
 drain() {
     echo "entrypoint: draining: new connections get 421, sessions in flight finish" >&2
-    serving=$(public_smtpd)
-    # The after-queue smtpd sets its own (empty) client restrictions: it keeps taking what
-    # swiftdrop relays.
-    postconf -c "$conf" -e \
-        "smtpd_client_restrictions = check_client_access static:{421 4.3.2 Service shutting down, try again later}" \
-        "smtpd_delay_reject = no" || true
-    postfix -c "$conf" reload 2>/dev/null || true
-    waited=0
-    while :; do
-        left=
-        for pid in $serving; do
-            if kill -0 "$pid" 2>/dev/null; then left="$left $pid"; fi
+    if [ -n "$postfix_pid" ]; then
+        # The after-queue smtpd sets its own (empty) client restrictions: it keeps taking
+        # what swiftdrop relays.
+        postconf -c "$conf" -e \
+            "smtpd_client_restrictions = check_client_access static:{421 4.3.2 Service shutting down, try again later}" \
+            "smtpd_delay_reject = no" "max_idle = 1s" || true
+        postfix -c "$conf" reload >/dev/null 2>&1 || true
+        waited=0
+        while [ "$(public_smtpd)" -gt 0 ] && [ "$waited" -lt "$drain_timeout" ]; do
+            sleep 1
+            waited=$((waited + 1))
         done
-        serving=$left
-        [ -n "$serving" ] && [ "$waited" -lt "$drain_timeout" ] || break
-        sleep 1
-        waited=$((waited + 1))
-    done
-    if [ -n "$serving" ]; then
-        echo "entrypoint: SMTP_DRAIN_TIMEOUT (${drain_timeout}s) over: cutting sessions$serving" >&2
-        # shellcheck disable=SC2086 # a list of pids
-        kill -TERM $serving 2>/dev/null || true
+        [ "$(public_smtpd)" -eq 0 ] ||
+            echo "entrypoint: SMTP_DRAIN_TIMEOUT (${drain_timeout}s) over: sessions still open; swiftdrop answers those it holds, Postfix's stop cuts the rest" >&2
     fi
-    kill -TERM "$swiftdrop_pid" 2>/dev/null || true
-    wait "$swiftdrop_pid" 2>/dev/null || true
-    postfix -c "$conf" stop >/dev/null 2>&1 || true
-    wait "$postfix_pid" 2>/dev/null || true
+    if [ -n "$swiftdrop_pid" ]; then
+        kill -TERM "$swiftdrop_pid" 2>/dev/null || true
+        wait "$swiftdrop_pid" 2>/dev/null || true
+    fi
+    if [ -n "$postfix_pid" ]; then
+        postqueue -c "$conf" -f 2>/dev/null || true
+        waited=0
+        while [ -n "$(postqueue -c "$conf" -j 2>/dev/null)" ] && [ "$waited" -lt "$flush_timeout" ]; do
+            sleep 1
+            waited=$((waited + 1))
+        done
+        [ -z "$(postqueue -c "$conf" -j 2>/dev/null)" ] ||
+            echo "entrypoint: QUEUE_FLUSH_TIMEOUT (${flush_timeout}s) over: mail left in Postfix's queue" >&2
+        postfix -c "$conf" stop >/dev/null 2>&1 || true
+        wait "$postfix_pid" 2>/dev/null || true
+    fi
 }
 
 # Either process ending ends the container (the orchestrator restarts it whole).
@@ -106,7 +133,7 @@ if [ "$phase" = stopping ]; then
     drain
     exit 0
 fi
-echo "entrypoint: $( kill -0 "$swiftdrop_pid" 2>/dev/null && echo Postfix || echo swiftdrop ) ended by itself" >&2
+echo "entrypoint: $(kill -0 "$swiftdrop_pid" 2>/dev/null && echo Postfix || echo swiftdrop) ended by itself" >&2
 phase=stopping
 kill -TERM "$swiftdrop_pid" 2>/dev/null || true
 postfix -c "$conf" stop >/dev/null 2>&1 || true

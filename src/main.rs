@@ -66,7 +66,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands whose output may be piped end quietly when the reader leaves; the server
     // does not.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if matches!(cli.command, Command::Serve { .. }) {
+        swiftdrop::util::allocator::hand_back_large_blocks();
+    } else {
         swiftdrop::util::closed_pipe::end_quietly_when_the_reader_leaves();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

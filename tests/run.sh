@@ -30,6 +30,7 @@ command -v saslpasswd2 >/dev/null || missing+=(sasl2-bin)
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 [ -x /usr/lib/podman/netavark ] || missing+=(netavark aardvark-dns)
+command -v iptables >/dev/null || missing+=(iptables)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

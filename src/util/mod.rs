@@ -6,6 +6,7 @@
 //! Owns: nothing of the domain. May use: the standard library and crates only; every other
 //! room may use it.
 
+pub mod allocator;
 pub mod closed_pipe;
 pub mod failpoint;
 pub mod hex;
