@@ -73,36 +73,63 @@ swiftdrop_pid=$!
 postfix -c "$conf" start-fg &
 postfix_pid=$!
 
-# How many processes of the public smtpd run: children of this Postfix's master whose
-# command line names the service. After the drain's reload an idle one exits within a second
-# (max_idle), one in a session when its session ends.
-public_smtpd() {
-    master=$(tr -d ' ' <"$master_pid_file" 2>/dev/null) || master=
-    count=0
+# The pid of this Postfix's master, once it runs.
+master_pid() {
+    tr -d ' ' 2>/dev/null <"$master_pid_file" || true
+}
+
+# The public smtpd's processes that started before the moment `since` (in clock ticks after
+# boot, /proc/PID/stat's 22nd field): children of this Postfix's master whose command line
+# names the service. Those started later only answer 421 and go.
+public_smtpd_before() {
+    master=$(master_pid)
     for dir in /proc/[0-9]*; do
-        cmd=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$dir/cmdline") || continue
         case $cmd in "smtpd -n $public -t inet"*) ;; *) continue ;; esac
         parent=$(awk '/^PPid:/ { print $2 }' "$dir/status" 2>/dev/null) || continue
-        [ "$parent" = "$master" ] && count=$((count + 1))
+        [ -n "$master" ] && [ "$parent" = "$master" ] || continue
+        started=$(sed 's/.*) //' "$dir/stat" 2>/dev/null | awk '{ print $20 }') || continue
+        [ -n "$started" ] && [ "$started" -lt "$1" ] && echo "${dir#/proc/}"
     done
-    echo "$count"
+}
+
+# Clock ticks since boot now: the start time of a process made for the purpose.
+now_ticks() {
+    sed 's/.*) //' /proc/self/stat | awk '{ print $20 }'
 }
 
 drain() {
     echo "entrypoint: draining: new connections get 421, sessions in flight finish" >&2
     if [ -n "$postfix_pid" ]; then
+        # A stop right after the start: Postfix's master must be up to take the reload.
+        waited=0
+        while ! postfix -c "$conf" status >/dev/null 2>&1 && kill -0 "$postfix_pid" 2>/dev/null &&
+            [ "$waited" -lt 10 ]; do
+            sleep 1
+            waited=$((waited + 1))
+        done
         # The after-queue smtpd sets its own (empty) client restrictions: it keeps taking
-        # what swiftdrop relays.
+        # what swiftdrop relays. Idle processes of the new generation go after a second.
         postconf -c "$conf" -e \
             "smtpd_client_restrictions = check_client_access static:{421 4.3.2 Service shutting down, try again later}" \
             "smtpd_delay_reject = no" "max_idle = 1s" || true
         postfix -c "$conf" reload >/dev/null 2>&1 || true
+        # The master reloads on its own time: processes started until a second later are
+        # waited for too, those started after only answer 421.
+        sleep 1
+        since=$(now_ticks)
+        serving=$(public_smtpd_before "$since")
         waited=0
-        while [ "$(public_smtpd)" -gt 0 ] && [ "$waited" -lt "$drain_timeout" ]; do
+        while [ -n "$serving" ] && [ "$waited" -lt "$drain_timeout" ]; do
             sleep 1
             waited=$((waited + 1))
+            left=
+            for pid in $serving; do
+                if kill -0 "$pid" 2>/dev/null; then left="$left $pid"; fi
+            done
+            serving=$left
         done
-        [ "$(public_smtpd)" -eq 0 ] ||
+        [ -z "$serving" ] ||
             echo "entrypoint: SMTP_DRAIN_TIMEOUT (${drain_timeout}s) over: sessions still open; swiftdrop answers those it holds, Postfix's stop cuts the rest" >&2
     fi
     if [ -n "$swiftdrop_pid" ]; then
@@ -111,14 +138,22 @@ drain() {
     fi
     if [ -n "$postfix_pid" ]; then
         postqueue -c "$conf" -f 2>/dev/null || true
+        # Mail on hold waits for an operator: it does not hold up the stop.
+        queued() { postqueue -c "$conf" -j 2>/dev/null | grep -v '"queue_name": *"hold"' || true; }
         waited=0
-        while [ -n "$(postqueue -c "$conf" -j 2>/dev/null)" ] && [ "$waited" -lt "$flush_timeout" ]; do
+        while [ -n "$(queued)" ] && [ "$waited" -lt "$flush_timeout" ]; do
             sleep 1
             waited=$((waited + 1))
         done
-        [ -z "$(postqueue -c "$conf" -j 2>/dev/null)" ] ||
+        [ -z "$(queued)" ] ||
             echo "entrypoint: QUEUE_FLUSH_TIMEOUT (${flush_timeout}s) over: mail left in Postfix's queue" >&2
-        postfix -c "$conf" stop >/dev/null 2>&1 || true
+        # Until the master is gone (one that was still starting misses the first stop).
+        waited=0
+        while kill -0 "$postfix_pid" 2>/dev/null && [ "$waited" -lt 30 ]; do
+            postfix -c "$conf" stop >/dev/null 2>&1 || kill -TERM "$(master_pid)" 2>/dev/null || true
+            sleep 1
+            waited=$((waited + 1))
+        done
         wait "$postfix_pid" 2>/dev/null || true
     fi
 }

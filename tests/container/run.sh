@@ -45,7 +45,9 @@ export CONTAINERS_CONF="$work/containers.conf"
 podman info >/dev/null 2>&1 || { podman info >&2 || true; echo "tests/container: FAILED: podman info" >&2; exit 1; }
 
 started=()
+silent_pid=
 cleanup() {
+    [ -z "$silent_pid" ] || kill "$silent_pid" 2>/dev/null || true
     for c in "${started[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
     podman volume rm -f swiftdrop-ct-spool >/dev/null 2>&1 || true
 }
@@ -109,6 +111,8 @@ rm -rf "$ctx"
 mkdir -p "$ctx"
 tar -C "$repo" --exclude=./target --exclude=./.git --exclude=./fuzz/target --exclude=./fuzz/out -cf - . |
     tar -C "$ctx" -xf -
+# The build stage is tagged too: the prune below keeps it, and with it the next build's cache.
+podman build --pull=never -q -f docker/Dockerfile --target build -t localhost/swiftdrop-build:test "$ctx" >/dev/null
 podman build --pull=never -q -f docker/Dockerfile -t localhost/swiftdrop:test "$ctx" >/dev/null
 rm -rf "$ctx"
 # The build stages and images this build replaced (gigabytes each); the tagged ones stay.
@@ -230,7 +234,7 @@ podman exec "$gateway" sh -c 'grep -l "oncall@example.com" /tmp/sink/*' >/dev/nu
 stopped_with_0 "$worker"
 
 # --- 3. Stop ----------------------------------------------------------------------------------
-step "podman stop with five clients in the middle of DATA: each gets its 250 and object, exit 0"
+step "podman stop with five clients in the middle of DATA and one between EHLO and MAIL: each gets its 250 and object, new clients 421, exit 0"
 python3 - "$port" "$gateway" <<'EOF' || fail "the drain through podman stop"
 import socket, subprocess, sys, time
 port, gateway = int(sys.argv[1]), sys.argv[2]
@@ -250,8 +254,34 @@ for i in range(5):
         assert answer[0] in "23", f"{command}: {answer}"
     s.sendall(b"Subject: in flight %d\r\n\r\nfirst half\r\n" % i)
     clients.append((s, f))
+# A session that has not reached MAIL: swiftdrop holds nothing of it yet, so its 250 comes
+# only if Postfix's sessions are waited for before swiftdrop stops.
+early = socket.create_connection(("127.0.0.1", port), timeout=120)
+early_f = early.makefile("rb")
+assert reply(early_f).startswith("220")
+early.sendall(b"EHLO client.test\r\n")
+assert reply(early_f).startswith("250")
 stop = subprocess.Popen(["podman", "stop", "-t", "150", gateway], stdout=subprocess.DEVNULL)
-time.sleep(3)
+# The drain has begun once its first line is in the log, and its reload took once a new
+# client is turned away.
+deadline = time.time() + 60
+while b"entrypoint: draining" not in subprocess.run(["podman", "logs", gateway], capture_output=True).stderr:
+    assert time.time() < deadline, "the drain never began"
+    time.sleep(0.2)
+while True:
+    late = socket.create_connection(("127.0.0.1", port), timeout=120)
+    greeting = reply(late.makefile("rb"))
+    late.close()
+    if greeting.startswith("421 4.3.2"):
+        break
+    assert greeting.startswith("220") and time.time() < deadline, greeting
+    time.sleep(0.2)
+for command in ["MAIL FROM:<sender@example.net>", "RCPT TO:<ours@example.com>", "DATA"]:
+    early.sendall(command.encode() + b"\r\n")
+    answer = reply(early_f)
+    assert answer[0] in "23", f"after the stop, {command}: {answer}"
+early.sendall(b"Subject: begun before the stop\r\n\r\nhello\r\n")
+clients.append((early, early_f))
 keys = []
 for s, f in clients:
     s.sendall(b"second half\r\n.\r\n")
@@ -273,8 +303,11 @@ step "podman stop while the store check hangs ends the gateway with 0 at once"
 silent=$(free_port)
 hung=swiftdrop-ct-hung
 started+=("$hung")
-# A listener that takes the connection and never answers: the check would wait an hour.
-python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); c=s.accept(); time.sleep(300)' "$silent" &
+# A listener that takes the connection, says so in a file and never answers: the check
+# would wait an hour.
+rm -f "$work/check-reached"
+python3 -c 'import socket,sys,time; s=socket.socket(); s.settimeout(120); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); c=s.accept(); open(sys.argv[2], "w").close(); time.sleep(120)' \
+    "$silent" "$work/check-reached" >/dev/null 2>&1 &
 silent_pid=$!
 podman run -d --name "$hung" --network host -e MYHOSTNAME=mx.example.com -e SMTP_LISTEN="127.0.0.1:$(free_port)" \
     -e SWIFTDROP_SERVER_LISTEN="127.0.0.1:$(free_port)" -e SWIFTDROP_SERVER_RELAY="127.0.0.1:$(free_port)" \
@@ -282,7 +315,8 @@ podman run -d --name "$hung" --network host -e MYHOSTNAME=mx.example.com -e SMTP
     -e SWIFTDROP_HUNG_AUTHURL="http://127.0.0.1:$silent/auth/v1.0" -e SWIFTDROP_HUNG_USER=test:tester \
     -e SWIFTDROP_HUNG_KEY=testing -e SWIFTDROP_HUNG_CONTAINER=mail -e SWIFTDROP_HUNG_TIMEOUT=1h \
     localhost/swiftdrop:test >/dev/null
-sleep 3
+for _ in $(seq 1 120); do [ -e "$work/check-reached" ] && break; sleep 0.5; done
+[ -e "$work/check-reached" ] || fail "the gateway's store check never reached the silent Swift"
 # Without the entrypoint's signal handling this stop ends by SIGKILL after 20 s: exit 137.
 podman stop -t 20 "$hung" >/dev/null
 code=$(podman inspect -f '{{.State.ExitCode}}' "$hung")
