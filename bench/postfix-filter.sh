@@ -6,7 +6,9 @@
 #
 # Environment: SIZES (bytes, default "1024 102400"), CONCS (default "1 10 50"), BENCH_DIR
 # (where the Maildir and Postfix's queue live, default target/; file creation cost differs a
-# lot between directories of one disk on some machines: keep it the same when comparing).
+# lot between directories of one disk on some machines: keep it the same when comparing),
+# BENCH_BIN (a swiftdrop binary to measure instead of building this tree's: an earlier
+# build, for a before-and-after table in one sitting).
 #
 # Prints messages/s (median of RUNS) for 1 KB and 100 KB at concurrency 1, 10 and 50, the
 # ratio swiftdrop / smtp-sink and swiftdrop's peak RSS. swiftdrop stores into a Maildir on
@@ -16,13 +18,18 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 
 command -v smtp-source >/dev/null || { echo "needs Postfix's smtp-source/smtp-sink: apt-get install postfix" >&2; exit 1; }
-cargo build --release --quiet
-bin=$PWD/target/release/swiftdrop
+if [ -n "${BENCH_BIN:-}" ]; then
+    bin=$(realpath "$BENCH_BIN")
+else
+    cargo build --release --quiet
+    bin=$PWD/target/release/swiftdrop
+fi
 mkdir -p "${BENCH_DIR:-target}"
 work=$(mktemp -d "$(realpath "${BENCH_DIR:-target}")/swiftdrop-bench.XXXXXX")
 chmod 755 "$work"
 pids=()
 cleanup() {
+    grep -hE "ERROR|panicked|error:" "$work/swiftdrop.log" 2>/dev/null | tail -5 >&2 || true
     bash tests/postfix/private-postfix.sh stop "$work/postfix" || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done

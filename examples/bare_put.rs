@@ -28,6 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let body = bytes::Bytes::from(vec![b'x'; size]);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started;
+    // Both clients take rustls' process-wide crypto provider, as swiftdrop's do.
+    swiftdrop::store::install_tls_provider();
     match args[0].as_str() {
         "native" => {
             let client = swiftdrop::store::http_client().build().unwrap();

@@ -47,6 +47,11 @@ bash tests/xmpp/prosody.sh install
 # its own directory (tests/ldap/slapd.sh); the package configures and starts nothing.
 bash tests/ldap/slapd.sh install
 
+# moto's S3 server: a second S3 besides Swift's s3api, one that behaves as AWS does (each
+# test starts and stops its own).
+TEST_MOTO_SERVER=$(bash tests/s3/moto.sh install)
+export TEST_MOTO_SERVER
+
 # OpenStack Swift (native API + S3 API) on loopback for the object-store tests; stopped on
 # exit, whatever the outcome.
 bash tests/swift/swift-aio.sh install

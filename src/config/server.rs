@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use super::destination::Secret;
 use super::sources::{ENV_PREFIX, RawSection, SERVER_SECTION, problem};
 use super::values::{
-    parse_bool, parse_count, parse_duration, parse_networks, parse_relay, parse_size,
+    parse_bool, parse_count, parse_duration, parse_duration_or_zero, parse_networks, parse_relay,
+    parse_size,
 };
 
 /// What a delivery may take beyond `store_timeout`: its rollback (5 s) and its reply.
@@ -37,6 +38,7 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "startup_check",
     "stream_threshold",
     "max_memory",
+    "memory_wait",
     "spool_dir",
     "admin_listen",
     "admin_token",
@@ -88,9 +90,13 @@ pub struct ServerSettings {
     /// (`stream_threshold`, default 8 MiB).
     pub stream_threshold: usize,
     /// Message bytes all sessions may hold in memory at once (`max_memory`, default
-    /// 192 MiB, for a 256 MiB pod); past it, new transactions get `452 4.3.1`
-    /// (figured in [`super::memory`]).
+    /// 192 MiB, for a 256 MiB pod), figured in [`super::memory`]; a transaction that finds
+    /// no room waits for it (see `memory_wait`).
     pub max_memory: usize,
+    /// How long a transaction waits for room in `max_memory` (reading nothing meanwhile, so
+    /// that its client is held back by TCP) before it gets `452 4.3.1` (`memory_wait`,
+    /// default 30 s: well inside Postfix's `smtpd_proxy_timeout` of 100 s).
+    pub memory_wait: Duration,
     /// Where relayed messages past `stream_threshold` wait for the relay, in files that have
     /// no name (`spool_dir`, default the system's temporary directory, `$TMPDIR` or `/tmp`).
     pub spool_dir: PathBuf,
@@ -183,6 +189,9 @@ pub(super) fn validate_server(
     let startup_check = get("startup_check", "yes", &|s| parse_bool(s).map(drop));
     let stream_threshold = get("stream_threshold", "8MiB", &|s| parse_size(s).map(drop));
     let max_memory = get("max_memory", "192MiB", &|s| parse_size(s).map(drop));
+    let memory_wait = get("memory_wait", "30s", &|s| {
+        parse_duration_or_zero(s).map(drop)
+    });
     let system_tmp = std::env::temp_dir().to_string_lossy().into_owned();
     let spool_dir = get("spool_dir", &system_tmp, &|s| {
         if Path::new(s).is_dir() {
@@ -258,6 +267,7 @@ pub(super) fn validate_server(
         startup_check: parse_bool(&startup_check).ok()?,
         stream_threshold: parse_size(&stream_threshold).ok()?,
         max_memory: parse_size(&max_memory).ok()?,
+        memory_wait: parse_duration_or_zero(&memory_wait).ok()?,
         spool_dir: PathBuf::from(spool_dir),
         admin_listen: parse_admin_listen(&admin_listen).ok()?,
         admin_token: admin_token.map(Secret::new),

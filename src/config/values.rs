@@ -65,6 +65,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a duration that may be zero (`0`, `0s`: "not at all"), else as [`parse_duration`].
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    match humantime::parse_duration(t) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ if t == "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
 /// The longest duration any setting or option accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 

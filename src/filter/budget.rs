@@ -1,6 +1,8 @@
 //! The memory budget shared by all sessions (`max_memory`): message bytes held in memory
-//! are reserved from it before they are held, so that a burst of large messages is refused
-//! with `452 4.3.1` instead of growing the process past its pod's limit.
+//! are reserved from it before they are held, so that a burst of large messages waits for
+//! room (its clients held back by TCP: the sessions read nothing meanwhile) instead of
+//! growing the process past its pod's limit; a session that waited `memory_wait` in vain
+//! refuses with `452 4.3.1`.
 //!
 //! What is counted is what [`crate::config::memory`] figures: a transaction's buffered
 //! message bytes (up to `stream_threshold`) and, from when it begins to stream, the upload
@@ -11,6 +13,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::telemetry::metrics::metrics;
 
@@ -24,6 +29,8 @@ fn gauge(bytes: usize) -> i64 {
 pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
+    /// Woken whenever bytes are given back: the sessions waiting for room look again.
+    freed: Notify,
 }
 
 impl MemoryBudget {
@@ -33,6 +40,7 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
+            freed: Notify::new(),
         })
     }
 
@@ -59,6 +67,24 @@ impl MemoryBudget {
         self.used().saturating_add(bytes) <= self.limit
     }
 
+    /// Waits until `bytes` more would fit, or until `until`; whether they fit then. Room
+    /// that shows is not reserved: another session may take it first, and the caller's
+    /// reservation tells.
+    pub async fn wait_for_room(&self, bytes: usize, until: Instant) -> bool {
+        loop {
+            // Registered before the look, so that bytes given back in between still wake.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.has_room(bytes) {
+                return true;
+            }
+            if tokio::time::timeout_at(until, freed).await.is_err() {
+                return self.has_room(bytes);
+            }
+        }
+    }
+
     fn try_add(&self, bytes: usize) -> bool {
         let added = self
             .used
@@ -73,8 +99,12 @@ impl MemoryBudget {
     }
 
     fn sub(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         self.used.fetch_sub(bytes, Ordering::AcqRel);
         metrics().memory_in_use_bytes.dec_by(gauge(bytes));
+        self.freed.notify_waiters();
     }
 }
 
@@ -92,15 +122,16 @@ impl Reservation {
     }
 
     /// Sets the reservation to `bytes`. Shrinking always succeeds; growing succeeds only
-    /// within the budget, and a failure leaves the reservation as it was.
-    pub fn resize(&mut self, bytes: usize) -> bool {
+    /// within the budget, and a failure (`Err` with the bytes that found no room) leaves
+    /// the reservation as it was.
+    pub fn resize(&mut self, bytes: usize) -> Result<(), usize> {
         if bytes <= self.bytes {
             self.budget.sub(self.bytes - bytes);
         } else if !self.budget.try_add(bytes - self.bytes) {
-            return false;
+            return Err(bytes - self.bytes);
         }
         self.bytes = bytes;
-        true
+        Ok(())
     }
 }
 
@@ -119,21 +150,46 @@ mod tests {
         let budget = MemoryBudget::new(100);
         let mut a = budget.reservation();
         let mut b = budget.reservation();
-        assert!(a.resize(60));
-        assert!(!b.resize(50), "60 + 50 is past the limit");
+        assert!(a.resize(60).is_ok());
+        assert_eq!(b.resize(50), Err(50), "60 + 50 is past the limit");
         assert_eq!(
             b.bytes(),
             0,
             "a failed growth leaves the reservation as it was"
         );
-        assert!(b.resize(40));
+        assert!(b.resize(40).is_ok());
         assert_eq!(budget.used(), 100);
         assert!(!budget.has_room(1));
-        assert!(a.resize(10), "shrinking always succeeds");
+        assert!(a.resize(10).is_ok(), "shrinking always succeeds");
         assert_eq!(budget.used(), 50);
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
         assert!(budget.has_room(100));
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_room_ends_when_bytes_are_given_back_or_at_its_deadline() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.reservation();
+        a.resize(90).unwrap();
+        // Nothing given back: the wait ends at its deadline, without room.
+        let until = Instant::now() + Duration::from_millis(100);
+        assert!(!budget.wait_for_room(20, until).await);
+        assert!(Instant::now() >= until);
+
+        // Bytes given back wake a waiter whose deadline is an hour away.
+        let waiter = {
+            let budget = Arc::clone(&budget);
+            let until = Instant::now() + Duration::from_secs(3600);
+            tokio::spawn(async move { budget.wait_for_room(20, until).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.resize(50).unwrap();
+        let room = tokio::time::timeout(Duration::from_secs(600), waiter)
+            .await
+            .expect("woken by the bytes given back, not by its deadline");
+        assert!(room.unwrap());
     }
 }

@@ -8,8 +8,9 @@
 //! final `250` is written only after [`Deliverer::deliver`] confirmed every write.
 //!
 //! Message bytes are held only within the shared memory budget ([`crate::filter::budget`]): the
-//! buffer grows only by what was reserved first, and a transaction that finds no room gets
-//! `452 4.3.1`. Past `stream_threshold` the bytes go on to the stores as they arrive, and to
+//! buffer grows only by what was reserved first. A transaction that finds no room waits for
+//! it up to `memory_wait`, reading nothing meanwhile (its client is held back by TCP), and
+//! only then gets `452 4.3.1`. Past `stream_threshold` the bytes go on to the stores as they arrive, and to
 //! a spool file when recipients are relayed ([`crate::filter::spool`]).
 
 use std::net::SocketAddr;
@@ -74,6 +75,9 @@ enum Step {
     Stream(bool),
     /// Flush replies and close the connection.
     Close,
+    /// The memory budget has no room for this many more bytes: wait for it (reading
+    /// nothing), then take the same step again.
+    WaitForMemory(usize),
 }
 
 /// Result of waiting for input.
@@ -141,29 +145,26 @@ impl Transaction {
     }
 
     /// Makes room in `body` for `incoming` more bytes, reserving it from the budget first;
-    /// false when the budget has none. The buffer doubles as it grows, up to what it may
-    /// hold before it is sent on (`threshold` plus one read).
-    fn make_room(&mut self, incoming: usize, threshold: usize) -> bool {
+    /// `Err` with the bytes that found no room. The buffer doubles as it grows, up to what
+    /// it may hold before it is sent on (`threshold` plus one read).
+    fn make_room(&mut self, incoming: usize, threshold: usize) -> Result<(), usize> {
         let needed = self.body.len().saturating_add(incoming);
         if needed <= self.body.capacity() {
-            return true;
+            return Ok(());
         }
         let doubled = self.body.capacity().saturating_mul(2);
         let grown = needed.max(doubled.min(threshold.saturating_add(READ_SLACK)));
-        if !self
-            .memory
-            .resize(grown.saturating_add(self.streaming_memory))
-        {
-            return false;
-        }
+        self.memory
+            .resize(grown.saturating_add(self.streaming_memory))?;
         self.body.reserve_exact(grown - self.body.len());
-        true
+        Ok(())
     }
 
     /// Gives the reservation back down to what is held now.
     fn sync_memory(&mut self) {
-        self.memory
-            .resize(self.body.capacity().saturating_add(self.streaming_memory));
+        let held = self.body.capacity().saturating_add(self.streaming_memory);
+        // Never more than reserved: the buffer grew only by what make_room reserved.
+        let _shrunk = self.memory.resize(held);
     }
 
     /// Drops the message's bytes: what was streamed is taken back (the dropped delivery
@@ -196,6 +197,10 @@ pub struct Session<S> {
     errors: usize,
     /// When the session must end (`session_timeout` after it began).
     deadline: tokio::time::Instant,
+    /// Since when the step being retried has waited for memory (`memory_wait`).
+    waiting_for_memory: Option<tokio::time::Instant>,
+    /// A command line to take again once the memory it waits for is there (DATA).
+    retry_line: Option<Bytes>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -230,6 +235,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             transaction: None,
             errors: 0,
             deadline: tokio::time::Instant::now() + settings.session_timeout,
+            waiting_for_memory: None,
+            retry_line: None,
             settings,
         }
     }
@@ -239,7 +246,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub async fn run(mut self) -> std::io::Result<()> {
         self.push(reply::greeting(&self.settings.hostname));
         loop {
-            match self.step() {
+            let step = self.step();
+            if !matches!(step, Step::WaitForMemory(_)) {
+                self.waiting_for_memory = None;
+            }
+            match step {
+                Step::WaitForMemory(bytes) => {
+                    // The client sees every reply before the wait, not after it.
+                    self.flush().await?;
+                    self.wait_for_memory(bytes).await;
+                }
                 Step::Continue => {}
                 Step::Deliver => {
                     let reply = self.deliver().await;
@@ -279,6 +295,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+    }
+
+    /// Whether a step that found no room in the memory budget may wait for it: not once
+    /// it waited `memory_wait` (nor past the session's end).
+    fn may_wait_for_memory(&self) -> bool {
+        let since = self
+            .waiting_for_memory
+            .unwrap_or_else(tokio::time::Instant::now);
+        let now = tokio::time::Instant::now();
+        now < since + self.settings.memory_wait && now < self.deadline
+    }
+
+    /// Waits for `bytes` of room in the memory budget, up to `memory_wait` since the step
+    /// first found none; the step is then taken again (and refuses if there is still none).
+    async fn wait_for_memory(&mut self, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        let since = *self.waiting_for_memory.get_or_insert(now);
+        if since == now {
+            tracing::debug!(client = %self.client.display(), bytes, "waiting for room in max_memory");
+        }
+        let until = (since + self.settings.memory_wait).min(self.deadline);
+        self.memory.wait_for_room(bytes, until).await;
     }
 
     fn push(&mut self, reply: Reply) {
@@ -352,6 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Processes buffered input up to one unit of work.
     fn step(&mut self) -> Step {
+        let may_wait = self.may_wait_for_memory();
         match &mut self.state {
             State::Command => self.command_step(),
             State::SkipLine => match memchr::memchr(b'\n', &self.inbuf) {
@@ -367,7 +406,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             State::Data(receiver) => {
                 let tx = self.transaction.as_mut().expect("DATA has a transaction");
-                if !tx.make_room(self.inbuf.len(), self.settings.stream_threshold) {
+                if let Err(short) = tx.make_room(self.inbuf.len(), self.settings.stream_threshold) {
+                    if may_wait {
+                        return Step::WaitForMemory(short);
+                    }
                     let discard = DummyDataReceiver::new_data(receiver);
                     tx.drop_body();
                     self.state = State::DiscardData(discard, self.no_memory());
@@ -414,7 +456,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             State::Bdat { receiver, left } => {
                 let tx = self.transaction.as_mut().expect("BDAT has a transaction");
-                if !tx.make_room(self.inbuf.len().min(*left), self.settings.stream_threshold) {
+                if let Err(short) =
+                    tx.make_room(self.inbuf.len().min(*left), self.settings.stream_threshold)
+                {
+                    if may_wait {
+                        return Step::WaitForMemory(short);
+                    }
                     let discard = DummyDataReceiver::new_bdat(*left);
                     tx.drop_body();
                     self.state = State::DiscardBdat {
@@ -463,7 +510,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             client = %self.client.display(),
             used = self.memory.used(),
             max_memory = self.memory.limit(),
-            "memory budget exhausted: the message gets 452"
+            memory_wait = ?self.settings.memory_wait,
+            "memory budget exhausted (no room within memory_wait): the message gets 452"
         );
         reply::insufficient_storage()
     }
@@ -498,6 +546,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn command_step(&mut self) -> Step {
+        if let Some(line) = self.retry_line.take() {
+            return self.command(line);
+        }
         let Some(pos) = memchr::memchr(b'\n', &self.inbuf) else {
             if self.inbuf.len() >= MAX_LINE {
                 self.inbuf.clear();
@@ -510,7 +561,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if line.len() > MAX_LINE {
             return self.protocol_error(reply::line_too_long());
         }
-        self.command(line)
+        let step = self.command(line.clone());
+        if matches!(step, Step::WaitForMemory(_)) {
+            self.retry_line = Some(line);
+        }
+        step
     }
 
     fn command(&mut self, line: Bytes) -> Step {
@@ -546,12 +601,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.push(reply::sender_not_allowed());
                     return Step::Continue;
                 };
-                // Refused early when even a small message would find no room.
-                if !self.memory.has_room(READ_SLACK) {
-                    let reply = self.no_memory();
-                    self.push(reply);
-                    return Step::Continue;
-                }
                 self.transaction = Some(Transaction {
                     envelope: Envelope {
                         sender,
@@ -737,8 +786,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if tx.envelope.declared_size > self.settings.stream_threshold {
             tx.streaming_memory = streaming_memory(&tx.envelope);
         }
-        if !tx.make_room(capacity, self.settings.stream_threshold) {
+        if let Err(short) = tx.make_room(capacity, self.settings.stream_threshold) {
             tx.streaming_memory = 0;
+            if self.may_wait_for_memory() {
+                return Step::WaitForMemory(short);
+            }
             // The transaction stays: the client may try DATA again, or RSET.
             let reply = self.no_memory();
             self.push(reply);
@@ -796,6 +848,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .transaction
             .as_mut()
             .expect("streaming has a transaction");
+        if matches!(tx.sending, Sending::Buffered) {
+            if let Err(e) = self.reserve_streaming().await {
+                let tx = self.transaction.as_mut().expect("checked above");
+                tx.sending = Sending::Failed(e);
+            }
+        }
+        let tx = self.transaction.as_mut().expect("checked above");
         let ready = tx.ready(done);
         // Take the buffer rather than copy it: the next reads start a small one (with the
         // CR held back, if any).
@@ -835,21 +894,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         tx.sync_memory();
     }
 
-    /// Starts sending a message past `stream_threshold` on: reserves its destinations'
-    /// upload parts (and the spool's buffers), opens the spool file when recipients are
-    /// relayed, begins the writes.
+    /// Reserves what a message that begins to stream needs beside its buffer: its
+    /// destinations' upload parts and the spool's buffers (already there when its SIZE
+    /// announced it), waiting for room up to `memory_wait`.
+    async fn reserve_streaming(&mut self) -> Result<(), DeliveryError> {
+        loop {
+            let tx = self
+                .transaction
+                .as_mut()
+                .expect("streaming has a transaction");
+            let needed = streaming_memory(&tx.envelope);
+            let more = needed.saturating_sub(tx.streaming_memory);
+            match tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
+                Ok(()) => {
+                    tx.streaming_memory = tx.streaming_memory.max(needed);
+                    self.waiting_for_memory = None;
+                    return Ok(());
+                }
+                Err(short) if self.may_wait_for_memory() => self.wait_for_memory(short).await,
+                Err(_) => {
+                    self.no_memory();
+                    return Err(DeliveryError::NoMemory);
+                }
+            }
+        }
+    }
+
+    /// Starts sending a message past `stream_threshold` on (its memory reserved by
+    /// [`Self::reserve_streaming`]): opens the spool file when recipients are relayed,
+    /// begins the writes.
     fn begin_streaming(&mut self, head: &[u8]) -> Result<Delivery, DeliveryError> {
         let tx = self
             .transaction
             .as_mut()
             .expect("streaming has a transaction");
-        let needed = streaming_memory(&tx.envelope);
-        let more = needed.saturating_sub(tx.streaming_memory);
-        if !tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
-            self.no_memory();
-            return Err(DeliveryError::NoMemory);
-        }
-        tx.streaming_memory = tx.streaming_memory.max(needed);
         if tx.envelope.relayed().next().is_some() {
             let spool = Spool::create(&self.settings.spool_dir).map_err(|e| {
                 DeliveryError::Spool(format!("in {}: {e}", self.settings.spool_dir.display()))

@@ -3,7 +3,12 @@
 //! Writes follow the Maildir delivery protocol so that a reader never sees a partial file:
 //! the bytes go to a fresh file under `tmp/`, which is fsynced, then renamed (or hard-linked,
 //! for [`PutMode::Create`]) to its key, and the target directory is fsynced before the put
-//! returns. Every other operation is delegated to object_store's [`LocalFileSystem`].
+//! returns. Where the file system allows (`O_TMPFILE`, and `/proc` to link it), the file of
+//! a [`PutMode::Create`] has no name under `tmp/` at all until it is linked to its key: no
+//! entry to make and remove in `tmp/` (whose lock every writer would share), and nothing
+//! left there by a crash. Writers that publish into one folder at the same time share its fsync
+//! ([`DirSyncs`]: group commit). Every other operation is delegated to object_store's
+//! [`LocalFileSystem`].
 //!
 //! Metadata (the queue's record of a message) lives in one extended attribute,
 //! `user.swiftdrop` (`key=value` lines), which travels with the file through renames; reads
@@ -28,6 +33,7 @@ use object_store::{
     RenameOptions, Result,
 };
 
+use crate::store::dir_sync::DirSyncs;
 use crate::store::mover::{MetadataUpdate, Mover, Page, Renamer};
 use crate::util::failpoint;
 
@@ -43,6 +49,10 @@ static STAGED: AtomicU64 = AtomicU64::new(0);
 pub struct MaildirStore {
     root: PathBuf,
     local: LocalFileSystem,
+    /// New files may be staged unnamed (found out by [`unnamed_staging_works`] at open).
+    unnamed_staging: bool,
+    /// The folders' fsyncs, shared by the writers of the moment.
+    syncs: Arc<DirSyncs>,
 }
 
 impl MaildirStore {
@@ -56,7 +66,13 @@ impl MaildirStore {
         let local = LocalFileSystem::new_with_prefix(&root)
             .map_err(io::Error::other)?
             .with_fsync(true);
-        Ok(MaildirStore { root, local })
+        let unnamed_staging = unnamed_staging_works(&root.join("tmp"));
+        Ok(MaildirStore {
+            root,
+            local,
+            unnamed_staging,
+            syncs: Arc::default(),
+        })
     }
 
     /// The directory this store writes to.
@@ -93,43 +109,124 @@ fn generic(err: io::Error) -> object_store::Error {
     }
 }
 
-/// Writes `payload` to `staged`, fsyncs it and publishes it at `target`.
+/// A file being written before it is published at its key.
+enum Staged {
+    /// Made with `O_TMPFILE` in `tmp/`: no name until it is linked to its key, and gone
+    /// with its descriptor when it is not.
+    Unnamed(File),
+    /// A fresh name under `tmp/`, renamed (or linked) to its key.
+    Named(File, PathBuf),
+}
+
+impl Staged {
+    /// A new staged file: unnamed for a [`PutMode::Create`] where `unnamed` (the file
+    /// system allows it), else `named`.
+    fn create(tmp: &FsPath, named: PathBuf, mode: &PutMode, unnamed: bool) -> io::Result<Staged> {
+        if unnamed && matches!(mode, PutMode::Create) {
+            return open_unnamed(tmp).map(Staged::Unnamed);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&named)?;
+        Ok(Staged::Named(file, named))
+    }
+
+    fn file(&mut self) -> &mut File {
+        match self {
+            Staged::Unnamed(file) | Staged::Named(file, _) => file,
+        }
+    }
+
+    /// Takes back what a failed write made: the name, if it has one.
+    fn discard(self) {
+        if let Staged::Named(file, path) = self {
+            drop(file);
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`), as a plain `open` would make it.
+fn open_unnamed(dir: &FsPath) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Gives the unnamed `file` the name `target` (it is an error if `target` exists).
+fn link_unnamed(file: &File, target: &FsPath) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        source.as_str(),
+        rustix::fs::CWD,
+        target,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Whether files can be staged unnamed in `tmp`: `O_TMPFILE` is there (not on every file
+/// system) and `/proc` is mounted to link such a file to a name. Tried once, by linking a
+/// probe to a name in `tmp` and removing it.
+fn unnamed_staging_works(tmp: &FsPath) -> bool {
+    let probe = tmp.join(format!(
+        ".probe.P{}S{}",
+        std::process::id(),
+        STAGED.fetch_add(1, Ordering::Relaxed)
+    ));
+    let linked = open_unnamed(tmp).and_then(|file| link_unnamed(&file, &probe));
+    let _ = fs::remove_file(&probe);
+    if let Err(e) = &linked {
+        tracing::debug!(dir = %tmp.display(), error = %e, "no unnamed staging files here; staging under tmp/ by name");
+    }
+    linked.is_ok()
+}
+
+/// Writes `payload` to a staged file (unnamed where `unnamed`, else at `staged`), fsyncs
+/// it and publishes it at `target`.
+#[allow(clippy::too_many_arguments)]
 fn write_durably(
-    staged: &FsPath,
+    syncs: &DirSyncs,
+    staged: PathBuf,
+    unnamed: bool,
     target: &FsPath,
     location: &Path,
     payload: &PutPayload,
     mode: &PutMode,
     abandoned: &AtomicBool,
 ) -> Result<PutResult> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(staged)
-        .map_err(generic)?;
+    let tmp = staged.parent().unwrap_or(FsPath::new("."));
+    let mut staged = Staged::create(tmp, staged.clone(), mode, unnamed).map_err(generic)?;
     // The ETag comes from the open file: renaming keeps inode, mtime and size.
+    let file = staged.file();
     let written = payload
         .iter()
         .try_for_each(|chunk| file.write_all(chunk))
         .and_then(|()| file.sync_all())
         .and_then(|()| file.metadata());
-    drop(file);
     let meta = match written {
         Ok(meta) => meta,
         Err(err) => {
-            let _ = fs::remove_file(staged);
+            staged.discard();
             return Err(generic(err));
         }
     };
-    if let Err(err) = publish(staged, target, location, mode, abandoned) {
-        let _ = fs::remove_file(staged);
+    if let Err(err) = publish(syncs, &staged, target, location, mode, abandoned) {
+        staged.discard();
         return Err(err);
     }
     // Raced with the deadline while publishing: take the file back so that a 4xx reply
     // never leaves a visible object behind.
     if abandoned.load(Ordering::SeqCst) {
         let _ = fs::remove_file(target);
-        let _ = sync_parent(target);
+        let _ = sync_parent(syncs, target);
         return Err(generic(io::Error::new(
             io::ErrorKind::TimedOut,
             "write abandoned by its caller",
@@ -145,7 +242,8 @@ fn write_durably(
 /// Moves the staged file to `target` (creating missing parent folders) and fsyncs the
 /// target's folder. The staged name is gone afterwards.
 fn publish(
-    staged: &FsPath,
+    syncs: &DirSyncs,
+    staged: &Staged,
     target: &FsPath,
     location: &Path,
     mode: &PutMode,
@@ -157,14 +255,21 @@ fn publish(
             "write abandoned by its caller",
         )));
     }
-    let place = || match mode {
-        PutMode::Overwrite => fs::rename(staged, target),
-        PutMode::Create => fs::hard_link(staged, target).and_then(|()| fs::remove_file(staged)),
-        PutMode::Update(_) => unreachable!("rejected before writing"),
+    let place = || match (staged, mode) {
+        (Staged::Unnamed(file), _) => link_unnamed(file, target),
+        (Staged::Named(_, path), PutMode::Overwrite) => fs::rename(path, target),
+        (Staged::Named(_, path), PutMode::Create) => {
+            fs::hard_link(path, target).and_then(|()| fs::remove_file(path))
+        }
+        (_, PutMode::Update(_)) => unreachable!("rejected before writing"),
+    };
+    let staged_there = || match staged {
+        Staged::Unnamed(_) => true,
+        Staged::Named(_, path) => path.exists(),
     };
     // Folders are created only when missing: one syscall fewer on every message.
     let placed = match place() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && staged.exists() => match target.parent() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && staged_there() => match target.parent() {
             Some(parent) => fs::create_dir_all(parent).and_then(|()| place()),
             None => Err(e),
         },
@@ -180,15 +285,17 @@ fn publish(
         other => other.map_err(generic),
     }?;
     // Placed but not durable: take it back, so that a failed write never leaves a message.
-    sync_parent(target).map_err(|e| {
+    sync_parent(syncs, target).map_err(|e| {
         let _ = fs::remove_file(target);
         generic(e)
     })
 }
 
-fn sync_parent(path: &FsPath) -> io::Result<()> {
+/// Makes the renames into `path`'s folder durable (an fsync of the folder, shared with the
+/// writers of the moment).
+fn sync_parent(syncs: &DirSyncs, path: &FsPath) -> io::Result<()> {
     match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
+        Some(dir) => syncs.sync(dir),
         None => Ok(()),
     }
 }
@@ -234,13 +341,16 @@ impl ObjectStore for MaildirStore {
             STAGED.fetch_add(1, Ordering::Relaxed)
         ));
         let location = location.clone();
+        let (syncs, unnamed) = (Arc::clone(&self.syncs), self.unnamed_staging);
         let flag = Arc::new(AtomicBool::new(false));
         let mut guard = AbandonOnDrop {
             flag: Arc::clone(&flag),
             armed: true,
         };
         let result = tokio::task::spawn_blocking(move || {
-            write_durably(&staged, &target, &location, &payload, &opts.mode, &flag)
+            write_durably(
+                &syncs, staged, unnamed, &target, &location, &payload, &opts.mode, &flag,
+            )
         })
         .await;
         guard.armed = false;
@@ -289,18 +399,11 @@ impl ObjectStore for MaildirStore {
     /// appears under `cur/` whole. The directory is fsynced, as for a put.
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
         self.local.rename_opts(from, to, options).await?;
-        let dir = self
-            .root
-            .join(to.as_ref())
-            .parent()
-            .map(FsPath::to_path_buf);
-        if let Some(dir) = dir {
-            tokio::task::spawn_blocking(move || File::open(&dir).and_then(|d| d.sync_all()))
-                .await
-                .map_err(|e| generic(io::Error::other(e)))?
-                .map_err(generic)?;
-        }
-        Ok(())
+        let (target, syncs) = (self.root.join(to.as_ref()), Arc::clone(&self.syncs));
+        tokio::task::spawn_blocking(move || sync_parent(&syncs, &target))
+            .await
+            .map_err(|e| generic(io::Error::other(e)))?
+            .map_err(generic)
     }
 }
 
@@ -442,6 +545,7 @@ impl MaildirStore {
     fn renamer_of(&self) -> Arc<MaildirRenamer> {
         Arc::new(MaildirRenamer {
             root: self.root.clone(),
+            syncs: Arc::clone(&self.syncs),
         })
     }
 }
@@ -450,6 +554,7 @@ impl MaildirStore {
 #[derive(Debug)]
 struct MaildirRenamer {
     root: PathBuf,
+    syncs: Arc<DirSyncs>,
 }
 
 impl MaildirRenamer {
@@ -499,15 +604,15 @@ impl Renamer for MaildirRenamer {
         let target = self.file(to)?;
         File::open(&target)
             .and_then(|f| f.sync_all())
-            .and_then(|()| sync_parent(&target))
-            .and_then(|()| sync_parent(&self.file(from)?))
+            .and_then(|()| sync_parent(&self.syncs, &target))
+            .and_then(|()| sync_parent(&self.syncs, &self.file(from)?))
             .map_err(|e| not_found(to, e))
     }
 
     fn delete(&self, at: &Path) -> Result<()> {
         let path = self.file(at)?;
         match fs::remove_file(&path) {
-            Ok(()) => sync_parent(&path).map_err(generic),
+            Ok(()) => sync_parent(&self.syncs, &path).map_err(generic),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(generic(e)),
         }
@@ -672,40 +777,64 @@ mod tests {
         assert!(store.head(&to).await.is_err());
     }
 
+    /// The stores of a test: staging unnamed (this machine's file systems allow it, and
+    /// the test says so) and by name, as on a file system without `O_TMPFILE`.
+    fn both_stagings(root: &FsPath) -> [MaildirStore; 2] {
+        let unnamed = MaildirStore::open(root.join("unnamed")).unwrap();
+        assert!(unnamed.unnamed_staging, "O_TMPFILE and /proc are there");
+        let mut named = MaildirStore::open(root.join("named")).unwrap();
+        named.unnamed_staging = false;
+        [unnamed, named]
+    }
+
     #[tokio::test]
     async fn put_publishes_whole_file_and_leaves_tmp_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MaildirStore::open(dir.path().join("m")).unwrap();
-        let key = Path::from("cur/1.M2P3Q4.host,S=5");
-        let put = store
-            .put(&key, PutPayload::from_static(b"hello"))
-            .await
-            .unwrap();
-        let got = store.get(&key).await.unwrap();
-        assert_eq!(got.meta.e_tag, put.e_tag);
-        assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
-        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+        for store in both_stagings(dir.path()) {
+            let key = Path::from("cur/1.M2P3Q4.host,S=5");
+            let put = store
+                .put(&key, PutPayload::from_static(b"hello"))
+                .await
+                .unwrap();
+            let got = store.get(&key).await.unwrap();
+            assert_eq!(got.meta.e_tag, put.e_tag);
+            assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
+            assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+            // A key in a folder that does not exist yet: made, then published into.
+            let deep = Path::from("processing/new/1.M2P3Q5.host,S=5");
+            let create = PutOptions::from(PutMode::Create);
+            store
+                .put_opts(&deep, PutPayload::from_static(b"hello"), create)
+                .await
+                .unwrap();
+            assert_eq!(
+                fs::read(store.root().join("processing/new/1.M2P3Q5.host,S=5")).unwrap(),
+                b"hello"
+            );
+        }
     }
 
     #[tokio::test]
     async fn create_mode_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MaildirStore::open(dir.path()).unwrap();
-        let key = Path::from("cur/x");
-        let create = PutOptions::from(PutMode::Create);
-        store
-            .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
-            .await
-            .unwrap();
-        let again = store
-            .put_opts(&key, PutPayload::from_static(b"2"), create)
-            .await;
-        assert!(matches!(
-            again,
-            Err(object_store::Error::AlreadyExists { .. })
-        ));
-        let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
-        assert_eq!(kept.as_ref(), b"1");
+        for store in both_stagings(dir.path()) {
+            let key = Path::from("cur/x");
+            let create = PutOptions::from(PutMode::Create);
+            store
+                .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
+                .await
+                .unwrap();
+            let again = store
+                .put_opts(&key, PutPayload::from_static(b"2"), create)
+                .await;
+            assert!(matches!(
+                again,
+                Err(object_store::Error::AlreadyExists { .. })
+            ));
+            let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(kept.as_ref(), b"1");
+            assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+        }
     }
 
     #[tokio::test]
@@ -730,7 +859,9 @@ mod tests {
         let staged = store.root().join("tmp/z");
         let abandoned = AtomicBool::new(true);
         let result = write_durably(
-            &staged,
+            &DirSyncs::default(),
+            staged.clone(),
+            false,
             &target,
             &Path::from("cur/z"),
             &PutPayload::from_static(b"late"),

@@ -11,6 +11,7 @@
 //! check. May use: `config/`, `util/`; knows nothing of SMTP, leases or the worker.
 
 pub mod counted;
+mod dir_sync;
 mod http;
 pub mod key;
 pub mod maildir;

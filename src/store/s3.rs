@@ -205,7 +205,11 @@ impl Md5Verified<AmazonS3> {
         }
     }
 
-    /// object_store cannot create buckets; a presigned PUT of the bucket's URL can.
+    /// object_store cannot create buckets; a presigned PUT of the bucket's URL can. The
+    /// request is the one AWS documents for CreateBucket, which every S3 accepts: a
+    /// `Content-Length` always (AWS and its emulations answer `411` without one), and outside
+    /// `us-east-1` the region as the body's `LocationConstraint`. A bucket that appeared
+    /// meanwhile (created by another gateway starting beside this one) is fine.
     async fn create_bucket(&self) -> std::result::Result<(), String> {
         use object_store::signer::Signer;
         let url = self
@@ -217,22 +221,46 @@ impl Md5Verified<AmazonS3> {
             )
             .await
             .map_err(|e| format!("cannot sign the bucket creation: {e}"))?;
+        let body = create_bucket_body(&self.region);
         let response = self
             .client
             .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, body.len())
+            .body(body)
             .send()
             .await
             .map_err(|e| format!("cannot create bucket {:?}: {e}", self.bucket))?;
-        if response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.is_success() {
             tracing::info!(bucket = %self.bucket, "created S3 bucket");
             Ok(())
+        } else if status == reqwest::StatusCode::CONFLICT
+            && xml_value(&text, "Code") == Some("BucketAlreadyOwnedByYou")
+        {
+            Ok(())
         } else {
+            let code = xml_value(&text, "Code")
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
             Err(format!(
-                "cannot create bucket {:?}: the store answered {}",
-                self.bucket,
-                response.status()
+                "cannot create bucket {:?}: the store answered {status}{code}",
+                self.bucket
             ))
         }
+    }
+}
+
+/// The body of a CreateBucket request: empty in `us-east-1` (AWS refuses that region named as
+/// a constraint), elsewhere the region as the bucket's `LocationConstraint`.
+fn create_bucket_body(region: &str) -> String {
+    if region == "us-east-1" {
+        String::new()
+    } else {
+        format!(
+            "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+        )
     }
 }
 

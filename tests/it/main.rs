@@ -6,10 +6,12 @@
 //! directory; `swift` stores into the real Swift that tests/run.sh starts, and `store_faults` into it
 //! through `fault_proxy`, which injects faults; `process_faults` kills and stops the binary
 //! mid-transaction; `house` reads `src/` and keeps the rooms' import rules. `support` and
-//! `swift_support` hold the shared helpers.
+//! `swift_support` hold the shared helpers. `aws_s3` runs the S3 path against moto's server, an S3
+//! that behaves as AWS does.
 
 mod admin;
 mod alerts;
+mod aws_s3;
 mod cli;
 mod dequeue;
 mod fault_proxy;

@@ -35,8 +35,20 @@ fn empty_except(all: &BTreeMap<State, Vec<String>>, state: State) {
 }
 
 async fn four_workers_finish_each_message_once(backend: Backend, messages: usize) {
+    four_workers_finish_each_message_once_with(backend, messages, &[]).await;
+}
+
+/// Four workers of two claims each take `messages` stored messages; each is finished once
+/// (`extra` overrides the destination's settings, as for another S3).
+pub async fn four_workers_finish_each_message_once_with(
+    backend: Backend,
+    messages: usize,
+    extra: &[(&str, &str)],
+) {
     let _turn = HEAVY.lock().await;
-    let setup = QueueSetup::new(backend, &[("SWIFTDROP_QUEUE_LEASE", "30s")]);
+    let mut settings = vec![("SWIFTDROP_QUEUE_LEASE", "30s")];
+    settings.extend_from_slice(extra);
+    let setup = QueueSetup::new(backend, &settings);
     let stored: HashSet<String> = setup.store(messages).await.into_iter().collect();
     let workers: Vec<Worker> = (0..4)
         .map(|_| setup.worker(&["--concurrency", "2", "--read", "--idle-exit", "3s"]))

@@ -628,15 +628,19 @@ fn message_of(size: usize) -> Vec<u8> {
     message
 }
 
-/// Message bytes are held only within `max_memory`, shared by every session: a transaction
-/// that finds no room gets `452 4.3.1` (at MAIL, at DATA when its SIZE does not fit, at the
-/// end of data when its buffer or its uploads could not grow), leaves nothing behind, and
-/// succeeds once the others have given their memory back.
+/// Message bytes are held only within `max_memory`, shared by every session: with no wait
+/// (`memory_wait = 0s`) a transaction that finds no room gets `452 4.3.1` at once (at DATA
+/// when its SIZE does not fit or nothing fits, at the end of data when its buffer or its
+/// uploads could not grow), leaves nothing behind, and succeeds once the others have given
+/// their memory back.
 #[tokio::test]
 async fn message_bytes_are_held_within_the_shared_memory_budget() {
     const MIB: usize = 1 << 20;
     // One message at its largest (8 MiB buffer + 15 MiB of upload parts) fits in 24 MiB.
-    let setup = Setup::new(&[("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB")]);
+    let setup = Setup::new(&[
+        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
+        ("SWIFTDROP_SERVER_MEMORY_WAIT", "0s"),
+    ]);
     let memory = MemoryBudget::new(setup.config.server.max_memory);
     let start = || {
         Dialog::start_sharing(
@@ -681,14 +685,13 @@ async fn message_bytes_are_held_within_the_shared_memory_budget() {
         "B gave back what it held"
     );
 
-    // E takes all but 1000 bytes: F is refused at MAIL.
+    // E takes all but 1000 bytes: F's 2000 are refused at DATA.
     let mut e = start().await;
     let rest = 24 * MIB - memory.used() - 64 - 1000;
     assert!(open(&mut e, Some(rest)).await.starts_with("354"));
     let mut f = start().await;
-    f.command("EHLO client.test", "250").await;
-    f.command("MAIL FROM:<sender@example.org>", "452 4.3.1")
-        .await;
+    let reply = open(&mut f, Some(2000)).await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
     e.command("\r\n.", "250").await;
     c.command("\r\n.", "250").await;
     assert_eq!(memory.used(), 8 * MIB + 64, "only A holds memory now");
@@ -742,6 +745,137 @@ async fn message_bytes_are_held_within_the_shared_memory_budget() {
         0,
         "no staged or streamed leftovers"
     );
+}
+
+/// A transaction that finds no room in `max_memory` waits for it (`memory_wait`), reading
+/// nothing meanwhile, and goes on once another gives its memory back: at DATA (its SIZE
+/// does not fit yet), while its buffer grows, and when it begins to stream. One that waited
+/// `memory_wait` in vain gets `452 4.3.1` and leaves nothing behind.
+#[tokio::test]
+async fn a_transaction_waits_for_room_in_the_memory_budget() {
+    const MIB: usize = 1 << 20;
+    let setup = Setup::new(&[
+        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
+        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1h"),
+    ]);
+    let memory = MemoryBudget::new(setup.config.server.max_memory);
+    let start = || {
+        Dialog::start_sharing(
+            setup.settings(),
+            setup.deliverer(),
+            Arc::clone(&memory),
+            LOOPBACK,
+        )
+    };
+    async fn open(d: &mut Dialog, size: Option<usize>) {
+        d.command("EHLO client.test", "250").await;
+        let size = size.map(|s| format!(" SIZE={s}")).unwrap_or_default();
+        d.command(&format!("MAIL FROM:<sender@example.org>{size}"), "250")
+            .await;
+        d.command("RCPT TO:<rcpt@example.com>", "250").await;
+    }
+    // A holds a streaming message's whole reservation (8 MiB + 15 MiB).
+    let large = message_of(9 * MIB);
+    let mut a = start().await;
+    open(&mut a, Some(large.len())).await;
+    a.command("DATA", "354").await;
+    let held = memory.used();
+    assert_eq!(held, 8 * MIB + 64 * 1024 + 15 * MIB);
+
+    // B's SIZE does not fit: no reply to its DATA while A holds the memory.
+    let mut b = start().await;
+    open(&mut b, Some(large.len())).await;
+    b.send("DATA\r\n").await;
+    assert!(
+        b.reply_within(std::time::Duration::from_millis(500))
+            .await
+            .is_none(),
+        "B waits"
+    );
+    a.send(&large).await;
+    a.send(".\r\n").await;
+    let reply = a.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    // A gave its memory back: B goes on, streams and is stored whole.
+    let reply = b.reply().await;
+    assert!(reply.starts_with("354"), "{reply}");
+    b.send(&large).await;
+    b.send(".\r\n").await;
+    let reply = b.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert_eq!(memory.used(), 0);
+
+    // C1 and C2 hold two buffers of nearly 8 MiB; D (no SIZE) gets 354 and its buffer
+    // grows while there is room, then waits for more (and, past 8 MiB, for its upload
+    // parts): it goes on once C1 and C2 are done.
+    let below_threshold = 8 * MIB - 1024;
+    let mut c1 = start().await;
+    open(&mut c1, Some(below_threshold)).await;
+    c1.command("DATA", "354").await;
+    let mut c2 = start().await;
+    open(&mut c2, Some(below_threshold)).await;
+    c2.command("DATA", "354").await;
+    let mut d = start().await;
+    open(&mut d, None).await;
+    d.command("DATA", "354").await;
+    let sending = {
+        let large = large.clone();
+        tokio::spawn(async move {
+            d.send(&large).await;
+            d.send(".\r\n").await;
+            (d.reply().await, d)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!sending.is_finished(), "D waits for room");
+    assert!(memory.used() <= 24 * MIB);
+    for c in [&mut c1, &mut c2] {
+        c.send("Subject: c\r\n\r\nsmall\r\n.\r\n").await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    let (reply, _d) = sending.await.unwrap();
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert_eq!(memory.used(), 0);
+
+    // A wait in vain: with memory_wait 1 s and E holding all but 960 KiB, F's 1 MiB gets
+    // 452 at DATA.
+    let short = Setup::new(&[
+        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
+        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1s"),
+    ]);
+    let mut e = Dialog::start_sharing(
+        short.settings(),
+        short.deliverer(),
+        Arc::clone(&memory),
+        LOOPBACK,
+    )
+    .await;
+    open(&mut e, Some(24 * MIB - 64 * 1024 - 1000)).await;
+    e.command("DATA", "354").await;
+    let mut f = Dialog::start_sharing(
+        short.settings(),
+        short.deliverer(),
+        Arc::clone(&memory),
+        LOOPBACK,
+    )
+    .await;
+    open(&mut f, Some(MIB)).await;
+    f.command("DATA", "452 4.3.1").await;
+    f.command("RSET", "250").await;
+    e.command("\r\n.", "250").await;
+
+    let stored = setup.cur("maildir");
+    assert_eq!(stored.len(), 5, "A, B, C1, C2 and D");
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|(_, bytes)| bytes.ends_with(&large))
+            .count(),
+        3
+    );
+    assert_eq!(setup.staged("maildir"), 0);
+    assert_eq!(short.cur("maildir").len(), 1, "E; nothing of F");
 }
 
 /// A streamed message whose data ends in two reads, `...\r\n.\r` then `\n`: the CR of the

@@ -207,6 +207,12 @@ impl Dialog {
         }
     }
 
+    /// The next reply if one comes within `wait`; `None` when none did (a reply that began
+    /// stays buffered for the next read).
+    pub async fn reply_within(&mut self, wait: std::time::Duration) -> Option<String> {
+        tokio::time::timeout(wait, self.reply()).await.ok()
+    }
+
     async fn line(&mut self) -> Option<String> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
