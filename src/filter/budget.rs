@@ -12,7 +12,7 @@
 //! arrive, and to a spool file when recipients are relayed ([`crate::filter::spool`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,6 +31,8 @@ pub struct MemoryBudget {
     used: AtomicUsize,
     /// Woken whenever bytes are given back: the sessions waiting for room look again.
     freed: Notify,
+    /// A session that holds memory waits for more ([`MemoryBudget::holding_wait`]).
+    holder_waits: Arc<AtomicBool>,
 }
 
 impl MemoryBudget {
@@ -41,6 +43,7 @@ impl MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
+            holder_waits: Arc::default(),
         })
     }
 
@@ -85,6 +88,16 @@ impl MemoryBudget {
         }
     }
 
+    /// The one wait allowed at a time to a session that holds memory while it waits for
+    /// more (`None` while another has it): sessions that each held what the others need
+    /// would otherwise wait for one another. Given back when dropped.
+    pub fn holding_wait(&self) -> Option<HoldingWait> {
+        self.holder_waits
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| HoldingWait(Arc::clone(&self.holder_waits)))
+    }
+
     fn try_add(&self, bytes: usize) -> bool {
         let added = self
             .used
@@ -105,6 +118,17 @@ impl MemoryBudget {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
         metrics().memory_in_use_bytes.dec_by(gauge(bytes));
         self.freed.notify_waiters();
+    }
+}
+
+/// The budget's one wait for a session that holds memory ([`MemoryBudget::holding_wait`]);
+/// free again when dropped.
+#[derive(Debug)]
+pub struct HoldingWait(Arc<AtomicBool>);
+
+impl Drop for HoldingWait {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

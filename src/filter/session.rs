@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::ServerSettings;
 use crate::config::memory::{READ_SLACK, SPOOL_MEMORY, STREAM_MEMORY};
-use crate::filter::budget::{MemoryBudget, Reservation};
+use crate::filter::budget::{HoldingWait, MemoryBudget, Reservation};
 use crate::filter::deliver::{Deliverer, Delivery, Route};
 use crate::filter::envelope::{Client, Envelope, Recipient, mailbox};
 use crate::filter::outcome::DeliveryError;
@@ -199,6 +199,10 @@ pub struct Session<S> {
     deadline: tokio::time::Instant,
     /// Since when the step being retried has waited for memory (`memory_wait`).
     waiting_for_memory: Option<tokio::time::Instant>,
+    /// The budget's one wait for sessions that hold memory, while this one has it.
+    holding_wait: Option<HoldingWait>,
+    /// The step being retried may not wait (another session holding memory waits).
+    may_not_wait: bool,
     /// A command line to take again once the memory it waits for is there (DATA).
     retry_line: Option<Bytes>,
 }
@@ -236,6 +240,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             errors: 0,
             deadline: tokio::time::Instant::now() + settings.session_timeout,
             waiting_for_memory: None,
+            holding_wait: None,
+            may_not_wait: false,
             retry_line: None,
             settings,
         }
@@ -248,13 +254,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             let step = self.step();
             if !matches!(step, Step::WaitForMemory(_)) {
-                self.waiting_for_memory = None;
+                self.end_memory_wait();
             }
             match step {
                 Step::WaitForMemory(bytes) => {
-                    // The client sees every reply before the wait, not after it.
-                    self.flush().await?;
-                    self.wait_for_memory(bytes).await;
+                    if self.may_wait_holding() {
+                        // The client sees every reply before the wait, not after it.
+                        self.flush().await?;
+                        self.wait_for_memory(bytes).await;
+                    } else {
+                        // The step is taken again, and refuses.
+                        self.may_not_wait = true;
+                    }
                 }
                 Step::Continue => {}
                 Step::Deliver => {
@@ -298,17 +309,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Whether a step that found no room in the memory budget may wait for it: not once
-    /// it waited `memory_wait` (nor past the session's end).
+    /// it waited `memory_wait` (nor past the session's end), nor when another session that
+    /// holds memory waits already ([`Self::may_wait_holding`]).
     fn may_wait_for_memory(&self) -> bool {
         let since = self
             .waiting_for_memory
             .unwrap_or_else(tokio::time::Instant::now);
         let now = tokio::time::Instant::now();
-        now < since + self.settings.memory_wait && now < self.deadline
+        !self.may_not_wait && now < since + self.settings.memory_wait && now < self.deadline
+    }
+
+    /// A transaction that holds memory (a buffer that must grow, one that begins to
+    /// stream) may wait only while no other such transaction waits: two that each hold what
+    /// the other needs would wait for each other until `memory_wait`. One that holds
+    /// nothing (at DATA) always may.
+    fn may_wait_holding(&mut self) -> bool {
+        let holds = self
+            .transaction
+            .as_ref()
+            .is_some_and(|tx| tx.memory.bytes() > 0);
+        if !holds || self.holding_wait.is_some() {
+            return true;
+        }
+        self.holding_wait = self.memory.holding_wait();
+        self.holding_wait.is_some()
     }
 
     /// Waits for `bytes` of room in the memory budget, up to `memory_wait` since the step
     /// first found none; the step is then taken again (and refuses if there is still none).
+    /// The time waited is not the client's: its `data_timeout` moves on by as much.
     async fn wait_for_memory(&mut self, bytes: usize) {
         let now = tokio::time::Instant::now();
         let since = *self.waiting_for_memory.get_or_insert(now);
@@ -317,6 +346,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let until = (since + self.settings.memory_wait).min(self.deadline);
         self.memory.wait_for_room(bytes, until).await;
+        let waited = now.elapsed();
+        if let Some(deadline) = self
+            .transaction
+            .as_mut()
+            .and_then(|tx| tx.data_deadline.as_mut())
+        {
+            *deadline += waited;
+        }
+    }
+
+    /// The step that waited for memory got it, or refused: the next one starts afresh.
+    fn end_memory_wait(&mut self) {
+        self.waiting_for_memory = None;
+        self.holding_wait = None;
+        self.may_not_wait = false;
     }
 
     fn push(&mut self, reply: Reply) {
@@ -546,21 +590,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn command_step(&mut self) -> Step {
-        if let Some(line) = self.retry_line.take() {
-            return self.command(line);
-        }
-        let Some(pos) = memchr::memchr(b'\n', &self.inbuf) else {
-            if self.inbuf.len() >= MAX_LINE {
-                self.inbuf.clear();
-                self.state = State::SkipLine;
-                return Step::Continue;
+        let line = match self.retry_line.take() {
+            // A command that waited for memory is taken again (and again, if it waits again).
+            Some(line) => line,
+            None => {
+                let Some(pos) = memchr::memchr(b'\n', &self.inbuf) else {
+                    if self.inbuf.len() >= MAX_LINE {
+                        self.inbuf.clear();
+                        self.state = State::SkipLine;
+                        return Step::Continue;
+                    }
+                    return Step::NeedInput;
+                };
+                let line = self.inbuf.split_to(pos + 1).freeze();
+                if line.len() > MAX_LINE {
+                    return self.protocol_error(reply::line_too_long());
+                }
+                line
             }
-            return Step::NeedInput;
         };
-        let line = self.inbuf.split_to(pos + 1).freeze();
-        if line.len() > MAX_LINE {
-            return self.protocol_error(reply::line_too_long());
-        }
         let step = self.command(line.clone());
         if matches!(step, Step::WaitForMemory(_)) {
             self.retry_line = Some(line);
@@ -908,11 +956,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             match tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
                 Ok(()) => {
                     tx.streaming_memory = tx.streaming_memory.max(needed);
-                    self.waiting_for_memory = None;
+                    self.end_memory_wait();
                     return Ok(());
                 }
-                Err(short) if self.may_wait_for_memory() => self.wait_for_memory(short).await,
+                Err(short) if self.may_wait_for_memory() && self.may_wait_holding() => {
+                    // A BDAT chunk's reply may be waiting to go out. A client that is gone
+                    // gets no reply: its next read ends the session.
+                    if self.flush().await.is_err() {
+                        self.end_memory_wait();
+                        return Err(DeliveryError::NoMemory);
+                    }
+                    self.wait_for_memory(short).await;
+                }
                 Err(_) => {
+                    self.end_memory_wait();
                     self.no_memory();
                     return Err(DeliveryError::NoMemory);
                 }

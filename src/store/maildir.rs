@@ -172,10 +172,22 @@ fn link_unnamed(file: &File, target: &FsPath) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Whether files can be staged unnamed in `tmp`: `O_TMPFILE` is there (not on every file
-/// system) and `/proc` is mounted to link such a file to a name. Tried once, by linking a
-/// probe to a name in `tmp` and removing it.
+/// Whether files can be staged unnamed in `tmp`: the file system is one whose fsync of a
+/// folder makes a link from `O_TMPFILE` durable with the file's new link count (ext4 and
+/// XFS journal both in one transaction; btrfs has had bugs there, others are not known),
+/// and `/proc` is mounted to link such a file to a name. Tried once, by linking a probe to
+/// a name in `tmp` and removing it.
 fn unnamed_staging_works(tmp: &FsPath) -> bool {
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    let known = rustix::fs::statfs(tmp).is_ok_and(|fs| {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let kind = fs.f_type as u64;
+        kind == EXT4 || kind == XFS
+    });
+    if !known {
+        return false;
+    }
     let probe = tmp.join(format!(
         ".probe.P{}S{}",
         std::process::id(),
@@ -777,14 +789,18 @@ mod tests {
         assert!(store.head(&to).await.is_err());
     }
 
-    /// The stores of a test: staging unnamed (this machine's file systems allow it, and
-    /// the test says so) and by name, as on a file system without `O_TMPFILE`.
-    fn both_stagings(root: &FsPath) -> [MaildirStore; 2] {
+    /// The stores of a test: staging unnamed where the file system of the test's
+    /// temporary folder allows it (ext4 or XFS: said on stderr when not), and by name.
+    fn both_stagings(root: &FsPath) -> Vec<MaildirStore> {
         let unnamed = MaildirStore::open(root.join("unnamed")).unwrap();
-        assert!(unnamed.unnamed_staging, "O_TMPFILE and /proc are there");
         let mut named = MaildirStore::open(root.join("named")).unwrap();
         named.unnamed_staging = false;
-        [unnamed, named]
+        if unnamed.unnamed_staging {
+            vec![unnamed, named]
+        } else {
+            eprintln!("{}: no unnamed staging on this file system", root.display());
+            vec![named]
+        }
     }
 
     #[tokio::test]

@@ -206,11 +206,54 @@ impl Md5Verified<AmazonS3> {
     }
 
     /// object_store cannot create buckets; a presigned PUT of the bucket's URL can. The
-    /// request is the one AWS documents for CreateBucket, which every S3 accepts: a
-    /// `Content-Length` always (AWS and its emulations answer `411` without one), and outside
-    /// `us-east-1` the region as the body's `LocationConstraint`. A bucket that appeared
-    /// meanwhile (created by another gateway starting beside this one) is fine.
+    /// request is the one AWS documents for CreateBucket: a `Content-Length` always (AWS and
+    /// its emulations answer `411` without one), and outside `us-east-1` the region as the
+    /// body's `LocationConstraint`. An S3 of another kind that names its regions otherwise
+    /// (Swift's s3api, Ceph) is asked again without one. A conflict other than a bucket
+    /// someone else owns (`409 OperationAborted` while another gateway creates it, or
+    /// `BucketAlreadyOwnedByYou`) is fine once the bucket answers.
     async fn create_bucket(&self) -> std::result::Result<(), String> {
+        let body = create_bucket_body(&self.region);
+        let (status, code) = match self.put_bucket(body.clone()).await? {
+            None => return Ok(()),
+            Some(refused) => refused,
+        };
+        let (status, code) = if !body.is_empty()
+            && self.endpoint != "AWS"
+            && matches!(
+                code.as_str(),
+                "InvalidLocationConstraint" | "IllegalLocationConstraintException"
+            ) {
+            match self.put_bucket(String::new()).await? {
+                None => return Ok(()),
+                Some(refused) => refused,
+            }
+        } else {
+            (status, code)
+        };
+        if status == reqwest::StatusCode::CONFLICT && code != "BucketAlreadyExists" {
+            let probe = Path::from(crate::store::key::PROBE_FOLDER);
+            if self.inner.list_with_delimiter(Some(&probe)).await.is_ok() {
+                return Ok(());
+            }
+        }
+        let code = if code.is_empty() {
+            String::new()
+        } else {
+            format!(" ({code})")
+        };
+        Err(format!(
+            "cannot create bucket {:?}: the store answered {status}{code}",
+            self.bucket
+        ))
+    }
+
+    /// One CreateBucket request with `body`: `None` when the bucket was created, else the
+    /// status and error code of the refusal.
+    async fn put_bucket(
+        &self,
+        body: String,
+    ) -> std::result::Result<Option<(reqwest::StatusCode, String)>, String> {
         use object_store::signer::Signer;
         let url = self
             .inner
@@ -221,7 +264,6 @@ impl Md5Verified<AmazonS3> {
             )
             .await
             .map_err(|e| format!("cannot sign the bucket creation: {e}"))?;
-        let body = create_bucket_body(&self.region);
         let response = self
             .client
             .put(url)
@@ -231,23 +273,13 @@ impl Md5Verified<AmazonS3> {
             .await
             .map_err(|e| format!("cannot create bucket {:?}: {e}", self.bucket))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
         if status.is_success() {
             tracing::info!(bucket = %self.bucket, "created S3 bucket");
-            Ok(())
-        } else if status == reqwest::StatusCode::CONFLICT
-            && xml_value(&text, "Code") == Some("BucketAlreadyOwnedByYou")
-        {
-            Ok(())
-        } else {
-            let code = xml_value(&text, "Code")
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default();
-            Err(format!(
-                "cannot create bucket {:?}: the store answered {status}{code}",
-                self.bucket
-            ))
+            return Ok(None);
         }
+        let text = response.text().await.unwrap_or_default();
+        let code = xml_value(&text, "Code").unwrap_or("").to_string();
+        Ok(Some((status, code)))
     }
 }
 
@@ -257,6 +289,10 @@ fn create_bucket_body(region: &str) -> String {
     if region == "us-east-1" {
         String::new()
     } else {
+        let region = region
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
         format!(
             "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
              <LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"

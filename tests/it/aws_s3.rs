@@ -42,9 +42,27 @@ impl Moto {
                     "{program}: {e} (tests/run.sh installs moto's server and sets TEST_MOTO_SERVER)"
                 )
             });
-        let moto = Moto { child, port };
-        wait_for_port(port).await;
-        moto
+        let mut moto = Moto { child, port };
+        // Until it answers as moto does (not some other listener on a port taken meanwhile).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = moto.child.try_wait().unwrap() {
+                panic!("{program} exited before it answered: {status}");
+            }
+            let client = swiftdrop::store::http_client().build().unwrap();
+            if let Ok(answer) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
+                // ListBuckets: what an S3 answers to `GET /`.
+                let text = answer.text().await.unwrap_or_default();
+                if text.contains("ListAllMyBucketsResult") {
+                    return moto;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} did not answer on {port}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// `SWIFTDROP_<SECTION>_*` for an S3 destination on this server, signed for `region`.
@@ -72,7 +90,11 @@ impl Moto {
     /// A plain GET of `path` on the server (moto lets anyone list buckets and read their
     /// location): the test's own look, independent of swiftdrop's client.
     async fn get(&self, path: &str) -> (reqwest::StatusCode, Vec<u8>) {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/{path}", self.port))
+        let response = swiftdrop::store::http_client()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}/{path}", self.port))
+            .send()
             .await
             .unwrap();
         (response.status(), response.bytes().await.unwrap().to_vec())

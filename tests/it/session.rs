@@ -878,6 +878,89 @@ async fn a_transaction_waits_for_room_in_the_memory_budget() {
     assert_eq!(short.cur("maildir").len(), 1, "E; nothing of F");
 }
 
+/// Two sessions wait at DATA for room that holds one of them: once it is there, one goes
+/// on and the other, woken too, waits again for its turn (its DATA taken again, not lost).
+#[tokio::test]
+async fn sessions_waiting_for_the_same_room_each_get_their_turn() {
+    const MIB: usize = 1 << 20;
+    let setup = Setup::new(&[
+        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
+        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1h"),
+    ]);
+    let memory = MemoryBudget::new(setup.config.server.max_memory);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let mut d = Dialog::start_sharing(
+            setup.settings(),
+            setup.deliverer(),
+            Arc::clone(&memory),
+            LOOPBACK,
+        )
+        .await;
+        d.command("EHLO client.test", "250").await;
+        // 7 MiB each: two would fit beside each other, three do not.
+        d.command(
+            &format!("MAIL FROM:<sender@example.org> SIZE={}", 7 * MIB),
+            "250",
+        )
+        .await;
+        d.command("RCPT TO:<rcpt@example.com>", "250").await;
+        sessions.push(d);
+    }
+    let [mut a, mut b, mut c]: [Dialog; 3] = sessions.try_into().ok().unwrap();
+    // A and B hold 14 MiB; C would fit, but a 4th would not: take C's room with a holder.
+    a.command("DATA", "354").await;
+    b.command("DATA", "354").await;
+    let filler = 24 * MIB - memory.used() - 7 * MIB - 64 - 1000;
+    let mut holder = memory.reservation();
+    holder.resize(filler + 7 * MIB).unwrap();
+    // Now C and a second waiter D wait: room comes back for one at a time.
+    c.send("DATA\r\n").await;
+    let mut d = Dialog::start_sharing(
+        setup.settings(),
+        setup.deliverer(),
+        Arc::clone(&memory),
+        LOOPBACK,
+    )
+    .await;
+    d.command("EHLO client.test", "250").await;
+    d.command(
+        &format!("MAIL FROM:<sender@example.org> SIZE={}", 7 * MIB),
+        "250",
+    )
+    .await;
+    d.command("RCPT TO:<rcpt@example.com>", "250").await;
+    d.send("DATA\r\n").await;
+    let patience = std::time::Duration::from_millis(300);
+    assert!(c.reply_within(patience).await.is_none(), "C waits");
+    assert!(d.reply_within(patience).await.is_none(), "D waits");
+    // The holder gives back room for one: both are woken, one goes on.
+    holder.resize(filler).unwrap();
+    let (first, second) = tokio::select! {
+        reply = c.reply() => { assert!(reply.starts_with("354"), "{reply}"); (&mut c, &mut d) }
+        reply = d.reply() => { assert!(reply.starts_with("354"), "{reply}"); (&mut d, &mut c) }
+    };
+    assert!(
+        second.reply_within(patience).await.is_none(),
+        "the other waits again"
+    );
+    first.send("Subject: first\r\n\r\nbody\r\n.\r\n").await;
+    let reply = first.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    // Its turn: its DATA was kept, and now gets its 354.
+    let reply = second.reply().await;
+    assert!(reply.starts_with("354"), "{reply}");
+    second.send("Subject: second\r\n\r\nbody\r\n.\r\n").await;
+    let reply = second.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    for x in [&mut a, &mut b] {
+        x.command("Subject: x\r\n\r\nbody\r\n.", "250").await;
+    }
+    drop(holder);
+    assert_eq!(memory.used(), 0);
+    assert_eq!(setup.cur("maildir").len(), 4);
+}
+
 /// A streamed message whose data ends in two reads, `...\r\n.\r` then `\n`: the CR of the
 /// end-of-data line is not part of the message, though it arrived before the reader knew.
 #[tokio::test]
