@@ -5,9 +5,11 @@
 #   bench/postfix-filter.sh [RUNS]        (root, Debian with postfix; RUNS per cell, default 3)
 #
 # Environment: SIZES (bytes, default "1024 102400"), CONCS (default "1 10 50"), BENCH_DIR
-# (where the Maildir and Postfix's queue live, default target/; file creation cost differs a
-# lot between directories of one disk on some machines: keep it the same when comparing),
-# BENCH_BIN (a swiftdrop binary to measure instead of building this tree's: an earlier
+# (where the Maildir and Postfix's queue live; default: a file system made for this run,
+# ext4 with its journal as most servers have it, in a sparse image under target/,
+# loop-mounted, so that no run pays for what the disk did before: ext4 without a journal,
+# as this VM's root, skips every inode freed in the last minutes when it makes a file, and
+# a run right after another that deleted thousands of files was slowed by a third), BENCH_BIN (a swiftdrop binary to measure instead of building this tree's: an earlier
 # build, for a before-and-after table in one sitting).
 #
 # Prints messages/s (median of RUNS) for 1 KB and 100 KB at concurrency 1, 10 and 50, the
@@ -24,8 +26,16 @@ else
     cargo build --release --quiet
     bin=$PWD/target/release/swiftdrop
 fi
-mkdir -p "${BENCH_DIR:-target}"
-work=$(mktemp -d "$(realpath "${BENCH_DIR:-target}")/swiftdrop-bench.XXXXXX")
+fs_dir=
+if [ -z "${BENCH_DIR:-}" ]; then
+    mkdir -p target
+    fs_dir=$(mktemp -d "$(realpath target)/bench-fs.XXXXXX")
+    truncate -s 4G "$fs_dir.img"
+    mkfs.ext4 -q -F "$fs_dir.img"
+    mount -o loop "$fs_dir.img" "$fs_dir"
+fi
+mkdir -p "${BENCH_DIR:-$fs_dir}"
+work=$(mktemp -d "$(realpath "${BENCH_DIR:-$fs_dir}")/swiftdrop-bench.XXXXXX")
 chmod 755 "$work"
 pids=()
 cleanup() {
@@ -34,6 +44,9 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
+    if [ -n "$fs_dir" ]; then
+        umount "$fs_dir" && rm -rf "$fs_dir" "$fs_dir.img"
+    fi
 }
 trap cleanup EXIT
 

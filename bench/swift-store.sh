@@ -9,8 +9,9 @@
 # (messages per run, default 200), BENCH_PORT (Swift proxy port, default 28080).
 #
 # Prints messages/s (median of RUNS) for each API, size and concurrency, the ratio
-# swiftdrop / bare PUT, and swiftdrop's peak RSS. Every run checks that every message
-# became an object under cur/.
+# swiftdrop / bare PUT, the CPU time per message in microseconds of the whole machine in
+# each run (all processes: Swift's, Postfix's, the client's, swiftdrop's) and of Swift's
+# servers alone, and of swiftdrop itself, and swiftdrop's peak RSS. Every run checks that every message became an object under cur/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}
@@ -49,12 +50,14 @@ env "${common[@]}" SWIFTDROP_DEFAULT_AUTHURL="http://127.0.0.1:$PORT/auth/v1.0" 
 pid[native]=$!; pids+=("${pid[native]}")
 env "${common[@]}" SWIFTDROP_DEFAULT_BACKEND=s3 SWIFTDROP_DEFAULT_ENDPOINT="http://127.0.0.1:$PORT" \
     SWIFTDROP_DEFAULT_ALLOW_HTTP=yes SWIFTDROP_DEFAULT_ACCESS_KEY_ID=test:tester \
-    SWIFTDROP_DEFAULT_SECRET_ACCESS_KEY=testing SWIFTDROP_DEFAULT_BUCKET=s3 \
+    SWIFTDROP_DEFAULT_SECRET_ACCESS_KEY=testing SWIFTDROP_DEFAULT_BUCKET=swiftdrop-s3 \
     "$bin" serve --listen "127.0.0.1:${filter[s3]}" 2> "$work/s3.log" &
 pid[s3]=$!; pids+=("${pid[s3]}")
 bash tests/postfix/private-postfix.sh start "$work/postfix" \
     "${front[native]}:${filter[native]}" "${front[s3]}:${filter[s3]}"
 
+# Where each filter stores (an S3 bucket's name has at least three characters).
+declare -A container=([native]=native [s3]=swiftdrop-s3)
 # Objects under cur/ in a container, through the native API.
 stored() {
     local token url
@@ -64,6 +67,18 @@ stored() {
         | sed -n 's/^[Xx]-[Cc]ontainer-[Oo]bject-[Cc]ount: //p'
 }
 now() { date +%s%N; }
+# CPU time (user + system, all processes) the machine has spent so far, in microseconds
+# (USER_HZ = 100), and that of one process.
+cpu_all() { awk '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 10000 }' /proc/stat; }
+cpu_us() { awk '{ printf "%.0f\n", ($14 + $15) * 10000 }' "/proc/$1/stat"; }
+# That of Swift's servers (every process started with this run's Swift configuration).
+cpu_swift() {
+    local total=0 p
+    for p in $(pgrep -f "$work/swift/"); do
+        total=$((total + $(cpu_us "$p" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
 smtp_rate() { # api size conc
     local start end
     start=$(now)
@@ -86,28 +101,39 @@ token=$(curl -sf -D - -o /dev/null -H 'X-Auth-User: test:tester' -H 'X-Auth-Key:
 curl -sf -X PUT -H "X-Auth-Token: $token" "http://127.0.0.1:$PORT/v1/AUTH_test/bare" >/dev/null
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-printf '%-7s %-7s %5s %14s %16s %7s\n' api size conc "bare PUT/s" "swiftdrop msg/s" ratio
+# CPU per message: of the whole machine, then of Swift's servers alone, in the bare run and
+# in swiftdrop's; then of swiftdrop itself.
+printf '%-7s %-7s %5s %11s %11s %6s %9s %9s %9s %9s %9s\n' api size conc "bare PUT/s" "sd msg/s" \
+    ratio "bare cpu" "of Swift" "sd cpu" "of Swift" "of sd"
 for api in native s3; do
     for size in ${SIZES:-1024 102400}; do
         for conc in ${CONCS:-1 8 32}; do
             b=() d=()
+            bare_cpu=0 bare_swift=0 sd_cpu=0 sd_swift=0 own_cpu=0
             for _ in $(seq 1 "$RUNS"); do
+                cpu=$(cpu_all); swift=$(cpu_swift)
                 b+=("$(bare_rate "$api" "$size" "$conc")")
-                before=$(stored "$api")
+                bare_cpu=$((bare_cpu + $(cpu_all) - cpu)); bare_swift=$((bare_swift + $(cpu_swift) - swift))
+                before=$(stored "${container[$api]}")
+                cpu=$(cpu_all); swift=$(cpu_swift); own=$(cpu_us "${pid[$api]}")
                 d+=("$(smtp_rate "$api" "$size" "$conc")")
-                after=$(stored "$api")
+                sd_cpu=$((sd_cpu + $(cpu_all) - cpu)); sd_swift=$((sd_swift + $(cpu_swift) - swift))
+                own_cpu=$((own_cpu + $(cpu_us "${pid[$api]}") - own))
+                after=$(stored "${container[$api]}")
                 # The container count is updated asynchronously: allow a moment.
                 for _ in 1 2 3 4 5 6 7 8 9 10; do
                     [ $((after - before)) -ge "$COUNT" ] && break
-                    sleep 0.5; after=$(stored "$api")
+                    sleep 0.5; after=$(stored "${container[$api]}")
                 done
                 if [ $((after - before)) -lt "$COUNT" ]; then
                     echo "swiftdrop ($api) stored $((after - before)) of $COUNT messages" >&2; exit 1
                 fi
             done
             bm=$(median "${b[@]}"); dm=$(median "${d[@]}")
-            printf '%-7s %-7s %5s %14s %16s %7.2f\n' "$api" "$size" "$conc" "$bm" "$dm" \
-                "$(awk -v a="$dm" -v b="$bm" 'BEGIN { print a / b }')"
+            n=$((RUNS * COUNT))
+            printf '%-7s %-7s %5s %11s %11s %6.2f %9s %9s %9s %9s %9s\n' "$api" "$size" "$conc" "$bm" "$dm" \
+                "$(awk -v a="$dm" -v b="$bm" 'BEGIN { print a / b }')" \
+                $((bare_cpu / n)) $((bare_swift / n)) $((sd_cpu / n)) $((sd_swift / n)) $((own_cpu / n))
         done
     done
 done

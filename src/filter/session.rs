@@ -233,7 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 helo: None,
                 forwarded: ClientAttributes::default(),
             },
-            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            // Command lines first: a session grows its buffer to READ_CHUNK only for message
+            // data, so that thousands of idle sessions hold little.
+            inbuf: BytesMut::with_capacity(MAX_LINE),
             out: Vec::with_capacity(1024),
             state: State::Command,
             transaction: None,
@@ -268,14 +270,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 Step::Continue => {}
+                // Delivering and streaming are boxed: their futures are large, and an idle
+                // session (most of them, most of the time) should not carry their room.
                 Step::Deliver => {
-                    let reply = self.deliver().await;
+                    let reply = Box::pin(self.deliver()).await;
                     self.push(reply);
                 }
                 Step::Stream(done) => {
-                    self.stream_out(done).await;
+                    Box::pin(self.stream_out(done)).await;
                     if done {
-                        let reply = self.deliver().await;
+                        let reply = Box::pin(self.deliver()).await;
                         self.push(reply);
                     }
                 }
@@ -391,7 +395,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Waits for more bytes. Only a session between transactions gives way to shutdown.
     async fn read(&mut self) -> std::io::Result<Input> {
         let between = self.transaction.is_none() && matches!(self.state, State::Command);
-        self.inbuf.reserve(READ_CHUNK);
+        let commands = matches!(self.state, State::Command | State::SkipLine);
+        self.inbuf
+            .reserve(if commands { MAX_LINE } else { READ_CHUNK });
         let (limit, name) = match self.transaction.as_ref().and_then(|tx| tx.data_deadline) {
             Some(data) if data < self.deadline => (data, "data_timeout"),
             _ => (self.deadline, "session_timeout"),
