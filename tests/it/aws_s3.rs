@@ -201,12 +201,7 @@ async fn stores_stages_and_streams_exact_bytes() {
     let reply = d.reply().await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
 
-    let mut large = Vec::with_capacity(20 << 20);
-    let mut i = 0;
-    while large.len() < 20 << 20 {
-        large.extend_from_slice(format!("line {i:08} of a streamed message\r\n").as_bytes());
-        i += 1;
-    }
+    let large = message_of(20 << 20);
     d.command("MAIL FROM:<ci@example.org>", "250").await;
     d.command("RCPT TO:<ops@example.com>", "250").await;
     d.command("DATA", "354").await;

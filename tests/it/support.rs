@@ -515,3 +515,14 @@ impl Drop for SmtpSink {
 pub fn http_client() -> reqwest::Client {
     swiftdrop::store::http_client().build().unwrap()
 }
+
+/// A message of `size` bytes: numbered lines, CRLF-ended.
+pub fn message_of(size: usize) -> Vec<u8> {
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let mut i = 0;
+    while message.len() < size {
+        message.extend_from_slice(format!("line {i:08} of a large message\r\n").as_bytes());
+        i += 1;
+    }
+    message
+}
