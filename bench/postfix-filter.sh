@@ -26,29 +26,33 @@ else
     cargo build --release --quiet
     bin=$PWD/target/release/swiftdrop
 fi
-fs_dir=
+fs_dir= work= pids=()
+cleanup() {
+    if [ -n "$work" ]; then
+        grep -hE "ERROR|panicked|error:" "$work/swiftdrop.log" 2>/dev/null | tail -5 >&2 || true
+        bash tests/postfix/private-postfix.sh stop "$work/postfix" || true
+    fi
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    [ -n "$work" ] && rm -rf "$work"
+    if [ -n "$fs_dir" ]; then
+        mountpoint -q "$fs_dir" && { umount "$fs_dir" || umount -l "$fs_dir"; }
+        rm -rf "$fs_dir" "$fs_dir.img"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 if [ -z "${BENCH_DIR:-}" ]; then
     mkdir -p target
     fs_dir=$(mktemp -d "$(realpath target)/bench-fs.XXXXXX")
     truncate -s 4G "$fs_dir.img"
-    mkfs.ext4 -q -F "$fs_dir.img"
+    # Inode tables and journal written now, not by the kernel during the first runs.
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$fs_dir.img"
     mount -o loop "$fs_dir.img" "$fs_dir"
 fi
 mkdir -p "${BENCH_DIR:-$fs_dir}"
 work=$(mktemp -d "$(realpath "${BENCH_DIR:-$fs_dir}")/swiftdrop-bench.XXXXXX")
 chmod 755 "$work"
-pids=()
-cleanup() {
-    grep -hE "ERROR|panicked|error:" "$work/swiftdrop.log" 2>/dev/null | tail -5 >&2 || true
-    bash tests/postfix/private-postfix.sh stop "$work/postfix" || true
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-    if [ -n "$fs_dir" ]; then
-        umount "$fs_dir" && rm -rf "$fs_dir" "$fs_dir.img"
-    fi
-}
-trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink_port=$(free_port); filter_port=$(free_port); front_sink=$(free_port); front_sd=$(free_port)
@@ -73,7 +77,7 @@ rate() {
     awk -v n="$4" -v ns=$((end - start)) 'BEGIN { printf "%.0f", n / (ns / 1e9) }'
 }
 # CPU time (user + system) a process has used so far, in microseconds (USER_HZ = 100).
-cpu_us() { awk '{ print ($14 + $15) * 10000 }' "/proc/$1/stat"; }
+cpu_us() { awk '{ printf "%.0f\n", ($14 + $15) * 10000 }' "/proc/$1/stat"; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 stored_before=0

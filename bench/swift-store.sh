@@ -69,12 +69,14 @@ stored() {
 now() { date +%s%N; }
 # CPU time (user + system, all processes) the machine has spent so far, in microseconds
 # (USER_HZ = 100), and that of one process.
-cpu_all() { awk '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 10000 }' /proc/stat; }
+# (user, nice, system, irq, softirq: not steal, the time other guests of the host had).
+cpu_all() { awk '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8) * 10000 }' /proc/stat; }
 cpu_us() { awk '{ printf "%.0f\n", ($14 + $15) * 10000 }' "/proc/$1/stat"; }
-# That of Swift's servers (every process started with this run's Swift configuration).
+# That of Swift's servers (every process started with this run's Swift configuration, and
+# the memcached its proxy uses).
 cpu_swift() {
     local total=0 p
-    for p in $(pgrep -f "$work/swift/"); do
+    for p in $(pgrep -f "$work/swift/") $(cat "$work"/swift/pids/memcached-* 2>/dev/null); do
         total=$((total + $(cpu_us "$p" 2>/dev/null || echo 0)))
     done
     echo "$total"

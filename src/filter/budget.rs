@@ -12,7 +12,7 @@
 //! arrive, and to a spool file when recipients are relayed ([`crate::filter::spool`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -31,8 +31,9 @@ pub struct MemoryBudget {
     used: AtomicUsize,
     /// Woken whenever bytes are given back: the sessions waiting for room look again.
     freed: Notify,
-    /// A session that holds memory waits for more ([`MemoryBudget::holding_wait`]).
-    holder_waits: Arc<AtomicBool>,
+    /// What the sessions that wait while they hold memory need in all, each what it holds
+    /// and what it waits for ([`MemoryBudget::holding_wait`]).
+    holders_need: Arc<AtomicUsize>,
 }
 
 impl MemoryBudget {
@@ -43,7 +44,7 @@ impl MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
-            holder_waits: Arc::default(),
+            holders_need: Arc::default(),
         })
     }
 
@@ -88,14 +89,21 @@ impl MemoryBudget {
         }
     }
 
-    /// The one wait allowed at a time to a session that holds memory while it waits for
-    /// more (`None` while another has it): sessions that each held what the others need
-    /// would otherwise wait for one another. Given back when dropped.
-    pub fn holding_wait(&self) -> Option<HoldingWait> {
-        self.holder_waits
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+    /// Lets a session that holds memory wait for more, its whole `need` (held and
+    /// wanted) counted, when the needs of all such waiters fit within the limit together
+    /// (`None` otherwise: the session refuses instead). So they can all be served once the
+    /// sessions that do not wait have given theirs back, and none waits for what another
+    /// waiter holds. Given back when dropped.
+    pub fn holding_wait(&self, need: usize) -> Option<HoldingWait> {
+        self.holders_need
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+                total.checked_add(need).filter(|&sum| sum <= self.limit)
+            })
             .ok()
-            .map(|_| HoldingWait(Arc::clone(&self.holder_waits)))
+            .map(|_| HoldingWait {
+                need,
+                total: Arc::clone(&self.holders_need),
+            })
     }
 
     fn try_add(&self, bytes: usize) -> bool {
@@ -121,14 +129,17 @@ impl MemoryBudget {
     }
 }
 
-/// The budget's one wait for a session that holds memory ([`MemoryBudget::holding_wait`]);
-/// free again when dropped.
+/// A session's place among those that wait while they hold memory
+/// ([`MemoryBudget::holding_wait`]); its need is taken off when dropped.
 #[derive(Debug)]
-pub struct HoldingWait(Arc<AtomicBool>);
+pub struct HoldingWait {
+    need: usize,
+    total: Arc<AtomicUsize>,
+}
 
 impl Drop for HoldingWait {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.total.fetch_sub(self.need, Ordering::AcqRel);
     }
 }
 
@@ -215,5 +226,20 @@ mod tests {
             .await
             .expect("woken by the bytes given back, not by its deadline");
         assert!(room.unwrap());
+    }
+
+    #[test]
+    fn holders_wait_only_while_all_their_needs_fit_together() {
+        let budget = MemoryBudget::new(100);
+        let a = budget.holding_wait(60).expect("60 of 100");
+        assert!(
+            budget.holding_wait(50).is_none(),
+            "60 + 50 could not all be served"
+        );
+        let b = budget.holding_wait(40).expect("60 + 40 can");
+        drop(a);
+        let c = budget.holding_wait(60).expect("a's need was taken off");
+        drop((b, c));
+        assert!(budget.holding_wait(100).is_some());
     }
 }

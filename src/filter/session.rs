@@ -113,6 +113,9 @@ struct Transaction {
     streaming_memory: usize,
     /// The message from its first byte, for relayed recipients, once it streams.
     spool: Option<Spool>,
+    /// How long the transaction has waited for room in the memory budget, in all (at most
+    /// `memory_wait`).
+    memory_waited: std::time::Duration,
 }
 
 /// Where a transaction's message bytes go.
@@ -197,11 +200,10 @@ pub struct Session<S> {
     errors: usize,
     /// When the session must end (`session_timeout` after it began).
     deadline: tokio::time::Instant,
-    /// Since when the step being retried has waited for memory (`memory_wait`).
-    waiting_for_memory: Option<tokio::time::Instant>,
-    /// The budget's one wait for sessions that hold memory, while this one has it.
+    /// This session's place among the sessions that wait while they hold memory.
     holding_wait: Option<HoldingWait>,
-    /// The step being retried may not wait (another session holding memory waits).
+    /// The step being retried may not wait (the sessions that wait while they hold memory
+    /// could not all be served beside it).
     may_not_wait: bool,
     /// A command line to take again once the memory it waits for is there (DATA).
     retry_line: Option<Bytes>,
@@ -241,7 +243,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             transaction: None,
             errors: 0,
             deadline: tokio::time::Instant::now() + settings.session_timeout,
-            waiting_for_memory: None,
             holding_wait: None,
             may_not_wait: false,
             retry_line: None,
@@ -260,9 +261,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             match step {
                 Step::WaitForMemory(bytes) => {
-                    if self.may_wait_holding() {
-                        // The client sees every reply before the wait, not after it.
-                        self.flush().await?;
+                    // The client sees every reply before the wait, not after it.
+                    self.flush().await?;
+                    if self.may_wait_holding(bytes) {
                         self.wait_for_memory(bytes).await;
                     } else {
                         // The step is taken again, and refuses.
@@ -312,57 +313,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Whether a step that found no room in the memory budget may wait for it: not once
-    /// it waited `memory_wait` (nor past the session's end), nor when another session that
-    /// holds memory waits already ([`Self::may_wait_holding`]).
+    /// Whether a step that found no room in the memory budget may wait for it: while its
+    /// transaction has waited less than `memory_wait` in all (nor past the session's end),
+    /// and not when [`Self::may_wait_holding`] said no.
     fn may_wait_for_memory(&self) -> bool {
-        let since = self
-            .waiting_for_memory
-            .unwrap_or_else(tokio::time::Instant::now);
-        let now = tokio::time::Instant::now();
-        !self.may_not_wait && now < since + self.settings.memory_wait && now < self.deadline
+        let waited = self
+            .transaction
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |tx| tx.memory_waited);
+        !self.may_not_wait
+            && waited < self.settings.memory_wait
+            && tokio::time::Instant::now() < self.deadline
     }
 
     /// A transaction that holds memory (a buffer that must grow, one that begins to
-    /// stream) may wait only while no other such transaction waits: two that each hold what
-    /// the other needs would wait for each other until `memory_wait`. One that holds
-    /// nothing (at DATA) always may.
-    fn may_wait_holding(&mut self) -> bool {
-        let holds = self
-            .transaction
-            .as_ref()
-            .is_some_and(|tx| tx.memory.bytes() > 0);
-        if !holds || self.holding_wait.is_some() {
+    /// stream) may wait only while every transaction that waits holding memory could be
+    /// served at once, this one with its `short` bytes included: so no two of them can wait
+    /// for what the other holds ([`MemoryBudget::holding_wait`]). One that holds nothing
+    /// (at DATA) always may.
+    fn may_wait_holding(&mut self, short: usize) -> bool {
+        let held = self.transaction.as_ref().map_or(0, |tx| tx.memory.bytes());
+        if held == 0 || self.holding_wait.is_some() {
             return true;
         }
-        self.holding_wait = self.memory.holding_wait();
+        self.holding_wait = self.memory.holding_wait(held.saturating_add(short));
         self.holding_wait.is_some()
     }
 
-    /// Waits for `bytes` of room in the memory budget, up to `memory_wait` since the step
-    /// first found none; the step is then taken again (and refuses if there is still none).
-    /// The time waited is not the client's: its `data_timeout` moves on by as much.
+    /// Waits for `bytes` of room in the memory budget, until the transaction has waited
+    /// `memory_wait` in all; the step is then taken again (and refuses if there is still
+    /// none). The time waited is not the client's: its `data_timeout` moves on by as much.
     async fn wait_for_memory(&mut self, bytes: usize) {
-        let now = tokio::time::Instant::now();
-        let since = *self.waiting_for_memory.get_or_insert(now);
-        if since == now {
+        let Some(tx) = self.transaction.as_ref() else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        if tx.memory_waited.is_zero() {
             tracing::debug!(client = %self.client.display(), bytes, "waiting for room in max_memory");
         }
-        let until = (since + self.settings.memory_wait).min(self.deadline);
+        let left = self.settings.memory_wait.saturating_sub(tx.memory_waited);
+        let until = (started + left).min(self.deadline);
         self.memory.wait_for_room(bytes, until).await;
-        let waited = now.elapsed();
-        if let Some(deadline) = self
-            .transaction
-            .as_mut()
-            .and_then(|tx| tx.data_deadline.as_mut())
-        {
-            *deadline += waited;
+        let waited = started.elapsed();
+        if let Some(tx) = self.transaction.as_mut() {
+            tx.memory_waited += waited;
+            if let Some(deadline) = tx.data_deadline.as_mut() {
+                *deadline += waited;
+            }
         }
     }
 
     /// The step that waited for memory got it, or refused: the next one starts afresh.
     fn end_memory_wait(&mut self) {
-        self.waiting_for_memory = None;
         self.holding_wait = None;
         self.may_not_wait = false;
     }
@@ -672,6 +674,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     memory: self.memory.reservation(),
                     streaming_memory: 0,
                     spool: None,
+                    memory_waited: std::time::Duration::ZERO,
                 });
                 self.push(reply::sender_ok());
                 Step::Continue
@@ -965,7 +968,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.end_memory_wait();
                     return Ok(());
                 }
-                Err(short) if self.may_wait_for_memory() && self.may_wait_holding() => {
+                Err(short) if self.may_wait_for_memory() && self.may_wait_holding(short) => {
                     // A BDAT chunk's reply may be waiting to go out. A client that is gone
                     // gets no reply: its next read ends the session.
                     if self.flush().await.is_err() {

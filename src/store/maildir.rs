@@ -3,12 +3,14 @@
 //! Writes follow the Maildir delivery protocol so that a reader never sees a partial file:
 //! the bytes go to a fresh file under `tmp/`, which is fsynced, then renamed (or hard-linked,
 //! for [`PutMode::Create`]) to its key, and the target directory is fsynced before the put
-//! returns. Where the file system allows (`O_TMPFILE`, and `/proc` to link it), the file of
-//! a [`PutMode::Create`] has no name under `tmp/` at all until it is linked to its key: no
-//! entry to make and remove in `tmp/` (whose lock every writer would share), and nothing
-//! left there by a crash. Writers that publish into one folder at the same time share its fsync
+//! returns. Writers that publish into one folder at the same time share its fsync
 //! ([`DirSyncs`]: group commit). Every other operation is delegated to object_store's
 //! [`LocalFileSystem`].
+//!
+//! The staged file is named (not `O_TMPFILE`): it is fsynced with a link count of one, so
+//! that what the folder's fsync makes durable points to an inode that is durable too, also
+//! on file systems without a journal (where a folder's fsync does not write the inodes its
+//! entries name).
 //!
 //! Metadata (the queue's record of a message) lives in one extended attribute,
 //! `user.swiftdrop` (`key=value` lines), which travels with the file through renames; reads
@@ -49,8 +51,6 @@ static STAGED: AtomicU64 = AtomicU64::new(0);
 pub struct MaildirStore {
     root: PathBuf,
     local: LocalFileSystem,
-    /// New files may be staged unnamed (found out by [`unnamed_staging_works`] at open).
-    unnamed_staging: bool,
     /// The folders' fsyncs, shared by the writers of the moment.
     syncs: Arc<DirSyncs>,
 }
@@ -66,11 +66,9 @@ impl MaildirStore {
         let local = LocalFileSystem::new_with_prefix(&root)
             .map_err(io::Error::other)?
             .with_fsync(true);
-        let unnamed_staging = unnamed_staging_works(&root.join("tmp"));
         Ok(MaildirStore {
             root,
             local,
-            unnamed_staging,
             syncs: Arc::default(),
         })
     }
@@ -109,129 +107,37 @@ fn generic(err: io::Error) -> object_store::Error {
     }
 }
 
-/// A file being written before it is published at its key.
-enum Staged {
-    /// Made with `O_TMPFILE` in `tmp/`: no name until it is linked to its key, and gone
-    /// with its descriptor when it is not.
-    Unnamed(File),
-    /// A fresh name under `tmp/`, renamed (or linked) to its key.
-    Named(File, PathBuf),
-}
-
-impl Staged {
-    /// A new staged file: unnamed for a [`PutMode::Create`] where `unnamed` (the file
-    /// system allows it), else `named`.
-    fn create(tmp: &FsPath, named: PathBuf, mode: &PutMode, unnamed: bool) -> io::Result<Staged> {
-        if unnamed && matches!(mode, PutMode::Create) {
-            return open_unnamed(tmp).map(Staged::Unnamed);
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&named)?;
-        Ok(Staged::Named(file, named))
-    }
-
-    fn file(&mut self) -> &mut File {
-        match self {
-            Staged::Unnamed(file) | Staged::Named(file, _) => file,
-        }
-    }
-
-    /// Takes back what a failed write made: the name, if it has one.
-    fn discard(self) {
-        if let Staged::Named(file, path) = self {
-            drop(file);
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
-/// An unnamed file in `dir` (`O_TMPFILE`), as a plain `open` would make it.
-fn open_unnamed(dir: &FsPath) -> io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o666),
-    )?;
-    Ok(File::from(fd))
-}
-
-/// Gives the unnamed `file` the name `target` (it is an error if `target` exists).
-fn link_unnamed(file: &File, target: &FsPath) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-    rustix::fs::linkat(
-        rustix::fs::CWD,
-        source.as_str(),
-        rustix::fs::CWD,
-        target,
-        rustix::fs::AtFlags::SYMLINK_FOLLOW,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Whether files can be staged unnamed in `tmp`: the file system is one whose fsync of a
-/// folder makes a link from `O_TMPFILE` durable with the file's new link count (ext4 and
-/// XFS journal both in one transaction; btrfs has had bugs there, others are not known),
-/// and `/proc` is mounted to link such a file to a name. Tried once, by linking a probe to
-/// a name in `tmp` and removing it.
-fn unnamed_staging_works(tmp: &FsPath) -> bool {
-    const EXT4: u64 = 0xEF53;
-    const XFS: u64 = 0x5846_5342;
-    let known = rustix::fs::statfs(tmp).is_ok_and(|fs| {
-        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-        let kind = fs.f_type as u64;
-        kind == EXT4 || kind == XFS
-    });
-    if !known {
-        return false;
-    }
-    let probe = tmp.join(format!(
-        ".probe.P{}S{}",
-        std::process::id(),
-        STAGED.fetch_add(1, Ordering::Relaxed)
-    ));
-    let linked = open_unnamed(tmp).and_then(|file| link_unnamed(&file, &probe));
-    let _ = fs::remove_file(&probe);
-    if let Err(e) = &linked {
-        tracing::debug!(dir = %tmp.display(), error = %e, "no unnamed staging files here; staging under tmp/ by name");
-    }
-    linked.is_ok()
-}
-
-/// Writes `payload` to a staged file (unnamed where `unnamed`, else at `staged`), fsyncs
-/// it and publishes it at `target`.
-#[allow(clippy::too_many_arguments)]
+/// Writes `payload` to `staged`, fsyncs it and publishes it at `target`.
 fn write_durably(
     syncs: &DirSyncs,
-    staged: PathBuf,
-    unnamed: bool,
+    staged: &FsPath,
     target: &FsPath,
     location: &Path,
     payload: &PutPayload,
     mode: &PutMode,
     abandoned: &AtomicBool,
 ) -> Result<PutResult> {
-    let tmp = staged.parent().unwrap_or(FsPath::new("."));
-    let mut staged = Staged::create(tmp, staged.clone(), mode, unnamed).map_err(generic)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(staged)
+        .map_err(generic)?;
     // The ETag comes from the open file: renaming keeps inode, mtime and size.
-    let file = staged.file();
     let written = payload
         .iter()
         .try_for_each(|chunk| file.write_all(chunk))
         .and_then(|()| file.sync_all())
         .and_then(|()| file.metadata());
+    drop(file);
     let meta = match written {
         Ok(meta) => meta,
         Err(err) => {
-            staged.discard();
+            let _ = fs::remove_file(staged);
             return Err(generic(err));
         }
     };
-    if let Err(err) = publish(syncs, &staged, target, location, mode, abandoned) {
-        staged.discard();
+    if let Err(err) = publish(syncs, staged, target, location, mode, abandoned) {
+        let _ = fs::remove_file(staged);
         return Err(err);
     }
     // Raced with the deadline while publishing: take the file back so that a 4xx reply
@@ -255,7 +161,7 @@ fn write_durably(
 /// target's folder. The staged name is gone afterwards.
 fn publish(
     syncs: &DirSyncs,
-    staged: &Staged,
+    staged: &FsPath,
     target: &FsPath,
     location: &Path,
     mode: &PutMode,
@@ -267,21 +173,14 @@ fn publish(
             "write abandoned by its caller",
         )));
     }
-    let place = || match (staged, mode) {
-        (Staged::Unnamed(file), _) => link_unnamed(file, target),
-        (Staged::Named(_, path), PutMode::Overwrite) => fs::rename(path, target),
-        (Staged::Named(_, path), PutMode::Create) => {
-            fs::hard_link(path, target).and_then(|()| fs::remove_file(path))
-        }
-        (_, PutMode::Update(_)) => unreachable!("rejected before writing"),
-    };
-    let staged_there = || match staged {
-        Staged::Unnamed(_) => true,
-        Staged::Named(_, path) => path.exists(),
+    let place = || match mode {
+        PutMode::Overwrite => fs::rename(staged, target),
+        PutMode::Create => fs::hard_link(staged, target).and_then(|()| fs::remove_file(staged)),
+        PutMode::Update(_) => unreachable!("rejected before writing"),
     };
     // Folders are created only when missing: one syscall fewer on every message.
     let placed = match place() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && staged_there() => match target.parent() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && staged.exists() => match target.parent() {
             Some(parent) => fs::create_dir_all(parent).and_then(|()| place()),
             None => Err(e),
         },
@@ -353,7 +252,7 @@ impl ObjectStore for MaildirStore {
             STAGED.fetch_add(1, Ordering::Relaxed)
         ));
         let location = location.clone();
-        let (syncs, unnamed) = (Arc::clone(&self.syncs), self.unnamed_staging);
+        let syncs = Arc::clone(&self.syncs);
         let flag = Arc::new(AtomicBool::new(false));
         let mut guard = AbandonOnDrop {
             flag: Arc::clone(&flag),
@@ -361,7 +260,7 @@ impl ObjectStore for MaildirStore {
         };
         let result = tokio::task::spawn_blocking(move || {
             write_durably(
-                &syncs, staged, unnamed, &target, &location, &payload, &opts.mode, &flag,
+                &syncs, &staged, &target, &location, &payload, &opts.mode, &flag,
             )
         })
         .await;
@@ -789,68 +688,40 @@ mod tests {
         assert!(store.head(&to).await.is_err());
     }
 
-    /// The stores of a test: staging unnamed where the file system of the test's
-    /// temporary folder allows it (ext4 or XFS: said on stderr when not), and by name.
-    fn both_stagings(root: &FsPath) -> Vec<MaildirStore> {
-        let unnamed = MaildirStore::open(root.join("unnamed")).unwrap();
-        let mut named = MaildirStore::open(root.join("named")).unwrap();
-        named.unnamed_staging = false;
-        if unnamed.unnamed_staging {
-            vec![unnamed, named]
-        } else {
-            eprintln!("{}: no unnamed staging on this file system", root.display());
-            vec![named]
-        }
-    }
-
     #[tokio::test]
     async fn put_publishes_whole_file_and_leaves_tmp_empty() {
         let dir = tempfile::tempdir().unwrap();
-        for store in both_stagings(dir.path()) {
-            let key = Path::from("cur/1.M2P3Q4.host,S=5");
-            let put = store
-                .put(&key, PutPayload::from_static(b"hello"))
-                .await
-                .unwrap();
-            let got = store.get(&key).await.unwrap();
-            assert_eq!(got.meta.e_tag, put.e_tag);
-            assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
-            assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
-            // A key in a folder that does not exist yet: made, then published into.
-            let deep = Path::from("processing/new/1.M2P3Q5.host,S=5");
-            let create = PutOptions::from(PutMode::Create);
-            store
-                .put_opts(&deep, PutPayload::from_static(b"hello"), create)
-                .await
-                .unwrap();
-            assert_eq!(
-                fs::read(store.root().join("processing/new/1.M2P3Q5.host,S=5")).unwrap(),
-                b"hello"
-            );
-        }
+        let store = MaildirStore::open(dir.path().join("m")).unwrap();
+        let key = Path::from("cur/1.M2P3Q4.host,S=5");
+        let put = store
+            .put(&key, PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(got.meta.e_tag, put.e_tag);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]
     async fn create_mode_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        for store in both_stagings(dir.path()) {
-            let key = Path::from("cur/x");
-            let create = PutOptions::from(PutMode::Create);
-            store
-                .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
-                .await
-                .unwrap();
-            let again = store
-                .put_opts(&key, PutPayload::from_static(b"2"), create)
-                .await;
-            assert!(matches!(
-                again,
-                Err(object_store::Error::AlreadyExists { .. })
-            ));
-            let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
-            assert_eq!(kept.as_ref(), b"1");
-            assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
-        }
+        let store = MaildirStore::open(dir.path()).unwrap();
+        let key = Path::from("cur/x");
+        let create = PutOptions::from(PutMode::Create);
+        store
+            .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
+            .await
+            .unwrap();
+        let again = store
+            .put_opts(&key, PutPayload::from_static(b"2"), create)
+            .await;
+        assert!(matches!(
+            again,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
+        let kept = store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(kept.as_ref(), b"1");
     }
 
     #[tokio::test]
@@ -876,8 +747,7 @@ mod tests {
         let abandoned = AtomicBool::new(true);
         let result = write_durably(
             &DirSyncs::default(),
-            staged.clone(),
-            false,
+            &staged,
             &target,
             &Path::from("cur/z"),
             &PutPayload::from_static(b"late"),

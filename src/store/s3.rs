@@ -209,9 +209,10 @@ impl Md5Verified<AmazonS3> {
     /// request is the one AWS documents for CreateBucket: a `Content-Length` always (AWS and
     /// its emulations answer `411` without one), and outside `us-east-1` the region as the
     /// body's `LocationConstraint`. An S3 of another kind that names its regions otherwise
-    /// (Swift's s3api, Ceph) is asked again without one. A conflict other than a bucket
-    /// someone else owns (`409 OperationAborted` while another gateway creates it, or
-    /// `BucketAlreadyOwnedByYou`) is fine once the bucket answers.
+    /// (Swift's s3api, Ceph) is asked again without one. A conflict (`409`:
+    /// `OperationAborted` while another gateway creates it, `BucketAlreadyOwnedByYou`, or
+    /// `BucketAlreadyExists`, which some S3s answer for a bucket of one's own) is fine once
+    /// the bucket answers a listing, asked for a few seconds.
     async fn create_bucket(&self) -> std::result::Result<(), String> {
         let body = create_bucket_body(&self.region);
         let (status, code) = match self.put_bucket(body.clone()).await? {
@@ -231,10 +232,13 @@ impl Md5Verified<AmazonS3> {
         } else {
             (status, code)
         };
-        if status == reqwest::StatusCode::CONFLICT && code != "BucketAlreadyExists" {
+        if status == reqwest::StatusCode::CONFLICT {
             let probe = Path::from(crate::store::key::PROBE_FOLDER);
-            if self.inner.list_with_delimiter(Some(&probe)).await.is_ok() {
-                return Ok(());
+            for wait in [0, 1, 2, 3, 4] {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                if self.inner.list_with_delimiter(Some(&probe)).await.is_ok() {
+                    return Ok(());
+                }
             }
         }
         let code = if code.is_empty() {
