@@ -617,6 +617,37 @@ async fn shutdown_lets_the_transaction_finish_then_says_421() {
     assert_eq!(setup.cur("maildir").len(), 1);
 }
 
+/// A setup whose sessions share one memory budget of 24 MiB (`max_memory`), waiting
+/// `memory_wait` for room, and the budget.
+fn budgeted(memory_wait: &str) -> (Setup, Arc<MemoryBudget>) {
+    let setup = Setup::new(&[
+        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
+        ("SWIFTDROP_SERVER_MEMORY_WAIT", memory_wait),
+    ]);
+    let memory = MemoryBudget::new(setup.config.server.max_memory);
+    (setup, memory)
+}
+
+/// A session of `setup` that holds message bytes within `memory`.
+async fn sharing(setup: &Setup, memory: &Arc<MemoryBudget>) -> Dialog {
+    Dialog::start_sharing(
+        setup.settings(),
+        setup.deliverer(),
+        Arc::clone(memory),
+        LOOPBACK,
+    )
+    .await
+}
+
+/// EHLO, MAIL (announcing `size`, when given) and one RCPT, each answered 250.
+async fn envelope_of(d: &mut Dialog, size: Option<usize>) {
+    d.command("EHLO client.test", "250").await;
+    let size = size.map(|s| format!(" SIZE={s}")).unwrap_or_default();
+    d.command(&format!("MAIL FROM:<sender@example.org>{size}"), "250")
+        .await;
+    d.command("RCPT TO:<rcpt@example.com>", "250").await;
+}
+
 /// Message bytes are held only within `max_memory`, shared by every session: with no wait
 /// (`memory_wait = 0s`) a transaction that finds no room gets `452 4.3.1` at once (at DATA
 /// when its SIZE does not fit or nothing fits, at the end of data when its buffer or its
@@ -626,25 +657,10 @@ async fn shutdown_lets_the_transaction_finish_then_says_421() {
 async fn message_bytes_are_held_within_the_shared_memory_budget() {
     const MIB: usize = 1 << 20;
     // One message at its largest (8 MiB buffer + 15 MiB of upload parts) fits in 24 MiB.
-    let setup = Setup::new(&[
-        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
-        ("SWIFTDROP_SERVER_MEMORY_WAIT", "0s"),
-    ]);
-    let memory = MemoryBudget::new(setup.config.server.max_memory);
-    let start = || {
-        Dialog::start_sharing(
-            setup.settings(),
-            setup.deliverer(),
-            Arc::clone(&memory),
-            LOOPBACK,
-        )
-    };
+    let (setup, memory) = budgeted("0s");
+    let start = || sharing(&setup, &memory);
     async fn open(d: &mut Dialog, size: Option<usize>) -> String {
-        d.command("EHLO client.test", "250").await;
-        let size = size.map(|s| format!(" SIZE={s}")).unwrap_or_default();
-        d.command(&format!("MAIL FROM:<sender@example.org>{size}"), "250")
-            .await;
-        d.command("RCPT TO:<rcpt@example.com>", "250").await;
+        envelope_of(d, size).await;
         d.send("DATA\r\n").await;
         d.reply().await
     }
@@ -743,26 +759,9 @@ async fn message_bytes_are_held_within_the_shared_memory_budget() {
 #[tokio::test]
 async fn a_transaction_waits_for_room_in_the_memory_budget() {
     const MIB: usize = 1 << 20;
-    let setup = Setup::new(&[
-        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
-        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1h"),
-    ]);
-    let memory = MemoryBudget::new(setup.config.server.max_memory);
-    let start = || {
-        Dialog::start_sharing(
-            setup.settings(),
-            setup.deliverer(),
-            Arc::clone(&memory),
-            LOOPBACK,
-        )
-    };
-    async fn open(d: &mut Dialog, size: Option<usize>) {
-        d.command("EHLO client.test", "250").await;
-        let size = size.map(|s| format!(" SIZE={s}")).unwrap_or_default();
-        d.command(&format!("MAIL FROM:<sender@example.org>{size}"), "250")
-            .await;
-        d.command("RCPT TO:<rcpt@example.com>", "250").await;
-    }
+    let (setup, memory) = budgeted("1h");
+    let start = || sharing(&setup, &memory);
+    let open = envelope_of;
     // A holds a streaming message's whole reservation (8 MiB + 15 MiB).
     let large = message_of(9 * MIB);
     let mut a = start().await;
@@ -829,26 +828,11 @@ async fn a_transaction_waits_for_room_in_the_memory_budget() {
 
     // A wait in vain: with memory_wait 1 s and E holding all but 960 KiB, F's 1 MiB gets
     // 452 at DATA.
-    let short = Setup::new(&[
-        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
-        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1s"),
-    ]);
-    let mut e = Dialog::start_sharing(
-        short.settings(),
-        short.deliverer(),
-        Arc::clone(&memory),
-        LOOPBACK,
-    )
-    .await;
+    let (short, _) = budgeted("1s");
+    let mut e = sharing(&short, &memory).await;
     open(&mut e, Some(24 * MIB - 64 * 1024 - 1000)).await;
     e.command("DATA", "354").await;
-    let mut f = Dialog::start_sharing(
-        short.settings(),
-        short.deliverer(),
-        Arc::clone(&memory),
-        LOOPBACK,
-    )
-    .await;
+    let mut f = sharing(&short, &memory).await;
     open(&mut f, Some(MIB)).await;
     f.command("DATA", "452 4.3.1").await;
     f.command("RSET", "250").await;
@@ -872,28 +856,12 @@ async fn a_transaction_waits_for_room_in_the_memory_budget() {
 #[tokio::test]
 async fn sessions_waiting_for_the_same_room_each_get_their_turn() {
     const MIB: usize = 1 << 20;
-    let setup = Setup::new(&[
-        ("SWIFTDROP_SERVER_MAX_MEMORY", "24MiB"),
-        ("SWIFTDROP_SERVER_MEMORY_WAIT", "1h"),
-    ]);
-    let memory = MemoryBudget::new(setup.config.server.max_memory);
+    let (setup, memory) = budgeted("1h");
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        let mut d = Dialog::start_sharing(
-            setup.settings(),
-            setup.deliverer(),
-            Arc::clone(&memory),
-            LOOPBACK,
-        )
-        .await;
-        d.command("EHLO client.test", "250").await;
+        let mut d = sharing(&setup, &memory).await;
         // 7 MiB each: three would fit beside each other, four do not.
-        d.command(
-            &format!("MAIL FROM:<sender@example.org> SIZE={}", 7 * MIB),
-            "250",
-        )
-        .await;
-        d.command("RCPT TO:<rcpt@example.com>", "250").await;
+        envelope_of(&mut d, Some(7 * MIB)).await;
         sessions.push(d);
     }
     let [mut a, mut b, mut c, mut d]: [Dialog; 4] = sessions.try_into().ok().unwrap();
