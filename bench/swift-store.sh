@@ -5,8 +5,10 @@
 #
 #   bench/swift-store.sh [RUNS]        (root, Debian; RUNS per cell, default 1)
 #
-# Environment: SIZES (bytes, default "1024 102400"), CONCS (default "1 8 32"), COUNT
-# (messages per run, default 200), BENCH_PORT (Swift proxy port, default 28080).
+# Environment: SIZES (bytes, default "1024 102400"; past 8 MiB a message is streamed), CONCS
+# (default "1 8 32"), COUNT (messages per run, default 200), BENCH_PORT (Swift proxy port,
+# default 28080), BENCH_BIN (a swiftdrop binary to measure instead of building this tree's:
+# an earlier build, for a before-and-after table in one sitting).
 #
 # Prints messages/s (median of RUNS) for each API, size and concurrency, the ratio
 # swiftdrop / bare PUT, the CPU time per message in microseconds of the whole machine in
@@ -22,6 +24,7 @@ command -v smtp-source >/dev/null || { echo "needs Postfix's smtp-source: apt-ge
 bash tests/swift/swift-aio.sh install
 cargo build --release --quiet --bin swiftdrop --example bare_put
 bin=$PWD/target/release/swiftdrop
+[ -n "${BENCH_BIN:-}" ] && bin=$(realpath "$BENCH_BIN")
 bare=$PWD/target/release/examples/bare_put
 work=$(mktemp -d "$PWD/target/swift-bench.XXXXXX")
 chmod 755 "$work"

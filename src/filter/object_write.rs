@@ -5,13 +5,16 @@
 //! streamed to the store while DATA arrives:
 //!
 //! 1. [`ObjectWrite::stream`] (messages past `stream_threshold` only): bytes go into a
-//!    multipart upload at a staging key under `tmp/` as they arrive, a few parts in flight;
+//!    multipart upload as they arrive, a few parts in flight. The upload is named at a
+//!    staging key under `tmp/`, or, where the store allows it (Swift: an SLO's manifest
+//!    comes last), only when it completes ([`NamedAtEnd`]);
 //! 2. [`ObjectWrite::finish`]: the object is complete and verified. A buffered message is
 //!    one PUT (the store layer checks the ETag against the MD5 of the bytes; a remote
 //!    store's failures are retried until the deadline); a streamed one's upload is
-//!    completed. A write that is its transaction's
-//!    only step goes straight to `cur/`; otherwise it is staged under `tmp/`, where no
-//!    worker looks, until every other step succeeded;
+//!    completed. A write that is its transaction's only step goes straight to `cur/`
+//!    (a streamed one only if its upload is named at its end: its name holds its size);
+//!    otherwise it is staged under `tmp/`, where no worker looks, until every other step
+//!    succeeded;
 //! 3. [`ObjectWrite::publish`]: a staged object is moved into `cur/`: on a Maildir by a link
 //!    that never replaces a taken name, on Swift and S3 by a server-side copy verified by
 //!    ETag or size (adding the SHA-256 a streamed object could not carry from its start,
@@ -30,8 +33,8 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, join_all};
 use object_store::path::Path;
 use object_store::{
-    MultipartUpload, ObjectMeta, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions,
-    PutPayload, PutPayloadMut,
+    Attributes, MultipartUpload, ObjectMeta, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, PutPayloadMut,
 };
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
@@ -41,7 +44,7 @@ use crate::config::memory::{PART_SIZE, PARTS_IN_FLIGHT};
 use crate::filter::outcome::DeliveryError;
 use crate::queue::{LockEngine, moved_on};
 use crate::store::key::{self, MessageKey};
-use crate::store::mover::is_copy_mismatch;
+use crate::store::mover::{NamedAtEnd, is_copy_mismatch};
 use crate::store::{Destination, metadata, trace};
 use crate::telemetry::metrics::{Dest, Kind, metrics};
 use crate::util::hex::hex;
@@ -77,7 +80,7 @@ fn late_landing(dest: &Destination, size: usize) -> Duration {
 /// that times out must still be abortable, or its parts stay in the store.
 struct Upload {
     staging: Path,
-    upload: Box<dyn MultipartUpload>,
+    upload: Parts,
     /// The part being filled.
     part: PutPayloadMut,
     /// Parts being sent.
@@ -104,7 +107,7 @@ impl Upload {
     async fn send_part(&mut self) -> object_store::Result<()> {
         self.wait_for_parts(PARTS_IN_FLIGHT - 1).await?;
         let part = std::mem::take(&mut self.part).freeze();
-        self.sending.spawn(self.upload.put_part(part));
+        self.sending.spawn(self.upload.as_upload().put_part(part));
         Ok(())
     }
 
@@ -125,19 +128,47 @@ impl Upload {
         Ok(())
     }
 
-    /// Sends the last part, waits for all, and completes the upload.
-    async fn complete(&mut self) -> object_store::Result<()> {
+    /// Sends the last part and waits until every part is stored.
+    async fn send_rest(&mut self) -> object_store::Result<()> {
         if self.part.content_length() > 0 {
             self.send_part().await?;
         }
-        self.wait_for_parts(0).await?;
-        self.upload.complete().await.map(|_| ())
+        self.wait_for_parts(0).await
+    }
+
+    /// Completes the upload at its staging key, with `attributes` (every part is stored).
+    async fn complete_staged(&mut self, attributes: &Attributes) -> object_store::Result<()> {
+        match &mut self.upload {
+            Parts::AtStaging(upload) => upload.complete().await.map(|_| ()),
+            Parts::NamedAtEnd(upload) => upload
+                .complete_at(&self.staging, attributes)
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// Stops sending parts and asks the store to drop those it has (again if need be).
     async fn abort(&mut self) -> object_store::Result<()> {
         self.sending.shutdown().await;
-        self.upload.abort().await
+        self.upload.as_upload().abort().await
+    }
+}
+
+/// The store's side of an upload.
+enum Parts {
+    /// Named at the staging key when it began: completed there, then copied to `cur/`.
+    AtStaging(Box<dyn MultipartUpload>),
+    /// Named when it completes: straight at its key under `cur/` when it is its
+    /// transaction's only step.
+    NamedAtEnd(Box<dyn NamedAtEnd>),
+}
+
+impl Parts {
+    fn as_upload(&mut self) -> &mut dyn MultipartUpload {
+        match self {
+            Parts::AtStaging(upload) => upload.as_mut(),
+            Parts::NamedAtEnd(upload) => upload.as_mut(),
+        }
     }
 }
 
@@ -255,17 +286,10 @@ impl ObjectWrite {
     pub async fn stream(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), DeliveryError> {
         if self.upload.is_none() {
             let staging = Path::from(key::stream_staging_path(self.envelope.received));
-            let mut options = PutMultipartOptions::default();
-            if self.dest.remote {
-                // The SHA-256 of the whole message is not known before its end: publish adds it.
-                options.attributes = metadata::attributes(&self.envelope, None);
-            }
             // Segments may be written under the staging key from here on.
             self.touched.push(staging.clone());
             let upload = until(&self.dest, deadline, &mut self.outcome_unknown, async {
-                self.dest
-                    .store
-                    .put_multipart_opts(&staging, options)
+                start_upload(&self.dest, &self.envelope, &staging)
                     .await
                     .map_err(|e| failed(&self.dest, e))
             })
@@ -293,7 +317,8 @@ impl ObjectWrite {
     }
 
     /// Completes the object with `rest` (for a buffered message, all of it) by `deadline`:
-    /// under `cur/` when `stage` is false and nothing was streamed, else under `tmp/`.
+    /// under `cur/` when `stage` is false and the store can name it there (nothing was
+    /// streamed, or the upload is named at its end), else under `tmp/`.
     pub async fn finish(
         &mut self,
         rest: &Bytes,
@@ -306,15 +331,33 @@ impl ObjectWrite {
         if let Some(upload) = &mut self.upload {
             let dest = &self.dest;
             until(dest, deadline, &mut self.outcome_unknown, async {
-                upload.complete().await.map_err(|e| failed(dest, e))
+                upload.send_rest().await.map_err(|e| failed(dest, e))
+            })
+            .await?;
+            // Its name, which holds the size, could not be chosen before now.
+            let key = MessageKey::new(&self.hostname, self.size as u64);
+            if !stage && matches!(upload.upload, Parts::NamedAtEnd(_)) {
+                return self.complete_in_cur(key, deadline).await;
+            }
+            // The SHA-256 of the whole message is not known yet: publish adds it.
+            let attributes = if dest.remote {
+                metadata::attributes(&self.envelope, None)
+            } else {
+                Attributes::new()
+            };
+            until(dest, deadline, &mut self.outcome_unknown, async {
+                upload
+                    .complete_staged(&attributes)
+                    .await
+                    .map_err(|e| failed(dest, e))
             })
             .await?;
             let staging = self.upload.take().expect("matched above").staging;
             // A streamed object's ETag is not the MD5 of its bytes: its copy is checked by
-            // size. Its name, which holds the size, could not be chosen before now.
+            // size.
             self.placed = Some(Placed::Staged {
                 staged: staged_meta(staging, self.size, None),
-                key: MessageKey::new(&self.hostname, self.size as u64),
+                key,
             });
             return Ok(());
         }
@@ -378,6 +421,48 @@ impl ObjectWrite {
         } else {
             Placed::InCur(path.to_string())
         });
+        Ok(())
+    }
+
+    /// Completes an upload named at its end as the object at `key` under `cur/`, carrying all
+    /// of its metadata (the SHA-256 included): no copy. Tried again as any remote write is;
+    /// a try whose answer was lost counts as landed when the object there has this
+    /// message's size and SHA-256. Once it stands, its parts are its own: the upload is
+    /// never aborted after that.
+    async fn complete_in_cur(
+        &mut self,
+        key: MessageKey,
+        deadline: Instant,
+    ) -> Result<(), DeliveryError> {
+        let hash = self.sha256.clone().map(|s| hex(&s.finalize()));
+        let attributes = &metadata::attributes(&self.envelope, hash.clone());
+        let Some(Upload {
+            upload: Parts::NamedAtEnd(upload),
+            ..
+        }) = &self.upload
+        else {
+            unreachable!("finish completes only uploads named at their end in cur/");
+        };
+        let upload: &dyn NamedAtEnd = upload.as_ref();
+        let (dest, claims, size) = (&self.dest, self.claims.as_deref(), self.size as u64);
+        let complete =
+            move |path: Path| async move { Ok(upload.complete_at(&path, attributes).await?.e_tag) };
+        let landed = |path: Path| move_landed(dest, claims, path, size, hash.clone());
+        let (path, _, _) = write_under_free_name(
+            dest,
+            Attempts {
+                touched: &mut self.touched,
+                outcome_unknown: &mut self.outcome_unknown,
+            },
+            key,
+            MessageKey::cur_path,
+            deadline,
+            complete,
+            landed,
+        )
+        .await?;
+        self.upload = None;
+        self.placed = Some(Placed::InCur(path.to_string()));
         Ok(())
     }
 
@@ -476,6 +561,25 @@ impl ObjectWrite {
             }
         }))
     }
+}
+
+/// An upload for `envelope`'s message, named when it completes where `dest` can (asked of
+/// its mover, as the moves of staged objects are), else at `staging`.
+async fn start_upload(
+    dest: &Destination,
+    envelope: &metadata::Envelope,
+    staging: &Path,
+) -> object_store::Result<Parts> {
+    if let Some(upload) = dest.mover().upload_named_at_end(staging).await? {
+        return Ok(Parts::NamedAtEnd(upload));
+    }
+    let mut options = PutMultipartOptions::default();
+    if dest.remote {
+        // The SHA-256 of the whole message is not known before its end: publish adds it.
+        options.attributes = metadata::attributes(envelope, None);
+    }
+    let upload = dest.store.put_multipart_opts(staging, options).await?;
+    Ok(Parts::AtStaging(upload))
 }
 
 /// Aborts `upload` (its staging key and the upload), through [`clean_up`]; an upload

@@ -14,7 +14,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
-use super::mover::{MetadataUpdate, Mover, Page, Renamer};
+use super::mover::{MetadataUpdate, Mover, NamedAtEnd, Page, Renamer};
 
 /// Requests made so far, shared by a destination's store, mover and renamer.
 pub type RequestCount = Arc<AtomicU64>;
@@ -141,6 +141,11 @@ impl Mover for CountedMover {
     async fn list_page(&self, prefix: &str, after: Option<&str>, max: usize) -> Result<Page> {
         self.one();
         self.inner.list_page(prefix, after, max).await
+    }
+
+    async fn upload_named_at_end(&self, parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+        self.one();
+        self.inner.upload_named_at_end(parts_near).await
     }
 
     fn renamer(&self) -> Option<Arc<dyn Renamer>> {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use object_store::path::Path;
-use object_store::{ObjectMeta, Result};
+use object_store::{Attributes, MultipartUpload, ObjectMeta, PutResult, Result};
 
 /// Metadata keys and values to set; keys not named keep their value.
 pub type MetadataUpdate = [(String, String)];
@@ -58,6 +58,24 @@ pub trait Mover: Send + Sync + Debug {
     fn renamer(&self) -> Option<Arc<dyn Renamer>> {
         None
     }
+
+    /// For a store that can complete a multipart upload at any key without copying its
+    /// bytes (Swift writes an SLO's manifest last): an upload whose key is chosen when it
+    /// completes ([`NamedAtEnd::complete_at`]); its parts are named after `parts_near`.
+    /// `None`: uploads are named when they begin, and a finished one is copied to its key.
+    async fn upload_named_at_end(&self, _parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+        Ok(None)
+    }
+}
+
+/// A multipart upload whose object gets its key, and its metadata, only when it completes:
+/// a streamed message's name holds its size, and its metadata its SHA-256. Completing it
+/// again (after a failure or a lost answer) writes the same object again.
+#[async_trait]
+pub trait NamedAtEnd: MultipartUpload + Sync {
+    /// Completes the upload as the object at `location` carrying `attributes`; the parts
+    /// belong to that object from then on (deleting it deletes them).
+    async fn complete_at(&self, location: &Path, attributes: &Attributes) -> Result<PutResult>;
 }
 
 /// One page of a listing in key order.

@@ -1279,3 +1279,82 @@ async fn keys_of_the_version_before_fences_are_found_and_claimed() {
         assert_eq!(states_of(&setup, name).await, vec![State::Done], "{name}");
     }
 }
+
+/// A message the filter streamed to Swift stands in `cur/` as an SLO (its manifest written
+/// there last, with its segments in `<container>_segments`). A worker's claim copies it
+/// into one plain object under `processing/` and deletes the manifest with its segments;
+/// the message finishes byte-exact, and no segment is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn swift_a_large_object_in_cur_is_claimed_and_finished_whole() {
+    use object_store::{Attribute, Attributes, ObjectStoreExt, PutPayload};
+    use sha2::{Digest, Sha256};
+    use swiftdrop::store::key::MessageKey;
+
+    let setup = QueueSetup::new(Backend::Swift, &[("SWIFTDROP_QUEUE_LEASE", "30s")]);
+    let queue = setup.queue().await;
+    let dest = queue.destination();
+    // Two parts: 5 MiB (the smallest a part may be) and the rest.
+    let body: Vec<u8> = (0..6 * 1024 * 1024 + 123)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let key = MessageKey::new("filter.test", body.len() as u64);
+    let name = key.file_name();
+    let cur = object_store::path::Path::from(key.cur_path());
+    let upload = dest
+        .mover()
+        .upload_named_at_end(&object_store::path::Path::from("tmp/large"))
+        .await
+        .unwrap()
+        .expect("Swift names an upload when it completes");
+    let mut upload = upload;
+    let part = 5 * 1024 * 1024;
+    upload
+        .put_part(PutPayload::from(body[..part].to_vec()))
+        .await
+        .unwrap();
+    upload
+        .put_part(PutPayload::from(body[part..].to_vec()))
+        .await
+        .unwrap();
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("sha256".into()),
+        swiftdrop::util::hex::hex(&Sha256::digest(&body)).into(),
+    );
+    upload.complete_at(&cur, &attributes).await.unwrap();
+    let segments = format!(
+        "{}_segments",
+        setup
+            .vars
+            .iter()
+            .find(|(k, _)| k == "SWIFTDROP_DEFAULT_CONTAINER")
+            .unwrap()
+            .1
+    );
+    let swift = crate::swift_support::swift();
+    assert_eq!(
+        crate::swift_support::existing(swift.port, &segments, "")
+            .await
+            .len(),
+        2,
+        "the manifest's segments"
+    );
+
+    let claim = setup.claim(&[]).expect("the message is claimed");
+    assert_eq!(claim["name"], name.as_str());
+    let token = claim["token"].as_str().unwrap();
+    let (code, _, err) = setup.cli(&["finish", &name, "--token", token, "--to", "done"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let copies = setup.copies(&name).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].state(), State::Done);
+    let path = copies[0].key.path();
+    let stored = dest.store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert!(stored.as_ref() == body.as_slice(), "the bytes as written");
+    assert!(
+        crate::swift_support::existing(swift.port, &segments, "")
+            .await
+            .is_empty(),
+        "the segments went with the manifest"
+    );
+}

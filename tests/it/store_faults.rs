@@ -238,18 +238,23 @@ async fn s3_a_silent_store_gives_451() {
     a_refused_message_leaves_nothing(Api::S3, Fault::Silence).await;
 }
 
-/// A streamed message reaches `cur/` by a server-side copy, which the store answers only
-/// once every byte is copied. The copy may take the per-request timeout plus a second per
-/// MiB, so a copy held longer than the timeout (4 s against 3 s) lands, once, and the
-/// staged upload is removed. With the plain per-request timeout every try would be cut off
-/// and the message refused.
+/// A streamed message staged under `tmp/` (it goes to two destinations; on S3 always)
+/// reaches `cur/` by a server-side copy, which the store answers only once every byte is
+/// copied. The copy may take the per-request timeout plus a second per MiB, so a copy held
+/// longer than the timeout (4 s against 3 s) lands, once, and the staged upload is removed.
+/// With the plain per-request timeout every try would be cut off and the message refused.
 async fn a_slow_copy_of_a_large_message_lands(api: Api) {
     let swift = swift();
     let proxy = FaultProxy::start(swift.port, &[], Fault::HoldCopy).await;
-    let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
-    let (setup, deliverer, container) = setup_and(api, &proxy, "20s", "3s", &threshold).await;
+    let extra = [
+        ("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB"),
+        ("SWIFTDROP_LOGS_RECIPIENTS", "logs@example.com"),
+        ("SWIFTDROP_LOGS_PATH", "{dir}/logs"),
+    ];
+    let (setup, deliverer, container) = setup_and(api, &proxy, "20s", "3s", &extra).await;
     // 6.3 MB: streamed, its copy given 3 s + 7 s.
-    let (reply, body) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
+    let rcpts = ["ops@example.com", "logs@example.com"];
+    let (reply, body) = send_lines(&setup, deliverer, &rcpts, 350_000).await;
     assert!(reply.starts_with("250 2.0.0"), "{api:?}: {reply}");
     assert!(proxy.copies_held() >= 1, "{api:?}: no copy was held");
     let names = settled_listing(swift.port, &container, "cur/", 1).await;
@@ -259,6 +264,33 @@ async fn a_slow_copy_of_a_large_message_lands(api: Api) {
         bytes.ends_with(body.as_bytes()),
         "{api:?}: the bytes as sent"
     );
+}
+
+/// A streamed message that is its transaction's only step gets its manifest straight at
+/// its key under `cur/` (native API: no staging, no copy). When Swift stored the manifest
+/// but its answer was lost, the filter finds the object whole (its size and SHA-256) and
+/// answers 250 without writing it again.
+#[tokio::test]
+async fn native_a_lost_answer_to_a_manifest_stores_the_message_once() {
+    let swift = swift();
+    // The two segments (5 MiB and the rest) pass; the manifest's answer is lost.
+    let faults = [Fault::Pass, Fault::Pass, Fault::LoseAnswer];
+    let proxy = FaultProxy::start(swift.port, &faults, Fault::Pass).await;
+    let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
+    let (setup, deliverer, container) =
+        setup_and(Api::Native, &proxy, "20s", "5s", &threshold).await;
+    let (reply, body) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    assert_eq!(
+        proxy.puts_seen(),
+        3,
+        "two segments and one manifest, none again"
+    );
+    let names = settled_listing(swift.port, &container, "cur/", 1).await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let (_, bytes) = native_get(swift.port, &container, &names[0]).await;
+    assert!(bytes.ends_with(body.as_bytes()), "the bytes as sent");
+    assert!(existing(swift.port, &container, "tmp/").await.is_empty());
 }
 
 #[tokio::test]

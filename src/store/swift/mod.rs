@@ -38,7 +38,9 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 
 use crate::config::SwiftConfig;
-use crate::store::mover::{MetadataUpdate, Mover, Page, copy_mismatch, copy_timeout, is_plain_md5};
+use crate::store::mover::{
+    MetadataUpdate, Mover, NamedAtEnd, Page, copy_mismatch, copy_timeout, is_plain_md5,
+};
 use crate::util::error_chain;
 use crate::util::failpoint;
 use auth::TokenCache;
@@ -416,6 +418,16 @@ impl Mover for SwiftStore {
                 ))
             }
         }
+    }
+
+    async fn upload_named_at_end(&self, parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+        let segments = self.inner.ensure_segments_container().await?;
+        Ok(Some(Box::new(upload::SloUpload::new(
+            self.inner.clone(),
+            parts_near.clone(),
+            segments,
+            HeaderMap::new(),
+        ))))
     }
 
     async fn remove(&self, at: &ObjectMeta) -> Result<()> {

@@ -5,6 +5,11 @@
 //! the object appears, whole. `abort` deletes the segments. Swift checks each segment's
 //! Etag against the manifest, and the manifest's Etag (the MD5 of the segment MD5s) is
 //! compared with the one computed here.
+//!
+//! Since the manifest comes last, an upload may also be completed at another key than the
+//! one it began with ([`NamedAtEnd::complete_at`]): a streamed message goes straight to its
+//! final name under `cur/`, which holds its size, without a server-side copy of its bytes.
+//! Its segments keep the names they were written under.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,12 +17,13 @@ use bytes::Bytes;
 use futures::future::join_all;
 use md5::{Digest, Md5};
 use object_store::path::Path;
-use object_store::{MultipartUpload, PutPayload, PutResult, Result, UploadPart};
+use object_store::{Attributes, MultipartUpload, PutPayload, PutResult, Result, UploadPart};
 use reqwest::Method;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
-use super::client::{Inner, Request, generic, response_etag, status_error};
+use super::client::{Inner, Request, attribute_headers, generic, response_etag, status_error};
+use crate::store::mover::NamedAtEnd;
 use crate::util::hex::hex;
 
 /// A segment that Swift confirmed.
@@ -60,6 +66,63 @@ impl SloUpload {
     fn segments(&self) -> Vec<Option<Segment>> {
         self.parts.lock().expect("parts lock").clone()
     }
+
+    /// PUTs the manifest of the segments confirmed so far at `location` with `headers`.
+    async fn put_manifest(&self, location: &Path, headers: HeaderMap) -> Result<PutResult> {
+        let parts = self.segments();
+        if parts.is_empty() {
+            // An SLO needs at least one segment; an empty upload is an empty object.
+            let md5 = self
+                .inner
+                .put_verified(
+                    &self.inner.container,
+                    location.as_ref(),
+                    Bytes::new(),
+                    headers,
+                )
+                .await?;
+            return Ok(PutResult {
+                e_tag: Some(md5),
+                version: None,
+                extensions: Default::default(),
+            });
+        }
+        let mut manifest = Vec::with_capacity(parts.len());
+        let mut etags = Md5::new();
+        for (i, part) in parts.iter().enumerate() {
+            let part = part
+                .as_ref()
+                .ok_or_else(|| generic(format!("part {i} of {} was not uploaded", location)))?;
+            etags.update(part.md5.as_bytes());
+            manifest.push(serde_json::json!({
+                "path": format!("/{}/{}", self.segments_container, part.name),
+                "etag": part.md5,
+                "size_bytes": part.size,
+            }));
+        }
+        let expected = hex(&etags.finalize());
+        let mut request = Request::object(Method::PUT, &self.inner.container, location.as_ref())
+            .query("multipart-manifest", "put")
+            .body(Bytes::from(serde_json::to_vec(&manifest).expect("JSON")));
+        request.headers.extend(headers);
+        let response = self.inner.send(request).await?;
+        let status = response.status();
+        if status != StatusCode::CREATED {
+            return Err(status_error(status, location.as_ref(), response).await);
+        }
+        let etag = response_etag(&response);
+        if etag.as_deref() != Some(expected.as_str()) {
+            return Err(generic(format!(
+                "PUT manifest {}: Swift confirmed Etag {etag:?}, expected {expected}",
+                location
+            )));
+        }
+        Ok(PutResult {
+            e_tag: Some(format!("\"{expected}\"")),
+            version: None,
+            extensions: Default::default(),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -86,60 +149,8 @@ impl MultipartUpload for SloUpload {
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        let parts = self.segments();
-        if parts.is_empty() {
-            // An SLO needs at least one segment; an empty upload is an empty object.
-            let md5 = self
-                .inner
-                .put_verified(
-                    &self.inner.container,
-                    self.location.as_ref(),
-                    Bytes::new(),
-                    self.headers.clone(),
-                )
-                .await?;
-            return Ok(PutResult {
-                e_tag: Some(md5),
-                version: None,
-                extensions: Default::default(),
-            });
-        }
-        let mut manifest = Vec::with_capacity(parts.len());
-        let mut etags = Md5::new();
-        for (i, part) in parts.iter().enumerate() {
-            let part = part.as_ref().ok_or_else(|| {
-                generic(format!("part {i} of {} was not uploaded", self.location))
-            })?;
-            etags.update(part.md5.as_bytes());
-            manifest.push(serde_json::json!({
-                "path": format!("/{}/{}", self.segments_container, part.name),
-                "etag": part.md5,
-                "size_bytes": part.size,
-            }));
-        }
-        let expected = hex(&etags.finalize());
-        let mut request =
-            Request::object(Method::PUT, &self.inner.container, self.location.as_ref())
-                .query("multipart-manifest", "put")
-                .body(Bytes::from(serde_json::to_vec(&manifest).expect("JSON")));
-        request.headers.extend(self.headers.clone());
-        let response = self.inner.send(request).await?;
-        let status = response.status();
-        if status != StatusCode::CREATED {
-            return Err(status_error(status, self.location.as_ref(), response).await);
-        }
-        let etag = response_etag(&response);
-        if etag.as_deref() != Some(expected.as_str()) {
-            return Err(generic(format!(
-                "PUT manifest {}: Swift confirmed Etag {etag:?}, expected {expected}",
-                self.location
-            )));
-        }
-        Ok(PutResult {
-            e_tag: Some(format!("\"{expected}\"")),
-            version: None,
-            extensions: Default::default(),
-        })
+        let location = self.location.clone();
+        self.put_manifest(&location, self.headers.clone()).await
     }
 
     async fn abort(&mut self) -> Result<()> {
@@ -161,5 +172,13 @@ impl MultipartUpload for SloUpload {
             }
         });
         join_all(deletes).await.into_iter().collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl NamedAtEnd for SloUpload {
+    async fn complete_at(&self, location: &Path, attributes: &Attributes) -> Result<PutResult> {
+        let headers = attribute_headers(attributes)?;
+        self.put_manifest(location, headers).await
     }
 }
