@@ -30,6 +30,8 @@ work=$(mktemp -d "$PWD/target/swift-bench.XXXXXX")
 chmod 755 "$work"
 pids=()
 cleanup() {
+    # What went wrong, if anything: the filters' last errors and warnings.
+    grep -hE "WARN|ERROR|panicked" "$work/native.log" "$work/s3.log" 2>/dev/null | tail -5 >&2 || true
     bash tests/postfix/private-postfix.sh stop "$work/postfix" || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done

@@ -136,7 +136,8 @@ impl Upload {
         self.wait_for_parts(0).await
     }
 
-    /// Completes the upload at its staging key, with `attributes` (every part is stored).
+    /// Completes the upload at its staging key (every part is stored), with `attributes`
+    /// when it is named at its end (one named when it began has its attributes already).
     async fn complete_staged(&mut self, attributes: &Attributes) -> object_store::Result<()> {
         match &mut self.upload {
             Parts::AtStaging(upload) => upload.complete().await.map(|_| ()),
@@ -294,6 +295,10 @@ impl ObjectWrite {
                     .map_err(|e| failed(&self.dest, e))
             })
             .await?;
+            if matches!(upload, Parts::NamedAtEnd(_)) {
+                // Nothing is written at the staging key unless the upload completes there.
+                self.touched.pop();
+            }
             let mut part = PutPayloadMut::new();
             part.extend_from_slice(&self.header);
             self.upload = Some(Upload {
@@ -338,6 +343,9 @@ impl ObjectWrite {
             let key = MessageKey::new(&self.hostname, self.size as u64);
             if !stage && matches!(upload.upload, Parts::NamedAtEnd(_)) {
                 return self.complete_in_cur(key, deadline).await;
+            }
+            if matches!(upload.upload, Parts::NamedAtEnd(_)) {
+                self.touched.push(upload.staging.clone());
             }
             // The SHA-256 of the whole message is not known yet: publish adds it.
             let attributes = if dest.remote {
@@ -427,8 +435,8 @@ impl ObjectWrite {
     /// Completes an upload named at its end as the object at `key` under `cur/`, carrying all
     /// of its metadata (the SHA-256 included): no copy. Tried again as any remote write is;
     /// a try whose answer was lost counts as landed when the object there has this
-    /// message's size and SHA-256. Once it stands, its parts are its own: the upload is
-    /// never aborted after that.
+    /// message's size, SHA-256 and the ETag its parts make. Once it stands, its parts are
+    /// its own: the upload is never aborted after that.
     async fn complete_in_cur(
         &mut self,
         key: MessageKey,
@@ -444,10 +452,14 @@ impl ObjectWrite {
             unreachable!("finish completes only uploads named at their end in cur/");
         };
         let upload: &dyn NamedAtEnd = upload.as_ref();
+        let e_tag = upload.e_tag();
         let (dest, claims, size) = (&self.dest, self.claims.as_deref(), self.size as u64);
         let complete =
             move |path: Path| async move { Ok(upload.complete_at(&path, attributes).await?.e_tag) };
-        let landed = |path: Path| move_landed(dest, claims, path, size, hash.clone());
+        let landed = |path: Path| {
+            let (hash, e_tag) = (hash.clone(), e_tag.clone());
+            async move { move_landed(dest, claims, path, size, hash, e_tag.as_deref()).await }
+        };
         let (path, _, _) = write_under_free_name(
             dest,
             Attempts {
@@ -483,7 +495,8 @@ impl ObjectWrite {
         // A copy that landed although its answer was lost carries our SHA-256 (only remote
         // stores try a move again, and their objects carry it).
         let hash = sha256.map(|s| hex(&s.clone().finalize()));
-        let landed = |target: Path| move_landed(dest, claims, target, staged.size, hash.clone());
+        let landed =
+            |target: Path| move_landed(dest, claims, target, staged.size, hash.clone(), None);
         let (target, _, _) = write_under_free_name(
             dest,
             Attempts {
@@ -570,7 +583,7 @@ async fn start_upload(
     envelope: &metadata::Envelope,
     staging: &Path,
 ) -> object_store::Result<Parts> {
-    if let Some(upload) = dest.mover().upload_named_at_end(staging).await? {
+    if let Some(upload) = dest.mover().upload_named_at_end().await? {
         return Ok(Parts::NamedAtEnd(upload));
     }
     let mut options = PutMultipartOptions::default();
@@ -869,14 +882,16 @@ async fn taken_on(
     }
 }
 
-/// Whether the object at `target` is the published copy of this message: it carries the
-/// message's `sha256` (which only the verified move sets) and its size.
+/// Whether the object at `target` is this message as a move into `cur/` or an upload
+/// completed there wrote it: it carries the message's `sha256` (which only those writes set),
+/// its size and, when given, the ETag `e_tag` (what the store made of an upload's parts).
 async fn move_landed(
     dest: &Destination,
     claims: Option<&dyn LockEngine>,
     target: Path,
     size: u64,
     sha256: Option<String>,
+    e_tag: Option<&str>,
 ) -> object_store::Result<Landed> {
     let head = match dest
         .store
@@ -894,7 +909,11 @@ async fn move_landed(
         .get(&object_store::Attribute::Metadata("sha256".into()))
         .map(|v| v.as_ref().to_string());
     Ok(
-        if head.meta.size == size && sha256.is_some() && carried == sha256 {
+        if head.meta.size == size
+            && sha256.is_some()
+            && carried == sha256
+            && e_tag.is_none_or(|e| head.meta.e_tag.as_deref() == Some(e))
+        {
             Landed::Whole(None)
         } else {
             Landed::No

@@ -143,9 +143,9 @@ impl Mover for CountedMover {
         self.inner.list_page(prefix, after, max).await
     }
 
-    async fn upload_named_at_end(&self, parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+    async fn upload_named_at_end(&self) -> Result<Option<Box<dyn NamedAtEnd>>> {
         self.one();
-        self.inner.upload_named_at_end(parts_near).await
+        self.inner.upload_named_at_end().await
     }
 
     fn renamer(&self) -> Option<Arc<dyn Renamer>> {

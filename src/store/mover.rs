@@ -61,9 +61,9 @@ pub trait Mover: Send + Sync + Debug {
 
     /// For a store that can complete a multipart upload at any key without copying its
     /// bytes (Swift writes an SLO's manifest last): an upload whose key is chosen when it
-    /// completes ([`NamedAtEnd::complete_at`]); its parts are named after `parts_near`.
-    /// `None`: uploads are named when they begin, and a finished one is copied to its key.
-    async fn upload_named_at_end(&self, _parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+    /// completes ([`NamedAtEnd::complete_at`]). `None`: uploads are named when they
+    /// begin, and a finished one is copied to its key.
+    async fn upload_named_at_end(&self) -> Result<Option<Box<dyn NamedAtEnd>>> {
         Ok(None)
     }
 }
@@ -76,6 +76,10 @@ pub trait NamedAtEnd: MultipartUpload + Sync {
     /// Completes the upload as the object at `location` carrying `attributes`; the parts
     /// belong to that object from then on (deleting it deletes them).
     async fn complete_at(&self, location: &Path, attributes: &Attributes) -> Result<PutResult>;
+
+    /// The ETag the completed object has (as a HEAD of it answers, quotes and all), once
+    /// every part is stored. A completion whose answer was lost is checked against it.
+    fn e_tag(&self) -> Option<String>;
 }
 
 /// One page of a listing in key order.

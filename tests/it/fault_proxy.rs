@@ -1,10 +1,10 @@
 //! An HTTP/1.1 proxy in front of the test Swift that injects faults into the PUTs of
-//! message objects (`/cur/` and `/tmp/` keys): a 500 answer, a connection dropped halfway
-//! through the body, an ETag that is not the one Swift gave, no answer at all, or a
-//! server-side copy held as a slow cluster would. Every
-//! other request (auth, container checks, deletes, segments) passes unchanged. One request
-//! per connection (`Connection: close` both ways), so that each fault hits exactly one
-//! request. The auth answer's storage URL is rewritten to point at the proxy, so that the
+//! message objects (`/cur/` and `/tmp/` keys, S3's upload parts among them): a 500 answer,
+//! a connection dropped halfway through the body, an ETag that is not the one Swift gave, no
+//! answer at all, or a server-side copy held as a slow cluster would. Every other request
+//! (auth, container checks, deletes, the native API's segments, which are under
+//! `streamed/`) passes unchanged. One request per connection (`Connection: close` both
+//! ways), so that each fault hits exactly one request. The auth answer's storage URL is rewritten to point at the proxy, so that the
 //! native API's object requests pass through it too.
 
 use std::collections::VecDeque;

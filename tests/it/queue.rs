@@ -1300,13 +1300,12 @@ async fn swift_a_large_object_in_cur_is_claimed_and_finished_whole() {
     let key = MessageKey::new("filter.test", body.len() as u64);
     let name = key.file_name();
     let cur = object_store::path::Path::from(key.cur_path());
-    let upload = dest
+    let mut upload = dest
         .mover()
-        .upload_named_at_end(&object_store::path::Path::from("tmp/large"))
+        .upload_named_at_end()
         .await
         .unwrap()
         .expect("Swift names an upload when it completes");
-    let mut upload = upload;
     let part = 5 * 1024 * 1024;
     upload
         .put_part(PutPayload::from(body[..part].to_vec()))

@@ -273,24 +273,49 @@ async fn a_slow_copy_of_a_large_message_lands(api: Api) {
 #[tokio::test]
 async fn native_a_lost_answer_to_a_manifest_stores_the_message_once() {
     let swift = swift();
-    // The two segments (5 MiB and the rest) pass; the manifest's answer is lost.
-    let faults = [Fault::Pass, Fault::Pass, Fault::LoseAnswer];
-    let proxy = FaultProxy::start(swift.port, &faults, Fault::Pass).await;
+    // The segments (under streamed/ in <container>_segments) pass unchanged; the
+    // manifest's answer is lost.
+    let proxy = FaultProxy::start(swift.port, &[Fault::LoseAnswer], Fault::Pass).await;
     let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
     let (setup, deliverer, container) =
         setup_and(Api::Native, &proxy, "20s", "5s", &threshold).await;
     let (reply, body) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
-    assert_eq!(
-        proxy.puts_seen(),
-        3,
-        "two segments and one manifest, none again"
-    );
+    assert_eq!(proxy.puts_seen(), 1, "one manifest, not written again");
     let names = settled_listing(swift.port, &container, "cur/", 1).await;
     assert_eq!(names.len(), 1, "{names:?}");
     let (_, bytes) = native_get(swift.port, &container, &names[0]).await;
     assert!(bytes.ends_with(body.as_bytes()), "the bytes as sent");
     assert!(existing(swift.port, &container, "tmp/").await.is_empty());
+}
+
+/// A manifest whose ETag is not what the parts make (Swift's answer and every HEAD say so)
+/// never earns a 250, although its size and SHA-256 (set by the request itself) match: 451
+/// at the deadline, and the manifest and its segments are deleted.
+#[tokio::test]
+async fn native_a_manifest_with_a_wrong_etag_never_gets_250() {
+    let swift = swift();
+    let proxy = FaultProxy::start(swift.port, &[], Fault::WrongEtag).await;
+    let threshold = [("SWIFTDROP_SERVER_STREAM_THRESHOLD", "1MiB")];
+    let (setup, deliverer, container) =
+        setup_and(Api::Native, &proxy, "6s", "5s", &threshold).await;
+    let (reply, _) = send_lines(&setup, deliverer, &["ops@example.com"], 350_000).await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    assert!(proxy.puts_seen() >= 2, "the manifest was tried again");
+    let segments = format!("{container}_segments");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let objects = existing(swift.port, &container, "").await;
+        let left = existing(swift.port, &segments, "").await;
+        if objects.is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {objects:?} {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

@@ -475,12 +475,9 @@ async fn fifty_mib_message_is_streamed_within_64_mib_of_memory() {
         "True"
     );
     let segments = format!("{container}_segments");
-    let kept = existing(swift.port, &segments, "").await.len();
-    assert_eq!(
-        kept,
-        bytes.len().div_ceil(PART_SIZE),
-        "one segment per part"
-    );
+    let kept = bytes.len().div_ceil(PART_SIZE);
+    let listed = settled_listing(swift.port, &segments, "streamed/", kept).await;
+    assert_eq!(listed.len(), kept, "one segment per part: {listed:?}");
 
     // Half a message, then the client is gone: nothing under cur/, staged parts aborted.
     tokio::task::spawn_blocking(move || send_big(port, "ops@example.com", lines, true))

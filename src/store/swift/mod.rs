@@ -420,13 +420,11 @@ impl Mover for SwiftStore {
         }
     }
 
-    async fn upload_named_at_end(&self, parts_near: &Path) -> Result<Option<Box<dyn NamedAtEnd>>> {
+    async fn upload_named_at_end(&self) -> Result<Option<Box<dyn NamedAtEnd>>> {
         let segments = self.inner.ensure_segments_container().await?;
-        Ok(Some(Box::new(upload::SloUpload::new(
+        Ok(Some(Box::new(upload::SloUpload::named_at_end(
             self.inner.clone(),
-            parts_near.clone(),
             segments,
-            HeaderMap::new(),
         ))))
     }
 

@@ -6,10 +6,11 @@
 //! Etag against the manifest, and the manifest's Etag (the MD5 of the segment MD5s) is
 //! compared with the one computed here.
 //!
-//! Since the manifest comes last, an upload may also be completed at another key than the
-//! one it began with ([`NamedAtEnd::complete_at`]): a streamed message goes straight to its
+//! Since the manifest comes last, an upload may also begin without a key and get one when
+//! it completes ([`NamedAtEnd::complete_at`]): a streamed message goes straight to its
 //! final name under `cur/`, which holds its size, without a server-side copy of its bytes.
-//! Its segments keep the names they were written under.
+//! Its segments are named `streamed/<upload id>/<part number>`: once the manifest stands
+//! they are mail, deleted with it.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,7 +39,9 @@ struct Segment {
 #[derive(Debug)]
 pub struct SloUpload {
     inner: Arc<Inner>,
-    location: Path,
+    /// Where [`MultipartUpload::complete`] puts the manifest; `None` for an upload named at
+    /// its end, which only [`NamedAtEnd::complete_at`] completes.
+    location: Option<Path>,
     segments_container: String,
     prefix: String,
     headers: HeaderMap,
@@ -55,10 +58,22 @@ impl SloUpload {
         let prefix = format!("{}/{}", location.as_ref(), uuid::Uuid::new_v4().simple());
         SloUpload {
             inner,
-            location,
+            location: Some(location),
             segments_container,
             prefix,
             headers,
+            parts: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// An upload whose key and metadata are given when it completes.
+    pub(super) fn named_at_end(inner: Arc<Inner>, segments_container: String) -> Self {
+        SloUpload {
+            inner,
+            location: None,
+            segments_container,
+            prefix: format!("streamed/{}", uuid::Uuid::new_v4().simple()),
+            headers: HeaderMap::new(),
             parts: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -67,10 +82,29 @@ impl SloUpload {
         self.parts.lock().expect("parts lock").clone()
     }
 
+    /// The manifest of the segments (every one confirmed) and the SLO's Etag: the MD5 of
+    /// their MD5s, as Swift computes it.
+    fn manifest(&self, location: &Path) -> Result<(Vec<serde_json::Value>, String)> {
+        let parts = self.segments();
+        let mut manifest = Vec::with_capacity(parts.len());
+        let mut etags = Md5::new();
+        for (i, part) in parts.iter().enumerate() {
+            let part = part
+                .as_ref()
+                .ok_or_else(|| generic(format!("part {i} of {location} was not uploaded")))?;
+            etags.update(part.md5.as_bytes());
+            manifest.push(serde_json::json!({
+                "path": format!("/{}/{}", self.segments_container, part.name),
+                "etag": part.md5,
+                "size_bytes": part.size,
+            }));
+        }
+        Ok((manifest, hex(&etags.finalize())))
+    }
+
     /// PUTs the manifest of the segments confirmed so far at `location` with `headers`.
     async fn put_manifest(&self, location: &Path, headers: HeaderMap) -> Result<PutResult> {
-        let parts = self.segments();
-        if parts.is_empty() {
+        if self.segments().is_empty() {
             // An SLO needs at least one segment; an empty upload is an empty object.
             let md5 = self
                 .inner
@@ -87,20 +121,7 @@ impl SloUpload {
                 extensions: Default::default(),
             });
         }
-        let mut manifest = Vec::with_capacity(parts.len());
-        let mut etags = Md5::new();
-        for (i, part) in parts.iter().enumerate() {
-            let part = part
-                .as_ref()
-                .ok_or_else(|| generic(format!("part {i} of {} was not uploaded", location)))?;
-            etags.update(part.md5.as_bytes());
-            manifest.push(serde_json::json!({
-                "path": format!("/{}/{}", self.segments_container, part.name),
-                "etag": part.md5,
-                "size_bytes": part.size,
-            }));
-        }
-        let expected = hex(&etags.finalize());
+        let (manifest, expected) = self.manifest(location)?;
         let mut request = Request::object(Method::PUT, &self.inner.container, location.as_ref())
             .query("multipart-manifest", "put")
             .body(Bytes::from(serde_json::to_vec(&manifest).expect("JSON")));
@@ -149,7 +170,11 @@ impl MultipartUpload for SloUpload {
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        let location = self.location.clone();
+        let Some(location) = self.location.clone() else {
+            return Err(generic(
+                "an upload named at its end completes with complete_at".into(),
+            ));
+        };
         self.put_manifest(&location, self.headers.clone()).await
     }
 
@@ -180,5 +205,14 @@ impl NamedAtEnd for SloUpload {
     async fn complete_at(&self, location: &Path, attributes: &Attributes) -> Result<PutResult> {
         let headers = attribute_headers(attributes)?;
         self.put_manifest(location, headers).await
+    }
+
+    fn e_tag(&self) -> Option<String> {
+        if self.segments().is_empty() {
+            // An empty object, PUT plainly: the MD5 of nothing.
+            return Some(hex(&Md5::digest(b"")));
+        }
+        let (_, etag) = self.manifest(&Path::default()).ok()?;
+        Some(format!("\"{etag}\""))
     }
 }
