@@ -39,7 +39,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-bash tests/swift/swift-aio.sh start "$work/swift" "$PORT"
+# Room for large SIZES: every message is stored three times (bare, native, S3).
+SWIFT_AIO_SIZE=${SWIFT_AIO_SIZE:-8G} bash tests/swift/swift-aio.sh start "$work/swift" "$PORT"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A filter front pid

@@ -4,6 +4,12 @@
 //! growing the process past its pod's limit; a session that waited `memory_wait` in vain
 //! refuses with `452 4.3.1`.
 //!
+//! Room goes first to transactions that hold memory already and need more (a buffer that
+//! grows, a message that begins to stream): they are under way, and what they finish gives
+//! room back. Transactions that hold nothing yet (at DATA) take room in the order they began
+//! to wait, and not while an earlier one or a holder waits: so a large message is not
+//! passed for the whole `memory_wait` by small ones that keep taking the room it waits for.
+//!
 //! What is counted is what [`crate::config::memory`] figures: a transaction's buffered
 //! message bytes (up to `stream_threshold`) and, from when it begins to stream, the upload
 //! parts each destination holds and, for relayed recipients, the spool's buffers. Not
@@ -11,8 +17,9 @@
 //! Bytes past `stream_threshold` are never held whole: they go on to the stores as they
 //! arrive, and to a spool file when recipients are relayed ([`crate::filter::spool`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -33,7 +40,11 @@ pub struct MemoryBudget {
     freed: Notify,
     /// What the sessions that wait while they hold memory need in all, each what it holds
     /// and what it waits for ([`MemoryBudget::holding_wait`]).
-    holders_need: Arc<AtomicUsize>,
+    holders_need: AtomicUsize,
+    /// The tickets of the reservations that hold nothing and wait for their first bytes,
+    /// in the order they began to wait.
+    queue: Mutex<VecDeque<u64>>,
+    next_ticket: AtomicU64,
 }
 
 impl MemoryBudget {
@@ -44,7 +55,9 @@ impl MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
-            holders_need: Arc::default(),
+            holders_need: AtomicUsize::new(0),
+            queue: Mutex::default(),
+            next_ticket: AtomicU64::new(0),
         })
     }
 
@@ -63,6 +76,7 @@ impl MemoryBudget {
         Reservation {
             budget: Arc::clone(self),
             bytes: 0,
+            ticket: None,
         }
     }
 
@@ -71,22 +85,22 @@ impl MemoryBudget {
         self.used().saturating_add(bytes) <= self.limit
     }
 
-    /// Waits until `bytes` more would fit, or until `until`; whether they fit then. Room
-    /// that shows is not reserved: another session may take it first, and the caller's
-    /// reservation tells.
-    pub async fn wait_for_room(&self, bytes: usize, until: Instant) -> bool {
-        loop {
-            // Registered before the look, so that bytes given back in between still wake.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.has_room(bytes) {
-                return true;
-            }
-            if tokio::time::timeout_at(until, freed).await.is_err() {
-                return self.has_room(bytes);
-            }
-        }
+    /// Whether a reservation that holds nothing, with `ticket` if it waits, may take its
+    /// first bytes now: no holder waits for more, and no reservation waits that began to
+    /// wait before it.
+    fn may_begin(&self, ticket: Option<u64>) -> bool {
+        let queue = self.queue.lock().expect("budget queue");
+        self.holders_need.load(Ordering::Acquire) == 0
+            && queue.front().is_none_or(|&first| Some(first) == ticket)
+    }
+
+    /// Takes `ticket` out of the queue, and lets the next one look.
+    fn leave_queue(&self, ticket: u64) {
+        self.queue
+            .lock()
+            .expect("budget queue")
+            .retain(|&t| t != ticket);
+        self.freed.notify_waiters();
     }
 
     /// Lets a session that holds memory wait for more, its whole `need` (held and
@@ -94,7 +108,7 @@ impl MemoryBudget {
     /// (`None` otherwise: the session refuses instead). So they can all be served once the
     /// sessions that do not wait have given theirs back, and none waits for what another
     /// waiter holds. Given back when dropped.
-    pub fn holding_wait(&self, need: usize) -> Option<HoldingWait> {
+    pub fn holding_wait(self: &Arc<Self>, need: usize) -> Option<HoldingWait> {
         self.holders_need
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
                 total.checked_add(need).filter(|&sum| sum <= self.limit)
@@ -102,7 +116,7 @@ impl MemoryBudget {
             .ok()
             .map(|_| HoldingWait {
                 need,
-                total: Arc::clone(&self.holders_need),
+                budget: Arc::clone(self),
             })
     }
 
@@ -134,12 +148,16 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct HoldingWait {
     need: usize,
-    total: Arc<AtomicUsize>,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Drop for HoldingWait {
     fn drop(&mut self) {
-        self.total.fetch_sub(self.need, Ordering::AcqRel);
+        self.budget
+            .holders_need
+            .fetch_sub(self.need, Ordering::AcqRel);
+        // Reservations that hold nothing may begin once no holder waits.
+        self.budget.freed.notify_waiters();
     }
 }
 
@@ -148,6 +166,8 @@ impl Drop for HoldingWait {
 pub struct Reservation {
     budget: Arc<MemoryBudget>,
     bytes: usize,
+    /// Its place in the queue of reservations that wait for their first bytes.
+    ticket: Option<u64>,
 }
 
 impl Reservation {
@@ -157,21 +177,63 @@ impl Reservation {
     }
 
     /// Sets the reservation to `bytes`. Shrinking always succeeds; growing succeeds only
-    /// within the budget, and a failure (`Err` with the bytes that found no room) leaves
-    /// the reservation as it was.
+    /// within the budget (and, for a reservation that holds nothing, in its turn: see the
+    /// module documentation), and a failure (`Err` with the bytes that found no room)
+    /// leaves the reservation as it was.
     pub fn resize(&mut self, bytes: usize) -> Result<(), usize> {
         if bytes <= self.bytes {
             self.budget.sub(self.bytes - bytes);
-        } else if !self.budget.try_add(bytes - self.bytes) {
+        } else if (self.bytes == 0 && !self.budget.may_begin(self.ticket))
+            || !self.budget.try_add(bytes - self.bytes)
+        {
             return Err(bytes - self.bytes);
         }
         self.bytes = bytes;
+        if bytes > 0 {
+            self.leave_queue();
+        }
         Ok(())
+    }
+
+    /// Gives up its place in the queue, if it has one: its transaction stopped waiting
+    /// (it got its room, or refused).
+    pub fn leave_queue(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.budget.leave_queue(ticket);
+        }
+    }
+
+    /// Waits until `bytes` more would fit (for a reservation that holds nothing: in its
+    /// turn, which it takes now if it has none), or until `until`; whether they fit then.
+    /// Room that shows is not reserved: a holder may take it first, and
+    /// [`Reservation::resize`] tells.
+    pub async fn wait_for_room(&mut self, bytes: usize, until: Instant) -> bool {
+        let budget = Arc::clone(&self.budget);
+        if self.bytes == 0 && self.ticket.is_none() {
+            let ticket = budget.next_ticket.fetch_add(1, Ordering::Relaxed);
+            budget.queue.lock().expect("budget queue").push_back(ticket);
+            self.ticket = Some(ticket);
+        }
+        let ticket = self.ticket.filter(|_| self.bytes == 0);
+        let fits = || budget.has_room(bytes) && (ticket.is_none() || budget.may_begin(ticket));
+        loop {
+            // Registered before the look, so that bytes given back in between still wake.
+            let freed = budget.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if fits() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, freed).await.is_err() {
+                return fits();
+            }
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.leave_queue();
         self.budget.sub(self.bytes);
     }
 }
@@ -211,14 +273,14 @@ mod tests {
         a.resize(90).unwrap();
         // Nothing given back: the wait ends at its deadline, without room.
         let until = Instant::now() + Duration::from_millis(100);
-        assert!(!budget.wait_for_room(20, until).await);
+        assert!(!budget.reservation().wait_for_room(20, until).await);
         assert!(Instant::now() >= until);
 
         // Bytes given back wake a waiter whose deadline is an hour away.
         let waiter = {
-            let budget = Arc::clone(&budget);
+            let mut b = budget.reservation();
             let until = Instant::now() + Duration::from_secs(3600);
-            tokio::spawn(async move { budget.wait_for_room(20, until).await })
+            tokio::spawn(async move { b.wait_for_room(20, until).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         a.resize(50).unwrap();
@@ -226,6 +288,68 @@ mod tests {
             .await
             .expect("woken by the bytes given back, not by its deadline");
         assert!(room.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reservations_that_hold_nothing_take_room_in_the_order_they_began_to_wait() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.reservation();
+        a.resize(90).unwrap();
+        // A large one waits first; a small one that would fit does not pass it.
+        let mut large = budget.reservation();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(!large.wait_for_room(60, soon).await, "60 does not fit yet");
+        let mut small = budget.reservation();
+        assert_eq!(small.resize(5), Err(5), "the large one waits first");
+        let small_waits = {
+            let until = Instant::now() + Duration::from_secs(3600);
+            tokio::spawn(async move {
+                let fits = small.wait_for_room(5, until).await;
+                let resized = small.resize(5);
+                (fits, resized, small)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!small_waits.is_finished(), "behind the large one");
+        a.resize(30).unwrap();
+        let until = Instant::now() + Duration::from_secs(3600);
+        assert!(large.wait_for_room(60, until).await);
+        assert!(large.resize(60).is_ok(), "its turn, and room");
+        let (fits, resized, _small) = tokio::time::timeout(Duration::from_secs(600), small_waits)
+            .await
+            .expect("woken when the large one left the queue")
+            .unwrap();
+        assert!(fits && resized.is_ok());
+        assert_eq!(budget.used(), 95);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.reservation();
+        a.resize(90).unwrap();
+        let mut large = budget.reservation();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(!large.wait_for_room(60, soon).await);
+        let mut small = budget.reservation();
+        assert!(small.resize(5).is_err(), "the large one is first");
+        drop(large);
+        assert!(small.resize(5).is_ok(), "nobody waits before it now");
+    }
+
+    #[test]
+    fn holders_go_before_reservations_that_hold_nothing() {
+        let budget = MemoryBudget::new(100);
+        let mut holder = budget.reservation();
+        holder.resize(10).unwrap();
+        let waits = budget.holding_wait(50).expect("50 of 100");
+        let mut fresh = budget.reservation();
+        assert_eq!(fresh.resize(5), Err(5), "a holder waits for more");
+        assert!(holder.resize(50).is_ok(), "the holder takes room");
+        drop(waits);
+        assert!(fresh.resize(5).is_ok(), "no holder waits any more");
     }
 
     #[test]

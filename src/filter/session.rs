@@ -344,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// `memory_wait` in all; the step is then taken again (and refuses if there is still
     /// none). The time waited is not the client's: its `data_timeout` moves on by as much.
     async fn wait_for_memory(&mut self, bytes: usize) {
-        let Some(tx) = self.transaction.as_ref() else {
+        let Some(tx) = self.transaction.as_mut() else {
             return;
         };
         let started = tokio::time::Instant::now();
@@ -353,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let left = self.settings.memory_wait.saturating_sub(tx.memory_waited);
         let until = (started + left).min(self.deadline);
-        self.memory.wait_for_room(bytes, until).await;
+        tx.memory.wait_for_room(bytes, until).await;
         let waited = started.elapsed();
         if let Some(tx) = self.transaction.as_mut() {
             tx.memory_waited += waited;
@@ -363,10 +363,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The step that waited for memory got it, or refused: the next one starts afresh.
+    /// The step that waited for memory got it, or refused: the next one starts afresh (and
+    /// a refused transaction does not keep others waiting behind it).
     fn end_memory_wait(&mut self) {
         self.holding_wait = None;
         self.may_not_wait = false;
+        if let Some(tx) = self.transaction.as_mut() {
+            tx.memory.leave_queue();
+        }
     }
 
     fn push(&mut self, reply: Reply) {

@@ -851,6 +851,85 @@ async fn a_transaction_waits_for_room_in_the_memory_budget() {
     assert_eq!(short.cur("maildir").len(), 1, "E; nothing of F");
 }
 
+/// Sessions waiting at DATA get room in the order they began to wait: a small message that
+/// would fit now does not pass a large one that waits before it (else a steady flow of
+/// small ones could keep the large one waiting until `memory_wait` refuses it).
+#[tokio::test]
+async fn a_large_message_waiting_at_data_is_not_passed_by_a_later_small_one() {
+    const MIB: usize = 1 << 20;
+    let (setup, memory) = budgeted("1h");
+    let start = || sharing(&setup, &memory);
+    async fn quiet(d: &mut Dialog) -> Option<String> {
+        d.reply_within(std::time::Duration::from_millis(500)).await
+    }
+    // A holds a buffer of nearly 8 MiB.
+    let mut a = start().await;
+    envelope_of(&mut a, Some(8 * MIB - 1024)).await;
+    a.command("DATA", "354").await;
+    // The large one (streaming: 8 MiB of buffer and 15 MiB of parts) does not fit yet.
+    let large = message_of(9 * MIB);
+    let mut l = start().await;
+    envelope_of(&mut l, Some(large.len())).await;
+    l.send(
+        "DATA
+",
+    )
+    .await;
+    assert!(quiet(&mut l).await.is_none(), "the large one waits");
+    // The small one would fit now, but waits behind the large one.
+    let mut s = start().await;
+    envelope_of(&mut s, Some(MIB)).await;
+    assert!(memory.has_room(2 * MIB), "the small one would fit");
+    s.send(
+        "DATA
+",
+    )
+    .await;
+    assert!(
+        quiet(&mut s).await.is_none(),
+        "the small one waits its turn"
+    );
+
+    a.command("Subject: a\r\n\r\na\r\n.", "250 2.0.0").await;
+    assert!(l.reply().await.starts_with("354"), "the large one first");
+    l.send(&large).await;
+    l.send(".\r\n").await;
+    assert!(l.reply().await.starts_with("250 2.0.0"));
+    assert!(s.reply().await.starts_with("354"), "then the small one");
+    s.command("Subject: s\r\n\r\ns\r\n.", "250 2.0.0").await;
+    assert_eq!(setup.cur("maildir").len(), 3);
+    assert_eq!(memory.used(), 0);
+}
+
+/// A transaction refused at DATA after waiting `memory_wait` in vain gives up its turn at
+/// once, though its client keeps it open: a later one that fits is not kept waiting.
+#[tokio::test]
+async fn a_transaction_refused_for_memory_keeps_no_one_waiting() {
+    const MIB: usize = 1 << 20;
+    let (setup, memory) = budgeted("1s");
+    let mut a = sharing(&setup, &memory).await;
+    envelope_of(&mut a, Some(8 * MIB - 1024)).await;
+    a.command("DATA", "354").await;
+    let mut refused = sharing(&setup, &memory).await;
+    envelope_of(&mut refused, Some(9 * MIB)).await;
+    refused.command("DATA", "452 4.3.1").await;
+    // No RSET, no QUIT: the refused transaction stays open.
+    let mut small = sharing(&setup, &memory).await;
+    envelope_of(&mut small, Some(MIB)).await;
+    small.send("DATA\r\n").await;
+    let reply = small
+        .reply_within(std::time::Duration::from_millis(500))
+        .await;
+    assert!(
+        reply.as_deref().is_some_and(|r| r.starts_with("354")),
+        "{reply:?}"
+    );
+    small.command("Subject: s\r\n\r\ns\r\n.", "250 2.0.0").await;
+    a.command("Subject: a\r\n\r\na\r\n.", "250 2.0.0").await;
+    refused.command("RSET", "250").await;
+    assert_eq!(memory.used(), 0);
+}
+
 /// Two sessions wait at DATA for room that holds one of them: once it is there, one goes
 /// on and the other, woken too, waits again for its turn (its DATA taken again, not lost).
 #[tokio::test]

@@ -10,7 +10,8 @@
 #       apt-get installs the packages when they are missing.
 #   swift-aio.sh start DIR PORT
 #       Proxy on 127.0.0.1:PORT; storage servers on PORT+1..PORT+3; memcached on PORT+4.
-#       Storage is a loop-mounted XFS image (kept in /dev/shm when writable) when possible (Swift keeps metadata in xattrs and
+#       Storage is a loop-mounted XFS image (kept in /dev/shm when writable; sparse, of
+#       SWIFT_AIO_SIZE, default 1G) when possible (Swift keeps metadata in xattrs and
 #       ext4 holds only ~4 KB of them per file), else a plain directory. Returns when
 #       auth v1 works and the account answers.
 #   swift-aio.sh add-proxy DIR NAME PORT
@@ -193,7 +194,7 @@ mount_storage() { # dir
         image=$(mktemp /dev/shm/swift-aio.XXXXXX.img)
     fi
     echo "$image" >"$1/image"
-    if command -v mkfs.xfs >/dev/null && truncate -s 1G "$image" && mkfs.xfs -q -f "$image" 2>/dev/null \
+    if command -v mkfs.xfs >/dev/null && truncate -s "${SWIFT_AIO_SIZE:-1G}" "$image" && mkfs.xfs -q -f "$image" 2>/dev/null \
         && mount -o loop "$image" "$1/srv/d1" 2>/dev/null; then
         echo "$1/srv/d1" >"$1/mounted"
     else
