@@ -4,11 +4,13 @@
 //! growing the process past its pod's limit; a session that waited `memory_wait` in vain
 //! refuses with `452 4.3.1`.
 //!
-//! Room goes first to transactions that hold memory already and need more (a buffer that
-//! grows, a message that begins to stream): they are under way, and what they finish gives
-//! room back. Transactions that hold nothing yet (at DATA) take room in the order they began
-//! to wait, and not while an earlier one or a holder waits: so a large message is not
-//! passed for the whole `memory_wait` by small ones that keep taking the room it waits for.
+//! Room goes first to transactions that have begun (they hold memory and need more: a
+//! buffer that grows, a message that begins to stream): they are under way, and what they
+//! finish gives room back. A transaction that has not begun yet (at DATA, or its first BDAT
+//! chunk) takes room only beside what every waiter before it still needs and what the
+//! waiting holders are short of: that room is set aside for them, so a large message is not
+//! passed for the whole `memory_wait` by small ones that keep taking the room it waits for,
+//! while a small one may still go on in room that nobody before it could use.
 //!
 //! What is counted is what [`crate::config::memory`] figures: a transaction's buffered
 //! message bytes (up to `stream_threshold`) and, from when it begins to stream, the upload
@@ -41,9 +43,11 @@ pub struct MemoryBudget {
     /// What the sessions that wait while they hold memory need in all, each what it holds
     /// and what it waits for ([`MemoryBudget::holding_wait`]).
     holders_need: AtomicUsize,
-    /// The tickets of the reservations that hold nothing and wait for their first bytes,
-    /// in the order they began to wait.
-    queue: Mutex<VecDeque<u64>>,
+    /// What those sessions wait for in all: set aside for them.
+    holders_short: AtomicUsize,
+    /// The reservations that have not begun and wait, in the order they began to wait:
+    /// their tickets and the bytes each waits for.
+    queue: Mutex<VecDeque<(u64, usize)>>,
     next_ticket: AtomicU64,
 }
 
@@ -56,6 +60,7 @@ impl MemoryBudget {
             used: AtomicUsize::new(0),
             freed: Notify::new(),
             holders_need: AtomicUsize::new(0),
+            holders_short: AtomicUsize::new(0),
             queue: Mutex::default(),
             next_ticket: AtomicU64::new(0),
         })
@@ -76,6 +81,7 @@ impl MemoryBudget {
         Reservation {
             budget: Arc::clone(self),
             bytes: 0,
+            begun: false,
             ticket: None,
         }
     }
@@ -85,39 +91,62 @@ impl MemoryBudget {
         self.used().saturating_add(bytes) <= self.limit
     }
 
-    /// Whether a reservation that holds nothing, with `ticket` if it waits, may take its
-    /// first bytes now: no holder waits for more, and no reservation waits that began to
-    /// wait before it.
-    fn may_begin(&self, ticket: Option<u64>) -> bool {
-        let queue = self.queue.lock().expect("budget queue");
-        self.holders_need.load(Ordering::Acquire) == 0
-            && queue.front().is_none_or(|&first| Some(first) == ticket)
+    /// Whether a reservation that has not begun, with `ticket` if it waits, may take its
+    /// first `bytes` now: they fit beside what the holders that wait are short of and what
+    /// every reservation that began to wait before it waits for.
+    fn may_begin(&self, ticket: Option<u64>, bytes: usize) -> bool {
+        let ahead: usize = {
+            let queue = self.queue.lock().expect("budget queue");
+            queue
+                .iter()
+                .take_while(|(t, _)| Some(*t) != ticket)
+                .map(|&(_, wanted)| wanted)
+                .fold(0, usize::saturating_add)
+        };
+        self.has_room(
+            bytes
+                .saturating_add(ahead)
+                .saturating_add(self.holders_short.load(Ordering::Acquire)),
+        )
     }
 
-    /// Takes `ticket` out of the queue, and lets the next one look.
+    /// Puts `ticket` in the queue, waiting for `bytes`, or, when it is there, notes what
+    /// it waits for now.
+    fn queue_up(&self, ticket: u64, bytes: usize) {
+        let mut queue = self.queue.lock().expect("budget queue");
+        match queue.iter_mut().find(|(t, _)| *t == ticket) {
+            Some(entry) => entry.1 = bytes,
+            None => queue.push_back((ticket, bytes)),
+        }
+    }
+
+    /// Takes `ticket` out of the queue, and lets those behind it look again.
     fn leave_queue(&self, ticket: u64) {
         self.queue
             .lock()
             .expect("budget queue")
-            .retain(|&t| t != ticket);
+            .retain(|(t, _)| *t != ticket);
         self.freed.notify_waiters();
     }
 
-    /// Lets a session that holds memory wait for more, its whole `need` (held and
-    /// wanted) counted, when the needs of all such waiters fit within the limit together
+    /// Lets a session that holds `held` bytes wait for `short` more, its whole need (held
+    /// and wanted) counted, when the needs of all such waiters fit within the limit together
     /// (`None` otherwise: the session refuses instead). So they can all be served once the
     /// sessions that do not wait have given theirs back, and none waits for what another
-    /// waiter holds. Given back when dropped.
-    pub fn holding_wait(self: &Arc<Self>, need: usize) -> Option<HoldingWait> {
+    /// waiter holds. What it is short of is set aside from then on. Given back when dropped.
+    pub fn holding_wait(self: &Arc<Self>, held: usize, short: usize) -> Option<HoldingWait> {
+        let need = held.saturating_add(short);
         self.holders_need
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
                 total.checked_add(need).filter(|&sum| sum <= self.limit)
             })
-            .ok()
-            .map(|_| HoldingWait {
-                need,
-                budget: Arc::clone(self),
-            })
+            .ok()?;
+        self.holders_short.fetch_add(short, Ordering::AcqRel);
+        Some(HoldingWait {
+            need,
+            short,
+            budget: Arc::clone(self),
+        })
     }
 
     fn try_add(&self, bytes: usize) -> bool {
@@ -148,6 +177,7 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct HoldingWait {
     need: usize,
+    short: usize,
     budget: Arc<MemoryBudget>,
 }
 
@@ -156,7 +186,10 @@ impl Drop for HoldingWait {
         self.budget
             .holders_need
             .fetch_sub(self.need, Ordering::AcqRel);
-        // Reservations that hold nothing may begin once no holder waits.
+        self.budget
+            .holders_short
+            .fetch_sub(self.short, Ordering::AcqRel);
+        // The room set aside for it is free for reservations that have not begun.
         self.budget.freed.notify_waiters();
     }
 }
@@ -166,7 +199,9 @@ impl Drop for HoldingWait {
 pub struct Reservation {
     budget: Arc<MemoryBudget>,
     bytes: usize,
-    /// Its place in the queue of reservations that wait for their first bytes.
+    /// It held bytes once: its transaction is under way.
+    begun: bool,
+    /// Its place in the queue of reservations that wait to begin.
     ticket: Option<u64>,
 }
 
@@ -176,20 +211,30 @@ impl Reservation {
         self.bytes
     }
 
+    /// Whether it held bytes once: its transaction is under way (a holder, even when it
+    /// gave them all back), and it no longer waits in the queue of those that begin.
+    pub fn begun(&self) -> bool {
+        self.begun
+    }
+
     /// Sets the reservation to `bytes`. Shrinking always succeeds; growing succeeds only
-    /// within the budget (and, for a reservation that holds nothing, in its turn: see the
-    /// module documentation), and a failure (`Err` with the bytes that found no room)
-    /// leaves the reservation as it was.
+    /// within the budget (and, for a reservation that has not begun, beside the room set
+    /// aside for others: see the module documentation), and a failure (`Err` with the
+    /// bytes that found no room) leaves the reservation as it was.
     pub fn resize(&mut self, bytes: usize) -> Result<(), usize> {
         if bytes <= self.bytes {
             self.budget.sub(self.bytes - bytes);
-        } else if (self.bytes == 0 && !self.budget.may_begin(self.ticket))
-            || !self.budget.try_add(bytes - self.bytes)
-        {
-            return Err(bytes - self.bytes);
+        } else {
+            let more = bytes - self.bytes;
+            if (!self.begun && !self.budget.may_begin(self.ticket, more))
+                || !self.budget.try_add(more)
+            {
+                return Err(more);
+            }
         }
         self.bytes = bytes;
         if bytes > 0 {
+            self.begun = true;
             self.leave_queue();
         }
         Ok(())
@@ -203,19 +248,23 @@ impl Reservation {
         }
     }
 
-    /// Waits until `bytes` more would fit (for a reservation that holds nothing: in its
-    /// turn, which it takes now if it has none), or until `until`; whether they fit then.
-    /// Room that shows is not reserved: a holder may take it first, and
-    /// [`Reservation::resize`] tells.
+    /// Waits until `bytes` more would fit (for a reservation that has not begun: beside the
+    /// room set aside for those before it in the queue, where it takes its place now if it
+    /// has none), or until `until`; whether they fit then. Room that shows is not
+    /// reserved: a holder may take it first, and [`Reservation::resize`] tells.
     pub async fn wait_for_room(&mut self, bytes: usize, until: Instant) -> bool {
         let budget = Arc::clone(&self.budget);
-        if self.bytes == 0 && self.ticket.is_none() {
-            let ticket = budget.next_ticket.fetch_add(1, Ordering::Relaxed);
-            budget.queue.lock().expect("budget queue").push_back(ticket);
-            self.ticket = Some(ticket);
-        }
-        let ticket = self.ticket.filter(|_| self.bytes == 0);
-        let fits = || budget.has_room(bytes) && (ticket.is_none() || budget.may_begin(ticket));
+        let ticket = (!self.begun).then(|| {
+            let ticket = *self
+                .ticket
+                .get_or_insert_with(|| budget.next_ticket.fetch_add(1, Ordering::Relaxed));
+            budget.queue_up(ticket, bytes);
+            ticket
+        });
+        let fits = || match ticket {
+            Some(ticket) => budget.may_begin(Some(ticket), bytes),
+            None => budget.has_room(bytes),
+        };
         loop {
             // Registered before the look, so that bytes given back in between still wake.
             let freed = budget.freed.notified();
@@ -284,19 +333,19 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         a.resize(50).unwrap();
-        let room = tokio::time::timeout(Duration::from_secs(600), waiter)
+        let room = tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("woken by the bytes given back, not by its deadline");
         assert!(room.unwrap());
     }
 
     #[tokio::test]
-    async fn reservations_that_hold_nothing_take_room_in_the_order_they_began_to_wait() {
+    async fn room_an_earlier_waiter_needs_is_set_aside_for_it() {
         use std::time::Duration;
         let budget = MemoryBudget::new(100);
         let mut a = budget.reservation();
         a.resize(90).unwrap();
-        // A large one waits first; a small one that would fit does not pass it.
+        // A large one waits first; a small one that would fit now does not pass it.
         let mut large = budget.reservation();
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(!large.wait_for_room(60, soon).await, "60 does not fit yet");
@@ -310,18 +359,20 @@ mod tests {
                 (fits, resized, small)
             })
         };
+        // 60 free: all of it set aside for the large one.
+        a.resize(40).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!small_waits.is_finished(), "behind the large one");
-        a.resize(30).unwrap();
         let until = Instant::now() + Duration::from_secs(3600);
         assert!(large.wait_for_room(60, until).await);
-        assert!(large.resize(60).is_ok(), "its turn, and room");
-        let (fits, resized, _small) = tokio::time::timeout(Duration::from_secs(600), small_waits)
+        assert!(large.resize(60).is_ok(), "its room, set aside");
+        drop(large);
+        let (fits, resized, _small) = tokio::time::timeout(Duration::from_secs(10), small_waits)
             .await
             .expect("woken when the large one left the queue")
             .unwrap();
         assert!(fits && resized.is_ok());
-        assert_eq!(budget.used(), 95);
+        assert_eq!(budget.used(), 45);
     }
 
     #[tokio::test]
@@ -333,6 +384,7 @@ mod tests {
         let mut large = budget.reservation();
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(!large.wait_for_room(60, soon).await);
+        a.resize(50).unwrap();
         let mut small = budget.reservation();
         assert!(small.resize(5).is_err(), "the large one is first");
         drop(large);
@@ -340,30 +392,57 @@ mod tests {
     }
 
     #[test]
-    fn holders_go_before_reservations_that_hold_nothing() {
+    fn room_a_waiting_holder_is_short_of_is_set_aside() {
         let budget = MemoryBudget::new(100);
         let mut holder = budget.reservation();
         holder.resize(10).unwrap();
-        let waits = budget.holding_wait(50).expect("50 of 100");
+        let waits = budget.holding_wait(10, 50).expect("60 of 100");
         let mut fresh = budget.reservation();
-        assert_eq!(fresh.resize(5), Err(5), "a holder waits for more");
-        assert!(holder.resize(50).is_ok(), "the holder takes room");
+        assert_eq!(fresh.resize(45), Err(45), "10 held, 50 set aside");
+        assert!(fresh.resize(40).is_ok(), "what is left");
+        assert!(holder.resize(60).is_ok(), "the holder's room");
         drop(waits);
-        assert!(fresh.resize(5).is_ok(), "no holder waits any more");
+        let mut after = budget.reservation();
+        assert!(after.resize(0).is_ok());
+        assert!(!after.begun(), "nothing held yet");
+        // A holder that gave all back is still under way: it does not queue.
+        assert!(fresh.resize(0).is_ok());
+        assert!(fresh.begun());
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_stops_waiting_wakes_those_that_begin() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut holder = budget.reservation();
+        holder.resize(10).unwrap();
+        let waits = budget.holding_wait(10, 80).expect("90 of 100");
+        let mut fresh = budget.reservation();
+        let waiter = tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3600);
+            fresh.wait_for_room(20, until).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "80 of the 90 free are set aside");
+        drop(waits);
+        let room = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken when the holder stopped waiting");
+        assert!(room.unwrap());
     }
 
     #[test]
     fn holders_wait_only_while_all_their_needs_fit_together() {
         let budget = MemoryBudget::new(100);
-        let a = budget.holding_wait(60).expect("60 of 100");
+        let a = budget.holding_wait(40, 20).expect("60 of 100");
         assert!(
-            budget.holding_wait(50).is_none(),
+            budget.holding_wait(30, 20).is_none(),
             "60 + 50 could not all be served"
         );
-        let b = budget.holding_wait(40).expect("60 + 40 can");
+        let b = budget.holding_wait(30, 10).expect("60 + 40 can");
         drop(a);
-        let c = budget.holding_wait(60).expect("a's need was taken off");
+        let c = budget.holding_wait(50, 10).expect("a's need was taken off");
         drop((b, c));
-        assert!(budget.holding_wait(100).is_some());
+        assert!(budget.holding_wait(50, 50).is_some());
     }
 }

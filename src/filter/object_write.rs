@@ -452,13 +452,15 @@ impl ObjectWrite {
             unreachable!("finish completes only uploads named at their end in cur/");
         };
         let upload: &dyn NamedAtEnd = upload.as_ref();
-        let e_tag = upload.e_tag();
         let (dest, claims, size) = (&self.dest, self.claims.as_deref(), self.size as u64);
+        let Some(e_tag) = upload.e_tag() else {
+            return Err(failed(dest, "the upload's parts are not all stored"));
+        };
         let complete =
             move |path: Path| async move { Ok(upload.complete_at(&path, attributes).await?.e_tag) };
         let landed = |path: Path| {
             let (hash, e_tag) = (hash.clone(), e_tag.clone());
-            async move { move_landed(dest, claims, path, size, hash, e_tag.as_deref()).await }
+            async move { move_landed(dest, claims, path, size, hash, Some(&e_tag)).await }
         };
         let (path, _, _) = write_under_free_name(
             dest,

@@ -329,14 +329,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A transaction that holds memory (a buffer that must grow, one that begins to
     /// stream) may wait only while every transaction that waits holding memory could be
     /// served at once, this one with its `short` bytes included: so no two of them can wait
-    /// for what the other holds ([`MemoryBudget::holding_wait`]). One that holds nothing
-    /// (at DATA) always may.
+    /// for what the other holds ([`MemoryBudget::holding_wait`]). One that has not begun
+    /// (at DATA) always may: it holds nothing, and waits in the queue of those that begin.
     fn may_wait_holding(&mut self, short: usize) -> bool {
-        let held = self.transaction.as_ref().map_or(0, |tx| tx.memory.bytes());
-        if held == 0 || self.holding_wait.is_some() {
+        let Some(tx) = self.transaction.as_ref() else {
+            return true;
+        };
+        if !tx.memory.begun() || self.holding_wait.is_some() {
             return true;
         }
-        self.holding_wait = self.memory.holding_wait(held.saturating_add(short));
+        self.holding_wait = self.memory.holding_wait(tx.memory.bytes(), short);
         self.holding_wait.is_some()
     }
 
@@ -972,11 +974,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.end_memory_wait();
                     return Ok(());
                 }
-                Err(short) if self.may_wait_for_memory() && self.may_wait_holding(short) => {
-                    // A BDAT chunk's reply may be waiting to go out. A client that is gone
-                    // gets no reply: its next read ends the session.
+                // A BDAT chunk's reply may be waiting to go out: sent before the wait, and
+                // before the room it waits for is set aside (a client slow to read must not
+                // hold others back). A client that is gone gets no reply: its next read ends
+                // the session.
+                Err(short) if self.may_wait_for_memory() => {
                     if self.flush().await.is_err() {
                         self.end_memory_wait();
+                        return Err(DeliveryError::NoMemory);
+                    }
+                    if !self.may_wait_holding(short) {
+                        self.end_memory_wait();
+                        self.no_memory();
                         return Err(DeliveryError::NoMemory);
                     }
                     self.wait_for_memory(short).await;
