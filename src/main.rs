@@ -86,7 +86,18 @@ fn main() -> ExitCode {
             config,
             listen,
             log_format,
-        } => runtime.block_on(serve(config, listen, log_format)),
+        } => runtime.block_on(async move {
+            // On the runtime's workers, not on this thread: accepting here would cost two
+            // thread hand-offs per connection (this thread woken for the accept, then a
+            // worker woken for the session), and Postfix opens one per message.
+            match tokio::spawn(serve(config, listen, log_format)).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("swiftdrop: the server stopped: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::Check { config } => match load(config.as_ref()) {
             Some(config) => runtime.block_on(cli::check::run(&config)),
             None => ExitCode::FAILURE,
