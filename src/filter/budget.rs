@@ -95,6 +95,11 @@ impl MemoryBudget {
     /// first `bytes` now: they fit beside what the holders that wait are short of and what
     /// every reservation that began to wait before it waits for.
     fn may_begin(&self, ticket: Option<u64>, bytes: usize) -> bool {
+        let set_aside = bytes.saturating_add(self.holders_short.load(Ordering::Acquire));
+        if !self.has_room(set_aside) {
+            // The common answer while many wait: no need to look at the queue.
+            return false;
+        }
         let ahead: usize = {
             let queue = self.queue.lock().expect("budget queue");
             queue
@@ -103,20 +108,25 @@ impl MemoryBudget {
                 .map(|&(_, wanted)| wanted)
                 .fold(0, usize::saturating_add)
         };
-        self.has_room(
-            bytes
-                .saturating_add(ahead)
-                .saturating_add(self.holders_short.load(Ordering::Acquire)),
-        )
+        self.has_room(set_aside.saturating_add(ahead))
     }
 
     /// Puts `ticket` in the queue, waiting for `bytes`, or, when it is there, notes what
     /// it waits for now.
     fn queue_up(&self, ticket: u64, bytes: usize) {
-        let mut queue = self.queue.lock().expect("budget queue");
-        match queue.iter_mut().find(|(t, _)| *t == ticket) {
-            Some(entry) => entry.1 = bytes,
-            None => queue.push_back((ticket, bytes)),
+        let less = {
+            let mut queue = self.queue.lock().expect("budget queue");
+            match queue.iter_mut().find(|(t, _)| *t == ticket) {
+                Some(entry) => std::mem::replace(&mut entry.1, bytes) > bytes,
+                None => {
+                    queue.push_back((ticket, bytes));
+                    false
+                }
+            }
+        };
+        if less {
+            // Less set aside: those behind it may go on now.
+            self.freed.notify_waiters();
         }
     }
 
@@ -369,7 +379,7 @@ mod tests {
         drop(large);
         let (fits, resized, _small) = tokio::time::timeout(Duration::from_secs(10), small_waits)
             .await
-            .expect("woken when the large one left the queue")
+            .expect("woken when the large one gave its room back")
             .unwrap();
         assert!(fits && resized.is_ok());
         assert_eq!(budget.used(), 45);
@@ -408,6 +418,28 @@ mod tests {
         // A holder that gave all back is still under way: it does not queue.
         assert!(fresh.resize(0).is_ok());
         assert!(fresh.begun());
+    }
+
+    #[tokio::test]
+    async fn holders_are_not_held_back_by_room_set_aside_for_those_that_begin() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut holder = budget.reservation();
+        holder.resize(50).unwrap();
+        let mut large = budget.reservation();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(
+            !large.wait_for_room(60, soon).await,
+            "queued for 60 of the 50 free"
+        );
+        assert!(holder.resize(80).is_ok(), "a holder takes free room");
+        // A holder that gave all back is still under way: it neither queues nor waits
+        // behind the large one.
+        assert!(holder.resize(0).is_ok());
+        let until = Instant::now() + Duration::from_secs(10);
+        assert!(holder.wait_for_room(10, until).await);
+        assert!(holder.resize(10).is_ok());
+        drop(large);
     }
 
     #[tokio::test]

@@ -157,15 +157,28 @@ impl Transaction {
         }
         let doubled = self.body.capacity().saturating_mul(2);
         let grown = needed.max(doubled.min(threshold.saturating_add(READ_SLACK)));
-        self.memory
-            .resize(grown.saturating_add(self.streaming_memory))?;
+        self.memory.resize(self.reserved_for(grown))?;
         self.body.reserve_exact(grown - self.body.len());
         Ok(())
     }
 
+    /// What the transaction reserves for a buffer of `capacity` bytes: that, its streaming
+    /// memory, and, while it streams, never less than two reads for the buffer. Bytes that
+    /// stream pass through the buffer one read at a time, so once it streams the buffer
+    /// never needs room it has to win back from others: a message that got its 354 with
+    /// its SIZE reserved does not fail for memory halfway.
+    fn reserved_for(&self, capacity: usize) -> usize {
+        let floor = if self.streaming_memory > 0 {
+            2 * READ_SLACK
+        } else {
+            0
+        };
+        capacity.max(floor).saturating_add(self.streaming_memory)
+    }
+
     /// Gives the reservation back down to what is held now.
     fn sync_memory(&mut self) {
-        let held = self.body.capacity().saturating_add(self.streaming_memory);
+        let held = self.reserved_for(self.body.capacity());
         // Never more than reserved: the buffer grew only by what make_room reserved.
         let _shrunk = self.memory.resize(held);
     }

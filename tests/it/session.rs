@@ -924,8 +924,41 @@ async fn a_transaction_refused_for_memory_keeps_no_one_waiting() {
     assert_eq!(memory.used(), 0);
 }
 
+/// A message whose SIZE was reserved at DATA does not fail for memory halfway: once it
+/// streams, it gives its buffer back but for room for the reads that pass through it, so
+/// it goes on to its end though others took all the rest (and no wait is allowed).
+#[tokio::test]
+async fn a_streaming_message_keeps_room_for_its_reads() {
+    const MIB: usize = 1 << 20;
+    let (setup, memory) = budgeted("0s");
+    let large = message_of(12 * MIB);
+    let mut a = sharing(&setup, &memory).await;
+    envelope_of(&mut a, Some(large.len())).await;
+    a.command("DATA", "354").await;
+    // Past the 8 MiB threshold it streams, and gives its 8 MiB buffer back.
+    let split = 10 * MIB;
+    a.send(&large[..split]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while memory.used() > 16 * MIB {
+        assert!(std::time::Instant::now() < deadline, "{}", memory.used());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Others take every byte that is free.
+    let mut others = memory.reservation();
+    others.resize(24 * MIB - memory.used()).unwrap();
+    a.send(&large[split..]).await;
+    a.send(".\r\n").await;
+    let reply = a.reply().await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let stored = setup.cur("maildir");
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].1.ends_with(&large));
+    drop(others);
+    assert_eq!(memory.used(), 0);
+}
+
 /// Two sessions wait at DATA for room that holds one of them: once it is there, one goes
-/// on and the other, woken too, waits again for its turn (its DATA taken again, not lost).
+/// on and the other keeps waiting for its turn (its DATA kept, not lost).
 #[tokio::test]
 async fn sessions_waiting_for_the_same_room_each_get_their_turn() {
     const MIB: usize = 1 << 20;
@@ -950,7 +983,7 @@ async fn sessions_waiting_for_the_same_room_each_get_their_turn() {
     let patience = std::time::Duration::from_millis(300);
     assert!(c.reply_within(patience).await.is_none(), "C waits");
     assert!(d.reply_within(patience).await.is_none(), "D waits");
-    // The holder gives back room for one: both are woken, one goes on.
+    // The holder gives back room for one: one goes on.
     holder.resize(filler).unwrap();
     let (first, second) = tokio::select! {
         reply = c.reply() => { assert!(reply.starts_with("354"), "{reply}"); (&mut c, &mut d) }
@@ -958,7 +991,7 @@ async fn sessions_waiting_for_the_same_room_each_get_their_turn() {
     };
     assert!(
         second.reply_within(patience).await.is_none(),
-        "the other waits again"
+        "the other keeps waiting"
     );
     first.send("Subject: first\r\n\r\nbody\r\n.\r\n").await;
     let reply = first.reply().await;
