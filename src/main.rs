@@ -93,7 +93,9 @@ fn main() -> ExitCode {
             match tokio::spawn(serve(config, listen, log_format)).await {
                 Ok(code) => code,
                 Err(e) => {
+                    // Before logging is set up there is only stderr.
                     eprintln!("swiftdrop: the server stopped: {e}");
+                    tracing::error!(error = %e, "the server stopped");
                     ExitCode::FAILURE
                 }
             }

@@ -18,19 +18,23 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 /// being sent.
 pub const STREAM_MEMORY: usize = (PARTS_IN_FLIGHT + 1) * PART_SIZE;
 
+/// What a streaming transaction keeps reserved for its buffer: two reads (each at most
+/// [`READ_SLACK`]), through which the streamed bytes pass on to the stores.
+pub const STREAMING_BUFFER: usize = 2 * READ_SLACK;
+
 /// The unit of the relay spool's buffers: the file's own (tokio copies each write into it
 /// for the blocking pool), the read buffer when sending, and the buffer before the socket.
 pub const SPOOL_CHUNK: usize = 64 * 1024;
 /// Memory one spooled relay holds in its buffers.
 pub const SPOOL_MEMORY: usize = 3 * SPOOL_CHUNK;
 
-/// The most one transaction reserves: its buffer up to `stream_threshold` (plus a read's
-/// slack, and another for reads that come in larger), and, when it begins to stream, the
-/// upload parts of each of its `destinations` (the buffer is sent on into them) and the
-/// spool's buffers.
+/// The most one transaction reserves: its buffer up to `stream_threshold` plus two reads (a
+/// read's slack past the threshold, with a margin; [`STREAMING_BUFFER`] while it streams),
+/// and, when it begins to stream, the upload parts of each of its `destinations` (the buffer
+/// is sent on into them) and the spool's buffers.
 pub fn transaction_peak(stream_threshold: usize, destinations: usize) -> usize {
     stream_threshold
-        .saturating_add(2 * READ_SLACK)
+        .saturating_add(STREAMING_BUFFER)
         .saturating_add(destinations.saturating_mul(STREAM_MEMORY))
         .saturating_add(SPOOL_MEMORY)
 }

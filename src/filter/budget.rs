@@ -443,6 +443,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_that_wants_less_wakes_those_behind_it() {
+        use std::time::Duration;
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.reservation();
+        a.resize(50).unwrap();
+        let mut large = budget.reservation();
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(!large.wait_for_room(60, soon).await, "60 of the 50 free");
+        let mut small = budget.reservation();
+        let small_waits = tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3600);
+            small.wait_for_room(20, until).await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!small_waits.is_finished(), "behind the 60 set aside");
+        // The first now wants 30: 30 + 20 fit in the 50 free.
+        let soon = Instant::now() + Duration::from_millis(1);
+        assert!(large.wait_for_room(30, soon).await);
+        let room = tokio::time::timeout(Duration::from_secs(10), small_waits)
+            .await
+            .expect("woken when the one before it asked for less");
+        assert!(room.unwrap());
+    }
+
+    #[tokio::test]
     async fn a_holder_that_stops_waiting_wakes_those_that_begin() {
         use std::time::Duration;
         let budget = MemoryBudget::new(100);

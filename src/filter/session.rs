@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use smtp_proto::Request;
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::ServerSettings;
-use crate::config::memory::{READ_SLACK, SPOOL_MEMORY, STREAM_MEMORY};
+use crate::config::memory::{READ_SLACK, SPOOL_MEMORY, STREAM_MEMORY, STREAMING_BUFFER};
 use crate::filter::budget::{HoldingWait, MemoryBudget, Reservation};
 use crate::filter::deliver::{Deliverer, Delivery, Route};
 use crate::filter::envelope::{Client, Envelope, Recipient, mailbox};
@@ -38,8 +38,9 @@ use crate::util::logging::list;
 /// Longest command line accepted, CRLF included.
 pub const MAX_LINE: usize = 4096;
 
-/// How much to ask the socket for per read.
-const READ_CHUNK: usize = 64 * 1024;
+/// How much to ask the socket for per read: at most this much message data comes in at once
+/// (a streaming transaction keeps room for two such reads, [`STREAMING_BUFFER`]).
+const READ_CHUNK: usize = READ_SLACK;
 
 /// What the session is reading now.
 enum State {
@@ -163,24 +164,25 @@ impl Transaction {
     }
 
     /// What the transaction reserves for a buffer of `capacity` bytes: that, its streaming
-    /// memory, and, while it streams, never less than two reads for the buffer. Bytes that
-    /// stream pass through the buffer one read at a time, so once it streams the buffer
-    /// never needs room it has to win back from others: a message that got its 354 with
-    /// its SIZE reserved does not fail for memory halfway.
+    /// memory, and, while it streams, never less than [`STREAMING_BUFFER`] for the buffer.
+    /// Bytes that stream pass through the buffer one read at a time, so once it streams the
+    /// buffer never needs room it has to win back from others: a message that got its 354
+    /// with its SIZE reserved does not fail for memory halfway.
     fn reserved_for(&self, capacity: usize) -> usize {
         let floor = if self.streaming_memory > 0 {
-            2 * READ_SLACK
+            STREAMING_BUFFER
         } else {
             0
         };
         capacity.max(floor).saturating_add(self.streaming_memory)
     }
 
-    /// Gives the reservation back down to what is held now.
+    /// Gives the reservation back down to what is held now (never more than reserved: the
+    /// buffer grew only by what make_room reserved, and streaming's room was reserved by
+    /// `reserve_streaming`).
     fn sync_memory(&mut self) {
         let held = self.reserved_for(self.body.capacity());
-        // Never more than reserved: the buffer grew only by what make_room reserved.
-        let _shrunk = self.memory.resize(held);
+        let _shrunk = self.memory.resize(held.min(self.memory.bytes()));
     }
 
     /// Drops the message's bytes: what was streamed is taken back (the dropped delivery
@@ -424,7 +426,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => (self.deadline, "session_timeout"),
         };
         let idle = tokio::time::Instant::now() + self.settings.idle_timeout;
-        let read = tokio::time::timeout_at(idle.min(limit), self.io.read_buf(&mut self.inbuf));
+        // Message data comes in at most READ_CHUNK at a time, whatever room the buffer has.
+        let mut room = (&mut self.inbuf).limit(if commands { usize::MAX } else { READ_CHUNK });
+        let read = tokio::time::timeout_at(idle.min(limit), self.io.read_buf(&mut room));
         let shutdown = self.shutdown.wait_for(|stop| *stop);
         tokio::select! {
             biased;
@@ -980,7 +984,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .as_mut()
                 .expect("streaming has a transaction");
             let needed = streaming_memory(&tx.envelope);
-            let more = needed.saturating_sub(tx.streaming_memory);
+            // The buffer's floor while it streams too (a small stream_threshold may leave
+            // the buffer below it).
+            let floor = STREAMING_BUFFER.saturating_sub(tx.body.capacity());
+            let more = needed
+                .saturating_sub(tx.streaming_memory)
+                .saturating_add(floor);
             match tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
                 Ok(()) => {
                     tx.streaming_memory = tx.streaming_memory.max(needed);
