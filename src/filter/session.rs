@@ -986,11 +986,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let needed = streaming_memory(&tx.envelope);
             // The buffer's floor while it streams too (a small stream_threshold may leave
             // the buffer below it).
-            let floor = STREAMING_BUFFER.saturating_sub(tx.body.capacity());
-            let more = needed
-                .saturating_sub(tx.streaming_memory)
-                .saturating_add(floor);
-            match tx.memory.resize(tx.memory.bytes().saturating_add(more)) {
+            let target = tx
+                .body
+                .capacity()
+                .max(STREAMING_BUFFER)
+                .saturating_add(needed.max(tx.streaming_memory));
+            match tx.memory.resize(target.max(tx.memory.bytes())) {
                 Ok(()) => {
                     tx.streaming_memory = tx.streaming_memory.max(needed);
                     self.end_memory_wait();
